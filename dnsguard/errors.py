@@ -1,0 +1,55 @@
+"""The exception hierarchy: every error dnsguard raises derives from DnsguardError."""
+
+from __future__ import annotations
+
+
+class DnsguardError(Exception):
+    """Root of every dnsguard error."""
+
+
+class ConfigError(DnsguardError):
+    """A configuration file is invalid; carries where (file, line) and which key."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.key = key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = self.file if self.line is None else f"{self.file}:{self.line}"
+        if self.key:
+            where = f"{where}: {self.key}" if where else self.key
+        return f"{where}: {self.message}" if where else self.message
+
+
+class NotAvailableError(DnsguardError):
+    """A command or feature that this build does not provide yet."""
+
+
+class PrivilegeError(DnsguardError):
+    """An operation needs CAP_NET_ADMIN (root) and the process does not have it."""
+
+
+class ProtocolError(DnsguardError):
+    """A peer sent something that violates its protocol; local callers count and drop it."""
+
+
+class FormError(ProtocolError):
+    """A packet or message is malformed or truncated."""
+
+
+class CryptoError(ProtocolError):
+    """Authentication or decryption of a message failed."""
+
+
+class NetworkError(DnsguardError):
+    """An operating-system level network operation failed (socket, TUN, netlink, nftables)."""
+
+
+class LabError(DnsguardError):
+    """Building or using the network-namespace lab failed."""
