@@ -10,8 +10,9 @@ class DnsguardError(Exception):
 class ConfigError(DnsguardError):
     """A configuration file is invalid; carries where (file, line) and which key."""
 
-    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
-                 key: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, file: str | None = None, line: int | None = None, key: str | None = None
+    ) -> None:
         self.message = message
         self.file = file
         self.line = line

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install dnsguard and everything its demo (default) or its tests (--test) need, on Debian/Ubuntu, as root.
+#   bash deploy/install.sh          system tools for the demo, then dnsguard into .venv (+ /usr/local/bin link)
+#   bash deploy/install.sh --test   also the test, interop and benchmark tools and the [test] extra
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+mode=${1:-}
+
+need_root() { [ "$(id -u)" = 0 ] || { echo "install.sh: run as root (it installs system packages)" >&2; exit 2; }; }
+need_root
+
+# Tools the tunnel and the lab use at run time.
+runtime_pkgs=(iproute2 nftables iputils-ping curl dnsutils procps kmod ca-certificates python3-venv)
+# Peers and anchors for interop tests and benchmarks, and capture tools for the leak tests.
+test_pkgs=(wireguard-tools wireguard-go dnsmasq-base iperf3 dnsperf tcpdump openvpn)
+
+pkgs=("${runtime_pkgs[@]}")
+[ "$mode" = "--test" ] && pkgs+=("${test_pkgs[@]}")
+
+missing=()
+for pkg in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x "$here/.venv/bin/python" ]; then
+    "$python" -m venv "$here/.venv"
+fi
+extras="fast"
+[ "$mode" = "--test" ] && extras="fast,test"
+"$here/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$here[$extras]"
+ln -sf "$here/.venv/bin/dnsguard" /usr/local/bin/dnsguard
+echo "install.sh: dnsguard $("$here/.venv/bin/dnsguard" --version) installed in $here/.venv"

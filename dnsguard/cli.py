@@ -1,0 +1,120 @@
+"""Command line: parses arguments, loads configuration, and hands over to the daemons."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from dnsguard import __version__
+from dnsguard.errors import ConfigError, DnsguardError, NotAvailableError, PrivilegeError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _not_available(name: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        raise NotAvailableError(f"'dnsguard {name}' is not available yet in dnsguard {__version__}")
+
+    return handler
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from dnsguard.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+def _add_config(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        required=required,
+        metavar="FILE",
+        help="YAML configuration (or a wg-quick .conf for the tunnel)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="dnsguard",
+        description="A DNS-filtering tunnel: WireGuard-compatible VPN with blocklists and per-client policy.",
+    )
+    parser.add_argument("--version", action="version", version=f"dnsguard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(handler=handler)
+        return command
+
+    up = add(
+        "up",
+        "bring up the full-tunnel client (TUN, routes, DNS filtering, kill switch)",
+        _not_available("up"),
+    )
+    _add_config(up)
+    add("down", "remove everything a previous 'dnsguard up' added", _not_available("down"))
+    server = add(
+        "server",
+        "run the VPN server (many peers, NAT, DNS filtering for stock WireGuard apps)",
+        _not_available("server"),
+    )
+    _add_config(server)
+    resolve = add(
+        "resolve",
+        "serve the filtering DNS resolver on the sockets named in the config",
+        _not_available("resolve"),
+    )
+    _add_config(resolve)
+    check = add(
+        "check",
+        "validate a configuration file (exit 0 when valid, 2 with the error)",
+        _not_available("check"),
+    )
+    _add_config(check)
+    explain = add(
+        "explain", "print the verdict for a name and the rule that decided it", _not_available("explain")
+    )
+    explain.add_argument("name")
+    explain.add_argument("--client", metavar="IP", help="evaluate the policy of this client address")
+    _add_config(explain)
+    add("keygen", "print a new private key (same format as 'wg genkey')", _not_available("keygen"))
+    add(
+        "pubkey",
+        "read a private key on stdin, print its public key (as 'wg pubkey')",
+        _not_available("pubkey"),
+    )
+    lists = add("lists", "manage blocklists", _not_available("lists"))
+    lists.add_argument("action", choices=["update", "show"])
+    _add_config(lists)
+    status = add("status", "show the tunnel and resolver state of a running daemon", _not_available("status"))
+    _add_config(status, required=False)
+    demo = add("demo", "build a lab of network namespaces and run dnsguard in it (needs root)", _demo)
+    demo.add_argument("--keep", action="store_true", help="wait for Enter before tearing the lab down")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `dnsguard` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return handler(args)
+    except (NotAvailableError, PrivilegeError, ConfigError) as exc:
+        print(f"dnsguard: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DnsguardError as exc:
+        print(f"dnsguard: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
