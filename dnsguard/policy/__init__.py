@@ -1,0 +1,1 @@
+"""Who gets which filtering: client groups, schedules, safe search, rewrites, and the verdict."""
