@@ -1,4 +1,7 @@
-"""Data-path micro-benchmark of the WireGuard core: `python bench/wireguard_core.py [--packets N] [--size B] [--batch K]`.
+"""Data-path micro-benchmark of the WireGuard core.
+
+    python bench/wireguard_core.py [--packets N] [--size B] [--batch K]
+
 
 Two in-memory devices complete a handshake, then one core seals and opens transport packets; the figures are
 packets per second on one core for the sans-I/O path alone (no sockets, no TUN).

@@ -23,6 +23,60 @@ def _not_available(name: str) -> Handler:
     return handler
 
 
+def _keygen(args: argparse.Namespace) -> int:
+    from dnsguard.wireguard.keys import generate_preshared_key, generate_private_key
+
+    print(generate_preshared_key() if args.preshared else generate_private_key())
+    return EXIT_OK
+
+
+def _pubkey(args: argparse.Namespace) -> int:
+    from dnsguard.wireguard.keys import public_key
+
+    private = sys.stdin.readline().strip()
+    if not private:
+        raise ConfigError("no private key on standard input")
+    print(public_key(private))
+    return EXIT_OK
+
+
+def _server(args: argparse.Namespace) -> int:
+    from dnsguard.daemon.server import run_server
+
+    _require_net_admin("server")
+    return run_server(args.config)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from dnsguard.daemon.client import run_client
+
+    _require_net_admin("up")
+    return run_client(args.config)
+
+
+def _down(args: argparse.Namespace) -> int:
+    from dnsguard.daemon.client import run_down
+
+    _require_net_admin("down")
+    return run_down(args.config, args.interface)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from dnsguard.daemon.client import read_status
+
+    print(json.dumps(read_status(args.interface), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def _require_net_admin(command: str) -> None:
+    from dnsguard.lab.netns import have_net_admin
+
+    if not have_net_admin():
+        raise PrivilegeError(f"'dnsguard {command}' changes interfaces and routes and needs CAP_NET_ADMIN")
+
+
 def _demo(args: argparse.Namespace) -> int:
     from dnsguard.demo import run_demo
 
@@ -56,14 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     up = add(
         "up",
         "bring up the full-tunnel client (TUN, routes, DNS filtering, kill switch)",
-        _not_available("up"),
+        _up,
     )
     _add_config(up)
-    add("down", "remove everything a previous 'dnsguard up' added", _not_available("down"))
+    down = add("down", "stop a running client and remove everything 'dnsguard up' added", _down)
+    _add_config(down, required=False)
+    down.add_argument("--interface", default="dg0", help="tunnel interface when no config is given")
     server = add(
         "server",
         "run the VPN server (many peers, NAT, DNS filtering for stock WireGuard apps)",
-        _not_available("server"),
+        _server,
     )
     _add_config(server)
     resolve = add(
@@ -84,17 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("name")
     explain.add_argument("--client", metavar="IP", help="evaluate the policy of this client address")
     _add_config(explain)
-    add("keygen", "print a new private key (same format as 'wg genkey')", _not_available("keygen"))
-    add(
-        "pubkey",
-        "read a private key on stdin, print its public key (as 'wg pubkey')",
-        _not_available("pubkey"),
-    )
+    keygen = add("keygen", "print a new private key (same format as 'wg genkey')", _keygen)
+    keygen.add_argument("--preshared", action="store_true", help="a preshared key instead ('wg genpsk')")
+    add("pubkey", "read a private key on stdin, print its public key (as 'wg pubkey')", _pubkey)
     lists = add("lists", "manage blocklists", _not_available("lists"))
     lists.add_argument("action", choices=["update", "show"])
     _add_config(lists)
-    status = add("status", "show the tunnel and resolver state of a running daemon", _not_available("status"))
-    _add_config(status, required=False)
+    status = add("status", "show the tunnel state of a running client", _status)
+    status.add_argument("--interface", default="dg0")
     demo = add("demo", "build a lab of network namespaces and run dnsguard in it (needs root)", _demo)
     demo.add_argument("--keep", action="store_true", help="wait for Enter before tearing the lab down")
     return parser

@@ -1,0 +1,274 @@
+"""`dnsguard up`: the full-tunnel client: TUN, routing, kill switch, tunnel, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dnsguard.config import Config, TunnelConfig, load_config
+from dnsguard.daemon.common import (
+    DEFAULT_MTU,
+    build_device,
+    install_signal_handlers,
+    reload_config,
+    require_tunnel,
+    setup_logging,
+    sync_peers,
+)
+from dnsguard.daemon.tunnel import PacketFilter, TunnelShell, UdpEndpoint
+from dnsguard.errors import DnsguardError
+from dnsguard.lifecycle import (
+    GiveUp,
+    Lifecycle,
+    LifecycleSettings,
+    Probe,
+    Reconnect,
+    State,
+    StateChanged,
+    WakeDetector,
+    boottime,
+    monotonic,
+)
+from dnsguard.net.firewall import KillSwitch
+from dnsguard.net.routing import RoutingPlan
+from dnsguard.net.tun import TunDevice
+from dnsguard.wireguard.events import Event, HandshakeCompleted, HandshakeGaveUp, PeerEndpointChanged
+
+log = logging.getLogger("dnsguard.client")
+
+RUN_DIR = Path(os.environ.get("DNSGUARD_RUN_DIR", "/run/dnsguard"))
+TICK = 1.0
+
+
+def routing_plan(tunnel: TunnelConfig) -> RoutingPlan:
+    """Routes and rules for a tunnel configuration (include overrides the peers' AllowedIPs)."""
+    prefixes = tunnel.include or [p for peer in tunnel.peers for p in peer.allowed_ips]
+    return RoutingPlan(
+        interface=tunnel.interface,
+        addresses=tunnel.address,
+        mtu=tunnel.mtu or DEFAULT_MTU,
+        table=tunnel.table,
+        fwmark=tunnel.fwmark,
+        prefixes=sorted({str(ipaddress.ip_network(p, strict=False)) for p in prefixes}),
+        exclude=list(tunnel.exclude),
+        exclude_local=tunnel.exclude_local_networks,
+    )
+
+
+def state_path(interface: str) -> Path:
+    return RUN_DIR / f"{interface}.json"
+
+
+async def cleanup(tunnel: TunnelConfig) -> None:
+    """Remove everything a client for this tunnel may have left: rules, routes, kill switch, link."""
+    await routing_plan(tunnel).remove()
+    KillSwitch.remove()
+
+
+@dataclass
+class Client:
+    config_path: str
+    config: Config
+    outbound_filter: PacketFilter | None = None
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    shell: TunnelShell | None = None
+    on_state: Callable[[State], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.wake_detector = WakeDetector(TICK)
+        self._stop = asyncio.Event()
+        self._ticker: asyncio.Task[None] | None = None
+
+    # -- events from the tunnel and the lifecycle ----------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        now = boottime()
+        if isinstance(event, HandshakeCompleted):
+            self.lifecycle.handshake_completed(now)
+        elif isinstance(event, HandshakeGaveUp):
+            log.warning("no handshake response after %d attempts", event.attempts)
+        elif isinstance(event, PeerEndpointChanged):
+            log.info("server endpoint now %s:%s", event.new[0], event.new[1])
+        self.run_lifecycle()
+
+    def on_batch(self, received: bool, now: float) -> None:
+        if received:
+            self.lifecycle.authenticated_receive(now)
+        else:
+            self.lifecycle.data_sent(now)
+
+    def run_lifecycle(self) -> None:
+        """Carry out what the lifecycle asks for."""
+        shell = self.shell
+        while (action := self.lifecycle.next_action()) is not None:
+            now = boottime()
+            if isinstance(action, Reconnect):
+                log.info("reconnecting (%s, attempt %d)", action.cause.value, action.attempt)
+                if shell is not None:
+                    if action.attempt > 1 or action.cause.value in ("wake", "path_change", "dead_peer"):
+                        shell.rebind()
+                    shell.device.force_handshake(now)
+                    shell.flush()
+            elif isinstance(action, Probe):
+                if shell is not None:
+                    shell.device.force_handshake(now)
+                    shell.flush()
+            elif isinstance(action, StateChanged):
+                log.info("tunnel %s -> %s", action.old.value, action.new.value)
+                self.write_state()
+                if self.on_state is not None:
+                    self.on_state(action.new)
+            elif isinstance(action, GiveUp):
+                log.error("giving up: %s", action.reason)
+                self._stop.set()
+
+    async def _tick(self) -> None:
+        while True:
+            now = boottime()
+            wake = self.wake_detector.observe(now, monotonic())
+            if wake is not None:
+                log.info(
+                    "%s for %.1f s: reconnecting now",
+                    "woke from suspend" if wake.suspended else "stalled",
+                    wake.gap,
+                )
+                self.lifecycle.wake_detected(now, wake.gap)
+            timer = self.lifecycle.get_timer()
+            if timer is not None and timer <= now:
+                self.lifecycle.handle_timer(now)
+            self.run_lifecycle()
+            await asyncio.sleep(min(TICK, max(0.05, (timer - now) if timer and timer > now else TICK)))
+
+    def write_state(self) -> None:
+        tunnel = self.config.tunnel
+        if tunnel is None:
+            return
+        status = {
+            "pid": os.getpid(),
+            "config": os.path.abspath(self.config_path),
+            "interface": tunnel.interface,
+            "state": self.lifecycle.state.value,
+            "last_handshake": self.lifecycle.last_handshake,
+            "reconnects": {cause.value: count for cause, count in self.lifecycle.reconnects.items()},
+            "updated": time.time(),
+        }
+        if self.shell is not None:
+            stats = self.shell.stats
+            status.update(rx_bytes=stats.rx_bytes, tx_bytes=stats.tx_bytes, intercepted=stats.intercepted)
+        with contextlib.suppress(OSError):
+            RUN_DIR.mkdir(parents=True, exist_ok=True)
+            path = state_path(tunnel.interface)
+            path.with_suffix(".tmp").write_text(json.dumps(status))
+            path.with_suffix(".tmp").replace(path)
+
+    # -- main ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        tunnel = require_tunnel(self.config)
+        await cleanup(tunnel)
+        plan = routing_plan(tunnel)
+        tun = TunDevice(tunnel.interface)
+        udp: UdpEndpoint | None = None
+        try:
+            # Fail closed: the kill switch goes in before any route points at the tunnel.
+            if tunnel.kill_switch:
+                KillSwitch(
+                    tun.name, tunnel.fwmark, exclude=tunnel.exclude, lan_interfaces=tunnel.lan_interfaces
+                ).apply()
+            await plan.apply()
+            udp = UdpEndpoint(tunnel.listen_port or 0, fwmark=tunnel.fwmark)
+            device = build_device(tunnel, boottime())
+            self.shell = TunnelShell(
+                device,
+                tun,
+                udp,
+                outbound_filter=self.outbound_filter,
+                on_event=self.on_event,
+                on_batch=self.on_batch,
+            )
+            self.shell.start()
+            self.lifecycle.start(boottime())
+            self.run_lifecycle()
+            self._ticker = asyncio.create_task(self._tick())
+            install_signal_handlers(self._stop, lambda: asyncio.ensure_future(self.reload()))
+            log.info(
+                "tunnel %s up (%s), server %s",
+                tun.name,
+                ", ".join(tunnel.address),
+                ", ".join(p.endpoint or "?" for p in tunnel.peers),
+            )
+            await self._stop.wait()
+        finally:
+            if self._ticker is not None:
+                self._ticker.cancel()
+            self.lifecycle.stop(boottime())
+            if self.shell is not None:
+                self.shell.stop()
+            if udp is not None:
+                udp.close()
+            await plan.remove(keep_link=True)
+            KillSwitch.remove()
+            tun.close()
+            with contextlib.suppress(OSError):
+                state_path(tunnel.interface).unlink()
+            log.info("tunnel down; routes, rules and firewall removed")
+
+    async def reload(self) -> None:
+        new, error = reload_config(self.config_path, self.config)
+        if error is not None:
+            log.error("configuration reload failed, keeping the last good one: %s", error)
+            return
+        if self.shell is None or new.tunnel is None or self.config.tunnel is None:
+            return
+        old_endpoints = [p.endpoint for p in self.config.tunnel.peers]
+        sync_peers(self.shell.device, new.tunnel, boottime())
+        self.config = new
+        self.lifecycle.config_reloaded(
+            boottime(), endpoint_changed=old_endpoints != [p.endpoint for p in new.tunnel.peers]
+        )
+        self.run_lifecycle()
+        log.info("configuration reloaded")
+
+
+def run_client(config_path: str, settings: LifecycleSettings | None = None) -> int:
+    config = load_config(config_path)
+    setup_logging(config)
+    client = Client(config_path, config, lifecycle=Lifecycle(settings or LifecycleSettings()))
+    asyncio.run(client.run())
+    return 0
+
+
+def run_down(config_path: str | None, interface: str = "dg0") -> int:
+    """Stop a running client (SIGTERM) and remove anything left behind."""
+    tunnel = None
+    if config_path:
+        tunnel = require_tunnel(load_config(config_path))
+        interface = tunnel.interface
+    path = state_path(interface)
+    if path.exists():
+        with contextlib.suppress(ValueError, OSError, ProcessLookupError):
+            pid = int(json.loads(path.read_text())["pid"])
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                os.kill(pid, 0)
+                time.sleep(0.05)
+    asyncio.run(cleanup(tunnel or TunnelConfig(interface=interface)))
+    return 0
+
+
+def read_status(interface: str = "dg0") -> dict[str, object]:
+    path = state_path(interface)
+    try:
+        status: dict[str, object] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise DnsguardError(f"no running client for {interface} ({path} not found)") from None
+    return status

@@ -1,0 +1,129 @@
+"""`dnsguard server`: a WireGuard server for many peers, with forwarding and NAT out of its namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from dnsguard.config import Config, TunnelConfig, load_config
+from dnsguard.daemon.common import (
+    DEFAULT_MTU,
+    DEFAULT_PORT,
+    build_device,
+    install_signal_handlers,
+    reload_config,
+    require_tunnel,
+    setup_logging,
+    sync_peers,
+)
+from dnsguard.daemon.tunnel import TunnelShell, UdpEndpoint
+from dnsguard.errors import NetworkError
+from dnsguard.lifecycle.clock import boottime
+from dnsguard.net.firewall import ServerNat
+from dnsguard.net.routing import set_forwarding
+from dnsguard.net.tun import TunDevice
+from dnsguard.wireguard.events import Event, HandshakeCompleted, PeerEndpointChanged
+
+log = logging.getLogger("dnsguard.server")
+
+
+def peer_prefixes(tunnel: TunnelConfig) -> list[str]:
+    return [str(ipaddress.ip_network(p, strict=False)) for peer in tunnel.peers for p in peer.allowed_ips]
+
+
+async def configure_interface(name: str, addresses: list[str], mtu: int, routes: list[str]) -> None:
+    """Addresses, MTU and up; a route into the TUN for every peer prefix outside the interface subnets."""
+    async with AsyncIPRoute() as ipr:
+        indexes = await ipr.link_lookup(ifname=name)
+        if not indexes:
+            raise NetworkError(f"interface {name} does not exist")
+        index = indexes[0]
+        await ipr.link("set", index=index, mtu=mtu, state="up")
+        subnets = []
+        for address in addresses:
+            iface = ipaddress.ip_interface(address)
+            subnets.append(iface.network)
+            await ipr.addr("replace", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        for prefix in routes:
+            net = ipaddress.ip_network(prefix, strict=False)
+            if any(net.version == s.version and net.subnet_of(s) for s in subnets):  # type: ignore[arg-type]
+                continue
+            try:
+                await ipr.route("replace", dst=str(net), oif=index)
+            except NetlinkError as exc:
+                raise NetworkError(f"cannot route {net} into {name}: {exc}") from exc
+
+
+@dataclass
+class Server:
+    config_path: str
+    config: Config
+    shell: TunnelShell | None = None
+    peers_connected: set[str] = field(default_factory=set)
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, HandshakeCompleted):
+            if event.public_key not in self.peers_connected:
+                log.info("peer %s: handshake completed", event.public_key[:8])
+            self.peers_connected.add(event.public_key)
+        elif isinstance(event, PeerEndpointChanged):
+            log.info("peer %s roamed to %s:%s", event.public_key[:8], event.new[0], event.new[1])
+
+    async def run(self) -> None:
+        tunnel = require_tunnel(self.config)
+        device = build_device(tunnel, boottime())
+        tun = TunDevice(tunnel.interface)
+        udp = UdpEndpoint(tunnel.listen_port or DEFAULT_PORT)
+        try:
+            await configure_interface(
+                tun.name, tunnel.address, tunnel.mtu or DEFAULT_MTU, peer_prefixes(tunnel)
+            )
+            set_forwarding(True)
+            ServerNat(tun.name, peer_prefixes(tunnel)).apply()
+            self.shell = TunnelShell(device, tun, udp, on_event=self.on_event)
+            self.shell.start()
+            log.info(
+                "server %s listening on UDP %d with %d peers (public key %s)",
+                tun.name,
+                udp.port,
+                len(device.peers),
+                device.public_key,
+            )
+            stop = asyncio.Event()
+            install_signal_handlers(stop, lambda: asyncio.ensure_future(self.reload()))
+            await stop.wait()
+        finally:
+            if self.shell is not None:
+                self.shell.stop()
+            ServerNat.remove()
+            udp.close()
+            tun.close()
+            log.info("server stopped")
+
+    async def reload(self) -> None:
+        new, error = reload_config(self.config_path, self.config)
+        if error is not None:
+            log.error("configuration reload failed, keeping the last good one: %s", error)
+            return
+        if self.shell is None or new.tunnel is None:
+            return
+        added, removed, updated = sync_peers(self.shell.device, new.tunnel, boottime())
+        await configure_interface(
+            self.shell.tun.name, new.tunnel.address, new.tunnel.mtu or DEFAULT_MTU, peer_prefixes(new.tunnel)
+        )
+        ServerNat(self.shell.tun.name, peer_prefixes(new.tunnel)).apply()
+        self.config = new
+        self.shell.flush()
+        log.info("configuration reloaded: %d peers added, %d removed, %d kept", added, removed, updated)
+
+
+def run_server(config_path: str) -> int:
+    config = load_config(config_path)
+    setup_logging(config)
+    asyncio.run(Server(config_path, config).run())
+    return 0

@@ -1,0 +1,279 @@
+"""The tunnel's I/O shell: binds the sans-I/O WireGuard device to a TUN and UDP sockets in asyncio.
+
+One wake-up drains a whole batch (TUN until EAGAIN, sockets until EAGAIN), hands it to the
+device in one call, and flushes what the device produced; one re-armed loop timer serves every
+protocol timer (aioquic's pattern). Time fed to the device is CLOCK_BOOTTIME, converted to the
+loop's clock only to arm the timer, so timers stay right across suspend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dnsguard.errors import NetworkError
+from dnsguard.lifecycle.clock import boottime
+from dnsguard.net.tun import TunDevice
+from dnsguard.wireguard.device import Device
+from dnsguard.wireguard.events import Event
+
+log = logging.getLogger(__name__)
+
+SO_MARK = 36
+SO_RCVBUFFORCE = 33
+SO_SNDBUFFORCE = 32
+SOCKET_BUFFER = 7 << 20
+BATCH = 128
+
+PacketFilter = Callable[[list[bytes]], list[bytes]]
+"""Takes a batch of IP packets, handles what it wants (DNS), returns the rest."""
+
+
+def _configure(sock: socket.socket, fwmark: int) -> None:
+    sock.setblocking(False)
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+    if fwmark:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+        except PermissionError as exc:
+            raise NetworkError("setting SO_MARK on the tunnel socket needs CAP_NET_ADMIN") from exc
+
+
+class UdpEndpoint:
+    """The encrypted side: an IPv4 and (when available) an IPv6 socket on the same port."""
+
+    def __init__(self, port: int = 0, fwmark: int = 0) -> None:
+        self.fwmark = fwmark
+        self.requested_port = port
+        self.sockets: dict[int, socket.socket] = {}
+        self.port = 0
+        self.open()
+
+    def open(self) -> None:
+        """Bind the sockets (port 0: the kernel picks one, shared by both families)."""
+        v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        _configure(v4, self.fwmark)
+        try:
+            v4.bind(("0.0.0.0", self.requested_port))
+        except OSError as exc:
+            v4.close()
+            raise NetworkError(f"cannot bind UDP port {self.requested_port}: {exc}") from exc
+        self.port = v4.getsockname()[1]
+        self.sockets = {socket.AF_INET: v4}
+        try:
+            v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            _configure(v6, self.fwmark)
+            v6.bind(("::", self.port))
+            self.sockets[socket.AF_INET6] = v6
+        except OSError as exc:
+            log.info("no IPv6 for the tunnel socket: %s", exc)
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets = {}
+
+    def rebind(self) -> None:
+        """New sockets (a fresh source port and address after a path change); the listen port is kept."""
+        self.close()
+        self.open()
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> bool:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = self.sockets.get(family)
+        if sock is None:
+            return False
+        try:
+            sock.sendto(data, address)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            # Unreachable networks and similar are routine during path changes: count, move on.
+            if exc.errno not in (
+                errno.ENETUNREACH,
+                errno.EHOSTUNREACH,
+                errno.EPERM,
+                errno.EADDRNOTAVAIL,
+                errno.ENETDOWN,
+                errno.EINVAL,
+            ):
+                log.warning("tunnel send to %s failed: %s", address, exc)
+            return False
+        return True
+
+
+@dataclass
+class TunnelStats:
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    tx_packets: int = 0
+    send_failures: int = 0
+    intercepted: int = 0
+
+
+@dataclass
+class TunnelShell:
+    """Runs a Device against a TUN and a UdpEndpoint on the running asyncio loop."""
+
+    device: Device
+    tun: TunDevice
+    udp: UdpEndpoint
+    outbound_filter: PacketFilter | None = None
+    """Client: DNS interception on packets read from the TUN (before encryption)."""
+    inbound_filter: PacketFilter | None = None
+    """Server: DNS interception on packets decrypted from peers (before the TUN)."""
+    on_event: Callable[[Event], None] | None = None
+    on_batch: Callable[[bool, float], None] | None = None
+    """Called after each batch with (received_authenticated, now): lifecycle bookkeeping."""
+    clock: Callable[[], float] = boottime
+    stats: TunnelStats = field(default_factory=TunnelStats)
+
+    def __post_init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._readers: list[int] = []
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.tun.fileno(), self._tun_readable)
+        self._add_socket_readers()
+        self.flush()
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        for fd in self._readers:
+            self._loop.remove_reader(fd)
+        self._readers = []
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self.tun.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._loop = None
+
+    def _add_socket_readers(self) -> None:
+        assert self._loop is not None
+        for sock in self.udp.sockets.values():
+            self._loop.add_reader(sock.fileno(), self._udp_readable, sock)
+            self._readers.append(sock.fileno())
+
+    def rebind(self) -> None:
+        """Replace the sockets (path change, wake) without touching the TUN."""
+        if self._loop is not None:
+            for fd in self._readers:
+                self._loop.remove_reader(fd)
+            self._readers = []
+        self.udp.rebind()
+        if self._loop is not None:
+            self._add_socket_readers()
+
+    # -- data path ----------------------------------------------------------------------
+
+    def _tun_readable(self) -> None:
+        packets = self.tun.read_batch(BATCH)
+        if not packets:
+            return
+        if self.outbound_filter is not None:
+            count = len(packets)
+            packets = self.outbound_filter(packets)
+            self.stats.intercepted += count - len(packets)
+        if packets:
+            now = self.clock()
+            self.device.send_packets(packets, now)
+            self.stats.tx_packets += len(packets)
+            if self.on_batch is not None:
+                self.on_batch(False, now)
+        self.flush()
+
+    def _udp_readable(self, sock: socket.socket) -> None:
+        batch = []
+        recvfrom = sock.recvfrom
+        for _ in range(BATCH):
+            try:
+                data, address = recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                # ICMP errors surface here (e.g. port unreachable from a restarting server).
+                continue
+            batch.append((data, (address[0], address[1])))
+        if not batch:
+            return
+        now = self.clock()
+        on_batch = self.on_batch
+        received_before = self._received_total() if on_batch is not None else 0
+        packets = self.device.receive_datagrams(batch, now)
+        self.stats.rx_bytes += sum(len(d) for d, _ in batch)
+        if packets and self.inbound_filter is not None:
+            count = len(packets)
+            packets = self.inbound_filter(packets)
+            self.stats.intercepted += count - len(packets)
+        write = self.tun.write
+        for packet in packets:
+            write(packet)
+        self.stats.rx_packets += len(packets)
+        if on_batch is not None:
+            on_batch(self._received_total() != received_before or bool(packets), now)
+        self.flush()
+
+    def _received_total(self) -> int:
+        # Only the client asks (one peer); the server's per-batch path never pays for this.
+        return sum(peer.rx_bytes for peer in self.device.peers.values())
+
+    def write_to_tun(self, packets: list[bytes]) -> None:
+        """Inject packets (e.g. DNS answers) into the TUN as if they came from the tunnel."""
+        for packet in packets:
+            self.tun.write(packet)
+
+    def send_packets(self, packets: list[bytes]) -> None:
+        """Encrypt packets produced locally (e.g. the resolver's upstream queries in userspace)."""
+        self.device.send_packets(packets, self.clock())
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what the device produced, deliver its events, and re-arm the timer."""
+        sendto = self.udp.sendto
+        stats = self.stats
+        for data, address in self.device.datagrams_to_send():
+            if sendto(data, address):
+                stats.tx_bytes += len(data)
+            else:
+                stats.send_failures += 1
+        if self.on_event is not None:
+            while (event := self.device.next_event()) is not None:
+                self.on_event(event)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        deadline = self.device.get_timer()
+        if deadline == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            delay = max(0.0, deadline - self.clock())
+            self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.device.handle_timer(self.clock())
+        self.flush()

@@ -1,0 +1,153 @@
+"""WireGuard interoperability in the lab: dnsguard against wireguard-go, in both directions."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from dnsguard.lab import ADDRESSES, Lab
+from dnsguard.lab.peers import DnsguardDaemon, WgPeer, WireguardGo, genkey, wait_ping
+
+pytestmark = pytest.mark.skipif(shutil.which("wireguard-go") is None, reason="wireguard-go is not installed")
+
+SERVER_TUNNEL = "100.64.0.1"
+CLIENT_TUNNEL = "100.64.0.2"
+SERVER_TUNNEL6 = "fd00::1"
+CLIENT_TUNNEL6 = "fd00::2"
+PORT = 51820
+
+
+def fetch_and_check(lab: Lab, role: str, size: int) -> None:
+    """Download `size` bytes over HTTP from the lab web server and verify them end to end."""
+    result = lab.run(
+        role,
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "30",
+            "-D",
+            "-",
+            "-o",
+            "/tmp/dg-fetch-" + lab.run_id,
+            f"http://{ADDRESSES.http4}/bytes/{size}",
+        ],
+    )
+    expected = next(
+        line.split(":", 1)[1].strip()
+        for line in result.stdout.splitlines()
+        if line.lower().startswith("x-sha256")
+    )
+    with open("/tmp/dg-fetch-" + lab.run_id, "rb") as handle:
+        body = handle.read()
+    assert len(body) == size
+    assert hashlib.sha256(body).hexdigest() == expected
+
+
+def nat_in_server_namespace(lab: Lab) -> None:
+    """A stock WireGuard server's usual NAT, for the wireguard-go server case."""
+    lab.sh("server", "sysctl -qw net.ipv4.ip_forward=1")
+    lab.run(
+        "server",
+        ["nft", "-f", "-"],
+        input=(
+            "table ip labnat {\n chain post {\n  type nat hook postrouting priority srcnat;\n"
+            '  ip saddr 100.64.0.0/24 oifname "eth0" masquerade\n }\n}\n'
+        ),
+    )
+
+
+@pytest.fixture
+def keys() -> Iterator[dict[str, tuple[str, str]]]:
+    yield {"server": genkey(), "client": genkey()}
+
+
+def test_dnsguard_client_with_wireguard_go_server(lab: Lab, keys: dict[str, tuple[str, str]]) -> None:
+    server_private, server_public = keys["server"]
+    client_private, client_public = keys["client"]
+    WireguardGo(
+        lab,
+        "server",
+        server_private,
+        [f"{SERVER_TUNNEL}/24"],
+        listen_port=PORT,
+        peers=[WgPeer(client_public, [f"{CLIENT_TUNNEL}/32"])],
+    ).start()
+    nat_in_server_namespace(lab)
+    client = DnsguardDaemon(
+        lab,
+        "client",
+        "up",
+        {
+            "tunnel": {
+                "private-key": client_private,
+                "address": [f"{CLIENT_TUNNEL}/32"],
+                "peers": [
+                    {
+                        "public-key": server_public,
+                        "endpoint": f"{ADDRESSES.server_wan4}:{PORT}",
+                        "allowed-ips": ["0.0.0.0/0"],
+                    }
+                ],
+            },
+        },
+    ).start()
+    try:
+        wait_ping(lab, "client", SERVER_TUNNEL)
+        # Full tunnel: the web server sees the server's address, not the client's uplink.
+        whoami = lab.run("client", ["curl", "-sS", "--max-time", "10", f"http://{ADDRESSES.http4}/whoami"])
+        assert whoami.stdout.strip() == ADDRESSES.server_wan4
+        fetch_and_check(lab, "client", 5_000_000)
+    except Exception:
+        print(client.log())
+        raise
+
+
+def test_wireguard_go_client_with_dnsguard_server(lab: Lab, keys: dict[str, tuple[str, str]]) -> None:
+    server_private, server_public = keys["server"]
+    client_private, client_public = keys["client"]
+    server = DnsguardDaemon(
+        lab,
+        "server",
+        "server",
+        {
+            "tunnel": {
+                "private-key": server_private,
+                "listen-port": PORT,
+                "address": [f"{SERVER_TUNNEL}/24", f"{SERVER_TUNNEL6}/64"],
+                "peers": [
+                    {
+                        "public-key": client_public,
+                        "allowed-ips": [f"{CLIENT_TUNNEL}/32", f"{CLIENT_TUNNEL6}/128"],
+                        "name": "wg-go",
+                    }
+                ],
+            },
+        },
+    ).start()
+    WireguardGo(
+        lab,
+        "client",
+        client_private,
+        [f"{CLIENT_TUNNEL}/24", f"{CLIENT_TUNNEL6}/64"],
+        peers=[
+            WgPeer(
+                server_public,
+                ["100.64.0.0/24", "fd00::/64", f"{ADDRESSES.http4}/32"],
+                endpoint=f"{ADDRESSES.server_wan4}:{PORT}",
+            )
+        ],
+        routes=[f"{ADDRESSES.http4}/32"],
+    ).start()
+    try:
+        wait_ping(lab, "client", SERVER_TUNNEL)
+        assert lab.run("client", ["ping", "-c", "1", "-W", "2", SERVER_TUNNEL6], check=False).returncode == 0
+        whoami = lab.run("client", ["curl", "-sS", "--max-time", "10", f"http://{ADDRESSES.http4}/whoami"])
+        assert whoami.stdout.strip() == ADDRESSES.server_wan4  # NATed out by dnsguard's server
+        fetch_and_check(lab, "client", 5_000_000)
+    except Exception:
+        print(server.log())
+        raise
