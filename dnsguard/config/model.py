@@ -268,6 +268,8 @@ class TunnelConfig:
     exclude: list[str] = field(default_factory=list)
     lan_interfaces: list[str] = field(default_factory=list)
     """Gateway mode: traffic entering on these interfaces is routed into the tunnel."""
+    rekey_after_time: Duration = Duration(120)
+    """Session age at which the initiator rekeys; the protocol's 120 s (lower only to test rekeying)."""
 
     def validate(self) -> None:
         for i, address in enumerate(self.address):

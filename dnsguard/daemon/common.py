@@ -61,6 +61,7 @@ def build_device(tunnel: TunnelConfig, now: float, state_dir: Path | None = None
             last_timestamp = b""
     device = Device(
         tunnel.private_key,
+        rekey_after_time=tunnel.rekey_after_time,
         listen_port=tunnel.listen_port,
         mtu=tunnel.mtu or DEFAULT_MTU,
         last_timestamp=last_timestamp,

@@ -119,6 +119,7 @@ class Device:
         last_timestamp: bytes = b"",
         staged_limit: int = STAGED_QUEUE_SIZE,
         max_events: int = 1024,
+        rekey_after_time: float = REKEY_AFTER_TIME,
     ) -> None:
         """Create a device for a base64 private key.
 
@@ -137,6 +138,8 @@ class Device:
         self.mtu = mtu
         # Set by the shell from its handshake queue depth; while True, handshakes need a valid mac2.
         self.under_load = False
+        # The protocol's 120 s; shorter only to exercise rekeying in tests (it never exceeds the protocol's).
+        self.rekey_after_time = min(rekey_after_time, REKEY_AFTER_TIME)
         self.counters = DropCounters()
         self._rng = rng if rng is not None else random.Random()
         self._wall_clock_ns = wall_clock_ns
@@ -408,7 +411,7 @@ class Device:
             peer.new_handshake_at = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
             self._arm(peer, peer.new_handshake_at)
         if keypair.send_counter > REKEY_AFTER_MESSAGES or (
-            keypair.is_initiator and now - keypair.created_at > REKEY_AFTER_TIME
+            keypair.is_initiator and now - keypair.created_at > self.rekey_after_time
         ):
             self._send_handshake_initiation(peer, now, is_retry=False)
 

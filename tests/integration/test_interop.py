@@ -60,6 +60,16 @@ def nat_in_server_namespace(lab: Lab) -> None:
     )
 
 
+def move_uplink_address(lab: Lab, new_address: str) -> None:
+    """The client's uplink gets a new address (as after a DHCP renewal on another network)."""
+    lab.sh(
+        "client",
+        f"ip addr del {ADDRESSES.client_wan4}/24 dev eth0",
+        f"ip addr add {new_address}/24 dev eth0",
+        f"ip route replace default via {ADDRESSES.client_gw4}",
+    )
+
+
 @pytest.fixture
 def keys() -> Iterator[dict[str, tuple[str, str]]]:
     yield {"server": genkey(), "client": genkey()}
@@ -148,6 +158,123 @@ def test_wireguard_go_client_with_dnsguard_server(lab: Lab, keys: dict[str, tupl
         whoami = lab.run("client", ["curl", "-sS", "--max-time", "10", f"http://{ADDRESSES.http4}/whoami"])
         assert whoami.stdout.strip() == ADDRESSES.server_wan4  # NATed out by dnsguard's server
         fetch_and_check(lab, "client", 5_000_000)
+    except Exception:
+        print(server.log())
+        raise
+
+
+def test_rekey_with_short_timers_keeps_traffic_flowing(lab: Lab, keys: dict[str, tuple[str, str]]) -> None:
+    server_private, server_public = keys["server"]
+    client_private, client_public = keys["client"]
+    wg = WireguardGo(
+        lab,
+        "server",
+        server_private,
+        [f"{SERVER_TUNNEL}/24"],
+        listen_port=PORT,
+        peers=[WgPeer(client_public, [f"{CLIENT_TUNNEL}/32"])],
+    ).start()
+    client = DnsguardDaemon(
+        lab,
+        "client",
+        "up",
+        {
+            "tunnel": {
+                "private-key": client_private,
+                "address": [f"{CLIENT_TUNNEL}/32"],
+                "rekey-after-time": "2s",
+                "peers": [
+                    {
+                        "public-key": server_public,
+                        "endpoint": f"{ADDRESSES.server_wan4}:{PORT}",
+                        "allowed-ips": ["100.64.0.0/24"],
+                    }
+                ],
+            }
+        },
+    ).start()
+    try:
+        wait_ping(lab, "client", SERVER_TUNNEL)
+        first = wg.latest_handshake(client_public)
+        # 8 s of continuous pings across several 2 s rekeys: none may be lost.
+        result = lab.run("client", ["ping", "-c", "40", "-i", "0.2", "-W", "1", SERVER_TUNNEL], timeout=30)
+        assert " 0% packet loss" in result.stdout, result.stdout
+        assert wg.latest_handshake(client_public) > first
+    except Exception:
+        print(client.log())
+        raise
+
+
+def test_roaming_client_address_change_with_wireguard_go_server(
+    lab: Lab, keys: dict[str, tuple[str, str]]
+) -> None:
+    server_private, server_public = keys["server"]
+    client_private, client_public = keys["client"]
+    wg = WireguardGo(
+        lab,
+        "server",
+        server_private,
+        [f"{SERVER_TUNNEL}/24"],
+        listen_port=PORT,
+        peers=[WgPeer(client_public, [f"{CLIENT_TUNNEL}/32"])],
+    ).start()
+    DnsguardDaemon(
+        lab,
+        "client",
+        "up",
+        {
+            "tunnel": {
+                "private-key": client_private,
+                "address": [f"{CLIENT_TUNNEL}/32"],
+                "peers": [
+                    {
+                        "public-key": server_public,
+                        "endpoint": f"{ADDRESSES.server_wan4}:{PORT}",
+                        "allowed-ips": ["100.64.0.0/24"],
+                    }
+                ],
+            }
+        },
+    ).start()
+    wait_ping(lab, "client", SERVER_TUNNEL)
+    assert ADDRESSES.client_wan4 in wg.show()
+    new_address = "198.18.1.3"
+    move_uplink_address(lab, new_address)
+    wait_ping(lab, "client", SERVER_TUNNEL, timeout=20)
+    assert f"{new_address}:" in wg.show()
+
+
+def test_roaming_wireguard_go_client_with_dnsguard_server(lab: Lab, keys: dict[str, tuple[str, str]]) -> None:
+    server_private, server_public = keys["server"]
+    client_private, client_public = keys["client"]
+    server = DnsguardDaemon(
+        lab,
+        "server",
+        "server",
+        {
+            "tunnel": {
+                "private-key": server_private,
+                "listen-port": PORT,
+                "address": [f"{SERVER_TUNNEL}/24"],
+                "peers": [{"public-key": client_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"]}],
+            }
+        },
+    ).start()
+    WireguardGo(
+        lab,
+        "client",
+        client_private,
+        [f"{CLIENT_TUNNEL}/24"],
+        peers=[WgPeer(server_public, ["100.64.0.0/24"], endpoint=f"{ADDRESSES.server_wan4}:{PORT}")],
+    ).start()
+    wait_ping(lab, "client", SERVER_TUNNEL)
+    move_uplink_address(lab, "198.18.1.4")
+    try:
+        # The server can only answer at the new address if it followed the authenticated packets there.
+        wait_ping(lab, "client", SERVER_TUNNEL, timeout=20)
+        lab.wait_for(
+            lambda: "roamed to 198.18.1.4" in server.log(), timeout=5, what="the server to log roaming"
+        )
     except Exception:
         print(server.log())
         raise
