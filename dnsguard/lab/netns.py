@@ -142,6 +142,8 @@ class Lab:
     """
 
     lan: bool = False
+    extra_client: bool = False
+    """A second client namespace ('client2', uplink 198.18.3.2) for multi-peer tests."""
     services: bool = True
     ipv6: bool = True
     addresses: Addresses = ADDRESSES
@@ -262,6 +264,11 @@ class Lab:
                 f"ip -6 addr add {a.server_wan6}/64 dev eth0 nodad",
                 f"ip -6 route add default via {a.server_gw6}",
             )
+        if self.extra_client:
+            self._add_namespace("client2")
+            self._veth("internet", "c2", "client2", "eth0")
+            self.sh("internet", "ip addr add 198.18.3.1/24 dev c2")
+            self.sh("client2", "ip addr add 198.18.3.2/24 dev eth0", "ip route add default via 198.18.3.1")
         if self.lan:
             self._add_namespace("lanhost")
             self._veth("client", "lan0", "lanhost", "eth0")

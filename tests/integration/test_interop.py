@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -278,3 +279,63 @@ def test_roaming_wireguard_go_client_with_dnsguard_server(lab: Lab, keys: dict[s
     except Exception:
         print(server.log())
         raise
+
+
+def test_server_reload_adds_and_removes_peers_without_dropping_others(
+    keys: dict[str, tuple[str, str]],
+) -> None:
+    server_private, server_public = keys["server"]
+    first_private, first_public = keys["client"]
+    second_private, second_public = genkey()
+    with Lab(extra_client=True) as lab:
+        peer_first = {"public-key": first_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"], "name": "first"}
+        peer_second = {"public-key": second_public, "allowed-ips": ["100.64.0.3/32"], "name": "second"}
+        config = {
+            "tunnel": {
+                "private-key": server_private,
+                "listen-port": PORT,
+                "address": [f"{SERVER_TUNNEL}/24"],
+                "peers": [peer_first],
+            }
+        }
+        server = DnsguardDaemon(lab, "server", "server", config).start()
+        for role, private, address in (
+            ("client", first_private, CLIENT_TUNNEL),
+            ("client2", second_private, "100.64.0.3"),
+        ):
+            WireguardGo(
+                lab,
+                role,
+                private,
+                [f"{address}/24"],
+                peers=[
+                    WgPeer(
+                        server_public,
+                        ["100.64.0.0/24"],
+                        endpoint=f"{ADDRESSES.server_wan4}:{PORT}",
+                        persistent_keepalive=1,
+                    )
+                ],
+            ).start()
+        wait_ping(lab, "client", SERVER_TUNNEL)
+        second_ping = ["ping", "-c", "1", "-W", "1", SERVER_TUNNEL]
+        assert lab.run("client2", second_ping, check=False).returncode != 0  # not a peer yet
+        pinger = lab.popen("client", ["ping", "-i", "0.1", "-c", "60", SERVER_TUNNEL], log_name="ping-first")
+        config["tunnel"]["peers"] = [peer_first, peer_second]  # type: ignore[index]
+        server.reload()
+        try:
+            wait_ping(lab, "client2", SERVER_TUNNEL, timeout=15)
+            config["tunnel"]["peers"] = [peer_first]  # type: ignore[index]
+            server.reload()
+            lab.wait_for(
+                lambda: lab.run("client2", second_ping, check=False).returncode != 0,
+                timeout=10,
+                what="the removed peer to lose the tunnel",
+            )
+            pinger.wait(timeout=30)
+            summary = Path(pinger.log_path).read_text()
+            # The first peer's session survived both reloads: its pings never stopped.
+            assert " 0% packet loss" in summary, summary
+        except Exception:
+            print(server.log())
+            raise
