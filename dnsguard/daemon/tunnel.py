@@ -139,7 +139,14 @@ class TunnelShell:
     clock: Callable[[], float] = boottime
     stats: TunnelStats = field(default_factory=TunnelStats)
 
+    under_load_threshold: int = 128
+    """Handshake messages per second above which the device demands cookies (mac2), as wireguard-go
+    does when its handshake queue fills; load is remembered for a second after it drops."""
+
     def __post_init__(self) -> None:
+        self._handshake_window_start = 0.0
+        self._handshakes_in_window = 0
+        self._under_load_until = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -213,6 +220,11 @@ class TunnelShell:
         if not batch:
             return
         now = self.clock()
+        handshakes = sum(1 for data, _ in batch if data and data[0] in (1, 2))
+        if handshakes:
+            self._count_handshakes(handshakes, now)
+        elif self.device.under_load and now >= self._under_load_until:
+            self.device.under_load = False
         on_batch = self.on_batch
         received_before = self._received_total() if on_batch is not None else 0
         packets = self.device.receive_datagrams(batch, now)
@@ -228,6 +240,15 @@ class TunnelShell:
         if on_batch is not None:
             on_batch(self._received_total() != received_before or bool(packets), now)
         self.flush()
+
+    def _count_handshakes(self, count: int, now: float) -> None:
+        if now - self._handshake_window_start >= 1.0:
+            self._handshake_window_start = now
+            self._handshakes_in_window = 0
+        self._handshakes_in_window += count
+        if self._handshakes_in_window > self.under_load_threshold:
+            self._under_load_until = now + 1.0
+        self.device.under_load = now < self._under_load_until
 
     def _received_total(self) -> int:
         # Only the client asks (one peer); the server's per-batch path never pays for this.

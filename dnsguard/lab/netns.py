@@ -430,6 +430,7 @@ class Lab:
             "+noall",
             "+answer",
             "+comments",
+            "+stats",
         ]
         if tcp:
             argv.append("+tcp")

@@ -136,3 +136,93 @@ class ServerNat:
     @staticmethod
     def remove() -> None:
         delete_table("inet", NAT_TABLE)
+
+
+DNS_TABLE = "dnsguard_dns"
+RESOLVER_MARK_OFFSET = 1
+"""The resolver's own upstream sockets carry fwmark + 1: still routed into the tunnel (only the
+tunnel mark itself bypasses it) but recognisable, so their queries are not redirected back."""
+
+
+@dataclass
+class DnsRedirect:
+    """Every DNS query (UDP and TCP port 53, whatever resolver address it names) goes to our resolver.
+
+    Kernel-terminated with DNAT: locally generated queries in the nat output hook, queries from
+    LAN devices (gateway) or from tunnel peers (server) in prerouting. The client address the
+    resolver sees is the real one, so per-device policy works, and conntrack turns the replies
+    back into answers from the address the client asked. DoT (TCP 853) is refused with a reset.
+    """
+
+    listen4: str | None
+    listen6: str | None
+    resolver_mark: int
+    output_interface: str | None = None
+    """Client: redirect local queries that would leave through this interface (the tunnel)."""
+    input_interfaces: list[str] = field(default_factory=list)
+    """Gateway LAN interfaces (client) or the tunnel interface (server): redirect forwarded queries."""
+    port: int = 53
+    refuse_dot: bool = True
+    refused_addresses: list[str] = field(default_factory=list)
+    """Known DoH endpoints: TCP 443 to them is refused."""
+
+    def _redirects(self, match: str) -> list[str]:
+        rules = []
+        for proto in ("udp", "tcp"):
+            if self.listen4:
+                rules.append(
+                    f"    {match} meta nfproto ipv4 {proto} dport 53 dnat ip to {self.listen4}:{self.port}"
+                )
+            if self.listen6:
+                rules.append(
+                    f"    {match} meta nfproto ipv6 {proto} dport 53 dnat ip6 to [{self.listen6}]:{self.port}"
+                )
+        return rules
+
+    def _refusals(self, match: str) -> list[str]:
+        rules = []
+        if self.refuse_dot:
+            rules.append(f"    {match} tcp dport 853 reject with tcp reset")
+        for version, keyword in ((4, "ip daddr"), (6, "ip6 daddr")):
+            addresses = _set(self.refused_addresses, version)
+            if addresses:
+                rules.append(f"    {match} {keyword} {addresses} tcp dport 443 reject with tcp reset")
+        return rules
+
+    def ruleset(self) -> str:
+        own = f"meta mark != {self.resolver_mark}"
+        lines = [f"table inet {DNS_TABLE} {{"]
+        if self.output_interface:
+            match = f'{own} oifname "{self.output_interface}"'
+            lines += [
+                "  chain output_nat {",
+                "    type nat hook output priority -100; policy accept;",
+                *self._redirects(match),
+                "  }",
+                "  chain output_filter {",
+                "    type filter hook output priority -10; policy accept;",
+                *self._refusals(match),
+                "  }",
+            ]
+        if self.input_interfaces:
+            interfaces = "{ " + ", ".join(f'"{i}"' for i in self.input_interfaces) + " }"
+            match = f"iifname {interfaces}"
+            lines += [
+                "  chain prerouting_nat {",
+                "    type nat hook prerouting priority dstnat; policy accept;",
+                *self._redirects(match),
+                "  }",
+                "  chain forward_filter {",
+                "    type filter hook forward priority -10; policy accept;",
+                *self._refusals(match),
+                "  }",
+            ]
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def apply(self) -> None:
+        _nft(f"add table inet {DNS_TABLE}\ndelete table inet {DNS_TABLE}\n" + self.ruleset())
+
+    @staticmethod
+    def remove() -> None:
+        delete_table("inet", DNS_TABLE)

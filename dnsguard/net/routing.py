@@ -61,10 +61,7 @@ class RoutingPlan:
                     raise NetworkError(f"interface {self.interface} does not exist")
                 await ipr.link("set", index=index, mtu=self.mtu, state="up")
                 for address in self.addresses:
-                    iface = ipaddress.ip_interface(address)
-                    await ipr.addr(
-                        "replace", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
-                    )
+                    await add_address(ipr, index, address)
                 for prefix in self.prefixes:
                     net = ipaddress.ip_network(prefix, strict=False)
                     await ipr.route("replace", dst=str(net), oif=index, table=self.table, family=_family(net))
@@ -125,6 +122,16 @@ class RoutingPlan:
                 if index is not None:
                     with contextlib.suppress(NetlinkError):
                         await ipr.link("del", index=index)
+
+
+IFA_F_NODAD = 0x02
+
+
+async def add_address(ipr: AsyncIPRoute, index: int, address: str) -> None:
+    """Add an address; IPv6 without duplicate address detection, so it can be bound at once."""
+    iface = ipaddress.ip_interface(address)
+    extra = {"flags": IFA_F_NODAD} if iface.version == 6 else {}
+    await ipr.addr("replace", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra)
 
 
 async def _link_index(ipr: AsyncIPRoute, name: str) -> int | None:
