@@ -11,8 +11,9 @@ need_root
 
 # Tools the tunnel and the lab use at run time.
 runtime_pkgs=(iproute2 nftables iputils-ping curl dnsutils procps kmod ca-certificates python3-venv)
-# Peers and anchors for interop tests and benchmarks, and capture tools for the leak tests.
-test_pkgs=(wireguard-tools wireguard-go dnsmasq-base iperf3 dnsperf tcpdump openvpn)
+# Peers and anchors for interop tests and benchmarks, capture tools for the leak tests, and the
+# validators of deploy/ (promtool from prometheus, systemd-analyze from systemd).
+test_pkgs=(wireguard-tools wireguard-go dnsmasq-base iperf3 dnsperf tcpdump openvpn prometheus systemd)
 
 pkgs=("${runtime_pkgs[@]}")
 [ "$mode" = "--test" ] && pkgs+=("${test_pkgs[@]}")

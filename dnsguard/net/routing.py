@@ -146,6 +146,9 @@ def _family(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
 def _sysctl(key: str, value: str) -> None:
     path = Path("/proc/sys") / key
     try:
+        # Containers mount /proc/sys read-only; a value the operator already set is not an error.
+        if path.read_text().strip() == value:
+            return
         path.write_text(value)
     except OSError as exc:
         raise NetworkError(f"cannot set {key.replace('/', '.')}={value}: {exc}") from exc
