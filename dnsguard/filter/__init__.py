@@ -1,1 +1,78 @@
+"""Blocklists and allowlists: parsing every common format, and one compact matcher for all of them.
 
+Typical use (the policy layer does this for each configured list and group)::
+
+    parsed = [parse_file("hosts.txt", "ads"), parse_text(text, ListSource("ads", url)), ...]
+    matcher = compile_matcher(parsed)                         # matcher.reports: what was skipped, where
+    del parsed; release_free_memory()                         # the build's transient memory goes back
+    kids = matcher.select(["ads", "adult", "allow-school"])   # once per policy group
+    verdict = kids.match("tracker.example.com")               # per query: canonical name in
+    if verdict.blocked: ...                                   # verdict.list_name, .source, .line, .rule
+
+Formats are detected per line: hosts (``0.0.0.0 a b``, ``::1 x``, inline ``#`` comments, localhost-style
+entries ignored), plain domains, wildcards (``*.x``), adblock / AdGuard DNS syntax (``||x^``, ``@@``
+exceptions, ``$important``, ``$badfilter``), dnsmasq (``address=/x/0.0.0.0``, ``server=/x/``) and regex
+(``/re/``). Names are lower-cased, IDN names converted to punycode, one trailing dot dropped.
+
+Matching semantics:
+
+- hosts and plain entries: the exact name; with the list option ``subdomains: true`` (or a header saying
+  "Domains (without subdomains)") the name and its subdomains;
+- ``||x^``, ``*.x``, dnsmasq: the name and its subdomains; ``.x^``: subdomains only; ``|x^``: exact;
+- an allow rule of any selected list beats every block rule, unless the block rule is ``$important``;
+  an important allow beats everything;
+- regex rules (and adblock patterns with ``*`` inside a name) run only when the hash rules have not
+  already decided at their strength; adblock rules with paths, cosmetic rules and modifiers other than
+  ``$important``/``$badfilter`` are skipped and counted (see `rules` for the full list).
+
+Malformed lines never fail a load: they are counted per reason and the first few are kept with their
+source and line number (`ParseReport.issues`).
+"""
+
+from dnsguard.filter.lists import (
+    LineIssue,
+    ListSource,
+    ParsedSource,
+    ParseReport,
+    RegexRule,
+    RuleBlock,
+    parse_bytes,
+    parse_file,
+    parse_text,
+)
+from dnsguard.filter.matcher import (
+    NOT_LISTED,
+    Action,
+    Matcher,
+    RuleKind,
+    Selection,
+    Verdict,
+    compile_matcher,
+    release_free_memory,
+)
+from dnsguard.filter.rules import LineResult, Outcome, Scope, canonical_name, parse_line
+
+__all__ = [
+    "NOT_LISTED",
+    "Action",
+    "LineIssue",
+    "LineResult",
+    "ListSource",
+    "Matcher",
+    "Outcome",
+    "ParseReport",
+    "ParsedSource",
+    "RegexRule",
+    "RuleBlock",
+    "RuleKind",
+    "Scope",
+    "Selection",
+    "Verdict",
+    "canonical_name",
+    "compile_matcher",
+    "parse_bytes",
+    "parse_file",
+    "parse_line",
+    "parse_text",
+    "release_free_memory",
+]

@@ -1,0 +1,675 @@
+"""The compiled matcher: every list's rules in one compact hash index, queried by a suffix walk.
+
+Layout (8 bytes a rule, plus a small directory and per-run tables):
+
+- Each rule (a name from one source in one category) is an entry ``i``; entries are numbered source by
+  source, block by block, so an entry's block (source, category) and line follow from run tables.
+- ``h = hash(name)`` (64 bits). Its top ``KB`` bits, biased to be non-negative, form ``u``; the top ``BB``
+  bits of ``u`` pick a directory bucket, the remaining ``EB = 32 - IB`` bits are stored in ``_entries``
+  next to the entry number (``IB`` bits): ``entry = (u_low << IB) | i``, sorted by bucket then value, so a
+  lookup is two directory reads and a `bisect` inside one bucket.
+- ``_low_hashes[i]`` holds the low 32 bits of ``h``, checked on a candidate: together with ``u`` a rule is
+  identified by ``KB + 32`` (usually about 60) hash bits. A false match needs a 60-bit collision: about
+  one query in 10^11 against a million names, and it would then be blocked for this process's lifetime
+  only (``hash()`` is re-seeded at every start).
+
+Building sorts one float per rule: ``2**52 + (bucket << 32 | entry)`` is exact in a double, Python sorts
+floats fast, and the sorted array's low 32-bit words *are* ``_entries`` (read through a memoryview, no
+per-rule Python work). That keeps the build at a few hundred nanoseconds a rule.
+
+Matching walks the query's suffixes from the full name to the top-level label (``a.b.example.com``,
+``b.example.com``, ``example.com``, ``com``) and keeps the strongest applicable rule:
+
+    important allow  >  important block  >  allow  >  block
+
+An exact rule applies only to the full name, a subdomains-only rule only to proper suffixes, a suffix
+rule to both. Regex rules run only when no hash rule already decided at their level, indexed by the
+label-aligned suffix they require where one is known, otherwise pre-tested with a required literal.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import re
+import sys
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from itertools import repeat
+from operator import add, mul, rshift
+from pathlib import Path
+from typing import Final
+
+from dnsguard.errors import ConfigError, DnsguardError
+from dnsguard.filter.lists import ListSource, ParsedSource, ParseReport, RegexRule, RuleBlock, split_lines
+from dnsguard.filter.rules import Scope, category_allow, category_important, category_scope
+
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "NOT_LISTED",
+    "Action",
+    "Matcher",
+    "RuleKind",
+    "Selection",
+    "Verdict",
+    "compile_matcher",
+    "release_free_memory",
+]
+
+DEFAULT_CACHE_SIZE: Final = 4096
+DEFAULT_MAX_REGEX_RULES: Final = 1000
+_PARENT_CACHE_SIZE: Final = 8192
+_VERDICT_CACHE_SIZE: Final = 8192
+
+
+class Action(enum.Enum):
+    """What the lists say about a name."""
+
+    BLOCK = "block"
+    ALLOW = "allow"
+    """An allow (exception) rule matched; policy layers may treat this as 'explicitly allowed'."""
+    NONE = "none"
+    """No rule of the selected lists applies."""
+
+
+class RuleKind(enum.Enum):
+    """How the deciding rule matched."""
+
+    EXACT = "exact"
+    SUFFIX = "suffix"
+    SUBDOMAINS = "subdomains"
+    REGEX = "regex"
+    NONE = "none"
+
+
+_KIND_OF_SCOPE: Final = {
+    Scope.EXACT: RuleKind.EXACT,
+    Scope.SUFFIX: RuleKind.SUFFIX,
+    Scope.SUBDOMAINS: RuleKind.SUBDOMAINS,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The deciding rule for a name: which list, which source and line, and what rule."""
+
+    action: Action
+    list_name: str = ""
+    source: str = ""
+    """File path or URL of the source the rule came from."""
+    line: int = 0
+    """1-based line of the rule in `source`; 0 when no rule applies."""
+    rule_name: str = ""
+    """The listed name that matched (the query or one of its parents), or the regex pattern."""
+    kind: RuleKind = RuleKind.NONE
+    important: bool = False
+
+    @property
+    def blocked(self) -> bool:
+        """True when the name must be blocked."""
+        return self.action is Action.BLOCK
+
+    @property
+    def rule(self) -> str:
+        """The rule in canonical adblock form (the source line itself: `Matcher.source_line`)."""
+        if self.action is Action.NONE:
+            return ""
+        if self.kind is RuleKind.REGEX:
+            text = f"/{self.rule_name}/"
+        elif self.kind is RuleKind.EXACT:
+            text = f"|{self.rule_name}^"
+        elif self.kind is RuleKind.SUBDOMAINS:
+            text = f".{self.rule_name}^"
+        else:
+            text = f"||{self.rule_name}^"
+        prefix = "@@" if self.action is Action.ALLOW else ""
+        return prefix + text + ("$important" if self.important else "")
+
+
+NOT_LISTED: Final = Verdict(Action.NONE)
+"""The verdict for names no selected rule covers (shared, so the common case allocates nothing)."""
+
+# Rule strength as the walk compares it; 0 means "does not apply here".
+_BLOCK: Final = 1
+_ALLOW: Final = 2
+_IMPORTANT_BLOCK: Final = 3
+_IMPORTANT_ALLOW: Final = 4
+_ACTION_OF: Final = {
+    _BLOCK: Action.BLOCK,
+    _ALLOW: Action.ALLOW,
+    _IMPORTANT_BLOCK: Action.BLOCK,
+    _IMPORTANT_ALLOW: Action.ALLOW,
+}
+
+
+def _strength(cat: int) -> int:
+    if category_allow(cat):
+        return _IMPORTANT_ALLOW if category_important(cat) else _ALLOW
+    return _IMPORTANT_BLOCK if category_important(cat) else _BLOCK
+
+
+class _Regex:
+    """A regex rule placed in the matcher, compiled on first use."""
+
+    __slots__ = (
+        "_compiled",
+        "label",
+        "line",
+        "list_id",
+        "literal",
+        "pattern",
+        "source_id",
+        "strength",
+        "suffix",
+    )
+
+    def __init__(self, rule: RegexRule, source_id: int, list_id: int) -> None:
+        self.pattern = rule.pattern
+        self.line = rule.line
+        self.suffix = rule.suffix
+        self.label = rule.label
+        self.literal = rule.literal
+        self.strength = _strength(rule.category)
+        self.source_id = source_id
+        self.list_id = list_id
+        self._compiled: re.Pattern[str] | None = None
+
+    def search(self, name: str) -> bool:
+        compiled = self._compiled
+        if compiled is None:
+            compiled = self._compiled = re.compile(self.pattern, re.IGNORECASE)
+        return compiled.search(name) is not None
+
+
+_LOW_WORD: Final = 0 if sys.byteorder == "little" else 1
+_TWO_52: Final = 1 << 52
+# High 32 bits of the IEEE-754 double 2**52: biased exponent 1075, zero mantissa. Doubles in [2**52, 2**53)
+# are exactly the integers there, and their high word is this plus the top 20 bits of (value - 2**52).
+_HIGH_WORD_OF_TWO_52: Final = 0x43300000
+
+
+def release_free_memory() -> None:
+    """Give freed heap pages back to the system (glibc; elsewhere a no-op); call after dropping parses."""
+    # glibc keeps freed memory below the top of its heap mapped: the build's transient hundred-odd MB
+    # (texts, name strings, float keys) would otherwise stay in the daemon's RSS after every (re)load.
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return
+    trim(0)
+
+
+def _words(data: array[int] | array[float], which: int) -> array[int]:
+    """The low (which=_LOW_WORD) or high 32-bit halves of a 64-bit array, without per-item Python work."""
+    halves = array("I")
+    halves.frombytes(memoryview(data).cast("B").cast("I")[which::2].tobytes())
+    return halves
+
+
+class Matcher:
+    """All lists compiled into one index; `select` gives the view a policy group queries."""
+
+    def __init__(
+        self,
+        *,
+        list_names: tuple[str, ...],
+        sources: tuple[ListSource, ...],
+        source_lists: tuple[int, ...],
+        entries: array[int],
+        low_hashes: array[int],
+        directory: array[int],
+        layout: tuple[int, int, int],
+        run_starts: array[int],
+        run_lines: array[int],
+        run_steps: array[int],
+        run_blocks: array[int],
+        block_categories: tuple[int, ...],
+        block_sources: tuple[int, ...],
+        block_starts: tuple[int, ...],
+        regexes: tuple[_Regex, ...],
+        dropped_regexes: int,
+        reports: tuple[ParseReport, ...],
+    ) -> None:
+        self.list_names = list_names
+        self.sources = sources
+        self.reports = reports
+        """Each source's parse report, so the parsed sources (and their arrays) can be dropped."""
+        self._source_lists = source_lists
+        self._entries = entries
+        self._low_hashes = low_hashes
+        self._directory = directory
+        self._layout = layout
+        self._run_starts = run_starts
+        self._run_lines = run_lines
+        self._run_steps = run_steps
+        self._run_blocks = run_blocks
+        self._block_categories = block_categories
+        self._block_sources = block_sources
+        self._block_starts = list(block_starts)
+        self._regexes = regexes
+        self.dropped_regexes = dropped_regexes
+        """Regex rules left out because the matcher-wide cap was reached."""
+        self._list_ids = {name: i for i, name in enumerate(list_names)}
+        self._verdicts: dict[int, Verdict] = {}
+        self._default: Selection | None = None
+
+    @property
+    def rule_count(self) -> int:
+        """Hash rules in the index (a name listed by three sources counts three)."""
+        return len(self._entries)
+
+    @property
+    def regex_count(self) -> int:
+        """Regex rules in the index."""
+        return len(self._regexes)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by the index arrays (what the compact layout costs, without Python overheads)."""
+        arrays = (
+            self._entries,
+            self._low_hashes,
+            self._directory,
+            self._run_starts,
+            self._run_lines,
+            self._run_steps,
+            self._run_blocks,
+        )
+        return sum(len(a) * a.itemsize for a in arrays)
+
+    def select(
+        self, lists: Iterable[str] | None = None, *, cache_size: int = DEFAULT_CACHE_SIZE
+    ) -> Selection:
+        """The view of the named lists (all lists when None) that a policy group matches against."""
+        if lists is None:
+            ids = frozenset(range(len(self.list_names)))
+        else:
+            wanted = list(lists)
+            unknown = [name for name in wanted if name not in self._list_ids]
+            if unknown:
+                known = ", ".join(self.list_names) or "none"
+                raise ConfigError(f"no list named {unknown[0]!r} (lists: {known})", key="lists")
+            ids = frozenset(self._list_ids[name] for name in wanted)
+        return Selection(self, ids, cache_size)
+
+    def match(self, name: str, lists: Iterable[str] | None = None) -> Verdict:
+        """Match one canonical name against the named lists (all when None); see `Selection.match`."""
+        if lists is None:
+            if self._default is None:
+                self._default = self.select()
+            return self._default.match(name)
+        return self.select(lists, cache_size=0).match(name)
+
+    def source_line(self, verdict: Verdict) -> str | None:
+        """The text of the verdict's rule line, read again from its source (None if unavailable)."""
+        if verdict.action is Action.NONE:
+            return None
+        for source in self.sources:
+            if source.location == verdict.source:
+                where = Path(source.path or source.location)
+                try:
+                    lines = split_lines(where.read_bytes().decode("utf-8", errors="replace"))
+                except OSError:
+                    return None
+                return lines[verdict.line - 1] if 0 < verdict.line <= len(lines) else None
+        return None
+
+    def explain(self, name: str, lists: Iterable[str] | None = None) -> str:
+        """A human-readable account of why `name` is blocked, allowed or neither."""
+        verdict = self.match(name, lists)
+        if verdict.action is Action.NONE:
+            return f"{name}: no rule in the selected lists"
+        what = "blocked" if verdict.blocked else "allowed"
+        line = self.source_line(verdict)
+        shown = f": {line.strip()}" if line is not None else ""
+        return (
+            f"{name}: {what} by list {verdict.list_name!r}, rule {verdict.rule} "
+            f"({verdict.source}:{verdict.line}{shown})"
+        )
+
+    # Internals used by Selection.
+
+    def _verdict(self, entry: int, rule_name: str, strength: int) -> Verdict:
+        # The same rule decides for many names (every x.doubleclick.net): its verdict is built once.
+        verdicts = self._verdicts
+        verdict = verdicts.get(entry)
+        if verdict is not None:
+            return verdict
+        run = bisect_right(self._run_starts, entry) - 1
+        line = self._run_lines[run] + (entry - self._run_starts[run]) * self._run_steps[run]
+        block = self._run_blocks[run]
+        cat = self._block_categories[block]
+        source = self.sources[self._block_sources[block]]
+        verdict = Verdict(
+            _ACTION_OF[strength],
+            source.list_name,
+            source.location,
+            line,
+            rule_name,
+            _KIND_OF_SCOPE[category_scope(cat)],
+            category_important(cat),
+        )
+        if len(verdicts) >= _VERDICT_CACHE_SIZE:
+            verdicts.clear()
+        verdicts[entry] = verdict
+        return verdict
+
+    def _regex_verdict(self, rule: _Regex) -> Verdict:
+        source = self.sources[rule.source_id]
+        important = rule.strength in (_IMPORTANT_ALLOW, _IMPORTANT_BLOCK)
+        return Verdict(
+            _ACTION_OF[rule.strength],
+            source.list_name,
+            source.location,
+            rule.line,
+            rule.pattern,
+            RuleKind.REGEX,
+            important,
+        )
+
+
+class Selection:
+    """A matcher seen through a set of lists (one policy group): the hot-path `match`."""
+
+    __slots__ = (
+        "_cache",
+        "_cache_size",
+        "_matcher",
+        "_parent_cap",
+        "_parent_strength",
+        "_parents",
+        "_regex_by_label",
+        "_regex_by_suffix",
+        "_regex_max",
+        "_regex_unindexed",
+        "_self_cap",
+        "_self_strength",
+        "_walk_cap",
+        "lists",
+    )
+
+    def __init__(self, matcher: Matcher, list_ids: frozenset[int], cache_size: int) -> None:
+        self._matcher = matcher
+        self.lists = frozenset(matcher.list_names[i] for i in list_ids)
+        selected = [matcher._source_lists[s] in list_ids for s in range(len(matcher.sources))]
+        self_strength = bytearray()
+        parent_strength = bytearray()
+        for cat, source_id in zip(matcher._block_categories, matcher._block_sources, strict=True):
+            strength = _strength(cat) if selected[source_id] else 0
+            scope = category_scope(cat)
+            self_strength.append(strength if scope is not Scope.SUBDOMAINS else 0)
+            parent_strength.append(strength if scope is not Scope.EXACT else 0)
+        self._self_strength = bytes(self_strength)
+        self._parent_strength = bytes(parent_strength)
+        regexes = sorted((r for r in matcher._regexes if r.list_id in list_ids), key=_by_strength)
+        # A regex that needs a known suffix or label is tried only for names that have it; the rest
+        # (hopefully few) are tried for every name the hash rules leave undecided.
+        self._regex_unindexed = tuple(r for r in regexes if not r.suffix and not r.label)
+        by_suffix: dict[str, list[_Regex]] = {}
+        by_label: dict[str, list[_Regex]] = {}
+        for rule in regexes:
+            if rule.suffix:
+                by_suffix.setdefault(rule.suffix, []).append(rule)
+            elif rule.label:
+                by_label.setdefault(rule.label, []).append(rule)
+        self._regex_by_suffix = {key: tuple(rules) for key, rules in by_suffix.items()}
+        self._regex_by_label = {key: tuple(rules) for key, rules in by_label.items()}
+        self._regex_max = max((r.strength for r in regexes), default=0)
+        # Once a rule as strong as any the selection holds has matched, nothing later can override it: the
+        # pair scan stops at the level's strongest, the walk at the overall strongest (for the usual
+        # block-only group, at the first block).
+        self._self_cap = max(self_strength, default=0) or 1
+        self._parent_cap = max(parent_strength, default=0) or 1
+        self._walk_cap = max(self._self_cap, self._parent_cap, self._regex_max)
+        self._cache: dict[str, Verdict] = {}
+        self._cache_size = cache_size
+        self._parents: dict[str, int] = {}
+
+    def is_blocked(self, name: str) -> bool:
+        """True when the selected lists block the canonical name."""
+        return self.match(name).action is Action.BLOCK
+
+    def match(self, name: str) -> Verdict:
+        """The verdict for a canonical name (lower case, no trailing dot; see `rules.canonical_name`)."""
+        cache = self._cache
+        verdict = cache.get(name)
+        if verdict is not None:
+            return verdict
+        verdict = self._lookup(name)
+        if self._cache_size:
+            if len(cache) >= self._cache_size:
+                # Clearing beats LRU bookkeeping on every hit; the working set refills in a few queries.
+                cache.clear()
+            cache[name] = verdict
+        return verdict
+
+    def _probe(self, suffix: str, strengths: bytes, cap: int) -> int:
+        """The strongest rule naming exactly `suffix`, as ``strength << 32 | entry`` (0: none applies)."""
+        matcher = self._matcher
+        entries = matcher._entries
+        directory = matcher._directory
+        key_shift, key_bias, entry_bits = matcher._layout
+        h = hash(suffix)
+        u = (h >> key_shift) + key_bias
+        bucket = u >> (32 - entry_bits)
+        wanted = (u & ((1 << (32 - entry_bits)) - 1)) << entry_bits
+        high = directory[bucket + 1]
+        i = bisect_left(entries, wanted, directory[bucket], high)
+        if i == high:
+            return 0
+        entry_mask = (1 << entry_bits) - 1
+        limit = wanted | entry_mask
+        entry = entries[i]
+        if entry > limit:
+            return 0
+        low_hashes = matcher._low_hashes
+        block_starts = matcher._block_starts
+        low32 = h & 0xFFFFFFFF
+        found = 0
+        while True:
+            entry &= entry_mask
+            if low_hashes[entry] == low32:
+                strength = strengths[bisect_right(block_starts, entry) - 1]
+                if strength > found >> 32:
+                    found = strength << 32 | entry
+                    if strength >= cap:
+                        return found
+            i += 1
+            if i == high:
+                return found
+            entry = entries[i]
+            if entry > limit:
+                return found
+
+    def _lookup(self, name: str) -> Verdict:
+        found = self._probe(name, self._self_strength, self._self_cap)
+        best = found >> 32
+        best_entry = found & 0xFFFFFFFF
+        best_name = name
+        # Parent suffixes repeat across queries (com, amazonaws.com, doubleclick.net...): their probe
+        # results are kept, bounded, per selection.
+        parents = self._parents
+        parent_strength = self._parent_strength
+        parent_cap = self._parent_cap
+        walk_cap = self._walk_cap
+        start = 0
+        while best < walk_cap:
+            dot = name.find(".", start)
+            if dot < 0:
+                break
+            start = dot + 1
+            suffix = name[start:]
+            found = parents.get(suffix, -1)
+            if found < 0:
+                found = self._probe(suffix, parent_strength, parent_cap)
+                if len(parents) >= _PARENT_CACHE_SIZE:
+                    parents.clear()
+                parents[suffix] = found
+            if found >> 32 > best:
+                best = found >> 32
+                best_entry = found & 0xFFFFFFFF
+                best_name = suffix
+        if self._regex_max > best:
+            rule = self._regex_match(name, best)
+            if rule is not None:
+                return self._matcher._regex_verdict(rule)
+        if best == 0:
+            return NOT_LISTED
+        return self._matcher._verdict(best_entry, best_name, best)
+
+    def _regex_match(self, name: str, best: int) -> _Regex | None:
+        """The strongest regex rule stronger than `best` that matches `name`."""
+        indexed: list[_Regex] = []
+        by_suffix = self._regex_by_suffix
+        if by_suffix:
+            suffix = name
+            start = 0
+            while True:
+                found = by_suffix.get(suffix)
+                if found is not None:
+                    indexed.extend(found)
+                dot = name.find(".", start)
+                if dot < 0:
+                    break
+                start = dot + 1
+                suffix = name[start:]
+        by_label = self._regex_by_label
+        if by_label:
+            for label in name.split("."):
+                found = by_label.get(label)
+                if found is not None:
+                    indexed.extend(found)
+        rules: Iterable[_Regex] = self._regex_unindexed
+        if indexed:
+            rules = sorted([*indexed, *self._regex_unindexed], key=_by_strength)
+        for rule in rules:
+            if rule.strength <= best:
+                break
+            if (not rule.literal or rule.literal in name) and rule.search(name):
+                return rule
+        return None
+
+
+def _by_strength(rule: _Regex) -> int:
+    return -rule.strength
+
+
+def compile_matcher(
+    parsed: Sequence[ParsedSource],
+    *,
+    lists: Sequence[str] = (),
+    max_regex_rules: int = DEFAULT_MAX_REGEX_RULES,
+) -> Matcher:
+    """Compile parsed sources into one matcher; `lists` declares list names (and order) up front.
+
+    ``$badfilter`` rules apply across all sources, as in AdGuard: they disable the identical rule
+    wherever it is listed. The parsed sources are not needed afterwards (their reports are kept in
+    `Matcher.reports`): drop them and call `release_free_memory` to return their memory.
+    """
+    list_names = list(dict.fromkeys([*lists, *(p.source.list_name for p in parsed)]))
+    list_ids = {name: i for i, name in enumerate(list_names)}
+    sources = tuple(p.source for p in parsed)
+    source_lists = tuple(list_ids[s.list_name] for s in sources)
+    bad_names: dict[int, set[int]] = {}
+    bad_patterns: set[tuple[int, str]] = set()
+    for p in parsed:
+        for cat, name in p.badfilters:
+            bad_names.setdefault(cat, set()).add(hash(name))
+        bad_patterns.update(p.regex_badfilters)
+
+    total = sum(len(block.hashes) for p in parsed for block in p.blocks)
+    if total >= 1 << 32:
+        raise DnsguardError(f"{total} rules exceed the matcher's 2**32 limit")
+    entry_bits = max(1, (total - 1).bit_length())
+    fragment_bits = 32 - entry_bits
+    # 2**16 buckets at most: building the directory bisects once per bucket, and past that point the
+    # build cost grows faster than the lookups gain (a bucket of ~30 entries is a 5-step C bisect).
+    bucket_bits = min(16, max(0, total.bit_length() - 3))
+    key_bits = bucket_bits + fragment_bits
+    key_shift = 64 - key_bits
+    key_bias = 1 << (key_bits - 1)
+    scale = float(1 << entry_bits)
+
+    # Everything that outlives the build is made first, the short-lived float keys last: long-lived
+    # small objects allocated among millions of floats would pin the allocator's arenas.
+    blocks: list[RuleBlock] = []
+    low_hashes = array("I")
+    run_starts = array("I")
+    run_lines = array("I")
+    run_steps = array("B")
+    run_blocks = array("I")
+    block_categories: list[int] = []
+    block_sources: list[int] = []
+    block_starts: list[int] = []
+    base = 0
+    for source_id, p in enumerate(parsed):
+        for block in p.blocks:
+            bad = bad_names.get(block.category)
+            if bad and not bad.isdisjoint(block.hashes):
+                block = block.without(bad)
+            if not block.hashes:
+                continue
+            block_id = len(blocks)
+            blocks.append(block)
+            block_categories.append(block.category)
+            block_sources.append(source_id)
+            block_starts.append(base)
+            run_starts.extend(run_offset + base for run_offset in block.run_offsets)
+            run_lines.extend(block.run_lines)
+            run_steps.extend(block.run_steps)
+            run_blocks.extend(repeat(block_id, len(block.run_offsets)))
+            low_hashes.extend(_words(block.hashes, _LOW_WORD))
+            base += len(block.hashes)
+    regexes: list[_Regex] = []
+    dropped = 0
+    for source_id, p in enumerate(parsed):
+        for rule in p.regexes:
+            if (rule.category, rule.pattern) in bad_patterns:
+                continue
+            if len(regexes) >= max_regex_rules:
+                dropped += 1
+                continue
+            regexes.append(_Regex(rule, source_id, source_lists[source_id]))
+
+    keys: list[float] = []
+    for block, base in zip(blocks, block_starts, strict=True):
+        hashes = block.hashes
+        # key = 2**52 + (u << entry_bits | entry) with u = (h >> key_shift) + key_bias, done in floats:
+        # (h >> key_shift) * 2**entry_bits is exact, and adding the integer part keeps it exact.
+        first = _TWO_52 + (key_bias << entry_bits) + base
+        fragments = map(mul, map(rshift, hashes, repeat(key_shift)), repeat(scale))
+        keys.extend(map(add, fragments, range(first, first + len(hashes))))
+    keys.sort()
+    packed = array("d", keys)
+    del keys
+    entries = _words(packed, _LOW_WORD)
+    # The high words are the bucket numbers (under the exponent bits of [2**52, 2**53)), in order.
+    buckets = _words(packed, 1 - _LOW_WORD)
+    del packed
+    first = _HIGH_WORD_OF_TWO_52
+    directory = array("I", map(partial(bisect_left, buckets), range(first, first + (1 << bucket_bits) + 1)))
+    del buckets
+    release_free_memory()
+
+    return Matcher(
+        list_names=tuple(list_names),
+        sources=sources,
+        source_lists=source_lists,
+        entries=entries,
+        low_hashes=low_hashes,
+        directory=directory,
+        layout=(key_shift, key_bias, entry_bits),
+        run_starts=run_starts,
+        run_lines=run_lines,
+        run_steps=run_steps,
+        run_blocks=run_blocks,
+        block_categories=tuple(block_categories),
+        block_sources=tuple(block_sources),
+        block_starts=tuple(block_starts),
+        regexes=tuple(regexes),
+        dropped_regexes=dropped,
+        reports=tuple(p.report for p in parsed),
+    )

@@ -1,0 +1,630 @@
+"""One blocklist line in, the rules it holds out: hosts, plain domains, wildcards, adblock, dnsmasq, regex.
+
+`parse_line` is the reference parser: every line of every format goes through it unless the bulk fast
+path in `lists.py` proves that the line has the file's dominant shape (``0.0.0.0 name``, ``||name^``...),
+in which case both must agree (a property test checks that they do).
+
+Semantics chosen here (see also the package docstring):
+
+- hosts and plain-domain entries match the name exactly (Pi-hole, AdGuard), unless the list says
+  ``subdomains: true`` or its header declares "Domains (without subdomains)" (hagezi's onlydomains files,
+  whose every entry stands for the name and all its subdomains);
+- ``*.example.com`` in a wildcard list, ``||example.com^``, dnsmasq ``address=/example.com/`` and
+  ``server=/example.com/`` cover the name and its subdomains (oisd, blocky, AdGuard, dnsmasq);
+- ``.example.com^``, ``://*.example.com^`` and ``*.example.com^`` (adblock, with the separator) cover only
+  the subdomains; ``|example.com^``, ``://example.com^`` and ``http://example.com^`` only the name;
+- adblock patterns with ``*`` inside the name, or ending in a partial label (``||ads.``), become regex rules;
+  rules with a path, query or port, cosmetic rules and rules with modifiers other than ``$important`` and
+  ``$badfilter`` are skipped and counted, because they either make no sense for DNS or would change meaning
+  if the modifier were ignored (``$dnstype``, ``$client``, ``$denyallow``, ``$dnsrewrite``);
+- rules naming an IP address (``||1.2.3.4^``, a bare ``1.2.3.4``) are skipped: they filter answers, not names.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "ALLOWED_NAME_CHARS",
+    "MAX_REGEX_LENGTH",
+    "PSEUDO_HOSTS",
+    "LineResult",
+    "Outcome",
+    "Scope",
+    "canonical_name",
+    "category",
+    "category_allow",
+    "category_important",
+    "category_scope",
+    "label_hint",
+    "name_problem",
+    "parse_line",
+    "regex_hints",
+]
+
+
+class Scope(enum.IntEnum):
+    """Which names a listed name covers."""
+
+    EXACT = 0
+    """The name itself only."""
+    SUFFIX = 1
+    """The name and every name below it (``||x^``, ``*.x``)."""
+    SUBDOMAINS = 2
+    """Names below it, not the name itself (``.x^``)."""
+
+
+# A rule's category packs scope, importance and allow/block into a small int: it is stored once per block
+# of rules, and the matcher's per-group tables are indexed by it.
+_IMPORTANT: Final = 4
+_ALLOW: Final = 8
+
+
+def category(scope: Scope, *, allow: bool = False, important: bool = False) -> int:
+    """Pack a rule's scope, importance and role into the small int the parser and matcher share."""
+    return int(scope) | (_IMPORTANT if important else 0) | (_ALLOW if allow else 0)
+
+
+def category_scope(cat: int) -> Scope:
+    """The scope packed in a category."""
+    return Scope(cat & 3)
+
+
+def category_allow(cat: int) -> bool:
+    """True when the category is an allow (exception) rule."""
+    return bool(cat & _ALLOW)
+
+
+def category_important(cat: int) -> bool:
+    """True when the category carries ``$important``."""
+    return bool(cat & _IMPORTANT)
+
+
+class Outcome(enum.Enum):
+    """What a line turned out to be."""
+
+    RULE = "rule"
+    REGEX = "regex"
+    BADFILTER = "badfilter"
+    BLANK = "blank"
+    COMMENT = "comment"
+    PSEUDO = "pseudo-host"
+    SKIPPED = "skipped"
+    MALFORMED = "malformed"
+
+
+@dataclass(frozen=True, slots=True)
+class LineResult:
+    """The rules one line holds, or why it holds none."""
+
+    outcome: Outcome
+    category: int = 0
+    names: tuple[str, ...] = ()
+    """Canonical names (lower case, punycode, no trailing dot) for RULE and name BADFILTER lines."""
+    pattern: str = ""
+    """The regular expression of a REGEX line (or of a regex BADFILTER line), case preserved."""
+    reason: str = ""
+    """Why the line was skipped or malformed; for a RULE line, a problem with some of its names."""
+
+
+ALLOWED_NAME_CHARS: Final = "abcdefghijklmnopqrstuvwxyz0123456789-_."
+"""Characters a canonical name may contain; underscores appear in real lists (``_dmarc``) and in DNS."""
+
+PSEUDO_HOSTS: Final = frozenset(
+    {
+        "localhost",
+        "localhost.localdomain",
+        "local",
+        "broadcasthost",
+        "0.0.0.0",
+        "ip6-localhost",
+        "ip6-loopback",
+        "ip6-localnet",
+        "ip6-mcastprefix",
+        "ip6-allnodes",
+        "ip6-allrouters",
+        "ip6-allhosts",
+    }
+)
+"""Names hosts files map to loopback addresses for the operating system's sake; never blocked."""
+
+MAX_REGEX_LENGTH: Final = 512
+
+_SINKHOLES: Final = frozenset({"0.0.0.0", "127.0.0.1", "::", "::1", "0", "0:0:0:0:0:0:0:0", "::0"})
+_DNSMASQ_BLOCK_TARGETS: Final = frozenset({"", "#", "0.0.0.0", "::", "127.0.0.1", "::1"})
+_COSMETIC_MARKERS: Final = ("##", "#@#", "#?#", "#$#", "#%#", "#@$#", "#@%#", "#@?#", "$$", "$@$")
+_SCHEME: Final = re.compile(r"\|?[a-z*][a-z0-9*+.-]*://")
+_URL_CHARS: Final = frozenset("/?=&;:#,~+%@!'\"()[]{}<>\\ ")
+_DNSMASQ_KEY: Final = re.compile(r"[a-z][a-z0-9-]*=")
+_MODIFIER: Final = re.compile(r"~?[a-z][a-z0-9_-]*(?:=.*)?")
+# Python's backtracking engine has no timeout: a quantified group that itself contains a quantifier can
+# take exponential time on a 253-character name, so such patterns are refused rather than capped.
+_NESTED_QUANTIFIER: Final = re.compile(r"\((?:[^()\\]|\\.)*[*+}](?:[^()\\]|\\.)*\)[*+{]")
+_DNS_MODIFIERS: Final = frozenset({"dnstype", "dnsrewrite", "client", "ctag", "denyallow"})
+_NAME_CHARSET: Final = frozenset(ALLOWED_NAME_CHARS)
+
+
+def _is_ip(token: str) -> bool:
+    if token in _SINKHOLES:
+        return True
+    if not token or token[0] not in "0123456789abcdef:":
+        return False
+    try:
+        ipaddress.ip_address(token.partition("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _is_ipv4_literal(name: str) -> bool:
+    labels = name.split(".")
+    return len(labels) == 4 and all(label.isdigit() and int(label) < 256 for label in labels)
+
+
+def name_problem(name: str) -> str | None:
+    """Why a lower-case ASCII name without trailing dot is not a usable rule name (None: it is)."""
+    if not name:
+        return "empty name"
+    bad = set(name) - _NAME_CHARSET
+    if bad:
+        return f"invalid character {min(bad)!r} in name"
+    if name[0] == "." or name[-1] == "." or ".." in name:
+        return "empty label in name"
+    if len(name) > 253:
+        return "name longer than 253 characters"
+    if len(name) > 63 and max(map(len, name.split("."))) > 63:
+        return "label longer than 63 characters"
+    last = name[name.rfind(".") + 1 :]
+    if last.isdigit():
+        return "ip address" if _is_ipv4_literal(name) else "numeric top-level label"
+    return None
+
+
+def _to_ascii(name: str) -> str | None:
+    # IDNA 2003 (Python's codec): applies nameprep, which also folds case; None for names it rejects.
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+
+
+def canonical_name(text: str) -> str | None:
+    """Lower-case, punycode, no trailing dot; None when the text is not a usable domain name."""
+    name = text.strip().lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name.isascii():
+        converted = _to_ascii(name)
+        if converted is None:
+            return None
+        name = converted
+    return None if name_problem(name) else name
+
+
+def _is_pseudo(name: str) -> bool:
+    return name in PSEUDO_HOSTS or (name.startswith("ip6-") and "." not in name)
+
+
+def _name_result(raw: str, cat: int) -> LineResult:
+    """A single-name rule, or why the name cannot be one."""
+    name = raw[:-1] if raw.endswith(".") else raw
+    if not name.isascii():
+        converted = _to_ascii(name)
+        if converted is None:
+            return LineResult(Outcome.MALFORMED, reason="invalid internationalized name")
+        name = converted
+    if _is_pseudo(name):
+        return LineResult(Outcome.PSEUDO)
+    problem = name_problem(name)
+    if problem == "ip address":
+        return LineResult(Outcome.SKIPPED, reason="ip address rule (filters answers, not names)")
+    if problem:
+        return LineResult(Outcome.MALFORMED, reason=problem)
+    return LineResult(Outcome.RULE, cat, (name,))
+
+
+def parse_line(line: str, *, allow: bool = False, subdomains: bool = False) -> LineResult:
+    """Parse one list line; `allow` marks an allowlist, `subdomains` widens hosts and plain entries."""
+    text = line.strip()
+    if not text:
+        return LineResult(Outcome.BLANK)
+    first = text[0]
+    if first == "!":
+        return LineResult(Outcome.COMMENT)
+    if first == "#":
+        # Also adblock's generic cosmetic rules (##.banner): ignored either way, and hosts files decorate
+        # their headers with runs of '#'.
+        return LineResult(Outcome.COMMENT)
+    if first == "[" and text[-1] == "]":
+        return LineResult(Outcome.COMMENT)
+    regex = _parse_regex_line(text, allow)
+    if regex is not None:
+        return regex
+    low = text.lower()
+    if any(marker in low for marker in _COSMETIC_MARKERS):
+        return LineResult(Outcome.SKIPPED, reason="cosmetic rule")
+    if "#" in low:
+        # Hosts and domain lists put comments after the entry; adblock has no inline comments.
+        low = low[: low.index("#")].rstrip()
+        if not low:
+            return LineResult(Outcome.COMMENT)
+    plain_scope = Scope.SUFFIX if subdomains else Scope.EXACT
+    tokens = low.split()
+    if len(tokens) > 1:
+        return _parse_hosts(tokens, category(plain_scope, allow=allow))
+    token = tokens[0]
+    if _DNSMASQ_KEY.match(token):
+        return _parse_dnsmasq(token, allow)
+    if _is_ip(token):
+        return LineResult(Outcome.SKIPPED, reason="ip address rule (filters answers, not names)")
+    if token.startswith(("|", "@@", ".", "*", "/", ":")) or any(c in token for c in "^$*|/"):
+        return _parse_adblock(token, allow, plain_scope)
+    return _name_result(token, category(plain_scope, allow=allow))
+
+
+def _parse_hosts(tokens: list[str], cat: int) -> LineResult:
+    if not _is_ip(tokens[0]):
+        return LineResult(Outcome.MALFORMED, reason="expected an address followed by names")
+    names: list[str] = []
+    problems: list[str] = []
+    skipped_pseudo = False
+    for token in tokens[1:]:
+        result = _name_result(token, cat)
+        if result.outcome is Outcome.RULE:
+            names.extend(result.names)
+        elif result.outcome is Outcome.PSEUDO:
+            skipped_pseudo = True
+        else:
+            problems.append(f"{token!r}: {result.reason}")
+    reason = "; ".join(problems)
+    if names:
+        return LineResult(Outcome.RULE, cat, tuple(names), reason=reason)
+    if problems:
+        return LineResult(Outcome.MALFORMED, reason=reason)
+    return LineResult(Outcome.PSEUDO if skipped_pseudo else Outcome.MALFORMED, reason="")
+
+
+def _parse_dnsmasq(token: str, allow: bool) -> LineResult:
+    key, _, value = token.partition("=")
+    if key not in ("address", "server", "local"):
+        return LineResult(Outcome.SKIPPED, reason=f"dnsmasq option {key!r}")
+    if not value.startswith("/"):
+        return LineResult(Outcome.MALFORMED, reason=f"dnsmasq {key}= without /domain/")
+    parts = value[1:].split("/")
+    if len(parts) < 2:
+        return LineResult(Outcome.MALFORMED, reason=f"dnsmasq {key}= without closing /")
+    *domains, target = parts
+    if key == "address" and target not in _DNSMASQ_BLOCK_TARGETS:
+        return LineResult(Outcome.SKIPPED, reason="dnsmasq address= with a custom answer (a rewrite)")
+    if key == "server" and target:
+        return LineResult(Outcome.SKIPPED, reason="dnsmasq server= forwarding to an upstream")
+    cat = category(Scope.SUFFIX, allow=allow)
+    names: list[str] = []
+    for domain in domains:
+        result = _name_result(domain, cat)
+        if result.outcome is not Outcome.RULE:
+            return result
+        names.extend(result.names)
+    if not names:
+        return LineResult(Outcome.MALFORMED, reason="dnsmasq rule without a domain")
+    return LineResult(Outcome.RULE, cat, tuple(names))
+
+
+def _split_modifiers(body: str) -> tuple[str, list[str]] | None:
+    """Body and modifier names; None when the text after the last ``$`` is not a modifier list."""
+    dollar = body.rfind("$")
+    if dollar < 0:
+        return body, []
+    mods = body[dollar + 1 :].split(",")
+    if not all(_MODIFIER.fullmatch(m) for m in mods):
+        return None
+    return body[:dollar], [m.partition("=")[0].lstrip("~") for m in mods]
+
+
+def _apply_modifiers(mods: list[str]) -> tuple[bool, bool, str]:
+    """(important, badfilter, why the rule must be skipped or '')."""
+    important = badfilter = False
+    for mod in mods:
+        if mod == "important":
+            important = True
+        elif mod == "badfilter":
+            badfilter = True
+        elif mod in _DNS_MODIFIERS:
+            return important, badfilter, f"unsupported modifier ${mod}"
+        else:
+            return important, badfilter, f"modifier ${mod} does not apply to DNS"
+    return important, badfilter, ""
+
+
+def _parse_regex_line(text: str, allow_list: bool) -> LineResult | None:
+    body = text
+    allow = allow_list
+    if body.startswith("@@"):
+        allow = True
+        body = body[2:]
+    if not body.startswith("/") or body.startswith("//"):
+        return None
+    close = body.rfind("/")
+    if close < 2:
+        return None
+    tail = body[close + 1 :]
+    if tail and not tail.startswith("$"):
+        return None
+    pattern = body[1:close]
+    split = _split_modifiers(tail) if tail else ("", [])
+    if split is None:
+        return None
+    important, badfilter, skip = _apply_modifiers(split[1])
+    if skip:
+        return LineResult(Outcome.SKIPPED, reason=skip)
+    if len(pattern) > MAX_REGEX_LENGTH:
+        return LineResult(Outcome.SKIPPED, reason=f"regex longer than {MAX_REGEX_LENGTH} characters")
+    if _NESTED_QUANTIFIER.search(pattern):
+        return LineResult(Outcome.SKIPPED, reason="regex with nested quantifiers (catastrophic backtracking)")
+    try:
+        re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        return LineResult(Outcome.MALFORMED, reason=f"invalid regex: {exc}")
+    cat = category(Scope.EXACT, allow=allow, important=important)
+    return LineResult(Outcome.BADFILTER if badfilter else Outcome.REGEX, cat, pattern=pattern)
+
+
+def _glob_regex(body: str, start: str, end: bool) -> str:
+    return start + ".*".join(re.escape(part) for part in body.split("*")) + ("$" if end else "")
+
+
+def _parse_adblock(token: str, allow_list: bool, plain_scope: Scope) -> LineResult:
+    allow = allow_list
+    body = token
+    if body.startswith("@@"):
+        allow = True
+        body = body[2:]
+    split = _split_modifiers(body)
+    if split is None:
+        return LineResult(Outcome.SKIPPED, reason="url rule (path or query part)")
+    body, mods = split
+    important, badfilter, skip = _apply_modifiers(mods)
+    if skip:
+        return LineResult(Outcome.SKIPPED, reason=skip)
+    # Where the pattern is anchored: at a label boundary (||), at the start of the host name (|, ://,
+    # scheme://) or nowhere (bare); the bare form is a plain entry unless it carries adblock markers.
+    if body.startswith("||"):
+        anchor, body = "domain", body[2:]
+    elif match := _SCHEME.match(body):
+        anchor, body = "start", body[match.end() :]
+    elif body.startswith("|"):
+        anchor, body = "start", body[1:]
+    elif body.startswith("://"):
+        anchor, body = "start", body[3:]
+    elif body.startswith("//"):
+        anchor, body = "start", body[2:]
+    else:
+        anchor = "none"
+    end = False
+    if body.endswith("^|"):
+        body, end = body[:-2], True
+    elif body.endswith(("^", "|")):
+        body, end = body[:-1], True
+    if not body.strip(".*"):
+        return LineResult(Outcome.MALFORMED, reason="empty name")
+    if any(c in _URL_CHARS or c == "^" or c == "|" for c in body):
+        return LineResult(Outcome.SKIPPED, reason="url rule (path or query part)")
+    if "." in body and all(c in "0123456789.*" for c in body) and body.strip("*."):
+        return LineResult(Outcome.SKIPPED, reason="ip address rule (filters answers, not names)")
+    marked = anchor != "none" or end or token.startswith("@@") or bool(mods)
+    result = _adblock_pattern(body, anchor, end, marked, plain_scope, allow, important)
+    if badfilter and result.outcome in (Outcome.RULE, Outcome.REGEX):
+        return LineResult(Outcome.BADFILTER, result.category, result.names, result.pattern)
+    return result
+
+
+def _adblock_pattern(
+    body: str, anchor: str, end: bool, marked: bool, plain_scope: Scope, allow: bool, important: bool
+) -> LineResult:
+    if "*" in body:
+        rest = body[2:]
+        if body.startswith("*.") and "*" not in rest and not rest.endswith("."):
+            # *.x without a separator is the wildcard-list convention (apex and subdomains, as oisd's and
+            # blocky's *.example.com); with a separator or an anchor it is adblock: subdomains only.
+            scope = Scope.SUBDOMAINS if (end or anchor != "none") else Scope.SUFFIX
+            return _name_result(rest, category(scope, allow=allow, important=important))
+        return _glob_rule(body, anchor, end, marked, allow, important)
+    if body.endswith(".") and not end:
+        # ||ads. and ://example. match names that begin with these labels, under any suffix.
+        return _glob_rule(body, anchor, end, marked, allow, important)
+    if anchor == "domain":
+        scope = Scope.SUFFIX
+    elif anchor == "start":
+        scope = Scope.EXACT
+    elif body.startswith("."):
+        body = body[1:]
+        scope = Scope.SUBDOMAINS
+    elif end:
+        # A bare name^ is unanchored in adblock (it also matches "xname"); label-bound is what list
+        # authors mean for DNS, so it is read like ||name^.
+        scope = Scope.SUFFIX
+    else:
+        scope = plain_scope
+    return _name_result(body, category(scope, allow=allow, important=important))
+
+
+def _glob_rule(body: str, anchor: str, end: bool, marked: bool, allow: bool, important: bool) -> LineResult:
+    if not body.isascii():
+        return LineResult(Outcome.MALFORMED, reason="internationalized name in a wildcard pattern")
+    if any(c not in _NAME_CHARSET and c != "*" for c in body):
+        return LineResult(Outcome.MALFORMED, reason="invalid character in wildcard pattern")
+    if anchor == "domain":
+        start = r"(?:^|\.)"
+    elif anchor == "start" or not marked:
+        start = "^"
+    else:
+        start = ""
+    # An unmarked plain line with * (ads*.example.com) is a whole-name glob.
+    pattern = _glob_regex(body, start, end or not marked)
+    cat = category(Scope.EXACT, allow=allow, important=important)
+    return LineResult(Outcome.REGEX, cat, pattern=pattern)
+
+
+def _class_end(pattern: str, i: int) -> int:
+    """Index just past the character class that starts at pattern[i] == '['; -1 if unterminated."""
+    j = i + 1
+    if j < len(pattern) and pattern[j] == "^":
+        j += 1
+    if j < len(pattern) and pattern[j] == "]":
+        j += 1
+    while j < len(pattern) and pattern[j] != "]":
+        j += 2 if pattern[j] == "\\" else 1
+    return j + 1 if j < len(pattern) else -1
+
+
+def _quantifier_end(pattern: str, i: int) -> tuple[int, str]:
+    """(index past the quantifier at pattern[i], its kind: '' none, '+' at least once, '*' maybe none)."""
+    if i >= len(pattern):
+        return i, ""
+    q = pattern[i]
+    if q == "{":
+        close = pattern.find("}", i)
+        if close < 0:
+            return i, ""
+        i, kind = close + 1, "*"
+    elif q in "*?":
+        i, kind = i + 1, "*"
+    elif q == "+":
+        i, kind = i + 1, "+"
+    else:
+        return i, ""
+    if i < len(pattern) and pattern[i] in "?+":
+        i += 1
+    return i, kind
+
+
+_LABEL_START: Final = ("(?:^|\\.)", "(^|\\.)", "^")
+_LABEL_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def label_hint(pattern: str) -> str:
+    """A label every match contains whole (``(?:^|\\.)ads\\.`` -> ``ads``); '' where unknown."""
+    for start in _LABEL_START:
+        if pattern.startswith(start):
+            break
+    else:
+        return ""
+    label: list[str] = []
+    i = len(start)
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            if nxt == ".":
+                # The label must not be quantified away, and a top-level | would make it optional.
+                whole = "".join(label)
+                if not whole or "|" in _top_level(pattern):
+                    return ""
+                return whole
+            if nxt not in "-_":
+                return ""
+            label.append(nxt)
+            i += 2
+        elif c.lower() in _LABEL_CHARS:
+            label.append(c.lower())
+            i += 1
+        else:
+            return ""
+        if i < len(pattern) and pattern[i] in "*?{+":
+            return ""
+    return ""
+
+
+def _top_level(pattern: str) -> str:
+    """The pattern with groups, classes and escapes removed (what a top-level scan sees)."""
+    out: list[str] = []
+    depth = 0
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            end = _class_end(pattern, i)
+            if end < 0:
+                return "|"
+            i = end
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif depth == 0:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def regex_hints(pattern: str) -> tuple[str, str]:
+    """(label-aligned suffix every match ends with, literal every match contains); '' where unknown.
+
+    The suffix lets the matcher try a regex only for names under it, the literal is a cheap ``in`` test
+    before running the regex. Both are derived conservatively: a top-level alternation, or anything this
+    small scanner does not understand, yields ''.
+    """
+    runs: list[str] = []
+    run: list[str] = []
+    depth = 0
+    i = 0
+    n = len(pattern)
+    suffix_run = ""
+    while i < n:
+        c = pattern[i]
+        literal = ""
+        if c == "\\":
+            if i + 1 >= n:
+                return "", ""
+            nxt = pattern[i + 1]
+            literal = "" if nxt.isalnum() else nxt
+            i += 2
+        elif c == "[":
+            i = _class_end(pattern, i)
+            if i < 0:
+                return "", ""
+        elif c == "(":
+            depth += 1
+            i += 1
+            continue
+        elif c == ")":
+            depth -= 1
+            i += 1
+        elif c == "|":
+            if depth == 0:
+                return "", ""
+            i += 1
+            continue
+        elif c in "^$":
+            if c == "$" and i == n - 1 and depth == 0 and run:
+                suffix_run = "".join(run)
+            i += 1
+        elif c in ".*+?{}":
+            i += 1
+        else:
+            literal = c.lower()
+            i += 1
+        i, quantifier = _quantifier_end(pattern, i)
+        if literal and depth == 0 and quantifier != "*":
+            run.append(literal)
+            if not quantifier:
+                continue
+        if run:
+            runs.append("".join(run))
+            run = []
+    if run:
+        runs.append("".join(run))
+    literal_hint = max(runs, key=len) if runs else ""
+    suffix = ""
+    dot = suffix_run.find(".")
+    if dot >= 0 and canonical_name(suffix_run[dot + 1 :]) == suffix_run[dot + 1 :]:
+        suffix = suffix_run[dot + 1 :]
+    return suffix, literal_hint
