@@ -16,7 +16,7 @@ EXIT_USAGE = 2
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _not_available(name: str) -> Handler:
+def _not_available(name: str) -> Handler:  # kept for commands that are registered before they are built
     def handler(args: argparse.Namespace) -> int:
         raise NotAvailableError(f"'dnsguard {name}' is not available yet in dnsguard {__version__}")
 
@@ -68,6 +68,30 @@ def _status(args: argparse.Namespace) -> int:
 
     print(json.dumps(read_status(args.interface), indent=2, sort_keys=True))
     return EXIT_OK
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    from dnsguard.daemon.resolve import run_resolve
+
+    return run_resolve(args.config)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from dnsguard.daemon.resolve import run_check
+
+    return run_check(args.config)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from dnsguard.daemon.resolve import run_explain
+
+    return run_explain(args.config, args.name, args.client)
+
+
+def _lists(args: argparse.Namespace) -> int:
+    from dnsguard.daemon.resolve import run_lists_update
+
+    return run_lists_update(args.config)
 
 
 def _require_net_admin(command: str) -> None:
@@ -125,26 +149,24 @@ def build_parser() -> argparse.ArgumentParser:
     resolve = add(
         "resolve",
         "serve the filtering DNS resolver on the sockets named in the config",
-        _not_available("resolve"),
+        _resolve,
     )
     _add_config(resolve)
     check = add(
         "check",
         "validate a configuration file (exit 0 when valid, 2 with the error)",
-        _not_available("check"),
+        _check,
     )
     _add_config(check)
-    explain = add(
-        "explain", "print the verdict for a name and the rule that decided it", _not_available("explain")
-    )
+    explain = add("explain", "print the verdict for a name and the rule that decided it", _explain)
     explain.add_argument("name")
     explain.add_argument("--client", metavar="IP", help="evaluate the policy of this client address")
     _add_config(explain)
     keygen = add("keygen", "print a new private key (same format as 'wg genkey')", _keygen)
     keygen.add_argument("--preshared", action="store_true", help="a preshared key instead ('wg genpsk')")
     add("pubkey", "read a private key on stdin, print its public key (as 'wg pubkey')", _pubkey)
-    lists = add("lists", "manage blocklists", _not_available("lists"))
-    lists.add_argument("action", choices=["update", "show"])
+    lists = add("lists", "download list sources ('update') into the cache", _lists)
+    lists.add_argument("action", choices=["update"])
     _add_config(lists)
     status = add("status", "show the tunnel state of a running client", _status)
     status.add_argument("--interface", default="dg0")

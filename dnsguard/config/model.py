@@ -247,6 +247,23 @@ class PeerConfig:
 
 
 @dataclass
+class ReconnectConfig:
+    """How the client notices a lost tunnel and reconnects (see dnsguard.lifecycle)."""
+
+    handshake_timeout: Duration = Duration(5)
+    dead_peer_timeout: Duration = Duration(15)
+    """After sending, no authenticated packet for this long starts a probe handshake."""
+    probe_timeout: Duration = Duration(5)
+    idle_probe_interval: Duration = Duration(0)
+    """With no packet from the server for this long, probe even when idle (0: off)."""
+    debounce: Duration = Duration(0.5)
+    backoff_initial: Duration = Duration(1)
+    backoff_max: Duration = Duration(30)
+    give_up_after: Duration | None = None
+    """Stop reconnecting after this long (None: never; the TUN and kill switch stay up meanwhile)."""
+
+
+@dataclass
 class TunnelConfig:
     """The WireGuard interface (wg-quick [Interface]) and its peers; or a wg-quick file."""
 
@@ -268,6 +285,7 @@ class TunnelConfig:
     exclude: list[str] = field(default_factory=list)
     lan_interfaces: list[str] = field(default_factory=list)
     """Gateway mode: traffic entering on these interfaces is routed into the tunnel."""
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
     rekey_after_time: Duration = Duration(120)
     """Session age at which the initiator rekeys; the protocol's 120 s (lower only to test rekeying)."""
 

@@ -1,0 +1,294 @@
+"""`dnsguard resolve`, `check`, `explain`, `lists update`: the filtering resolver and its tools."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dnsguard.config import Config, load_config
+from dnsguard.daemon.common import install_signal_handlers, reload_config, setup_logging
+from dnsguard.daemon.dns_server import DnsListeners
+from dnsguard.dns.cache import AnswerCache
+from dnsguard.dns.resolver import Resolver
+from dnsguard.dns.upstream import TransportOptions, UpstreamGroup
+from dnsguard.errors import ConfigError
+from dnsguard.policy.engine import Policy
+from dnsguard.sources.build import BuildResult, build, build_sync, urls_of
+from dnsguard.sources.fetch import FetchResult, ListFetcher
+
+log = logging.getLogger("dnsguard.resolve")
+
+SocketSetup = Callable[[socket.socket], None]
+
+
+def make_cache(config: Config) -> AnswerCache | None:
+    c = config.cache
+    if not c.enabled or c.max_entries == 0:
+        return None
+    return AnswerCache(
+        max_entries=c.max_entries,
+        min_ttl=int(c.min_ttl),
+        max_ttl=int(c.max_ttl),
+        negative_max_ttl=int(c.max_negative_ttl),
+        stale_max_age=float(c.stale_max_age),
+    )
+
+
+def make_upstreams(config: Config, socket_setup: SocketSetup | None = None) -> UpstreamGroup | None:
+    servers = config.upstreams.servers
+    if not servers:
+        return None
+    options = TransportOptions(socket_setup=socket_setup) if socket_setup else None
+    return UpstreamGroup.from_specs(
+        servers, options=options, strategy=config.upstreams.strategy, timeout=float(config.upstreams.timeout)
+    )
+
+
+def make_resolver(config: Config, built: BuildResult, socket_setup: SocketSetup | None = None) -> Resolver:
+    return Resolver(
+        Policy(config, built.matcher),
+        make_cache(config),
+        make_upstreams(config, socket_setup),
+        query_log_size=config.api.query_log_size,
+        extended_errors=config.blocking.extended_errors,
+        cname_check=config.blocking.cname_check,
+        serve_stale=config.cache.serve_stale,
+    )
+
+
+def log_build(built: BuildResult) -> None:
+    for report in built.sources:
+        if report.error:
+            log.warning(
+                "list %s: %s: %s (%s)", report.list_name, report.location, report.error, report.status
+            )
+        if report.malformed:
+            log.info(
+                "list %s: %s: %d malformed lines, e.g. %s",
+                report.list_name,
+                report.location,
+                report.malformed,
+                "; ".join(report.examples[:2]),
+            )
+    total = sum(r.rules for r in built.sources)
+    log.info("lists compiled: %d rules from %d sources in %.2f s", total, len(built.sources), built.seconds)
+
+
+@dataclass
+class ResolverService:
+    """Listeners + resolver, with reload (SIGHUP) and periodic list refresh."""
+
+    config_path: str
+    config: Config
+    socket_setup: SocketSetup | None = None
+    resolver: Resolver | None = None
+    built: BuildResult | None = None
+    reloads: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
+    last_reload_error: str | None = None
+
+    async def start(self, listen: bool = True) -> None:
+        # Start answering from cached list copies at once; fresh downloads follow in the background.
+        self.built = await build(self.config, download=False)
+        log_build(self.built)
+        self.resolver = make_resolver(self.config, self.built, self.socket_setup)
+        self.listeners: DnsListeners | None = None
+        if listen:
+            self.listeners = DnsListeners(self.resolver, self.config.resolver.listen)
+            await self.listeners.start()
+        self._refresher = asyncio.create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        first = True
+        while True:
+            if urls_of(self.config):
+                try:
+                    await self.refresh_lists(force_rebuild=first)
+                except Exception:
+                    log.exception("list refresh failed; keeping the current lists")
+            first = False
+            await asyncio.sleep(float(self.config.loading.refresh))
+
+    async def refresh_lists(self, force_rebuild: bool = False) -> None:
+        """Download list updates; rebuild and swap the matcher only if something changed."""
+        config = self.config
+        fetcher = ListFetcher(
+            config.loading.cache_dir,
+            timeout=float(config.loading.timeout),
+            max_size=int(config.loading.max_size),
+            min_ratio=config.loading.min_ratio,
+            progress=lambda url, got, total: log.info(
+                "downloading %s: %d of %s bytes", url, got, total or "?"
+            ),
+        )
+        results = await fetcher.fetch_all(urls_of(config))
+        changed = any(r.status == "downloaded" for r in results.values())
+        for result in results.values():
+            if result.error:
+                log.warning("list download %s: %s (%s)", result.url, result.error, result.status)
+        if changed or force_rebuild:
+            built = await asyncio.to_thread(build_sync, config, results)
+            self._swap(config, built)
+
+    def _swap(self, config: Config, built: BuildResult) -> None:
+        log_build(built)
+        self.built = built
+        if self.resolver is None:
+            return
+        self.resolver.policy = Policy(config, built.matcher)
+        if self.resolver.cache is not None:
+            self.resolver.cache.flush()
+
+    async def reload(self) -> bool:
+        """Re-read the configuration; a bad file keeps the last good configuration and says why."""
+        new, error = reload_config(self.config_path, self.config)
+        if error is not None:
+            self.reloads["failure"] += 1
+            self.last_reload_error = error
+            log.error("configuration reload failed, keeping the last good one: %s", error)
+            return False
+        return await self.apply(new)
+
+    async def apply(self, new: Config) -> bool:
+        """Switch to a new configuration if its lists and policy build; otherwise keep the current one."""
+        try:
+            built = await build(new, download=False)
+            Policy(new, built.matcher)
+        except ConfigError as exc:
+            error: str | None = str(exc)
+        else:
+            error = None
+        if error is not None:
+            self.reloads["failure"] += 1
+            self.last_reload_error = error
+            log.error("configuration reload failed, keeping the last good one: %s", error)
+            return False
+        old_listen = self.config.resolver.listen
+        self.config = new
+        self._swap(new, built)
+        if self.resolver is not None:
+            old_upstreams = self.resolver.upstreams
+            self.resolver.upstreams = make_upstreams(new, self.socket_setup)
+            self.resolver.extended_errors = new.blocking.extended_errors
+            self.resolver.cname_check = new.blocking.cname_check
+            if old_upstreams is not None:
+                await old_upstreams.close()
+        if new.resolver.listen != old_listen:
+            log.warning("resolver.listen changed: takes effect after a restart")
+        self.reloads["success"] += 1
+        self.last_reload_error = None
+        log.info("configuration reloaded")
+        return True
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._refresher.cancel()
+        if getattr(self, "listeners", None) is not None:
+            await self.listeners.close()  # type: ignore[union-attr]
+        if self.resolver is not None and self.resolver.upstreams is not None:
+            await self.resolver.upstreams.close()
+
+
+async def _serve(config_path: str, config: Config) -> None:
+    service = ResolverService(config_path, config)
+    await service.start()
+    stop = asyncio.Event()
+    install_signal_handlers(stop, lambda: asyncio.ensure_future(service.reload()))
+    try:
+        await stop.wait()
+    finally:
+        await service.close()
+
+
+def run_resolve(config_path: str) -> int:
+    config = load_config(config_path)
+    setup_logging(config)
+    if not config.upstreams.servers:
+        raise ConfigError(
+            "no upstream servers: allowed names could not be answered",
+            file=config_path,
+            key="upstreams.servers",
+        )
+    _run(_serve(config_path, config))
+    return 0
+
+
+def _run(coroutine: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coroutine)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coroutine)  # type: ignore[arg-type]
+
+
+def run_check(config_path: str) -> int:
+    """Validate the configuration and every list source; print a summary."""
+    config = load_config(config_path)
+    built = build_sync(config, _cached_downloads(config))
+    Policy(config, built.matcher)
+    print(f"{config_path}: configuration is valid")
+    for report in built.sources:
+        line = f"  list {report.list_name}: {report.location}: {report.rules} rules"
+        if report.malformed:
+            line += f", {report.malformed} malformed lines"
+        if report.error:
+            line += f" ({report.status}: {report.error})"
+        print(line)
+        for example in report.examples[:3]:
+            print(f"    {example}")
+    print(
+        f"  groups: {', '.join(config.groups) or 'none (default: no filtering)'}; "
+        f"upstreams: {', '.join(config.upstreams.servers) or 'none'}"
+    )
+    return 0
+
+
+def _cached_downloads(config: Config) -> dict[str, FetchResult]:
+    fetcher = ListFetcher(config.loading.cache_dir)
+    result: dict[str, FetchResult] = {}
+    for url in urls_of(config):
+        path, _ = fetcher.cached(url)
+        result[url] = FetchResult(
+            url,
+            path,
+            "cached" if path else "failed",
+            error=None if path else "not downloaded yet: run 'dnsguard lists update'",
+        )
+    return result
+
+
+def run_explain(config_path: str, name: str, client: str | None) -> int:
+    config = load_config(config_path)
+    built = build_sync(config, _cached_downloads(config))
+    policy = Policy(config, built.matcher)
+    canonical = name.rstrip(".").lower()
+    with contextlib.suppress(UnicodeError):
+        canonical = canonical.encode("idna").decode("ascii")
+    print(policy.explain(canonical, client or "", time.time()))
+    return 0
+
+
+def run_lists_update(config_path: str) -> int:
+    config = load_config(config_path)
+    urls = urls_of(config)
+    if not urls:
+        print("no list sources are URLs; nothing to download")
+        return 0
+    fetcher = ListFetcher(
+        config.loading.cache_dir,
+        timeout=float(config.loading.timeout),
+        max_size=int(config.loading.max_size),
+        min_ratio=config.loading.min_ratio,
+        progress=lambda url, got, total: print(f"  {url}: {got / 1e6:.1f} MB", flush=True),
+    )
+    results = asyncio.run(fetcher.fetch_all(urls))
+    failed = 0
+    for url, result in results.items():
+        print(f"{result.status:13s} {url}" + (f"  ({result.error})" if result.error else ""))
+        failed += result.status == "failed"
+    return 1 if failed else 0

@@ -1,0 +1,252 @@
+"""The policy: for a name asked by a client, now, what to answer and why.
+
+Order of evaluation for a client's group:
+1. filtering off for the group (or blocking paused): forward, except local rewrites;
+2. local rewrites (custom answers for names, `*.name` wildcards);
+3. anti-bypass names: the DoH canary and iCloud Private Relay get NXDOMAIN;
+4. safe search: a search engine's name is answered with a CNAME to its restricted host;
+5. the group's lists (plus the lists of its schedules active right now): block or allow,
+   with the list, source and line that decided.
+
+Decisions for the common cases are shared objects, so the hot path allocates nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dnsguard.config.model import BlockMode, Config, GroupConfig
+from dnsguard.filter.matcher import Action, Matcher, Selection, Verdict
+from dnsguard.policy.clients import ClientGroups, MacLookup
+from dnsguard.policy.safesearch import safe_search_target
+from dnsguard.policy.schedule import Window, local_weekday_minute
+
+DOH_CANARY = "use-application-dns.net"
+PRIVATE_RELAY = ("mask.icloud.com", "mask-h2.icloud.com")
+NO_GROUP = "(none)"
+
+
+class Kind(enum.Enum):
+    FORWARD = "forward"
+    """Not blocked: answer from the cache or an upstream."""
+    BLOCK = "block"
+    REWRITE = "rewrite"
+    """A local answer: `addresses` or a CNAME `target`."""
+    SAFE_SEARCH = "safe_search"
+    """Answer with a CNAME to `target` and its addresses."""
+    NXDOMAIN = "nxdomain"
+    """Anti-bypass names (DoH canary, Private Relay)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    kind: Kind
+    group: str
+    reason: str = ""
+    """Why, for logs, metrics and `explain`: list name, 'doh-canary', 'safe-search', 'rewrite', ..."""
+    verdict: Verdict | None = None
+    target: str = ""
+    addresses: tuple[str, ...] = ()
+    ttl: int = 0
+    block_mode: BlockMode = "null_ip"
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    addresses: tuple[str, ...]
+    target: str
+    ttl: int
+
+
+@dataclass
+class CompiledGroup:
+    name: str
+    config: GroupConfig
+    block_mode: BlockMode
+    base: Selection | None
+    windows: list[tuple[Window, tuple[str, ...]]]
+    lists: tuple[str, ...]
+    forward: Decision
+    _by_mask: dict[int, Selection | None] = field(default_factory=dict)
+    _minute_key: tuple[int, int] = (-1, -1)
+    _current: Selection | None = None
+    _block_decisions: dict[int, Decision] = field(default_factory=dict)
+
+    def selection(self, matcher: Matcher, weekday: int, minute: int) -> Selection | None:
+        """The lists active at this minute (recomputed once a minute, not per query)."""
+        if (weekday, minute) == self._minute_key:
+            return self._current
+        mask = 0
+        for i, (window, _) in enumerate(self.windows):
+            if window.active(weekday, minute):
+                mask |= 1 << i
+        if mask not in self._by_mask:
+            if mask == 0:
+                self._by_mask[0] = self.base
+            else:
+                extra = [name for i, (_, names) in enumerate(self.windows) if mask >> i & 1 for name in names]
+                self._by_mask[mask] = matcher.select([*self.lists, *extra])
+        self._minute_key = (weekday, minute)
+        self._current = self._by_mask[mask]
+        return self._current
+
+
+class Policy:
+    """Compiled policy for one configuration and one matcher."""
+
+    def __init__(self, config: Config, matcher: Matcher, *, mac_lookup: MacLookup | None = None) -> None:
+        self.config = config
+        self.matcher = matcher
+        blocking = config.blocking
+        self.block_ttl = int(blocking.ttl)
+        self.groups: dict[str, CompiledGroup] = {}
+        for name, group in config.groups.items():
+            lists = tuple(dict.fromkeys([*group.block, *group.allow]))
+            self.groups[name] = CompiledGroup(
+                name=name,
+                config=group,
+                block_mode=group.block_mode or blocking.mode,
+                base=matcher.select(lists) if lists else None,
+                windows=[(Window.from_config(s), tuple(s.block)) for s in group.schedules],
+                lists=lists,
+                forward=Decision(Kind.FORWARD, name),
+            )
+        if "default" not in self.groups:
+            self.groups["default"] = CompiledGroup(
+                "default", GroupConfig(), blocking.mode, None, [], (), Decision(Kind.FORWARD, "default")
+            )
+        self.clients = ClientGroups(
+            {n: g.clients for n, g in config.groups.items()}, default="default", mac_lookup=mac_lookup
+        )
+        self.rewrites: dict[str, Rewrite] = {}
+        self.wildcard_rewrites: dict[str, Rewrite] = {}
+        for rewrite in config.rewrites:
+            answers = tuple(rewrite.answer)
+            is_name = not _is_ip(answers[0])
+            entry = Rewrite(
+                () if is_name else answers,
+                answers[0].rstrip(".").lower() if is_name else "",
+                int(rewrite.ttl),
+            )
+            name = rewrite.name.rstrip(".").lower()
+            if name.startswith("*."):
+                self.wildcard_rewrites[name[2:]] = entry
+            else:
+                self.rewrites[name] = entry
+        self.canaries: frozenset[str] = frozenset(
+            ([DOH_CANARY] if blocking.doh_canary else [])
+            + (list(PRIVATE_RELAY) if blocking.block_private_relay else [])
+        )
+        self.paused_until = 0.0
+
+    def group_for(self, client: str) -> CompiledGroup:
+        return self.groups[self.clients.group_of(client) or "default"]
+
+    def decide(self, name: str, client: str, now: float) -> Decision:
+        """The decision for canonical `name` (lower case, no trailing dot) from `client` at wall time now."""
+        group = self.group_for(client)
+        return self.decide_for_group(name, group, now)
+
+    def decide_for_group(self, name: str, group: CompiledGroup, now: float) -> Decision:
+        if self.rewrites or self.wildcard_rewrites:
+            rewrite = self._rewrite(name)
+            if rewrite is not None:
+                return Decision(
+                    Kind.REWRITE,
+                    group.name,
+                    "rewrite",
+                    target=rewrite.target,
+                    addresses=rewrite.addresses,
+                    ttl=rewrite.ttl,
+                )
+        if not group.config.filtering or now < self.paused_until:
+            return group.forward
+        if name in self.canaries:
+            return Decision(
+                Kind.NXDOMAIN,
+                group.name,
+                "doh-canary" if name == DOH_CANARY else "private-relay",
+                ttl=self.block_ttl,
+            )
+        if group.config.safe_search:
+            target = safe_search_target(name)
+            if target is not None:
+                return Decision(Kind.SAFE_SEARCH, group.name, "safe-search", target=target, ttl=300)
+        weekday, minute = local_weekday_minute(now) if group.windows else (0, 0)
+        selection = group.selection(self.matcher, weekday, minute)
+        if selection is None:
+            return group.forward
+        verdict = selection.match(name)
+        if verdict.action is Action.BLOCK:
+            key = id(verdict)
+            decision = group._block_decisions.get(key)
+            if decision is None or decision.verdict is not verdict:
+                decision = Decision(
+                    Kind.BLOCK,
+                    group.name,
+                    verdict.list_name,
+                    verdict,
+                    ttl=self.block_ttl,
+                    block_mode=group.block_mode,
+                )
+                if len(group._block_decisions) > 8192:
+                    group._block_decisions.clear()
+                group._block_decisions[key] = decision
+            return decision
+        if verdict.action is Action.ALLOW:
+            return Decision(Kind.FORWARD, group.name, verdict.list_name, verdict)
+        return group.forward
+
+    def _rewrite(self, name: str) -> Rewrite | None:
+        rewrite = self.rewrites.get(name)
+        if rewrite is not None or not self.wildcard_rewrites:
+            return rewrite
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            rewrite = self.wildcard_rewrites.get(".".join(parts[i:]))
+            if rewrite is not None:
+                return rewrite
+        return None
+
+    def explain(self, name: str, client: str, now: float) -> str:
+        """A human-readable account of the decision, with the rule's source line."""
+        group = self.group_for(client)
+        decision = self.decide_for_group(name, group, now)
+        lines = [
+            f"name:     {name}",
+            f"client:   {client or '-'} (group {group.name})",
+            f"decision: {decision.kind.value}",
+        ]
+        if decision.kind is Kind.BLOCK and decision.verdict is not None:
+            lines.append(f"mode:     {decision.block_mode}, ttl {decision.ttl} s")
+        if decision.verdict is not None:
+            v = decision.verdict
+            lines.append(f"rule:     {v.rule} in list {v.list_name!r}")
+            lines.append(f"source:   {v.source}:{v.line}")
+            text = self.matcher.source_line(v)
+            if text is not None:
+                lines.append(f"line:     {text.strip()}")
+        elif decision.reason:
+            lines.append(f"reason:   {decision.reason}")
+        if decision.target:
+            lines.append(f"answer:   CNAME {decision.target}")
+        if decision.addresses:
+            lines.append(f"answer:   {', '.join(decision.addresses)}")
+        if decision.kind is Kind.FORWARD and decision.verdict is None:
+            active = ", ".join(group.lists) or "no lists"
+            lines.append(f"reason:   not listed in {active}")
+        return "\n".join(lines)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+ClockFunction = Callable[[], float]
