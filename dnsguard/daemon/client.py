@@ -24,6 +24,7 @@ from dnsguard.daemon.common import (
     setup_logging,
     sync_peers,
 )
+from dnsguard.daemon.dns_filtering import TunnelDns, wants_filtering
 from dnsguard.daemon.tunnel import PacketFilter, TunnelShell, UdpEndpoint
 from dnsguard.errors import DnsguardError
 from dnsguard.lifecycle import (
@@ -38,8 +39,8 @@ from dnsguard.lifecycle import (
     boottime,
     monotonic,
 )
-from dnsguard.net.firewall import KillSwitch
-from dnsguard.net.routing import RoutingPlan
+from dnsguard.net.firewall import DnsRedirect, KillSwitch
+from dnsguard.net.routing import RoutingPlan, set_forwarding
 from dnsguard.net.tun import TunDevice
 from dnsguard.wireguard.events import Event, HandshakeCompleted, HandshakeGaveUp, PeerEndpointChanged
 
@@ -69,9 +70,10 @@ def state_path(interface: str) -> Path:
 
 
 async def cleanup(tunnel: TunnelConfig) -> None:
-    """Remove everything a client for this tunnel may have left: rules, routes, kill switch, link."""
+    """Remove everything a client for this tunnel may have left: rules, routes, firewall, link."""
     await routing_plan(tunnel).remove()
     KillSwitch.remove()
+    DnsRedirect.remove()
 
 
 @dataclass
@@ -87,6 +89,7 @@ class Client:
         self.wake_detector = WakeDetector(TICK)
         self._stop = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
+        self.dns: TunnelDns | None = None
 
     # -- events from the tunnel and the lifecycle ----------------------------------------
 
@@ -195,8 +198,14 @@ class Client:
                 on_event=self.on_event,
                 on_batch=self.on_batch,
             )
-            self.shell.start()
+            # The lifecycle starts first so that the very first handshake already counts.
             self.lifecycle.start(boottime())
+            self.shell.start()
+            if tunnel.lan_interfaces:
+                set_forwarding(True)
+            if wants_filtering(self.config):
+                self.dns = TunnelDns(self.config_path, self.config, server=False)
+                await self.dns.start(tun.name)
             self.run_lifecycle()
             self._ticker = asyncio.create_task(self._tick())
             install_signal_handlers(self._stop, lambda: asyncio.ensure_future(self.reload()))
@@ -211,6 +220,8 @@ class Client:
             if self._ticker is not None:
                 self._ticker.cancel()
             self.lifecycle.stop(boottime())
+            if self.dns is not None:
+                await self.dns.close()
             if self.shell is not None:
                 self.shell.stop()
             if udp is not None:
@@ -232,6 +243,8 @@ class Client:
         old_endpoints = [p.endpoint for p in self.config.tunnel.peers]
         sync_peers(self.shell.device, new.tunnel, boottime())
         self.config = new
+        if self.dns is not None:
+            await self.dns.reload(new)
         self.lifecycle.config_reloaded(
             boottime(), endpoint_changed=old_endpoints != [p.endpoint for p in new.tunnel.peers]
         )
@@ -239,10 +252,25 @@ class Client:
         log.info("configuration reloaded")
 
 
-def run_client(config_path: str, settings: LifecycleSettings | None = None) -> int:
+def lifecycle_settings(tunnel: TunnelConfig) -> LifecycleSettings:
+    r = tunnel.reconnect
+    return LifecycleSettings(
+        handshake_timeout=float(r.handshake_timeout),
+        dead_peer_timeout=float(r.dead_peer_timeout),
+        probe_timeout=float(r.probe_timeout),
+        idle_probe_interval=float(r.idle_probe_interval),
+        debounce=float(r.debounce),
+        backoff_initial=float(r.backoff_initial),
+        backoff_max=float(r.backoff_max),
+        give_up_after=float(r.give_up_after) if r.give_up_after is not None else None,
+    )
+
+
+def run_client(config_path: str) -> int:
     config = load_config(config_path)
     setup_logging(config)
-    client = Client(config_path, config, lifecycle=Lifecycle(settings or LifecycleSettings()))
+    tunnel = require_tunnel(config)
+    client = Client(config_path, config, lifecycle=Lifecycle(lifecycle_settings(tunnel)))
     asyncio.run(client.run())
     return 0
 

@@ -21,11 +21,12 @@ from dnsguard.daemon.common import (
     setup_logging,
     sync_peers,
 )
+from dnsguard.daemon.dns_filtering import TunnelDns, wants_filtering
 from dnsguard.daemon.tunnel import TunnelShell, UdpEndpoint
 from dnsguard.errors import NetworkError
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.firewall import ServerNat
-from dnsguard.net.routing import set_forwarding
+from dnsguard.net.routing import add_address, set_forwarding
 from dnsguard.net.tun import TunDevice
 from dnsguard.wireguard.events import Event, HandshakeCompleted, PeerEndpointChanged
 
@@ -46,9 +47,8 @@ async def configure_interface(name: str, addresses: list[str], mtu: int, routes:
         await ipr.link("set", index=index, mtu=mtu, state="up")
         subnets = []
         for address in addresses:
-            iface = ipaddress.ip_interface(address)
-            subnets.append(iface.network)
-            await ipr.addr("replace", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            subnets.append(ipaddress.ip_interface(address).network)
+            await add_address(ipr, index, address)
         for prefix in routes:
             net = ipaddress.ip_network(prefix, strict=False)
             if any(net.version == s.version and net.subnet_of(s) for s in subnets):  # type: ignore[arg-type]
@@ -64,6 +64,7 @@ class Server:
     config_path: str
     config: Config
     shell: TunnelShell | None = None
+    dns: TunnelDns | None = None
     peers_connected: set[str] = field(default_factory=set)
 
     def on_event(self, event: Event) -> None:
@@ -87,6 +88,9 @@ class Server:
             ServerNat(tun.name, peer_prefixes(tunnel)).apply()
             self.shell = TunnelShell(device, tun, udp, on_event=self.on_event)
             self.shell.start()
+            if wants_filtering(self.config):
+                self.dns = TunnelDns(self.config_path, self.config, server=True)
+                await self.dns.start(tun.name)
             log.info(
                 "server %s listening on UDP %d with %d peers (public key %s)",
                 tun.name,
@@ -98,6 +102,8 @@ class Server:
             install_signal_handlers(stop, lambda: asyncio.ensure_future(self.reload()))
             await stop.wait()
         finally:
+            if self.dns is not None:
+                await self.dns.close()
             if self.shell is not None:
                 self.shell.stop()
             ServerNat.remove()
@@ -118,6 +124,8 @@ class Server:
         )
         ServerNat(self.shell.tun.name, peer_prefixes(new.tunnel)).apply()
         self.config = new
+        if self.dns is not None:
+            await self.dns.reload(new)
         self.shell.flush()
         log.info("configuration reloaded: %d peers added, %d removed, %d kept", added, removed, updated)
 

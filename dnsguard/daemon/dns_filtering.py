@@ -1,0 +1,122 @@
+"""DNS filtering inside the tunnel daemons: a resolver on the tunnel address, every query redirected to it."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+
+from dnsguard.config import Config, GroupConfig, TunnelConfig
+from dnsguard.daemon.resolve import ResolverService
+from dnsguard.daemon.tunnel import SO_MARK
+from dnsguard.net.firewall import RESOLVER_MARK_OFFSET, DnsRedirect
+
+log = logging.getLogger("dnsguard.dns")
+
+# Well-known DNS-over-HTTPS endpoints whose port 443 is refused so browsers fall back to plain DNS.
+# Documentation ranges only here; deployments list real ones in the configuration's blocking section.
+DOH_ENDPOINTS: tuple[str, ...] = ()
+
+
+def wants_filtering(config: Config) -> bool:
+    """A tunnel daemon filters DNS when the configuration has lists, groups, rewrites or upstreams."""
+    tunnel = config.tunnel
+    return bool(
+        config.lists
+        or config.groups
+        or config.rewrites
+        or config.upstreams.servers
+        or (tunnel is not None and tunnel.dns)
+    )
+
+
+def tunnel_addresses(tunnel: TunnelConfig) -> tuple[str | None, str | None]:
+    """The first IPv4 and IPv6 address of the tunnel interface."""
+    v4 = next(
+        (str(ipaddress.ip_interface(a).ip) for a in tunnel.address if ipaddress.ip_interface(a).version == 4),
+        None,
+    )
+    v6 = next(
+        (str(ipaddress.ip_interface(a).ip) for a in tunnel.address if ipaddress.ip_interface(a).version == 6),
+        None,
+    )
+    return v4, v6
+
+
+def marker(mark: int):  # type: ignore[no-untyped-def]
+    def setup(sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+
+    return setup
+
+
+def filtering_config(config: Config, listen: list[str], peer_groups: bool) -> Config:
+    """The resolver's view of the configuration: listening on the tunnel, upstreams defaulting to DNS=."""
+    resolver_config = copy.deepcopy(config)
+    resolver_config.base_dir = config.base_dir
+    resolver_config.resolver.listen = listen
+    tunnel = config.tunnel
+    if not resolver_config.upstreams.servers and tunnel is not None:
+        resolver_config.upstreams.servers = [d for d in tunnel.dns if _is_ip(d)]
+    if peer_groups and tunnel is not None:
+        # Server: a peer's `group` puts every address it may use (its AllowedIPs) in that group.
+        for peer in tunnel.peers:
+            if peer.group:
+                group = resolver_config.groups.setdefault(peer.group, GroupConfig())
+                group.clients.extend(str(ipaddress.ip_network(p, strict=False)) for p in peer.allowed_ips)
+    return resolver_config
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass
+class TunnelDns:
+    """Resolver + redirect for a client (`output_interface`) or a server (`input_interfaces`)."""
+
+    config_path: str
+    config: Config
+    server: bool
+
+    async def start(self, interface: str) -> None:
+        tunnel = self.config.tunnel
+        assert tunnel is not None
+        v4, v6 = tunnel_addresses(tunnel)
+        listen = ([f"{v4}:53"] if v4 else []) + ([f"[{v6}]:53"] if v6 else [])
+        resolver_mark = tunnel.fwmark + RESOLVER_MARK_OFFSET
+        self.service = ResolverService(
+            self.config_path,
+            filtering_config(self.config, listen, self.server),
+            socket_setup=None if self.server else marker(resolver_mark),
+        )
+        await self.service.start()
+        self.redirect = DnsRedirect(
+            listen4=v4,
+            listen6=v6,
+            resolver_mark=resolver_mark,
+            output_interface=None if self.server else interface,
+            input_interfaces=[interface] if self.server else list(tunnel.lan_interfaces),
+            refused_addresses=list(DOH_ENDPOINTS),
+        )
+        self.redirect.apply()
+        log.info("DNS filtering on %s: every query to port 53 is answered by dnsguard", ", ".join(listen))
+
+    async def reload(self, config: Config) -> None:
+        self.config = config
+        tunnel = config.tunnel
+        assert tunnel is not None
+        v4, v6 = tunnel_addresses(tunnel)
+        listen = ([f"{v4}:53"] if v4 else []) + ([f"[{v6}]:53"] if v6 else [])
+        self.service.config_path = self.config_path
+        await self.service.apply(filtering_config(config, listen, self.server))
+
+    async def close(self) -> None:
+        DnsRedirect.remove()
+        await self.service.close()
