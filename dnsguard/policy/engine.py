@@ -141,9 +141,16 @@ class Policy:
             + (list(PRIVATE_RELAY) if blocking.block_private_relay else [])
         )
         self.paused_until = 0.0
+        self._group_of_client: dict[str, CompiledGroup] = {}
 
     def group_for(self, client: str) -> CompiledGroup:
-        return self.groups[self.clients.group_of(client) or "default"]
+        group = self._group_of_client.get(client)
+        if group is None:
+            group = self.groups[self.clients.group_of(client) or "default"]
+            if len(self._group_of_client) >= 4096:
+                self._group_of_client.clear()
+            self._group_of_client[client] = group
+        return group
 
     def decide(self, name: str, client: str, now: float) -> Decision:
         """The decision for canonical `name` (lower case, no trailing dot) from `client` at wall time now."""
