@@ -17,6 +17,7 @@ from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import Resolver
 from dnsguard.dns.upstream import TransportOptions, UpstreamGroup
 from dnsguard.errors import ConfigError
+from dnsguard.net.neighbours import mac_of
 from dnsguard.policy.engine import Policy
 from dnsguard.sources.build import BuildResult, build, build_sync, urls_of
 from dnsguard.sources.fetch import FetchResult, ListFetcher
@@ -49,9 +50,15 @@ def make_upstreams(config: Config, socket_setup: SocketSetup | None = None) -> U
     )
 
 
+def _uses_macs(config: Config) -> bool:
+    return any(
+        client.count(":") == 5 and "/" not in client for g in config.groups.values() for client in g.clients
+    )
+
+
 def make_resolver(config: Config, built: BuildResult, socket_setup: SocketSetup | None = None) -> Resolver:
     return Resolver(
-        Policy(config, built.matcher),
+        Policy(config, built.matcher, mac_lookup=mac_of if _uses_macs(config) else None),
         make_cache(config),
         make_upstreams(config, socket_setup),
         query_log_size=config.api.query_log_size,
@@ -139,7 +146,9 @@ class ResolverService:
         self.built = built
         if self.resolver is None:
             return
-        self.resolver.policy = Policy(config, built.matcher)
+        self.resolver.policy = Policy(
+            config, built.matcher, mac_lookup=mac_of if _uses_macs(config) else None
+        )
         if self.resolver.cache is not None:
             self.resolver.cache.flush()
 

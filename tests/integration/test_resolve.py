@@ -161,3 +161,22 @@ def test_bad_reload_keeps_the_last_good_config(gateway: tuple[Lab, DnsguardDaemo
     lab.wait_for(lambda: "reload failed" in daemon.log(), timeout=10, what="the reload failure to be logged")
     assert "no list named 'no-such-list'" in daemon.log()
     assert answers(lab.dig("lanhost", "www.doubleclick.net", LAN_DNS).stdout) == ["0.0.0.0"]
+
+
+def test_group_by_mac_address_from_the_neighbour_table() -> None:
+    with Lab(lan=True) as lab:
+        mac = lab.sh("lanhost", "cat /sys/class/net/eth0/address").strip()
+        settings = config([ADDRESSES.dns4])
+        settings["groups"] = {
+            "default": {"block": ["ads"]},
+            "by-mac": {"clients": [mac], "block": ["ads", "adult"]},
+        }
+        daemon = DnsguardDaemon(lab, "client", "resolve", settings)
+        daemon.start(wait_for_interface=None)
+        lab.wait_for(
+            lambda: status(lab.dig("lanhost", "example.org", LAN_DNS).stdout) == "NOERROR",
+            timeout=20,
+            what="dnsguard resolve to answer",
+        )
+        assert answers(lab.dig("lanhost", "www.pornhub.com", LAN_DNS).stdout) == ["0.0.0.0"]
+        assert answers(lab.dig("client", "www.pornhub.com", "127.0.0.1").stdout) == [ADDRESSES.http4]
