@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dnsguard.errors import PrivilegeError
-from dnsguard.lab import ADDRESSES, Lab, have_net_admin, lab_session
+from dnsguard.lab import ADDRESSES, Lab, dig_answers, dig_status, have_net_admin, lab_session
 from dnsguard.lab.scenario import CLIENT_TUNNEL4, HARD_CODED_RESOLVER, start_full_tunnel
 
 
@@ -23,13 +23,7 @@ def _lookup(lab: Lab, role: str, name: str, server: str, tcp: bool = False) -> t
     result = lab.dig(role, name, server, tcp=tcp)
     query_time = re.search(r"Query time: (\d+) msec", result.stdout)
     elapsed = f"{query_time.group(1)} ms" if query_time else "-"
-    status = re.search(r"status: (\w+)", result.stdout)
-    answers = [
-        line.split()[-1]
-        for line in result.stdout.splitlines()
-        if line and not line.startswith(";") and len(line.split()) >= 5
-    ]
-    return (status.group(1) if status else "TIMEOUT"), ", ".join(answers) or "-", elapsed
+    return dig_status(result.stdout), ", ".join(dig_answers(result.stdout)) or "-", elapsed
 
 
 def _print_table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> None:

@@ -35,3 +35,12 @@ def parse_hostport(text: str, default_port: int, key: str = "") -> tuple[str, in
         if value.count(":") > 1 and not value.startswith("["):
             raise ConfigError(f"{text!r} is not an address", key=key or None) from None
     return host, port
+
+
+def is_ip(text: str) -> bool:
+    """True for an IPv4 or IPv6 address literal."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

@@ -9,6 +9,7 @@ import socket
 from dataclasses import dataclass
 
 from dnsguard.config import Config, GroupConfig, TunnelConfig
+from dnsguard.config.addresses import is_ip
 from dnsguard.daemon.resolve import ResolverService
 from dnsguard.daemon.tunnel import SO_MARK
 from dnsguard.net.firewall import RESOLVER_MARK_OFFSET, DnsRedirect
@@ -59,7 +60,7 @@ def filtering_config(config: Config, listen: list[str], peer_groups: bool) -> Co
     resolver_config.resolver.listen = listen
     tunnel = config.tunnel
     if not resolver_config.upstreams.servers and tunnel is not None:
-        resolver_config.upstreams.servers = [d for d in tunnel.dns if _is_ip(d)]
+        resolver_config.upstreams.servers = [d for d in tunnel.dns if is_ip(d)]
     if peer_groups and tunnel is not None:
         # Server: a peer's `group` puts every address it may use (its AllowedIPs) in that group.
         for peer in tunnel.peers:
@@ -67,14 +68,6 @@ def filtering_config(config: Config, listen: list[str], peer_groups: bool) -> Co
                 group = resolver_config.groups.setdefault(peer.group, GroupConfig())
                 group.clients.extend(str(ipaddress.ip_network(p, strict=False)) for p in peer.allowed_ips)
     return resolver_config
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass

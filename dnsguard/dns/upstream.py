@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from dnsguard.config.addresses import is_ip
 from dnsguard.errors import ConfigError, FormError, NetworkError, ProtocolError
 
 __all__ = [
@@ -280,7 +281,7 @@ def parse_upstream(
         if not pins_text or any(not pin for pin in pins):
             raise fail("empty pinned address after '#'")
         for pin in pins:
-            if not _is_ip(pin):
+            if not is_ip(pin):
                 raise fail(f"pinned address {pin!r} is not an IP address")
         addresses = tuple(str(ipaddress.ip_address(pin)) for pin in pins)
 
@@ -289,7 +290,7 @@ def parse_upstream(
     match = _SCHEME_PREFIX.match(body)
     # "host:port" looks like "scheme:rest" too; a purely numeric rest is a port, and an IPv6 literal's first
     # group never parses as a scheme we know, so only known scheme names (or "x://") are taken as schemes.
-    if match and not _is_ip(body) and not (match.group(2) is None and match.group(3).isdigit()):
+    if match and not is_ip(body) and not (match.group(2) is None and match.group(3).isdigit()):
         name = match.group(1).lower()
         if name not in _SCHEME_ALIASES:
             if name == "http":
@@ -304,7 +305,7 @@ def parse_upstream(
     else:
         host, port = _split_host_port(rest, DEFAULT_PORTS[scheme], fail)
         path = ""
-    host_is_ip = _is_ip(host)
+    host_is_ip = is_ip(host)
     if host_is_ip:
         host = str(ipaddress.ip_address(host))
     elif not _is_hostname(host):
@@ -363,14 +364,6 @@ def _parse_port(text: str, fail: Callable[[str], UpstreamSpecError]) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise fail(f"port {text!r} is not a number from 1 to 65535")
     return int(text)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _is_ipv6(text: str) -> bool:
@@ -607,7 +600,7 @@ class UdpUpstream(Upstream):
         options: TransportOptions | None = None,
         tcp_fallback: bool = True,
     ) -> None:
-        if not _is_ip(host):
+        if not is_ip(host):
             raise UpstreamSpecError(f"UDP upstream needs an IP address, not {host!r}")
         self.host = host
         self.port = port
@@ -821,7 +814,7 @@ class _StreamUpstream(Upstream):
         self.counters = TransportCounters()
         self._options = options
         self._tls = tls
-        self._addresses = tuple(addresses) or ((host,) if _is_ip(host) else ())
+        self._addresses = tuple(addresses) or ((host,) if is_ip(host) else ())
         self._connection: _StreamConnection | None = None
         self._connecting = asyncio.Lock()
 
@@ -919,7 +912,7 @@ class TcpUpstream(_StreamUpstream):
     def __init__(
         self, host: str, port: int = 53, *, name: str | None = None, options: TransportOptions | None = None
     ) -> None:
-        if not _is_ip(host):
+        if not is_ip(host):
             raise UpstreamSpecError(f"TCP upstream needs an IP address, not {host!r}")
         super().__init__(
             host,

@@ -1,5 +1,23 @@
 """The network-namespace lab used by tests, benchmarks and `dnsguard demo`."""
 
-from dnsguard.lab.netns import ADDRESSES, Addresses, Lab, cleanup_leftovers, have_net_admin, lab_session
+from dnsguard.lab.netns import (
+    ADDRESSES,
+    Addresses,
+    Lab,
+    cleanup_leftovers,
+    dig_answers,
+    dig_status,
+    have_net_admin,
+    lab_session,
+)
 
-__all__ = ["ADDRESSES", "Addresses", "Lab", "cleanup_leftovers", "have_net_admin", "lab_session"]
+__all__ = [
+    "ADDRESSES",
+    "Addresses",
+    "Lab",
+    "cleanup_leftovers",
+    "dig_answers",
+    "dig_status",
+    "have_net_admin",
+    "lab_session",
+]

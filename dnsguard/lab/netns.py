@@ -445,6 +445,21 @@ class Lab:
         return "\n".join(parts)
 
 
+def dig_answers(output: str) -> list[str]:
+    """The rdata of each answer record in dig's output."""
+    return [
+        line.split()[-1]
+        for line in output.splitlines()
+        if line and not line.startswith(";") and len(line.split()) >= 5
+    ]
+
+
+def dig_status(output: str) -> str:
+    """dig's status (NOERROR, NXDOMAIN, ...), or 'TIMEOUT' when no answer came."""
+    match = re.search(r"status: (\w+)", output)
+    return match.group(1) if match else "TIMEOUT"
+
+
 def _stop_process(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:
         return

@@ -14,10 +14,10 @@ Decisions for the common cases are shared objects, so the hot path allocates not
 from __future__ import annotations
 
 import enum
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dnsguard.config.addresses import is_ip
 from dnsguard.config.model import BlockMode, Config, GroupConfig
 from dnsguard.filter.matcher import Action, Matcher, Selection, Verdict
 from dnsguard.policy.clients import ClientGroups, MacLookup
@@ -125,7 +125,7 @@ class Policy:
         self.wildcard_rewrites: dict[str, Rewrite] = {}
         for rewrite in config.rewrites:
             answers = tuple(rewrite.answer)
-            is_name = not _is_ip(answers[0])
+            is_name = not is_ip(answers[0])
             entry = Rewrite(
                 () if is_name else answers,
                 answers[0].rstrip(".").lower() if is_name else "",
@@ -246,14 +246,6 @@ class Policy:
             active = ", ".join(group.lists) or "no lists"
             lines.append(f"reason:   not listed in {active}")
         return "\n".join(lines)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 ClockFunction = Callable[[], float]

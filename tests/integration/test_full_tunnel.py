@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dnsguard.lab import ADDRESSES, Lab
+from dnsguard.lab import dig_answers as answers
 from dnsguard.lab.scenario import HARD_CODED_RESOLVER, FullTunnel, start_full_tunnel
 
 
@@ -23,14 +24,6 @@ def tunnel() -> Iterator[FullTunnel]:
             print(full.client.log())
             print(full.server.log())
             raise
-
-
-def answers(output: str) -> list[str]:
-    return [
-        line.split()[-1]
-        for line in output.splitlines()
-        if line and not line.startswith(";") and len(line.split()) >= 5
-    ]
 
 
 def test_dns_from_a_hard_coded_resolver_is_filtered(tunnel: FullTunnel) -> None:

@@ -6,7 +6,6 @@ and forwards to the lab's authoritative server in the internet namespace.
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 from collections.abc import Iterator
@@ -15,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from dnsguard.lab import ADDRESSES, Lab
+from dnsguard.lab import dig_answers as answers
+from dnsguard.lab import dig_status as status
 from dnsguard.lab.peers import DnsguardDaemon
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,19 +62,6 @@ def gateway() -> Iterator[tuple[Lab, DnsguardDaemon]]:
         except Exception:
             print(daemon.log())
             raise
-
-
-def answers(output: str) -> list[str]:
-    return [
-        line.split()[-1]
-        for line in output.splitlines()
-        if line and not line.startswith(";") and len(line.split()) >= 5
-    ]
-
-
-def status(output: str) -> str:
-    match = re.search(r"status: (\w+)", output)
-    return match.group(1) if match else "NO ANSWER"
 
 
 def test_blocked_allowed_and_rewritten(gateway: tuple[Lab, DnsguardDaemon]) -> None:
