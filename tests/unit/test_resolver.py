@@ -1,0 +1,179 @@
+"""The resolver core without sockets: policy decisions to wire answers, cache, CNAME cloaking, stale."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+
+from dnsguard.config import Config, GroupConfig, ListConfig, RewriteConfig
+from dnsguard.config.model import BlockingConfig
+from dnsguard.dns.cache import AnswerCache
+from dnsguard.dns.resolver import LATER, Resolver
+from dnsguard.dns.upstream import AllUpstreamsFailedError
+from dnsguard.policy.engine import Policy
+from dnsguard.sources.build import build_sync
+
+
+def query(name: str, qtype: str = "A", ident: int = 0x1234) -> bytes:
+    record = DNSRecord.question(name, qtype)
+    record.header.id = ident
+    return bytes(record.pack())
+
+
+class FakeUpstreams:
+    """Answers every name with 198.51.100.80, or a CNAME chain, or fails, as a test sets it."""
+
+    def __init__(self) -> None:
+        self.cnames: dict[str, str] = {}
+        self.fail = False
+        self.many: dict[str, int] = {}
+        self.asked: list[str] = []
+
+    async def query(self, data: bytes) -> bytes:
+        request = DNSRecord.parse(data)
+        name = str(request.q.qname).rstrip(".")
+        self.asked.append(name)
+        if self.fail:
+            raise AllUpstreamsFailedError("upstreams", "all failed")  # type: ignore[call-arg]
+        reply = request.reply()
+        owner = name
+        if name in self.cnames:
+            from dnslib import CNAME
+
+            reply.add_answer(RR(name, QTYPE.CNAME, rdata=CNAME(self.cnames[name]), ttl=300))
+            owner = self.cnames[name]
+        for i in range(self.many.get(name, 1)):
+            reply.add_answer(RR(owner, QTYPE.A, rdata=A(f"198.51.100.{80 + i}"), ttl=300))
+        return bytes(reply.pack())
+
+    async def close(self) -> None:
+        pass
+
+
+def make(mode: str = "null_ip", **extra: Any) -> tuple[Resolver, FakeUpstreams, list[float]]:
+    config = Config(
+        lists={
+            "ads": ListConfig(sources=["||ads.example^\n||tracker.example^\n"]),
+            "adult": ListConfig(sources=["||adult.example^\n"]),
+        },
+        groups={
+            "default": GroupConfig(block=["ads"]),
+            "kids": GroupConfig(clients=["192.0.2.32/27"], block=["ads", "adult"], safe_search=True),
+        },
+        blocking=BlockingConfig(mode=mode, **extra),  # type: ignore[arg-type]
+        rewrites=[RewriteConfig(name="nas.home.arpa", answer=["192.0.2.50"])],
+    )
+    for group in config.groups.values():
+        group.validate()
+    built = build_sync(config)
+    upstreams = FakeUpstreams()
+    clock = [1000.0]
+    resolver = Resolver(
+        Policy(config, built.matcher),
+        AnswerCache(max_entries=100),
+        upstreams,  # type: ignore[arg-type]
+        clock=lambda: clock[0],
+    )
+    return resolver, upstreams, clock
+
+
+def parse(reply: object) -> DNSRecord:
+    assert isinstance(reply, bytes)
+    return DNSRecord.parse(reply)
+
+
+@pytest.mark.parametrize(
+    ("mode", "rcode", "answer"),
+    [
+        ("null_ip", RCODE.NOERROR, "0.0.0.0"),
+        ("nxdomain", RCODE.NXDOMAIN, None),
+        ("nodata", RCODE.NOERROR, None),
+        ("refused", RCODE.REFUSED, None),
+        ("custom_ip", RCODE.NOERROR, "192.0.2.99"),
+    ],
+)
+def test_block_modes(mode: str, rcode: int, answer: str | None) -> None:
+    resolver, upstreams, _ = make(mode, custom_ipv4="192.0.2.99")
+    reply = parse(resolver.answer_now(query("x.ads.example"), "198.51.100.7"))
+    assert reply.header.id == 0x1234 and reply.header.rcode == rcode
+    assert [str(r.rdata) for r in reply.rr] == ([answer] if answer else [])
+    assert upstreams.asked == []
+    assert resolver.stats.blocked_by_list == {"ads": 1}
+
+
+def test_group_of_the_client_decides() -> None:
+    resolver, _, _ = make()
+    assert resolver.answer_now(query("adult.example"), "198.51.100.7") is LATER
+    assert [str(r.rdata) for r in parse(resolver.answer_now(query("adult.example"), "192.0.2.40")).rr] == [
+        "0.0.0.0"
+    ]
+
+
+def test_rewrite_and_canary_are_answered_locally() -> None:
+    resolver, upstreams, _ = make()
+    assert [str(r.rdata) for r in parse(resolver.answer_now(query("nas.home.arpa"), "192.0.2.1")).rr] == [
+        "192.0.2.50"
+    ]
+    assert (
+        parse(resolver.answer_now(query("use-application-dns.net"), "192.0.2.1")).header.rcode
+        == RCODE.NXDOMAIN
+    )
+    assert upstreams.asked == []
+
+
+async def test_forward_then_cache_then_count_down() -> None:
+    resolver, upstreams, clock = make()
+    assert resolver.answer_now(query("www.example.org"), "192.0.2.1") is LATER
+    first = parse(await resolver.answer_later(query("www.example.org"), "192.0.2.1", False))
+    assert [str(r.rdata) for r in first.rr] == ["198.51.100.80"]
+    clock[0] += 100
+    cached = parse(resolver.answer_now(query("www.example.org", ident=7), "192.0.2.1"))
+    assert cached.header.id == 7 and cached.rr[0].ttl == 200
+    assert upstreams.asked == ["www.example.org"]
+
+
+async def test_cname_cloaking_is_blocked() -> None:
+    resolver, upstreams, _ = make()
+    upstreams.cnames["shop.example"] = "metrics.tracker.example"
+    reply = parse(await resolver.answer_later(query("shop.example"), "192.0.2.1", False))
+    assert [str(r.rdata) for r in reply.rr] == ["0.0.0.0"]
+    assert resolver.stats.cname_blocked == 1
+
+
+async def test_safe_search_cname_with_target_addresses() -> None:
+    resolver, _, _ = make()
+    assert resolver.answer_now(query("www.google.com"), "192.0.2.40") is LATER
+    reply = parse(await resolver.answer_later(query("www.google.com"), "192.0.2.40", False))
+    assert [str(r.rdata) for r in reply.rr] == ["forcesafesearch.google.com.", "198.51.100.80"]
+
+
+async def test_serve_stale_then_servfail() -> None:
+    resolver, upstreams, clock = make()
+    await resolver.answer_later(query("a.example"), "192.0.2.1", False)
+    clock[0] += 3600
+    upstreams.fail = True
+    stale = parse(await resolver.answer_later(query("a.example"), "192.0.2.1", False))
+    assert [str(r.rdata) for r in stale.rr] == ["198.51.100.80"] and stale.rr[0].ttl == 30
+    never_seen = parse(await resolver.answer_later(query("b.example"), "192.0.2.1", False))
+    assert never_seen.header.rcode == RCODE.SERVFAIL
+
+
+def test_malformed_queries_are_answered_formerr_or_dropped() -> None:
+    resolver, _, _ = make()
+    two_questions = bytearray(query("a.example"))
+    struct.pack_into("!H", two_questions, 4, 2)
+    assert parse(resolver.answer_now(bytes(two_questions), "192.0.2.1")).header.rcode == RCODE.FORMERR
+    assert resolver.answer_now(b"\x01", "192.0.2.1") is None
+    assert resolver.stats.malformed == 2
+
+
+async def test_big_answer_is_truncated_over_udp_only() -> None:
+    resolver, upstreams, _ = make()
+    upstreams.many["big.example"] = 60
+    over_udp = parse(await resolver.answer_later(query("big.example"), "192.0.2.1", False))
+    assert over_udp.header.tc == 1 and not over_udp.rr
+    over_tcp = parse(await resolver.answer_later(query("big.example"), "192.0.2.1", True))
+    assert over_tcp.header.tc == 0 and len(over_tcp.rr) == 60
