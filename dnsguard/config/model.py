@@ -131,8 +131,19 @@ class BlockingConfig:
     """Answer NXDOMAIN for mask.icloud.com and mask-h2.icloud.com (iCloud Private Relay)."""
     extended_errors: bool = False
     """Add an RFC 8914 Extended DNS Error (Blocked) naming the list to blocked answers."""
+    refuse_dot: bool = True
+    """Tunnel daemons: refuse DNS over TLS (TCP 853) so clients fall back to plain DNS, which is filtered."""
+    doh_endpoints: list[str] = field(default_factory=list)
+    """Tunnel daemons: DNS-over-HTTPS server addresses whose TCP 443 is refused (browsers then fall back)."""
 
     def validate(self) -> None:
+        for i, prefix in enumerate(self.doh_endpoints):
+            try:
+                ipaddress.ip_network(prefix, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"{prefix!r} is not an address or prefix", key=f"doh-endpoints[{i}]"
+                ) from None
         check_ip(self.custom_ipv4, "custom-ipv4")
         check_ip(self.custom_ipv6, "custom-ipv6")
         if ipaddress.ip_address(self.custom_ipv4).version != 4:

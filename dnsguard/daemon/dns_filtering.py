@@ -16,10 +16,6 @@ from dnsguard.net.firewall import RESOLVER_MARK_OFFSET, DnsRedirect
 
 log = logging.getLogger("dnsguard.dns")
 
-# Well-known DNS-over-HTTPS endpoints whose port 443 is refused so browsers fall back to plain DNS.
-# Documentation ranges only here; deployments list real ones in the configuration's blocking section.
-DOH_ENDPOINTS: tuple[str, ...] = ()
-
 
 def wants_filtering(config: Config) -> bool:
     """A tunnel daemon filters DNS when the configuration has lists, groups, rewrites or upstreams."""
@@ -96,7 +92,8 @@ class TunnelDns:
             resolver_mark=resolver_mark,
             output_interface=None if self.server else interface,
             input_interfaces=[interface] if self.server else list(tunnel.lan_interfaces),
-            refused_addresses=list(DOH_ENDPOINTS),
+            refuse_dot=self.config.blocking.refuse_dot,
+            refused_addresses=list(self.config.blocking.doh_endpoints),
         )
         self.redirect.apply()
         log.info("DNS filtering on %s: every query to port 53 is answered by dnsguard", ", ".join(listen))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dnsguard.lab import ADDRESSES, Lab
+from dnsguard.lab import ADDRESSES, Lab, dig_answers
 from dnsguard.lab.peers import DnsguardDaemon, WgPeer, WireguardGo, genkey, wait_ping
 
 pytestmark = pytest.mark.skipif(shutil.which("wireguard-go") is None, reason="wireguard-go is not installed")
@@ -339,3 +339,68 @@ def test_server_reload_adds_and_removes_peers_without_dropping_others(
         except Exception:
             print(server.log())
             raise
+
+
+def test_dnsguard_server_filters_dns_of_a_stock_wireguard_client(
+    lab: Lab, keys: dict[str, tuple[str, str]]
+) -> None:
+    """A peer running plain wireguard-go gets its DNS filtered by the server, by the peer's group."""
+    root = Path(__file__).resolve().parents[2]
+    server_private, server_public = keys["server"]
+    client_private, client_public = keys["client"]
+    server = DnsguardDaemon(
+        lab,
+        "server",
+        "server",
+        {
+            "tunnel": {
+                "private-key": server_private,
+                "listen-port": PORT,
+                "address": [f"{SERVER_TUNNEL}/24"],
+                "peers": [
+                    {"public-key": client_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"], "group": "phones"}
+                ],
+            },
+            "upstreams": {"servers": [ADDRESSES.dns4]},
+            "lists": {
+                "ads": {"sources": [str(root / "blocklists" / "ads-trackers.txt")]},
+                "adult": {"sources": [str(root / "blocklists" / "adult.txt")]},
+            },
+            "groups": {"default": {"block": ["ads"]}, "phones": {"block": ["ads", "adult"]}},
+            "blocking": {"doh-endpoints": [f"{ADDRESSES.http4}/32"]},
+            "loading": {"cache-dir": "/tmp/dnsguard-test-lists"},
+        },
+    ).start()
+    WireguardGo(
+        lab,
+        "client",
+        client_private,
+        [f"{CLIENT_TUNNEL}/24"],
+        peers=[
+            WgPeer(
+                server_public,
+                ["100.64.0.0/24", "203.0.113.0/24", f"{ADDRESSES.http4}/32"],
+                endpoint=f"{ADDRESSES.server_wan4}:{PORT}",
+            )
+        ],
+        routes=["203.0.113.0/24", f"{ADDRESSES.http4}/32"],
+    ).start()
+    try:
+        wait_ping(lab, "client", SERVER_TUNNEL)
+        # DNS= of a stock app points at the server's tunnel address; a hard-coded resolver is caught too.
+        for resolver in (SERVER_TUNNEL, "203.0.113.53"):
+            assert dig_answers(lab.dig("client", "www.doubleclick.net", resolver).stdout) == ["0.0.0.0"]
+            assert dig_answers(lab.dig("client", "www.pornhub.com", resolver).stdout) == ["0.0.0.0"]
+            assert dig_answers(lab.dig("client", "example.org", resolver).stdout) == [ADDRESSES.http4]
+        # The DoH endpoint's port 443 is refused at once; other ports to it still work.
+        doh = lab.run(
+            "client", ["curl", "-sS", "--max-time", "3", f"https://{ADDRESSES.http4}/"], check=False
+        )
+        assert doh.returncode == 7, doh.stderr
+        assert (
+            lab.run("client", ["curl", "-sS", "--max-time", "5", f"http://{ADDRESSES.http4}/"]).returncode
+            == 0
+        )
+    except Exception:
+        print(server.log())
+        raise
