@@ -10,8 +10,9 @@ inline comments, exceptions, modifiers, IDN, bad characters, several names on a 
 `rules.parse_line`, the reference parser, and the two paths must agree (property-tested).
 
 Names are stored as Python's built-in 64-bit ``hash()`` of the canonical name: computed in C, cached on
-the string, and randomised per process, which is fine for an index rebuilt at every start (it must not
-be persisted). See `matcher.py` for how the 64 bits are used and what a collision would cost.
+the string, and randomised per process, which is fine for an index rebuilt at every start. A parsed
+source is therefore only valid in the process that parsed it: never persist it or send it to another
+process. See `matcher.py` for how the 64 bits are used and what a collision would cost.
 """
 
 from __future__ import annotations
@@ -508,7 +509,16 @@ class _Collector:
             self.issues.append(LineIssue(self.source.location, number, reason, self.original_line(number)))
 
     def slow_line(self, line: str, number: int, allow: bool, subdomains: bool) -> None:
-        if line.lstrip().startswith(("/", "@@/")):
+        text = line.strip()
+        # Comments and blank lines are most of what the bulk path leaves over; the same answer as
+        # parse_line, without building a result.
+        if not text:
+            self.counts[Outcome.BLANK] += 1
+            return
+        if text[0] in "#!":
+            self.counts[Outcome.COMMENT] += 1
+            return
+        if text.startswith(("/", "@@/")):
             line = self.original_line(number)
         result = parse_line(line, allow=allow, subdomains=subdomains)
         outcome = result.outcome

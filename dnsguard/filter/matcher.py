@@ -1,21 +1,27 @@
 """The compiled matcher: every list's rules in one compact hash index, queried by a suffix walk.
 
-Layout (8 bytes a rule, plus a small directory and per-run tables):
+Layout: 8 bytes a rule (a rule is one name from one source in one category), plus a 256 KiB directory
+and small per-block and per-run tables:
 
-- Each rule (a name from one source in one category) is an entry ``i``; entries are numbered source by
-  source, block by block, so an entry's block (source, category) and line follow from run tables.
-- ``h = hash(name)`` (64 bits). Its top ``KB`` bits, biased to be non-negative, form ``u``; the top ``BB``
-  bits of ``u`` pick a directory bucket, the remaining ``EB = 32 - IB`` bits are stored in ``_entries``
-  next to the entry number (``IB`` bits): ``entry = (u_low << IB) | i``, sorted by bucket then value, so a
-  lookup is two directory reads and a `bisect` inside one bucket.
-- ``_low_hashes[i]`` holds the low 32 bits of ``h``, checked on a candidate: together with ``u`` a rule is
-  identified by ``KB + 32`` (usually about 60) hash bits. A false match needs a 60-bit collision: about
-  one query in 10^11 against a million names, and it would then be blocked for this process's lifetime
-  only (``hash()`` is re-seeded at every start).
+- Rules are numbered source by source, block by block (``entry``, 24 bits, so up to 16.7M rules); an
+  entry's block (list, source, category) and line follow from run tables, looked up only for a verdict.
+- ``h = hash(name)``, 64 bits. Its top 24 bits, sign bit flipped (``u``), split into a 16-bit bucket and
+  an 8-bit fragment. ``_entries`` holds ``fragment << 24 | entry``, sorted by bucket, then fragment, then
+  entry; ``_directory[bucket]`` is where a bucket starts. A lookup is two directory reads and a C
+  `bisect` over the bucket's ~30 entries (at two million rules).
+- ``_low_hashes[entry]`` holds the low 32 bits of ``h``, compared on a candidate. A rule is so identified
+  by 56 hash bits; a name wrongly matching one of two million rules takes about one query in 10^10, and
+  would stay wrong only for this process's lifetime (``hash()`` is re-seeded at every start, which is
+  also why this index is rebuilt at start and never persisted).
 
-Building sorts one float per rule: ``2**52 + (bucket << 32 | entry)`` is exact in a double, Python sorts
-floats fast, and the sorted array's low 32-bit words *are* ``_entries`` (read through a memoryview, no
-per-rule Python work). That keeps the build at a few hundred nanoseconds a rule.
+Several lists in one index, rather than one index per list: a group's lookup is one walk whatever the
+number of lists it selects, and a name listed by several sources costs 8 bytes per source, not a
+second index. A `Selection` (one per policy group) maps each block to the rule strength it has for that
+group (0 for lists the group does not select).
+
+Building sorts one float per rule: the double ``2**52 + (u << 24 | entry)`` is exact, its bytes can be
+assembled with byte copies, Python sorts floats fast, and the sorted doubles' low 32-bit words are
+``_entries`` (read through a memoryview). No Python loop runs per rule.
 
 Matching walks the query's suffixes from the full name to the top-level label (``a.b.example.com``,
 ``b.example.com``, ``example.com``, ``com``) and keeps the strongest applicable rule:
@@ -23,8 +29,9 @@ Matching walks the query's suffixes from the full name to the top-level label (`
     important allow  >  important block  >  allow  >  block
 
 An exact rule applies only to the full name, a subdomains-only rule only to proper suffixes, a suffix
-rule to both. Regex rules run only when no hash rule already decided at their level, indexed by the
-label-aligned suffix they require where one is known, otherwise pre-tested with a required literal.
+rule to both. The walk stops early once nothing stronger exists in the group (for a block-only group, at
+the first block). Regex rules run only when the hash rules left a stronger verdict possible, and only
+those whose required suffix or label the name has (or that have neither), each after a literal pre-test.
 """
 
 from __future__ import annotations
@@ -38,8 +45,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from itertools import repeat
-from operator import add, mul, rshift
+from itertools import accumulate, repeat
 from pathlib import Path
 from typing import Final
 
@@ -61,8 +67,9 @@ __all__ = [
 
 DEFAULT_CACHE_SIZE: Final = 4096
 DEFAULT_MAX_REGEX_RULES: Final = 1000
-_PARENT_CACHE_SIZE: Final = 8192
+_PARENT_CACHE_SIZE: Final = 4096
 _VERDICT_CACHE_SIZE: Final = 8192
+_NO_RULE: Final = (0, 0, "")
 
 
 class Action(enum.Enum):
@@ -185,7 +192,14 @@ class _Regex:
 
 
 _LOW_WORD: Final = 0 if sys.byteorder == "little" else 1
-_TWO_52: Final = 1 << 52
+# The index layout (see the module docstring): u = (hash >> 40) + 2**23 is the hash's top 24 bits made
+# non-negative; its top 16 bits pick one of 65,536 buckets, its low 8 bits are kept beside the 24-bit
+# entry number. All byte-aligned, so the build assembles sort keys with byte copies; `Selection._probe`
+# spells these numbers as literals.
+_ENTRY_BITS: Final = 24
+_MAX_ENTRIES: Final = 1 << _ENTRY_BITS
+_BUCKETS: Final = 1 << 16
+_FLIP_TOP_BIT: Final = bytes(b ^ 0x80 for b in range(256))
 # High 32 bits of the IEEE-754 double 2**52: biased exponent 1075, zero mantissa. Doubles in [2**52, 2**53)
 # are exactly the integers there, and their high word is this plus the top 20 bits of (value - 2**52).
 _HIGH_WORD_OF_TWO_52: Final = 0x43300000
@@ -221,7 +235,6 @@ class Matcher:
         entries: array[int],
         low_hashes: array[int],
         directory: array[int],
-        layout: tuple[int, int, int],
         run_starts: array[int],
         run_lines: array[int],
         run_steps: array[int],
@@ -241,7 +254,6 @@ class Matcher:
         self._entries = entries
         self._low_hashes = low_hashes
         self._directory = directory
-        self._layout = layout
         self._run_starts = run_starts
         self._run_lines = run_lines
         self._run_steps = run_steps
@@ -249,6 +261,16 @@ class Matcher:
         self._block_categories = block_categories
         self._block_sources = block_sources
         self._block_starts = list(block_starts)
+        # What a verdict needs to know about each block, worked out once (enum lookups are slow).
+        self._block_info = tuple(
+            (
+                sources[source_id].list_name,
+                sources[source_id].location,
+                _KIND_OF_SCOPE[category_scope(cat)],
+                category_important(cat),
+            )
+            for cat, source_id in zip(block_categories, block_sources, strict=True)
+        )
         self._regexes = regexes
         self.dropped_regexes = dropped_regexes
         """Regex rules left out because the matcher-wide cap was reached."""
@@ -296,7 +318,7 @@ class Matcher:
         return Selection(self, ids, cache_size)
 
     def match(self, name: str, lists: Iterable[str] | None = None) -> Verdict:
-        """Match one canonical name against the named lists (all when None); see `Selection.match`."""
+        """Match one name against the named lists (all when None); groups should keep a `select`."""
         if lists is None:
             if self._default is None:
                 self._default = self.select()
@@ -340,18 +362,8 @@ class Matcher:
             return verdict
         run = bisect_right(self._run_starts, entry) - 1
         line = self._run_lines[run] + (entry - self._run_starts[run]) * self._run_steps[run]
-        block = self._run_blocks[run]
-        cat = self._block_categories[block]
-        source = self.sources[self._block_sources[block]]
-        verdict = Verdict(
-            _ACTION_OF[strength],
-            source.list_name,
-            source.location,
-            line,
-            rule_name,
-            _KIND_OF_SCOPE[category_scope(cat)],
-            category_important(cat),
-        )
+        list_name, location, kind, important = self._block_info[self._run_blocks[run]]
+        verdict = Verdict(_ACTION_OF[strength], list_name, location, line, rule_name, kind, important)
         if len(verdicts) >= _VERDICT_CACHE_SIZE:
             verdicts.clear()
         verdicts[entry] = verdict
@@ -372,15 +384,23 @@ class Matcher:
 
 
 class Selection:
-    """A matcher seen through a set of lists (one policy group): the hot-path `match`."""
+    """A matcher seen through a set of lists (one policy group): the hot-path `match`.
+
+    Holds small bounded caches (recent verdicts, parent suffixes): cheap to make, but keep one per group
+    rather than one per query, and use it from one thread (the resolver's event loop).
+    """
 
     __slots__ = (
+        "_block_starts",
         "_cache",
         "_cache_size",
+        "_chains",
+        "_directory",
+        "_entries",
+        "_low_hashes",
         "_matcher",
         "_parent_cap",
         "_parent_strength",
-        "_parents",
         "_regex_by_label",
         "_regex_by_suffix",
         "_regex_max",
@@ -393,6 +413,10 @@ class Selection:
 
     def __init__(self, matcher: Matcher, list_ids: frozenset[int], cache_size: int) -> None:
         self._matcher = matcher
+        self._entries = matcher._entries
+        self._low_hashes = matcher._low_hashes
+        self._directory = matcher._directory
+        self._block_starts = matcher._block_starts
         self.lists = frozenset(matcher.list_names[i] for i in list_ids)
         selected = [matcher._source_lists[s] in list_ids for s in range(len(matcher.sources))]
         self_strength = bytearray()
@@ -426,14 +450,20 @@ class Selection:
         self._walk_cap = max(self._self_cap, self._parent_cap, self._regex_max)
         self._cache: dict[str, Verdict] = {}
         self._cache_size = cache_size
-        self._parents: dict[str, int] = {}
+        self._chains: dict[str, tuple[int, int, str]] = {}
 
     def is_blocked(self, name: str) -> bool:
-        """True when the selected lists block the canonical name."""
+        """True when the selected lists block `name` (any case, trailing dot allowed)."""
         return self.match(name).action is Action.BLOCK
 
     def match(self, name: str) -> Verdict:
-        """The verdict for a canonical name (lower case, no trailing dot; see `rules.canonical_name`)."""
+        """The verdict for a query name in any case, with or without the trailing dot."""
+        # Resolvers randomise query case (0x20): matching the name as received would let
+        # "AdS.Example.COM" through.
+        return self.match_canonical(name.lower().removesuffix("."))
+
+    def match_canonical(self, name: str) -> Verdict:
+        """The verdict for a name already lower-cased and without trailing dot (the resolver's hot path)."""
         cache = self._cache
         verdict = cache.get(name)
         if verdict is not None:
@@ -448,29 +478,27 @@ class Selection:
 
     def _probe(self, suffix: str, strengths: bytes, cap: int) -> int:
         """The strongest rule naming exactly `suffix`, as ``strength << 32 | entry`` (0: none applies)."""
-        matcher = self._matcher
-        entries = matcher._entries
-        directory = matcher._directory
-        key_shift, key_bias, entry_bits = matcher._layout
+        # The layout's constants as literals (see _ENTRY_BITS and friends): this runs for every label of
+        # every query, and a literal is cheaper than a global lookup.
         h = hash(suffix)
-        u = (h >> key_shift) + key_bias
-        bucket = u >> (32 - entry_bits)
-        wanted = (u & ((1 << (32 - entry_bits)) - 1)) << entry_bits
-        high = directory[bucket + 1]
-        i = bisect_left(entries, wanted, directory[bucket], high)
+        u = (h >> 40) + 0x800000
+        directory = self._directory
+        high = directory[(u >> 8) + 1]
+        wanted = (u & 0xFF) << 24
+        entries = self._entries
+        i = bisect_left(entries, wanted, directory[u >> 8], high)
         if i == high:
             return 0
-        entry_mask = (1 << entry_bits) - 1
-        limit = wanted | entry_mask
+        limit = wanted | 0xFFFFFF
         entry = entries[i]
         if entry > limit:
             return 0
-        low_hashes = matcher._low_hashes
-        block_starts = matcher._block_starts
+        low_hashes = self._low_hashes
+        block_starts = self._block_starts
         low32 = h & 0xFFFFFFFF
         found = 0
         while True:
-            entry &= entry_mask
+            entry &= 0xFFFFFF
             if low_hashes[entry] == low32:
                 strength = strengths[bisect_right(block_starts, entry) - 1]
                 if strength > found >> 32:
@@ -484,34 +512,40 @@ class Selection:
             if entry > limit:
                 return found
 
+    def _parents(self, suffix: str) -> tuple[int, int, str]:
+        """(strength, entry, listed name) of the strongest rule covering `suffix` as a parent."""
+        # The answer for a parent is the same for every name under it (com, amazonaws.com,
+        # doubleclick.net...), so it is kept per selection, bounded; the chain above it comes from the
+        # same cache, so a query costs one probe for itself and usually one dictionary hit.
+        chains = self._chains
+        chain = chains.get(suffix)
+        if chain is not None:
+            return chain
+        found = self._probe(suffix, self._parent_strength, self._parent_cap)
+        strength = found >> 32
+        chain = (strength, found & 0xFFFFFFFF, suffix) if strength else _NO_RULE
+        if strength < self._walk_cap:
+            dot = suffix.find(".")
+            if dot >= 0:
+                above = self._parents(suffix[dot + 1 :])
+                if above[0] > strength:
+                    chain = above
+        if len(chains) >= _PARENT_CACHE_SIZE:
+            chains.clear()
+        chains[suffix] = chain
+        return chain
+
     def _lookup(self, name: str) -> Verdict:
         found = self._probe(name, self._self_strength, self._self_cap)
         best = found >> 32
         best_entry = found & 0xFFFFFFFF
         best_name = name
-        # Parent suffixes repeat across queries (com, amazonaws.com, doubleclick.net...): their probe
-        # results are kept, bounded, per selection.
-        parents = self._parents
-        parent_strength = self._parent_strength
-        parent_cap = self._parent_cap
-        walk_cap = self._walk_cap
-        start = 0
-        while best < walk_cap:
-            dot = name.find(".", start)
-            if dot < 0:
-                break
-            start = dot + 1
-            suffix = name[start:]
-            found = parents.get(suffix, -1)
-            if found < 0:
-                found = self._probe(suffix, parent_strength, parent_cap)
-                if len(parents) >= _PARENT_CACHE_SIZE:
-                    parents.clear()
-                parents[suffix] = found
-            if found >> 32 > best:
-                best = found >> 32
-                best_entry = found & 0xFFFFFFFF
-                best_name = suffix
+        if best < self._walk_cap:
+            dot = name.find(".")
+            if dot >= 0:
+                strength, entry, listed = self._parents(name[dot + 1 :])
+                if strength > best:
+                    best, best_entry, best_name = strength, entry, listed
         if self._regex_max > best:
             rule = self._regex_match(name, best)
             if rule is not None:
@@ -557,6 +591,68 @@ def _by_strength(rule: _Regex) -> int:
     return -rule.strength
 
 
+def _sorted_index(hashes: array[int]) -> tuple[array[int], array[int]]:
+    """The sorted entries and the bucket directory for name hashes numbered by position."""
+    count = len(hashes)
+    # Each key is the double 2**52 + (u24 << 24 | entry): its bytes (little-endian) are the entry's
+    # three low bytes, u24's three bytes (the hash's top bytes, sign bit flipped), then 0x30 0x43, the
+    # exponent of [2**52, 2**53). Assembled with strided byte copies, no Python object per rule.
+    raw = memoryview(hashes).cast("B") if sys.byteorder == "little" else memoryview(_swapped(hashes))
+    packed = bytearray(8 * count)
+    for byte in range(3):
+        packed[byte::8] = _counter_byte(byte, count)
+    packed[3::8] = raw[5::8].tobytes()
+    packed[4::8] = raw[6::8].tobytes()
+    packed[5::8] = raw[7::8].tobytes().translate(_FLIP_TOP_BIT)
+    packed[6::8] = b"\x30" * count
+    packed[7::8] = b"\x43" * count
+    raw.release()
+    keys = array("d")
+    keys.frombytes(packed)
+    del packed
+    if sys.byteorder != "little":
+        keys.byteswap()
+    # Sorting needs float objects. They are made in memory order and freed from that same list after
+    # the sorted copy is gone: freeing two million floats in sorted (random) order costs a third of a
+    # second in cache misses.
+    floats = keys.tolist()
+    del keys
+    ordered = sorted(floats)
+    keys = array("d", ordered)
+    del ordered
+    del floats
+    entries = _words(keys, _LOW_WORD)
+    # The high words are the bucket numbers under the exponent bits of [2**52, 2**53), in order.
+    buckets = _words(keys, 1 - _LOW_WORD)
+    del keys
+    first = _HIGH_WORD_OF_TWO_52
+    if count < _BUCKETS:
+        # Few rules: counting them is cheaper than 65,537 bisections.
+        sizes = [0] * (_BUCKETS + 1)
+        for word in buckets:
+            sizes[word - first + 1] += 1
+        directory = array("I", accumulate(sizes))
+    else:
+        directory = array("I", map(partial(bisect_left, buckets), range(first, first + _BUCKETS + 1)))
+    return entries, directory
+
+
+def _counter_byte(byte: int, count: int) -> bytes:
+    """Byte `byte` (0 = lowest) of the little-endian numbers 0, 1, 2... count - 1, for count <= 2**24."""
+    # Each value repeats 256**byte times and the pattern cycles every 256**(byte + 1): built from
+    # repeated bytes instead of two million ints, and no longer than needed.
+    run = 256**byte
+    values = min(256, -(-count // run))
+    cycle = b"".join(bytes((value,)) * run for value in range(values))
+    return (cycle * (count // len(cycle) + 1))[:count] if cycle else b""
+
+
+def _swapped(data: array[int]) -> bytes:
+    copy = array(data.typecode, data)
+    copy.byteswap()
+    return copy.tobytes()
+
+
 def compile_matcher(
     parsed: Sequence[ParsedSource],
     *,
@@ -580,23 +676,9 @@ def compile_matcher(
             bad_names.setdefault(cat, set()).add(hash(name))
         bad_patterns.update(p.regex_badfilters)
 
-    total = sum(len(block.hashes) for p in parsed for block in p.blocks)
-    if total >= 1 << 32:
-        raise DnsguardError(f"{total} rules exceed the matcher's 2**32 limit")
-    entry_bits = max(1, (total - 1).bit_length())
-    fragment_bits = 32 - entry_bits
-    # 2**16 buckets at most: building the directory bisects once per bucket, and past that point the
-    # build cost grows faster than the lookups gain (a bucket of ~30 entries is a 5-step C bisect).
-    bucket_bits = min(16, max(0, total.bit_length() - 3))
-    key_bits = bucket_bits + fragment_bits
-    key_shift = 64 - key_bits
-    key_bias = 1 << (key_bits - 1)
-    scale = float(1 << entry_bits)
-
     # Everything that outlives the build is made first, the short-lived float keys last: long-lived
     # small objects allocated among millions of floats would pin the allocator's arenas.
     blocks: list[RuleBlock] = []
-    low_hashes = array("I")
     run_starts = array("I")
     run_lines = array("I")
     run_steps = array("B")
@@ -621,8 +703,9 @@ def compile_matcher(
             run_lines.extend(block.run_lines)
             run_steps.extend(block.run_steps)
             run_blocks.extend(repeat(block_id, len(block.run_offsets)))
-            low_hashes.extend(_words(block.hashes, _LOW_WORD))
             base += len(block.hashes)
+    if base > _MAX_ENTRIES:
+        raise DnsguardError(f"{base} rules exceed the matcher's limit of {_MAX_ENTRIES}")
     regexes: list[_Regex] = []
     dropped = 0
     for source_id, p in enumerate(parsed):
@@ -634,24 +717,12 @@ def compile_matcher(
                 continue
             regexes.append(_Regex(rule, source_id, source_lists[source_id]))
 
-    keys: list[float] = []
-    for block, base in zip(blocks, block_starts, strict=True):
-        hashes = block.hashes
-        # key = 2**52 + (u << entry_bits | entry) with u = (h >> key_shift) + key_bias, done in floats:
-        # (h >> key_shift) * 2**entry_bits is exact, and adding the integer part keeps it exact.
-        first = _TWO_52 + (key_bias << entry_bits) + base
-        fragments = map(mul, map(rshift, hashes, repeat(key_shift)), repeat(scale))
-        keys.extend(map(add, fragments, range(first, first + len(hashes))))
-    keys.sort()
-    packed = array("d", keys)
-    del keys
-    entries = _words(packed, _LOW_WORD)
-    # The high words are the bucket numbers (under the exponent bits of [2**52, 2**53)), in order.
-    buckets = _words(packed, 1 - _LOW_WORD)
-    del packed
-    first = _HIGH_WORD_OF_TWO_52
-    directory = array("I", map(partial(bisect_left, buckets), range(first, first + (1 << bucket_bits) + 1)))
-    del buckets
+    hashes = array("q")
+    for block in blocks:
+        hashes.extend(block.hashes)
+    low_hashes = _words(hashes, _LOW_WORD)
+    entries, directory = _sorted_index(hashes)
+    del hashes
     release_free_memory()
 
     return Matcher(
@@ -661,7 +732,6 @@ def compile_matcher(
         entries=entries,
         low_hashes=low_hashes,
         directory=directory,
-        layout=(key_shift, key_bias, entry_bits),
         run_starts=run_starts,
         run_lines=run_lines,
         run_steps=run_steps,

@@ -17,7 +17,14 @@ Semantics chosen here (see also the package docstring):
   rules with a path, query or port, cosmetic rules and rules with modifiers other than ``$important`` and
   ``$badfilter`` are skipped and counted, because they either make no sense for DNS or would change meaning
   if the modifier were ignored (``$dnstype``, ``$client``, ``$denyallow``, ``$dnsrewrite``);
-- rules naming an IP address (``||1.2.3.4^``, a bare ``1.2.3.4``) are skipped: they filter answers, not names.
+- ``||example.com`` without the separator and a bare ``example.com^`` are read like ``||example.com^``
+  (strictly, adblock would also match ``example.community`` and ``badexample.com``; list authors mean the
+  domain); a bare ``example.com`` is a plain entry, exact as in AdGuard;
+- a hosts line blocks its names whatever the address (Pi-hole, blocky): custom answers are rewrites, a
+  policy matter; localhost-style names (`PSEUDO_HOSTS`) are never rules;
+- rules naming an IP address (``||1.2.3.4^``, a bare ``1.2.3.4``) are skipped: they filter answers, not names;
+- regex rules (``/re/``, ``@@/re/``, with ``$important``) use Python `re`, case-insensitive, searched
+  anywhere in the name; patterns longer than `MAX_REGEX_LENGTH` or with nested quantifiers are refused.
 """
 
 from __future__ import annotations
@@ -271,21 +278,18 @@ def _parse_hosts(tokens: list[str], cat: int) -> LineResult:
         return LineResult(Outcome.MALFORMED, reason="expected an address followed by names")
     names: list[str] = []
     problems: list[str] = []
-    skipped_pseudo = False
     for token in tokens[1:]:
         result = _name_result(token, cat)
         if result.outcome is Outcome.RULE:
             names.extend(result.names)
-        elif result.outcome is Outcome.PSEUDO:
-            skipped_pseudo = True
-        else:
+        elif result.outcome is not Outcome.PSEUDO:
             problems.append(f"{token!r}: {result.reason}")
     reason = "; ".join(problems)
     if names:
         return LineResult(Outcome.RULE, cat, tuple(names), reason=reason)
     if problems:
         return LineResult(Outcome.MALFORMED, reason=reason)
-    return LineResult(Outcome.PSEUDO if skipped_pseudo else Outcome.MALFORMED, reason="")
+    return LineResult(Outcome.PSEUDO)
 
 
 def _parse_dnsmasq(token: str, allow: bool) -> LineResult:

@@ -30,12 +30,12 @@ def matcher(*names: str) -> Matcher:
 
 
 def plain_names(name: str, step: int = 1) -> list[str]:
-    lines = (LISTS / name).read_text().splitlines()
+    lines = (LISTS / name).read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith(("#", "!"))][::step]
 
 
 def top_domains(count: int) -> list[str]:
-    return (QUERIES / "top-domains.txt").read_text().split()[:count]
+    return (QUERIES / "top-domains.txt").read_text(encoding="utf-8").split()[:count]
 
 
 def test_hagezi_light_domains_and_hosts_are_the_same_87391_names() -> None:

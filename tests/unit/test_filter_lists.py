@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dnsguard.filter.lists import ListSource, ParsedSource, parse_bytes, parse_file, parse_text, split_lines
-from dnsguard.filter.rules import Outcome, Scope, category, parse_line
+from dnsguard.filter.rules import PSEUDO_HOSTS, Outcome, Scope, category, parse_line
 
 SOURCE = ListSource("test", "test.txt")
 
@@ -171,6 +172,15 @@ def test_odd_lines_inside_a_run_keep_line_numbers_straight() -> None:
     assert parsed.report.issues[0].line == 26
 
 
+@pytest.mark.parametrize("pseudo", sorted(PSEUDO_HOSTS | {"ip6-anything"}))
+@pytest.mark.parametrize("shape", ["0.0.0.0 {}", "{}", "||{}^"])
+def test_pseudo_hosts_are_caught_inside_bulk_runs(pseudo: str, shape: str) -> None:
+    lines = [shape.format(f"n{i}.example") for i in range(20)]
+    lines.insert(10, shape.format(pseudo))
+    parsed = assert_same_as_line_parser("\n".join(lines))
+    assert parsed.rule_count == 20
+
+
 def test_files_listing_each_name_under_two_addresses_count_it_once() -> None:
     names = [f"n{i}.example" for i in range(40)]
     text = "# notracking style\n" + "".join(f"0.0.0.0 {n}\n:: {n}\n" for n in names)
@@ -203,6 +213,11 @@ def test_issue_report_names_source_and_line_and_shows_the_line_as_written() -> N
     assert issue.text == "Bad!Name.example"
     assert str(issue) == "https://lists.example/ads.txt:2: invalid character '!' in name: 'Bad!Name.example'"
     assert parsed.report.reasons == {"invalid character '!' in name": 1}
+
+
+def test_report_summary_is_one_line_for_logs() -> None:
+    parsed = parse_text("a.example\nbad!.example\n/^r\\./\n", ListSource("l", "l.txt"))
+    assert parsed.report.summary() == "l.txt: 1 names, 1 regex, 1 invalid character '!' in name"
 
 
 def test_only_the_first_issues_are_kept_but_all_are_counted() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dnsguard.errors import ConfigError
+from dnsguard.errors import ConfigError, DnsguardError
 from dnsguard.filter import (
     NOT_LISTED,
     Action,
@@ -20,16 +20,20 @@ from dnsguard.filter import (
     parse_file,
     parse_line,
     parse_text,
+    release_free_memory,
 )
+from dnsguard.filter import matcher as matcher_module
 from dnsguard.filter.rules import Outcome, Scope, category_allow, category_important, category_scope
 
 
-def build(lists: dict[str, str], *, allow: frozenset[str] = frozenset(), **options: int) -> Matcher:
+def build(
+    lists: dict[str, str], *, allow: frozenset[str] = frozenset(), max_regex_rules: int = 1000
+) -> Matcher:
     """A matcher from {list name: text}; lists named in `allow` are allowlists."""
     parsed = [
         parse_text(text, ListSource(name, f"{name}.txt", allow=name in allow)) for name, text in lists.items()
     ]
-    return compile_matcher(parsed, **options)
+    return compile_matcher(parsed, max_regex_rules=max_regex_rules)
 
 
 def test_exact_suffix_and_subdomain_rules() -> None:
@@ -105,6 +109,21 @@ def test_verdict_says_which_list_source_line_and_rule(tmp_path: Path) -> None:
         f"px.tracker.example: blocked by list 'ads', rule ||tracker.example^ ({path}:4: ||Tracker.Example^)"
     )
     assert matcher.explain("nothing.example") == "nothing.example: no rule in the selected lists"
+
+
+def test_query_case_and_trailing_dot_do_not_matter() -> None:
+    matcher = build({"l": "||ads.example^\n"})
+    group = matcher.select()
+    assert group.match("X.AdS.Example.").blocked
+    assert group.is_blocked("ADS.EXAMPLE")
+    assert group.match_canonical("x.ads.example").blocked
+    assert group.match_canonical("X.ADS.EXAMPLE") is NOT_LISTED, "match_canonical trusts its caller"
+
+
+def test_more_rules_than_the_index_can_number_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(matcher_module, "_MAX_ENTRIES", 3)
+    with pytest.raises(DnsguardError, match="exceed"):
+        build({"l": "a.example\nb.example\nc.example\nd.example\n"})
 
 
 def test_unlisted_names_share_one_verdict() -> None:
@@ -195,6 +214,27 @@ def test_cached_verdicts_are_reused_and_the_cache_stays_bounded() -> None:
     assert len(group._cache) <= 2
 
 
+def test_reports_outlive_the_parsed_sources_and_memory_can_be_released() -> None:
+    parsed = [parse_text("a.example\nbad!.example\n", ListSource("l", "l.txt"))]
+    matcher = compile_matcher(parsed)
+    del parsed
+    release_free_memory()
+    (report,) = matcher.reports
+    assert report.issue_count == 1
+    assert matcher.memory_bytes > 0
+    assert matcher.match("a.example").blocked
+
+
+def test_parent_results_are_cached_per_group_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(matcher_module, "_PARENT_CACHE_SIZE", 3)
+    group = build({"l": "||ads.example^\n@@||ok.ads.example^\n"}).select(cache_size=0)
+    for name in ("a.b.c.example", "x.ok.ads.example", "y.ads.example", "z.other.example", "q.ads.example"):
+        group.match(name)
+    assert len(group._chains) <= 3
+    assert group.match("deep.ok.ads.example").action is Action.ALLOW
+    assert group.match("deep.ads.example").blocked
+
+
 def test_empty_matcher() -> None:
     matcher = compile_matcher([])
     assert matcher.rule_count == 0
@@ -249,7 +289,7 @@ def test_matcher_agrees_with_naive_model(
     matcher = build(texts)
     chosen = [name for name, keep in zip(texts, selected, strict=False) if keep]
     group = matcher.select(chosen)
-    rules = []
+    rules: list[tuple[str, int, str, int]] = []
     for name in chosen:
         for number, line in enumerate(texts[name].split("\n"), 1):
             result = parse_line(line)
