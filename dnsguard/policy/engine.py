@@ -186,7 +186,7 @@ class Policy:
         selection = group.selection(self.matcher, weekday, minute)
         if selection is None:
             return group.forward
-        verdict = selection.match(name)
+        verdict = selection.match_canonical(name)
         if verdict.action is Action.BLOCK:
             key = id(verdict)
             decision = group._block_decisions.get(key)

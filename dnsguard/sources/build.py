@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dnsguard.config.model import Config
 from dnsguard.filter.lists import ListSource, ParsedSource, parse_file, parse_text
-from dnsguard.filter.matcher import Matcher, compile_matcher
+from dnsguard.filter.matcher import Matcher, compile_matcher, release_free_memory
 from dnsguard.sources.fetch import FetchResult, ListFetcher
 
 
@@ -121,6 +121,9 @@ def build_sync(config: Config, fetched: dict[str, FetchResult] | None = None) ->
     started = time.perf_counter()
     parsed, reports = parse_sources(config, fetched or {})
     matcher = compile_matcher(parsed, lists=list(config.lists))
+    del parsed
+    # Building needs several times the index's memory; give it back to the system.
+    release_free_memory()
     return BuildResult(matcher, reports, time.perf_counter() - started, time.time())
 
 
