@@ -20,64 +20,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dnsguard.lab import ADDRESSES, Lab
-from dnsguard.lab.peers import DnsguardDaemon, WgPeer, WireguardGo, genkey, wait_ping
+from dnsguard.lab.peers import DnsguardDaemon, genkey, wait_ping
+from dnsguard.lab.scenario import client_tunnel, server_tunnel, wireguard_go_client, wireguard_go_server
 
-SERVER_TUNNEL, CLIENT_TUNNEL, PORT = "100.64.0.1", "100.64.0.2", 51820
+SERVER_TUNNEL, CLIENT_TUNNEL = "100.64.0.1", "100.64.0.2"
 
 
 def setup_dnsguard(lab: Lab) -> None:
     (server_private, server_public), (client_private, client_public) = genkey(), genkey()
-    DnsguardDaemon(
-        lab,
-        "server",
-        "server",
-        {
-            "tunnel": {
-                "private-key": server_private,
-                "listen-port": PORT,
-                "address": [f"{SERVER_TUNNEL}/24"],
-                "peers": [{"public-key": client_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"]}],
-            }
-        },
-    ).start()
+    peer = {"public-key": client_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"]}
+    DnsguardDaemon(lab, "server", "server", server_tunnel(server_private, [peer])).start()
     DnsguardDaemon(
         lab,
         "client",
         "up",
-        {
-            "tunnel": {
-                "private-key": client_private,
-                "address": [f"{CLIENT_TUNNEL}/32"],
-                "kill-switch": False,
-                "peers": [
-                    {
-                        "public-key": server_public,
-                        "endpoint": f"{ADDRESSES.server_wan4}:{PORT}",
-                        "allowed-ips": ["100.64.0.0/24"],
-                    }
-                ],
-            }
-        },
+        client_tunnel(client_private, server_public, ["100.64.0.0/24"], **{"kill-switch": False}),
     ).start()
 
 
 def setup_wireguard_go(lab: Lab) -> None:
     (server_private, server_public), (client_private, client_public) = genkey(), genkey()
-    WireguardGo(
-        lab,
-        "server",
-        server_private,
-        [f"{SERVER_TUNNEL}/24"],
-        listen_port=PORT,
-        peers=[WgPeer(client_public, [f"{CLIENT_TUNNEL}/32"])],
-    ).start()
-    WireguardGo(
-        lab,
-        "client",
-        client_private,
-        [f"{CLIENT_TUNNEL}/24"],
-        peers=[WgPeer(server_public, ["100.64.0.0/24"], endpoint=f"{ADDRESSES.server_wan4}:{PORT}")],
-    ).start()
+    wireguard_go_server(lab, server_private, client_public)
+    wireguard_go_client(lab, client_private, server_public, ["100.64.0.0/24"])
 
 
 def setup_openvpn(lab: Lab) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dnsguard.lab.netns import ADDRESSES, Lab
-from dnsguard.lab.peers import DnsguardDaemon, genkey, wait_ping
+from dnsguard.lab.peers import DnsguardDaemon, WgPeer, WireguardGo, genkey, wait_ping
 
 BLOCKLISTS = Path(__file__).resolve().parents[2] / "blocklists"
 SERVER_TUNNEL4, CLIENT_TUNNEL4 = "100.64.0.1", "100.64.0.2"
@@ -17,6 +17,75 @@ SERVER_TUNNEL6, CLIENT_TUNNEL6 = "fd00::1", "fd00::2"
 PORT = 51820
 HARD_CODED_RESOLVER = "203.0.113.53"
 """An address no DNS server listens on: a client with it hard-coded only gets answers if intercepted."""
+
+
+SERVER_ENDPOINT = f"{ADDRESSES.server_wan4}:{PORT}"
+
+
+def server_tunnel(
+    private_key: str,
+    peers: list[dict[str, object]],
+    *,
+    addresses: tuple[str, ...] = (f"{SERVER_TUNNEL4}/24",),
+    **extra: object,
+) -> dict[str, object]:
+    """A dnsguard server configuration's tunnel section on the lab's server address."""
+    return {
+        "tunnel": {
+            "private-key": private_key,
+            "listen-port": PORT,
+            "address": list(addresses),
+            "peers": peers,
+            **extra,
+        }
+    }
+
+
+def client_tunnel(
+    private_key: str,
+    server_public: str,
+    allowed_ips: list[str],
+    *,
+    addresses: tuple[str, ...] = (f"{CLIENT_TUNNEL4}/32",),
+    **extra: object,
+) -> dict[str, object]:
+    """A dnsguard client configuration's tunnel section pointing at the lab's server."""
+    peer = {"public-key": server_public, "endpoint": SERVER_ENDPOINT, "allowed-ips": allowed_ips}
+    return {"tunnel": {"private-key": private_key, "address": list(addresses), "peers": [peer], **extra}}
+
+
+def wireguard_go_server(lab: Lab, private_key: str, client_public: str) -> WireguardGo:
+    """wireguard-go as the server, with one peer at the client tunnel address."""
+    return WireguardGo(
+        lab,
+        "server",
+        private_key,
+        [f"{SERVER_TUNNEL4}/24"],
+        listen_port=PORT,
+        peers=[WgPeer(client_public, [f"{CLIENT_TUNNEL4}/32"])],
+    ).start()
+
+
+def wireguard_go_client(
+    lab: Lab,
+    private_key: str,
+    server_public: str,
+    allowed_ips: list[str],
+    *,
+    role: str = "client",
+    address: str = f"{CLIENT_TUNNEL4}/24",
+    routes: tuple[str, ...] = (),
+    keepalive: int = 0,
+) -> WireguardGo:
+    """wireguard-go as a client of the lab's server."""
+    return WireguardGo(
+        lab,
+        role,
+        private_key,
+        [address],
+        peers=[WgPeer(server_public, allowed_ips, endpoint=SERVER_ENDPOINT, persistent_keepalive=keepalive)],
+        routes=list(routes),
+    ).start()
 
 
 @dataclass

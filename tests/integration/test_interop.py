@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from dnsguard.lab import ADDRESSES, Lab, dig_answers
-from dnsguard.lab.peers import DnsguardDaemon, WgPeer, WireguardGo, genkey, wait_ping
+from dnsguard.lab.peers import DnsguardDaemon, genkey, wait_ping
+from dnsguard.lab.scenario import (
+    client_tunnel,
+    server_tunnel,
+    wireguard_go_client,
+    wireguard_go_server,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("wireguard-go") is None, reason="wireguard-go is not installed")
 
@@ -18,7 +24,7 @@ SERVER_TUNNEL = "100.64.0.1"
 CLIENT_TUNNEL = "100.64.0.2"
 SERVER_TUNNEL6 = "fd00::1"
 CLIENT_TUNNEL6 = "fd00::2"
-PORT = 51820
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fetch_and_check(lab: Lab, role: str, size: int) -> None:
@@ -76,41 +82,22 @@ def keys() -> Iterator[dict[str, tuple[str, str]]]:
     yield {"server": genkey(), "client": genkey()}
 
 
+def whoami(lab: Lab, role: str) -> str:
+    return lab.run(
+        role, ["curl", "-sS", "--max-time", "10", f"http://{ADDRESSES.http4}/whoami"]
+    ).stdout.strip()
+
+
 def test_dnsguard_client_with_wireguard_go_server(lab: Lab, keys: dict[str, tuple[str, str]]) -> None:
-    server_private, server_public = keys["server"]
-    client_private, client_public = keys["client"]
-    WireguardGo(
-        lab,
-        "server",
-        server_private,
-        [f"{SERVER_TUNNEL}/24"],
-        listen_port=PORT,
-        peers=[WgPeer(client_public, [f"{CLIENT_TUNNEL}/32"])],
-    ).start()
+    (server_private, server_public), (client_private, client_public) = keys["server"], keys["client"]
+    wireguard_go_server(lab, server_private, client_public)
     nat_in_server_namespace(lab)
-    client = DnsguardDaemon(
-        lab,
-        "client",
-        "up",
-        {
-            "tunnel": {
-                "private-key": client_private,
-                "address": [f"{CLIENT_TUNNEL}/32"],
-                "peers": [
-                    {
-                        "public-key": server_public,
-                        "endpoint": f"{ADDRESSES.server_wan4}:{PORT}",
-                        "allowed-ips": ["0.0.0.0/0"],
-                    }
-                ],
-            },
-        },
-    ).start()
+    client = DnsguardDaemon(lab, "client", "up", client_tunnel(client_private, server_public, ["0.0.0.0/0"]))
+    client.start()
     try:
         wait_ping(lab, "client", SERVER_TUNNEL)
         # Full tunnel: the web server sees the server's address, not the client's uplink.
-        whoami = lab.run("client", ["curl", "-sS", "--max-time", "10", f"http://{ADDRESSES.http4}/whoami"])
-        assert whoami.stdout.strip() == ADDRESSES.server_wan4
+        assert whoami(lab, "client") == ADDRESSES.server_wan4
         fetch_and_check(lab, "client", 5_000_000)
     except Exception:
         print(client.log())
@@ -118,46 +105,30 @@ def test_dnsguard_client_with_wireguard_go_server(lab: Lab, keys: dict[str, tupl
 
 
 def test_wireguard_go_client_with_dnsguard_server(lab: Lab, keys: dict[str, tuple[str, str]]) -> None:
-    server_private, server_public = keys["server"]
-    client_private, client_public = keys["client"]
+    (server_private, server_public), (client_private, client_public) = keys["server"], keys["client"]
+    peer = {
+        "public-key": client_public,
+        "allowed-ips": [f"{CLIENT_TUNNEL}/32", f"{CLIENT_TUNNEL6}/128"],
+        "name": "wg-go",
+    }
     server = DnsguardDaemon(
         lab,
         "server",
         "server",
-        {
-            "tunnel": {
-                "private-key": server_private,
-                "listen-port": PORT,
-                "address": [f"{SERVER_TUNNEL}/24", f"{SERVER_TUNNEL6}/64"],
-                "peers": [
-                    {
-                        "public-key": client_public,
-                        "allowed-ips": [f"{CLIENT_TUNNEL}/32", f"{CLIENT_TUNNEL6}/128"],
-                        "name": "wg-go",
-                    }
-                ],
-            },
-        },
+        server_tunnel(server_private, [peer], addresses=(f"{SERVER_TUNNEL}/24", f"{SERVER_TUNNEL6}/64")),
     ).start()
-    WireguardGo(
+    client = wireguard_go_client(
         lab,
-        "client",
         client_private,
-        [f"{CLIENT_TUNNEL}/24", f"{CLIENT_TUNNEL6}/64"],
-        peers=[
-            WgPeer(
-                server_public,
-                ["100.64.0.0/24", "fd00::/64", f"{ADDRESSES.http4}/32"],
-                endpoint=f"{ADDRESSES.server_wan4}:{PORT}",
-            )
-        ],
-        routes=[f"{ADDRESSES.http4}/32"],
-    ).start()
+        server_public,
+        ["100.64.0.0/24", "fd00::/64", f"{ADDRESSES.http4}/32"],
+        routes=(f"{ADDRESSES.http4}/32",),
+    )
+    lab.run("client", ["ip", "-6", "address", "add", f"{CLIENT_TUNNEL6}/64", "dev", client.interface])
     try:
         wait_ping(lab, "client", SERVER_TUNNEL)
         assert lab.run("client", ["ping", "-c", "1", "-W", "2", SERVER_TUNNEL6], check=False).returncode == 0
-        whoami = lab.run("client", ["curl", "-sS", "--max-time", "10", f"http://{ADDRESSES.http4}/whoami"])
-        assert whoami.stdout.strip() == ADDRESSES.server_wan4  # NATed out by dnsguard's server
+        assert whoami(lab, "client") == ADDRESSES.server_wan4  # NATed out by dnsguard's server
         fetch_and_check(lab, "client", 5_000_000)
     except Exception:
         print(server.log())
@@ -165,34 +136,13 @@ def test_wireguard_go_client_with_dnsguard_server(lab: Lab, keys: dict[str, tupl
 
 
 def test_rekey_with_short_timers_keeps_traffic_flowing(lab: Lab, keys: dict[str, tuple[str, str]]) -> None:
-    server_private, server_public = keys["server"]
-    client_private, client_public = keys["client"]
-    wg = WireguardGo(
-        lab,
-        "server",
-        server_private,
-        [f"{SERVER_TUNNEL}/24"],
-        listen_port=PORT,
-        peers=[WgPeer(client_public, [f"{CLIENT_TUNNEL}/32"])],
-    ).start()
+    (server_private, server_public), (client_private, client_public) = keys["server"], keys["client"]
+    wg = wireguard_go_server(lab, server_private, client_public)
     client = DnsguardDaemon(
         lab,
         "client",
         "up",
-        {
-            "tunnel": {
-                "private-key": client_private,
-                "address": [f"{CLIENT_TUNNEL}/32"],
-                "rekey-after-time": "2s",
-                "peers": [
-                    {
-                        "public-key": server_public,
-                        "endpoint": f"{ADDRESSES.server_wan4}:{PORT}",
-                        "allowed-ips": ["100.64.0.0/24"],
-                    }
-                ],
-            }
-        },
+        client_tunnel(client_private, server_public, ["100.64.0.0/24"], **{"rekey-after-time": "2s"}),
     ).start()
     try:
         wait_ping(lab, "client", SERVER_TUNNEL)
@@ -209,33 +159,10 @@ def test_rekey_with_short_timers_keeps_traffic_flowing(lab: Lab, keys: dict[str,
 def test_roaming_client_address_change_with_wireguard_go_server(
     lab: Lab, keys: dict[str, tuple[str, str]]
 ) -> None:
-    server_private, server_public = keys["server"]
-    client_private, client_public = keys["client"]
-    wg = WireguardGo(
-        lab,
-        "server",
-        server_private,
-        [f"{SERVER_TUNNEL}/24"],
-        listen_port=PORT,
-        peers=[WgPeer(client_public, [f"{CLIENT_TUNNEL}/32"])],
-    ).start()
+    (server_private, server_public), (client_private, client_public) = keys["server"], keys["client"]
+    wg = wireguard_go_server(lab, server_private, client_public)
     DnsguardDaemon(
-        lab,
-        "client",
-        "up",
-        {
-            "tunnel": {
-                "private-key": client_private,
-                "address": [f"{CLIENT_TUNNEL}/32"],
-                "peers": [
-                    {
-                        "public-key": server_public,
-                        "endpoint": f"{ADDRESSES.server_wan4}:{PORT}",
-                        "allowed-ips": ["100.64.0.0/24"],
-                    }
-                ],
-            }
-        },
+        lab, "client", "up", client_tunnel(client_private, server_public, ["100.64.0.0/24"])
     ).start()
     wait_ping(lab, "client", SERVER_TUNNEL)
     assert ADDRESSES.client_wan4 in wg.show()
@@ -246,28 +173,16 @@ def test_roaming_client_address_change_with_wireguard_go_server(
 
 
 def test_roaming_wireguard_go_client_with_dnsguard_server(lab: Lab, keys: dict[str, tuple[str, str]]) -> None:
-    server_private, server_public = keys["server"]
-    client_private, client_public = keys["client"]
+    (server_private, server_public), (client_private, client_public) = keys["server"], keys["client"]
     server = DnsguardDaemon(
         lab,
         "server",
         "server",
-        {
-            "tunnel": {
-                "private-key": server_private,
-                "listen-port": PORT,
-                "address": [f"{SERVER_TUNNEL}/24"],
-                "peers": [{"public-key": client_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"]}],
-            }
-        },
+        server_tunnel(
+            server_private, [{"public-key": client_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"]}]
+        ),
     ).start()
-    WireguardGo(
-        lab,
-        "client",
-        client_private,
-        [f"{CLIENT_TUNNEL}/24"],
-        peers=[WgPeer(server_public, ["100.64.0.0/24"], endpoint=f"{ADDRESSES.server_wan4}:{PORT}")],
-    ).start()
+    wireguard_go_client(lab, client_private, server_public, ["100.64.0.0/24"])
     wait_ping(lab, "client", SERVER_TUNNEL)
     move_uplink_address(lab, "198.18.1.4")
     try:
@@ -284,39 +199,23 @@ def test_roaming_wireguard_go_client_with_dnsguard_server(lab: Lab, keys: dict[s
 def test_server_reload_adds_and_removes_peers_without_dropping_others(
     keys: dict[str, tuple[str, str]],
 ) -> None:
-    server_private, server_public = keys["server"]
-    first_private, first_public = keys["client"]
+    (server_private, server_public), (first_private, first_public) = keys["server"], keys["client"]
     second_private, second_public = genkey()
     with Lab(extra_client=True) as lab:
         peer_first = {"public-key": first_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"], "name": "first"}
         peer_second = {"public-key": second_public, "allowed-ips": ["100.64.0.3/32"], "name": "second"}
-        config = {
-            "tunnel": {
-                "private-key": server_private,
-                "listen-port": PORT,
-                "address": [f"{SERVER_TUNNEL}/24"],
-                "peers": [peer_first],
-            }
-        }
+        config = server_tunnel(server_private, [peer_first])
         server = DnsguardDaemon(lab, "server", "server", config).start()
-        for role, private, address in (
-            ("client", first_private, CLIENT_TUNNEL),
-            ("client2", second_private, "100.64.0.3"),
-        ):
-            WireguardGo(
-                lab,
-                role,
-                private,
-                [f"{address}/24"],
-                peers=[
-                    WgPeer(
-                        server_public,
-                        ["100.64.0.0/24"],
-                        endpoint=f"{ADDRESSES.server_wan4}:{PORT}",
-                        persistent_keepalive=1,
-                    )
-                ],
-            ).start()
+        wireguard_go_client(lab, first_private, server_public, ["100.64.0.0/24"], keepalive=1)
+        wireguard_go_client(
+            lab,
+            second_private,
+            server_public,
+            ["100.64.0.0/24"],
+            role="client2",
+            address="100.64.0.3/24",
+            keepalive=1,
+        )
         wait_ping(lab, "client", SERVER_TUNNEL)
         second_ping = ["ping", "-c", "1", "-W", "1", SERVER_TUNNEL]
         assert lab.run("client2", second_ping, check=False).returncode != 0  # not a peer yet
@@ -333,7 +232,7 @@ def test_server_reload_adds_and_removes_peers_without_dropping_others(
                 what="the removed peer to lose the tunnel",
             )
             pinger.wait(timeout=30)
-            summary = Path(pinger.log_path).read_text()
+            summary = Path(pinger.log_path).read_text()  # type: ignore[attr-defined]
             # The first peer's session survived both reloads: its pings never stopped.
             assert " 0% packet loss" in summary, summary
         except Exception:
@@ -345,46 +244,31 @@ def test_dnsguard_server_filters_dns_of_a_stock_wireguard_client(
     lab: Lab, keys: dict[str, tuple[str, str]]
 ) -> None:
     """A peer running plain wireguard-go gets its DNS filtered by the server, by the peer's group."""
-    root = Path(__file__).resolve().parents[2]
-    server_private, server_public = keys["server"]
-    client_private, client_public = keys["client"]
-    server = DnsguardDaemon(
-        lab,
-        "server",
-        "server",
+    (server_private, server_public), (client_private, client_public) = keys["server"], keys["client"]
+    config = server_tunnel(
+        server_private,
+        [{"public-key": client_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"], "group": "phones"}],
+    )
+    config.update(
         {
-            "tunnel": {
-                "private-key": server_private,
-                "listen-port": PORT,
-                "address": [f"{SERVER_TUNNEL}/24"],
-                "peers": [
-                    {"public-key": client_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"], "group": "phones"}
-                ],
-            },
             "upstreams": {"servers": [ADDRESSES.dns4]},
             "lists": {
-                "ads": {"sources": [str(root / "blocklists" / "ads-trackers.txt")]},
-                "adult": {"sources": [str(root / "blocklists" / "adult.txt")]},
+                "ads": {"sources": [str(ROOT / "blocklists" / "ads-trackers.txt")]},
+                "adult": {"sources": [str(ROOT / "blocklists" / "adult.txt")]},
             },
             "groups": {"default": {"block": ["ads"]}, "phones": {"block": ["ads", "adult"]}},
             "blocking": {"doh-endpoints": [f"{ADDRESSES.http4}/32"]},
             "loading": {"cache-dir": "/tmp/dnsguard-test-lists"},
-        },
-    ).start()
-    WireguardGo(
+        }
+    )
+    server = DnsguardDaemon(lab, "server", "server", config).start()
+    wireguard_go_client(
         lab,
-        "client",
         client_private,
-        [f"{CLIENT_TUNNEL}/24"],
-        peers=[
-            WgPeer(
-                server_public,
-                ["100.64.0.0/24", "203.0.113.0/24", f"{ADDRESSES.http4}/32"],
-                endpoint=f"{ADDRESSES.server_wan4}:{PORT}",
-            )
-        ],
-        routes=["203.0.113.0/24", f"{ADDRESSES.http4}/32"],
-    ).start()
+        server_public,
+        ["100.64.0.0/24", "203.0.113.0/24", f"{ADDRESSES.http4}/32"],
+        routes=("203.0.113.0/24", f"{ADDRESSES.http4}/32"),
+    )
     try:
         wait_ping(lab, "client", SERVER_TUNNEL)
         # DNS= of a stock app points at the server's tunnel address; a hard-coded resolver is caught too.
