@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from dnsguard.lifecycle import (
     monotonic,
 )
 from dnsguard.net.firewall import DnsRedirect, KillSwitch
+from dnsguard.net.monitor import PathMonitor
 from dnsguard.net.routing import RoutingPlan, set_forwarding
 from dnsguard.net.tun import TunDevice
 from dnsguard.wireguard.events import Event, HandshakeCompleted, HandshakeGaveUp, PeerEndpointChanged
@@ -90,6 +92,7 @@ class Client:
         self._stop = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
         self.dns: TunnelDns | None = None
+        self.monitor: PathMonitor | None = None
 
     # -- events from the tunnel and the lifecycle ----------------------------------------
 
@@ -108,6 +111,18 @@ class Client:
             self.lifecycle.authenticated_receive(now)
         else:
             self.lifecycle.data_sent(now)
+
+    def on_path_change(self, what: str) -> None:
+        """An uplink changed: the lifecycle merges a burst of these into one reconnection."""
+        self.lifecycle.path_changed(boottime())
+        asyncio.get_running_loop().call_later(self.lifecycle.settings.debounce + 0.01, self._run_due_timers)
+
+    def _run_due_timers(self) -> None:
+        now = boottime()
+        timer = self.lifecycle.get_timer()
+        if timer is not None and timer <= now:
+            self.lifecycle.handle_timer(now)
+        self.run_lifecycle()
 
     def run_lifecycle(self) -> None:
         """Carry out what the lifecycle asks for."""
@@ -208,6 +223,11 @@ class Client:
                 await self.dns.start(tun.name)
             self.run_lifecycle()
             self._ticker = asyncio.create_task(self._tick())
+            # Watch the uplinks only now: our own setup above changed links and routes too.
+            self.monitor = PathMonitor(
+                self.on_path_change, tunnel_index=socket.if_nametoindex(tun.name), own_table=tunnel.table
+            )
+            self.monitor.start()
             install_signal_handlers(self._stop, lambda: asyncio.ensure_future(self.reload()))
             log.info(
                 "tunnel %s up (%s), server %s",
@@ -219,6 +239,8 @@ class Client:
         finally:
             if self._ticker is not None:
                 self._ticker.cancel()
+            if self.monitor is not None:
+                await self.monitor.stop()
             self.lifecycle.stop(boottime())
             if self.dns is not None:
                 await self.dns.close()

@@ -102,3 +102,26 @@ def test_server_that_never_answers_gives_bounded_retries(
     status = client_status(lab, client)
     assert status.get("state") == "reasserting", (status, client.log())
     assert "dg0" in lab.sh("client", "ip -o link")
+
+
+def test_burst_of_route_changes_gives_one_reconnection(
+    full: tuple[Lab, DnsguardDaemon, DnsguardDaemon],
+) -> None:
+    lab, _, client = full
+    gateway = ADDRESSES.client_gw4
+    lab.sh(
+        "client",
+        "ip route del default",
+        f"ip route add default via {gateway}",
+        "ip route del default",
+        f"ip route add default via {gateway}",
+    )
+    lab.wait_for(
+        lambda: "reconnecting (path_change" in client.log(),
+        timeout=5,
+        what="a reconnection after the route changes",
+    )
+    wait_ping(lab, "client", SERVER_TUNNEL4, timeout=10)
+    time.sleep(1.0)
+    assert client.log().count("reconnecting (path_change") == 1, client.log()
+    assert client.log().count("path change: default route") >= 2
