@@ -9,8 +9,9 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from dnsguard.config import Config, PeerConfig, TunnelConfig, load_config
 from dnsguard.config.addresses import parse_hostport
@@ -124,6 +125,20 @@ def setup_logging(config: Config) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.logging.level.upper())
+
+
+def run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine on uvloop when installed (lower wake-up latency), else asyncio.
+
+    Only for code without netlink: pyroute2's asyncio sockets are AF_NETLINK, which uvloop's
+    datagram transport refuses, so the tunnel daemons stay on the asyncio loop.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coroutine)
+        return
+    uvloop.run(coroutine)
 
 
 def install_signal_handlers(stop: asyncio.Event, reload: Callable[[], object]) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dnsguard.config import Config, load_config
-from dnsguard.daemon.common import install_signal_handlers, reload_config, setup_logging
+from dnsguard.daemon.common import install_signal_handlers, reload_config, run_loop, setup_logging
 from dnsguard.daemon.dns_server import DnsListeners
 from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import Resolver
@@ -222,17 +222,8 @@ def run_resolve(config_path: str) -> int:
             file=config_path,
             key="upstreams.servers",
         )
-    _run(_serve(config_path, config))
+    run_loop(_serve(config_path, config))
     return 0
-
-
-def _run(coroutine: object) -> None:
-    try:
-        import uvloop
-
-        uvloop.run(coroutine)  # type: ignore[arg-type]
-    except ImportError:
-        asyncio.run(coroutine)  # type: ignore[arg-type]
 
 
 def run_check(config_path: str) -> int:
