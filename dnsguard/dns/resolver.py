@@ -139,6 +139,10 @@ class Resolver:
 
     def _blocked(self, query: Query, client: str, decision: Decision) -> bytes:
         self._record(query, client, "blocked", decision)
+        return self._block_reply(query, decision)
+
+    def _block_reply(self, query: Query, decision: Decision) -> bytes:
+        """The blocked answer in the decision's mode (counted per list; recording is the caller's)."""
         list_name = decision.reason
         self.stats.blocked_by_list[list_name] = self.stats.blocked_by_list.get(list_name, 0) + 1
         ede = b""
@@ -174,7 +178,7 @@ class Resolver:
             reply = await self._answer_with_target(query, decision)
             result = "rewritten"
         else:
-            reply, result = await self._forward(query, client, decision)
+            reply, result, decision = await self._forward(query, client, decision)
         if reply is None:
             return None
         if not tcp and len(reply) > query.udp_limit:
@@ -182,7 +186,23 @@ class Resolver:
         self._record(query, client, result, decision, started)
         return reply
 
-    async def _forward(self, query: Query, client: str, decision: Decision) -> tuple[bytes | None, str]:
+    async def _forward(
+        self, query: Query, client: str, decision: Decision
+    ) -> tuple[bytes | None, str, Decision]:
+        """The upstream reply, its result label, and the decision it was recorded under.
+
+        A CNAME-cloaked answer comes back blocked under the decision of the blocked target, so the
+        query log and the per-list counters name the list that caught it.
+        """
+        reply, result = await self._forward_reply(query, client, decision)
+        if isinstance(reply, Decision):
+            self.stats.cname_blocked += 1
+            return self._block_reply(query, reply), "blocked", reply
+        return reply, result, decision
+
+    async def _forward_reply(
+        self, query: Query, client: str, decision: Decision
+    ) -> tuple[bytes | Decision | None, str]:
         if self.upstreams is None:
             return wire.refused(query), "refused"
         try:
@@ -206,8 +226,7 @@ class Resolver:
             for target in meta.targets:
                 target_decision = self.policy.decide_for_group(target, group, now)
                 if target_decision.kind is Kind.BLOCK:
-                    self.stats.cname_blocked += 1
-                    return self._blocked(query, client, target_decision), "blocked_cname"
+                    return target_decision, "blocked"
         if self.cache is not None:
             self.cache.put(query, reply, self.clock(), meta)
         return reply, "allowed"
@@ -234,8 +253,6 @@ class Resolver:
         self, query: Query, client: str, result: str, decision: Decision, started: float | None = None
     ) -> None:
         group = decision.group
-        if result == "blocked_cname":
-            result = "blocked"
         queries = self.stats.queries
         key = (result, group)
         queries[key] = queries.get(key, 0) + 1

@@ -141,6 +141,10 @@ async def test_cname_cloaking_is_blocked() -> None:
     reply = parse(await resolver.answer_later(query("shop.example"), "192.0.2.1", False))
     assert [str(r.rdata) for r in reply.rr] == ["0.0.0.0"]
     assert resolver.stats.cname_blocked == 1
+    # Counted and logged once, under the list that caught the target.
+    assert resolver.stats.queries == {("blocked", "default"): 1}
+    assert resolver.stats.blocked_by_list == {"ads": 1}
+    assert [entry.reason for entry in resolver.recent_queries()] == ["ads"]
 
 
 async def test_safe_search_cname_with_target_addresses() -> None:
