@@ -19,8 +19,7 @@ from dnsguard.dns.upstream import TransportOptions, UpstreamGroup
 from dnsguard.errors import ConfigError
 from dnsguard.net.neighbours import mac_of
 from dnsguard.policy.engine import Policy
-from dnsguard.sources.build import BuildResult, build, build_sync, urls_of
-from dnsguard.sources.fetch import FetchResult, ListFetcher
+from dnsguard.sources.build import BuildResult, build, build_sync, cached_downloads, fetcher_for, urls_of
 
 log = logging.getLogger("dnsguard.resolve")
 
@@ -123,11 +122,8 @@ class ResolverService:
     async def refresh_lists(self, force_rebuild: bool = False) -> None:
         """Download list updates; rebuild and swap the matcher only if something changed."""
         config = self.config
-        fetcher = ListFetcher(
-            config.loading.cache_dir,
-            timeout=float(config.loading.timeout),
-            max_size=int(config.loading.max_size),
-            min_ratio=config.loading.min_ratio,
+        fetcher = fetcher_for(
+            config,
             progress=lambda url, got, total: log.info(
                 "downloading %s: %d of %s bytes", url, got, total or "?"
             ),
@@ -229,7 +225,7 @@ def run_resolve(config_path: str) -> int:
 def run_check(config_path: str) -> int:
     """Validate the configuration and every list source; print a summary."""
     config = load_config(config_path)
-    built = build_sync(config, _cached_downloads(config))
+    built = build_sync(config, cached_downloads(config))
     Policy(config, built.matcher)
     print(f"{config_path}: configuration is valid")
     for report in built.sources:
@@ -248,23 +244,9 @@ def run_check(config_path: str) -> int:
     return 0
 
 
-def _cached_downloads(config: Config) -> dict[str, FetchResult]:
-    fetcher = ListFetcher(config.loading.cache_dir)
-    result: dict[str, FetchResult] = {}
-    for url in urls_of(config):
-        path, _ = fetcher.cached(url)
-        result[url] = FetchResult(
-            url,
-            path,
-            "cached" if path else "failed",
-            error=None if path else "not downloaded yet: run 'dnsguard lists update'",
-        )
-    return result
-
-
 def run_explain(config_path: str, name: str, client: str | None) -> int:
     config = load_config(config_path)
-    built = build_sync(config, _cached_downloads(config))
+    built = build_sync(config, cached_downloads(config))
     policy = Policy(config, built.matcher)
     canonical = name.rstrip(".").lower()
     with contextlib.suppress(UnicodeError):
@@ -279,12 +261,8 @@ def run_lists_update(config_path: str) -> int:
     if not urls:
         print("no list sources are URLs; nothing to download")
         return 0
-    fetcher = ListFetcher(
-        config.loading.cache_dir,
-        timeout=float(config.loading.timeout),
-        max_size=int(config.loading.max_size),
-        min_ratio=config.loading.min_ratio,
-        progress=lambda url, got, total: print(f"  {url}: {got / 1e6:.1f} MB", flush=True),
+    fetcher = fetcher_for(
+        config, progress=lambda url, got, total: print(f"  {url}: {got / 1e6:.1f} MB", flush=True)
     )
     results = asyncio.run(fetcher.fetch_all(urls))
     failed = 0

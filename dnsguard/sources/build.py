@@ -15,7 +15,7 @@ from pathlib import Path
 from dnsguard.config.model import Config
 from dnsguard.filter.lists import ListSource, ParsedSource, parse_file, parse_text
 from dnsguard.filter.matcher import Matcher, compile_matcher, release_free_memory
-from dnsguard.sources.fetch import FetchResult, ListFetcher
+from dnsguard.sources.fetch import FetchResult, ListFetcher, ProgressCallback
 
 
 @dataclass
@@ -131,27 +131,39 @@ def urls_of(config: Config) -> list[str]:
     return list(dict.fromkeys(s for lst in config.lists.values() for s in lst.sources if is_url(s)))
 
 
-async def build(config: Config, fetcher: ListFetcher | None = None, *, download: bool = True) -> BuildResult:
+def fetcher_for(config: Config, progress: ProgressCallback | None = None) -> ListFetcher:
+    """A list fetcher with the configuration's cache directory and download limits."""
+    loading = config.loading
+    return ListFetcher(
+        loading.cache_dir,
+        timeout=float(loading.timeout),
+        max_size=int(loading.max_size),
+        min_ratio=loading.min_ratio,
+        progress=progress,
+    )
+
+
+def cached_downloads(config: Config) -> dict[str, FetchResult]:
+    """The last good copy of every URL source, without any network access."""
+    fetcher = fetcher_for(config)
+    fetched = {}
+    for url in urls_of(config):
+        path, meta = fetcher.cached(url)
+        fetched[url] = FetchResult(
+            url,
+            path,
+            "cached" if path else "failed",
+            error=None if path else "not downloaded yet: run 'dnsguard lists update'",
+            size=meta.size if meta else 0,
+        )
+    return fetched
+
+
+async def build(config: Config, *, download: bool = True) -> BuildResult:
     """Download (or take cached copies of) URL sources, then parse and compile in a worker thread."""
     urls = urls_of(config)
-    fetched: dict[str, FetchResult] = {}
-    if urls:
-        fetcher = fetcher or ListFetcher(
-            config.loading.cache_dir,
-            timeout=config.loading.timeout,
-            max_size=config.loading.max_size,
-            min_ratio=config.loading.min_ratio,
-        )
-        if download:
-            fetched = await fetcher.fetch_all(urls)
-        else:
-            for url in urls:
-                path, meta = fetcher.cached(url)
-                fetched[url] = FetchResult(
-                    url,
-                    path,
-                    "cached" if path else "failed",
-                    error=None if path else "no cached copy yet",
-                    size=meta.size if meta else 0,
-                )
+    if urls and download:
+        fetched = await fetcher_for(config).fetch_all(urls)
+    else:
+        fetched = cached_downloads(config)
     return await asyncio.to_thread(build_sync, config, fetched)
