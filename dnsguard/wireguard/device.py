@@ -232,8 +232,11 @@ class Device:
             for network in networks:
                 self._route(network, peer)
             self._routes_changed()
-        if not isinstance(endpoint, Unset):
-            peer.endpoint = peer.configured_endpoint = endpoint
+        if not isinstance(endpoint, Unset) and endpoint != peer.configured_endpoint:
+            # Like `wg syncconf`: an unchanged or absent endpoint keeps the address the peer roamed to.
+            peer.configured_endpoint = endpoint
+            if endpoint is not None:
+                peer.endpoint = endpoint
         if not isinstance(persistent_keepalive, Unset):
             was_off = peer.persistent_keepalive == 0
             peer.persistent_keepalive = _check_keepalive(persistent_keepalive)

@@ -783,6 +783,20 @@ def test_reset_endpoint_returns_to_the_configured_address() -> None:
     assert peer.endpoint == ("198.18.0.9", 51820)
 
 
+def test_updating_a_peer_without_a_new_endpoint_keeps_the_roamed_address() -> None:
+    lab = Lab()
+    client, server = connected(lab)
+    peer = server.device.peers[client.public_key]
+    learned = peer.endpoint
+    assert learned is not None
+
+    server.device.update_peer(client.public_key, endpoint=None, allowed_ips=["100.64.0.2/32"])
+
+    assert peer.endpoint == learned
+    server.device.update_peer(client.public_key, endpoint=("198.18.0.9", 51820))
+    assert peer.endpoint == ("198.18.0.9", 51820)
+
+
 # Cryptokey routing
 
 
