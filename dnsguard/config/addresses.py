@@ -7,8 +7,11 @@ import ipaddress
 from dnsguard.errors import ConfigError
 
 
-def parse_hostport(text: str, default_port: int, key: str = "") -> tuple[str, int]:
-    """'198.51.100.1', '198.51.100.1:5353', '[2001:db8::1]:53' or '2001:db8::1' to (host, port)."""
+def parse_hostport(text: str, default_port: int, key: str = "", *, any_port: bool = False) -> tuple[str, int]:
+    """'198.51.100.1', '198.51.100.1:5353', '[2001:db8::1]:53' or '2001:db8::1' to (host, port).
+
+    With any_port, port 0 (a free port chosen at bind time) is accepted.
+    """
     value = text.strip()
     host, port_text = value, ""
     if value.startswith("["):
@@ -24,7 +27,7 @@ def parse_hostport(text: str, default_port: int, key: str = "") -> tuple[str, in
         host, port_text = value.split(":")
     port = default_port
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not port_text.isdigit() or not (0 if any_port else 1) <= int(port_text) < 65536:
             raise ConfigError(f"{text!r}: bad port {port_text!r}", key=key or None)
         port = int(port_text)
     if not host:

@@ -316,6 +316,16 @@ class TunnelConfig:
             raise ConfigError("must be 576..9000", key="mtu")
 
 
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and 'localhost'."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass
 class MetricsConfig:
     """Prometheus exposition."""
@@ -323,15 +333,50 @@ class MetricsConfig:
     listen: str | None = None
     """host:port for /metrics; None: off."""
 
+    def validate(self) -> None:
+        from dnsguard.config.addresses import parse_hostport
+
+        if self.listen is not None:
+            parse_hostport(self.listen, 9153, "listen", any_port=True)
+
 
 @dataclass
 class ApiConfig:
     """The HTTP API."""
 
     listen: str | None = "127.0.0.1:8053"
+    """host:port; None: off."""
     token: str | None = None
-    """Required when listen is not a loopback address."""
+    """Bearer token; required when listen is not a loopback address, checked on every request when set."""
     query_log_size: int = 1000
+
+    def validate(self) -> None:
+        from dnsguard.config.addresses import parse_hostport
+
+        if self.query_log_size < 0:
+            raise ConfigError("must be 0 or more", key="query-log-size")
+        if self.token is not None and len(self.token) < 16:
+            raise ConfigError("use a token of at least 16 characters", key="token")
+        if self.listen is not None:
+            host, _ = parse_hostport(self.listen, 8053, "listen", any_port=True)
+            if not is_loopback(host) and not self.token:
+                raise ConfigError(
+                    f"the API listens on {host}, which is not loopback: set api.token", key="token"
+                )
+
+
+@dataclass
+class ReloadConfig:
+    """When the daemon re-reads its configuration besides SIGHUP."""
+
+    watch: bool = True
+    """Reload when the configuration file or a local list file changes."""
+    interval: Duration = Duration(2)
+    """How often the files are checked."""
+
+    def validate(self) -> None:
+        if float(self.interval) <= 0:
+            raise ConfigError("must be positive", key="interval")
 
 
 @dataclass
@@ -355,6 +400,7 @@ class Config:
     tunnel: TunnelConfig | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    reload: ReloadConfig = field(default_factory=ReloadConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     base_dir: str = field(default=".", init=False)
     """Directory of the file the configuration came from; relative list paths start there."""

@@ -26,6 +26,7 @@ from dnsguard.daemon.common import (
     sync_peers,
 )
 from dnsguard.daemon.dns_filtering import TunnelDns, wants_filtering
+from dnsguard.daemon.resolve import ResolverService
 from dnsguard.daemon.tunnel import PacketFilter, TunnelShell, UdpEndpoint
 from dnsguard.errors import DnsguardError
 from dnsguard.lifecycle import (
@@ -44,6 +45,8 @@ from dnsguard.net.firewall import DnsRedirect, KillSwitch
 from dnsguard.net.monitor import PathMonitor
 from dnsguard.net.routing import RoutingPlan, set_forwarding
 from dnsguard.net.tun import TunDevice
+from dnsguard.ops.api import Operations
+from dnsguard.ops.observe import ReloadCounter, TunnelObserver
 from dnsguard.wireguard.events import Event, HandshakeCompleted, HandshakeGaveUp, PeerEndpointChanged
 
 log = logging.getLogger("dnsguard.client")
@@ -86,6 +89,9 @@ class Client:
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     shell: TunnelShell | None = None
     on_state: Callable[[State], None] | None = None
+    reloads: ReloadCounter = field(default_factory=ReloadCounter)
+    tunnel_observer: TunnelObserver = field(default_factory=TunnelObserver)
+    kind: str = "client"
 
     def __post_init__(self) -> None:
         self.wake_detector = WakeDetector(TICK)
@@ -93,10 +99,26 @@ class Client:
         self._ticker: asyncio.Task[None] | None = None
         self.dns: TunnelDns | None = None
         self.monitor: PathMonitor | None = None
+        self.operations: Operations | None = None
+
+    # -- what the metrics and the API read ------------------------------------------------
+
+    @property
+    def dns_service(self) -> ResolverService | None:
+        return self.dns.service if self.dns is not None else None
+
+    @property
+    def tunnel_shell(self) -> TunnelShell | None:
+        return self.shell
+
+    @property
+    def connection(self) -> Lifecycle:
+        return self.lifecycle
 
     # -- events from the tunnel and the lifecycle ----------------------------------------
 
     def on_event(self, event: Event) -> None:
+        self.tunnel_observer.on_event(event)
         now = boottime()
         if isinstance(event, HandshakeCompleted):
             self.lifecycle.handshake_completed(now)
@@ -229,6 +251,8 @@ class Client:
             )
             self.monitor.start()
             install_signal_handlers(self._stop, lambda: asyncio.ensure_future(self.reload()))
+            self.operations = Operations(self)
+            await self.operations.start()
             log.info(
                 "tunnel %s up (%s), server %s",
                 tun.name,
@@ -237,6 +261,8 @@ class Client:
             )
             await self._stop.wait()
         finally:
+            if self.operations is not None:
+                await self.operations.close()
             if self._ticker is not None:
                 self._ticker.cancel()
             if self.monitor is not None:
@@ -255,23 +281,29 @@ class Client:
                 state_path(tunnel.interface).unlink()
             log.info("tunnel down; routes, rules and firewall removed")
 
-    async def reload(self) -> None:
+    async def reload(self) -> bool:
+        """Re-read the configuration; a bad file (or one whose lists do not build) keeps the last good one."""
         new, error = reload_config(self.config_path, self.config)
+        if error is None and new.tunnel is None:
+            error = f"{self.config_path}: the new configuration has no tunnel section"
+        if error is None and self.dns is not None and not await self.dns.reload(new):
+            error = self.dns.service.reloads.last_error or "the DNS filtering configuration did not build"
         if error is not None:
+            self.reloads.failed(error)
             log.error("configuration reload failed, keeping the last good one: %s", error)
-            return
-        if self.shell is None or new.tunnel is None or self.config.tunnel is None:
-            return
+            return False
+        assert new.tunnel is not None and self.config.tunnel is not None
         old_endpoints = [p.endpoint for p in self.config.tunnel.peers]
-        sync_peers(self.shell.device, new.tunnel, boottime())
+        if self.shell is not None:
+            sync_peers(self.shell.device, new.tunnel, boottime())
         self.config = new
-        if self.dns is not None:
-            await self.dns.reload(new)
         self.lifecycle.config_reloaded(
             boottime(), endpoint_changed=old_endpoints != [p.endpoint for p in new.tunnel.peers]
         )
         self.run_lifecycle()
+        self.reloads.succeeded()
         log.info("configuration reloaded")
+        return True
 
 
 def lifecycle_settings(tunnel: TunnelConfig) -> LifecycleSettings:

@@ -98,14 +98,16 @@ class TunnelDns:
         self.redirect.apply()
         log.info("DNS filtering on %s: every query to port 53 is answered by dnsguard", ", ".join(listen))
 
-    async def reload(self, config: Config) -> None:
-        self.config = config
+    async def reload(self, config: Config) -> bool:
+        """Switch the resolver to a new configuration; False (the old one kept) when it does not build."""
         tunnel = config.tunnel
         assert tunnel is not None
         v4, v6 = tunnel_addresses(tunnel)
         listen = ([f"{v4}:53"] if v4 else []) + ([f"[{v6}]:53"] if v6 else [])
-        self.service.config_path = self.config_path
-        await self.service.apply(filtering_config(config, listen, self.server))
+        if not await self.service.apply(filtering_config(config, listen, self.server)):
+            return False
+        self.config = config
+        return True
 
     async def close(self) -> None:
         DnsRedirect.remove()

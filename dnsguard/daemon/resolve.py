@@ -18,8 +18,11 @@ from dnsguard.dns.resolver import Resolver
 from dnsguard.dns.upstream import TransportOptions, UpstreamGroup
 from dnsguard.errors import ConfigError
 from dnsguard.net.neighbours import mac_of
+from dnsguard.ops.api import Operations
+from dnsguard.ops.observe import DnsObserver, ReloadCounter, TunnelObserver
 from dnsguard.policy.engine import Policy
 from dnsguard.sources.build import BuildResult, build, build_sync, cached_downloads, fetcher_for, urls_of
+from dnsguard.sources.fetch import FetchResult
 
 log = logging.getLogger("dnsguard.resolve")
 
@@ -39,14 +42,23 @@ def make_cache(config: Config) -> AnswerCache | None:
     )
 
 
-def make_upstreams(config: Config, socket_setup: SocketSetup | None = None) -> UpstreamGroup | None:
+def make_upstreams(
+    config: Config, socket_setup: SocketSetup | None = None, observer: DnsObserver | None = None
+) -> UpstreamGroup | None:
     servers = config.upstreams.servers
     if not servers:
         return None
     options = TransportOptions(socket_setup=socket_setup) if socket_setup else None
-    return UpstreamGroup.from_specs(
-        servers, options=options, strategy=config.upstreams.strategy, timeout=float(config.upstreams.timeout)
+    group = UpstreamGroup.from_specs(
+        servers,
+        options=options,
+        strategy=config.upstreams.strategy,
+        timeout=float(config.upstreams.timeout),
+        on_query=observer.on_upstream if observer is not None else None,
     )
+    if observer is not None:
+        observer.know_upstreams([upstream.name for upstream in group.upstreams])
+    return group
 
 
 def _uses_macs(config: Config) -> bool:
@@ -55,16 +67,24 @@ def _uses_macs(config: Config) -> bool:
     )
 
 
-def make_resolver(config: Config, built: BuildResult, socket_setup: SocketSetup | None = None) -> Resolver:
-    return Resolver(
+def make_resolver(
+    config: Config,
+    built: BuildResult,
+    socket_setup: SocketSetup | None = None,
+    observer: DnsObserver | None = None,
+) -> Resolver:
+    resolver = Resolver(
         Policy(config, built.matcher, mac_lookup=mac_of if _uses_macs(config) else None),
         make_cache(config),
-        make_upstreams(config, socket_setup),
+        make_upstreams(config, socket_setup, observer),
         query_log_size=config.api.query_log_size,
         extended_errors=config.blocking.extended_errors,
         cname_check=config.blocking.cname_check,
         serve_stale=config.cache.serve_stale,
     )
+    if observer is not None:
+        resolver.on_query = observer.on_query
+    return resolver
 
 
 def log_build(built: BuildResult) -> None:
@@ -94,14 +114,19 @@ class ResolverService:
     socket_setup: SocketSetup | None = None
     resolver: Resolver | None = None
     built: BuildResult | None = None
-    reloads: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
-    last_reload_error: str | None = None
+    reloads: ReloadCounter = field(default_factory=ReloadCounter)
+    observer: DnsObserver = field(default_factory=DnsObserver)
+    list_updated_at: dict[str, float] = field(default_factory=dict)
+    """Wall-clock time of each URL list's last refresh in which every source downloaded or was unchanged."""
+    list_update_failures: dict[str, int] = field(default_factory=dict)
+    paused_until: float = 0.0
+    """Wall-clock time until which blocking is paused (API); survives reloads and list swaps."""
 
     async def start(self, listen: bool = True) -> None:
         # Start answering from cached list copies at once; fresh downloads follow in the background.
         self.built = await build(self.config, download=False)
         log_build(self.built)
-        self.resolver = make_resolver(self.config, self.built, self.socket_setup)
+        self.resolver = make_resolver(self.config, self.built, self.socket_setup, self.observer)
         self.listeners: DnsListeners | None = None
         if listen:
             self.listeners = DnsListeners(self.resolver, self.config.resolver.listen)
@@ -133,27 +158,58 @@ class ResolverService:
         for result in results.values():
             if result.error:
                 log.warning("list download %s: %s (%s)", result.url, result.error, result.status)
+        self._account_refresh(config, results)
         if changed or force_rebuild:
             built = await asyncio.to_thread(build_sync, config, results)
             self._swap(config, built)
+
+    def _account_refresh(self, config: Config, results: dict[str, FetchResult]) -> None:
+        now = time.time()
+        for name, list_config in config.lists.items():
+            statuses = [results[s].status for s in list_config.sources if s in results]
+            if not statuses:
+                continue
+            if all(status in ("downloaded", "not-modified") for status in statuses):
+                self.list_updated_at[name] = now
+            else:
+                self.list_update_failures[name] = self.list_update_failures.get(name, 0) + 1
 
     def _swap(self, config: Config, built: BuildResult) -> None:
         log_build(built)
         self.built = built
         if self.resolver is None:
             return
-        self.resolver.policy = Policy(
-            config, built.matcher, mac_lookup=mac_of if _uses_macs(config) else None
-        )
+        policy = Policy(config, built.matcher, mac_lookup=mac_of if _uses_macs(config) else None)
+        policy.paused_until = self.paused_until
+        self.resolver.policy = policy
         if self.resolver.cache is not None:
             self.resolver.cache.flush()
+
+    # -- pausing (API) ----------------------------------------------------------------------
+
+    def pause(self, seconds: float) -> float:
+        """Answer every query unfiltered for `seconds` (rewrites still apply); returns the end time."""
+        self.paused_until = time.time() + seconds
+        if self.resolver is not None:
+            self.resolver.policy.paused_until = self.paused_until
+        log.warning("blocking paused for %.0f s", seconds)
+        return self.paused_until
+
+    def resume(self) -> None:
+        self.paused_until = 0.0
+        if self.resolver is not None:
+            self.resolver.policy.paused_until = 0.0
+        log.info("blocking resumed")
+
+    @property
+    def blocking_enabled(self) -> bool:
+        return time.time() >= self.paused_until
 
     async def reload(self) -> bool:
         """Re-read the configuration; a bad file keeps the last good configuration and says why."""
         new, error = reload_config(self.config_path, self.config)
         if error is not None:
-            self.reloads["failure"] += 1
-            self.last_reload_error = error
+            self.reloads.failed(error)
             log.error("configuration reload failed, keeping the last good one: %s", error)
             return False
         return await self.apply(new)
@@ -168,8 +224,7 @@ class ResolverService:
         else:
             error = None
         if error is not None:
-            self.reloads["failure"] += 1
-            self.last_reload_error = error
+            self.reloads.failed(error)
             log.error("configuration reload failed, keeping the last good one: %s", error)
             return False
         old_listen = self.config.resolver.listen
@@ -177,15 +232,14 @@ class ResolverService:
         self._swap(new, built)
         if self.resolver is not None:
             old_upstreams = self.resolver.upstreams
-            self.resolver.upstreams = make_upstreams(new, self.socket_setup)
+            self.resolver.upstreams = make_upstreams(new, self.socket_setup, self.observer)
             self.resolver.extended_errors = new.blocking.extended_errors
             self.resolver.cname_check = new.blocking.cname_check
             if old_upstreams is not None:
                 await old_upstreams.close()
         if new.resolver.listen != old_listen:
             log.warning("resolver.listen changed: takes effect after a restart")
-        self.reloads["success"] += 1
-        self.last_reload_error = None
+        self.reloads.succeeded()
         log.info("configuration reloaded")
         return True
 
@@ -198,14 +252,49 @@ class ResolverService:
             await self.resolver.upstreams.close()
 
 
+class ResolveDaemon:
+    """`dnsguard resolve` as the operations side (metrics, API, file watch) sees it."""
+
+    kind = "resolve"
+    tunnel_shell = None
+    connection = None
+
+    def __init__(self, service: ResolverService) -> None:
+        self.service = service
+        self.tunnel_observer = TunnelObserver()
+
+    @property
+    def config(self) -> Config:
+        return self.service.config
+
+    @property
+    def config_path(self) -> str:
+        return self.service.config_path
+
+    @property
+    def reloads(self) -> ReloadCounter:
+        return self.service.reloads
+
+    @property
+    def dns_service(self) -> ResolverService:
+        return self.service
+
+    async def reload(self) -> bool:
+        return await self.service.reload()
+
+
 async def _serve(config_path: str, config: Config) -> None:
     service = ResolverService(config_path, config)
     await service.start()
+    daemon = ResolveDaemon(service)
+    operations = Operations(daemon)
+    await operations.start()
     stop = asyncio.Event()
     install_signal_handlers(stop, lambda: asyncio.ensure_future(service.reload()))
     try:
         await stop.wait()
     finally:
+        await operations.close()
         await service.close()
 
 

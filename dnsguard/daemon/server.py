@@ -22,12 +22,15 @@ from dnsguard.daemon.common import (
     sync_peers,
 )
 from dnsguard.daemon.dns_filtering import TunnelDns, wants_filtering
+from dnsguard.daemon.resolve import ResolverService
 from dnsguard.daemon.tunnel import TunnelShell, UdpEndpoint
 from dnsguard.errors import NetworkError
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.firewall import ServerNat
 from dnsguard.net.routing import add_address, set_forwarding
 from dnsguard.net.tun import TunDevice
+from dnsguard.ops.api import Operations
+from dnsguard.ops.observe import ReloadCounter, TunnelObserver
 from dnsguard.wireguard.events import Event, HandshakeCompleted, PeerEndpointChanged
 
 log = logging.getLogger("dnsguard.server")
@@ -66,8 +69,22 @@ class Server:
     shell: TunnelShell | None = None
     dns: TunnelDns | None = None
     peers_connected: set[str] = field(default_factory=set)
+    reloads: ReloadCounter = field(default_factory=ReloadCounter)
+    tunnel_observer: TunnelObserver = field(default_factory=TunnelObserver)
+    kind: str = "server"
+    connection: None = None
+    """A server has no connection lifecycle of its own."""
+
+    @property
+    def dns_service(self) -> ResolverService | None:
+        return self.dns.service if self.dns is not None else None
+
+    @property
+    def tunnel_shell(self) -> TunnelShell | None:
+        return self.shell
 
     def on_event(self, event: Event) -> None:
+        self.tunnel_observer.on_event(event)
         if isinstance(event, HandshakeCompleted):
             if event.public_key not in self.peers_connected:
                 log.info("peer %s: handshake completed", event.public_key[:8])
@@ -80,6 +97,7 @@ class Server:
         device = build_device(tunnel, boottime())
         tun = TunDevice(tunnel.interface)
         udp = UdpEndpoint(tunnel.listen_port or DEFAULT_PORT)
+        operations: Operations | None = None
         try:
             await configure_interface(
                 tun.name, tunnel.address, tunnel.mtu or DEFAULT_MTU, peer_prefixes(tunnel)
@@ -100,8 +118,12 @@ class Server:
             )
             stop = asyncio.Event()
             install_signal_handlers(stop, lambda: asyncio.ensure_future(self.reload()))
+            operations = Operations(self)
+            await operations.start()
             await stop.wait()
         finally:
+            if operations is not None:
+                await operations.close()
             if self.dns is not None:
                 await self.dns.close()
             if self.shell is not None:
@@ -111,23 +133,32 @@ class Server:
             tun.close()
             log.info("server stopped")
 
-    async def reload(self) -> None:
+    async def reload(self) -> bool:
+        """Re-read the configuration; a bad file (or one whose lists do not build) keeps the last good one."""
         new, error = reload_config(self.config_path, self.config)
+        if error is None and new.tunnel is None:
+            error = f"{self.config_path}: the new configuration has no tunnel section"
+        if error is None and self.dns is not None and not await self.dns.reload(new):
+            error = self.dns.service.reloads.last_error or "the DNS filtering configuration did not build"
         if error is not None:
+            self.reloads.failed(error)
             log.error("configuration reload failed, keeping the last good one: %s", error)
-            return
-        if self.shell is None or new.tunnel is None:
-            return
+            return False
+        assert new.tunnel is not None
+        if self.shell is None:
+            self.config = new
+            self.reloads.succeeded()
+            return True
         added, removed, updated = sync_peers(self.shell.device, new.tunnel, boottime())
         await configure_interface(
             self.shell.tun.name, new.tunnel.address, new.tunnel.mtu or DEFAULT_MTU, peer_prefixes(new.tunnel)
         )
         ServerNat(self.shell.tun.name, peer_prefixes(new.tunnel)).apply()
         self.config = new
-        if self.dns is not None:
-            await self.dns.reload(new)
         self.shell.flush()
+        self.reloads.succeeded()
         log.info("configuration reloaded: %d peers added, %d removed, %d kept", added, removed, updated)
+        return True
 
 
 def run_server(config_path: str) -> int:

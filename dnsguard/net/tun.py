@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import struct
@@ -36,6 +35,8 @@ class TunDevice:
                 raise PrivilegeError("creating a TUN device needs CAP_NET_ADMIN") from None
             raise NetworkError(f"cannot create TUN {name!r}: {exc}") from exc
         self.name = result[:16].rstrip(b"\0").decode()
+        self.queue_full = 0
+        self.write_errors = 0
 
     def fileno(self) -> int:
         return self.fd
@@ -53,9 +54,17 @@ class TunDevice:
         return packets
 
     def write(self, packet: bytes) -> None:
-        """Write one IP packet; a full queue drops it (like a congested link) rather than blocking."""
-        with contextlib.suppress(BlockingIOError):
+        """Write one IP packet; a full queue drops it (like a congested link) rather than blocking.
+
+        A packet the kernel refuses (EINVAL, EIO while the link goes down) is dropped and counted too:
+        one bad packet must not stop the data path.
+        """
+        try:
             os.write(self.fd, packet)
+        except BlockingIOError:
+            self.queue_full += 1
+        except OSError:
+            self.write_errors += 1
 
     def close(self) -> None:
         """Close the descriptor; the kernel deletes the interface with it."""

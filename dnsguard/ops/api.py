@@ -1,0 +1,367 @@
+"""The HTTP API (status, query log, explain, pause, reload, lists) and /metrics, on aiohttp.
+
+Every route answers JSON. When `api.token` is set, every API request must carry
+`Authorization: Bearer <token>`; a configuration that binds the API off loopback without a token is
+refused when it is loaded. Nothing secret (private or preshared keys, the token) is ever returned.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from dnsguard import __version__
+from dnsguard.config.addresses import parse_hostport
+from dnsguard.ops.metrics import peer_names, registry_for, render
+from dnsguard.ops.watch import FileWatcher, watched_files
+
+if TYPE_CHECKING:
+    from dnsguard.daemon.resolve import ResolverService
+    from dnsguard.ops.daemon import Operated
+
+log = logging.getLogger("dnsguard.api")
+
+MAX_PAUSE_MINUTES = 24 * 60
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+class Api:
+    """The routes, bound to one daemon."""
+
+    def __init__(self, daemon: Operated) -> None:
+        self.daemon = daemon
+        self.started_at = time.time()
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/api/status", self.status),
+            web.get("/api/queries", self.queries),
+            web.get("/api/explain", self.explain),
+            web.get("/api/blocking", self.blocking),
+            web.post("/api/blocking/pause", self.pause),
+            web.post("/api/blocking/resume", self.resume),
+            web.post("/api/reload", self.reload),
+            web.get("/api/lists", self.lists),
+            web.post("/api/lists/refresh", self.refresh_lists),
+        ]
+
+    @web.middleware
+    async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Token check, and JSON errors instead of HTML pages."""
+        token = self.daemon.config.api.token
+        if token is not None and request.path.startswith("/api/"):
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                response = _json({"error": "missing or wrong bearer token"}, 401)
+                response.headers["WWW-Authenticate"] = 'Bearer realm="dnsguard"'
+                return response
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _json({"error": str(exc)}, exc.status)
+        except web.HTTPException as exc:
+            return _json({"error": exc.reason}, exc.status)
+
+    def _service(self) -> ResolverService:
+        service = self.daemon.dns_service
+        if service is None or service.resolver is None:
+            raise ApiError(409, "DNS filtering is not running in this daemon")
+        return service
+
+    # -- routes ---------------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.Response:
+        daemon = self.daemon
+        reloads = daemon.reloads
+        body: dict[str, Any] = {
+            "kind": daemon.kind,
+            "version": __version__,
+            "pid": os.getpid(),
+            "config": os.path.abspath(daemon.config_path),
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "reloads": {
+                "success": reloads.success,
+                "failure": reloads.failure,
+                "last_error": reloads.last_error,
+                "last_at": reloads.last_at,
+            },
+        }
+        lifecycle = daemon.connection
+        if lifecycle is not None:
+            body["connection"] = {
+                "state": lifecycle.state.value,
+                "reconnects": {cause.value: count for cause, count in lifecycle.reconnects.items()},
+            }
+        shell = daemon.tunnel_shell
+        if shell is not None:
+            names = peer_names(daemon.config)
+            body["tunnel"] = {
+                "interface": shell.tun.name,
+                "public_key": shell.device.public_key,
+                "rx_bytes": shell.stats.rx_bytes,
+                "tx_bytes": shell.stats.tx_bytes,
+                "peers": [
+                    {
+                        "name": names.get(peer.public_key, ""),
+                        "public_key": peer.public_key,
+                        "endpoint": f"{peer.endpoint[0]}:{peer.endpoint[1]}" if peer.endpoint else None,
+                        "allowed_ips": list(peer.allowed_ips),
+                        "last_handshake": (peer.last_handshake_wall_ns or 0) / 1e9 or None,
+                        "rx_bytes": peer.rx_bytes,
+                        "tx_bytes": peer.tx_bytes,
+                    }
+                    for peer in shell.device.status()
+                ],
+            }
+        service = daemon.dns_service
+        if service is not None and service.resolver is not None:
+            resolver = service.resolver
+            totals: dict[str, int] = {}
+            for (result, _group), count in resolver.stats.queries.items():
+                totals[result] = totals.get(result, 0) + count
+            cache = resolver.cache
+            body["dns"] = {
+                "blocking": self._blocking(service),
+                "queries": totals,
+                "blocked_by_list": dict(resolver.stats.blocked_by_list),
+                "cache": cache.stats()._asdict() if cache is not None else None,
+                "upstreams": [
+                    {
+                        "name": stats.name,
+                        "queries": stats.queries,
+                        "failures": stats.failures,
+                        "timeouts": stats.timeouts,
+                        "latency_ms": round(stats.latency_ewma * 1000, 3) if stats.latency_ewma else None,
+                        "last_error": stats.last_error,
+                    }
+                    for stats in (resolver.upstreams.stats() if resolver.upstreams is not None else [])
+                ],
+            }
+        return _json(body)
+
+    async def queries(self, request: web.Request) -> web.Response:
+        """The newest queries first; filters: client, result, name (substring), limit (default 100)."""
+        service = self._service()
+        assert service.resolver is not None
+        query = request.query
+        try:
+            limit = int(query.get("limit", "100"))
+        except ValueError:
+            raise ApiError(400, "limit must be a number") from None
+        if limit < 1:
+            raise ApiError(400, "limit must be at least 1")
+        client, result, name = query.get("client"), query.get("result"), query.get("name")
+        entries = []
+        for entry in reversed(service.resolver.recent_queries()):
+            if client and entry.client != client:
+                continue
+            if result and entry.result != result:
+                continue
+            if name and name.lower() not in entry.name:
+                continue
+            entries.append(
+                {
+                    "time": entry.time,
+                    "client": entry.client,
+                    "name": entry.name,
+                    "qtype": entry.qtype,
+                    "result": entry.result,
+                    "group": entry.group,
+                    "reason": entry.reason,
+                    "elapsed_ms": round(entry.elapsed_ms, 3),
+                }
+            )
+            if len(entries) >= limit:
+                break
+        return _json({"queries": entries, "capacity": service.resolver.query_log.maxlen})
+
+    async def explain(self, request: web.Request) -> web.Response:
+        service = self._service()
+        assert service.resolver is not None
+        name = request.query.get("name", "").strip().rstrip(".").lower()
+        if not name:
+            raise ApiError(400, "give ?name=")
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ApiError(400, f"{name!r} is not a valid domain name") from None
+        client = request.query.get("client", "")
+        policy = service.resolver.policy
+        decision = policy.decide(name, client, time.time())
+        return _json(
+            {
+                "name": name,
+                "client": client,
+                "group": decision.group,
+                "decision": decision.kind.name.lower(),
+                "reason": decision.reason,
+                "explanation": policy.explain(name, client, time.time()),
+            }
+        )
+
+    def _blocking(self, service: ResolverService) -> dict[str, Any]:
+        enabled = service.blocking_enabled
+        return {"enabled": enabled, "paused_until": None if enabled else service.paused_until}
+
+    async def blocking(self, request: web.Request) -> web.Response:
+        return _json(self._blocking(self._service()))
+
+    async def pause(self, request: web.Request) -> web.Response:
+        service = self._service()
+        text = request.query.get("minutes")
+        if text is None and request.can_read_body:
+            try:
+                payload = await request.json()
+            except ValueError:
+                raise ApiError(400, 'the body must be JSON like {"minutes": 10}') from None
+            text = str(payload.get("minutes")) if isinstance(payload, dict) else None
+        try:
+            minutes = float(text) if text is not None else 5.0
+        except ValueError:
+            raise ApiError(400, "minutes must be a number") from None
+        if not 0 < minutes <= MAX_PAUSE_MINUTES:
+            raise ApiError(400, f"minutes must be in (0, {MAX_PAUSE_MINUTES}]")
+        service.pause(minutes * 60)
+        return _json(self._blocking(service))
+
+    async def resume(self, request: web.Request) -> web.Response:
+        service = self._service()
+        service.resume()
+        return _json(self._blocking(service))
+
+    async def reload(self, request: web.Request) -> web.Response:
+        ok = await self.daemon.reload()
+        if ok:
+            return _json({"reloaded": True})
+        return _json({"reloaded": False, "error": self.daemon.reloads.last_error}, 422)
+
+    async def lists(self, request: web.Request) -> web.Response:
+        service = self._service()
+        lists: dict[str, Any] = {
+            name: {
+                "entries": 0,
+                "sources": [],
+                "last_update": service.list_updated_at.get(name),
+                "update_failures": service.list_update_failures.get(name, 0),
+            }
+            for name in service.config.lists
+        }
+        built = service.built
+        if built is not None:
+            for report in built.sources:
+                entry = lists.setdefault(
+                    report.list_name, {"entries": 0, "sources": [], "last_update": None, "update_failures": 0}
+                )
+                entry["entries"] += report.rules
+                entry["sources"].append(
+                    {
+                        "location": report.location,
+                        "status": report.status,
+                        "rules": report.rules,
+                        "malformed": report.malformed,
+                        "error": report.error,
+                        "examples": report.examples[:3],
+                    }
+                )
+        return _json({"lists": lists, "compiled_at": built.built_at if built is not None else None})
+
+    async def refresh_lists(self, request: web.Request) -> web.Response:
+        service = self._service()
+        await service.refresh_lists()
+        return await self.lists(request)
+
+
+async def _metrics(registry: Any, request: web.Request) -> web.Response:
+    return web.Response(body=render(registry), content_type="text/plain", charset="utf-8")
+
+
+class Operations:
+    """The API site, the metrics site and the file watcher of one daemon."""
+
+    def __init__(self, daemon: Operated) -> None:
+        self.daemon = daemon
+        self.api = Api(daemon)
+        self.registry = registry_for(daemon)
+        self._runners: list[web.AppRunner] = []
+        self.watcher: FileWatcher | None = None
+        self.bound: dict[str, tuple[str, int]] = {}
+        """'api' / 'metrics' -> the (host, port) actually bound."""
+
+    def _app(self, api: bool, metrics: bool) -> web.Application:
+        app = web.Application(middlewares=[self.api.guard] if api else [])
+        if api:
+            app.add_routes(self.api.routes())
+        if metrics:
+
+            async def metrics_handler(request: web.Request) -> web.Response:
+                return await _metrics(self.registry, request)
+
+            app.add_routes([web.get("/metrics", metrics_handler)])
+        return app
+
+    async def _serve(self, listen: str, default_port: int, api: bool, metrics: bool) -> None:
+        what = " and ".join(name for name, on in (("api", api), ("metrics", metrics)) if on)
+        host, port = parse_hostport(listen, default_port, "listen", any_port=True)
+        try:
+            sock = socket.create_server(
+                (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, reuse_port=False
+            )
+        except OSError as exc:
+            # The daemon's main job goes on without its API: say so loudly instead of dying.
+            log.error("cannot listen on %s for the %s: %s", listen, what, exc.strerror or exc)
+            return
+        runner = web.AppRunner(self._app(api, metrics), access_log=None)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        self._runners.append(runner)
+        bound = sock.getsockname()
+        for name, on in (("api", api), ("metrics", metrics)):
+            if on:
+                self.bound[name] = (str(bound[0]), int(bound[1]))
+        log.info("%s on %s:%d", what, bound[0], bound[1])
+
+    async def start(self) -> None:
+        config = self.daemon.config
+        api_listen, metrics_listen = config.api.listen, config.metrics.listen
+        if api_listen is not None and api_listen == metrics_listen:
+            await self._serve(api_listen, 8053, api=True, metrics=True)
+        else:
+            if api_listen is not None:
+                await self._serve(api_listen, 8053, api=True, metrics=False)
+            if metrics_listen is not None:
+                await self._serve(metrics_listen, 9153, api=False, metrics=True)
+        if config.reload.watch:
+            self.watcher = FileWatcher(
+                lambda: watched_files(self.daemon.config_path, self.daemon.config),
+                self._file_changed,
+                interval=float(config.reload.interval),
+            )
+            self.watcher.start()
+
+    async def _file_changed(self, changed: list[str]) -> None:
+        log.info("%s changed: reloading", ", ".join(changed))
+        await self.daemon.reload()
+
+    async def close(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners = []

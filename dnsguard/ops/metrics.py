@@ -1,0 +1,258 @@
+"""Prometheus exposition of a daemon, read from its own counters at scrape time (see deploy/METRICS.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import PROCESS_COLLECTOR
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from dnsguard import __version__
+from dnsguard.lifecycle import Cause, State
+from dnsguard.ops.observe import DurationHistogram
+from dnsguard.sources.build import is_url
+from dnsguard.wireguard.keys import decode_key, encode_key
+
+if TYPE_CHECKING:
+    from dnsguard.config import Config
+    from dnsguard.daemon.resolve import ResolverService
+    from dnsguard.daemon.tunnel import TunnelShell
+    from dnsguard.ops.daemon import Operated
+
+RESULTS = ("blocked", "allowed", "cached", "rewritten", "refused", "failed")
+# The resolver's own result names that the metrics fold into one of RESULTS.
+RESULT_ALIASES = {"stale": "cached"}
+BUILT_IN_BLOCKS = ("doh-canary", "private-relay")
+NOT_DROPS = frozenset({"cookie_replies_sent", "staged_flushed"})
+
+
+def peer_label(public_key: str, name: str = "") -> str:
+    """A peer's configured name, else the first 8 characters of its base64 public key."""
+    return name or public_key[:8]
+
+
+def peer_names(config: Config) -> dict[str, str]:
+    """Canonical base64 public key -> configured name, for the peers that have one."""
+    names = {}
+    if config.tunnel is not None:
+        for peer in config.tunnel.peers:
+            if peer.name:
+                names[encode_key(decode_key(peer.public_key, what="peer public key"))] = peer.name
+    return names
+
+
+def _histogram(name: str, documentation: str, label: str, histograms: dict[str, DurationHistogram]) -> Metric:
+    family = HistogramMetricFamily(name, documentation, labels=[label])
+    for value, histogram in sorted(histograms.items()):
+        family.add_metric([value], histogram.cumulative(), histogram.total)
+    return family
+
+
+class DaemonCollector(Collector):
+    """Every dnsguard_* metric of one daemon."""
+
+    def __init__(self, daemon: Operated) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterable[Metric]:
+        daemon = self.daemon
+        yield from self._dns(daemon.config, daemon.dns_service)
+        shell = daemon.tunnel_shell
+        if shell is not None:
+            yield from self._tunnel(daemon.config, shell)
+        lifecycle = daemon.connection
+        if lifecycle is not None:
+            state = GaugeMetricFamily(
+                "dnsguard_tunnel_state", "Client connection state (1 for the current one).", labels=["state"]
+            )
+            for value in State:
+                state.add_metric([value.value], 1.0 if lifecycle.state is value else 0.0)
+            yield state
+            reconnects = CounterMetricFamily(
+                "dnsguard_tunnel_reconnects", "Client reconnections by cause.", labels=["cause"]
+            )
+            for cause in Cause:
+                reconnects.add_metric([cause.value], lifecycle.reconnects.get(cause, 0))
+            yield reconnects
+        reloads = CounterMetricFamily(
+            "dnsguard_config_reload", "Configuration reloads by result.", labels=["result"]
+        )
+        reloads.add_metric(["success"], daemon.reloads.success)
+        reloads.add_metric(["failure"], daemon.reloads.failure)
+        yield reloads
+        info = GaugeMetricFamily("dnsguard_build_info", "dnsguard version (always 1).", labels=["version"])
+        info.add_metric([__version__], 1.0)
+        yield info
+
+    # -- DNS ------------------------------------------------------------------------------
+
+    def _dns(self, config: Config, service: ResolverService | None) -> Iterator[Metric]:
+        if service is None or service.resolver is None:
+            return
+        resolver = service.resolver
+        groups = {"default", *config.groups}
+        counts: dict[tuple[str, str], int] = {(r, g): 0 for r in RESULTS for g in groups}
+        for (result, group), count in resolver.stats.queries.items():
+            key = (RESULT_ALIASES.get(result, result), group)
+            counts[key] = counts.get(key, 0) + count
+        queries = CounterMetricFamily(
+            "dnsguard_dns_queries",
+            "Queries answered, by outcome and policy group.",
+            labels=["result", "group"],
+        )
+        for (result, group), count in sorted(counts.items()):
+            queries.add_metric([result, group], count)
+        yield queries
+
+        blocked_counts = dict.fromkeys((*config.lists, *BUILT_IN_BLOCKS), 0)
+        blocked_counts.update(resolver.stats.blocked_by_list)
+        blocked = CounterMetricFamily(
+            "dnsguard_dns_blocked",
+            "Blocked queries by the list or built-in rule that decided.",
+            labels=["list"],
+        )
+        for list_name, count in sorted(blocked_counts.items()):
+            blocked.add_metric([list_name], count)
+        yield blocked
+
+        observer = service.observer
+        yield _histogram(
+            "dnsguard_dns_upstream_duration_seconds",
+            "Time from sending a query to an upstream to its reply.",
+            "upstream",
+            observer.upstream_duration,
+        )
+        upstream_queries = CounterMetricFamily(
+            "dnsguard_dns_upstream_queries", "Queries sent to each upstream.", labels=["upstream"]
+        )
+        for upstream, count in sorted(observer.upstream_queries.items()):
+            upstream_queries.add_metric([upstream], count)
+        yield upstream_queries
+        upstream_errors = CounterMetricFamily(
+            "dnsguard_dns_upstream_errors",
+            "Failed upstream attempts by reason.",
+            labels=["upstream", "reason"],
+        )
+        for (upstream, reason), count in sorted(observer.upstream_errors.items()):
+            upstream_errors.add_metric([upstream, reason], count)
+        yield upstream_errors
+
+        responses = {result: DurationHistogram() for result in RESULTS}
+        for result, histogram in observer.response_duration.items():
+            responses.setdefault(RESULT_ALIASES.get(result, result), DurationHistogram()).add(histogram)
+        yield _histogram(
+            "dnsguard_dns_response_duration_seconds",
+            "Time from receiving a query to sending its answer.",
+            "result",
+            responses,
+        )
+
+        cache = resolver.cache
+        entries = GaugeMetricFamily("dnsguard_dns_cache_entries", "Answers in the cache now.")
+        entries.add_metric([], len(cache) if cache is not None else 0)
+        yield entries
+        hits = CounterMetricFamily("dnsguard_dns_cache_hits", "Lookups answered from the cache.")
+        hits.add_metric([], cache.hits if cache is not None else 0)
+        yield hits
+        misses = CounterMetricFamily("dnsguard_dns_cache_misses", "Lookups the cache could not answer.")
+        misses.add_metric([], cache.misses if cache is not None else 0)
+        yield misses
+
+        list_entries = GaugeMetricFamily(
+            "dnsguard_lists_entries", "Rules compiled into each list.", labels=["list"]
+        )
+        by_list = dict.fromkeys(config.lists, 0)
+        if service.built is not None:
+            by_list.update(service.built.entries_by_list())
+        for list_name, count in sorted(by_list.items()):
+            list_entries.add_metric([list_name], count)
+        yield list_entries
+        updated = GaugeMetricFamily(
+            "dnsguard_lists_last_update_timestamp_seconds",
+            "Unix time of the last successful refresh of a list with URL sources.",
+            labels=["list"],
+        )
+        for list_name, timestamp in sorted(service.list_updated_at.items()):
+            updated.add_metric([list_name], timestamp)
+        yield updated
+        failures = CounterMetricFamily(
+            "dnsguard_lists_update_failures",
+            "Failed list refreshes (the last good copy stays).",
+            labels=["list"],
+        )
+        failure_counts = {
+            name: 0 for name, lst in config.lists.items() if any(is_url(source) for source in lst.sources)
+        }
+        failure_counts.update(service.list_update_failures)
+        for list_name, count in sorted(failure_counts.items()):
+            failures.add_metric([list_name], count)
+        yield failures
+        enabled = GaugeMetricFamily("dnsguard_blocking_enabled", "1 while filtering is on, 0 while paused.")
+        enabled.add_metric([], 1.0 if service.blocking_enabled else 0.0)
+        yield enabled
+
+    # -- tunnel ---------------------------------------------------------------------------
+
+    def _tunnel(self, config: Config, shell: TunnelShell) -> Iterator[Metric]:
+        stats = shell.stats
+        traffic = CounterMetricFamily(
+            "dnsguard_tunnel_bytes", "Bytes of encrypted WireGuard datagrams.", labels=["direction"]
+        )
+        traffic.add_metric(["rx"], stats.rx_bytes)
+        traffic.add_metric(["tx"], stats.tx_bytes)
+        yield traffic
+        packets = CounterMetricFamily("dnsguard_tunnel_packets", "Inner IP packets.", labels=["direction"])
+        packets.add_metric(["rx"], stats.rx_packets)
+        packets.add_metric(["tx"], stats.tx_packets)
+        yield packets
+        dropped = CounterMetricFamily(
+            "dnsguard_tunnel_packets_dropped", "Dropped datagrams and packets by reason.", labels=["reason"]
+        )
+        for reason, count in shell.device.counters.as_dict().items():
+            if reason not in NOT_DROPS:
+                dropped.add_metric([reason], count)
+        dropped.add_metric(["tun_queue_full"], shell.tun.queue_full)
+        dropped.add_metric(["tun_write_error"], shell.tun.write_errors)
+        yield dropped
+        handshakes = CounterMetricFamily(
+            "dnsguard_tunnel_handshakes", "Handshakes by result.", labels=["result"]
+        )
+        for result, count in self.daemon.tunnel_observer.handshakes.items():
+            handshakes.add_metric([result], count)
+        yield handshakes
+        names = peer_names(config)
+        last = GaugeMetricFamily(
+            "dnsguard_tunnel_last_handshake_timestamp_seconds",
+            "Unix time of each peer's last completed handshake (0 before the first).",
+            labels=["peer"],
+        )
+        statuses = shell.device.status()
+        for status in statuses:
+            label = peer_label(status.public_key, names.get(status.public_key, ""))
+            last.add_metric([label], (status.last_handshake_wall_ns or 0) / 1e9)
+        yield last
+        peers = GaugeMetricFamily("dnsguard_tunnel_peers", "Configured peers.")
+        peers.add_metric([], len(statuses))
+        yield peers
+
+
+def registry_for(daemon: Operated) -> CollectorRegistry:
+    """A registry with the daemon's collector and the client library's process metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonCollector(daemon))
+    registry.register(PROCESS_COLLECTOR)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition format."""
+    return generate_latest(registry)
