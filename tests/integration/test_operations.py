@@ -38,7 +38,12 @@ def api(lab: Lab, role: str, url: str, *, token: str | None = None, method: str 
 
 def test_metrics_move_when_queries_are_blocked_and_packets_flow() -> None:
     with Lab(lan=True) as lab:
-        full = start_full_tunnel(lab, client_extra={"metrics": {"listen": "127.0.0.1:9153"}})
+        extra = {
+            "metrics": {"listen": "127.0.0.1:9153"},
+            "api": {"listen": "127.0.0.1:8053", "token": TOKEN},
+            "logging": {"format": "json"},
+        }
+        full = start_full_tunnel(lab, client_extra=extra)
         try:
             metrics = "127.0.0.1:9153"
             blocked = ("dnsguard_dns_queries_total", (("group", "default"), ("result", "blocked")))
@@ -68,6 +73,16 @@ def test_metrics_move_when_queries_are_blocked_and_packets_flow() -> None:
             assert after[upstream] > before.get(upstream, 0)
             count = ("dnsguard_dns_response_duration_seconds_count", (("result", "blocked"),))
             assert after[count] - before[count] == 3
+
+            # Structured logs: one JSON object a line, and no secret in any of them.
+            code, status = api(lab, "client", "http://127.0.0.1:8053/api/status", token=TOKEN)
+            assert code == 200 and json.loads(status)["connection"]["state"] == "connected"
+            log_lines = [line for line in full.client.log().splitlines() if line.strip()]
+            assert log_lines and all(json.loads(line)["logger"].startswith("dnsguard") for line in log_lines)
+            tunnel = full.client.config["tunnel"]
+            assert isinstance(tunnel, dict)
+            for secret in (tunnel["private-key"], TOKEN):
+                assert secret not in full.client.log() and secret not in status
         except Exception:
             print(full.client.log())
             raise

@@ -31,6 +31,14 @@ def test_shipped_example_loads() -> None:
     assert config.base_dir == str((ROOT / "config").resolve())
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_example_is_valid(path: Path) -> None:
+    config = load_config(path)
+    assert config.lists, "an example without lists filters nothing"
+    if config.tunnel is not None:
+        assert config.tunnel.peers and all(peer.public_key for peer in config.tunnel.peers)
+
+
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, ""))
     assert config.blocking.mode == "null_ip"
