@@ -20,6 +20,7 @@ from dnsguard.daemon.common import (
     DEFAULT_MTU,
     build_device,
     install_signal_handlers,
+    notify_systemd,
     reload_config,
     require_tunnel,
     setup_logging,
@@ -253,6 +254,7 @@ class Client:
             install_signal_handlers(self._stop, lambda: asyncio.ensure_future(self.reload()))
             self.operations = Operations(self)
             await self.operations.start()
+            notify_systemd("READY=1\nSTATUS=tunnel up")
             log.info(
                 "tunnel %s up (%s), server %s",
                 tun.name,

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -139,6 +140,21 @@ def run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
         asyncio.run(coroutine)
         return
     uvloop.run(coroutine)
+
+
+def notify_systemd(state: str) -> None:
+    """Send an sd_notify message (e.g. "READY=1") when systemd started us as Type=notify; else nothing."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # abstract namespace
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd at %s: %s", address, exc)
 
 
 def install_signal_handlers(stop: asyncio.Event, reload: Callable[[], object]) -> None:

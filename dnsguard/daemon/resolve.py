@@ -11,7 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dnsguard.config import Config, load_config
-from dnsguard.daemon.common import install_signal_handlers, reload_config, run_loop, setup_logging
+from dnsguard.daemon.common import (
+    install_signal_handlers,
+    notify_systemd,
+    reload_config,
+    run_loop,
+    setup_logging,
+)
 from dnsguard.daemon.dns_server import DnsListeners
 from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import Resolver
@@ -289,6 +295,7 @@ async def _serve(config_path: str, config: Config) -> None:
     daemon = ResolveDaemon(service)
     operations = Operations(daemon)
     await operations.start()
+    notify_systemd("READY=1\nSTATUS=answering DNS")
     stop = asyncio.Event()
     install_signal_handlers(stop, lambda: asyncio.ensure_future(service.reload()))
     try:

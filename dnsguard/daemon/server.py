@@ -16,6 +16,7 @@ from dnsguard.daemon.common import (
     DEFAULT_PORT,
     build_device,
     install_signal_handlers,
+    notify_systemd,
     reload_config,
     require_tunnel,
     setup_logging,
@@ -120,6 +121,7 @@ class Server:
             install_signal_handlers(stop, lambda: asyncio.ensure_future(self.reload()))
             operations = Operations(self)
             await operations.start()
+            notify_systemd("READY=1\nSTATUS=serving peers")
             await stop.wait()
         finally:
             if operations is not None:

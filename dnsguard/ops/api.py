@@ -1,6 +1,7 @@
 """The HTTP API (status, query log, explain, pause, reload, lists) and /metrics, on aiohttp.
 
-Every route answers JSON. When `api.token` is set, every API request must carry
+Every route answers JSON. `/healthz` (on the API and the metrics address) needs no token and tells
+nothing but that the event loop runs. When `api.token` is set, every /api/ request must carry
 `Authorization: Bearer <token>`; a configuration that binds the API off loopback without a token is
 refused when it is loaded. Nothing secret (private or preshared keys, the token) is ever returned.
 """
@@ -86,6 +87,10 @@ class Api:
         return service
 
     # -- routes ---------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        """Liveness without a token: answered from the event loop, so a stuck loop fails the probe."""
+        return _json({"status": "ok", "kind": self.daemon.kind})
 
     async def status(self, request: web.Request) -> web.Response:
         daemon = self.daemon
@@ -306,6 +311,7 @@ class Operations:
 
     def _app(self, api: bool, metrics: bool) -> web.Application:
         app = web.Application(middlewares=[self.api.guard] if api else [])
+        app.add_routes([web.get("/healthz", self.api.health)])
         if api:
             app.add_routes(self.api.routes())
         if metrics:

@@ -345,3 +345,39 @@ async def test_file_watcher_reports_a_settled_change_once(tmp_path: Path) -> Non
     finally:
         await watcher.stop()
     assert seen == [[str(path.resolve())]]
+
+
+def test_systemd_notification_reaches_the_notify_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from dnsguard.daemon.common import notify_systemd
+
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(address)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        notify_systemd("READY=1\nSTATUS=answering DNS")
+        assert receiver.recv(256) == b"READY=1\nSTATUS=answering DNS"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    notify_systemd("READY=1")  # not under systemd: nothing happens
+
+
+async def test_health_needs_no_token(tmp_path: Path) -> None:
+    path = write_config(tmp_path, api={"listen": "127.0.0.1:0", "token": TOKEN})
+    service = await started_service(path)
+    operations = Operations(ResolveDaemon(service))
+    await operations.start()
+    try:
+        from aiohttp import ClientSession
+
+        async with ClientSession() as session:
+            for what in ("api", "metrics"):
+                host, port = operations.bound[what]
+                async with session.get(f"http://{host}:{port}/healthz") as health:
+                    assert health.status == 200
+                    assert await health.json() == {"status": "ok", "kind": "resolve"}
+    finally:
+        await operations.close()
+        await service.close()
