@@ -18,6 +18,8 @@ from dnsguard.errors import PrivilegeError
 from dnsguard.lab import ADDRESSES, Lab, dig_answers, dig_status, have_net_admin, lab_session
 from dnsguard.lab.scenario import CLIENT_TUNNEL4, HARD_CODED_RESOLVER, start_full_tunnel
 
+METRICS_PORT = 9153
+
 
 def _lookup(lab: Lab, role: str, name: str, server: str, tcp: bool = False) -> tuple[str, str, str]:
     result = lab.dig(role, name, server, tcp=tcp)
@@ -49,6 +51,33 @@ LOOKUPS = [
 ]
 
 
+def _metrics_summary(lab: Lab) -> str:
+    """A few of the client's Prometheus metrics, as an operator would scrape them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    text = lab.run("client", ["curl", "-sS", "--max-time", "5", url], check=False).stdout
+
+    def total(name: str, **labels: str) -> int:
+        return int(
+            sum(
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == name and labels.items() <= sample.labels.items()
+            )
+        )
+
+    return (
+        f"\nmetrics of the client ({url}, scraped in its namespace): "
+        f"{total('dnsguard_dns_queries_total', result='blocked')} of "
+        f"{total('dnsguard_dns_queries_total')} queries blocked; "
+        f"{total('dnsguard_tunnel_packets_total', direction='tx')} packets, "
+        f"{total('dnsguard_tunnel_bytes_total', direction='tx')} encrypted bytes sent; "
+        f"connected={total('dnsguard_tunnel_state', state='connected')}"
+    )
+
+
 def run_demo(keep: bool = False) -> int:
     """Run the demo; returns the process exit code."""
     if not have_net_admin():
@@ -62,7 +91,7 @@ def run_demo(keep: bool = False) -> int:
             f"lab {lab.run_id}: starting 'dnsguard server' and 'dnsguard up' (full tunnel, gateway mode) ..."
         )
         started = time.perf_counter()
-        tunnel = start_full_tunnel(lab)
+        tunnel = start_full_tunnel(lab, client_extra={"metrics": {"listen": f"127.0.0.1:{METRICS_PORT}"}})
         print(f"tunnel up in {time.perf_counter() - started:.1f} s\n")
         rows = []
         for role, name, server, tcp, what in LOOKUPS:
@@ -102,6 +131,7 @@ def run_demo(keep: bool = False) -> int:
             f"the web server saw {whoami or '?'} (the VPN server's address)"
         )
         failures += not intact
+        print(_metrics_summary(lab))
         if keep:
             client = lab.namespace("client")
             input(f"\nlab kept up; inspect with 'ip netns exec {client} ...'. Enter tears down: ")
