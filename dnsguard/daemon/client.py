@@ -21,13 +21,11 @@ from dnsguard.daemon.common import (
     build_device,
     install_signal_handlers,
     notify_systemd,
-    reload_config,
     require_tunnel,
     setup_logging,
     sync_peers,
 )
-from dnsguard.daemon.dns_filtering import TunnelDns, wants_filtering
-from dnsguard.daemon.resolve import ResolverService
+from dnsguard.daemon.dns_filtering import FilteringTunnelDaemon, TunnelDns, wants_filtering
 from dnsguard.daemon.tunnel import PacketFilter, TunnelShell, UdpEndpoint
 from dnsguard.errors import DnsguardError
 from dnsguard.lifecycle import (
@@ -83,7 +81,7 @@ async def cleanup(tunnel: TunnelConfig) -> None:
 
 
 @dataclass
-class Client:
+class Client(FilteringTunnelDaemon):
     config_path: str
     config: Config
     outbound_filter: PacketFilter | None = None
@@ -103,14 +101,6 @@ class Client:
         self.operations: Operations | None = None
 
     # -- what the metrics and the API read ------------------------------------------------
-
-    @property
-    def dns_service(self) -> ResolverService | None:
-        return self.dns.service if self.dns is not None else None
-
-    @property
-    def tunnel_shell(self) -> TunnelShell | None:
-        return self.shell
 
     @property
     def connection(self) -> Lifecycle:
@@ -157,7 +147,9 @@ class Client:
                 if shell is not None:
                     if action.attempt > 1 or action.cause.value in ("wake", "path_change", "dead_peer"):
                         shell.rebind()
-                    shell.device.force_handshake(now)
+                    # At start a persistent keepalive has already initiated: forcing another would
+                    # void it, and the server drops the second as a flood (a 5 s first connect).
+                    shell.device.force_handshake(now, keep_pending=action.cause.value == "start")
                     shell.flush()
             elif isinstance(action, Probe):
                 if shell is not None:
@@ -285,14 +277,8 @@ class Client:
 
     async def reload(self) -> bool:
         """Re-read the configuration; a bad file (or one whose lists do not build) keeps the last good one."""
-        new, error = reload_config(self.config_path, self.config)
-        if error is None and new.tunnel is None:
-            error = f"{self.config_path}: the new configuration has no tunnel section"
-        if error is None and self.dns is not None and not await self.dns.reload(new):
-            error = self.dns.service.reloads.last_error or "the DNS filtering configuration did not build"
-        if error is not None:
-            self.reloads.failed(error)
-            log.error("configuration reload failed, keeping the last good one: %s", error)
+        new = await self.load_new_config()
+        if new is None:
             return False
         assert new.tunnel is not None and self.config.tunnel is not None
         old_endpoints = [p.endpoint for p in self.config.tunnel.peers]

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 from dnsguard.config import Config, GroupConfig, TunnelConfig
 from dnsguard.config.addresses import is_ip
+from dnsguard.daemon.common import reload_config
 from dnsguard.daemon.resolve import ResolverService
-from dnsguard.daemon.tunnel import SO_MARK
+from dnsguard.daemon.tunnel import SO_MARK, TunnelShell
 from dnsguard.net.firewall import RESOLVER_MARK_OFFSET, DnsRedirect
+from dnsguard.ops.observe import ReloadCounter
 
 log = logging.getLogger("dnsguard.dns")
 
@@ -112,3 +114,34 @@ class TunnelDns:
     async def close(self) -> None:
         DnsRedirect.remove()
         await self.service.close()
+
+
+class FilteringTunnelDaemon:
+    """What `up` and `server` share towards operations: their DNS service, their shell, reloading."""
+
+    config_path: str
+    config: Config
+    dns: TunnelDns | None
+    shell: TunnelShell | None
+    reloads: ReloadCounter
+
+    @property
+    def dns_service(self) -> ResolverService | None:
+        return self.dns.service if self.dns is not None else None
+
+    @property
+    def tunnel_shell(self) -> TunnelShell | None:
+        return self.shell
+
+    async def load_new_config(self) -> Config | None:
+        """The new configuration with its DNS part already switched, or None (counted, logged) when bad."""
+        new, error = reload_config(self.config_path, self.config)
+        if error is None and new.tunnel is None:
+            error = f"{self.config_path}: the new configuration has no tunnel section"
+        if error is None and self.dns is not None and not await self.dns.reload(new):
+            error = self.dns.service.reloads.last_error or "the DNS filtering configuration did not build"
+        if error is not None:
+            self.reloads.failed(error)
+            log.error("configuration reload failed, keeping the last good one: %s", error)
+            return None
+        return new

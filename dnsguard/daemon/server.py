@@ -17,13 +17,11 @@ from dnsguard.daemon.common import (
     build_device,
     install_signal_handlers,
     notify_systemd,
-    reload_config,
     require_tunnel,
     setup_logging,
     sync_peers,
 )
-from dnsguard.daemon.dns_filtering import TunnelDns, wants_filtering
-from dnsguard.daemon.resolve import ResolverService
+from dnsguard.daemon.dns_filtering import FilteringTunnelDaemon, TunnelDns, wants_filtering
 from dnsguard.daemon.tunnel import TunnelShell, UdpEndpoint
 from dnsguard.errors import NetworkError
 from dnsguard.lifecycle.clock import boottime
@@ -64,7 +62,7 @@ async def configure_interface(name: str, addresses: list[str], mtu: int, routes:
 
 
 @dataclass
-class Server:
+class Server(FilteringTunnelDaemon):
     config_path: str
     config: Config
     shell: TunnelShell | None = None
@@ -75,14 +73,6 @@ class Server:
     kind: str = "server"
     connection: None = None
     """A server has no connection lifecycle of its own."""
-
-    @property
-    def dns_service(self) -> ResolverService | None:
-        return self.dns.service if self.dns is not None else None
-
-    @property
-    def tunnel_shell(self) -> TunnelShell | None:
-        return self.shell
 
     def on_event(self, event: Event) -> None:
         self.tunnel_observer.on_event(event)
@@ -137,14 +127,8 @@ class Server:
 
     async def reload(self) -> bool:
         """Re-read the configuration; a bad file (or one whose lists do not build) keeps the last good one."""
-        new, error = reload_config(self.config_path, self.config)
-        if error is None and new.tunnel is None:
-            error = f"{self.config_path}: the new configuration has no tunnel section"
-        if error is None and self.dns is not None and not await self.dns.reload(new):
-            error = self.dns.service.reloads.last_error or "the DNS filtering configuration did not build"
-        if error is not None:
-            self.reloads.failed(error)
-            log.error("configuration reload failed, keeping the last good one: %s", error)
+        new = await self.load_new_config()
+        if new is None:
             return False
         assert new.tunnel is not None
         if self.shell is None:
