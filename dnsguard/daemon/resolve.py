@@ -87,6 +87,7 @@ def make_resolver(
         extended_errors=config.blocking.extended_errors,
         cname_check=config.blocking.cname_check,
         serve_stale=config.cache.serve_stale,
+        prefetch=config.cache.prefetch,
     )
     if observer is not None:
         resolver.on_query = observer.on_query
@@ -241,6 +242,8 @@ class ResolverService:
             self.resolver.upstreams = make_upstreams(new, self.socket_setup, self.observer)
             self.resolver.extended_errors = new.blocking.extended_errors
             self.resolver.cname_check = new.blocking.cname_check
+            self.resolver.serve_stale = new.cache.serve_stale
+            self.resolver.prefetch = new.cache.prefetch
             if old_upstreams is not None:
                 await old_upstreams.close()
         if new.resolver.listen != old_listen:
@@ -254,8 +257,10 @@ class ResolverService:
             self._refresher.cancel()
         if getattr(self, "listeners", None) is not None:
             await self.listeners.close()  # type: ignore[union-attr]
-        if self.resolver is not None and self.resolver.upstreams is not None:
-            await self.resolver.upstreams.close()
+        if self.resolver is not None:
+            await self.resolver.close()
+            if self.resolver.upstreams is not None:
+                await self.resolver.upstreams.close()
 
 
 class ResolveDaemon:

@@ -143,7 +143,8 @@ class AnswerCache:
         # OrderedDict over the plain-dict pop-and-reinsert trick: move_to_end and popitem(last=False) are
         # O(1) in C, while popping a plain dict's oldest key leaves holes that iteration must skip.
         self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
-        self._prefetch: list[Query] = []
+        self.prefetch_queue: list[Query] = []
+        """Queries of popular entries near expiry, oldest first (`take_prefetch` empties it)."""
         self.hits = 0
         self.misses = 0
         self.stale_served = 0
@@ -159,9 +160,15 @@ class AnswerCache:
             len(self._entries), self.hits, self.misses, self.stale_served, self.evictions, self.prefetch_hints
         )
 
-    def get(self, query: Query, now: float) -> bytes | None:
-        """The reply to send for `query` if a fresh one is cached; it may exceed `query.udp_limit`."""
+    def get(self, query: Query, now: float, message: bytes | None = None) -> bytes | None:
+        """The reply to send for `query` if a fresh one is cached; it may exceed `query.udp_limit`.
+
+        `message`: a query that differs from `query.data` only in its ID, to answer with that ID (the
+        resolver keeps one parsed query for the repeats of a message).
+        """
         data, _, flags, qname, qtype, qclass, question_end, edns_payload, dnssec_ok = query
+        if message is not None:
+            data = message
         key = (qname, qtype, qclass, (flags & FLAG_CD) | dnssec_ok)
         entries = self._entries
         entry = entries.get(key)
@@ -179,8 +186,8 @@ class AnswerCache:
         if now >= entry.prefetch_at and entry.hits >= self.prefetch_min_hits:
             entry.prefetch_at = _NEVER  # one hint per stored reply; a refresh `put` re-arms it
             self.prefetch_hints += 1
-            if len(self._prefetch) < _PREFETCH_QUEUE_MAX:
-                self._prefetch.append(query)
+            if len(self.prefetch_queue) < _PREFETCH_QUEUE_MAX:
+                self.prefetch_queue.append(query)
         age = int(now - entry.inserted)
         if age != entry.tail_age:
             entry.tail = _patched_tail(entry, age if age > 0 else 0)
@@ -292,7 +299,7 @@ class AnswerCache:
 
     def take_prefetch(self) -> list[Query]:
         """Queries whose popular entries are about to expire; re-ask upstream and `put` the answers."""
-        due, self._prefetch = self._prefetch, []
+        due, self.prefetch_queue = self.prefetch_queue, []
         return due
 
     def prune(self, now: float) -> int:
@@ -305,4 +312,4 @@ class AnswerCache:
     def flush(self) -> None:
         """Forget every entry (lists changed, or the API asked); counters are kept."""
         self._entries.clear()
-        self._prefetch.clear()
+        self.prefetch_queue.clear()

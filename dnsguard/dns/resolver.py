@@ -9,6 +9,8 @@ listeners and the DNS packets intercepted from the tunnel.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import struct
@@ -16,7 +18,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
+
+from dnslib import DNSError, DNSRecord
 
 from dnsguard.dns import wire
 from dnsguard.dns.cache import AnswerCache
@@ -43,6 +47,36 @@ QTYPE_A, QTYPE_AAAA = 1, 28
 EDE_BLOCKED, EDE_FILTERED = 15, 17
 RESULTS = ("blocked", "allowed", "cached", "rewritten", "refused", "failed", "stale")
 
+# Plans per group: enough for the working set of a busy LAN (and of the 20k-name benchmark); a full memo is
+# cleared rather than kept in LRU order, as the other hot-path caches are.
+PLAN_MEMO_MAX: Final = 32768
+_CLIENT_MEMO_MAX: Final = 4096
+PREFETCH_CONCURRENCY: Final = 4
+"""Upstream refreshes of popular cache entries in flight at once."""
+
+_PLAN_REPLY, _PLAN_CACHE, _PLAN_LATER = 0, 1, 2
+_MIN_UDP_LIMIT: Final = 512
+
+
+class _Plan(NamedTuple):
+    """What answer_now does for one exact query message (all but its ID), worked out once.
+
+    Everything a reply depends on besides the ID is in those bytes (flags, question with its letter
+    case, OPT RR), so for as long as the policy's decision for the name holds, a repeat of the
+    message gets the same reply with its own ID, and the same counters and log line.
+    """
+
+    kind: int  # _PLAN_REPLY: send `reply_tail`; _PLAN_CACHE: look up `query` in the cache; _PLAN_LATER
+    reply_tail: bytes  # the reply without its ID
+    query: Query | None  # only kept for the cache lookup (a plan per distinct message adds up)
+    count_key: tuple[str, str]  # (result, group) in ResolverStats.queries, shared by all plans
+    blocked_list: str | None  # the list to count in ResolverStats.blocked_by_list
+    qname: str
+    qtype: int
+    result: str
+    group: str
+    reason: str
+
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
@@ -63,6 +97,8 @@ class ResolverStats:
     blocked_by_list: dict[str, int] = field(default_factory=dict)
     malformed: int = 0
     cname_blocked: int = 0
+    prefetched: int = 0
+    """Cache entries refreshed from upstream before they expired."""
 
     def count(self, result: str, group: str) -> None:
         key = (result, group)
@@ -88,54 +124,204 @@ class Resolver:
         extended_errors: bool = False,
         cname_check: bool = True,
         serve_stale: bool = True,
+        prefetch: bool = True,
     ) -> None:
-        self.policy = policy
+        # Plans (see _Plan) hold replies worked out under the current policy and block settings; the
+        # properties below forget them whenever those are replaced.
+        self._plans_by_client: dict[str, dict[bytes, _Plan]] = {}
+        self._plans_by_group: dict[str, dict[bytes, _Plan]] = {}
+        self._count_keys: dict[tuple[str, str], tuple[str, str]] = {}
+        self._policy = policy
+        self._extended_errors = extended_errors
         self.cache = cache
         self.upstreams = upstreams
         self.wall_clock = wall_clock
         self.clock = clock
-        self.extended_errors = extended_errors
         self.cname_check = cname_check
         self.serve_stale = serve_stale
+        self.prefetch = prefetch
+        """Refresh popular cache entries shortly before they expire (the cache says which)."""
         self.stats = ResolverStats()
         self.query_log: deque[tuple[float, str, str, int, str, str, str, float]] = deque(
             maxlen=query_log_size
         )
         self.on_query: QueryHook | None = None
         self._ede: dict[str, bytes] = {}
+        self._prefetcher: asyncio.Task[None] | None = None
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self._policy = policy
+        self.forget_plans()
+
+    @property
+    def extended_errors(self) -> bool:
+        return self._extended_errors
+
+    @extended_errors.setter
+    def extended_errors(self, value: bool) -> None:
+        self._extended_errors = value
+        self.forget_plans()
+
+    def forget_plans(self) -> None:
+        """Drop the remembered replies; call after changing the policy object in place."""
+        self._plans_by_client = {}
+        self._plans_by_group = {}
 
     # -- the synchronous path -----------------------------------------------------------
 
-    def answer_now(self, data: bytes, client: str) -> bytes | _Later | None:
-        """The reply when no upstream is needed, LATER when one is, None to drop the query."""
+    def answer_now(self, data: bytes, client: str, tcp: bool = False) -> bytes | _Later | None:
+        """The reply when no upstream is needed, LATER when one is, None to drop the query.
+
+        `tcp`: the query came over TCP, so a cached reply of any size may be sent (over UDP, one larger
+        than the client's limit is answered with TC set, RFC 1035 4.2.1 and RFC 6891 6.2.3).
+        """
+        # The repeat of a message seen before, from a client of the same group: no parsing, no policy
+        # walk, no reply building; only the bookkeeping every query gets (counters, log, hook).
+        plans = self._plans_by_client.get(client)
+        if plans is not None:
+            plan = plans.get(data[2:])
+            if plan is not None:
+                now = self.wall_clock()
+                # Pausing blocking (the API sets paused_until) turns every block into a forward.
+                if now >= self._policy.paused_until:
+                    (
+                        kind,
+                        reply_tail,
+                        query,
+                        count_key,
+                        blocked_list,
+                        qname,
+                        qtype,
+                        result,
+                        group,
+                        reason,
+                    ) = plan
+                    if kind == _PLAN_REPLY:
+                        reply: bytes | None = data[:2] + reply_tail
+                        if blocked_list is not None:
+                            by_list = self.stats.blocked_by_list
+                            by_list[blocked_list] = by_list.get(blocked_list, 0) + 1
+                    elif kind == _PLAN_CACHE:
+                        cache = self.cache
+                        if cache is None or query is None:
+                            return LATER
+                        reply = cache.get(query, self.clock(), data)
+                        if reply is None:
+                            return LATER
+                        if len(reply) > _MIN_UDP_LIMIT and not tcp and len(reply) > query.udp_limit:
+                            reply = data[:2] + wire.truncated(query)[2:]
+                        if cache.prefetch_queue and self.prefetch:
+                            self._start_prefetch()
+                    else:
+                        return LATER
+                    queries = self.stats.queries
+                    queries[count_key] = queries.get(count_key, 0) + 1
+                    self.query_log.append((now, client, qname, qtype, result, group, reason, 0.0))
+                    hook = self.on_query
+                    if hook is not None:
+                        hook(result, group, 0.0)
+                    return reply
+        return self._answer_parsed(data, client, tcp)
+
+    def _answer_parsed(self, data: bytes, client: str, tcp: bool) -> bytes | _Later | None:
+        """answer_now for a message without a plan: parse, decide, answer, and plan for its repeats."""
         try:
-            query = wire.parse_query(data)
+            query, plain = _parse(data)
         except QueryError as exc:
             self.stats.malformed += 1
             return wire.error_reply(data, exc.rcode) if exc.rcode is not None else None
         except FormError:
             self.stats.malformed += 1
             return None
-        decision = self.policy.decide(query.qname, client, self.wall_clock())
+        policy = self._policy
+        group = policy.group_for(client)
+        now = self.wall_clock()
+        decision = policy.decide_for_group(query.qname, group, now)
         kind = decision.kind
+        # A decision that depends on the time (schedules, a pause) is not remembered, nor one for an
+        # unusual message (those skip the cache too).
+        remember = plain and not group.windows and now >= policy.paused_until
+        plans = self._plans_for(client, group.name) if remember else None
         if kind is Kind.FORWARD:
+            if plans is not None:
+                self._remember(plans, data, _PLAN_CACHE, b"", query, "cached", decision, None)
             cache = self.cache
-            if cache is not None:
+            if cache is not None and plain:
                 reply = cache.get(query, self.clock())
                 if reply is not None:
-                    self._record(query, client, "cached", decision)
+                    if not tcp and len(reply) > query.udp_limit:
+                        reply = wire.truncated(query)
+                    self._record(query, client, "cached", decision, now=now)
+                    if cache.prefetch_queue and self.prefetch:
+                        self._start_prefetch()
                     return reply
             return LATER
+        blocked_list: str | None = None
         if kind is Kind.BLOCK:
-            return self._blocked(query, client, decision)
-        if kind is Kind.REWRITE and not decision.target:
+            blocked_list = decision.reason
+            result = "blocked"
+            reply = self._block_reply(query, decision)
+        elif kind is Kind.REWRITE and not decision.target:
+            result = "rewritten"
             reply = wire.answer_addresses(query, wire.pack_addresses(decision.addresses), decision.ttl)
-            self._record(query, client, "rewritten", decision)
-            return reply
-        if kind is Kind.NXDOMAIN:
-            self._record(query, client, "blocked", decision)
-            return wire.nxdomain(query, negative_ttl=decision.ttl)
-        return LATER  # a CNAME rewrite or safe search: the target's addresses come from upstream
+        elif kind is Kind.NXDOMAIN:
+            # The built-in rules (DoH canary, private relay) count under their own name, as lists do.
+            blocked_list = decision.reason
+            by_list = self.stats.blocked_by_list
+            by_list[blocked_list] = by_list.get(blocked_list, 0) + 1
+            result = "blocked"
+            reply = wire.nxdomain(query, negative_ttl=decision.ttl)
+        else:
+            # A CNAME rewrite or safe search: the target's addresses come from upstream.
+            if plans is not None:
+                self._remember(plans, data, _PLAN_LATER, b"", query, "", decision, None)
+            return LATER
+        if plans is not None:
+            self._remember(plans, data, _PLAN_REPLY, reply[2:], query, result, decision, blocked_list)
+        self._record(query, client, result, decision, now=now)
+        return reply
+
+    def _plans_for(self, client: str, group: str) -> dict[bytes, _Plan]:
+        plans = self._plans_by_group.get(group)
+        if plans is None:
+            plans = self._plans_by_group[group] = {}
+        if len(self._plans_by_client) >= _CLIENT_MEMO_MAX:
+            self._plans_by_client.clear()
+        self._plans_by_client[client] = plans
+        return plans
+
+    def _remember(
+        self,
+        plans: dict[bytes, _Plan],
+        data: bytes,
+        kind: int,
+        reply_tail: bytes,
+        query: Query,
+        result: str,
+        decision: Decision,
+        blocked_list: str | None,
+    ) -> None:
+        if len(plans) >= PLAN_MEMO_MAX:
+            plans.clear()
+        group = decision.group
+        count_key = self._count_keys.setdefault((result, group), (result, group))
+        plans[data[2:]] = _Plan(
+            kind,
+            reply_tail,
+            query if kind == _PLAN_CACHE else None,
+            count_key,
+            blocked_list,
+            query.qname,
+            query.qtype,
+            result,
+            group,
+            decision.reason,
+        )
 
     def _blocked(self, query: Query, client: str, decision: Decision) -> bytes:
         self._record(query, client, "blocked", decision)
@@ -146,7 +332,7 @@ class Resolver:
         list_name = decision.reason
         self.stats.blocked_by_list[list_name] = self.stats.blocked_by_list.get(list_name, 0) + 1
         ede = b""
-        if self.extended_errors:
+        if self._extended_errors:
             ede = self._ede.get(list_name) or self._ede.setdefault(
                 list_name, wire.ede_option(EDE_BLOCKED, f"blocked by {list_name}")
             )
@@ -159,7 +345,7 @@ class Resolver:
             return wire.nodata(query, negative_ttl=ttl, ede=ede)
         if mode == "refused":
             return wire.refused(query, ede=ede)
-        blocking = self.policy.config.blocking
+        blocking = self._policy.config.blocking
         addresses = wire.pack_addresses([blocking.custom_ipv4, blocking.custom_ipv6])
         return wire.answer_addresses(query, addresses, ttl, ede)
 
@@ -169,7 +355,7 @@ class Resolver:
         """Resolve through the upstreams (after answer_now returned LATER)."""
         started = self.clock()
         try:
-            query = wire.parse_query(data)
+            query, plain = _parse(data)
         except FormError:
             return None
         decision = self.policy.decide(query.qname, client, self.wall_clock())
@@ -178,7 +364,7 @@ class Resolver:
             reply = await self._answer_with_target(query, decision)
             result = "rewritten"
         else:
-            reply, result, decision = await self._forward(query, client, decision)
+            reply, result, decision = await self._forward(query, client, decision, plain)
         if reply is None:
             return None
         if not tcp and len(reply) > query.udp_limit:
@@ -187,30 +373,33 @@ class Resolver:
         return reply
 
     async def _forward(
-        self, query: Query, client: str, decision: Decision
+        self, query: Query, client: str, decision: Decision, plain: bool = True
     ) -> tuple[bytes | None, str, Decision]:
         """The upstream reply, its result label, and the decision it was recorded under.
 
         A CNAME-cloaked answer comes back blocked under the decision of the blocked target, so the
         query log and the per-list counters name the list that caught it.
         """
-        reply, result = await self._forward_reply(query, client, decision)
+        reply, result = await self._forward_reply(query, client, decision, plain)
         if isinstance(reply, Decision):
             self.stats.cname_blocked += 1
             return self._block_reply(query, reply), "blocked", reply
         return reply, result, decision
 
     async def _forward_reply(
-        self, query: Query, client: str, decision: Decision
+        self, query: Query, client: str, decision: Decision, plain: bool
     ) -> tuple[bytes | Decision | None, str]:
+        # Only plain queries share cached replies: an answer to a message with extra records (a TSIG
+        # signature, say) may depend on them.
+        cache = self.cache if plain else None
         if self.upstreams is None:
             return wire.refused(query), "refused"
         try:
             reply = await self.upstreams.query(query.data)
         except (AllUpstreamsFailedError, UpstreamError) as exc:
             log.debug("upstreams failed for %s: %s", query.qname, exc)
-            if self.serve_stale and self.cache is not None:
-                stale = self.cache.get_stale(query, self.clock())
+            if self.serve_stale and cache is not None:
+                stale = cache.get_stale(query, self.clock())
                 if stale is not None:
                     return stale, "stale"
             return wire.servfail(query), "failed"
@@ -227,8 +416,12 @@ class Resolver:
                 target_decision = self.policy.decide_for_group(target, group, now)
                 if target_decision.kind is Kind.BLOCK:
                     return target_decision, "blocked"
-        if self.cache is not None:
-            self.cache.put(query, reply, self.clock(), meta)
+        # The cache is shared by every group: an answer whose CNAME chain another group blocks would
+        # reach that group's clients from the cache without their own check, so it is not stored.
+        if cache is not None and not (
+            self.cname_check and meta.targets and self._any_group_blocks(meta.targets)
+        ):
+            cache.put(query, reply, self.clock(), meta)
         return reply, "allowed"
 
     async def _answer_with_target(self, query: Query, decision: Decision) -> bytes:
@@ -247,10 +440,73 @@ class Resolver:
                 log.debug("could not resolve %s: %s", decision.target, exc)
         return wire.answer_cname(query, decision.target, decision.ttl, addresses)
 
+    # -- prefetch -----------------------------------------------------------------------------
+
+    def _start_prefetch(self) -> None:
+        """Refresh the entries the cache flagged, in one background task at a time."""
+        if self.upstreams is None or (self._prefetcher is not None and not self._prefetcher.done()):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a caller without an event loop: the flagged queries wait for the next cache hit
+        self._prefetcher = loop.create_task(self._prefetch_flagged())
+
+    async def _prefetch_flagged(self) -> None:
+        cache = self.cache
+        while cache is not None and cache.prefetch_queue:
+            due = cache.take_prefetch()
+            for start in range(0, len(due), PREFETCH_CONCURRENCY):
+                batch = due[start : start + PREFETCH_CONCURRENCY]
+                results = await asyncio.gather(*(self._refresh(q) for q in batch), return_exceptions=True)
+                for query, result in zip(batch, results, strict=True):
+                    if isinstance(result, Exception):
+                        log.warning("prefetch of %s failed: %r", query.qname, result)
+
+    async def _refresh(self, query: Query) -> None:
+        """Ask upstream again for a popular cached answer and store the new one; no client is waiting."""
+        upstreams, cache = self.upstreams, self.cache
+        if upstreams is None or cache is None:
+            return
+        try:
+            reply = await upstreams.query(query.data)
+            meta = wire.parse_response_meta(reply)
+        except (AllUpstreamsFailedError, UpstreamError, FormError) as exc:
+            # The entry expires as usual and serve-stale still covers it.
+            log.debug("prefetch of %s failed: %s", query.qname, exc)
+            return
+        if self.cname_check and meta.targets and self._any_group_blocks(meta.targets):
+            return  # the next client query goes upstream and gets the CNAME check of its own group
+        if cache.put(query, reply, self.clock(), meta):
+            self.stats.prefetched += 1
+
+    async def close(self) -> None:
+        """Stop a prefetch in progress (the upstreams are closed by their owner)."""
+        task, self._prefetcher = self._prefetcher, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _any_group_blocks(self, names: tuple[str, ...]) -> bool:
+        policy = self._policy
+        now = self.wall_clock()
+        return any(
+            policy.decide_for_group(name, group, now).kind is Kind.BLOCK
+            for group in policy.groups.values()
+            for name in names
+        )
+
     # -- bookkeeping ------------------------------------------------------------------------
 
     def _record(
-        self, query: Query, client: str, result: str, decision: Decision, started: float | None = None
+        self,
+        query: Query,
+        client: str,
+        result: str,
+        decision: Decision,
+        started: float | None = None,
+        now: float | None = None,
     ) -> None:
         group = decision.group
         queries = self.stats.queries
@@ -260,7 +516,7 @@ class Resolver:
         # A plain tuple: this runs for every query, and the log is read rarely (API, tests).
         self.query_log.append(
             (
-                self.wall_clock(),
+                self.wall_clock() if now is None else now,
                 client,
                 query.qname,
                 query.qtype,
@@ -276,6 +532,41 @@ class Resolver:
     def recent_queries(self) -> list[LogEntry]:
         """The query log, oldest first."""
         return [LogEntry(*entry) for entry in self.query_log]
+
+
+def _parse(data: bytes) -> tuple[Query, bool]:
+    """The query, and whether it is plain (one question, at most an OPT RR: what the wire fast path reads).
+
+    Anything else that is still one valid question (records in the answer or authority section, a
+    non-OPT additional record such as TSIG) is read with dnslib and forwarded as it came, uncached.
+    """
+    try:
+        return wire.parse_query(data), True
+    except QueryError as exc:
+        if not exc.fallback or data[4:6] != b"\x00\x01":
+            raise  # RFC 9619: a QDCOUNT other than one is FORMERR
+        return _parse_with_dnslib(data), False
+
+
+def _parse_with_dnslib(data: bytes) -> Query:
+    try:
+        record = DNSRecord.parse(data)
+    except DNSError:
+        raise QueryError("message does not parse", wire.RCODE_FORMERR) from None
+    options = [rr for rr in record.ar if rr.rtype == wire.QTYPE_OPT]
+    edns_payload, dnssec_ok = 0, False
+    if options:
+        opt = options[0]
+        if len(options) > 1 or opt.rname.label:
+            raise QueryError("repeated OPT RR or one not owned by the root", wire.RCODE_FORMERR)
+        if (opt.ttl >> 16) & 0xFF:
+            raise QueryError("EDNS version other than 0", wire.RCODE_BADVERS)
+        edns_payload = max(opt.rclass, _MIN_UDP_LIMIT)
+        dnssec_ok = bool(opt.ttl & 0x8000)
+    qname, question_end = wire.question_name(data)
+    qtype, qclass = struct.unpack_from("!HH", data, question_end - 4)
+    ident, flags = struct.unpack_from("!HH", data)
+    return Query(data, ident, flags, qname, qtype, qclass, question_end, edns_payload, dnssec_ok)
 
 
 def _query_for(name: str, qtype: int) -> bytes:

@@ -147,6 +147,26 @@ async def test_cname_cloaking_is_blocked() -> None:
     assert [entry.reason for entry in resolver.recent_queries()] == ["ads"]
 
 
+async def test_a_cname_another_group_blocks_is_not_served_to_it_from_the_cache() -> None:
+    resolver, upstreams, _ = make()
+    upstreams.cnames["video.example"] = "cdn.adult.example"
+    allowed = parse(await resolver.answer_later(query("video.example"), "192.0.2.1", False))
+    assert [str(r.rdata) for r in allowed.rr] == ["cdn.adult.example.", "198.51.100.80"]
+    # The kids' group blocks the target: its clients get their own check, not the cached answer.
+    assert resolver.answer_now(query("video.example"), "192.0.2.40") is LATER
+    blocked = parse(await resolver.answer_later(query("video.example"), "192.0.2.40", False))
+    assert [str(r.rdata) for r in blocked.rr] == ["0.0.0.0"]
+    assert resolver.stats.blocked_by_list == {"adult": 1}
+
+
+def test_the_doh_canary_is_counted_under_its_rule() -> None:
+    resolver, _, _ = make()
+    for _ in range(2):  # the second one takes the remembered-reply path
+        resolver.answer_now(query("use-application-dns.net"), "192.0.2.1")
+    assert resolver.stats.blocked_by_list == {"doh-canary": 2}
+    assert resolver.stats.queries == {("blocked", "default"): 2}
+
+
 async def test_safe_search_cname_with_target_addresses() -> None:
     resolver, _, _ = make()
     assert resolver.answer_now(query("www.google.com"), "192.0.2.40") is LATER
