@@ -7,6 +7,12 @@ Each contender gets a fresh lab (client and server namespaces joined through the
 namespace). iperf3 runs inside the tunnel (client -> server tunnel address) for TCP upload and
 download; ping measures RTT. Results are medians of --repeat runs, and ratios to the anchors are
 printed, because absolute numbers on a shared machine say little.
+
+`dnsguard+dns` is the same dnsguard client with DNS filtering on (blocklists, an upstream, the
+resolver in the client process and the nftables DNS redirect), for the cost of filtering on the
+data path (issue #5):
+
+    sudo .venv/bin/python bench/tunnel.py --only dnsguard,dnsguard+dns,wireguard-go
 """
 
 from __future__ import annotations
@@ -21,21 +27,47 @@ from pathlib import Path
 
 from dnsguard.lab import ADDRESSES, Lab
 from dnsguard.lab.peers import DnsguardDaemon, genkey, wait_ping
-from dnsguard.lab.scenario import client_tunnel, server_tunnel, wireguard_go_client, wireguard_go_server
+from dnsguard.lab.scenario import (
+    BLOCKLISTS,
+    client_tunnel,
+    server_tunnel,
+    wireguard_go_client,
+    wireguard_go_server,
+)
 
 SERVER_TUNNEL, CLIENT_TUNNEL = "100.64.0.1", "100.64.0.2"
 
 
-def setup_dnsguard(lab: Lab) -> None:
+def setup_dnsguard(lab: Lab, filtering: dict[str, object] | None = None) -> None:
     (server_private, server_public), (client_private, client_public) = genkey(), genkey()
     peer = {"public-key": client_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"]}
     DnsguardDaemon(lab, "server", "server", server_tunnel(server_private, [peer])).start()
-    DnsguardDaemon(
-        lab,
-        "client",
-        "up",
-        client_tunnel(client_private, server_public, ["100.64.0.0/24"], **{"kill-switch": False}),
-    ).start()
+    config = client_tunnel(client_private, server_public, ["100.64.0.0/24"], **{"kill-switch": False})
+    config.update(filtering or {})
+    DnsguardDaemon(lab, "client", "up", config).start()
+    if filtering:
+        # Filtering must really be on: a query to an address in the tunnel that nobody serves is
+        # answered by the redirect.
+        lab.wait_for(
+            lambda: "0.0.0.0" in lab.dig("client", "www.doubleclick.net", "100.64.0.53").stdout,
+            timeout=30,
+            what="dnsguard's DNS redirect to answer",
+        )
+
+
+DNS_FILTERING: dict[str, object] = {
+    "upstreams": {"servers": [ADDRESSES.dns4]},
+    "lists": {
+        "ads": {"sources": [str(BLOCKLISTS / "ads-trackers.txt")]},
+        "adult": {"sources": [str(BLOCKLISTS / "adult.txt")]},
+    },
+    "groups": {"default": {"block": ["ads", "adult"]}},
+    "loading": {"cache-dir": "/tmp/dnsguard-lab-lists"},
+}
+
+
+def setup_dnsguard_dns(lab: Lab) -> None:
+    setup_dnsguard(lab, DNS_FILTERING)
 
 
 def setup_wireguard_go(lab: Lab) -> None:
@@ -127,9 +159,17 @@ def setup_openvpn(lab: Lab) -> None:
 
 CONTENDERS: dict[str, Callable[[Lab], None]] = {
     "dnsguard": setup_dnsguard,
+    "dnsguard+dns": setup_dnsguard_dns,
     "wireguard-go": setup_wireguard_go,
     "openvpn": setup_openvpn,
 }
+
+RATIOS = [
+    ("dnsguard", "wireguard-go"),
+    ("dnsguard", "openvpn"),
+    ("dnsguard+dns", "dnsguard"),
+    ("dnsguard+dns", "wireguard-go"),
+]
 
 
 def iperf(lab: Lab, seconds: int, reverse: bool) -> float:
@@ -185,16 +225,18 @@ def main() -> int:
     for name in names:
         m = medians[name]
         print(f"{name:14s}{m['upload_mbps']:15.1f}{m['download_mbps']:17.1f}{m['rtt_ms']:9.3f}")
-    if "dnsguard" in medians:
-        for anchor in (n for n in names if n != "dnsguard"):
-            d, a = medians["dnsguard"], medians[anchor]
+    ratios = {}
+    for subject, anchor in RATIOS:
+        if subject in medians and anchor in medians:
+            d, a = medians[subject], medians[anchor]
+            ratios[f"{subject} / {anchor}"] = {key: d[key] / a[key] for key in d}
             print(
-                f"dnsguard / {anchor}: upload {d['upload_mbps'] / a['upload_mbps']:.2f}x, "
+                f"{subject} / {anchor}: upload {d['upload_mbps'] / a['upload_mbps']:.2f}x, "
                 f"download {d['download_mbps'] / a['download_mbps']:.2f}x, "
                 f"RTT {d['rtt_ms'] / a['rtt_ms']:.2f}x"
             )
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": runs, "medians": medians}, indent=2))
+        Path(args.json).write_text(json.dumps({"runs": runs, "medians": medians, "ratios": ratios}, indent=2))
     return 0
 
 

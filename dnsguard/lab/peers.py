@@ -7,6 +7,7 @@ namespace through the lab (so it is stopped when the lab closes) and waits until
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -124,6 +125,10 @@ class DnsguardDaemon:
     config: dict[str, object]
     name: str = ""
     process: subprocess.Popen[bytes] | None = None
+    entry: tuple[str, ...] = ("dnsguard",)
+    """What `python -m` runs before the command: a lab launcher such as dnsguard.lab.suspend can wrap it."""
+    _notify: socket.socket | None = field(default=None, repr=False)
+    _notified_ready: bool = False
 
     @property
     def config_path(self) -> Path:
@@ -133,15 +138,24 @@ class DnsguardDaemon:
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
     def start(self, wait_for_interface: str | None = "dg0") -> DnsguardDaemon:
+        """Start the daemon; with `wait_for_interface`, return once it is up and said READY=1.
+
+        The interface comes up early in a daemon's start; READY=1 (sd_notify, as systemd would get
+        it) comes after every part runs, its tick and path monitor too. A test that begins before
+        that races the daemon's own start: a freeze before the first tick goes unnoticed, route
+        changes before the monitor subscribes are never seen.
+        """
         self.write_config()
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "PYTHONUNBUFFERED": "1",
             "DNSGUARD_RUN_DIR": str(self.lab.log_dir / f"run-{self.role}"),
+            # A socket path, not an abstract name: those are per network namespace.
+            "NOTIFY_SOCKET": str(self._open_notify_socket()),
         }
         self.process = self.lab.popen(
             self.role,
-            [sys.executable, "-m", "dnsguard", self.command, "-c", str(self.config_path)],
+            [sys.executable, "-m", *self.entry, self.command, "-c", str(self.config_path)],
             log_name=f"dnsguard-{self.command}",
             env=env,
         )
@@ -150,7 +164,7 @@ class DnsguardDaemon:
             def ready() -> bool:
                 if self.process is not None and self.process.poll() is not None:
                     raise LabError(f"dnsguard {self.command} exited {self.process.returncode}:\n{self.log()}")
-                return (
+                return self._ready_notified() and (
                     "UP"
                     in self.lab.run(
                         self.role, ["ip", "-br", "link", "show", wait_for_interface], check=False
@@ -161,6 +175,26 @@ class DnsguardDaemon:
                 ready, timeout=20, what=f"dnsguard {self.command} to bring up {wait_for_interface}"
             )
         return self
+
+    def _open_notify_socket(self) -> Path:
+        if self._notify is not None:
+            self._notify.close()
+        path = self.lab.log_dir / f"notify-{self.name or self.role}-{self.command}.sock"
+        path.unlink(missing_ok=True)
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._notify.bind(str(path))
+        self._notify.setblocking(False)
+        self._notified_ready = False
+        return path
+
+    def _ready_notified(self) -> bool:
+        while not self._notified_ready and self._notify is not None:
+            try:
+                message = self._notify.recv(4096)
+            except BlockingIOError:
+                break
+            self._notified_ready = b"READY=1" in message.split(b"\n")
+        return self._notified_ready
 
     def reload(self) -> None:
         self.write_config()

@@ -167,10 +167,15 @@ class Lifecycle:
             self._first_unanswered_tx = now
 
     def wake_detected(self, now: float, slept: float) -> None:
-        """The machine resumed from suspend (or the process was frozen): reconnect at once."""
+        """The machine resumed from suspend (or the process was frozen): reconnect at once.
+
+        Time spent asleep is nobody's failure: the backoff and the give-up allowance start afresh
+        from the wake, and deadlines that passed while asleep are dropped rather than fired.
+        """
         if self.state in (State.DISCONNECTED, State.FAILED):
             return
-        self._debounce_at = None
+        self._clear_timers()
+        self.attempts = 0
         self._trouble(now)
         self._reconnect(Cause.WAKE, now)
 

@@ -278,13 +278,29 @@ class Device:
         peer = self._peer(public_key)
         peer.endpoint = endpoint if endpoint is not None else peer.configured_endpoint
 
-    def force_handshake(self, now: float, public_key: str | None = None) -> None:
-        """Handshake now, ignoring the 5 s spacing (after wake or a path change); every peer if None."""
+    def force_handshake(
+        self, now: float, public_key: str | None = None, *, keep_pending: bool = False
+    ) -> None:
+        """Handshake now, ignoring the 5 s spacing (after wake or a path change); every peer if None.
+
+        With `keep_pending`, a peer whose initiation went out less than REKEY_TIMEOUT ago and still
+        awaits its response is left alone (same path, nothing to gain): a new initiation would void
+        that one, and a responder drops an initiation that follows another within 20 ms as a flood,
+        so the pair would cost a whole REKEY_TIMEOUT.
+        """
         peers = [self._peer(public_key)] if public_key is not None else list(self._peers.values())
         for peer in peers:
             if peer.endpoint is None:
                 continue
-            peer.handshake.last_sent_at = None
+            handshake = peer.handshake
+            if (
+                keep_pending
+                and handshake.state is noise.HandshakeState.INITIATION_CREATED
+                and handshake.last_sent_at is not None
+                and now - handshake.last_sent_at < REKEY_TIMEOUT
+            ):
+                continue
+            handshake.last_sent_at = None
             self._send_handshake_initiation(peer, now, is_retry=False)
 
     def status(self) -> list[PeerStatus]:

@@ -213,3 +213,49 @@ def test_wake_detector_sees_suspend_and_stalls() -> None:
     stall = detector.observe(712.0, 62.0)  # both clocks jumped 10 s: the process was frozen
     assert stall is not None and not stall.suspended
     assert detector.observe(713.0, 63.0) is None
+
+
+def wake_as_the_client_does(machine: Lifecycle, now: float, slept: float) -> list[Action]:
+    """The client's tick: report the wake, then run whatever timers are due at the same instant."""
+    machine.wake_detected(now, slept)
+    timer = machine.get_timer()
+    if timer is not None and timer <= now:
+        machine.handle_timer(now)
+    return drain(machine)
+
+
+def test_wake_from_connected_gives_one_reconnection_and_no_stale_probe() -> None:
+    machine = connected(dead_peer_timeout=15, idle_probe_interval=25)
+    machine.data_sent(10.0)  # unanswered when the lid closed: its timer is long overdue at wake
+    actions = wake_as_the_client_does(machine, 610.0, slept=600.0)
+    assert reconnects(actions) == [Reconnect(Cause.WAKE, 1)]
+    assert Probe() not in actions
+    machine.handshake_completed(610.05)
+    assert machine.state is State.CONNECTED
+    assert machine.get_timer() == pytest.approx(610.05 + 25)
+
+
+def test_time_asleep_does_not_count_towards_giving_up() -> None:
+    machine = connected(handshake_timeout=5, backoff_max=30, give_up_after=120)
+    machine.path_changed(10.0)
+    _, actions = run_until(machine, 10.0, 100.0)  # reconnecting for 90 s, then the lid closes
+    assert machine.state is State.REASSERTING and not [a for a in actions if isinstance(a, GiveUp)]
+    actions = wake_as_the_client_does(machine, 3700.0, slept=3600.0)
+    assert not [a for a in actions if isinstance(a, GiveUp)]
+    assert reconnects(actions) == [Reconnect(Cause.WAKE, 1)]
+    # The full allowance again, counted from the wake.
+    _, actions = run_until(machine, 3700.0, 3700.0 + 119.0)
+    assert not [a for a in actions if isinstance(a, GiveUp)]
+    _, actions = run_until(machine, 3819.0, 3700.0 + 121.0)
+    assert [a for a in actions if isinstance(a, GiveUp)]
+
+
+def test_wake_restarts_the_backoff() -> None:
+    machine = connected(handshake_timeout=5, backoff_initial=1, backoff_max=30, backoff_jitter=0)
+    machine.path_changed(10.0)
+    run_until(machine, 10.0, 600.0)  # failing for ten minutes: retries are 30 s apart by now
+    assert machine.attempts > 5
+    actions = wake_as_the_client_does(machine, 4200.0, slept=3600.0)
+    assert reconnects(actions) == [Reconnect(Cause.WAKE, 1)]
+    machine.handle_timer(4205.0)  # that handshake timed out: the first retry comes after backoff_initial
+    assert machine.get_timer() == pytest.approx(4206.0)

@@ -1093,3 +1093,58 @@ def test_the_timer_never_sleeps_past_a_pending_deadline(operations: list[tuple[s
             timer = host.device.get_timer()
             if pending:
                 assert timer is not None and timer <= min(pending)
+
+
+def keepalive_client_initiating_at_start(lab: Lab) -> tuple[Host, Host]:
+    """A client whose persistent keepalive made it initiate as the peer was added (the daemon's start)."""
+    client = lab.host("client", A_ADDRESS, "100.64.0.1")
+    server = lab.host("server", B_ADDRESS, "100.64.0.2")
+    server.device.add_peer(client.public_key, allowed_ips=["100.64.0.1/32"])
+    client.device.add_peer(
+        server.public_key,
+        allowed_ips=["100.64.0.2/32"],
+        endpoint=server.address,
+        persistent_keepalive=25,
+        now=lab.now,
+    )
+    return client, server
+
+
+def test_a_second_initiation_within_20_ms_voids_the_first_and_is_dropped_as_a_flood() -> None:
+    """Why the daemon's start must not force a handshake over one already in flight."""
+    lab = Lab()
+    client, _server = keepalive_client_initiating_at_start(lab)
+    lab.clock.now += 0.005
+    client.device.force_handshake(lab.now)
+    lab.deliver()
+
+    assert len(lab.initiations_by(client)) == 2
+    assert completed(client) == []  # the response answers the first, which the second voided
+    lab.advance(6)
+    assert len(completed(client)) == 1  # only the 5 s retransmission connects
+
+
+def test_force_handshake_keep_pending_leaves_an_initiation_in_flight_alone() -> None:
+    lab = Lab()
+    client, _server = keepalive_client_initiating_at_start(lab)
+    lab.clock.now += 0.005
+    client.device.force_handshake(lab.now, keep_pending=True)
+    lab.deliver()
+
+    assert len(lab.initiations_by(client)) == 1
+    assert len(completed(client)) == 1
+
+
+def test_force_handshake_keep_pending_still_replaces_a_lost_initiation() -> None:
+    lab = Lab()
+    client, server = keepalive_client_initiating_at_start(lab)
+    lab.blocked.add(server.address)
+    lab.deliver()
+    lab.clock.now += 5.5  # older than REKEY_TIMEOUT: lost, whatever its retransmit timer says
+    lab.blocked.clear()
+    marker = lab.now
+    client.device.force_handshake(lab.now, keep_pending=True)
+    lab.deliver()
+
+    assert len(lab.initiations_by(client, since=marker)) == 1
+    assert len(completed(client)) == 1
