@@ -28,14 +28,49 @@ GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROU
 RT_TABLE_MAIN = 254
 
 
-def is_relevant(message: Any, tunnel_index: int | None, own_table: int) -> str | None:
-    """A short description of a path change, or None for events that do not move the uplink."""
+IFF_UP, IFF_RUNNING, IFF_LOWER_UP = 0x1, 0x40, 0x10000
+LinkKey = tuple[int, str]
+
+
+def link_key(message: Any) -> LinkKey:
+    """What of a link decides whether it can carry packets: admin up, running, carrier, operstate.
+
+    RTM_NEWLINK also reports changes that do not (promiscuous mode when tcpdump starts, MTU,
+    addresses of other layers); comparing this key tells them apart.
+    """
+    flags = int(message.get("flags", 0) or 0) & (IFF_UP | IFF_RUNNING | IFF_LOWER_UP)
+    operstate = message.get("IFLA_OPERSTATE") or message.get_attr("IFLA_OPERSTATE") or ""
+    return flags, str(operstate)
+
+
+def is_relevant(
+    message: Any, tunnel_index: int | None, own_table: int, links: dict[int, LinkKey] | None = None
+) -> str | None:
+    """A short description of a path change, or None for events that do not move the uplink.
+
+    `links` (index -> link_key) holds the last state seen of each link; with it, a link event that
+    leaves that state as it was is not a path change.
+    """
     event = message.get("event", "")
     if event in ("RTM_NEWLINK", "RTM_DELLINK"):
-        if message.get("index") == tunnel_index:
+        index = message.get("index")
+        if index == tunnel_index:
             return None
+        if links is not None:
+            if event == "RTM_DELLINK":
+                links.pop(index, None)
+            else:
+                key = link_key(message)
+                if links.get(index) == key:
+                    return None
+                links[index] = key
         name = message.get("IFLA_IFNAME") or message.get_attr("IFLA_IFNAME")
-        state = message.get("state") or ("up" if message.get("flags", 0) & 1 else "down")
+        operstate = message.get("IFLA_OPERSTATE") or message.get_attr("IFLA_OPERSTATE")
+        state = (
+            (operstate or "").lower()
+            or message.get("state")
+            or ("up" if message.get("flags", 0) & IFF_UP else "down")
+        )
         return f"link {name} {state}"
     if event in ("RTM_NEWADDR", "RTM_DELADDR"):
         if message.get("index") == tunnel_index or message.get("scope", 0) >= 253:
@@ -75,8 +110,9 @@ class PathMonitor:
             try:
                 async with AsyncIPRoute() as ipr:
                     await ipr.bind(GROUPS)
+                    links = {link.get("index"): link_key(link) async for link in await ipr.link("dump")}
                     async for message in ipr.get():
-                        what = is_relevant(message, self.tunnel_index, self.own_table)
+                        what = is_relevant(message, self.tunnel_index, self.own_table, links)
                         if what is not None:
                             log.info("path change: %s", what)
                             self.on_change(what)

@@ -25,3 +25,19 @@ def test_noise_is_ignored() -> None:
     assert is_relevant(Message(event="RTM_NEWROUTE", RTA_TABLE=51820, dst_len=0, RTA_OIF=5), 5, 51820) is None
     assert is_relevant(Message(event="RTM_NEWROUTE", RTA_TABLE=254, dst_len=24, RTA_OIF=2), 5, 51820) is None
     assert is_relevant(Message(event="RTM_NEWNEIGH"), 5, 51820) is None
+
+
+def test_a_link_event_that_leaves_its_state_as_it_was_is_not_a_path_change() -> None:
+    up = 0x1 | 0x40 | 0x10000
+    links = {2: (up, "UP")}
+    promiscuous = Message(
+        event="RTM_NEWLINK", index=2, IFLA_IFNAME="eth0", flags=up | 0x100, IFLA_OPERSTATE="UP"
+    )
+    assert is_relevant(promiscuous, 5, 51820, links) is None  # tcpdump started on the uplink
+    carrier_lost = Message(event="RTM_NEWLINK", index=2, IFLA_IFNAME="eth0", flags=0x1, IFLA_OPERSTATE="DOWN")
+    assert is_relevant(carrier_lost, 5, 51820, links) == "link eth0 down"
+    assert is_relevant(carrier_lost, 5, 51820, links) is None  # reported once
+    new_link = Message(event="RTM_NEWLINK", index=7, IFLA_IFNAME="wlan0", flags=up, IFLA_OPERSTATE="UP")
+    assert is_relevant(new_link, 5, 51820, links) == "link wlan0 up"
+    assert is_relevant(Message(event="RTM_DELLINK", index=7, IFLA_IFNAME="wlan0"), 5, 51820, links)
+    assert 7 not in links
