@@ -138,12 +138,17 @@ def dnsperf(lab: Lab, port: int, queries: Path, seconds: int, rate: int | None =
     ]
     if rate:
         argv += ["-Q", str(rate), "-v"]
-    out = lab.run("client", argv, timeout=seconds + 60).stdout
-    qps = float(next(line for line in out.splitlines() if "Queries per second" in line).split()[-1])
-    lost = float(next(line for line in out.splitlines() if "Queries lost" in line).split()[2])
+    return parse_dnsperf(lab.run("client", argv, timeout=seconds + 60).stdout)
+
+
+def parse_dnsperf(out: str) -> dict[str, float]:
+    """QPS, p99 latency (ms, from -v per-query lines when present) and lost queries of a dnsperf run."""
+    lines = out.splitlines()
+    qps = float(next(line for line in lines if "Queries per second" in line).split()[-1])
+    lost = float(next(line for line in lines if "Queries lost" in line).split()[2])
     latencies = sorted(
         float(fields[-1])
-        for line in out.splitlines()
+        for line in lines
         if line.startswith("> ") and _is_number((fields := line.split())[-1])
     )
     p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000 if latencies else float("nan")

@@ -60,6 +60,9 @@ def bench_dns() -> ModuleType:
     return module
 
 
+HELPERS = bench_dns()
+
+
 def resolver_sections(work: Path) -> dict[str, object]:
     """The filtering part both daemons share."""
     return {
@@ -106,25 +109,8 @@ def dnsperf(lab: Lab, path: str, queries: Path, seconds: int, rate: int | None =
     argv += ["-c", "8", "-q", "200", "-T", "1", "-t", "2"]
     if rate:
         argv += ["-Q", str(rate), "-v"]
-    out = lab.run(role, argv, timeout=seconds + 60).stdout
-    lines = out.splitlines()
-    qps = float(next(line for line in lines if "Queries per second" in line).split()[-1])
-    lost = float(next(line for line in lines if "Queries lost" in line).split()[2])
-    latencies = sorted(
-        float(fields[-1])
-        for line in lines
-        if line.startswith("> ") and _is_number((fields := line.split())[-1])
-    )
-    p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000 if latencies else float("nan")
-    return {"qps": qps, "p99_ms": p99, "lost": lost}
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    result: dict[str, float] = HELPERS.parse_dnsperf(lab.run(role, argv, timeout=seconds + 60).stdout)
+    return result
 
 
 def main() -> int:
@@ -141,14 +127,13 @@ def main() -> int:
     if shutil.which("dnsperf") is None:
         raise SystemExit("needs dnsperf: bash deploy/install.sh --test")
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    helpers = bench_dns()
-    names = helpers.load_names(args.names)
+    names = HELPERS.load_names(args.names)
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     with Lab(lan=True) as lab:
         started = time.monotonic()
         start(lab, names)
         print(f"{len(names)} blocked names loaded into both daemons in {time.monotonic() - started:.1f} s")
-        files = helpers.query_files(lab.log_dir, names)
+        files = HELPERS.query_files(lab.log_dir, names)
         for path in paths:  # warm both caches with the cached mix (and the page-load trace's misses)
             dnsperf(lab, path, files["cached"], 3)
             dnsperf(lab, path, files["pageload"], 3)
