@@ -14,8 +14,8 @@ One lab with a LAN host behind the client. In the client namespace run, side by 
 dnsperf runs from the LAN host (gateway use) and from the client namespace itself (the machine's
 own DNS), with the three query mixes of bench/dns.py (only blocked names, only cached names,
 a page-load trace), imported from it so the mixes stay the same. Reported: QPS and p99 at a
-fixed rate, medians of --repeat rounds, and tunnel/socket ratios (issue #5: tunnel >= 0.8x).
-Absolute numbers depend on the machine; the ratios are the result.
+fixed rate, medians of --repeat rounds, and tunnel/socket ratios (the aim: the tunnel path at
+0.8x of the socket path or better). Absolute numbers depend on the machine; the ratios are the result.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ printed, because absolute numbers on a shared machine say little.
 
 `dnsguard+dns` is the same dnsguard client with DNS filtering on (blocklists, an upstream, the
 resolver in the client process and the nftables DNS redirect), for the cost of filtering on the
-data path (issue #5):
+data path:
 
     sudo .venv/bin/python bench/tunnel.py --only dnsguard,dnsguard+dns,wireguard-go
 """
