@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import struct
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -172,9 +174,8 @@ async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> 
         connection=lifecycle,
     )
     try:
-        exposed = {
-            family.name for family in text_string_to_metric_families(render(registry_for(client)).decode())
-        }
+        exposition = render(registry_for(client))
+        exposed = {family.name for family in text_string_to_metric_families(exposition.decode())}
         for name, kind in METRICS.items():
             base = name.removesuffix("_total") if kind == "counter" else name
             assert base in exposed, name
@@ -187,6 +188,10 @@ async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> 
         assert found[("dnsguard_tunnel_last_handshake_timestamp_seconds", (("peer", server_key[:8]),))] == 0
         assert found[("dnsguard_tunnel_peers", ())] == 1
         assert found[("dnsguard_tunnel_bytes_total", (("direction", "rx"),))] == 148
+        promtool = shutil.which("promtool")
+        if promtool is not None:  # installed by deploy/install.sh --test; its naming lint must pass
+            lint = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True)
+            assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
     finally:
         await service.close()
 
