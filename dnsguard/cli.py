@@ -94,6 +94,49 @@ def _lists(args: argparse.Namespace) -> int:
     return run_lists_update(args.config)
 
 
+def _pause(args: argparse.Namespace) -> int:
+    from dnsguard.config import load_config
+    from dnsguard.ops.remote import api_request
+
+    state = api_request(load_config(args.config), "POST", f"/api/blocking/pause?minutes={args.minutes}")
+    print(f"blocking paused until {_local_time(state['paused_until'])}")
+    return EXIT_OK
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from dnsguard.config import load_config
+    from dnsguard.ops.remote import api_request
+
+    api_request(load_config(args.config), "POST", "/api/blocking/resume")
+    print("blocking resumed")
+    return EXIT_OK
+
+
+def _queries(args: argparse.Namespace) -> int:
+    import urllib.parse
+
+    from dnsguard.config import load_config
+    from dnsguard.ops.remote import api_request
+
+    filters = {"limit": str(args.limit)}
+    for key in ("client", "result", "name"):
+        if getattr(args, key):
+            filters[key] = getattr(args, key)
+    log = api_request(load_config(args.config), "GET", "/api/queries?" + urllib.parse.urlencode(filters))
+    for entry in reversed(log["queries"]):
+        print(
+            f"{_local_time(entry['time'])}  {entry['client']:<39} {entry['result']:<9} "
+            f"{entry['name']} ({entry['group']}: {entry['reason'] or '-'}, {entry['elapsed_ms']:.1f} ms)"
+        )
+    return EXIT_OK
+
+
+def _local_time(timestamp: float) -> str:
+    import time
+
+    return time.strftime("%H:%M:%S", time.localtime(timestamp))
+
+
 def _require_net_admin(command: str) -> None:
     from dnsguard.lab.netns import have_net_admin
 
@@ -168,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     lists = add("lists", "download list sources ('update') into the cache", _lists)
     lists.add_argument("action", choices=["update"])
     _add_config(lists)
+    pause = add("pause", "pause blocking in a running daemon for MINUTES (through its API)", _pause)
+    pause.add_argument("minutes", type=float)
+    _add_config(pause)
+    resume = add("resume", "resume blocking in a running daemon", _resume)
+    _add_config(resume)
+    queries = add("queries", "print a running daemon's recent queries, oldest first", _queries)
+    queries.add_argument("--limit", type=int, default=50)
+    queries.add_argument("--client", metavar="IP")
+    queries.add_argument(
+        "--result", choices=["blocked", "allowed", "cached", "rewritten", "refused", "failed"]
+    )
+    queries.add_argument("--name", help="only names containing this text")
+    _add_config(queries)
     status = add("status", "show the tunnel state of a running client", _status)
     status.add_argument("--interface", default="dg0")
     demo = add("demo", "build a lab of network namespaces and run dnsguard in it (needs root)", _demo)

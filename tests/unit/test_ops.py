@@ -386,3 +386,39 @@ async def test_health_needs_no_token(tmp_path: Path) -> None:
     finally:
         await operations.close()
         await service.close()
+
+
+async def test_cli_pause_resume_and_queries_talk_to_the_running_daemon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dnsguard.cli import main
+
+    path = write_config(tmp_path, api={"listen": "127.0.0.1:0", "token": TOKEN})
+    service = await started_service(path)
+    operations = Operations(ResolveDaemon(service))
+    await operations.start()
+    try:
+        host, port = operations.bound["api"]
+        cli_config = write_config(tmp_path, api={"listen": f"{host}:{port}", "token": TOKEN})
+        assert service.resolver is not None
+        service.resolver.answer_now(query("ads.example"), "192.0.2.10")
+
+        assert await asyncio.to_thread(main, ["pause", "10", "-c", str(cli_config)]) == 0
+        assert not service.blocking_enabled
+        assert "blocking paused until" in capsys.readouterr().out
+        assert await asyncio.to_thread(main, ["resume", "-c", str(cli_config)]) == 0
+        assert service.blocking_enabled
+        assert await asyncio.to_thread(main, ["queries", "--result", "blocked", "-c", str(cli_config)]) == 0
+        out = capsys.readouterr().out
+        assert "192.0.2.10" in out and "ads.example (kids: ads" in out
+
+        wrong = write_config(tmp_path, api={"listen": f"{host}:{port}", "token": "x" * 20})
+        assert await asyncio.to_thread(main, ["pause", "5", "-c", str(wrong)]) == 1
+        assert "401" in capsys.readouterr().err
+        assert service.blocking_enabled
+    finally:
+        await operations.close()
+        await service.close()
+    # No daemon any more: a clear error, not a traceback.
+    assert await asyncio.to_thread(main, ["resume", "-c", str(cli_config)]) == 1
+    assert "is the daemon running?" in capsys.readouterr().err
