@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,25 +49,26 @@ class WireguardGo:
     listen_port: int | None = None
     peers: list[WgPeer] = field(default_factory=list)
     interface: str = ""
-    """Default wg-<role>: wireguard-go's control socket lives in the shared /var/run/wireguard, so two
-    instances in different namespaces still need different interface names."""
+    """Default wg<lab tag><role>: wireguard-go's control socket lives in /var/run/wireguard, shared by
+    every namespace, so instances of different labs (one after another, or side by side) need
+    different interface names, or one's exit removes the socket the other just made."""
     routes: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WireguardGo:
-        self.interface = self.interface or f"wg-{self.role}"[:15]
+        tag = zlib.crc32(self.lab.run_id.encode()) % 10000
+        self.interface = self.interface or f"wg{tag:04d}{self.role}"[:15]
         if shutil.which("wireguard-go") is None or shutil.which("wg") is None:
             raise LabError("wireguard-go and wg are needed (deploy/install.sh --test installs them)")
         env = {"WG_PROCESS_FOREGROUND": "1", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LOG_LEVEL": "error"}
         self.process = self.lab.popen(
             self.role, ["wireguard-go", self.interface], log_name="wireguard-go", env=env
         )
+        # `wg show` answers through the control socket, which wireguard-go opens after the interface.
         self.lab.wait_for(
-            lambda: (
-                self.lab.run(self.role, ["ip", "link", "show", self.interface], check=False).returncode == 0
-            ),
+            lambda: self.lab.run(self.role, ["wg", "show", self.interface], check=False).returncode == 0,
             timeout=10,
-            what="wireguard-go to create its interface",
+            what="wireguard-go to create its interface and control socket",
         )
         key_file = self.lab.log_dir / f"{self.role}-{self.interface}.key"
         key_file.write_text(self.private_key + "\n")
