@@ -115,30 +115,25 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def dnsperf(lab: Lab, port: int, queries: Path, seconds: int, rate: int | None = None) -> dict[str, float]:
-    """Throughput at full load; with `rate`, per-query latencies at that fixed load (dnsperf -v)."""
-    argv = [
-        "dnsperf",
-        "-s",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-d",
-        str(queries),
-        "-l",
-        str(seconds),
-        "-c",
-        "8",
-        "-q",
-        "200",
-        "-T",
-        "1",
-        "-t",
-        "2",
-    ]
+def dnsperf(
+    lab: Lab,
+    port: int,
+    queries: Path,
+    seconds: int,
+    rate: int | None = None,
+    *,
+    role: str = "client",
+    server: str = "127.0.0.1",
+) -> dict[str, float]:
+    """Throughput at full load; with `rate`, per-query latencies at that fixed load (dnsperf -v).
+
+    The same settings serve every DNS bench: 8 sockets, 200 outstanding queries, one thread.
+    """
+    argv = ["dnsperf", "-s", server, "-p", str(port), "-d", str(queries), "-l", str(seconds)]
+    argv += ["-c", "8", "-q", "200", "-T", "1", "-t", "2"]
     if rate:
         argv += ["-Q", str(rate), "-v"]
-    return parse_dnsperf(lab.run("client", argv, timeout=seconds + 60).stdout)
+    return parse_dnsperf(lab.run(role, argv, timeout=seconds + 60).stdout)
 
 
 def parse_dnsperf(out: str) -> dict[str, float]:

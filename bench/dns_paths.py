@@ -103,13 +103,9 @@ def start(lab: Lab, names: list[str]) -> None:
 
 
 def dnsperf(lab: Lab, path: str, queries: Path, seconds: int, rate: int | None = None) -> dict[str, float]:
-    """bench/dns.py's dnsperf settings, from the path's namespace to the path's server."""
+    """bench/dns.py's dnsperf, from the path's namespace to the path's server."""
     role, server, port = PATHS[path]
-    argv = ["dnsperf", "-s", server, "-p", str(port), "-d", str(queries), "-l", str(seconds)]
-    argv += ["-c", "8", "-q", "200", "-T", "1", "-t", "2"]
-    if rate:
-        argv += ["-Q", str(rate), "-v"]
-    result: dict[str, float] = HELPERS.parse_dnsperf(lab.run(role, argv, timeout=seconds + 60).stdout)
+    result: dict[str, float] = HELPERS.dnsperf(lab, port, queries, seconds, rate, role=role, server=server)
     return result
 
 
