@@ -95,19 +95,17 @@ def _lists(args: argparse.Namespace) -> int:
 
 
 def _pause(args: argparse.Namespace) -> int:
-    from dnsguard.config import load_config
     from dnsguard.ops.remote import api_request
 
-    state = api_request(load_config(args.config), "POST", f"/api/blocking/pause?minutes={args.minutes}")
+    state = api_request(args.config, "POST", f"/api/blocking/pause?minutes={args.minutes}")
     print(f"blocking paused until {_local_time(state['paused_until'])}")
     return EXIT_OK
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from dnsguard.config import load_config
     from dnsguard.ops.remote import api_request
 
-    api_request(load_config(args.config), "POST", "/api/blocking/resume")
+    api_request(args.config, "POST", "/api/blocking/resume")
     print("blocking resumed")
     return EXIT_OK
 
@@ -115,14 +113,13 @@ def _resume(args: argparse.Namespace) -> int:
 def _queries(args: argparse.Namespace) -> int:
     import urllib.parse
 
-    from dnsguard.config import load_config
     from dnsguard.ops.remote import api_request
 
     filters = {"limit": str(args.limit)}
     for key in ("client", "result", "name"):
         if getattr(args, key):
             filters[key] = getattr(args, key)
-    log = api_request(load_config(args.config), "GET", "/api/queries?" + urllib.parse.urlencode(filters))
+    log = api_request(args.config, "GET", "/api/queries?" + urllib.parse.urlencode(filters))
     for entry in reversed(log["queries"]):
         print(
             f"{_local_time(entry['time'])}  {entry['client']:<39} {entry['result']:<9} "

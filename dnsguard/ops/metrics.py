@@ -17,6 +17,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from dnsguard import __version__
+from dnsguard.dns.resolver import RESULTS as RESOLVER_RESULTS
 from dnsguard.lifecycle import Cause, State
 from dnsguard.ops.observe import DurationHistogram
 from dnsguard.sources.build import is_url
@@ -28,9 +29,9 @@ if TYPE_CHECKING:
     from dnsguard.daemon.tunnel import TunnelShell
     from dnsguard.ops.daemon import Operated
 
-RESULTS = ("blocked", "allowed", "cached", "rewritten", "refused", "failed")
-# The resolver's own result names that the metrics fold into one of RESULTS.
+# The resolver's own result names that the metrics fold into another one.
 RESULT_ALIASES = {"stale": "cached"}
+RESULTS = tuple(result for result in RESOLVER_RESULTS if result not in RESULT_ALIASES)
 BUILT_IN_BLOCKS = ("doh-canary", "private-relay")
 NOT_DROPS = frozenset({"cookie_replies_sent", "staged_flushed"})
 

@@ -7,15 +7,16 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from dnsguard.config import Config
+from dnsguard.config import load_config
 from dnsguard.config.addresses import parse_hostport
 from dnsguard.errors import DnsguardError
 
 WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
-def api_request(config: Config, method: str, path: str, timeout: float = 10.0) -> dict[str, Any]:
-    """Call the API of the daemon that runs with `config`; its JSON answer, or a DnsguardError."""
+def api_request(config_path: str, method: str, path: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The JSON answer of the API of the daemon that runs with this configuration file."""
+    config = load_config(config_path)
     if config.api.listen is None:
         raise DnsguardError("the configuration has no api.listen: the daemon serves no API to ask")
     host, port = parse_hostport(config.api.listen, 8053, "api.listen", any_port=True)

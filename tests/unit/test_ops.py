@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import struct
 import subprocess
@@ -58,6 +59,19 @@ async def started_service(path: Path) -> ResolverService:
     service = ResolverService(str(path), load_config(str(path)))
     await service.start(listen=False)
     return service
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(path: Path) -> AsyncIterator[tuple[ResolverService, Operations]]:
+    """A resolver service with its API and metrics sites up, as `dnsguard resolve` runs it."""
+    service = await started_service(path)
+    operations = Operations(ResolveDaemon(service))
+    await operations.start()
+    try:
+        yield service, operations
+    finally:
+        await operations.close()
+        await service.close()
 
 
 def samples(exposition: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -283,10 +297,7 @@ async def test_api_reload_with_a_broken_file_keeps_the_last_good_config(
 
 async def test_api_token_is_required_when_set(tmp_path: Path) -> None:
     path = write_config(tmp_path, api={"listen": "127.0.0.1:0", "token": TOKEN})
-    service = await started_service(path)
-    operations = Operations(ResolveDaemon(service))
-    await operations.start()
-    try:
+    async with running_daemon(path) as (_, operations):
         host, port = operations.bound["api"]
         from aiohttp import ClientSession
 
@@ -305,9 +316,6 @@ async def test_api_token_is_required_when_set(tmp_path: Path) -> None:
             async with session.get(f"http://{mhost}:{mport}/metrics") as metrics:
                 assert metrics.status == 200
                 assert "dnsguard_build_info" in await metrics.text()
-    finally:
-        await operations.close()
-        await service.close()
 
 
 def test_an_api_off_loopback_without_a_token_is_a_config_error(tmp_path: Path) -> None:
@@ -371,10 +379,7 @@ def test_systemd_notification_reaches_the_notify_socket(
 
 async def test_health_needs_no_token(tmp_path: Path) -> None:
     path = write_config(tmp_path, api={"listen": "127.0.0.1:0", "token": TOKEN})
-    service = await started_service(path)
-    operations = Operations(ResolveDaemon(service))
-    await operations.start()
-    try:
+    async with running_daemon(path) as (_, operations):
         from aiohttp import ClientSession
 
         async with ClientSession() as session:
@@ -383,9 +388,6 @@ async def test_health_needs_no_token(tmp_path: Path) -> None:
                 async with session.get(f"http://{host}:{port}/healthz") as health:
                     assert health.status == 200
                     assert await health.json() == {"status": "ok", "kind": "resolve"}
-    finally:
-        await operations.close()
-        await service.close()
 
 
 async def test_cli_pause_resume_and_queries_talk_to_the_running_daemon(
@@ -394,10 +396,7 @@ async def test_cli_pause_resume_and_queries_talk_to_the_running_daemon(
     from dnsguard.cli import main
 
     path = write_config(tmp_path, api={"listen": "127.0.0.1:0", "token": TOKEN})
-    service = await started_service(path)
-    operations = Operations(ResolveDaemon(service))
-    await operations.start()
-    try:
+    async with running_daemon(path) as (service, operations):
         host, port = operations.bound["api"]
         cli_config = write_config(tmp_path, api={"listen": f"{host}:{port}", "token": TOKEN})
         assert service.resolver is not None
@@ -416,9 +415,6 @@ async def test_cli_pause_resume_and_queries_talk_to_the_running_daemon(
         assert await asyncio.to_thread(main, ["pause", "5", "-c", str(wrong)]) == 1
         assert "401" in capsys.readouterr().err
         assert service.blocking_enabled
-    finally:
-        await operations.close()
-        await service.close()
     # No daemon any more: a clear error, not a traceback.
     assert await asyncio.to_thread(main, ["resume", "-c", str(cli_config)]) == 1
     assert "is the daemon running?" in capsys.readouterr().err
