@@ -20,8 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
-from dnslib import DNSError, DNSRecord
-
 from dnsguard.dns import wire
 from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.upstream import AllUpstreamsFailedError, UpstreamError, UpstreamGroup
@@ -45,6 +43,7 @@ LATER: Final = _Later()
 
 QTYPE_A, QTYPE_AAAA = 1, 28
 EDE_BLOCKED, EDE_FILTERED = 15, 17
+_EDE_UNREACHABLE: Final = wire.ede_option(wire.EDE_NO_REACHABLE_AUTHORITY, "no upstream answered")
 RESULTS = ("blocked", "allowed", "cached", "rewritten", "refused", "failed", "stale")
 
 # Plans per group: enough for the working set of a busy LAN (and of the 20k-name benchmark); a full memo is
@@ -56,6 +55,11 @@ PREFETCH_CONCURRENCY: Final = 4
 
 _PLAN_REPLY, _PLAN_CACHE, _PLAN_LATER = 0, 1, 2
 _MIN_UDP_LIMIT: Final = 512
+MAX_UDP_SIZE: Final = 1232
+"""Default cap on UDP replies whatever the client's EDNS size: the DNS Flag Day 2020 value, which avoids
+IP fragmentation and bounds what one query can draw (an ANY or TXT answer can be 50-80 times its query)."""
+OUTAGE_LOG_INTERVAL: Final = 60.0
+"""Seconds between log lines about upstream failures (every failed query is counted)."""
 
 
 class _Plan(NamedTuple):
@@ -95,7 +99,10 @@ class ResolverStats:
     queries: dict[tuple[str, str], int] = field(default_factory=dict)
     """(result, group) -> count."""
     blocked_by_list: dict[str, int] = field(default_factory=dict)
-    malformed: int = 0
+    malformed: dict[str, int] = field(default_factory=dict)
+    """Queries refused as malformed, by wire.MALFORMED_REASONS."""
+    upstream_failures: int = 0
+    """Queries answered SERVFAIL because no upstream answered (serve-stale had nothing)."""
     cname_blocked: int = 0
     prefetched: int = 0
     """Cache entries refreshed from upstream before they expired."""
@@ -125,6 +132,7 @@ class Resolver:
         cname_check: bool = True,
         serve_stale: bool = True,
         prefetch: bool = True,
+        max_udp_size: int = MAX_UDP_SIZE,
     ) -> None:
         # Plans (see _Plan) hold replies worked out under the current policy and block settings; the
         # properties below forget them whenever those are replaced.
@@ -141,6 +149,10 @@ class Resolver:
         self.serve_stale = serve_stale
         self.prefetch = prefetch
         """Refresh popular cache entries shortly before they expire (the cache says which)."""
+        self.max_udp_size = max_udp_size
+        """UDP replies larger than min(this, the client's EDNS size) are sent truncated (TC)."""
+        self._outage_logged_at = float("-inf")
+        self._outage_failures = 0
         self.stats = ResolverStats()
         self.query_log: deque[tuple[float, str, str, int, str, str, str, float]] = deque(
             maxlen=query_log_size
@@ -213,7 +225,7 @@ class Resolver:
                         reply = cache.get(query, self.clock(), data)
                         if reply is None:
                             return LATER
-                        if len(reply) > _MIN_UDP_LIMIT and not tcp and len(reply) > query.udp_limit:
+                        if len(reply) > _MIN_UDP_LIMIT and not tcp and len(reply) > self._udp_limit(query):
                             reply = data[:2] + wire.truncated(query)[2:]
                         if cache.prefetch_queue and self.prefetch:
                             self._start_prefetch()
@@ -233,10 +245,12 @@ class Resolver:
         try:
             query, plain = _parse(data)
         except QueryError as exc:
-            self.stats.malformed += 1
+            malformed = self.stats.malformed
+            malformed[exc.reason] = malformed.get(exc.reason, 0) + 1
             return wire.error_reply(data, exc.rcode) if exc.rcode is not None else None
         except FormError:
-            self.stats.malformed += 1
+            malformed = self.stats.malformed
+            malformed["records"] = malformed.get("records", 0) + 1
             return None
         policy = self._policy
         group = policy.group_for(client)
@@ -247,6 +261,13 @@ class Resolver:
         # unusual message (those skip the cache too).
         remember = plain and not group.windows and now >= policy.paused_until
         plans = self._plans_for(client, group.name) if remember else None
+        if kind is Kind.FORWARD and query.qtype == wire.QTYPE_ANY:
+            # RFC 8482: a small synthesized answer instead of every record the name has.
+            any_reply = wire.answer_any(query)
+            if plans is not None:
+                self._remember(plans, data, _PLAN_REPLY, any_reply[2:], query, "rewritten", decision, None)
+            self._record(query, client, "rewritten", decision, now=now)
+            return any_reply
         if kind is Kind.FORWARD:
             if plans is not None:
                 self._remember(plans, data, _PLAN_CACHE, b"", query, "cached", decision, None)
@@ -254,7 +275,7 @@ class Resolver:
             if cache is not None and plain:
                 reply = cache.get(query, self.clock())
                 if reply is not None:
-                    if not tcp and len(reply) > query.udp_limit:
+                    if not tcp and len(reply) > self._udp_limit(query):
                         reply = wire.truncated(query)
                     self._record(query, client, "cached", decision, now=now)
                     if cache.prefetch_queue and self.prefetch:
@@ -367,10 +388,14 @@ class Resolver:
             reply, result, decision = await self._forward(query, client, decision, plain)
         if reply is None:
             return None
-        if not tcp and len(reply) > query.udp_limit:
+        if not tcp and len(reply) > self._udp_limit(query):
             reply = wire.truncated(query)
         self._record(query, client, result, decision, started)
         return reply
+
+    def _udp_limit(self, query: Query) -> int:
+        limit = query.udp_limit
+        return limit if limit < self.max_udp_size else self.max_udp_size
 
     async def _forward(
         self, query: Query, client: str, decision: Decision, plain: bool = True
@@ -402,7 +427,8 @@ class Resolver:
                 stale = cache.get_stale(query, self.clock())
                 if stale is not None:
                     return stale, "stale"
-            return wire.servfail(query), "failed"
+            self._upstream_failed(exc)
+            return wire.servfail(query, _EDE_UNREACHABLE), "failed"
         except FormError:
             return wire.formerr(query.data), "failed"
         try:
@@ -423,6 +449,20 @@ class Resolver:
         ):
             cache.put(query, reply, self.clock(), meta)
         return reply, "allowed"
+
+    def _upstream_failed(self, exc: Exception) -> None:
+        """Count a query no upstream answered; say so in the log at most once per OUTAGE_LOG_INTERVAL."""
+        self.stats.upstream_failures += 1
+        self._outage_failures += 1
+        now = self.clock()
+        if now - self._outage_logged_at >= OUTAGE_LOG_INTERVAL:
+            log.warning(
+                "no upstream answered: %d queries got SERVFAIL since the last report (%s)",
+                self._outage_failures,
+                str(exc)[:200],
+            )
+            self._outage_logged_at = now
+            self._outage_failures = 0
 
     async def _answer_with_target(self, query: Query, decision: Decision) -> bytes:
         """A CNAME answer to decision.target plus the target's addresses of the asked family."""
@@ -538,35 +578,15 @@ def _parse(data: bytes) -> tuple[Query, bool]:
     """The query, and whether it is plain (one question, at most an OPT RR: what the wire fast path reads).
 
     Anything else that is still one valid question (records in the answer or authority section, a
-    non-OPT additional record such as TSIG) is read with dnslib and forwarded as it came, uncached.
+    non-OPT additional record such as TSIG) is read by the bounded full parser and forwarded as it came,
+    uncached.
     """
     try:
         return wire.parse_query(data), True
     except QueryError as exc:
-        if not exc.fallback or data[4:6] != b"\x00\x01":
-            raise  # RFC 9619: a QDCOUNT other than one is FORMERR
-        return _parse_with_dnslib(data), False
-
-
-def _parse_with_dnslib(data: bytes) -> Query:
-    try:
-        record = DNSRecord.parse(data)
-    except DNSError:
-        raise QueryError("message does not parse", wire.RCODE_FORMERR) from None
-    options = [rr for rr in record.ar if rr.rtype == wire.QTYPE_OPT]
-    edns_payload, dnssec_ok = 0, False
-    if options:
-        opt = options[0]
-        if len(options) > 1 or opt.rname.label:
-            raise QueryError("repeated OPT RR or one not owned by the root", wire.RCODE_FORMERR)
-        if (opt.ttl >> 16) & 0xFF:
-            raise QueryError("EDNS version other than 0", wire.RCODE_BADVERS)
-        edns_payload = max(opt.rclass, _MIN_UDP_LIMIT)
-        dnssec_ok = bool(opt.ttl & 0x8000)
-    qname, question_end = wire.question_name(data)
-    qtype, qclass = struct.unpack_from("!HH", data, question_end - 4)
-    ident, flags = struct.unpack_from("!HH", data)
-    return Query(data, ident, flags, qname, qtype, qclass, question_end, edns_payload, dnssec_ok)
+        if not exc.fallback:
+            raise
+        return wire.parse_full_query(data), False
 
 
 def _query_for(name: str, qtype: int) -> bytes:

@@ -20,6 +20,7 @@ QTYPE_A: Final = 1
 QTYPE_NS: Final = 2
 QTYPE_CNAME: Final = 5
 QTYPE_SOA: Final = 6
+QTYPE_HINFO: Final = 13
 QTYPE_TXT: Final = 16
 QTYPE_AAAA: Final = 28
 QTYPE_OPT: Final = 41
@@ -52,6 +53,8 @@ EDE_STALE_ANSWER: Final = 3
 EDE_BLOCKED: Final = 15
 EDE_CENSORED: Final = 16
 EDE_FILTERED: Final = 17
+EDE_NO_REACHABLE_AUTHORITY: Final = 22
+EDE_NETWORK_ERROR: Final = 23
 _EDE_OPTION: Final = 15
 _EDE_TEXT_MAX: Final = 200
 
@@ -78,6 +81,7 @@ _pack_rr_at_qname = _RR_AT_QNAME.pack
 _QNAME_POINTER: Final = 0xC00C  # the question name always starts at offset 12
 _EDNS_DO: Final = 0x8000  # DNSSEC OK, the top bit of the OPT TTL's flags (RFC 3225 section 3)
 _EDNS_VERSION_MASK: Final = 0x00FF0000
+_MIN_RECORD_SIZE: Final = 11  # a root owner name, then type, class, TTL and RDLENGTH
 _TTL_SIGN: Final = 0x80000000
 
 
@@ -106,18 +110,26 @@ _NAME_MEMO: dict[bytes, str] = {}
 _NAME_MEMO_MAX: Final = 32768
 
 
+MALFORMED_REASONS: Final = ("header", "response", "opcode", "question", "name", "edns", "records", "internal")
+"""Why a client's message was refused, as counted and exported (dnsguard_dns_malformed_total{reason})."""
+
+
 class QueryError(FormError):
     """A query the fast path will not answer normally.
 
     `rcode` is the RCODE to answer with via `error_reply` (None: drop silently, e.g. a response or a packet
-    too short to carry an ID); `fallback` is True when the message may be valid DNS that only a full parser
-    (dnslib) understands, so the caller may retry there before answering `rcode`.
+    too short to carry an ID); `fallback` is True when the message may be valid DNS that
+    `parse_full_query` reads (records in every section), so the caller may retry there before answering
+    `rcode`; `reason` is one of MALFORMED_REASONS.
     """
 
-    def __init__(self, message: str, rcode: int | None, *, fallback: bool = False) -> None:
+    def __init__(
+        self, message: str, rcode: int | None, *, fallback: bool = False, reason: str = "records"
+    ) -> None:
         super().__init__(message)
         self.rcode = rcode
         self.fallback = fallback
+        self.reason = reason
 
 
 class Query(NamedTuple):
@@ -172,7 +184,9 @@ def parse_query(data: bytes) -> Query:
         ident, flags, qdcount, ancount, nscount, arcount = _unpack_header(data)
     except struct.error:
         raise QueryError(
-            "message shorter than the DNS header", RCODE_FORMERR if len(data) >= 2 else None
+            "message shorter than the DNS header",
+            RCODE_FORMERR if len(data) >= 2 else None,
+            reason="header",
         ) from None
     if flags & (FLAG_QR | _OPCODE_MASK) or qdcount != 1 or ancount or nscount or arcount > 1:
         _reject_header(flags, qdcount, ancount, nscount, arcount)
@@ -191,13 +205,13 @@ def parse_query(data: bytes) -> Query:
             raise QueryError("additional record other than OPT", RCODE_FORMERR, fallback=True)
         rtype, payload, ttl, rdlength = _unpack_opt(data, question_end + 1)
     except (struct.error, IndexError):
-        raise QueryError("question or OPT RR truncated", RCODE_FORMERR) from None
+        raise QueryError("question or OPT RR truncated", RCODE_FORMERR, reason="question") from None
     if rtype != QTYPE_OPT:
         raise QueryError("additional record other than OPT", RCODE_FORMERR, fallback=True)
     if question_end + 11 + rdlength > len(data):
-        raise QueryError("OPT RDATA truncated", RCODE_FORMERR)
+        raise QueryError("OPT RDATA truncated", RCODE_FORMERR, reason="edns")
     if ttl & _EDNS_VERSION_MASK:
-        raise QueryError("EDNS version other than 0", RCODE_BADVERS)
+        raise QueryError("EDNS version other than 0", RCODE_BADVERS, reason="edns")
     if rdlength:
         _check_edns_options(data, question_end + 11, question_end + 11 + rdlength)
     if payload < _MIN_UDP_PAYLOAD:
@@ -209,11 +223,12 @@ def parse_query(data: bytes) -> Query:
 
 def _reject_header(flags: int, qdcount: int, ancount: int, nscount: int, arcount: int) -> None:
     if flags & FLAG_QR:
-        raise QueryError("message is a response", None)
+        raise QueryError("message is a response", None, reason="response")
     if flags & _OPCODE_MASK:
-        raise QueryError(f"opcode {(flags & _OPCODE_MASK) >> 11} is not QUERY", RCODE_NOTIMP)
-    if qdcount == 0:
-        raise QueryError("no question", RCODE_FORMERR)
+        raise QueryError(f"opcode {(flags & _OPCODE_MASK) >> 11} is not QUERY", RCODE_NOTIMP, reason="opcode")
+    if qdcount != 1:
+        # RFC 9619: a query with QDCOUNT other than one is FORMERR.
+        raise QueryError(f"{qdcount} questions", RCODE_FORMERR, reason="question")
     raise QueryError(
         f"unusual section counts qd={qdcount} an={ancount} ns={nscount} ar={arcount}",
         RCODE_FORMERR,
@@ -221,11 +236,71 @@ def _reject_header(flags: int, qdcount: int, ancount: int, nscount: int, arcount
     )
 
 
+def parse_full_query(data: bytes) -> Query:
+    """A query of one question with records in any section (a TSIG or other additional record, a prerequisite
+    in the answer section), read in time bounded by its size; QueryError for anything else.
+
+    `parse_query` hands such messages over with `fallback` set. Names may point only backwards (see
+    `_walk_name`), so a pointer loop or a long pointer chain costs at most one pass over the message, and
+    every record takes at least 11 octets, so the section counts are checked against the size before a
+    single record is read.
+    """
+    try:
+        ident, flags, qdcount, ancount, nscount, arcount = _unpack_header(data)
+    except struct.error:
+        raise QueryError(
+            "message shorter than the DNS header",
+            RCODE_FORMERR if len(data) >= 2 else None,
+            reason="header",
+        ) from None
+    if flags & (FLAG_QR | _OPCODE_MASK) or qdcount != 1:
+        _reject_header(flags, qdcount, ancount, nscount, arcount)
+    labels, end = _question_labels(data)
+    size = len(data)
+    if end + 4 > size:
+        raise QueryError("question truncated", RCODE_FORMERR, reason="question")
+    qtype, qclass = _unpack_type_class(data, end)
+    question_end = end + 4
+    records = ancount + nscount + arcount
+    if records * _MIN_RECORD_SIZE > size - question_end:
+        raise QueryError("section counts exceed the message", RCODE_FORMERR, reason="records")
+    payload = 0
+    dnssec_ok = False
+    opt_seen = False
+    pos = question_end
+    try:
+        for index in range(records):
+            start = pos
+            pos = _walk_name(data, pos, None)
+            rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, pos)
+            pos += 10 + rdlength
+            if pos > size:
+                raise QueryError("record data truncated", RCODE_FORMERR, reason="records")
+            if rtype != QTYPE_OPT:
+                continue
+            # RFC 6891 section 6.1.1: at most one OPT, in the additional section, owned by the root.
+            if index < ancount + nscount or opt_seen or data[start] != 0:
+                raise QueryError("misplaced or repeated OPT RR", RCODE_FORMERR, reason="edns")
+            opt_seen = True
+            if ttl & _EDNS_VERSION_MASK:
+                raise QueryError("EDNS version other than 0", RCODE_BADVERS, reason="edns")
+            _check_edns_options(data, pos - rdlength, pos)
+            payload = max(rclass, _MIN_UDP_PAYLOAD)
+            dnssec_ok = bool(ttl & _EDNS_DO)
+    except QueryError:
+        raise
+    except (FormError, IndexError, struct.error):
+        raise QueryError("record name or header malformed", RCODE_FORMERR, reason="records") from None
+    return _new_query(
+        Query, (data, ident, flags, _name_text(labels), qtype, qclass, question_end, payload, dnssec_ok)
+    )
+
+
 def question_name(data: bytes) -> tuple[str, int]:
     """The question name of a message (as Query.qname) and the offset after its type and class."""
     labels, end = _question_labels(data)
     if end + 4 > len(data):
-        raise QueryError("question truncated", RCODE_FORMERR)
+        raise QueryError("question truncated", RCODE_FORMERR, reason="question")
     return _name_text(labels), end + 4
 
 
@@ -246,21 +321,21 @@ def _question_labels(data: bytes) -> tuple[list[bytes], int]:
     size = len(data)
     while True:
         if pos >= size:
-            raise QueryError("question name truncated", RCODE_FORMERR)
+            raise QueryError("question name truncated", RCODE_FORMERR, reason="name")
         length = data[pos]
         if length == 0:
             break
         if length >= 0xC0:
             # A lone question has nothing before it to point at (RFC 1035 section 4.1.4).
-            raise QueryError("compression pointer in the question", RCODE_FORMERR)
+            raise QueryError("compression pointer in the question", RCODE_FORMERR, reason="name")
         if length > 63:
-            raise QueryError("label longer than 63 octets", RCODE_FORMERR)
+            raise QueryError("label longer than 63 octets", RCODE_FORMERR, reason="name")
         pos += 1
         labels.append(data[pos : pos + length])
         pos += length
     end = pos + 1
     if end - 12 > 255:
-        raise QueryError("name longer than 255 octets", RCODE_FORMERR)
+        raise QueryError("name longer than 255 octets", RCODE_FORMERR, reason="name")
     return labels, end
 
 
@@ -268,10 +343,10 @@ def _check_edns_options(data: bytes, pos: int, end: int) -> None:
     # Each option is code, length, value (RFC 6891 section 6.1.2); a length that overruns RDATA is malformed.
     while pos < end:
         if pos + 4 > end:
-            raise QueryError("EDNS option header truncated", RCODE_FORMERR)
+            raise QueryError("EDNS option header truncated", RCODE_FORMERR, reason="edns")
         pos += 4 + _U16.unpack_from(data, pos + 2)[0]
     if pos != end:
-        raise QueryError("EDNS option overruns the OPT RDATA", RCODE_FORMERR)
+        raise QueryError("EDNS option overruns the OPT RDATA", RCODE_FORMERR, reason="edns")
 
 
 def _name_text(labels: list[bytes]) -> str:
@@ -399,6 +474,21 @@ def answer_addresses(query: Query, addresses: Sequence[bytes], ttl: int, ede: by
     if not count:
         return _reply(query, RCODE_NOERROR, 0, _soa_at_qname(ttl), 1, ede)
     return _reply(query, RCODE_NOERROR, count, records, 0, ede)
+
+
+_RFC8482_HINFO: Final = b"\x07RFC8482\x00"  # CPU "RFC8482", OS "" (RFC 8482 section 4.2)
+ANY_TTL: Final = 3600
+"""TTL of the synthesized HINFO answer to ANY; RFC 8482 leaves it to the operator."""
+
+
+def answer_any(query: Query, ttl: int = ANY_TTL) -> bytes:
+    """The RFC 8482 answer to an ANY query: one synthesized HINFO record, a few dozen octets.
+
+    ANY answers are the classic amplifier (tens of times the query's size); clients that still send
+    ANY (qmail, some diagnostics) accept this answer, as they do from Cloudflare's resolvers.
+    """
+    record = _RR_AT_QNAME.pack(_QNAME_POINTER, QTYPE_HINFO, query.qclass, ttl, len(_RFC8482_HINFO))
+    return _reply(query, RCODE_NOERROR, 1, record + _RFC8482_HINFO, 0, b"")
 
 
 def answer_cname(

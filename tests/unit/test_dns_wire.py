@@ -6,7 +6,7 @@ import contextlib
 import struct
 
 import pytest
-from dnslib import QTYPE, RR, DNSError, DNSRecord
+from dnslib import QTYPE, RR, TXT, A, DNSError, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -208,10 +208,10 @@ REJECTED = [
     ("opcode UPDATE", make_query("x.example", flags=5 << 11), wire.RCODE_NOTIMP, False),
     ("no question", bytes.fromhex("1234 0100 0000 0000 0000 0000"), wire.RCODE_FORMERR, False),
     (
-        "two questions",
+        "two questions",  # RFC 9619
         bytes.fromhex("1234 0100 0002 0000 0000 0000") + (b"\x01a\x00\x00\x01\x00\x01" * 2),
         wire.RCODE_FORMERR,
-        True,
+        False,
     ),
     (
         "answer records in a query",
@@ -295,13 +295,79 @@ def test_name_of_256_octets_is_rejected() -> None:
         wire.parse_query(make_query(name))
 
 
-def test_fallback_queries_are_understood_by_dnslib() -> None:
-    # "Fallback" means what it says: the message is DNS a full parser can read.
-    two_questions = bytes.fromhex("1234 0100 0002 0000 0000 0000") + (b"\x01a\x00\x00\x01\x00\x01" * 2)
+def test_fallback_queries_are_read_by_the_full_parser_as_dnslib_reads_them() -> None:
+    # "Fallback" means what it says: the message is DNS that the bounded full parser reads.
+    record = DNSRecord.question("Known.Example", "AAAA")
+    record.add_answer(RR("known.example", QTYPE.A, rdata=A("192.0.2.9"), ttl=60))
+    record.add_ar(RR("known.example", QTYPE.TXT, rdata=TXT("signature"), ttl=0))
+    message = bytes(record.pack())
     with pytest.raises(QueryError) as caught:
-        wire.parse_query(two_questions)
+        wire.parse_query(message)
     assert caught.value.fallback
-    assert len(DNSRecord.parse(two_questions).questions) == 2
+    query = wire.parse_full_query(message)
+    assert (query.qname, query.qtype, query.question_end, query.edns_payload) == (
+        "known.example",
+        wire.QTYPE_AAAA,
+        12 + 15 + 4,
+        0,
+    )
+
+
+def test_the_full_parser_reads_the_opt_rr_after_other_additional_records() -> None:
+    record = DNSRecord.question("a.example")
+    record.add_ar(RR("a.example", QTYPE.TXT, rdata=TXT("x")))
+    message = bytes(record.pack())
+    opt = b"\x00" + struct.pack("!HHIH", wire.QTYPE_OPT, 4096, 0x8000, 0)
+    message = message[:10] + b"\x00\x02" + message[12:] + opt
+    query = wire.parse_full_query(message)
+    assert query.edns_payload == 4096 and query.dnssec_ok
+
+
+def pointer_loop_query() -> bytes:
+    """One question plus an answer record whose owner is two compression pointers aimed at each other."""
+    question = make_query("loop.example")
+    first = len(question)
+    owner = struct.pack("!HH", 0xC000 | (first + 2), 0xC000 | first)
+    return (
+        question[:6]
+        + b"\x00\x01"
+        + question[8:]
+        + owner
+        + struct.pack("!HHIH", wire.QTYPE_A, 1, 60, 4)
+        + bytes(4)
+        + bytes(180)
+    )
+
+
+def test_a_pointer_loop_is_formerr_after_one_step() -> None:
+    message = pointer_loop_query()
+    with pytest.raises(QueryError) as caught:
+        wire.parse_full_query(message)
+    assert caught.value.rcode == wire.RCODE_FORMERR and caught.value.reason == "records"
+
+
+@pytest.mark.parametrize("section", [6, 8, 10])
+def test_section_counts_beyond_the_message_are_refused_before_reading_a_record(section: int) -> None:
+    message = bytearray(make_query("a.example"))
+    struct.pack_into("!H", message, section, 0xFFFF)
+    with pytest.raises(QueryError, match="exceed") as caught:
+        wire.parse_full_query(bytes(message))
+    assert caught.value.reason == "records"
+
+
+def test_every_refusal_names_a_known_reason() -> None:
+    for _, message, _, _ in REJECTED:
+        with pytest.raises(QueryError) as caught:
+            wire.parse_query(message)
+        assert caught.value.reason in wire.MALFORMED_REASONS
+
+
+def test_any_is_answered_with_one_small_hinfo_record() -> None:
+    query = wire.parse_query(make_query("example.org", wire.QTYPE_ANY, payload=4096))
+    reply = wire.answer_any(query)
+    parsed = DNSRecord.parse(reply)
+    assert [(QTYPE[r.rtype], r.ttl) for r in parsed.rr] == [("HINFO", wire.ANY_TTL)]
+    assert b"RFC8482" in reply and len(reply) < 2 * len(query.data)
 
 
 # --- synthesized replies ------------------------------------------------------------------------------------
@@ -730,3 +796,16 @@ def test_every_reply_to_every_query_reads_back_correctly(
     ]:
         assert_reply_to(query, reply, rcode)
         assert wire.parse_response_meta(reply).rcode == rcode
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=600), mutated(pointer_loop_query())))
+def test_the_full_parser_raises_only_query_error_with_a_known_reason(data: bytes) -> None:
+    try:
+        query = wire.parse_full_query(data)
+    except QueryError as error:
+        assert error.reason in wire.MALFORMED_REASONS
+        if error.rcode is not None:
+            wire.error_reply(data, error.rcode)
+        return
+    assert query.question_end <= len(data)
