@@ -221,17 +221,98 @@ class ListsLoadingConfig:
     """A download with fewer than this fraction of the last good copy's rules is treated as truncated."""
 
 
+CLIENT_NETWORK_KEYWORDS: tuple[str, ...] = ("loopback", "local-networks", "tunnel")
+"""Words `allow-clients` accepts besides CIDRs; each daemon says what its local networks and tunnel are."""
+
+
+def _check_networks(items: list[str], key: str, keywords: tuple[str, ...] = ()) -> None:
+    for i, item in enumerate(items):
+        if item in keywords:
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            words = f" or one of {', '.join(keywords)}" if keywords else ""
+            raise ConfigError(f"{item!r} is not a CIDR{words}", key=f"{key}[{i}]") from None
+
+
+@dataclass
+class RateLimitConfig:
+    """A token bucket per client; queries over it are dropped and counted, never answered."""
+
+    queries_per_second: float = 200.0
+    """Sustained rate per client (0 turns the limit off); far above what a household's devices do."""
+    burst: int = 2000
+    """Queries a quiet client may send at once (a page load asks for a few hundred names)."""
+    exempt: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    """Clients never rate-limited: by default the host's own programs."""
+    remote_ipv4_prefix: int = 24
+    """Clients of `allow-clients` CIDRs outside the local networks share a bucket per prefix."""
+    remote_ipv6_prefix: int = 56
+
+    def validate(self) -> None:
+        if (
+            not 0 <= self.queries_per_second <= 1_000_000
+            or self.queries_per_second != self.queries_per_second
+        ):
+            raise ConfigError("must be 0..1000000", key="queries-per-second")
+        if not 1 <= self.burst <= 1_000_000:
+            raise ConfigError("must be 1..1000000", key="burst")
+        if not 8 <= self.remote_ipv4_prefix <= 32:
+            raise ConfigError("must be 8..32", key="remote-ipv4-prefix")
+        if not 16 <= self.remote_ipv6_prefix <= 128:
+            raise ConfigError("must be 16..128", key="remote-ipv6-prefix")
+        _check_networks(self.exempt, "exempt")
+
+
+@dataclass
+class TcpLimitsConfig:
+    """DNS over TCP (RFC 7766): connection slots and timeouts."""
+
+    max_connections: int = 256
+    max_per_client: int = 16
+    idle_timeout: Duration = Duration(10)
+    """Time a connection may take to send its next whole message (not reset by each byte)."""
+    max_lifetime: Duration = Duration(120)
+    """A connection is closed after this long, once its pending answers are sent."""
+
+    def validate(self) -> None:
+        if not 1 <= self.max_connections <= 65535:
+            raise ConfigError("must be 1..65535", key="max-connections")
+        if not 1 <= self.max_per_client <= self.max_connections:
+            raise ConfigError("must be 1..max-connections", key="max-per-client")
+        if not 0.1 <= self.idle_timeout <= 3600:
+            raise ConfigError("must be 100ms..1h", key="idle-timeout")
+        if not self.idle_timeout <= self.max_lifetime <= 86400:
+            raise ConfigError("must be idle-timeout..1d", key="max-lifetime")
+
+
 @dataclass
 class ResolverConfig:
-    """The resolver's own sockets (for `dnsguard resolve`, the LAN DNS of a gateway)."""
+    """The resolver's own sockets (for `dnsguard resolve`, the LAN DNS of a gateway) and their limits."""
 
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:53"])
+    allow_clients: list[str] = field(default_factory=lambda: list(CLIENT_NETWORK_KEYWORDS))
+    """Who gets answers (others get nothing): CIDRs, `loopback`, `local-networks` (the prefixes of the
+    host's interfaces for `resolve`, of `lan-interfaces` and the host's own addresses for `up`) and
+    `tunnel` (the tunnel's addresses, and for `server` its peers' allowed IPs)."""
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    max_udp_size: int = 1232
+    """Largest UDP reply, whatever size the client's EDNS allows (DNS Flag Day 2020); larger get TC."""
+    max_upstream_per_client: int = 64
+    """Queries of one client waiting for an upstream at once; more are dropped and counted."""
+    tcp: TcpLimitsConfig = field(default_factory=TcpLimitsConfig)
 
     def validate(self) -> None:
         from dnsguard.config.addresses import parse_hostport
 
         for i, item in enumerate(self.listen):
             parse_hostport(item, 53, f"listen[{i}]")
+        _check_networks(self.allow_clients, "allow-clients", CLIENT_NETWORK_KEYWORDS)
+        if not 512 <= self.max_udp_size <= 4096:
+            raise ConfigError("must be 512..4096", key="max-udp-size")
+        if not 1 <= self.max_upstream_per_client <= 4096:
+            raise ConfigError("must be 1..4096", key="max-upstream-per-client")
 
 
 @dataclass

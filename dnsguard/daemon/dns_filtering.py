@@ -14,6 +14,7 @@ from dnsguard.daemon.common import reload_config
 from dnsguard.daemon.resolve import ResolverService
 from dnsguard.daemon.tunnel import SO_MARK, TunnelShell
 from dnsguard.net.firewall import RESOLVER_MARK_OFFSET, DnsRedirect
+from dnsguard.net.interfaces import connected_networks, host_addresses
 from dnsguard.ops.observe import ReloadCounter
 
 log = logging.getLogger("dnsguard.dns")
@@ -42,6 +43,19 @@ def tunnel_addresses(tunnel: TunnelConfig) -> tuple[str | None, str | None]:
         None,
     )
     return v4, v6
+
+
+def tunnel_networks(tunnel: TunnelConfig, server: bool) -> list[str]:
+    """`allow-clients: [tunnel]`: the tunnel's own prefixes and, on a server, every peer's allowed IPs.
+
+    A client's peer (the server) has allowed IPs 0.0.0.0/0: those say where packets may come from
+    through the tunnel, not who may ask the resolver, so they count only on the server side.
+    """
+    networks = [str(ipaddress.ip_interface(a).network) for a in tunnel.address]
+    if server:
+        for peer in tunnel.peers:
+            networks += [str(ipaddress.ip_network(p, strict=False)) for p in peer.allowed_ips]
+    return list(dict.fromkeys(networks))
 
 
 def marker(mark: int):  # type: ignore[no-untyped-def]
@@ -86,6 +100,8 @@ class TunnelDns:
             self.config_path,
             filtering_config(self.config, listen, self.server),
             socket_setup=None if self.server else marker(resolver_mark),
+            local_networks=self._local_networks,
+            tunnel_networks=tunnel_networks(tunnel, self.server),
         )
         await self.service.start()
         self.redirect = DnsRedirect(
@@ -99,6 +115,13 @@ class TunnelDns:
         )
         self.redirect.apply()
         log.info("DNS filtering on %s: every query to port 53 is answered by dnsguard", ", ".join(listen))
+
+    def _local_networks(self) -> list[str]:
+        """`local-networks` for a tunnel daemon: the host's own addresses (its programs' queries are
+        redirected with one of them as the source) and the prefixes of the LAN interfaces it serves."""
+        tunnel = self.config.tunnel
+        lan = list(tunnel.lan_interfaces) if tunnel is not None else []
+        return host_addresses() + (connected_networks(lan) if lan else [])
 
     async def reload(self, config: Config) -> bool:
         """Switch the resolver to a new configuration; False (the old one kept) when it does not build."""

@@ -10,22 +10,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from dnsguard.config.addresses import parse_hostport
+from dnsguard.config.model import CLIENT_NETWORK_KEYWORDS, ResolverConfig
+from dnsguard.dns import wire
+from dnsguard.dns.admission import AdmissionSettings, ClientAdmission
 from dnsguard.dns.resolver import LATER, _Later
 
 log = logging.getLogger("dnsguard.dns")
 
-MAX_TCP_CONNECTIONS = 256
 MAX_TCP_PIPELINE = 32
-TCP_IDLE_TIMEOUT = 30.0
+"""Queries of one TCP connection waiting for an upstream at once (RFC 7766 6.2.1.1 pipelining)."""
 MAX_PENDING_UDP = 4096
+INTERNAL_ERROR_LOG_INTERVAL: Final = 60.0
+"""Seconds between log lines about queries that raised inside the resolver (each is counted)."""
 DRAIN_LIMIT: Final = 256
 """Datagrams read per wake-up before the event loop gets a turn (timers, TCP, upstream replies)."""
 BATCH_SLOTS: Final = 64
@@ -44,11 +50,49 @@ class Answerer(Protocol):
 
 
 @dataclass
+class TcpSettings:
+    """DNS over TCP limits (config `resolver.tcp`); the per-client cap lives in ClientAdmission."""
+
+    max_connections: int = 256
+    idle_timeout: float = 10.0
+    """Seconds a connection may take to deliver its next whole message (a slow sender gains nothing)."""
+    max_lifetime: float = 120.0
+
+
+@dataclass
 class ListenerStats:
     udp_queries: int = 0
     tcp_queries: int = 0
     dropped_busy: int = 0
     tcp_connections: int = 0
+    """TCP connections open now."""
+    tcp_timeouts: int = 0
+    """Connections closed because a whole message did not arrive within the idle timeout, or aged out."""
+    tcp_bad_frames: int = 0
+    """Connections closed mid-message (a length prefix whose message never came)."""
+    internal_errors: int = 0
+    """Queries whose handling raised; each got FORMERR or nothing, and the listener carried on."""
+    _last_error_log: float = field(default=float("-inf"), repr=False)
+
+    def internal_error(self, exc: BaseException, now: float) -> None:
+        """Count a query that raised and log it at a bounded rate, one line, no traceback."""
+        self.internal_errors += 1
+        if now - self._last_error_log >= INTERNAL_ERROR_LOG_INTERVAL:
+            self._last_error_log = now
+            log.error(
+                "a query could not be handled (%s: %s); %d so far, answered FORMERR or dropped",
+                type(exc).__name__,
+                str(exc)[:200],
+                self.internal_errors,
+            )
+
+
+def _error_reply(data: bytes) -> bytes | None:
+    """FORMERR for a query that broke the resolver, if it has an ID to answer."""
+    try:
+        return wire.formerr(data)
+    except Exception:
+        return None
 
 
 class _Iovec(ctypes.Structure):
@@ -176,14 +220,26 @@ class UdpListener:
 
     A datagram protocol costs a callback and a transport hop per query; draining the socket in
     one callback answers a burst of blocked or cached queries with a recvfrom and a sendto each.
+    Every datagram passes admission first (allowed source, rate, upstream slots of its client), and
+    nothing a datagram holds can end the drain loop: a query that raises is counted and answered
+    FORMERR.
     """
 
     def __init__(
-        self, sock: socket.socket, answerer: Answerer, stats: ListenerStats, *, batch: bool = True
+        self,
+        sock: socket.socket,
+        answerer: Answerer,
+        stats: ListenerStats,
+        *,
+        batch: bool = True,
+        admission: ClientAdmission | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sock = sock
         self.answerer = answerer
         self.stats = stats
+        self.admission = admission
+        self.clock = clock
         self.pending: set[asyncio.Task[None]] = set()
         sock.setblocking(False)
         self.batch = ReplyBatch.for_socket(sock) if batch else None
@@ -203,6 +259,8 @@ class UdpListener:
         batch = self.batch
         send = self.sock.sendto if batch is None else batch.add
         sendto = self.sock.sendto
+        admit = self.admission.admit if self.admission is not None else None
+        now = self.clock()
         count = 0
         try:
             for _ in range(DRAIN_LIMIT):
@@ -213,11 +271,21 @@ class UdpListener:
                 except OSError:
                     continue
                 count += 1
-                reply = answer_now(data, addr[0])
+                key = ""
+                if admit is not None:
+                    admitted = admit(addr[0], now)
+                    if admitted is None:
+                        continue
+                    key = admitted
+                # A try block costs nothing until it raises; a suppress() context manager costs a call.
+                try:
+                    reply = answer_now(data, addr[0])
+                except Exception as exc:
+                    self.stats.internal_error(exc, now)
+                    reply = _error_reply(data)
                 if reply is LATER:
-                    self._go_later(data, addr)
+                    self._go_later(data, addr, key)
                 elif reply is not None:
-                    # A try block costs nothing until it raises; a suppress() context manager costs a call.
                     try:
                         if send(reply, addr) is False:  # type: ignore[arg-type]
                             sendto(reply, addr)  # type: ignore[arg-type]
@@ -228,59 +296,111 @@ class UdpListener:
                 batch.flush()
             self.stats.udp_queries += count
 
-    def _go_later(self, data: bytes, addr: tuple[str, int]) -> None:
+    def _go_later(self, data: bytes, addr: tuple[str, int], key: str) -> None:
         if len(self.pending) >= MAX_PENDING_UDP:
             self.stats.dropped_busy += 1
             return
-        task = self.loop.create_task(self._later(data, addr))
+        admission = self.admission
+        if admission is not None and not admission.begin_upstream(key):
+            return
+        task = self.loop.create_task(self._later(data, addr, key))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
-    async def _later(self, data: bytes, addr: tuple[str, int]) -> None:
-        reply = await self.answerer.answer_later(data, addr[0], False)
+    async def _later(self, data: bytes, addr: tuple[str, int], key: str) -> None:
+        try:
+            reply = await self.answerer.answer_later(data, addr[0], False)
+        except Exception as exc:
+            self.stats.internal_error(exc, self.clock())
+            reply = _error_reply(data)
+        finally:
+            if self.admission is not None:
+                self.admission.end_upstream(key)
         if reply is not None:
             with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
                 self.sock.sendto(reply, addr)
 
 
 async def _serve_tcp(
-    answerer: Answerer, stats: ListenerStats, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    answerer: Answerer,
+    stats: ListenerStats,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    settings: TcpSettings,
+    admission: ClientAdmission | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    """RFC 7766: length-prefixed messages, pipelined, answered in any order, bounded."""
+    """RFC 7766: length-prefixed messages, pipelined, answered in any order, bounded.
+
+    Each whole message (length and body) must arrive within `idle_timeout` of the previous one, so a
+    client that trickles a byte at a time holds its slot no longer than one that sends nothing; a
+    connection lives at most `max_lifetime`.
+    """
     peer = writer.get_extra_info("peername")
     client = peer[0] if peer else ""
     in_flight = asyncio.Semaphore(MAX_TCP_PIPELINE)
     tasks: set[asyncio.Task[None]] = set()
     write_lock = asyncio.Lock()
+    closes_at = clock() + settings.max_lifetime
 
     async def send(reply: bytes) -> None:
         async with write_lock:
             writer.write(struct.pack("!H", len(reply)) + reply)
             await writer.drain()
 
-    async def later(data: bytes) -> None:
+    async def later(data: bytes, key: str) -> None:
         try:
-            reply = await answerer.answer_later(data, client, True)
+            try:
+                reply = await answerer.answer_later(data, client, True)
+            except Exception as exc:
+                stats.internal_error(exc, clock())
+                reply = _error_reply(data)
             if reply is not None:
                 await send(reply)
         finally:
             in_flight.release()
+            if admission is not None:
+                admission.end_upstream(key)
 
-    stats.tcp_connections += 1
     try:
         while True:
+            now = clock()
+            wait = min(settings.idle_timeout, closes_at - now)
+            if wait <= 0:
+                stats.tcp_timeouts += 1
+                break
+            got_header = False
             try:
-                header = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
-                data = await asyncio.wait_for(
-                    reader.readexactly(struct.unpack("!H", header)[0]), TCP_IDLE_TIMEOUT
-                )
-            except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                async with asyncio.timeout(wait):
+                    header = await reader.readexactly(2)
+                    got_header = True
+                    data = await reader.readexactly(struct.unpack("!H", header)[0])
+            except TimeoutError:
+                stats.tcp_timeouts += 1
+                break
+            except asyncio.IncompleteReadError:
+                if got_header:
+                    stats.tcp_bad_frames += 1
+                break
+            except ConnectionError:
                 break
             stats.tcp_queries += 1
-            reply = answerer.answer_now(data, client, True)
+            key = ""
+            if admission is not None:
+                admitted = admission.admit(client, clock())
+                if admitted is None:
+                    continue
+                key = admitted
+            try:
+                reply = answerer.answer_now(data, client, True)
+            except Exception as exc:
+                stats.internal_error(exc, clock())
+                reply = _error_reply(data)
             if reply is LATER:
+                if admission is not None and not admission.begin_upstream(key):
+                    continue
                 await in_flight.acquire()
-                task = asyncio.ensure_future(later(data))
+                task = asyncio.ensure_future(later(data, key))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             elif isinstance(reply, bytes):
@@ -292,25 +412,82 @@ async def _serve_tcp(
     finally:
         for task in tasks:
             task.cancel()
-        stats.tcp_connections -= 1
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
 
 
+def admission_for(
+    config: ResolverConfig,
+    read_local_networks: Callable[[], Sequence[str]],
+    tunnel_networks: Sequence[str],
+) -> tuple[ClientAdmission, Callable[[], list[str]]]:
+    """The admission policy of `resolver.allow-clients`, and what re-reads its local networks.
+
+    `read_local_networks` returns what `local-networks` means for this daemon (it is called now and
+    on every refresh), `tunnel_networks` is what `tunnel` means; CIDRs in the list are remote
+    networks, rate-limited per prefix.
+    """
+    allow = config.allow_clients
+    rate = config.rate_limit
+    settings = AdmissionSettings(
+        queries_per_second=rate.queries_per_second,
+        burst=rate.burst,
+        remote_ipv4_prefix=rate.remote_ipv4_prefix,
+        remote_ipv6_prefix=rate.remote_ipv6_prefix,
+        max_upstream_per_client=config.max_upstream_per_client,
+        max_tcp_per_client=config.tcp.max_per_client,
+    )
+
+    def local() -> list[str]:
+        chosen: list[str] = []
+        if "loopback" in allow:
+            chosen += LOOPBACK_NETWORKS
+        if "local-networks" in allow:
+            chosen += read_local_networks()
+        if "tunnel" in allow:
+            chosen += tunnel_networks
+        return list(dict.fromkeys(chosen))
+
+    remote = [item for item in allow if item not in CLIENT_NETWORK_KEYWORDS]
+    admission = ClientAdmission(settings, local(), remote, rate.exempt)
+    return admission, local
+
+
+def tcp_settings(config: ResolverConfig) -> TcpSettings:
+    tcp = config.tcp
+    return TcpSettings(
+        max_connections=tcp.max_connections,
+        idle_timeout=float(tcp.idle_timeout),
+        max_lifetime=float(tcp.max_lifetime),
+    )
+
+
+LOOPBACK_NETWORKS: Final = ["127.0.0.0/8", "::1/128"]
+
+ClientNetworks = Callable[[], Sequence[str]]
+"""Returns the local networks of `allow-clients` (as CIDRs) when called: the daemon's view of its LAN."""
+NETWORK_REFRESH_INTERVAL: Final = 30.0
+"""Seconds between re-reads of the local networks (a DHCP lease or a new LAN address)."""
+
+
 @dataclass
 class DnsListeners:
-    """UDP and TCP listeners on every configured address."""
+    """UDP and TCP listeners on every configured address, in front of one admission policy."""
 
     answerer: Answerer
     addresses: list[str]
     stats: ListenerStats = field(default_factory=ListenerStats)
     socket_setup: Callable[[socket.socket], None] | None = None
+    admission: ClientAdmission | None = None
+    tcp: TcpSettings = field(default_factory=TcpSettings)
+    local_networks: ClientNetworks | None = None
+    """When set, re-read every NETWORK_REFRESH_INTERVAL into the admission's local networks."""
 
     def __post_init__(self) -> None:
         self._udp: list[UdpListener] = []
         self._servers: list[asyncio.base_events.Server] = []
-        self._connections = asyncio.Semaphore(MAX_TCP_CONNECTIONS)
+        self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -326,22 +503,69 @@ class DnsListeners:
             if self.socket_setup is not None:
                 self.socket_setup(udp)
             udp.bind((host, port))
-            listener = UdpListener(udp, self.answerer, self.stats)
+            listener = UdpListener(udp, self.answerer, self.stats, admission=self.admission)
             listener.start(loop)
             self._udp.append(listener)
-
-            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                if self._connections.locked():
-                    writer.close()
-                    return
-                async with self._connections:
-                    await _serve_tcp(self.answerer, self.stats, reader, writer)
-
-            server = await asyncio.start_server(handle, host, port, reuse_address=True, backlog=128)
+            server = await asyncio.start_server(self._handle_tcp, host, port, reuse_address=True, backlog=128)
             self._servers.append(server)
             log.info("DNS listening on %s port %d (UDP and TCP)", host, port)
+        if self.local_networks is not None and self.admission is not None:
+            self._refresher = asyncio.create_task(self._refresh_networks())
+
+    async def _handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stats, admission = self.stats, self.admission
+        peer = writer.get_extra_info("peername")
+        key: str | None = ""
+        if admission is not None:
+            key = admission.key_of(peer[0]) if peer else None
+            if key is None:
+                admission.stats.outside += 1
+            elif not admission.open_tcp(key):
+                key = None
+        elif stats.tcp_connections >= self.tcp.max_connections:
+            key = None
+        if key is not None and stats.tcp_connections >= self.tcp.max_connections:
+            if admission is not None:
+                admission.stats.tcp_full += 1
+                admission.close_tcp(key)
+            key = None
+        if key is None:
+            writer.transport.abort()
+            return
+        stats.tcp_connections += 1
+        try:
+            await _serve_tcp(self.answerer, stats, reader, writer, self.tcp, admission)
+        finally:
+            stats.tcp_connections -= 1
+            if admission is not None:
+                admission.close_tcp(key)
+
+    def set_admission(self, admission: ClientAdmission, tcp: TcpSettings) -> None:
+        """Apply new limits (a reload); connections already open keep the caps they were counted under."""
+        self.admission = admission
+        self.tcp = tcp
+        for listener in self._udp:
+            listener.admission = admission
+
+    async def _refresh_networks(self) -> None:
+        while True:
+            await asyncio.sleep(NETWORK_REFRESH_INTERVAL)
+            if self.local_networks is None or self.admission is None:
+                continue
+            try:
+                networks = self.local_networks()
+            except Exception as exc:
+                log.warning("could not read the local networks, keeping the last ones: %s", exc)
+                continue
+            if {str(ipaddress.ip_network(n, strict=False)) for n in networks} != {
+                str(n) for n in self.admission.networks[0]
+            }:
+                log.info("clients allowed from the local networks: %s", ", ".join(networks))
+                self.admission.set_networks(networks)
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
         for listener in self._udp:
             listener.close()
         for server in self._servers:

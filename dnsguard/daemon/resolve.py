@@ -8,7 +8,7 @@ import gc
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from dnsguard.config import Config, load_config
@@ -19,11 +19,12 @@ from dnsguard.daemon.common import (
     run_loop,
     setup_logging,
 )
-from dnsguard.daemon.dns_server import DnsListeners
+from dnsguard.daemon.dns_server import DnsListeners, admission_for, tcp_settings
 from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import Resolver
 from dnsguard.dns.upstream import TransportOptions, UpstreamGroup
 from dnsguard.errors import ConfigError
+from dnsguard.net.interfaces import connected_networks
 from dnsguard.net.neighbours import mac_of
 from dnsguard.ops.api import Operations
 from dnsguard.ops.observe import DnsObserver, ReloadCounter, TunnelObserver
@@ -89,6 +90,7 @@ def make_resolver(
         cname_check=config.blocking.cname_check,
         serve_stale=config.cache.serve_stale,
         prefetch=config.cache.prefetch,
+        max_udp_size=config.resolver.max_udp_size,
     )
     if observer is not None:
         resolver.on_query = observer.on_query
@@ -141,6 +143,11 @@ class ResolverService:
     list_update_failures: dict[str, int] = field(default_factory=dict)
     paused_until: float = 0.0
     """Wall-clock time until which blocking is paused (API); survives reloads and list swaps."""
+    local_networks: Callable[[], Sequence[str]] = connected_networks
+    """What `allow-clients: [local-networks]` means for this daemon; re-read every 30 s."""
+    tunnel_networks: list[str] = field(default_factory=list)
+    """What `allow-clients: [tunnel]` means for this daemon."""
+    listeners: DnsListeners | None = None
 
     async def start(self, listen: bool = True) -> None:
         # Start answering from cached list copies at once; fresh downloads follow in the background.
@@ -148,9 +155,15 @@ class ResolverService:
         log_build(self.built)
         self.resolver = make_resolver(self.config, self.built, self.socket_setup, self.observer)
         settle_heap()
-        self.listeners: DnsListeners | None = None
         if listen:
-            self.listeners = DnsListeners(self.resolver, self.config.resolver.listen)
+            admission, local = admission_for(self.config.resolver, self.local_networks, self.tunnel_networks)
+            self.listeners = DnsListeners(
+                self.resolver,
+                self.config.resolver.listen,
+                admission=admission,
+                tcp=tcp_settings(self.config.resolver),
+                local_networks=local,
+            )
             await self.listeners.start()
         self._refresher = asyncio.create_task(self._refresh_loop())
 
@@ -250,6 +263,10 @@ class ResolverService:
             log.error("configuration reload failed, keeping the last good one: %s", error)
             return False
         old_listen = self.config.resolver.listen
+        if self.listeners is not None:
+            admission, local = admission_for(new.resolver, self.local_networks, self.tunnel_networks)
+            self.listeners.set_admission(admission, tcp_settings(new.resolver))
+            self.listeners.local_networks = local
         self.config = new
         self._swap(new, built)
         if self.resolver is not None:
@@ -259,6 +276,7 @@ class ResolverService:
             self.resolver.cname_check = new.blocking.cname_check
             self.resolver.serve_stale = new.cache.serve_stale
             self.resolver.prefetch = new.cache.prefetch
+            self.resolver.max_udp_size = new.resolver.max_udp_size
             if old_upstreams is not None:
                 await old_upstreams.close()
         if new.resolver.listen != old_listen:
@@ -270,8 +288,8 @@ class ResolverService:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             self._refresher.cancel()
-        if getattr(self, "listeners", None) is not None:
-            await self.listeners.close()  # type: ignore[union-attr]
+        if self.listeners is not None:
+            await self.listeners.close()
         if self.resolver is not None:
             await self.resolver.close()
             if self.resolver.upstreams is not None:

@@ -17,7 +17,9 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from dnsguard import __version__
+from dnsguard.dns.admission import REFUSAL_REASONS
 from dnsguard.dns.resolver import RESULTS as RESOLVER_RESULTS
+from dnsguard.dns.wire import MALFORMED_REASONS
 from dnsguard.lifecycle import Cause, State
 from dnsguard.ops.observe import DurationHistogram
 from dnsguard.sources.build import is_url
@@ -25,8 +27,10 @@ from dnsguard.wireguard.keys import decode_key, encode_key
 
 if TYPE_CHECKING:
     from dnsguard.config import Config
+    from dnsguard.daemon.dns_server import DnsListeners
     from dnsguard.daemon.resolve import ResolverService
     from dnsguard.daemon.tunnel import TunnelShell
+    from dnsguard.dns.resolver import Resolver
     from dnsguard.ops.daemon import Operated
 
 # The resolver's own result names that the metrics fold into another one.
@@ -157,6 +161,8 @@ class DaemonCollector(Collector):
             responses,
         )
 
+        yield from self._dns_protection(resolver, service.listeners)
+
         cache = resolver.cache
         entries = GaugeMetricFamily("dnsguard_dns_cache_entries", "Answers in the cache now.")
         entries.add_metric([], len(cache) if cache is not None else 0)
@@ -200,6 +206,46 @@ class DaemonCollector(Collector):
         enabled = GaugeMetricFamily("dnsguard_blocking_enabled", "1 while filtering is on, 0 while paused.")
         enabled.add_metric([], 1.0 if service.blocking_enabled else 0.0)
         yield enabled
+
+    def _dns_protection(self, resolver: Resolver, listeners: DnsListeners | None) -> Iterator[Metric]:
+        """What hostile or broken clients cost: malformed queries, refusals, TCP slots."""
+        malformed = CounterMetricFamily(
+            "dnsguard_dns_malformed",
+            "Client messages refused as malformed (FORMERR, NOTIMP, BADVERS or dropped), by reason.",
+            labels=["reason"],
+        )
+        counts = dict.fromkeys(MALFORMED_REASONS, 0)
+        counts.update(resolver.stats.malformed)
+        if listeners is not None:
+            counts["internal"] += listeners.stats.internal_errors
+        for reason, count in counts.items():
+            malformed.add_metric([reason], count)
+        yield malformed
+        refused = CounterMetricFamily(
+            "dnsguard_dns_refused",
+            "Queries and TCP connections dropped without an answer, by reason.",
+            labels=["reason"],
+        )
+        reasons = dict.fromkeys((*REFUSAL_REASONS, "busy"), 0)
+        if listeners is not None:
+            if listeners.admission is not None:
+                reasons.update(listeners.admission.stats.as_reasons())
+            reasons["busy"] = listeners.stats.dropped_busy
+        for reason, count in reasons.items():
+            refused.add_metric([reason], count)
+        yield refused
+        connections = GaugeMetricFamily("dnsguard_dns_tcp_connections", "DNS-over-TCP connections open now.")
+        connections.add_metric([], listeners.stats.tcp_connections if listeners is not None else 0)
+        yield connections
+        closed = CounterMetricFamily(
+            "dnsguard_dns_tcp_closed",
+            "DNS-over-TCP connections the resolver closed: `timeout` (no whole message in time, or too"
+            " old), `bad_frame` (a length prefix whose message never came).",
+            labels=["reason"],
+        )
+        closed.add_metric(["timeout"], listeners.stats.tcp_timeouts if listeners is not None else 0)
+        closed.add_metric(["bad_frame"], listeners.stats.tcp_bad_frames if listeners is not None else 0)
+        yield closed
 
     # -- tunnel ---------------------------------------------------------------------------
 

@@ -8,7 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from dnsguard.daemon.dns_server import BATCH_SLOT_SIZE, BATCH_SLOTS, ListenerStats, ReplyBatch, UdpListener
+from dnsguard.daemon.dns_server import (
+    BATCH_SLOT_SIZE,
+    BATCH_SLOTS,
+    DnsListeners,
+    ListenerStats,
+    ReplyBatch,
+    TcpSettings,
+    UdpListener,
+)
+from dnsguard.dns.admission import AdmissionSettings, ClientAdmission
 from dnsguard.dns.resolver import LATER, _Later
 
 
@@ -105,3 +114,136 @@ async def test_the_listener_answers_now_later_and_drops(batch: bool) -> None:
         listener.close()
         for client in clients:
             client.close()
+
+
+# --- hostile clients ------------------------------------------------------------------------------
+
+
+class BrokenAnswerer(EchoAnswerer):
+    """Raises on b"boom", as a bug in the resolver would."""
+
+    def answer_now(self, data: bytes, client: str, tcp: bool = False) -> bytes | _Later | None:
+        if data.startswith(b"boom"):
+            raise RecursionError("maximum recursion depth exceeded")
+        return super().answer_now(data, client, tcp)
+
+    async def answer_later(self, data: bytes, client: str, tcp: bool) -> bytes | None:
+        if data.endswith(b"boom"):
+            raise ValueError("broken")
+        return await super().answer_later(data, client, tcp)
+
+
+async def test_a_query_that_raises_gets_formerr_is_counted_and_the_listener_carries_on() -> None:
+    server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
+    stats = ListenerStats()
+    listener = UdpListener(server, BrokenAnswerer(), stats)
+    listener.start(asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    try:
+        client = clients[0]
+        client.setblocking(False)
+        boom = b"boom" + bytes(20)
+        client.sendto(boom, server.getsockname())
+        client.sendto(b"later:boom", server.getsockname())
+        client.sendto(b"now:1", server.getsockname())
+        replies = [await asyncio.wait_for(loop.sock_recv(client, 4096), 2) for _ in range(3)]
+        assert b"answer now:1" in replies
+        formerrs = [r for r in replies if r != b"answer now:1"]
+        assert len(formerrs) == 2 and all(r[3] & 0x0F == 1 for r in formerrs)  # RCODE FORMERR
+        assert stats.internal_errors == 2
+    finally:
+        listener.close()
+        for client in clients:
+            client.close()
+
+
+async def test_clients_outside_the_allowed_networks_get_nothing_over_udp() -> None:
+    server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
+    admission = ClientAdmission(AdmissionSettings(), local=["192.0.2.0/24"])
+    listener = UdpListener(server, EchoAnswerer(), ListenerStats(), admission=admission)
+    listener.start(asyncio.get_running_loop())
+    try:
+        clients[0].sendto(b"now:1", server.getsockname())
+        await asyncio.sleep(0.1)
+        clients[0].setblocking(False)
+        with pytest.raises(BlockingIOError):
+            clients[0].recv(4096)
+        assert admission.stats.outside == 1
+    finally:
+        listener.close()
+        for client in clients:
+            client.close()
+
+
+def tcp_message(payload: bytes) -> bytes:
+    return len(payload).to_bytes(2, "big") + payload
+
+
+async def start_tcp(
+    admission: ClientAdmission | None, settings: TcpSettings
+) -> tuple[DnsListeners, tuple[str, int]]:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    listeners = DnsListeners(EchoAnswerer(), [f"127.0.0.1:{port}"], admission=admission, tcp=settings)
+    await listeners.start()
+    return listeners, ("127.0.0.1", port)
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """True once the server has closed the connection (read returns EOF or the socket is reset)."""
+    try:
+        return await asyncio.wait_for(reader.read(), 5) == b""
+    except ConnectionError:
+        return True
+
+
+async def test_a_client_that_trickles_a_message_is_closed_after_the_idle_timeout() -> None:
+    listeners, address = await start_tcp(None, TcpSettings(idle_timeout=0.3, max_lifetime=60))
+    try:
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(tcp_message(b"now:1"))
+        assert await asyncio.wait_for(reader.readexactly(2 + len(b"answer now:1")), 2)
+        # One byte every 0.1 s: each read restarts nothing, the whole message must arrive in 0.3 s.
+        message = tcp_message(b"now:" + bytes(40))
+        closed = False
+        for byte in message:
+            try:
+                writer.write(bytes([byte]))
+                await writer.drain()
+            except ConnectionError:
+                closed = True
+                break
+            await asyncio.sleep(0.1)
+            if reader.at_eof():
+                closed = True
+                break
+        assert closed or await closed_by_server(reader)
+        assert listeners.stats.tcp_timeouts == 1
+        writer.close()
+    finally:
+        await listeners.close()
+
+
+async def test_tcp_connections_are_capped_per_client_and_outsiders_are_closed_at_once() -> None:
+    admission = ClientAdmission(AdmissionSettings(max_tcp_per_client=2), local=["127.0.0.0/8"])
+    listeners, address = await start_tcp(admission, TcpSettings(idle_timeout=30, max_lifetime=60))
+    try:
+        held = [await asyncio.open_connection(*address) for _ in range(2)]
+        for reader, writer in held:
+            writer.write(tcp_message(b"now:1"))
+            await asyncio.wait_for(reader.readexactly(2 + len(b"answer now:1")), 2)
+        reader, writer = await asyncio.open_connection(*address)
+        assert await closed_by_server(reader)
+        assert admission.stats.tcp_limit == 1 and listeners.stats.tcp_connections == 2
+        writer.close()
+        admission.set_networks(["192.0.2.0/24"])  # 127.0.0.1 is no longer allowed
+        reader, writer = await asyncio.open_connection(*address)
+        assert await closed_by_server(reader)
+        assert admission.stats.outside == 1
+        writer.close()
+        for _, held_writer in held:
+            held_writer.close()
+    finally:
+        await listeners.close()
