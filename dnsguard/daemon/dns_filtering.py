@@ -116,12 +116,12 @@ class TunnelDns:
         self.redirect.apply()
         log.info("DNS filtering on %s: every query to port 53 is answered by dnsguard", ", ".join(listen))
 
-    def _local_networks(self) -> list[str]:
+    async def _local_networks(self) -> list[str]:
         """`local-networks` for a tunnel daemon: the host's own addresses (its programs' queries are
         redirected with one of them as the source) and the prefixes of the LAN interfaces it serves."""
         tunnel = self.config.tunnel
         lan = list(tunnel.lan_interfaces) if tunnel is not None else []
-        return host_addresses() + (connected_networks(lan) if lan else [])
+        return await host_addresses() + (await connected_networks(lan) if lan else [])
 
     async def reload(self, config: Config) -> bool:
         """Switch the resolver to a new configuration; False (the old one kept) when it does not build."""

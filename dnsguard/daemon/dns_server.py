@@ -417,18 +417,28 @@ async def _serve_tcp(
             await writer.wait_closed()
 
 
-def admission_for(
-    config: ResolverConfig,
-    read_local_networks: Callable[[], Sequence[str]],
-    tunnel_networks: Sequence[str],
-) -> tuple[ClientAdmission, Callable[[], list[str]]]:
-    """The admission policy of `resolver.allow-clients`, and what re-reads its local networks.
+def allowed_local_networks(
+    config: ResolverConfig, local_networks: Sequence[str], tunnel_networks: Sequence[str]
+) -> list[str]:
+    """The networks `resolver.allow-clients` answers per address: its keywords spelled out.
 
-    `read_local_networks` returns what `local-networks` means for this daemon (it is called now and
-    on every refresh), `tunnel_networks` is what `tunnel` means; CIDRs in the list are remote
-    networks, rate-limited per prefix.
+    `local_networks` is what `local-networks` means for this daemon, `tunnel_networks` what `tunnel`
+    means.
     """
     allow = config.allow_clients
+    chosen: list[str] = []
+    if "loopback" in allow:
+        chosen += LOOPBACK_NETWORKS
+    if "local-networks" in allow:
+        chosen += local_networks
+    if "tunnel" in allow:
+        chosen += tunnel_networks
+    return list(dict.fromkeys(chosen))
+
+
+def admission_for(config: ResolverConfig, local: Sequence[str]) -> ClientAdmission:
+    """The admission policy of `resolver`: `local` from allowed_local_networks; the CIDRs of
+    `allow-clients` are remote networks, rate-limited per prefix."""
     rate = config.rate_limit
     settings = AdmissionSettings(
         queries_per_second=rate.queries_per_second,
@@ -438,20 +448,8 @@ def admission_for(
         max_upstream_per_client=config.max_upstream_per_client,
         max_tcp_per_client=config.tcp.max_per_client,
     )
-
-    def local() -> list[str]:
-        chosen: list[str] = []
-        if "loopback" in allow:
-            chosen += LOOPBACK_NETWORKS
-        if "local-networks" in allow:
-            chosen += read_local_networks()
-        if "tunnel" in allow:
-            chosen += tunnel_networks
-        return list(dict.fromkeys(chosen))
-
-    remote = [item for item in allow if item not in CLIENT_NETWORK_KEYWORDS]
-    admission = ClientAdmission(settings, local(), remote, rate.exempt)
-    return admission, local
+    remote = [item for item in config.allow_clients if item not in CLIENT_NETWORK_KEYWORDS]
+    return ClientAdmission(settings, local, remote, rate.exempt)
 
 
 def tcp_settings(config: ResolverConfig) -> TcpSettings:
@@ -465,8 +463,8 @@ def tcp_settings(config: ResolverConfig) -> TcpSettings:
 
 LOOPBACK_NETWORKS: Final = ["127.0.0.0/8", "::1/128"]
 
-ClientNetworks = Callable[[], Sequence[str]]
-"""Returns the local networks of `allow-clients` (as CIDRs) when called: the daemon's view of its LAN."""
+ClientNetworks = Callable[[], Awaitable[Sequence[str]]]
+"""Reads the networks of `allow-clients` answered per address (allowed_local_networks), as CIDRs."""
 NETWORK_REFRESH_INTERVAL: Final = 30.0
 """Seconds between re-reads of the local networks (a DHCP lease or a new LAN address)."""
 
@@ -553,7 +551,7 @@ class DnsListeners:
             if self.local_networks is None or self.admission is None:
                 continue
             try:
-                networks = self.local_networks()
+                networks = await self.local_networks()
             except Exception as exc:
                 log.warning("could not read the local networks, keeping the last ones: %s", exc)
                 continue

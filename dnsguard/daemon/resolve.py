@@ -8,7 +8,7 @@ import gc
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from dnsguard.config import Config, load_config
@@ -19,7 +19,7 @@ from dnsguard.daemon.common import (
     run_loop,
     setup_logging,
 )
-from dnsguard.daemon.dns_server import DnsListeners, admission_for, tcp_settings
+from dnsguard.daemon.dns_server import DnsListeners, admission_for, allowed_local_networks, tcp_settings
 from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import Resolver
 from dnsguard.dns.upstream import TransportOptions, UpstreamGroup
@@ -143,7 +143,7 @@ class ResolverService:
     list_update_failures: dict[str, int] = field(default_factory=dict)
     paused_until: float = 0.0
     """Wall-clock time until which blocking is paused (API); survives reloads and list swaps."""
-    local_networks: Callable[[], Sequence[str]] = connected_networks
+    local_networks: Callable[[], Awaitable[Sequence[str]]] = connected_networks
     """What `allow-clients: [local-networks]` means for this daemon; re-read every 30 s."""
     tunnel_networks: list[str] = field(default_factory=list)
     """What `allow-clients: [tunnel]` means for this daemon."""
@@ -156,16 +156,21 @@ class ResolverService:
         self.resolver = make_resolver(self.config, self.built, self.socket_setup, self.observer)
         settle_heap()
         if listen:
-            admission, local = admission_for(self.config.resolver, self.local_networks, self.tunnel_networks)
             self.listeners = DnsListeners(
                 self.resolver,
                 self.config.resolver.listen,
-                admission=admission,
+                admission=admission_for(self.config.resolver, await self._allowed_networks()),
                 tcp=tcp_settings(self.config.resolver),
-                local_networks=local,
+                local_networks=self._allowed_networks,
             )
             await self.listeners.start()
         self._refresher = asyncio.create_task(self._refresh_loop())
+
+    async def _allowed_networks(self) -> list[str]:
+        """The networks answered per address under the current configuration (see allow-clients)."""
+        resolver = self.config.resolver
+        local = await self.local_networks() if "local-networks" in resolver.allow_clients else []
+        return allowed_local_networks(resolver, local, self.tunnel_networks)
 
     async def _refresh_loop(self) -> None:
         first = True
@@ -263,11 +268,10 @@ class ResolverService:
             log.error("configuration reload failed, keeping the last good one: %s", error)
             return False
         old_listen = self.config.resolver.listen
-        if self.listeners is not None:
-            admission, local = admission_for(new.resolver, self.local_networks, self.tunnel_networks)
-            self.listeners.set_admission(admission, tcp_settings(new.resolver))
-            self.listeners.local_networks = local
         self.config = new
+        if self.listeners is not None:
+            admission = admission_for(new.resolver, await self._allowed_networks())
+            self.listeners.set_admission(admission, tcp_settings(new.resolver))
         self._swap(new, built)
         if self.resolver is not None:
             old_upstreams = self.resolver.upstreams
