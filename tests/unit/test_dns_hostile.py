@@ -6,16 +6,19 @@ opened this file (a pointer loop, ANY, large EDNS sizes) and arbitrary mutations
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 
 import pytest
-from dnslib import EDNS0, QTYPE, RCODE, RR, TXT, DNSRecord
+from dnslib import CNAME, EDNS0, QTYPE, RCODE, RR, TXT, A, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dnsguard.daemon.dns_server import ListenerStats, TcpSettings, _serve_tcp
 from dnsguard.dns import wire
 from dnsguard.dns.resolver import LATER, OUTAGE_LOG_INTERVAL
+from dnsguard.dns.upstream import UpstreamReplyError
 from tests.unit.test_dns_wire import mutated, pointer_loop_query
 from tests.unit.test_resolver import make, parse, query
 
@@ -131,3 +134,104 @@ async def test_answer_later_never_raises_on_what_answer_now_sent_there(data: byt
     if resolver.answer_now(data, "192.0.2.1") is LATER:
         reply = await resolver.answer_later(data, "192.0.2.1", False)
         assert reply is None or reply[:2] == data[:2]
+
+
+class ReplayUpstreams:
+    """A broken or hostile server answering with whatever bytes the test hands it, seen through what the
+    upstream transports guarantee: a response with our question (RFC 5452) gets the asker's ID, anything
+    else is no reply."""
+
+    def __init__(self) -> None:
+        self.reply = b""
+
+    async def query(self, data: bytes) -> bytes:
+        reply = self.reply
+        end = wire.parse_query(data).question_end
+        if len(reply) < end or not reply[2] & 0x80 or reply[4:6] != b"\x00\x01":
+            raise UpstreamReplyError("replay", "not a reply to our question")
+        if (
+            reply[12 : end - 4].lower() != data[12 : end - 4].lower()
+            or reply[end - 4 : end] != data[end - 4 : end]
+        ):
+            raise UpstreamReplyError("replay", "not a reply to our question")
+        return data[:2] + reply[2:]
+
+    async def close(self) -> None:
+        pass
+
+
+def good_reply(name: str) -> bytes:
+    record = DNSRecord.question(name)
+    reply = record.reply()
+    reply.add_answer(RR(name, QTYPE.A, rdata=A("198.51.100.80"), ttl=300))
+    reply.add_answer(RR(name, QTYPE.CNAME, rdata=CNAME("t.example"), ttl=300))
+    return bytes(reply.pack())
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.binary(max_size=600), mutated(good_reply("up.example"))))
+async def test_whatever_an_upstream_sends_the_client_gets_an_answer_and_the_cache_stays_sane(
+    reply: bytes,
+) -> None:
+    resolver, _, _ = make()
+    upstream = ReplayUpstreams()
+    upstream.reply = reply
+    resolver.upstreams = upstream  # type: ignore[assignment]
+    message = query("up.example", ident=0x4242)
+    for _ in range(2):  # the second may come from the cache
+        answer = resolver.answer_now(message, "192.0.2.1")
+        if answer is LATER:
+            answer = await resolver.answer_later(message, "192.0.2.1", False)
+        assert answer is None or answer[:2] == b"\x42\x42"
+
+
+class RecordingWriter:
+    """The half of a TCP connection that _serve_tcp writes to."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed = False
+
+    def get_extra_info(self, name: str) -> object:
+        return ("192.0.2.1", 40000) if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def wait_closed(self) -> None:
+        pass
+
+
+def frames(messages: list[bytes]) -> bytes:
+    return b"".join(struct.pack("!H", len(m)) + m for m in messages)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.lists(st.one_of(*(mutated(q) for q in REAL_QUERIES)), max_size=5).map(frames),
+        mutated(frames(REAL_QUERIES)),
+    )
+)
+async def test_any_tcp_byte_stream_gets_framed_replies_and_a_closed_connection(stream: bytes) -> None:
+    resolver, _, _ = make()
+    resolver.upstreams = EchoUpstreams()  # type: ignore[assignment]
+    reader = asyncio.StreamReader()
+    reader.feed_data(stream)
+    reader.feed_eof()
+    writer = RecordingWriter()
+    stats = ListenerStats()
+    await _serve_tcp(resolver, stats, reader, writer, TcpSettings(idle_timeout=5))  # type: ignore[arg-type]
+    assert writer.closed and stats.internal_errors == 0
+    out = writer.data
+    while out:  # every reply is one whole length-prefixed DNS response
+        length = struct.unpack_from("!H", out)[0]
+        assert 12 <= length <= len(out) - 2 and out[4] & 0x80
+        out = out[2 + length :]
