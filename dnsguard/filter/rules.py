@@ -23,8 +23,9 @@ Semantics chosen here (see also the package docstring):
 - a hosts line blocks its names whatever the address (Pi-hole, blocky): custom answers are rewrites, a
   policy matter; localhost-style names (`PSEUDO_HOSTS`) are never rules;
 - rules naming an IP address (``||1.2.3.4^``, a bare ``1.2.3.4``) are skipped: they filter answers, not names;
-- regex rules (``/re/``, ``@@/re/``, with ``$important``) use Python `re`, case-insensitive, searched
-  anywhere in the name; patterns longer than `MAX_REGEX_LENGTH` or with nested quantifiers are refused.
+- regex rules (``/re/``, ``@@/re/``, with ``$important``) run on RE2, case-insensitive, searched
+  anywhere in the name; patterns longer than `MAX_REGEX_LENGTH`, or outside the grammar `regex` accepts
+  (backreferences, lookarounds, programs over `regex.MAX_PROGRAM_SIZE`...), are malformed lines.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Final
+
+from dnsguard.filter.regex import regex_problem
 
 __all__ = [
     "ALLOWED_NAME_CHARS",
@@ -148,9 +151,6 @@ _SCHEME: Final = re.compile(r"\|?[a-z*][a-z0-9*+.-]*://")
 _URL_CHARS: Final = frozenset("/?=&;:#,~+%@!'\"()[]{}<>\\ ")
 _DNSMASQ_KEY: Final = re.compile(r"[a-z][a-z0-9-]*=")
 _MODIFIER: Final = re.compile(r"~?[a-z][a-z0-9_-]*(?:=.*)?")
-# Python's backtracking engine has no timeout: a quantified group that itself contains a quantifier can
-# take exponential time on a 253-character name, so such patterns are refused rather than capped.
-_NESTED_QUANTIFIER: Final = re.compile(r"\((?:[^()\\]|\\.)*[*+}](?:[^()\\]|\\.)*\)[*+{]")
 _DNS_MODIFIERS: Final = frozenset({"dnstype", "dnsrewrite", "client", "ctag", "denyallow"})
 _NAME_CHARSET: Final = frozenset(ALLOWED_NAME_CHARS)
 
@@ -366,13 +366,10 @@ def _parse_regex_line(text: str, allow_list: bool) -> LineResult | None:
     if skip:
         return LineResult(Outcome.SKIPPED, reason=skip)
     if len(pattern) > MAX_REGEX_LENGTH:
-        return LineResult(Outcome.SKIPPED, reason=f"regex longer than {MAX_REGEX_LENGTH} characters")
-    if _NESTED_QUANTIFIER.search(pattern):
-        return LineResult(Outcome.SKIPPED, reason="regex with nested quantifiers (catastrophic backtracking)")
-    try:
-        re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
-        return LineResult(Outcome.MALFORMED, reason=f"invalid regex: {exc}")
+        return LineResult(Outcome.MALFORMED, reason=f"regex longer than {MAX_REGEX_LENGTH} characters")
+    problem = regex_problem(pattern)
+    if problem:
+        return LineResult(Outcome.MALFORMED, reason=problem)
     cat = category(Scope.EXACT, allow=allow, important=important)
     return LineResult(Outcome.BADFILTER if badfilter else Outcome.REGEX, cat, pattern=pattern)
 
@@ -469,6 +466,10 @@ def _glob_rule(body: str, anchor: str, end: bool, marked: bool, allow: bool, imp
         start = ""
     # An unmarked plain line with * (ads*.example.com) is a whole-name glob.
     pattern = _glob_regex(body, start, end or not marked)
+    # Every '*' is a '.*': a long run of them is within RE2's grammar but over its size limit.
+    problem = regex_problem(pattern)
+    if problem:
+        return LineResult(Outcome.MALFORMED, reason=problem)
     cat = category(Scope.EXACT, allow=allow, important=important)
     return LineResult(Outcome.REGEX, cat, pattern=pattern)
 
@@ -481,6 +482,12 @@ def _class_end(pattern: str, i: int) -> int:
     if j < len(pattern) and pattern[j] == "]":
         j += 1
     while j < len(pattern) and pattern[j] != "]":
+        if pattern.startswith("[:", j):
+            # A POSIX class inside the set ([^.[:space:]]): its ']' does not close the set.
+            close = pattern.find(":]", j + 2)
+            if close >= 0:
+                j = close + 2
+                continue
         j += 2 if pattern[j] == "\\" else 1
     return j + 1 if j < len(pattern) else -1
 
