@@ -49,7 +49,16 @@ from pathlib import Path
 from typing import Final
 
 from dnsguard.errors import ConfigError, DnsguardError
-from dnsguard.filter.lists import ListSource, ParsedSource, ParseReport, RegexRule, RuleBlock, split_lines
+from dnsguard.filter.lists import (
+    ListFileError,
+    ListSource,
+    ParsedSource,
+    ParseReport,
+    RegexRule,
+    RuleBlock,
+    read_list_file,
+    split_lines,
+)
 from dnsguard.filter.regex import CompiledRegex, compile_regex
 from dnsguard.filter.rules import Scope, category_allow, category_important, category_scope
 
@@ -334,8 +343,8 @@ class Matcher:
             if source.location == verdict.source:
                 where = Path(source.path or source.location)
                 try:
-                    lines = split_lines(where.read_bytes().decode("utf-8", errors="replace"))
-                except OSError:
+                    lines = split_lines(read_list_file(where).decode("utf-8", errors="replace"))
+                except ListFileError:
                     return None
                 return lines[verdict.line - 1] if 0 < verdict.line <= len(lines) else None
         return None

@@ -40,6 +40,7 @@ from dnsguard.filter.regex import regex_problem
 
 __all__ = [
     "ALLOWED_NAME_CHARS",
+    "EXCERPT_CHARS",
     "MAX_REGEX_LENGTH",
     "PSEUDO_HOSTS",
     "LineResult",
@@ -50,6 +51,7 @@ __all__ = [
     "category_allow",
     "category_important",
     "category_scope",
+    "excerpt",
     "label_hint",
     "name_problem",
     "parse_line",
@@ -144,6 +146,10 @@ PSEUDO_HOSTS: Final = frozenset(
 
 MAX_REGEX_LENGTH: Final = 512
 
+EXCERPT_CHARS: Final = 80
+"""How much of a list line or token a reason or report quotes."""
+_MAX_PROBLEMS: Final = 3
+
 _SINKHOLES: Final = frozenset({"0.0.0.0", "127.0.0.1", "::", "::1", "0", "0:0:0:0:0:0:0:0", "::0"})
 _DNSMASQ_BLOCK_TARGETS: Final = frozenset({"", "#", "0.0.0.0", "::", "127.0.0.1", "::1"})
 _COSMETIC_MARKERS: Final = ("##", "#@#", "#?#", "#$#", "#%#", "#@$#", "#@%#", "#@?#", "$$", "$@$")
@@ -153,6 +159,13 @@ _DNSMASQ_KEY: Final = re.compile(r"[a-z][a-z0-9-]*=")
 _MODIFIER: Final = re.compile(r"~?[a-z][a-z0-9_-]*(?:=.*)?")
 _DNS_MODIFIERS: Final = frozenset({"dnstype", "dnsrewrite", "client", "ctag", "denyallow"})
 _NAME_CHARSET: Final = frozenset(ALLOWED_NAME_CHARS)
+
+
+def excerpt(text: str) -> str:
+    """`text` quoted for a reason or a log line: its first `EXCERPT_CHARS` characters and its size."""
+    if len(text) <= EXCERPT_CHARS:
+        return repr(text)
+    return f"{text[:EXCERPT_CHARS]!r}…({len(text.encode('utf-8', 'replace'))} bytes)"
 
 
 def _is_ip(token: str) -> bool:
@@ -283,8 +296,11 @@ def _parse_hosts(tokens: list[str], cat: int) -> LineResult:
         if result.outcome is Outcome.RULE:
             names.extend(result.names)
         elif result.outcome is not Outcome.PSEUDO:
-            problems.append(f"{token!r}: {result.reason}")
-    reason = "; ".join(problems)
+            problems.append(f"{excerpt(token)}: {result.reason}")
+    # Reasons are counted per distinct text and logged: a line of a thousand bad names gives one short one.
+    reason = "; ".join(problems[:_MAX_PROBLEMS])
+    if len(problems) > _MAX_PROBLEMS:
+        reason += f"; and {len(problems) - _MAX_PROBLEMS} more"
     if names:
         return LineResult(Outcome.RULE, cat, tuple(names), reason=reason)
     if problems:
@@ -295,7 +311,7 @@ def _parse_hosts(tokens: list[str], cat: int) -> LineResult:
 def _parse_dnsmasq(token: str, allow: bool) -> LineResult:
     key, _, value = token.partition("=")
     if key not in ("address", "server", "local"):
-        return LineResult(Outcome.SKIPPED, reason=f"dnsmasq option {key!r}")
+        return LineResult(Outcome.SKIPPED, reason=f"dnsmasq option {excerpt(key)}")
     if not value.startswith("/"):
         return LineResult(Outcome.MALFORMED, reason=f"dnsmasq {key}= without /domain/")
     parts = value[1:].split("/")
@@ -340,7 +356,8 @@ def _apply_modifiers(mods: list[str]) -> tuple[bool, bool, str]:
         elif mod in _DNS_MODIFIERS:
             return important, badfilter, f"unsupported modifier ${mod}"
         else:
-            return important, badfilter, f"modifier ${mod} does not apply to DNS"
+            shown = mod if len(mod) <= EXCERPT_CHARS else excerpt(mod)
+            return important, badfilter, f"modifier ${shown} does not apply to DNS"
     return important, badfilter, ""
 
 
