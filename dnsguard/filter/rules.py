@@ -509,6 +509,22 @@ def _class_end(pattern: str, i: int) -> int:
     return j + 1 if j < len(pattern) else -1
 
 
+def _escape_end(pattern: str, i: int) -> int:
+    """Index just past the escape at pattern[i] == '\\', with its argument (\\x61, \\x{61}, \\pL, \\141)."""
+    kind = pattern[i + 1]
+    j = i + 2
+    if kind in "xpP":
+        if pattern.startswith("{", j):
+            close = pattern.find("}", j)
+            return len(pattern) if close < 0 else close + 1
+        return min(j + (2 if kind == "x" else 1), len(pattern))
+    if kind in "01234567":
+        # An octal code: up to three digits in all.
+        while j < min(i + 4, len(pattern)) and pattern[j] in "01234567":
+            j += 1
+    return j
+
+
 def _quantifier_end(pattern: str, i: int) -> tuple[int, str]:
     """(index past the quantifier at pattern[i], its kind: '' none, '+' at least once, '*' maybe none)."""
     if i >= len(pattern):
@@ -614,7 +630,7 @@ def regex_hints(pattern: str) -> tuple[str, str]:
                 return "", ""
             nxt = pattern[i + 1]
             literal = "" if nxt.isalnum() else nxt
-            i += 2
+            i = _escape_end(pattern, i)
         elif c == "[":
             i = _class_end(pattern, i)
             if i < 0:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from dnsguard.errors import DnsguardError
 from dnsguard.filter import ListSource, compile_matcher, parse_line, parse_text
 from dnsguard.filter.regex import MAX_PROGRAM_SIZE, compile_regex, regex_problem
-from dnsguard.filter.rules import Outcome
+from dnsguard.filter.rules import Outcome, label_hint, regex_hints
 
 # 255 characters, the longest a name can be: four 63-character labels. Each is built to make a
 # backtracking engine try every way of splitting it before it fails.
@@ -80,6 +80,7 @@ def test_the_matcher_answers_a_catastrophic_rule_on_a_255_character_name() -> No
         (r"\Qa.b\E", r"\Q...\E"),
         (r"a\Cb", r"\C"),
         (r"[a-z.-]{1,200}x$", "too complex"),
+        (r"\pL+\.com$", "too complex"),
         (r"a{1001}", "invalid regex"),
         (r"ads(", "invalid regex"),
     ],
@@ -196,3 +197,64 @@ def test_re2_agrees_with_re_on_patterns_both_accept(pattern: str, names: list[st
     compiled = compile_regex(pattern)
     for name in names:
         assert (compiled.search(name) is not None) == (reference.search(name) is not None), name
+
+
+# The hints (required suffix, label, literal) decide which regex rules the matcher tries for a name: a
+# wrong hint would let a listed name through. Each generated pattern comes with a name built to match
+# it, and every hint must hold for that name, in RE2's reading of the escapes and classes.
+
+HINT_ATOMS = st.sampled_from(
+    [
+        ("a", "a"),
+        ("ds", "ds"),
+        ("ads", "ads"),
+        ("-", "-"),
+        (r"\.", "."),
+        (r"\-", "-"),
+        (r"\x61", "a"),
+        (r"\x{62}", "b"),
+        (r"\141", "a"),
+        ("[[:alpha:]]", "z"),
+        ("[^.[:space:]]", "w"),
+        (r"[\x5d-]", "-"),
+        (r"\d", "7"),
+        (".", "k"),
+        ("(?:ad|bc)", "bc"),
+        ("(?i:AD)", "ad"),
+    ]
+)
+HINT_QUANTIFIERS = st.sampled_from([("", 1), ("+", 2), ("*", 0), ("*", 2), ("?", 0), ("?", 1), ("{2}", 2)])
+HINT_STARTS = st.sampled_from([("", "x."), ("^", ""), (r"(?:^|\.)", ""), (r"(^|\.)", "y.")])
+HINT_ENDS = st.sampled_from(
+    [("", ".z"), ("$", ""), (r"\.", ".z"), (r"\.com$", ".com"), (r"\.co\.uk$", ".co.uk")]
+)
+
+
+def quantified(atom: str, quantifier: str) -> str:
+    return f"(?:{atom}){quantifier}" if quantifier and atom.isalpha() and len(atom) > 1 else atom + quantifier
+
+
+@st.composite
+def patterns_with_a_match(draw: st.DrawFn) -> tuple[str, str]:
+    start, head = draw(HINT_STARTS)
+    end, tail = draw(HINT_ENDS)
+    pieces = draw(st.lists(st.tuples(HINT_ATOMS, HINT_QUANTIFIERS), min_size=1, max_size=6))
+    # A quantifier applies to a whole multi-character literal only inside a group.
+    pattern = start + "".join(quantified(atom, quantifier) for (atom, _), (quantifier, _) in pieces) + end
+    name = head + "".join(text * count for (_, text), (_, count) in pieces) + tail
+    return pattern, name
+
+
+@settings(max_examples=500, deadline=None)
+@given(patterns_with_a_match())
+def test_regex_hints_hold_for_every_name_the_pattern_matches(case: tuple[str, str]) -> None:
+    pattern, name = case
+    compiled = compile_regex(pattern)
+    assert compiled.search(name) is not None
+    suffix, literal = regex_hints(pattern)
+    assert literal in name
+    assert not suffix or name == suffix or name.endswith("." + suffix)
+    label = label_hint(pattern)
+    assert not label or label in name.split(".")
+    matcher = compile_matcher([parse_text(f"/{pattern}/\n", ListSource("l", "l.txt"))])
+    assert matcher.select().match_canonical(name).blocked
