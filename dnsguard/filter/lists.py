@@ -18,7 +18,9 @@ process. See `matcher.py` for how the 64 bits are used and what a collision woul
 from __future__ import annotations
 
 import operator
+import os
 import re
+import stat
 from array import array
 from bisect import bisect_right
 from collections import Counter
@@ -27,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from dnsguard.errors import DnsguardError
 from dnsguard.filter.rules import (
+    EXCERPT_CHARS,
     LineResult,
     Outcome,
     label_hint,
@@ -36,7 +40,9 @@ from dnsguard.filter.rules import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_FILE_SIZE",
     "LineIssue",
+    "ListFileError",
     "ListSource",
     "ParseReport",
     "ParsedSource",
@@ -45,11 +51,15 @@ __all__ = [
     "parse_bytes",
     "parse_file",
     "parse_text",
+    "read_list_file",
     "split_lines",
 ]
 
 DEFAULT_MAX_ISSUES: Final = 20
 DEFAULT_MAX_REGEX: Final = 1000
+DEFAULT_MAX_FILE_SIZE: Final = 64 * 1024 * 1024
+"""The largest list file read (the configuration's ``loading.max-size`` has the same default)."""
+_READ_SLACK: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +86,13 @@ class LineIssue:
     line: int
     reason: str
     text: str
+    """The line, stripped; only its first `EXCERPT_CHARS` characters when it is longer (see `size`)."""
+    size: int = 0
+    """The whole line's size in bytes when `text` is cut short, else 0."""
 
     def __str__(self) -> str:
-        return f"{self.location}:{self.line}: {self.reason}: {self.text.strip()!r}"
+        shown = f"{self.text!r}…({self.size} bytes)" if self.size else repr(self.text)
+        return f"{self.location}:{self.line}: {self.reason}: {shown}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +299,66 @@ def _normalize_newlines(text: str) -> str:
     return text
 
 
+class ListFileError(DnsguardError):
+    """A list file that cannot be read: missing, unreadable, not a regular file, or too big."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+_FILE_KINDS: Final = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _over_limit(max_size: int) -> str:
+    return f"over the {max_size}-byte limit (loading.max-size)"
+
+
+def read_list_file(path: str | Path, max_size: int = DEFAULT_MAX_FILE_SIZE) -> bytes:
+    """The bytes of a regular file of at most `max_size` bytes; anything else raises ListFileError.
+
+    A list path is configuration, and whatever it names must cost a bounded read: a FIFO would block
+    `check` and every reload until a writer appears (hence O_NONBLOCK, and the type is checked on the
+    open descriptor, not on the name, which could be swapped in between), a device such as /dev/zero
+    never ends, and a file growing while it is read stops at the limit.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ListFileError(path, f"cannot open: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
+            raise ListFileError(path, f"{kind}, not a regular file")
+        if info.st_size > max_size:
+            raise ListFileError(path, f"{info.st_size} bytes, {_over_limit(max_size)}")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            # One read of the whole file in the usual case; the slack finds the end (or growth).
+            wanted = min(max(info.st_size - total, 0) + _READ_SLACK, max_size + 1 - total)
+            chunk = os.read(fd, wanted)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_size:
+                raise ListFileError(path, f"grew while read, {_over_limit(max_size)}")
+    except OSError as exc:
+        raise ListFileError(path, f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def parse_file(
     path: str | Path,
     list_name: str | None = None,
@@ -293,8 +367,10 @@ def parse_file(
     subdomains: bool | None = None,
     max_issues: int = DEFAULT_MAX_ISSUES,
     max_regex: int = DEFAULT_MAX_REGEX,
+    max_size: int = DEFAULT_MAX_FILE_SIZE,
 ) -> ParsedSource:
-    """Parse a list file; the list name defaults to the file's stem."""
+    """Parse a list file; the list name defaults to the file's stem. Raises ListFileError (see
+    `read_list_file`) when the file cannot be read; its content never raises."""
     path = Path(path)
     source = ListSource(
         list_name if list_name is not None else path.stem,
@@ -303,7 +379,8 @@ def parse_file(
         subdomains=subdomains,
         path=str(path),
     )
-    return parse_bytes(path.read_bytes(), source, max_issues=max_issues, max_regex=max_regex)
+    data = read_list_file(path, max_size)
+    return parse_bytes(data, source, max_issues=max_issues, max_regex=max_regex)
 
 
 def parse_bytes(
@@ -506,7 +583,10 @@ class _Collector:
         self.issue_count += 1
         self.reasons[reason] += 1
         if len(self.issues) < self.max_issues:
-            self.issues.append(LineIssue(self.source.location, number, reason, self.original_line(number)))
+            # Kept short: a list line can be a megabyte, and issues end up in reports and logs.
+            text = self.original_line(number).strip()
+            size = len(text.encode("utf-8", "replace")) if len(text) > EXCERPT_CHARS else 0
+            self.issues.append(LineIssue(self.source.location, number, reason, text[:EXCERPT_CHARS], size))
 
     def slow_line(self, line: str, number: int, allow: bool, subdomains: bool) -> None:
         text = line.strip()

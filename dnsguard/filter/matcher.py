@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import ctypes
 import enum
-import re
 import sys
 from array import array
 from bisect import bisect_left, bisect_right
@@ -50,7 +49,17 @@ from pathlib import Path
 from typing import Final
 
 from dnsguard.errors import ConfigError, DnsguardError
-from dnsguard.filter.lists import ListSource, ParsedSource, ParseReport, RegexRule, RuleBlock, split_lines
+from dnsguard.filter.lists import (
+    ListFileError,
+    ListSource,
+    ParsedSource,
+    ParseReport,
+    RegexRule,
+    RuleBlock,
+    read_list_file,
+    split_lines,
+)
+from dnsguard.filter.regex import CompiledRegex, compile_regex
 from dnsguard.filter.rules import Scope, category_allow, category_important, category_scope
 
 __all__ = [
@@ -182,12 +191,13 @@ class _Regex:
         self.strength = _strength(rule.category)
         self.source_id = source_id
         self.list_id = list_id
-        self._compiled: re.Pattern[str] | None = None
+        self._compiled: CompiledRegex | None = None
 
     def search(self, name: str) -> bool:
+        # RE2, not `re`: linear in the name's length whatever the pattern (see `regex`).
         compiled = self._compiled
         if compiled is None:
-            compiled = self._compiled = re.compile(self.pattern, re.IGNORECASE)
+            compiled = self._compiled = compile_regex(self.pattern)
         return compiled.search(name) is not None
 
 
@@ -333,8 +343,8 @@ class Matcher:
             if source.location == verdict.source:
                 where = Path(source.path or source.location)
                 try:
-                    lines = split_lines(where.read_bytes().decode("utf-8", errors="replace"))
-                except OSError:
+                    lines = split_lines(read_list_file(where).decode("utf-8", errors="replace"))
+                except ListFileError:
                     return None
                 return lines[verdict.line - 1] if 0 < verdict.line <= len(lines) else None
         return None

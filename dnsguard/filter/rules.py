@@ -23,8 +23,9 @@ Semantics chosen here (see also the package docstring):
 - a hosts line blocks its names whatever the address (Pi-hole, blocky): custom answers are rewrites, a
   policy matter; localhost-style names (`PSEUDO_HOSTS`) are never rules;
 - rules naming an IP address (``||1.2.3.4^``, a bare ``1.2.3.4``) are skipped: they filter answers, not names;
-- regex rules (``/re/``, ``@@/re/``, with ``$important``) use Python `re`, case-insensitive, searched
-  anywhere in the name; patterns longer than `MAX_REGEX_LENGTH` or with nested quantifiers are refused.
+- regex rules (``/re/``, ``@@/re/``, with ``$important``) run on RE2, case-insensitive, searched
+  anywhere in the name; patterns longer than `MAX_REGEX_LENGTH`, or outside the grammar `regex` accepts
+  (backreferences, lookarounds, programs over `regex.MAX_PROGRAM_SIZE`...), are malformed lines.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from dnsguard.filter.regex import regex_problem
+
 __all__ = [
     "ALLOWED_NAME_CHARS",
+    "EXCERPT_CHARS",
     "MAX_REGEX_LENGTH",
     "PSEUDO_HOSTS",
     "LineResult",
@@ -47,6 +51,7 @@ __all__ = [
     "category_allow",
     "category_important",
     "category_scope",
+    "excerpt",
     "label_hint",
     "name_problem",
     "parse_line",
@@ -141,6 +146,10 @@ PSEUDO_HOSTS: Final = frozenset(
 
 MAX_REGEX_LENGTH: Final = 512
 
+EXCERPT_CHARS: Final = 80
+"""How much of a list line or token a reason or report quotes."""
+_MAX_PROBLEMS: Final = 3
+
 _SINKHOLES: Final = frozenset({"0.0.0.0", "127.0.0.1", "::", "::1", "0", "0:0:0:0:0:0:0:0", "::0"})
 _DNSMASQ_BLOCK_TARGETS: Final = frozenset({"", "#", "0.0.0.0", "::", "127.0.0.1", "::1"})
 _COSMETIC_MARKERS: Final = ("##", "#@#", "#?#", "#$#", "#%#", "#@$#", "#@%#", "#@?#", "$$", "$@$")
@@ -148,11 +157,15 @@ _SCHEME: Final = re.compile(r"\|?[a-z*][a-z0-9*+.-]*://")
 _URL_CHARS: Final = frozenset("/?=&;:#,~+%@!'\"()[]{}<>\\ ")
 _DNSMASQ_KEY: Final = re.compile(r"[a-z][a-z0-9-]*=")
 _MODIFIER: Final = re.compile(r"~?[a-z][a-z0-9_-]*(?:=.*)?")
-# Python's backtracking engine has no timeout: a quantified group that itself contains a quantifier can
-# take exponential time on a 253-character name, so such patterns are refused rather than capped.
-_NESTED_QUANTIFIER: Final = re.compile(r"\((?:[^()\\]|\\.)*[*+}](?:[^()\\]|\\.)*\)[*+{]")
 _DNS_MODIFIERS: Final = frozenset({"dnstype", "dnsrewrite", "client", "ctag", "denyallow"})
 _NAME_CHARSET: Final = frozenset(ALLOWED_NAME_CHARS)
+
+
+def excerpt(text: str) -> str:
+    """`text` quoted for a reason or a log line: its first `EXCERPT_CHARS` characters and its size."""
+    if len(text) <= EXCERPT_CHARS:
+        return repr(text)
+    return f"{text[:EXCERPT_CHARS]!r}…({len(text.encode('utf-8', 'replace'))} bytes)"
 
 
 def _is_ip(token: str) -> bool:
@@ -283,8 +296,11 @@ def _parse_hosts(tokens: list[str], cat: int) -> LineResult:
         if result.outcome is Outcome.RULE:
             names.extend(result.names)
         elif result.outcome is not Outcome.PSEUDO:
-            problems.append(f"{token!r}: {result.reason}")
-    reason = "; ".join(problems)
+            problems.append(f"{excerpt(token)}: {result.reason}")
+    # Reasons are counted per distinct text and logged: a line of a thousand bad names gives one short one.
+    reason = "; ".join(problems[:_MAX_PROBLEMS])
+    if len(problems) > _MAX_PROBLEMS:
+        reason += f"; and {len(problems) - _MAX_PROBLEMS} more"
     if names:
         return LineResult(Outcome.RULE, cat, tuple(names), reason=reason)
     if problems:
@@ -295,7 +311,7 @@ def _parse_hosts(tokens: list[str], cat: int) -> LineResult:
 def _parse_dnsmasq(token: str, allow: bool) -> LineResult:
     key, _, value = token.partition("=")
     if key not in ("address", "server", "local"):
-        return LineResult(Outcome.SKIPPED, reason=f"dnsmasq option {key!r}")
+        return LineResult(Outcome.SKIPPED, reason=f"dnsmasq option {excerpt(key)}")
     if not value.startswith("/"):
         return LineResult(Outcome.MALFORMED, reason=f"dnsmasq {key}= without /domain/")
     parts = value[1:].split("/")
@@ -340,7 +356,8 @@ def _apply_modifiers(mods: list[str]) -> tuple[bool, bool, str]:
         elif mod in _DNS_MODIFIERS:
             return important, badfilter, f"unsupported modifier ${mod}"
         else:
-            return important, badfilter, f"modifier ${mod} does not apply to DNS"
+            shown = mod if len(mod) <= EXCERPT_CHARS else excerpt(mod)
+            return important, badfilter, f"modifier ${shown} does not apply to DNS"
     return important, badfilter, ""
 
 
@@ -366,13 +383,10 @@ def _parse_regex_line(text: str, allow_list: bool) -> LineResult | None:
     if skip:
         return LineResult(Outcome.SKIPPED, reason=skip)
     if len(pattern) > MAX_REGEX_LENGTH:
-        return LineResult(Outcome.SKIPPED, reason=f"regex longer than {MAX_REGEX_LENGTH} characters")
-    if _NESTED_QUANTIFIER.search(pattern):
-        return LineResult(Outcome.SKIPPED, reason="regex with nested quantifiers (catastrophic backtracking)")
-    try:
-        re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
-        return LineResult(Outcome.MALFORMED, reason=f"invalid regex: {exc}")
+        return LineResult(Outcome.MALFORMED, reason=f"regex longer than {MAX_REGEX_LENGTH} characters")
+    problem = regex_problem(pattern)
+    if problem:
+        return LineResult(Outcome.MALFORMED, reason=problem)
     cat = category(Scope.EXACT, allow=allow, important=important)
     return LineResult(Outcome.BADFILTER if badfilter else Outcome.REGEX, cat, pattern=pattern)
 
@@ -469,6 +483,10 @@ def _glob_rule(body: str, anchor: str, end: bool, marked: bool, allow: bool, imp
         start = ""
     # An unmarked plain line with * (ads*.example.com) is a whole-name glob.
     pattern = _glob_regex(body, start, end or not marked)
+    # Every '*' is a '.*': a long run of them is within RE2's grammar but over its size limit.
+    problem = regex_problem(pattern)
+    if problem:
+        return LineResult(Outcome.MALFORMED, reason=problem)
     cat = category(Scope.EXACT, allow=allow, important=important)
     return LineResult(Outcome.REGEX, cat, pattern=pattern)
 
@@ -481,8 +499,30 @@ def _class_end(pattern: str, i: int) -> int:
     if j < len(pattern) and pattern[j] == "]":
         j += 1
     while j < len(pattern) and pattern[j] != "]":
+        if pattern.startswith("[:", j):
+            # A POSIX class inside the set ([^.[:space:]]): its ']' does not close the set.
+            close = pattern.find(":]", j + 2)
+            if close >= 0:
+                j = close + 2
+                continue
         j += 2 if pattern[j] == "\\" else 1
     return j + 1 if j < len(pattern) else -1
+
+
+def _escape_end(pattern: str, i: int) -> int:
+    """Index just past the escape at pattern[i] == '\\', with its argument (\\x61, \\x{61}, \\pL, \\141)."""
+    kind = pattern[i + 1]
+    j = i + 2
+    if kind in "xpP":
+        if pattern.startswith("{", j):
+            close = pattern.find("}", j)
+            return len(pattern) if close < 0 else close + 1
+        return min(j + (2 if kind == "x" else 1), len(pattern))
+    if kind in "01234567":
+        # An octal code: up to three digits in all.
+        while j < min(i + 4, len(pattern)) and pattern[j] in "01234567":
+            j += 1
+    return j
 
 
 def _quantifier_end(pattern: str, i: int) -> tuple[int, str]:
@@ -590,7 +630,7 @@ def regex_hints(pattern: str) -> tuple[str, str]:
                 return "", ""
             nxt = pattern[i + 1]
             literal = "" if nxt.isalnum() else nxt
-            i += 2
+            i = _escape_end(pattern, i)
         elif c == "[":
             i = _class_end(pattern, i)
             if i < 0:

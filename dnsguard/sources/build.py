@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dnsguard.config.model import Config
-from dnsguard.filter.lists import ListSource, ParsedSource, parse_file, parse_text
+from dnsguard.filter.lists import (
+    ListFileError,
+    ListSource,
+    ParsedSource,
+    parse_bytes,
+    parse_file,
+    parse_text,
+    read_list_file,
+)
 from dnsguard.filter.matcher import Matcher, compile_matcher, release_free_memory
 from dnsguard.sources.fetch import FetchResult, ListFetcher, ProgressCallback
 
@@ -69,6 +77,7 @@ def parse_sources(
     parsed: list[ParsedSource] = []
     reports: list[SourceReport] = []
     base = Path(config.base_dir)
+    max_size = int(config.loading.max_size)
     for list_name, list_config in config.lists.items():
         for index, source in enumerate(list_config.sources):
             if is_inline(source):
@@ -89,8 +98,14 @@ def parse_sources(
                     reports.append(report)
                     continue
                 report.status, report.error = fetch.status, fetch.error
-                result = parse_text(
-                    fetch.path.read_bytes().decode("utf-8", errors="replace"),
+                try:
+                    data = read_list_file(fetch.path, max_size)
+                except ListFileError as exc:
+                    report.status, report.error = "error", f"cached copy {exc}"
+                    reports.append(report)
+                    continue
+                result = parse_bytes(
+                    data,
                     ListSource(
                         list_name,
                         source,
@@ -104,10 +119,15 @@ def parse_sources(
                 report = SourceReport(list_name, str(path))
                 try:
                     result = parse_file(
-                        path, list_name, allow=list_config.allow, subdomains=list_config.subdomains
+                        path,
+                        list_name,
+                        allow=list_config.allow,
+                        subdomains=list_config.subdomains,
+                        max_size=max_size,
                     )
-                except OSError as exc:
-                    report.status, report.error = "error", f"cannot read: {exc.strerror or exc}"
+                except ListFileError as exc:
+                    # Only regular files are read, and at most loading.max-size of them (read_list_file).
+                    report.status, report.error = "error", exc.reason
                     reports.append(report)
                     continue
             _report(result, report)
