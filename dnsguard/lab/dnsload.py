@@ -8,7 +8,8 @@
 past the end; label lengths of every kind; section counts that lie; EDNS options that overrun;
 TCP frames whose length prefix lies) and prints a JSON summary. `flood` keeps one attack going for
 a time: `malformed`, `pointer-loop`, `misses` (distinct names, each a cache miss), `tcp-idle`
-(opens connections and never sends), `regex` (names built to make a backtracking regex explode).
+(opens connections and never sends), `regex` (names built to make a backtracking engine explode on
+`^(a|a)*\.evil\.example$`).
 `control` asks a fixed set of names at a steady pace and prints every latency and every wrong or
 missing answer as JSON. Only for the lab's namespaces: it never aims at any other address.
 """
@@ -217,7 +218,8 @@ def flood(
         "malformed": lambda i: fuzz_message(rng),
         "pointer-loop": lambda i: pointer_loop(rng),
         "misses": lambda i: query(f"miss{i}-{rng.randrange(1 << 30)}.example", ident=i & 0xFFFF),
-        "regex": lambda i: query("a" * (20 + i % 40), ident=i & 0xFFFF),
+        # a^n followed by b: a backtracking engine tries 2^n ways to match ^(a|a)*\.evil\.example$.
+        "regex": lambda i: query("a" * (20 + i % 40) + "b.evil.example", ident=i & 0xFFFF),
     }[kind]
     sock = _udp(server, source)
     sent = 0
