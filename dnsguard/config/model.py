@@ -222,10 +222,26 @@ class ListsLoadingConfig:
 
 
 @dataclass
+class SpecialUseConfig:
+    """Names answered by the resolver itself, never forwarded (see dnsguard.policy.special).
+
+    A zone listed in upstreams.conditional is forwarded to its servers instead.
+    """
+
+    local_answers: bool = True
+    """localhost (loopback), NXDOMAIN for invalid, test, local, onion, home.arpa and wpad.<label>."""
+    private_reverse: bool = True
+    """NXDOMAIN for reverse lookups of private and special ranges (RFC 6303; Pi-hole's bogus-priv)."""
+    single_label: bool = True
+    """NXDOMAIN for address lookups of names without a dot (Pi-hole's domain-needed)."""
+
+
+@dataclass
 class ResolverConfig:
     """The resolver's own sockets (for `dnsguard resolve`, the LAN DNS of a gateway)."""
 
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:53"])
+    special_use: SpecialUseConfig = field(default_factory=SpecialUseConfig)
 
     def validate(self) -> None:
         from dnsguard.config.addresses import parse_hostport
