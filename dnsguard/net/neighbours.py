@@ -38,6 +38,8 @@ _NO_MAC: Final = NUD_INCOMPLETE | NUD_FAILED
 _ZERO_MAC: Final = "00:00:00:00:00:00"
 RECEIVE_BUFFER: Final = 1 << 20
 """A busy LAN's burst of neighbour events fits; an overrun (ENOBUFS) is repaired by a new dump."""
+READS_PER_WAKEUP: Final = 16
+"""Datagrams read before the event loop gets a turn: a burst of events must not delay queries."""
 _DUMP_HEADER: Final = struct.Struct("=LHHLL")
 _NDMSG: Final = struct.Struct("=BxxxiHBB")
 
@@ -57,6 +59,8 @@ class NeighbourTable:
     def mac_of(self, address: str) -> str | None:
         """The MAC the kernel has for an IPv4 or IPv6 neighbour, or None."""
         entry = self._entries.get(address)
+        if entry is None and "%" in address:  # a link-local source comes with its zone: fe80::1%lan0
+            entry = self._entries.get(address.partition("%")[0])
         return entry[0] if entry is not None else None
 
     def __len__(self) -> int:
@@ -169,7 +173,7 @@ class NeighbourMonitor:
         sock = self._sock
         if sock is None:
             return
-        while True:
+        for _ in range(READS_PER_WAKEUP):  # what is left wakes the reader again
             try:
                 data = sock.recv(1 << 16)
             except (BlockingIOError, InterruptedError):

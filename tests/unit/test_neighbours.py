@@ -73,9 +73,11 @@ def test_table_reports_only_real_changes() -> None:
     assert table.learn("192.0.2.10", LAPTOP, 3)
     assert not table.forget("192.0.2.10", interface=4)  # an entry on another interface is not this one
     assert table.mac_of("192.0.2.10") == LAPTOP
+    table.learn("fe80::10", TABLET, 3)
+    assert table.mac_of("fe80::10%lan0") == TABLET  # how recvfrom names a link-local client
     assert table.forget("192.0.2.10", interface=3)
     assert table.mac_of("192.0.2.10") is None
-    assert changed == ["192.0.2.10"] * 3
+    assert changed == ["192.0.2.10", "192.0.2.10", "fe80::10", "192.0.2.10"]
 
 
 class FakeMonitor(NeighbourMonitor):
