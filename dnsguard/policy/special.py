@@ -86,6 +86,7 @@ _TOP_LEVEL: Final = {
     "local": SpecialUse(Answer.NXDOMAIN, "local: multicast DNS only (RFC 6762 22.1)"),
     "onion": SpecialUse(Answer.NXDOMAIN, "onion: Tor only (RFC 7686 2)"),
 }
+_CHECKED_TOP_LEVEL: Final = frozenset({*_TOP_LEVEL, "arpa"})
 _HOME_ARPA: Final = SpecialUse(Answer.NXDOMAIN, "home.arpa: the home network's own zone (RFC 8375 7)")
 _PRIVATE_REVERSE: Final = SpecialUse(
     Answer.NXDOMAIN, "reverse zone of a private or special range (RFC 6303 4, RFC 7793)"
@@ -146,18 +147,25 @@ class SpecialUseNames:
 
     def check(self, name: str, qtype: int = QTYPE_A) -> SpecialUse | None:
         """The local answer for canonical `name` asked with `qtype`, or None to go on with the policy."""
-        if not name:
-            return None  # the root zone
         dot = name.rfind(".")
-        top = name[dot + 1 :]
         if dot < 0:
+            if not name:
+                return None  # the root zone
             special = self._single_label(name, qtype)
-        elif top == "arpa":
-            special = self._arpa(name)
         else:
-            special = _TOP_LEVEL.get(top) if self.local_answers else None
-            if special is None and self.local_answers and name.startswith("wpad.") and name.count(".") == 1:
+            top = name[dot + 1 :]
+            if top not in _CHECKED_TOP_LEVEL and dot != 4:
+                return None  # almost every name: one rfind, one slice, one set lookup
+            if top == "arpa":
+                special = self._arpa(name)
+            elif not self.local_answers:
+                return None
+            elif top in _TOP_LEVEL:
+                special = _TOP_LEVEL[top]
+            elif dot == 4 and name.startswith("wpad."):  # wpad.<label>
                 special = _WPAD
+            else:
+                return None
         if special is None:
             return None
         # localhost stays on this host whatever is configured (RFC 6761 6.3).

@@ -80,6 +80,8 @@ def test_answered_here(name: str, answer: Answer, rfc: str) -> None:
         "www.example",  # RFC 6761 6.5: example names are resolved normally
         "local.example.com",
         "localhost.example.com",  # only names under the localhost TLD are loopback
+        "wpadx.home",
+        "abcd.com",
         "wpad.example.com",  # a real domain's proxy autodiscovery stays the domain's business
         ptr("198.51.99.7"),
         ptr("100.128.0.1"),  # just above 100.64.0.0/10
