@@ -7,15 +7,21 @@ DHCP server reusing an address would have it: the next query must be filtered.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dnsguard.lab import ADDRESSES, Lab
 from dnsguard.lab import dig_answers as answers
 from dnsguard.lab import dig_status as status
 from dnsguard.lab.peers import DnsguardDaemon
+from dnsguard.lab.scenario import SERVER_TUNNEL4, start_full_tunnel
 
 ROOT = Path(__file__).resolve().parents[2]
 LAPTOP = "02:00:5e:00:53:01"
@@ -105,3 +111,55 @@ def test_special_use_names_are_answered_by_the_gateway(gateway: tuple[Lab, Dnsgu
     assert answers(lab.dig("lanhost", "localhost", server, qtype="AAAA").stdout) == ["::1"]
     # A public name still goes upstream.
     assert answers(lab.dig("lanhost", "example.org", server).stdout) == [ADDRESSES.http4]
+
+
+def dnsguard(lab: Lab, role: str, *args: str, env: str = "") -> subprocess.CompletedProcess[str]:
+    argv = ["env", *([env] if env else []), sys.executable, "-m", "dnsguard", *args]
+    return lab.run(role, argv, check=False)
+
+
+def test_status_is_live_for_client_and_server_and_a_taken_api_port_refuses_a_second_daemon() -> None:
+    with Lab(lan=False) as lab:
+        full = start_full_tunnel(lab, lan=False)
+        try:
+            run_dir = f"DNSGUARD_RUN_DIR={lab.log_dir / 'run-client'}"
+            # `dnsguard status` finds the client by its interface, and asks its API.
+            first = dnsguard(lab, "client", "status", "--json", env=run_dir)
+            assert first.returncode == 0, first.stderr
+            before = json.loads(first.stdout)
+            assert before["kind"] == "client" and before["connection"]["state"] == "connected"
+            assert before["connection"]["last_handshake_time"].startswith(time.strftime("%Y-", time.gmtime()))
+            assert 0 <= before["connection"]["last_handshake_ago_seconds"] < 120
+            lab.run("client", ["ping", "-c", "3", "-i", "0.2", SERVER_TUNNEL4])
+            after = json.loads(dnsguard(lab, "client", "status", "--json", env=run_dir).stdout)
+            assert after["tunnel"]["tx_bytes"] > before["tunnel"]["tx_bytes"]  # live, not as of connecting
+            text = dnsguard(lab, "client", "status", env=run_dir).stdout
+            assert "connection: connected, last handshake 20" in text and " ago)" in text
+            # The server answers the same way.
+            server = dnsguard(lab, "server", "status", "-c", str(full.server.config_path))
+            assert server.returncode == 0, server.stderr
+            assert server.stdout.startswith("server (dnsguard ") and "handshake 20" in server.stdout
+
+            # A resolver started next to the client with the same API address must not run without it.
+            second = lab.log_dir / "second.yaml"
+            second.write_text(
+                yaml.safe_dump(
+                    {
+                        "upstreams": {"servers": [ADDRESSES.dns4]},
+                        "resolver": {"listen": ["127.0.0.1:5353"]},
+                        "api": {"listen": "127.0.0.1:8053"},
+                        "loading": {"cache-dir": "/tmp/dnsguard-test-lists"},
+                    }
+                )
+            )
+            refused = dnsguard(lab, "client", "resolve", "-c", str(second))
+            assert refused.returncode == 1
+            assert "Traceback" not in refused.stderr
+            assert "dnsguard: cannot listen on 127.0.0.1:8053 for the api: the port is already in use" in (
+                refused.stderr
+            )
+            # The one daemon behind that address is still the client: `pause -c` would reach only it.
+            assert dnsguard(lab, "client", "status", "-c", str(second)).stdout.startswith("client (")
+        except Exception:
+            print(full.client.log())
+            raise
