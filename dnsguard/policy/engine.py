@@ -168,7 +168,11 @@ class Policy:
         return group
 
     def client_moved(self, address: str) -> bool:
-        """Forget the group of `address` (its MAC changed); True when its group is now another one."""
+        """Forget the group of `address` (its MAC changed).
+
+        True when memos kept elsewhere for the address (the resolver's plans) may hold a wrong group:
+        its group is now another one, or it was not remembered here to compare with.
+        """
         before = self._group_of_client.pop(address, None)
         self.clients.forget(address)
         # Not remembered here (never asked, or the memo was cleared): the caller's own memos may still
