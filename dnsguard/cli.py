@@ -77,7 +77,12 @@ def _status(args: argparse.Namespace) -> int:
         # A client records its configuration file in its state file: `dnsguard status` finds its API.
         from dnsguard.daemon.client import read_status
 
-        config_path = str(read_status(args.interface)["config"])
+        try:
+            config_path = str(read_status(args.interface)["config"])
+        except (DnsguardError, KeyError) as exc:
+            raise DnsguardError(
+                f"{exc}; for a server or a resolver, give its configuration with -c"
+            ) from None
     status = api_request(config_path, "GET", "/api/status")
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))

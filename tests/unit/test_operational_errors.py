@@ -310,3 +310,24 @@ async def test_status_command_asks_the_running_daemon(
         assert json.loads(capsys.readouterr().out)["dns"]["queries"] == {"blocked": 4}
     assert await asyncio.to_thread(main, ["status", "-c", str(cli_config)]) == 1
     assert "is the daemon running?" in capsys.readouterr().err
+
+
+async def test_status_without_a_config_finds_the_client_by_its_interface(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dnsguard.daemon import client
+
+    monkeypatch.setattr(client, "RUN_DIR", tmp_path / "run")
+    assert await asyncio.to_thread(main, ["status", "--interface", "dg7"]) == 1
+    error = capsys.readouterr().err
+    assert "no running client for dg7" in error and "give its configuration with -c" in error
+    path = write_config(tmp_path, api={"listen": "127.0.0.1:0"})
+    async with running_daemon(path) as (_, operations):
+        host, port = operations.bound["api"]
+        cli_config = write_config(tmp_path, api={"listen": f"{host}:{port}"})
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "dg7.json").write_text(
+            json.dumps({"pid": os.getpid(), "config": str(cli_config)})
+        )
+        assert await asyncio.to_thread(main, ["status", "--interface", "dg7"]) == 0
+        assert capsys.readouterr().out.startswith("resolve (dnsguard ")
