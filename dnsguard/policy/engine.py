@@ -152,6 +152,7 @@ class Policy:
             single_label=special.single_label,
             forwarded=config.upstreams.conditional,
         )
+        self._special_decisions: dict[tuple[SpecialUse, str], Decision] = {}
         self.paused_until = 0.0
         self._group_of_client: dict[str, CompiledGroup] = {}
 
@@ -237,11 +238,18 @@ class Policy:
             return Decision(Kind.FORWARD, group.name, verdict.list_name, verdict)
         return group.forward
 
-    @staticmethod
-    def _special_decision(special: SpecialUse, group: CompiledGroup) -> Decision:
-        if special.answer is Answer.LOOPBACK:
-            return Decision(Kind.REWRITE, group.name, SPECIAL_USE, addresses=LOOPBACK, ttl=SPECIAL_USE_TTL)
-        return Decision(Kind.NXDOMAIN, group.name, SPECIAL_USE, ttl=SPECIAL_USE_TTL)
+    def _special_decision(self, special: SpecialUse, group: CompiledGroup) -> Decision:
+        key = (special, group.name)
+        decision = self._special_decisions.get(key)
+        if decision is None:  # a handful of rules times the groups: never cleared
+            if special.answer is Answer.LOOPBACK:
+                decision = Decision(
+                    Kind.REWRITE, group.name, SPECIAL_USE, addresses=LOOPBACK, ttl=SPECIAL_USE_TTL
+                )
+            else:
+                decision = Decision(Kind.NXDOMAIN, group.name, SPECIAL_USE, ttl=SPECIAL_USE_TTL)
+            self._special_decisions[key] = decision
+        return decision
 
     def _rewrite(self, name: str) -> Rewrite | None:
         rewrite = self.rewrites.get(name)

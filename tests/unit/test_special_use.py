@@ -206,6 +206,8 @@ def test_explain_names_the_rule() -> None:
     text = policy.explain(ptr("10.0.0.1"), "192.0.2.7", 0.0)
     assert "decision: nxdomain" in text and "RFC 6303" in text
     assert policy.decide("localhost", "", 0.0).kind is Kind.REWRITE
+    # Shared decisions, as for blocks: the answer path allocates none.
+    assert policy.decide("a.local", "", 0.0) is policy.decide("b.local", "192.0.2.7", 0.0)
 
 
 def test_config_keys(tmp_path: Path) -> None:
