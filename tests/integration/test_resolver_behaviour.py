@@ -163,3 +163,39 @@ def test_status_is_live_for_client_and_server_and_a_taken_api_port_refuses_a_sec
         except Exception:
             print(full.client.log())
             raise
+
+
+def test_a_dns_port_held_by_another_server_names_it() -> None:
+    """The most common install problem, with dnsmasq standing in for systemd-resolved's stub."""
+    with Lab(services=False, ipv6=False) as lab:
+        holder = lab.popen(
+            "client",
+            [
+                *("dnsmasq", "--no-daemon", "--port=53", "--listen-address=127.0.0.1", "--bind-interfaces"),
+                *("--no-resolv", "--no-hosts", "--conf-file=/dev/null"),
+            ],
+            log_name="dnsmasq",
+        )
+        lab.wait_for(
+            lambda: "dnsmasq" in lab.sh("client", "ss -Hlupn sport = :53", check=False),
+            timeout=10,
+            what="dnsmasq on port 53",
+        )
+        path = lab.log_dir / "taken.yaml"
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "upstreams": {"servers": [ADDRESSES.dns4]},
+                    "resolver": {"listen": ["127.0.0.1:53"]},
+                    "api": {"listen": None},
+                    "loading": {"cache-dir": "/tmp/dnsguard-test-lists"},
+                }
+            )
+        )
+        refused = dnsguard(lab, "client", "resolve", "-c", str(path))
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert (
+            "dnsguard: cannot listen on 127.0.0.1:53 for DNS: the port is already in use by dnsmasq (pid "
+            in refused.stderr
+        ), refused.stderr
+        lab.stop(holder)
