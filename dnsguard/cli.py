@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from dnsguard import __version__
 from dnsguard.errors import ConfigError, DnsguardError, NotAvailableError, PrivilegeError
@@ -12,6 +16,8 @@ from dnsguard.errors import ConfigError, DnsguardError, NotAvailableError, Privi
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""What a shell reports for a program that a closed pipe stopped (as `head` does to coreutils)."""
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -64,10 +70,98 @@ def _down(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     import json
 
-    from dnsguard.daemon.client import read_status
+    from dnsguard.ops.remote import api_request
 
-    print(json.dumps(read_status(args.interface), indent=2, sort_keys=True))
+    config_path = args.config
+    if config_path is None:
+        # A client records its configuration file in its state file: `dnsguard status` finds its API.
+        from dnsguard.daemon.client import read_status
+
+        try:
+            config_path = str(read_status(args.interface)["config"])
+        except (DnsguardError, KeyError) as exc:
+            raise DnsguardError(
+                f"{exc}; for a server or a resolver, give its configuration with -c"
+            ) from None
+    status = api_request(config_path, "GET", "/api/status")
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print("\n".join(status_lines(status)))
     return EXIT_OK
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    seconds = max(0, round(seconds))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min ago"
+
+
+def _bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """`dnsguard status` for a person: the live answer of GET /api/status, times on the wall clock."""
+    lines = [
+        f"{status['kind']} (dnsguard {status['version']}, pid {status['pid']}), "
+        f"up since {status.get('started_time', '?')} ({_ago(status.get('uptime_seconds'))})",
+        f"config:     {status['config']}",
+    ]
+    reloads = status.get("reloads", {})
+    if reloads.get("success") or reloads.get("failure"):
+        line = f"reloads:    {reloads.get('success', 0)} ok, {reloads.get('failure', 0)} failed"
+        if reloads.get("last_error"):
+            line += f" (last error: {reloads['last_error']})"
+        lines.append(line)
+    connection = status.get("connection")
+    if connection is not None:
+        handshake = connection.get("last_handshake_time")
+        when = f"{handshake} ({_ago(connection.get('last_handshake_ago_seconds'))})" if handshake else "never"
+        reconnects = ", ".join(
+            f"{cause} {count}" for cause, count in connection["reconnects"].items() if count
+        )
+        lines.append(f"connection: {connection['state']}, last handshake {when}")
+        lines.append(f"reconnects: {reconnects or 'none'}")
+    tunnel = status.get("tunnel")
+    if tunnel is not None:
+        lines.append(
+            f"tunnel:     {tunnel['interface']}, received {_bytes(tunnel['rx_bytes'])}, "
+            f"sent {_bytes(tunnel['tx_bytes'])}"
+        )
+        for peer in tunnel["peers"]:
+            handshake = peer.get("last_handshake_time")
+            when = f"{handshake} ({_ago(peer.get('last_handshake_ago_seconds'))})" if handshake else "never"
+            lines.append(
+                f"  peer {peer['name'] or peer['public_key']}: endpoint {peer['endpoint'] or '-'}, "
+                f"handshake {when}, received {_bytes(peer['rx_bytes'])}, sent {_bytes(peer['tx_bytes'])}"
+            )
+    dns = status.get("dns")
+    if dns is not None:
+        blocking = dns["blocking"]
+        state = "on" if blocking["enabled"] else f"paused until {_local_time(blocking['paused_until'])}"
+        queries = ", ".join(f"{result} {count}" for result, count in sorted(dns["queries"].items()))
+        lines.append(f"blocking:   {state}")
+        lines.append(f"queries:    {queries or 'none yet'}")
+        for upstream in dns["upstreams"]:
+            latency = upstream["latency_ms"]
+            lines.append(
+                f"  upstream {upstream['name']}: {upstream['queries']} queries, "
+                f"{upstream['failures']} failures"
+                + (f", {latency:.1f} ms" if latency is not None else "")
+                + (f", last error: {upstream['last_error']}" if upstream["last_error"] else "")
+            )
+    return lines
 
 
 def _resolve(args: argparse.Namespace) -> int:
@@ -200,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(check)
     explain = add("explain", "print the verdict for a name and the rule that decided it", _explain)
     explain.add_argument("name")
-    explain.add_argument("--client", metavar="IP", help="evaluate the policy of this client address")
+    explain.add_argument(
+        "--client", metavar="IP|MAC", help="evaluate the policy of this client address or MAC address"
+    )
     _add_config(explain)
     keygen = add("keygen", "print a new private key (same format as 'wg genkey')", _keygen)
     keygen.add_argument("--preshared", action="store_true", help="a preshared key instead ('wg genpsk')")
@@ -221,8 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     queries.add_argument("--name", help="only names containing this text")
     _add_config(queries)
-    status = add("status", "show the tunnel state of a running client", _status)
-    status.add_argument("--interface", default="dg0")
+    status = add(
+        "status", "show the live state of a running daemon (up, server or resolve) through its API", _status
+    )
+    _add_config(status, required=False)
+    status.add_argument(
+        "--interface", default="dg0", help="without -c: the client running this tunnel interface"
+    )
+    status.add_argument("--json", action="store_true", help="print the API's JSON answer")
     demo = add("demo", "build a lab of network namespaces and run dnsguard in it (needs root)", _demo)
     demo.add_argument("--keep", action="store_true", help="wait for Enter before tearing the lab down")
     return parser
@@ -237,12 +339,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except (NotAvailableError, PrivilegeError, ConfigError) as exc:
-        print(f"dnsguard: {exc}", file=sys.stderr)
+        _error(str(exc))
         return EXIT_USAGE
     except DnsguardError as exc:
-        print(f"dnsguard: {exc}", file=sys.stderr)
+        _error(str(exc))
+        return EXIT_FAILURE
+    except OSError as exc:
+        # An expected failure of the system (a file, a socket) that no layer below mapped: one line.
+        _error(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+
+
+def _error(message: str) -> None:
+    with contextlib.suppress(OSError):  # stderr closed too: nobody to tell
+        print(f"dnsguard: {message}", file=sys.stderr)
+
+
+def _quiet_stdout() -> None:
+    """The reader of our output went away (`dnsguard explain ... | head`): stop writing, say nothing.
+
+    Python flushes stdout once more at exit; pointing the descriptor at /dev/null turns that flush
+    into a no-op instead of a second BrokenPipeError printed on stderr.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

@@ -288,6 +288,21 @@ class TcpLimitsConfig:
 
 
 @dataclass
+class SpecialUseConfig:
+    """Names answered by the resolver itself, never forwarded (see dnsguard.policy.special).
+
+    A zone listed in upstreams.conditional is forwarded to its servers instead.
+    """
+
+    local_answers: bool = True
+    """localhost (loopback), NXDOMAIN for invalid, test, local, onion, home.arpa and wpad.<label>."""
+    private_reverse: bool = True
+    """NXDOMAIN for reverse lookups of private and special ranges (RFC 6303; Pi-hole's bogus-priv)."""
+    single_label: bool = True
+    """NXDOMAIN for address lookups of names without a dot (Pi-hole's domain-needed)."""
+
+
+@dataclass
 class ResolverConfig:
     """The resolver's own sockets (for `dnsguard resolve`, the LAN DNS of a gateway) and their limits."""
 
@@ -302,6 +317,7 @@ class ResolverConfig:
     max_upstream_per_client: int = 64
     """Queries of one client waiting for an upstream at once; more are dropped and counted."""
     tcp: TcpLimitsConfig = field(default_factory=TcpLimitsConfig)
+    special_use: SpecialUseConfig = field(default_factory=SpecialUseConfig)
 
     def validate(self) -> None:
         from dnsguard.config.addresses import parse_hostport

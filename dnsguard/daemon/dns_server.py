@@ -24,6 +24,7 @@ from dnsguard.config.model import CLIENT_NETWORK_KEYWORDS, ResolverConfig
 from dnsguard.dns import wire
 from dnsguard.dns.admission import AdmissionSettings, ClientAdmission
 from dnsguard.dns.resolver import LATER, _Later
+from dnsguard.net.bind import bind_socket, listening_socket
 
 log = logging.getLogger("dnsguard.dns")
 
@@ -493,18 +494,19 @@ class DnsListeners:
             host, port = parse_hostport(text, 53)
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             udp = socket.socket(family, socket.SOCK_DGRAM)
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             with contextlib.suppress(OSError):
                 udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             if family == socket.AF_INET6:
                 udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if self.socket_setup is not None:
                 self.socket_setup(udp)
-            udp.bind((host, port))
+            # No SO_REUSEADDR on UDP: a second daemon on the same port must fail, not share it.
+            bind_socket(udp, host, port, "DNS")
             listener = UdpListener(udp, self.answerer, self.stats, admission=self.admission)
             listener.start(loop)
             self._udp.append(listener)
-            server = await asyncio.start_server(self._handle_tcp, host, port, reuse_address=True, backlog=128)
+            tcp = listening_socket(host, port, socket.SOCK_STREAM, "DNS over TCP", backlog=128)
+            server = await asyncio.start_server(self._handle_tcp, sock=tcp)
             self._servers.append(server)
             log.info("DNS listening on %s port %d (UDP and TCP)", host, port)
         if self.local_networks is not None and self.admission is not None:

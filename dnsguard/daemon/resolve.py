@@ -25,9 +25,10 @@ from dnsguard.dns.resolver import Resolver
 from dnsguard.dns.upstream import TransportOptions, UpstreamGroup
 from dnsguard.errors import ConfigError
 from dnsguard.net.interfaces import connected_networks
-from dnsguard.net.neighbours import mac_of
+from dnsguard.net.neighbours import NeighbourMonitor, NeighbourTable
 from dnsguard.ops.api import Operations
 from dnsguard.ops.observe import DnsObserver, ReloadCounter, TunnelObserver
+from dnsguard.policy.clients import MacLookup, is_mac
 from dnsguard.policy.engine import Policy
 from dnsguard.sources.build import BuildResult, build, build_sync, cached_downloads, fetcher_for, urls_of
 from dnsguard.sources.fetch import FetchResult
@@ -70,9 +71,7 @@ def make_upstreams(
 
 
 def _uses_macs(config: Config) -> bool:
-    return any(
-        client.count(":") == 5 and "/" not in client for g in config.groups.values() for client in g.clients
-    )
+    return any(is_mac(client) for g in config.groups.values() for client in g.clients)
 
 
 def make_resolver(
@@ -80,9 +79,10 @@ def make_resolver(
     built: BuildResult,
     socket_setup: SocketSetup | None = None,
     observer: DnsObserver | None = None,
+    mac_lookup: MacLookup | None = None,
 ) -> Resolver:
     resolver = Resolver(
-        Policy(config, built.matcher, mac_lookup=mac_of if _uses_macs(config) else None),
+        Policy(config, built.matcher, mac_lookup=mac_lookup),
         make_cache(config),
         make_upstreams(config, socket_setup, observer),
         query_log_size=config.api.query_log_size,
@@ -148,12 +148,16 @@ class ResolverService:
     tunnel_networks: list[str] = field(default_factory=list)
     """What `allow-clients: [tunnel]` means for this daemon."""
     listeners: DnsListeners | None = None
+    neighbours: NeighbourTable | None = None
+    """Address -> MAC, kept current from netlink while a group lists MAC addresses."""
 
     async def start(self, listen: bool = True) -> None:
         # Start answering from cached list copies at once; fresh downloads follow in the background.
         self.built = await build(self.config, download=False)
         log_build(self.built)
-        self.resolver = make_resolver(self.config, self.built, self.socket_setup, self.observer)
+        self.resolver = make_resolver(
+            self.config, self.built, self.socket_setup, self.observer, self._mac_lookup(self.config)
+        )
         settle_heap()
         if listen:
             self.listeners = DnsListeners(
@@ -218,12 +222,30 @@ class ResolverService:
         self.built = built
         if self.resolver is None:
             return
-        policy = Policy(config, built.matcher, mac_lookup=mac_of if _uses_macs(config) else None)
+        policy = Policy(config, built.matcher, mac_lookup=self._mac_lookup(config))
         policy.paused_until = self.paused_until
         self.resolver.policy = policy
         if self.resolver.cache is not None:
             self.resolver.cache.flush()
         settle_heap()
+
+    # -- groups by MAC ----------------------------------------------------------------------
+
+    def _mac_lookup(self, config: Config) -> MacLookup | None:
+        """The neighbour table's lookup when a group lists MACs (its monitor started on first need)."""
+        if not _uses_macs(config):
+            return None
+        if self.neighbours is None:
+            self.neighbours = NeighbourTable(self._neighbour_changed)
+            self._neighbour_monitor = NeighbourMonitor(self.neighbours)
+            self._neighbour_monitor.start()
+        return self.neighbours.mac_of
+
+    def _neighbour_changed(self, address: str) -> None:
+        """An address got another MAC: its queries follow the new MAC's group from the next one on."""
+        resolver = self.resolver
+        if resolver is not None and resolver.policy.client_moved(address):
+            resolver.forget_plans()
 
     # -- pausing (API) ----------------------------------------------------------------------
 
@@ -292,6 +314,8 @@ class ResolverService:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             self._refresher.cancel()
+        if self.neighbours is not None:
+            await self._neighbour_monitor.stop()
         if self.listeners is not None:
             await self.listeners.close()
         if self.resolver is not None:

@@ -255,7 +255,7 @@ class Resolver:
         policy = self._policy
         group = policy.group_for(client)
         now = self.wall_clock()
-        decision = policy.decide_for_group(query.qname, group, now)
+        decision = policy.decide_for_group(query.qname, group, now, query.qtype)
         kind = decision.kind
         # A decision that depends on the time (schedules, a pause) is not remembered, nor one for an
         # unusual message (those skip the cache too).
@@ -379,7 +379,7 @@ class Resolver:
             query, plain = _parse(data)
         except FormError:
             return None
-        decision = self.policy.decide(query.qname, client, self.wall_clock())
+        decision = self.policy.decide(query.qname, client, self.wall_clock(), query.qtype)
         reply: bytes | None
         if decision.target:
             reply = await self._answer_with_target(query, decision)

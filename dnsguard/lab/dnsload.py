@@ -1,4 +1,4 @@
-"""Hostile and well-behaved DNS clients for the lab: structure-aware fuzzing, floods and a control client.
+r"""Hostile and well-behaved DNS clients for the lab: structure-aware fuzzing, floods and a control client.
 
     python -m dnsguard.lab.dnsload fuzz SERVER PORT --count N [--source ADDR] [--seed S]
     python -m dnsguard.lab.dnsload flood KIND SERVER PORT --seconds S [--rate R] [--source ADDR]

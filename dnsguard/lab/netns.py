@@ -62,7 +62,7 @@ class Addresses:
     lan_host4: str = "192.0.2.10"
     lan_gw6: str = "2001:db8:100::1"
     lan_host6: str = "2001:db8:100::10"
-    zone: str = "dnsguard.test"
+    zone: str = "dnsguard.example"
 
 
 ADDRESSES = Addresses()

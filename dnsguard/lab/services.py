@@ -2,7 +2,7 @@
 
 DNS (UDP and TCP):
 - explicit records of the test zone (``www.<zone>`` -> the HTTP server, ``cloaked.<zone>`` -> a CNAME
-  to ``ads.tracker.test``, ``big.<zone>`` -> a TXT set too big for UDP, ``slow.<zone>`` -> answered
+  to ``ads.tracker.example``, ``big.<zone>`` -> a TXT set too big for UDP, ``slow.<zone>`` -> answered
   after a second, ``whoami.<zone>`` -> TXT with the querying address), other names in the zone NXDOMAIN;
 - every name outside the zone resolves to the HTTP server, so the lab behaves like a web where any
   allowed name can be fetched.
@@ -47,7 +47,7 @@ class AuthoritativeZone:
         if name == f"dns.{z}":
             return [("A", A(self.dns4))], True
         if name == f"cloaked.{z}":
-            return [("CNAME", CNAME("ads.tracker.test."))], True
+            return [("CNAME", CNAME("ads.tracker.example."))], True
         if name == f"whoami.{z}":
             return [("TXT", TXT(source))], True
         if name == f"big.{z}":

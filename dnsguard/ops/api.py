@@ -20,6 +20,8 @@ from aiohttp import web
 
 from dnsguard import __version__
 from dnsguard.config.addresses import parse_hostport
+from dnsguard.lifecycle.clock import boottime
+from dnsguard.net.bind import listening_socket
 from dnsguard.ops.metrics import peer_names, registry_for, render
 from dnsguard.ops.watch import FileWatcher, watched_files
 
@@ -41,6 +43,22 @@ class ApiError(Exception):
 
 def _json(data: object, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
+
+
+def iso_time(timestamp: float) -> str:
+    """A wall-clock time as ISO 8601 UTC, to the second (e.g. 2026-12-04T17:20:01Z)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def handshake_times(wall: float | None, now: float) -> dict[str, Any]:
+    """The last handshake as epoch seconds, ISO time and age, all None when there was none."""
+    if not wall:
+        return {"last_handshake": None, "last_handshake_time": None, "last_handshake_ago_seconds": None}
+    return {
+        "last_handshake": wall,
+        "last_handshake_time": iso_time(wall),
+        "last_handshake_ago_seconds": round(max(0.0, now - wall), 3),
+    }
 
 
 class Api:
@@ -93,14 +111,17 @@ class Api:
         return _json({"status": "ok", "kind": self.daemon.kind})
 
     async def status(self, request: web.Request) -> web.Response:
+        """Live state of this daemon (client, server or resolver), read when asked; wall-clock times."""
         daemon = self.daemon
         reloads = daemon.reloads
+        now = time.time()
         body: dict[str, Any] = {
             "kind": daemon.kind,
             "version": __version__,
             "pid": os.getpid(),
             "config": os.path.abspath(daemon.config_path),
-            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "started_time": iso_time(self.started_at),
+            "uptime_seconds": round(now - self.started_at, 3),
             "reloads": {
                 "success": reloads.success,
                 "failure": reloads.failure,
@@ -110,9 +131,12 @@ class Api:
         }
         lifecycle = daemon.connection
         if lifecycle is not None:
+            # The lifecycle runs on CLOCK_BOOTTIME; its age is the same on the wall clock.
+            last = lifecycle.last_handshake
             body["connection"] = {
                 "state": lifecycle.state.value,
                 "reconnects": {cause.value: count for cause, count in lifecycle.reconnects.items()},
+                **handshake_times(now - (boottime() - last) if last is not None else None, now),
             }
         shell = daemon.tunnel_shell
         if shell is not None:
@@ -128,7 +152,7 @@ class Api:
                         "public_key": peer.public_key,
                         "endpoint": f"{peer.endpoint[0]}:{peer.endpoint[1]}" if peer.endpoint else None,
                         "allowed_ips": list(peer.allowed_ips),
-                        "last_handshake": (peer.last_handshake_wall_ns or 0) / 1e9 or None,
+                        **handshake_times((peer.last_handshake_wall_ns or 0) / 1e9, now),
                         "rx_bytes": peer.rx_bytes,
                         "tx_bytes": peer.tx_bytes,
                     }
@@ -325,14 +349,9 @@ class Operations:
     async def _serve(self, listen: str, default_port: int, api: bool, metrics: bool) -> None:
         what = " and ".join(name for name, on in (("api", api), ("metrics", metrics)) if on)
         host, port = parse_hostport(listen, default_port, "listen", any_port=True)
-        try:
-            sock = socket.create_server(
-                (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, reuse_port=False
-            )
-        except OSError as exc:
-            # The daemon's main job goes on without its API: say so loudly instead of dying.
-            log.error("cannot listen on %s for the %s: %s", listen, what, exc.strerror or exc)
-            return
+        # A daemon without its API would leave `dnsguard pause` and `status` talking to whatever
+        # holds the port (often another dnsguard): refuse to start instead (BindError).
+        sock = listening_socket(host, port, socket.SOCK_STREAM, f"the {what}")
         runner = web.AppRunner(self._app(api, metrics), access_log=None)
         await runner.setup()
         await web.SockSite(runner, sock).start()
@@ -344,15 +363,20 @@ class Operations:
         log.info("%s on %s:%d", what, bound[0], bound[1])
 
     async def start(self) -> None:
+        """Serve the API and the metrics; BindError (nothing left listening) when an address is refused."""
         config = self.daemon.config
         api_listen, metrics_listen = config.api.listen, config.metrics.listen
-        if api_listen is not None and api_listen == metrics_listen:
-            await self._serve(api_listen, 8053, api=True, metrics=True)
-        else:
-            if api_listen is not None:
-                await self._serve(api_listen, 8053, api=True, metrics=False)
-            if metrics_listen is not None:
-                await self._serve(metrics_listen, 9153, api=False, metrics=True)
+        try:
+            if api_listen is not None and api_listen == metrics_listen:
+                await self._serve(api_listen, 8053, api=True, metrics=True)
+            else:
+                if api_listen is not None:
+                    await self._serve(api_listen, 8053, api=True, metrics=False)
+                if metrics_listen is not None:
+                    await self._serve(metrics_listen, 9153, api=False, metrics=True)
+        except BaseException:
+            await self.close()
+            raise
         if config.reload.watch:
             self.watcher = FileWatcher(
                 lambda: watched_files(self.daemon.config_path, self.daemon.config),

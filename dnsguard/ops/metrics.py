@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 # The resolver's own result names that the metrics fold into another one.
 RESULT_ALIASES = {"stale": "cached"}
 RESULTS = tuple(result for result in RESOLVER_RESULTS if result not in RESULT_ALIASES)
-BUILT_IN_BLOCKS = ("doh-canary", "private-relay")
+BUILT_IN_BLOCKS = ("doh-canary", "private-relay", "special-use")
 NOT_DROPS = frozenset({"cookie_replies_sent", "staged_flushed"})
 
 

@@ -1,12 +1,25 @@
-"""Which group a client belongs to: by IP address, CIDR (longest prefix wins) or MAC address."""
+"""Which group a client belongs to: by IP address, CIDR (longest prefix wins) or MAC address.
+
+A MAC address is known through the neighbour table, which changes under the policy (a device takes
+an address another device had): `forget(address)` drops what was worked out for that address, and
+the neighbour edge (dnsguard.net.neighbours) calls it through the daemon on every change.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 
 MacLookup = Callable[[str], str | None]
-"""IP address -> MAC address (from the neighbour table) or None."""
+"""IP address -> MAC address (an in-memory neighbour map: it is called on the answer path) or None."""
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$", re.IGNORECASE)
+
+
+def is_mac(text: str) -> bool:
+    """True for a MAC address written aa:bb:cc:dd:ee:ff or aa-bb-cc-dd-ee-ff."""
+    return len(text) == 17 and _MAC_RE.match(text) is not None
 
 
 class ClientGroups:
@@ -28,8 +41,8 @@ class ClientGroups:
         tables: dict[tuple[int, int], dict[int, str]] = {}
         for group, identifiers in members.items():
             for identifier in identifiers:
-                if ":" in identifier and identifier.count(":") == 5 and "/" not in identifier:
-                    self._macs[identifier.lower()] = group
+                if is_mac(identifier):
+                    self._macs[identifier.lower().replace("-", ":")] = group
                     continue
                 network = ipaddress.ip_network(identifier, strict=False)
                 key = (network.version, network.prefixlen)
@@ -40,7 +53,7 @@ class ClientGroups:
         self._cache_size = cache_size
 
     def group_of(self, address: str) -> str | None:
-        """The group of a client address (cached; call `forget` when the neighbour table changes)."""
+        """The group of a client address (cached; `forget(address)` when its neighbour entry changes)."""
         cached = self._cache.get(address, self)
         if cached is not self:
             return cached  # type: ignore[return-value]
@@ -63,10 +76,21 @@ class ClientGroups:
                 return group
         if self._macs and self.mac_lookup is not None:
             mac = self.mac_lookup(address)
-            if mac is not None and mac.lower() in self._macs:
-                return self._macs[mac.lower()]
+            if mac is not None:
+                return self.group_of_mac(mac)
         return self.default
 
-    def forget(self) -> None:
-        """Drop cached lookups (the neighbour table or the configuration changed)."""
-        self._cache.clear()
+    def group_of_mac(self, mac: str) -> str | None:
+        """The group a MAC address is listed in, else the default group."""
+        return self._macs.get(mac.lower().replace("-", ":"), self.default)
+
+    @property
+    def uses_macs(self) -> bool:
+        return bool(self._macs)
+
+    def forget(self, address: str | None = None) -> None:
+        """Drop the cached lookup of `address` (its neighbour entry changed), or of every address."""
+        if address is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(address, None)

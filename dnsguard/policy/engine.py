@@ -1,11 +1,13 @@
 """The policy: for a name asked by a client, now, what to answer and why.
 
 Order of evaluation for a client's group:
-1. filtering off for the group (or blocking paused): forward, except local rewrites;
-2. local rewrites (custom answers for names, `*.name` wildcards);
-3. anti-bypass names: the DoH canary and iCloud Private Relay get NXDOMAIN;
-4. safe search: a search engine's name is answered with a CNAME to its restricted host;
-5. the group's lists (plus the lists of its schedules active right now): block or allow,
+1. local rewrites (custom answers for names, `*.name` wildcards);
+2. special-use names (localhost, .local, home.arpa, private reverse zones, single labels): answered
+   here whatever the group, since they are not filtering but names with no public answer;
+3. filtering off for the group (or blocking paused): forward;
+4. anti-bypass names: the DoH canary and iCloud Private Relay get NXDOMAIN;
+5. safe search: a search engine's name is answered with a CNAME to its restricted host;
+6. the group's lists (plus the lists of its schedules active right now): block or allow,
    with the list, source and line that decided.
 
 Decisions for the common cases are shared objects, so the hot path allocates nothing.
@@ -20,13 +22,16 @@ from dataclasses import dataclass, field
 from dnsguard.config.addresses import is_ip
 from dnsguard.config.model import BlockMode, Config, GroupConfig
 from dnsguard.filter.matcher import Action, Matcher, Selection, Verdict
-from dnsguard.policy.clients import ClientGroups, MacLookup
+from dnsguard.policy.clients import ClientGroups, MacLookup, is_mac
 from dnsguard.policy.safesearch import safe_search_target
 from dnsguard.policy.schedule import Window, local_weekday_minute
+from dnsguard.policy.special import LOOPBACK, QTYPE_A, SPECIAL_USE_TTL, Answer, SpecialUse, SpecialUseNames
 
 DOH_CANARY = "use-application-dns.net"
 PRIVATE_RELAY = ("mask.icloud.com", "mask-h2.icloud.com")
 NO_GROUP = "(none)"
+SPECIAL_USE = "special-use"
+"""The reason of every special-use answer (one metric label; `explain` names the RFC rule)."""
 
 
 class Kind(enum.Enum):
@@ -34,11 +39,11 @@ class Kind(enum.Enum):
     """Not blocked: answer from the cache or an upstream."""
     BLOCK = "block"
     REWRITE = "rewrite"
-    """A local answer: `addresses` or a CNAME `target`."""
+    """A local answer: `addresses` or a CNAME `target` (also localhost's loopback addresses)."""
     SAFE_SEARCH = "safe_search"
     """Answer with a CNAME to `target` and its addresses."""
     NXDOMAIN = "nxdomain"
-    """Anti-bypass names (DoH canary, Private Relay)."""
+    """Anti-bypass names (DoH canary, Private Relay) and special-use names, with an SOA for `ttl`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,24 +145,47 @@ class Policy:
             ([DOH_CANARY] if blocking.doh_canary else [])
             + (list(PRIVATE_RELAY) if blocking.block_private_relay else [])
         )
+        special = config.resolver.special_use
+        self.special = SpecialUseNames(
+            local_answers=special.local_answers,
+            private_reverse=special.private_reverse,
+            single_label=special.single_label,
+            forwarded=config.upstreams.conditional,
+        )
+        self._special_decisions: dict[tuple[SpecialUse, str], Decision] = {}
         self.paused_until = 0.0
         self._group_of_client: dict[str, CompiledGroup] = {}
 
     def group_for(self, client: str) -> CompiledGroup:
+        """The group of a client address, or of a MAC address (`explain --client MAC`)."""
         group = self._group_of_client.get(client)
         if group is None:
+            if is_mac(client):
+                return self.groups[self.clients.group_of_mac(client) or "default"]
             group = self.groups[self.clients.group_of(client) or "default"]
             if len(self._group_of_client) >= 4096:
                 self._group_of_client.clear()
             self._group_of_client[client] = group
         return group
 
-    def decide(self, name: str, client: str, now: float) -> Decision:
+    def client_moved(self, address: str) -> bool:
+        """Forget the group of `address` (its MAC changed).
+
+        True when memos kept elsewhere for the address (the resolver's plans) may hold a wrong group:
+        its group is now another one, or it was not remembered here to compare with.
+        """
+        before = self._group_of_client.pop(address, None)
+        self.clients.forget(address)
+        # Not remembered here (never asked, or the memo was cleared): the caller's own memos may still
+        # hold the old group, so count it as moved.
+        return before is None or self.group_for(address) is not before
+
+    def decide(self, name: str, client: str, now: float, qtype: int = QTYPE_A) -> Decision:
         """The decision for canonical `name` (lower case, no trailing dot) from `client` at wall time now."""
         group = self.group_for(client)
-        return self.decide_for_group(name, group, now)
+        return self.decide_for_group(name, group, now, qtype)
 
-    def decide_for_group(self, name: str, group: CompiledGroup, now: float) -> Decision:
+    def decide_for_group(self, name: str, group: CompiledGroup, now: float, qtype: int = QTYPE_A) -> Decision:
         if self.rewrites or self.wildcard_rewrites:
             rewrite = self._rewrite(name)
             if rewrite is not None:
@@ -169,6 +197,9 @@ class Policy:
                     addresses=rewrite.addresses,
                     ttl=rewrite.ttl,
                 )
+        special = self.special.check(name, qtype)
+        if special is not None:
+            return self._special_decision(special, group)
         if not group.config.filtering or now < self.paused_until:
             return group.forward
         if name in self.canaries:
@@ -207,6 +238,19 @@ class Policy:
             return Decision(Kind.FORWARD, group.name, verdict.list_name, verdict)
         return group.forward
 
+    def _special_decision(self, special: SpecialUse, group: CompiledGroup) -> Decision:
+        key = (special, group.name)
+        decision = self._special_decisions.get(key)
+        if decision is None:  # a handful of rules times the groups: never cleared
+            if special.answer is Answer.LOOPBACK:
+                decision = Decision(
+                    Kind.REWRITE, group.name, SPECIAL_USE, addresses=LOOPBACK, ttl=SPECIAL_USE_TTL
+                )
+            else:
+                decision = Decision(Kind.NXDOMAIN, group.name, SPECIAL_USE, ttl=SPECIAL_USE_TTL)
+            self._special_decisions[key] = decision
+        return decision
+
     def _rewrite(self, name: str) -> Rewrite | None:
         rewrite = self.rewrites.get(name)
         if rewrite is not None or not self.wildcard_rewrites:
@@ -218,15 +262,20 @@ class Policy:
                 return rewrite
         return None
 
-    def explain(self, name: str, client: str, now: float) -> str:
+    def explain(self, name: str, client: str, now: float, qtype: int = QTYPE_A) -> str:
         """A human-readable account of the decision, with the rule's source line."""
+        client = client.strip().lower().replace("-", ":") if is_mac(client) else client
         group = self.group_for(client)
-        decision = self.decide_for_group(name, group, now)
+        decision = self.decide_for_group(name, group, now, qtype)
         lines = [
             f"name:     {name}",
             f"client:   {client or '-'} (group {group.name})",
             f"decision: {decision.kind.value}",
         ]
+        if decision.reason == SPECIAL_USE:
+            special = self.special.check(name, qtype)
+            if special is not None:
+                lines.append(f"rule:     {special.rule}")
         if decision.kind is Kind.BLOCK and decision.verdict is not None:
             lines.append(f"mode:     {decision.block_mode}, ttl {decision.ttl} s")
         if decision.verdict is not None:

@@ -97,7 +97,7 @@ def test_per_client_groups_allowlist_and_safe_search(gateway: tuple[Lab, Dnsguar
 
 def test_cname_cloaking_is_blocked(gateway: tuple[Lab, DnsguardDaemon]) -> None:
     lab, _ = gateway
-    # cloaked.<zone> is a CNAME to ads.tracker.test, which the ads list blocks.
+    # cloaked.<zone> is a CNAME to ads.tracker.example, which the ads list blocks.
     cloaked = lab.dig("client", f"cloaked.{ADDRESSES.zone}", "127.0.0.1").stdout
     assert answers(cloaked) == ["0.0.0.0"]
 
