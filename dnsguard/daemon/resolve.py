@@ -52,9 +52,14 @@ def make_cache(config: Config) -> AnswerCache | None:
 
 
 def make_upstreams(
-    config: Config, socket_setup: SocketSetup | None = None, observer: DnsObserver | None = None
+    config: Config,
+    socket_setup: SocketSetup | None = None,
+    observer: DnsObserver | None = None,
+    servers: list[str] | None = None,
 ) -> UpstreamGroup | None:
-    servers = config.upstreams.servers
+    """The upstream group of `servers` (default: upstreams.servers) under the configured strategy."""
+    if servers is None:
+        servers = config.upstreams.servers
     if not servers:
         return None
     options = TransportOptions(socket_setup=socket_setup) if socket_setup else None
@@ -68,6 +73,18 @@ def make_upstreams(
     if observer is not None:
         observer.know_upstreams([upstream.name for upstream in group.upstreams])
     return group
+
+
+def make_conditional(
+    config: Config, socket_setup: SocketSetup | None = None, observer: DnsObserver | None = None
+) -> dict[str, UpstreamGroup]:
+    """A group per upstreams.conditional zone, keyed as the resolver looks names up."""
+    groups = {}
+    for zone, servers in config.upstreams.conditional.items():
+        group = make_upstreams(config, socket_setup, observer, servers)
+        if group is not None:
+            groups[zone.strip().lower().rstrip(".") or "."] = group
+    return groups
 
 
 def _uses_macs(config: Config) -> bool:
@@ -91,6 +108,7 @@ def make_resolver(
         serve_stale=config.cache.serve_stale,
         prefetch=config.cache.prefetch,
         max_udp_size=config.resolver.max_udp_size,
+        conditional=make_conditional(config, socket_setup, observer),
     )
     if observer is not None:
         resolver.on_query = observer.on_query
@@ -297,7 +315,9 @@ class ResolverService:
         self._swap(new, built)
         if self.resolver is not None:
             old_upstreams = self.resolver.upstreams
+            old_conditional = self.resolver.conditional
             self.resolver.upstreams = make_upstreams(new, self.socket_setup, self.observer)
+            self.resolver.conditional = make_conditional(new, self.socket_setup, self.observer)
             self.resolver.extended_errors = new.blocking.extended_errors
             self.resolver.cname_check = new.blocking.cname_check
             self.resolver.serve_stale = new.cache.serve_stale
@@ -305,6 +325,8 @@ class ResolverService:
             self.resolver.max_udp_size = new.resolver.max_udp_size
             if old_upstreams is not None:
                 await old_upstreams.close()
+            for group in old_conditional.values():
+                await group.close()
         if new.resolver.listen != old_listen:
             log.warning("resolver.listen changed: takes effect after a restart")
         self.reloads.succeeded()
@@ -322,6 +344,8 @@ class ResolverService:
             await self.resolver.close()
             if self.resolver.upstreams is not None:
                 await self.resolver.upstreams.close()
+            for group in self.resolver.conditional.values():
+                await group.close()
 
 
 class ResolveDaemon:

@@ -133,6 +133,7 @@ class Resolver:
         serve_stale: bool = True,
         prefetch: bool = True,
         max_udp_size: int = MAX_UDP_SIZE,
+        conditional: dict[str, UpstreamGroup] | None = None,
     ) -> None:
         # Plans (see _Plan) hold replies worked out under the current policy and block settings; the
         # properties below forget them whenever those are replaced.
@@ -143,6 +144,8 @@ class Resolver:
         self._extended_errors = extended_errors
         self.cache = cache
         self.upstreams = upstreams
+        self.conditional = conditional or {}
+        """Zone -> the upstreams for names in it (longest zone wins; "." is every single-label name)."""
         self.wall_clock = wall_clock
         self.clock = clock
         self.cname_check = cname_check
@@ -393,6 +396,25 @@ class Resolver:
         self._record(query, client, result, decision, started)
         return reply
 
+    def upstreams_for(self, name: str) -> UpstreamGroup | None:
+        """The conditional upstreams of the longest zone that holds `name`, else the default ones."""
+        conditional = self.conditional
+        if conditional:
+            candidate = name
+            while True:
+                group = conditional.get(candidate)
+                if group is not None:
+                    return group
+                dot = candidate.find(".")
+                if dot < 0:
+                    break
+                candidate = candidate[dot + 1 :]
+            if "." not in name and name:
+                group = conditional.get(".")
+                if group is not None:
+                    return group
+        return self.upstreams
+
     def _udp_limit(self, query: Query) -> int:
         limit = query.udp_limit
         return limit if limit < self.max_udp_size else self.max_udp_size
@@ -417,10 +439,11 @@ class Resolver:
         # Only plain queries share cached replies: an answer to a message with extra records (a TSIG
         # signature, say) may depend on them.
         cache = self.cache if plain else None
-        if self.upstreams is None:
+        upstreams = self.upstreams_for(query.qname)
+        if upstreams is None:
             return wire.refused(query), "refused"
         try:
-            reply = await self.upstreams.query(query.data)
+            reply = await upstreams.query(query.data)
         except (AllUpstreamsFailedError, UpstreamError) as exc:
             log.debug("upstreams failed for %s: %s", query.qname, exc)
             if self.serve_stale and cache is not None:
@@ -467,10 +490,11 @@ class Resolver:
     async def _answer_with_target(self, query: Query, decision: Decision) -> bytes:
         """A CNAME answer to decision.target plus the target's addresses of the asked family."""
         addresses: tuple[bytes, ...] = ()
-        if query.qtype in (QTYPE_A, QTYPE_AAAA) and self.upstreams is not None:
+        upstreams = self.upstreams_for(decision.target)
+        if query.qtype in (QTYPE_A, QTYPE_AAAA) and upstreams is not None:
             probe = _query_for(decision.target, query.qtype)
             try:
-                reply = await self.upstreams.query(probe)
+                reply = await upstreams.query(probe)
                 addresses = tuple(
                     a
                     for a in wire.parse_response_meta(reply).addresses
@@ -505,7 +529,7 @@ class Resolver:
 
     async def _refresh(self, query: Query) -> None:
         """Ask upstream again for a popular cached answer and store the new one; no client is waiting."""
-        upstreams, cache = self.upstreams, self.cache
+        upstreams, cache = self.upstreams_for(query.qname), self.cache
         if upstreams is None or cache is None:
             return
         try:

@@ -201,3 +201,42 @@ async def test_big_answer_is_truncated_over_udp_only() -> None:
     assert over_udp.header.tc == 1 and not over_udp.rr
     over_tcp = parse(await resolver.answer_later(query("big.example"), "192.0.2.1", True))
     assert over_tcp.header.tc == 0 and len(over_tcp.rr) == 60
+
+
+class NamedUpstreams(FakeUpstreams):
+    """FakeUpstreams that answers every name with its own address, to tell groups apart."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__()
+        self.address = address
+
+    async def query(self, data: bytes) -> bytes:
+        request = DNSRecord.parse(data)
+        self.asked.append(str(request.q.qname).rstrip("."))
+        reply = request.reply()
+        reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(self.address), ttl=60))
+        return bytes(reply.pack())
+
+
+@pytest.mark.parametrize(
+    ("name", "answer"),
+    [
+        ("nas.home.arpa", "192.0.2.1"),
+        ("a.b.lab.home.arpa", "192.0.2.2"),  # the longest zone wins
+        ("home.arpa.example.org", "198.51.100.1"),
+        ("printer", "192.0.2.3"),  # "." is every single-label name
+        ("10.2.0.192.in-addr.arpa", "192.0.2.1"),
+    ],
+)
+async def test_conditional_zones_go_to_their_own_upstreams(name: str, answer: str) -> None:
+    resolver, _, _ = make()
+    resolver.upstreams = NamedUpstreams("198.51.100.1")  # type: ignore[assignment]
+    resolver.conditional = {
+        "home.arpa": NamedUpstreams("192.0.2.1"),  # type: ignore[dict-item]
+        "lab.home.arpa": NamedUpstreams("192.0.2.2"),  # type: ignore[dict-item]
+        ".": NamedUpstreams("192.0.2.3"),  # type: ignore[dict-item]
+        "2.0.192.in-addr.arpa": NamedUpstreams("192.0.2.1"),  # type: ignore[dict-item]
+    }
+    message = query(name, "PTR" if name.endswith("arpa") and "in-addr" in name else "A")
+    reply = await resolver.answer_later(message, "192.0.2.1", False)
+    assert reply is not None and [str(r.rdata) for r in parse(reply).rr] == [answer]
