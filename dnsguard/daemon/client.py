@@ -39,7 +39,15 @@ from dnsguard.lifecycle import (
     monotonic,
 )
 from dnsguard.net.firewall import DNS_TABLE, KILL_SWITCH_TABLE, DnsRedirect, KillSwitch, table_change
-from dnsguard.net.journal import Journal, client_alive, namespace_id, read_state, roll_back, state_file
+from dnsguard.net.journal import (
+    RUN_DIR,
+    Journal,
+    client_alive,
+    namespace_id,
+    read_state,
+    roll_back,
+    state_file,
+)
 from dnsguard.net.monitor import PathMonitor
 from dnsguard.net.routing import RoutingPlan, local_networks, set_forwarding
 from dnsguard.net.tun import TunDevice
@@ -49,7 +57,6 @@ from dnsguard.wireguard.events import Event, HandshakeCompleted, HandshakeGaveUp
 
 log = logging.getLogger("dnsguard.client")
 
-RUN_DIR = Path(os.environ.get("DNSGUARD_RUN_DIR", "/run/dnsguard"))
 TICK = 1.0
 PAUSE_ENV = "DNSGUARD_PAUSE_AT"
 """For lab tests: the name of a start-up step (see `Client._step`) at which start-up waits until

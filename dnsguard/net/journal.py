@@ -28,6 +28,9 @@ from dnsguard.net import firewall, routing
 
 log = logging.getLogger(__name__)
 
+RUN_DIR = Path(os.environ.get("DNSGUARD_RUN_DIR", "/run/dnsguard"))
+"""Where the daemons keep their state files."""
+
 Change = dict[str, Any]
 """One recorded change: {"kind": "sysctl" | "nft-table" | "rule" | "route", ...its attributes}."""
 
