@@ -115,6 +115,7 @@ class Client(FilteringTunnelDaemon):
         self._starting = False
         self._main: asyncio.Task[None] | None = None
         self._refresh: asyncio.TimerHandle | None = None
+        self._refresh_task: asyncio.Future[None] | None = None
         self._reload_task: asyncio.Future[bool] | None = None
 
     # -- what the metrics and the API read ------------------------------------------------
@@ -147,14 +148,18 @@ class Client(FilteringTunnelDaemon):
         self.lifecycle.path_changed(boottime())
         loop = asyncio.get_running_loop()
         loop.call_later(self.lifecycle.settings.debounce + 0.01, self._run_due_timers)
-        if self.kill_switch is not None and self.kill_switch.local_interfaces is not None:
+        tunnel = self.config.tunnel
+        if self.kill_switch is not None and tunnel is not None and tunnel.exclude_local_networks:
             # The local networks the kill switch lets through follow the uplink (a new café, a new
             # prefix); one refresh after the burst settles.
             if self._refresh is not None:
                 self._refresh.cancel()
-            self._refresh = loop.call_later(
-                self.lifecycle.settings.debounce, lambda: asyncio.ensure_future(self._refresh_local())
-            )
+            self._refresh = loop.call_later(self.lifecycle.settings.debounce, self._start_refresh)
+
+    def _start_refresh(self) -> None:
+        self._refresh = None
+        if self._refresh_task is None or self._refresh_task.done():
+            self._refresh_task = asyncio.ensure_future(self._refresh_local())
 
     async def _refresh_local(self) -> None:
         tunnel = self.config.tunnel
@@ -361,6 +366,8 @@ class Client(FilteringTunnelDaemon):
     async def _teardown(self, journal: Journal, tun: TunDevice | None, udp: UdpEndpoint | None) -> None:
         if self._refresh is not None:
             self._refresh.cancel()
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
         if self.operations is not None:
             await self.operations.close()
         if self._ticker is not None:

@@ -242,6 +242,13 @@ async def local_networks(tunnel_interface: str) -> LocalNetworks:
     Connected prefixes are the main table's routes on an uplink without a gateway (the kernel's
     routes for the addresses on the link); link-local prefixes are always local.
     """
+    try:
+        return await _local_networks(tunnel_interface)
+    except NetlinkError as exc:
+        raise NetworkError(f"cannot read the main routing table: {exc}") from exc
+
+
+async def _local_networks(tunnel_interface: str) -> LocalNetworks:
     uplinks: set[int] = set()
     gateways: set[str] = set()
     connected: list[tuple[int, str]] = []

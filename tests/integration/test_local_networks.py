@@ -74,3 +74,25 @@ def test_local_hosts_answer_and_the_rest_goes_only_through_the_tunnel(tunnel: Fu
     ]
     assert not other, "\n".join(other[:20])
     assert not any(ADDRESSES.http4 in line or ADDRESSES.http6 in line for line in lines)
+
+
+def test_the_local_networks_follow_the_uplink(tunnel: FullTunnel) -> None:
+    """A new prefix on the uplink (another network on the same link) becomes reachable beside the tunnel."""
+    lab = tunnel.lab
+    lab.sh("internet", "ip addr add 192.0.2.1/24 dev c0")
+    assert lab.run(
+        "client", ["ping", "-c", "1", "-W", "1", "-I", "eth0", "192.0.2.1"], check=False
+    ).returncode
+    lab.sh("client", "ip addr add 192.0.2.50/24 dev eth0")
+    lab.wait_for(
+        lambda: "local networks now" in tunnel.client.log() and "192.0.2.0/24" in tunnel.client.log(),
+        timeout=10,
+        what="the kill switch to let the new local network through",
+    )
+    lab.run("client", ["ping", "-c", "2", "-i", "0.2", "-W", "2", "192.0.2.1"])
+    lab.sh("client", "ip addr del 192.0.2.50/24 dev eth0")
+    lab.wait_for(
+        lambda: "192.0.2.0/24" not in lab.sh("client", "nft list table inet dnsguard"),
+        timeout=10,
+        what="the kill switch to forget the removed network",
+    )
