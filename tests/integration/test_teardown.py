@@ -3,6 +3,7 @@ start-up, or a crash followed by the next start or `dnsguard down`."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -178,5 +179,30 @@ def test_down_only_stops_the_client_of_its_own_namespace() -> None:
         assert down.returncode == 0, down.stderr
         assert clients[0].process is not None and clients[0].process.wait(timeout=10) == 0
         assert clients[1].process is not None and clients[1].process.poll() is None
+        status = lab.run(
+            "client2",
+            [
+                "env",
+                f"DNSGUARD_RUN_DIR={lab.log_dir / 'run-shared'}",
+                sys.executable,
+                "-m",
+                "dnsguard",
+                "status",
+            ],
+        )
+        assert json.loads(status.stdout)["pid"] == clients[1].process.pid
+        gone = lab.run(
+            "client",
+            [
+                "env",
+                f"DNSGUARD_RUN_DIR={lab.log_dir / 'run-shared'}",
+                sys.executable,
+                "-m",
+                "dnsguard",
+                "status",
+            ],
+            check=False,
+        )
+        assert gone.returncode != 0 and "no running client for dg0 in this network namespace" in gone.stderr
         wait_ping(lab, "client2", SERVER_TUNNEL4, timeout=10)
         assert "dg0" in lab.sh("client2", "ip -o link")
