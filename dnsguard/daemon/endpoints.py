@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 
 from dnsguard.net.journal import RUN_DIR, state_file
@@ -30,8 +31,14 @@ log = logging.getLogger(__name__)
 
 
 def memory_path(interface: str) -> Path:
-    """The server's endpoint file for `interface` in this network namespace."""
-    return state_file(RUN_DIR, interface).with_suffix(".endpoints.json")
+    """The server's endpoint file for `interface` in this network namespace.
+
+    In systemd's StateDirectory= when the unit has one (the server's unit has no /run/dnsguard,
+    and /var/lib also outlives a reboot), else beside the client's state files.
+    """
+    state_directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    base = Path(state_directory) if state_directory else RUN_DIR
+    return state_file(base, interface).with_suffix(".endpoints.json")
 
 
 class EndpointMemory:
