@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -206,3 +207,33 @@ def test_down_only_stops_the_client_of_its_own_namespace() -> None:
         assert gone.returncode != 0 and "no running client for dg0 in this network namespace" in gone.stderr
         wait_ping(lab, "client2", SERVER_TUNNEL4, timeout=10)
         assert "dg0" in lab.sh("client2", "ip -o link")
+
+
+def test_a_signal_at_random_moments_of_start_up_leaves_nothing(
+    gateway: tuple[Lab, dict[str, object], dict[str, object]],
+) -> None:
+    """Between the named steps too: inside a netlink exchange, an nft load, the resolver's start."""
+    lab, config, _ = gateway
+    before = snapshot(lab)
+    chooser = random.Random(20261204)
+    run_dir = lab.log_dir / "run-client"
+    during = 0
+    for _ in range(6):
+        client = DnsguardDaemon(lab, "client", "up", config)
+        client.start(wait_for_interface=None)
+        # The state file appears when the client claims it, before its first change: start-up
+        # (about 0.2 s here) begins then.
+        lab.wait_for(
+            lambda: list(run_dir.glob("dg0.netns-*.json")), timeout=20, what="the state file", interval=0.005
+        )
+        delay = chooser.uniform(0.0, 0.3)
+        time.sleep(delay)
+        assert client.process is not None
+        client.process.send_signal(signal.SIGTERM)
+        assert client.process.wait(timeout=15) == 0, daemon_log(client)
+        assert "Traceback" not in daemon_log(client), daemon_log(client)
+        stopped_starting = "stopped during start-up" in daemon_log(client)
+        during += stopped_starting
+        print(f"SIGTERM {delay:.3f} s after the claim{' (during start-up)' if stopped_starting else ''}")
+        assert_same(before, snapshot(lab), f"SIGTERM {delay:.3f} s after the claim")
+    assert during, "no signal landed during start-up: the test proved nothing"
