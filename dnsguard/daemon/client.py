@@ -287,6 +287,8 @@ class Client(FilteringTunnelDaemon):
         # Raises (changing nothing) when a client for this interface runs in this namespace.
         stale = journal.claim()
         self.journal = journal
+        # `dnsguard status` finds the client's API through the configuration it names.
+        journal.update_status({"config": os.path.abspath(self.config_path)})
         tun: TunDevice | None = None
         udp: UdpEndpoint | None = None
         record = journal.record
