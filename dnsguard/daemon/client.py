@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 import signal
@@ -19,7 +18,6 @@ from dnsguard.config import Config, TunnelConfig, load_config
 from dnsguard.daemon.common import (
     DEFAULT_MTU,
     build_device,
-    install_signal_handlers,
     notify_systemd,
     require_tunnel,
     setup_logging,
@@ -40,9 +38,18 @@ from dnsguard.lifecycle import (
     boottime,
     monotonic,
 )
-from dnsguard.net.firewall import DnsRedirect, KillSwitch
+from dnsguard.net.firewall import DNS_TABLE, KILL_SWITCH_TABLE, DnsRedirect, KillSwitch, table_change
+from dnsguard.net.journal import (
+    RUN_DIR,
+    Journal,
+    client_alive,
+    namespace_id,
+    read_state,
+    roll_back,
+    state_file,
+)
 from dnsguard.net.monitor import PathMonitor
-from dnsguard.net.routing import RoutingPlan, set_forwarding
+from dnsguard.net.routing import RoutingPlan, local_networks, set_forwarding
 from dnsguard.net.tun import TunDevice
 from dnsguard.ops.api import Operations
 from dnsguard.ops.observe import ReloadCounter, TunnelObserver
@@ -50,8 +57,11 @@ from dnsguard.wireguard.events import Event, HandshakeCompleted, HandshakeGaveUp
 
 log = logging.getLogger("dnsguard.client")
 
-RUN_DIR = Path(os.environ.get("DNSGUARD_RUN_DIR", "/run/dnsguard"))
 TICK = 1.0
+PAUSE_ENV = "DNSGUARD_PAUSE_AT"
+"""For lab tests: the name of a start-up step (see `Client._step`) at which start-up waits until
+a signal comes, so a test can stop the client at an exact moment of its start."""
+STOP_WAIT = 10.0
 
 
 def routing_plan(tunnel: TunnelConfig) -> RoutingPlan:
@@ -70,11 +80,12 @@ def routing_plan(tunnel: TunnelConfig) -> RoutingPlan:
 
 
 def state_path(interface: str) -> Path:
-    return RUN_DIR / f"{interface}.json"
+    """The state file of the client for `interface` in this network namespace."""
+    return state_file(RUN_DIR, interface)
 
 
 async def cleanup(tunnel: TunnelConfig) -> None:
-    """Remove everything a client for this tunnel may have left: rules, routes, firewall, link."""
+    """Remove what a client for this tunnel may have left when no state file says what it changed."""
     await routing_plan(tunnel).remove()
     KillSwitch.remove()
     DnsRedirect.remove()
@@ -99,6 +110,13 @@ class Client(FilteringTunnelDaemon):
         self.dns: TunnelDns | None = None
         self.monitor: PathMonitor | None = None
         self.operations: Operations | None = None
+        self.journal: Journal | None = None
+        self.kill_switch: KillSwitch | None = None
+        self._starting = False
+        self._main: asyncio.Task[None] | None = None
+        self._refresh: asyncio.TimerHandle | None = None
+        self._refresh_task: asyncio.Future[None] | None = None
+        self._reload_task: asyncio.Future[bool] | None = None
 
     # -- what the metrics and the API read ------------------------------------------------
 
@@ -128,7 +146,37 @@ class Client(FilteringTunnelDaemon):
     def on_path_change(self, what: str) -> None:
         """An uplink changed: the lifecycle merges a burst of these into one reconnection."""
         self.lifecycle.path_changed(boottime())
-        asyncio.get_running_loop().call_later(self.lifecycle.settings.debounce + 0.01, self._run_due_timers)
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.lifecycle.settings.debounce + 0.01, self._run_due_timers)
+        tunnel = self.config.tunnel
+        if self.kill_switch is not None and tunnel is not None and tunnel.exclude_local_networks:
+            # The local networks the kill switch lets through follow the uplink (a new café, a new
+            # prefix); one refresh after the burst settles.
+            if self._refresh is not None:
+                self._refresh.cancel()
+            self._refresh = loop.call_later(self.lifecycle.settings.debounce, self._start_refresh)
+
+    def _start_refresh(self) -> None:
+        self._refresh = None
+        if self._refresh_task is None or self._refresh_task.done():
+            self._refresh_task = asyncio.ensure_future(self._refresh_local())
+
+    async def _refresh_local(self) -> None:
+        tunnel = self.config.tunnel
+        switch = self.kill_switch
+        if tunnel is None or switch is None or not tunnel.exclude_local_networks:
+            return
+        try:
+            local = await local_networks(tunnel.interface)
+            if (tuple(switch.local_interfaces), tuple(switch.local_prefixes)) != (
+                local.interfaces,
+                local.prefixes,
+            ):
+                switch.local_interfaces, switch.local_prefixes = list(local.interfaces), list(local.prefixes)
+                switch.apply()
+                log.info("local networks now %s", ", ".join(local.prefixes) or "none")
+        except DnsguardError as exc:
+            log.warning("cannot refresh the local networks in the kill switch: %s", exc)
 
     def _run_due_timers(self) -> None:
         now = boottime()
@@ -185,10 +233,8 @@ class Client(FilteringTunnelDaemon):
         tunnel = self.config.tunnel
         if tunnel is None:
             return
-        status = {
-            "pid": os.getpid(),
+        status: dict[str, object] = {
             "config": os.path.abspath(self.config_path),
-            "interface": tunnel.interface,
             "state": self.lifecycle.state.value,
             "last_handshake": self.lifecycle.last_handshake,
             "reconnects": {cause.value: count for cause, count in self.lifecycle.reconnects.items()},
@@ -197,27 +243,77 @@ class Client(FilteringTunnelDaemon):
         if self.shell is not None:
             stats = self.shell.stats
             status.update(rx_bytes=stats.rx_bytes, tx_bytes=stats.tx_bytes, intercepted=stats.intercepted)
-        with contextlib.suppress(OSError):
-            RUN_DIR.mkdir(parents=True, exist_ok=True)
-            path = state_path(tunnel.interface)
-            path.with_suffix(".tmp").write_text(json.dumps(status))
-            path.with_suffix(".tmp").replace(path)
+        if self.journal is not None:
+            self.journal.update_status(status)
 
     # -- main ------------------------------------------------------------------------------
 
+    def _catch_signals(self) -> None:
+        """SIGTERM/SIGINT stop the client at any moment; during start-up they cancel it.
+
+        Installed before anything is changed. A signal is handled between two steps of start-up
+        (each step is a whole change, recorded before it is made), so the teardown in `run` always
+        sees a consistent record.
+        """
+        loop = asyncio.get_running_loop()
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(stop_signal, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+
+    def _on_stop_signal(self) -> None:
+        self._stop.set()
+        if self._starting and self._main is not None:
+            self._main.cancel()
+
+    def _on_reload_signal(self) -> None:
+        if self._starting:
+            log.info("reload requested during start-up: the configuration just loaded is used")
+            return
+        self._reload_task = asyncio.ensure_future(self.reload())
+
+    async def _step(self, name: str) -> None:
+        """A named point of start-up; lab tests can make start-up wait here for their signal."""
+        if os.environ.get(PAUSE_ENV) == name:
+            log.info("start-up paused at %s", name)
+            await asyncio.Event().wait()
+        await asyncio.sleep(0)
+
     async def run(self) -> None:
         tunnel = require_tunnel(self.config)
-        await cleanup(tunnel)
-        plan = routing_plan(tunnel)
-        tun = TunDevice(tunnel.interface)
+        self._main = asyncio.current_task()
+        self._starting = True
+        self._catch_signals()
+        journal = Journal.for_interface(RUN_DIR, tunnel.interface)
+        # Raises (changing nothing) when a client for this interface runs in this namespace.
+        stale = journal.claim()
+        self.journal = journal
+        # `dnsguard status` finds the client's API through the configuration it names.
+        journal.update_status({"config": os.path.abspath(self.config_path)})
+        tun: TunDevice | None = None
         udp: UdpEndpoint | None = None
+        record = journal.record
         try:
+            if stale:
+                log.warning("undoing %d changes left by a client that did not stop", len(stale))
+                for error in await roll_back(journal):
+                    log.error("%s", error)
+            await self._step("claimed")
+            tun = TunDevice(tunnel.interface)
+            plan = routing_plan(tunnel)
             # Fail closed: the kill switch goes in before any route points at the tunnel.
             if tunnel.kill_switch:
-                KillSwitch(
+                self.kill_switch = KillSwitch(
                     tun.name, tunnel.fwmark, exclude=tunnel.exclude, lan_interfaces=tunnel.lan_interfaces
-                ).apply()
-            await plan.apply()
+                )
+                if tunnel.exclude_local_networks:
+                    local = await local_networks(tun.name)
+                    self.kill_switch.local_interfaces = list(local.interfaces)
+                    self.kill_switch.local_prefixes = list(local.prefixes)
+                record(table_change(KILL_SWITCH_TABLE))
+                self.kill_switch.apply()
+                await self._step("kill-switch")
+            await plan.apply(record)
+            await self._step("routes")
             udp = UdpEndpoint(tunnel.listen_port or 0, fwmark=tunnel.fwmark)
             device = build_device(tunnel, boottime())
             self.shell = TunnelShell(
@@ -231,11 +327,15 @@ class Client(FilteringTunnelDaemon):
             # The lifecycle starts first so that the very first handshake already counts.
             self.lifecycle.start(boottime())
             self.shell.start()
+            await self._step("tunnel")
             if tunnel.lan_interfaces:
-                set_forwarding(True)
+                set_forwarding(True, record)
+                await self._step("forwarding")
             if wants_filtering(self.config):
                 self.dns = TunnelDns(self.config_path, self.config, server=False)
+                record(table_change(DNS_TABLE))
                 await self.dns.start(tun.name)
+                await self._step("dns")
             self.run_lifecycle()
             self._ticker = asyncio.create_task(self._tick())
             # Watch the uplinks only now: our own setup above changed links and routes too.
@@ -243,9 +343,10 @@ class Client(FilteringTunnelDaemon):
                 self.on_path_change, tunnel_index=socket.if_nametoindex(tun.name), own_table=tunnel.table
             )
             self.monitor.start()
-            install_signal_handlers(self._stop, lambda: asyncio.ensure_future(self.reload()))
             self.operations = Operations(self)
             await self.operations.start()
+            await self._step("ready")
+            self._starting = False
             notify_systemd("READY=1\nSTATUS=tunnel up")
             log.info(
                 "tunnel %s up (%s), server %s",
@@ -254,26 +355,51 @@ class Client(FilteringTunnelDaemon):
                 ", ".join(p.endpoint or "?" for p in tunnel.peers),
             )
             await self._stop.wait()
+        except asyncio.CancelledError:
+            if not self._stop.is_set():
+                raise
+            log.info("stopped during start-up")
         finally:
-            if self.operations is not None:
-                await self.operations.close()
-            if self._ticker is not None:
-                self._ticker.cancel()
-            if self.monitor is not None:
-                await self.monitor.stop()
+            # A signal from here on only sets the stop flag again: the teardown itself never
+            # gets cancelled half-way.
+            self._starting = False
+            await self._teardown(journal, tun, udp)
+
+    async def _teardown(self, journal: Journal, tun: TunDevice | None, udp: UdpEndpoint | None) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+        if self.operations is not None:
+            await self.operations.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self.monitor is not None:
+            await self.monitor.stop()
+        if self.lifecycle.state is not State.DISCONNECTED:
             self.lifecycle.stop(boottime())
-            if self.dns is not None:
+        if self.dns is not None:
+            try:
                 await self.dns.close()
-            if self.shell is not None:
-                self.shell.stop()
-            if udp is not None:
-                udp.close()
-            await plan.remove(keep_link=True)
-            KillSwitch.remove()
+            except (DnsguardError, OSError, AttributeError) as exc:
+                # A start cancelled inside the resolver's start leaves it half built.
+                log.warning("closing the resolver: %s", exc)
+        if self.shell is not None:
+            self.shell.stop()
+        if udp is not None:
+            udp.close()
+        errors = await roll_back(journal)
+        if tun is not None:
             tun.close()
-            with contextlib.suppress(OSError):
-                state_path(tunnel.interface).unlink()
-            log.info("tunnel down; routes, rules and firewall removed")
+        if errors:
+            for error in errors:
+                log.error("%s", error)
+            log.error(
+                "tunnel down, but %d changes could not be undone (kept in %s)", len(errors), journal.path
+            )
+        else:
+            journal.remove()
+            log.info("tunnel down; routes, rules, firewall and sysctls restored")
 
     async def reload(self) -> bool:
         """Re-read the configuration; a bad file (or one whose lists do not build) keeps the last good one."""
@@ -318,27 +444,52 @@ def run_client(config_path: str) -> int:
 
 
 def run_down(config_path: str | None, interface: str = "dg0") -> int:
-    """Stop a running client (SIGTERM) and remove anything left behind."""
+    """Stop the client for the interface in this network namespace and undo what it left behind.
+
+    Only this namespace's state file is read, and its pid is signalled only when that process is
+    a dnsguard client in this namespace: `down` never stops a client elsewhere.
+    """
     tunnel = None
     if config_path:
         tunnel = require_tunnel(load_config(config_path))
         interface = tunnel.interface
     path = state_path(interface)
-    if path.exists():
-        with contextlib.suppress(ValueError, OSError, ProcessLookupError):
-            pid = int(json.loads(path.read_text())["pid"])
+    state = read_state(path)
+    if state is None:
+        # No record (a run from before state files, or /run was cleared): remove what is ours by name.
+        asyncio.run(cleanup(tunnel or TunnelConfig(interface=interface)))
+        return 0
+    pid = state.get("pid")
+    namespace = namespace_id()
+    if isinstance(pid, int) and namespace is not None and client_alive(pid, namespace):
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-            for _ in range(100):
-                os.kill(pid, 0)
-                time.sleep(0.05)
-    asyncio.run(cleanup(tunnel or TunnelConfig(interface=interface)))
+        deadline = time.monotonic() + STOP_WAIT
+        while time.monotonic() < deadline and client_alive(pid, namespace):
+            time.sleep(0.05)
+        if client_alive(pid, namespace):
+            raise DnsguardError(f"the client (pid {pid}) did not stop within {STOP_WAIT:.0f} s")
+    # The client undoes its own changes as it stops; whatever a killed one left is undone here.
+    asyncio.run(_roll_back_stale(interface))
     return 0
+
+
+async def _roll_back_stale(interface: str) -> None:
+    journal = Journal.for_interface(RUN_DIR, interface)
+    if not journal.claim():
+        journal.remove()
+        return
+    errors = await roll_back(journal)
+    if errors:
+        raise DnsguardError(f"{len(errors)} changes could not be undone: {'; '.join(errors)}")
+    journal.remove()
 
 
 def read_status(interface: str = "dg0") -> dict[str, object]:
     path = state_path(interface)
-    try:
-        status: dict[str, object] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise DnsguardError(f"no running client for {interface} ({path} not found)") from None
+    status = read_state(path)
+    if status is None:
+        raise DnsguardError(f"no running client for {interface} in this network namespace ({path} not found)")
+    changes = status.pop("changes", [])
+    status["changes_recorded"] = len(changes) if isinstance(changes, list) else 0
     return status

@@ -22,6 +22,7 @@ from dnsguard.daemon.common import (
     sync_peers,
 )
 from dnsguard.daemon.dns_filtering import FilteringTunnelDaemon, TunnelDns, wants_filtering
+from dnsguard.daemon.endpoints import EndpointMemory, memory_path
 from dnsguard.daemon.tunnel import TunnelShell, UdpEndpoint
 from dnsguard.errors import NetworkError
 from dnsguard.lifecycle.clock import boottime
@@ -73,6 +74,7 @@ class Server(FilteringTunnelDaemon):
     kind: str = "server"
     connection: None = None
     """A server has no connection lifecycle of its own."""
+    endpoints: EndpointMemory | None = None
 
     def on_event(self, event: Event) -> None:
         self.tunnel_observer.on_event(event)
@@ -82,6 +84,8 @@ class Server(FilteringTunnelDaemon):
             self.peers_connected.add(event.public_key)
         elif isinstance(event, PeerEndpointChanged):
             log.info("peer %s roamed to %s:%s", event.public_key[:8], event.new[0], event.new[1])
+            if self.endpoints is not None and self.shell is not None:
+                self.endpoints.save(self.shell.device)
 
     async def run(self) -> None:
         tunnel = require_tunnel(self.config)
@@ -97,6 +101,11 @@ class Server(FilteringTunnelDaemon):
             ServerNat(tun.name, peer_prefixes(tunnel)).apply()
             self.shell = TunnelShell(device, tun, udp, on_event=self.on_event)
             self.shell.start()
+            # Sessions died with the previous run: initiate towards where the peers were.
+            self.endpoints = EndpointMemory(memory_path(tunnel.interface))
+            if count := self.endpoints.reconnect(device, boottime()):
+                log.info("initiating to %d peers at their last known endpoints", count)
+            self.shell.flush()
             if wants_filtering(self.config):
                 self.dns = TunnelDns(self.config_path, self.config, server=True)
                 await self.dns.start(tun.name)

@@ -58,15 +58,16 @@ class UdpEndpoint:
         self.port = 0
         self.open()
 
-    def open(self) -> None:
+    def open(self, port: int | None = None) -> None:
         """Bind the sockets (port 0: the kernel picks one, shared by both families)."""
+        port = self.requested_port if port is None else port
         v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         _configure(v4, self.fwmark)
         try:
-            v4.bind(("0.0.0.0", self.requested_port))
+            v4.bind(("0.0.0.0", port))
         except OSError as exc:
             v4.close()
-            raise NetworkError(f"cannot bind UDP port {self.requested_port}: {exc}") from exc
+            raise NetworkError(f"cannot bind UDP port {port}: {exc}") from exc
         self.port = v4.getsockname()[1]
         self.sockets = {socket.AF_INET: v4}
         try:
@@ -84,9 +85,18 @@ class UdpEndpoint:
         self.sockets = {}
 
     def rebind(self) -> None:
-        """New sockets (a fresh source port and address after a path change); the listen port is kept."""
+        """New sockets (a fresh source address after a path change) on the same port while it is free.
+
+        Keeping the port keeps us where a peer last saw us: a restarted server that re-initiates
+        towards the endpoint it remembered (daemon/endpoints.py) still finds us after our own
+        dead-peer reconnection.
+        """
+        port = self.port
         self.close()
-        self.open()
+        try:
+            self.open(port)
+        except NetworkError:
+            self.open()
 
     def sendto(self, data: bytes, address: tuple[str, int]) -> bool:
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET

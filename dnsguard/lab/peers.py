@@ -129,6 +129,8 @@ class DnsguardDaemon:
     process: subprocess.Popen[bytes] | None = None
     entry: tuple[str, ...] = ("dnsguard",)
     """What `python -m` runs before the command: a lab launcher such as dnsguard.lab.suspend can wrap it."""
+    env: dict[str, str] = field(default_factory=dict)
+    """More environment for the daemon (e.g. a shared DNSGUARD_RUN_DIR, a start-up pause point)."""
     _notify: socket.socket | None = field(default=None, repr=False)
     _notified_ready: bool = False
 
@@ -154,6 +156,7 @@ class DnsguardDaemon:
             "DNSGUARD_RUN_DIR": str(self.lab.log_dir / f"run-{self.role}"),
             # A socket path, not an abstract name: those are per network namespace.
             "NOTIFY_SOCKET": str(self._open_notify_socket()),
+            **self.env,
         }
         self.process = self.lab.popen(
             self.role,

@@ -11,11 +11,18 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from dnsguard.errors import NetworkError
 
 KILL_SWITCH_TABLE = "dnsguard"
 NAT_TABLE = "dnsguard_nat"
+TABLE_FAMILY = "inet"
+
+
+def table_change(name: str) -> dict[str, str]:
+    """The journal entry for one of our tables, recorded before the table is first loaded."""
+    return {"kind": "nft-table", "family": TABLE_FAMILY, "name": name}
 
 
 def _nft(script: str) -> None:
@@ -40,8 +47,10 @@ def delete_table(family: str, name: str) -> None:
 
 
 def _set(addresses: Sequence[str], version: int) -> str:
-    nets = [str(ipaddress.ip_network(a, strict=False)) for a in addresses]
-    nets = [n for n in nets if ipaddress.ip_network(n).version == version]
+    networks = [ipaddress.ip_network(a, strict=False) for a in addresses]
+    # nft refuses overlapping intervals in one set (a gateway inside its connected prefix).
+    same_version: list[Any] = [n for n in networks if n.version == version]
+    nets = [str(n) for n in ipaddress.collapse_addresses(same_version)]
     return "{ " + ", ".join(nets) + " }" if nets else ""
 
 
@@ -57,6 +66,11 @@ class KillSwitch:
     fwmark: int
     exclude: list[str] = field(default_factory=list)
     lan_interfaces: list[str] = field(default_factory=list)
+    local_interfaces: list[str] = field(default_factory=list)
+    """Uplinks whose own networks stay reachable ('exclude local networks'): the routing rule
+    `main suppress_prefixlength 0` sends `local_prefixes` to them, so the kill switch lets exactly
+    those through, and only by those interfaces."""
+    local_prefixes: list[str] = field(default_factory=list)
 
     def ruleset(self) -> str:
         lines = [
@@ -74,6 +88,12 @@ class KillSwitch:
             excluded = _set(self.exclude, version)
             if excluded:
                 lines.append(f"    {keyword} {excluded} accept")
+        if self.local_interfaces:
+            interfaces = "{ " + ", ".join(f'"{i}"' for i in self.local_interfaces) + " }"
+            for version, keyword in ((4, "ip daddr"), (6, "ip6 daddr")):
+                local = _set(self.local_prefixes, version)
+                if local:
+                    lines.append(f"    oifname {interfaces} {keyword} {local} accept")
         for interface in self.lan_interfaces:
             lines.append(f'    oifname "{interface}" accept')
         lines += ["    reject with icmpx admin-prohibited", "  }"]

@@ -31,8 +31,9 @@ FAST_RECONNECT = {
 
 
 def client_status(lab: Lab, daemon: DnsguardDaemon) -> dict[str, object]:
-    path = lab.log_dir / "run-client" / "dg0.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    # One state file per network namespace and interface; the lab's client has one of each.
+    paths = list((lab.log_dir / "run-client").glob("dg0.netns-*.json"))
+    return json.loads(paths[0].read_text()) if paths else {}
 
 
 @pytest.fixture
