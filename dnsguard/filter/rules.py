@@ -564,9 +564,11 @@ def label_hint(pattern: str) -> str:
         if c == "\\" and i + 1 < len(pattern):
             nxt = pattern[i + 1]
             if nxt == ".":
-                # The label must not be quantified away, and a top-level | would make it optional.
+                # The label must not be quantified away, nor the dot that ends it (`a\.*` may end in no
+                # dot at all), and a top-level | would make it optional.
                 whole = "".join(label)
-                if not whole or "|" in _top_level(pattern):
+                quantified = i + 2 < len(pattern) and pattern[i + 2] in "*?{+"
+                if not whole or quantified or "|" in _top_level(pattern):
                     return ""
                 return whole
             if nxt not in "-_":

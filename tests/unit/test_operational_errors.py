@@ -22,6 +22,7 @@ from dnsguard.lifecycle import Lifecycle
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net import bind
 from dnsguard.net.bind import BindError, bind_error, listening_socket, port_holder
+from dnsguard.net.journal import state_file
 from dnsguard.ops.api import Api, Operations, handshake_times
 from dnsguard.ops.observe import ReloadCounter, TunnelObserver
 from tests.unit.test_ops import TOKEN, running_daemon, write_config
@@ -326,7 +327,7 @@ async def test_status_without_a_config_finds_the_client_by_its_interface(
         host, port = operations.bound["api"]
         cli_config = write_config(tmp_path, api={"listen": f"{host}:{port}"})
         (tmp_path / "run").mkdir()
-        (tmp_path / "run" / "dg7.json").write_text(
+        state_file(tmp_path / "run", "dg7").write_text(
             json.dumps({"pid": os.getpid(), "config": str(cli_config)})
         )
         assert await asyncio.to_thread(main, ["status", "--interface", "dg7"]) == 0
