@@ -121,6 +121,19 @@ class Problems:
             raise config_error(self.errors)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConfigWarning:
+    """Something a configuration file says that dnsguard reads but does not apply; logged, not fatal."""
+
+    message: str
+    file: str | None = None
+    line: int | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        return str(ConfigError(self.message, file=self.file, line=self.line, key=self.key))
+
+
 class _Reported(ConfigError):
     """A value below this node failed and its errors are already in the binder's list."""
 

@@ -120,9 +120,11 @@ def test_explicit_core_tags_are_values(tmp_path: Path) -> None:
 
 
 def test_dates_stay_text(tmp_path: Path) -> None:
-    config = load_config(
-        write(tmp_path, "lists:\n  x:\n    description: 2020-01-02\n    sources: ['a\\n']\n")
+    text = (
+        "upstreams:\n  servers: [198.51.100.53]\n"
+        'lists:\n  x:\n    description: 2020-01-02\n    sources: ["ads.example\\n"]\n'
     )
+    config = load_config(write(tmp_path, text))
     assert config.lists["x"].description == "2020-01-02"
 
 
