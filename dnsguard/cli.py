@@ -77,9 +77,38 @@ def _resolve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from dnsguard.daemon.resolve import run_check
+    """Validate as the daemons do (load_config is their one path), then build the lists as a start would.
 
-    return run_check(args.config)
+    Errors leave through main(): one line each, exit 2. URL sources are not downloaded here; their cached
+    copies are used when present.
+    """
+    from dnsguard.config import load_config, upstream_servers
+    from dnsguard.policy.engine import Policy
+    from dnsguard.sources.build import build_sync, cached_downloads
+
+    config = load_config(args.config)
+    built = build_sync(config, cached_downloads(config))
+    Policy(config, built.matcher)
+    print(f"{args.config}: configuration is valid")
+    for warning in config.warnings:
+        print(f"  warning: {warning}")
+    for report in built.sources:
+        line = f"  list {report.list_name}: {report.location}: {report.rules} rules"
+        if report.malformed:
+            line += f", {report.malformed} malformed lines"
+        if report.error:
+            line += f" ({report.status}: {report.error})"
+        print(line)
+        for example in report.examples[:3]:
+            print(f"    {example}")
+    groups = ", ".join(config.groups) or "none (default: no filtering)"
+    upstreams = upstream_servers(config)
+    source = "" if config.upstreams.servers or not upstreams else " (from the tunnel's DNS)"
+    print(f"  groups: {groups}; upstreams: {', '.join(upstreams) or 'none'}{source}")
+    if config.tunnel is not None:
+        addresses = ", ".join(config.tunnel.address) or "none"
+        print(f"  tunnel: {len(config.tunnel.peers)} peers, addresses {addresses}")
+    return EXIT_OK
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -194,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(resolve)
     check = add(
         "check",
-        "validate a configuration file (exit 0 when valid, 2 with the error)",
+        "validate a configuration as a daemon start would (exit 0 when valid, 2 with one line per error)",
         _check,
     )
     _add_config(check)
@@ -239,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except (NotAvailableError, PrivilegeError, ConfigError) as exc:
-        print(f"dnsguard: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # ConfigErrors: one line per error
+            print(f"dnsguard: {line}", file=sys.stderr)
         return EXIT_USAGE
     except DnsguardError as exc:
         print(f"dnsguard: {exc}", file=sys.stderr)
