@@ -227,7 +227,7 @@ def test_largest_ttl_is_accepted(tmp_path: Path) -> None:
 )
 def test_peer_ranges(tmp_path: Path, key: str, value: str, fragment: str) -> None:
     error = only_error(tmp_path, BASE + tunnel() + f"      {key}: {value}\n")
-    assert error.key.startswith(f"tunnel.peers[0].{key}")
+    assert error.key is not None and error.key.startswith(f"tunnel.peers[0].{key}")
     assert fragment in error.message
 
 
