@@ -358,24 +358,34 @@ def _join(path: str, key: str | None) -> str:
 
 
 def _find(node: yaml.Node, key: str | None) -> yaml.Node:
-    """The node at a dotted path like 'groups.kids.block[0]' below `node` (or the deepest found)."""
-    if not key:
-        return node
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", key):
-        if part.startswith("[") and isinstance(node, yaml.SequenceNode):
-            index = int(part[1:-1])
-            if index >= len(node.value):
+    """The node at a dotted path like 'groups.kids.block[0]' below `node` (or the deepest found).
+
+    Mapping keys may contain dots themselves ('upstreams.conditional.home.arpa[0]'): at a mapping, the
+    key that the rest of the path starts with is taken.
+    """
+    rest = key or ""
+    while rest:
+        index = re.match(r"^\[(\d+)\]", rest)
+        if index is not None and isinstance(node, yaml.SequenceNode):
+            position = int(index.group(1))
+            if position >= len(node.value):
                 return node
-            node = node.value[index]
+            node, rest = node.value[position], rest[index.end() :]
         elif isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
-                if str(key_node.value) in (part, part.replace("_", "-"), part.replace("-", "_")):
-                    node = value_node
-                    break
+                name = str(key_node.value)
+                for spelling in (name, name.replace("-", "_"), name.replace("_", "-")):
+                    if rest == spelling or rest.startswith((f"{spelling}.", f"{spelling}[")):
+                        node, rest = value_node, rest[len(spelling) :]
+                        break
+                else:
+                    continue
+                break
             else:
                 return node
         else:
             return node
+        rest = rest.removeprefix(".")
     return node
 
 

@@ -173,7 +173,13 @@ class GroupConfig:
     block_mode: BlockMode | None = None
 
     def validate(self) -> None:
-        self.clients = [parse_client_id(c, f"clients[{i}]") for i, c in enumerate(self.clients)]
+        problems = Problems()
+        clients = []
+        for i, client in enumerate(self.clients):
+            with problems.check():
+                clients.append(parse_client_id(client, f"clients[{i}]"))
+        problems.raise_any()
+        self.clients = clients
 
 
 @dataclass

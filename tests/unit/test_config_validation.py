@@ -69,11 +69,11 @@ def test_upstream_specs_are_parsed_by_the_daemons_parser(tmp_path: Path, spec: s
 
 def test_conditional_upstreams_are_checked_too(tmp_path: Path) -> None:
     text = (
-        "upstreams:\n  servers: [198.51.100.53]\n"
-        "  conditional:\n    home.arpa: [quic://x]\n    'bad zone!': [192.0.2.1]\n"
+        "upstreams:\n  servers: [198.51.100.53]\n  conditional:\n    lan.example: [192.0.2.1]\n"
+        "    home.arpa:\n      - 192.0.2.1\n      - quic://x\n    'bad zone!': [192.0.2.1]\n"
     )
     keys = {(e.key, e.line) for e in errors_of(tmp_path, text)}
-    assert keys == {("upstreams.conditional.home.arpa[0]", 4), ("upstreams.conditional.bad zone!", 5)}
+    assert keys == {("upstreams.conditional.home.arpa[1]", 7), ("upstreams.conditional.bad zone!", 8)}
 
 
 def test_a_filtering_config_needs_an_upstream(tmp_path: Path) -> None:
@@ -315,3 +315,14 @@ def test_a_sections_own_checks_wait_for_its_values(tmp_path: Path) -> None:
     """A section's cross-value checks (here: upstream specs) run once its values parse; fix, re-check."""
     text = "upstreams:\n  servers: [quic://x]\n  timeout: .nan\n"
     assert [e.key for e in errors_of(tmp_path, text)] == ["upstreams.timeout"]
+
+
+def test_reporting_stops_after_max_errors(tmp_path: Path) -> None:
+    from dnsguard.config.loader import MAX_ERRORS
+
+    text = "groups:\n  kids:\n    clients:\n" + "".join(f"      - 192.0.2.{300 + i}\n" for i in range(200))
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path)
+    assert len(info.value.errors) == MAX_ERRORS
+    assert [e.line for e in info.value.errors[:2]] == [4, 5]
