@@ -96,7 +96,10 @@ def load_config(path: str | Path) -> Config:
                 raise _prefixed(exc, "tunnel") from None
     with whole.check():
         _check_list_sources(config)
-    if (config.lists or config.groups or config.rewrites) and not upstream_servers(config):
+    # `dnsguard resolve` needs upstreams, and so does a tunnel daemon that filters DNS (its default is
+    # the tunnel's DNS =); a file with neither a tunnel nor upstreams starts no daemon at all.
+    filters = bool(config.lists or config.groups or config.rewrites)
+    if not upstream_servers(config) and (config.tunnel is None or filters):
         whole.errors.append(
             ConfigError(
                 "no upstream servers (and no tunnel DNS address): allowed names could not be answered",
