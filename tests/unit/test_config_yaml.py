@@ -115,7 +115,8 @@ def test_tags_beyond_the_core_schema_are_file_line_errors(tmp_path: Path, value:
 
 
 def test_explicit_core_tags_are_values(tmp_path: Path) -> None:
-    text = "upstreams: {servers: [198.51.100.53]}\ncache:\n  max-entries: !!int '500'\n  prefetch: !!bool 'false'\n"
+    upstreams = "upstreams: {servers: [198.51.100.53]}\n"
+    text = upstreams + "cache: {max-entries: !!int '500', prefetch: !!bool 'false'}\n"
     config = load_config(write(tmp_path, text))
     assert config.cache.max_entries == 500 and config.cache.prefetch is False
 
