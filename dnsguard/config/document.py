@@ -196,7 +196,9 @@ class Composer:
 
     def _start(self, event: yaml.SequenceStartEvent | yaml.MappingStartEvent) -> None:
         if len(self._stack) >= self.max_depth:
-            raise self._error(f"nested more than {self.max_depth} levels deep", event)
+            # Named by the top-level key: the full path would be dozens of "[0]" long.
+            outermost = self._stack[1].path if len(self._stack) > 1 else None
+            raise self._error(f"nested more than {self.max_depth} levels deep", event, outermost)
         is_map = isinstance(event, yaml.MappingStartEvent)
         default = MAP if is_map else SEQ
         tag = default if event.tag in (None, "!") else str(event.tag)
