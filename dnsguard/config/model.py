@@ -310,11 +310,8 @@ class ResolverConfig:
     def validate(self) -> None:
         from dnsguard.config.addresses import parse_hostport
 
-        problems = Problems()
         for i, item in enumerate(self.listen):
-            with problems.check():
-                parse_hostport(item, 53, f"listen[{i}]")
-        problems.raise_any()
+            parse_hostport(item, 53, f"listen[{i}]")
 
 
 @dataclass
