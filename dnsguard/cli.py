@@ -79,14 +79,20 @@ def _resolve(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     """Validate as the daemons do (load_config is their one path), then build the lists as a start would.
 
-    Errors leave through main(): one line each, exit 2. URL sources are not downloaded here; their cached
-    copies are used when present.
+    Every error of the file is printed, one line each, and the exit code is 2. URL sources are not
+    downloaded here; their cached copies are used when present.
     """
     from dnsguard.config import load_config, upstream_servers
+    from dnsguard.errors import ConfigErrors
     from dnsguard.policy.engine import Policy
     from dnsguard.sources.build import build_sync, cached_downloads
 
-    config = load_config(args.config)
+    try:
+        config = load_config(args.config)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(f"dnsguard: {error}", file=sys.stderr)
+        return EXIT_USAGE
     built = build_sync(config, cached_downloads(config))
     Policy(config, built.matcher)
     print(f"{args.config}: configuration is valid")
@@ -268,8 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except (NotAvailableError, PrivilegeError, ConfigError) as exc:
-        for line in str(exc).splitlines():  # ConfigErrors: one line per error
-            print(f"dnsguard: {line}", file=sys.stderr)
+        print(f"dnsguard: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except DnsguardError as exc:
         print(f"dnsguard: {exc}", file=sys.stderr)
