@@ -82,7 +82,7 @@ def _check(args: argparse.Namespace) -> int:
     Every error of the file is printed, one line each, and the exit code is 2. URL sources are not
     downloaded here; their cached copies are used when present.
     """
-    from dnsguard.config import load_config, upstream_servers
+    from dnsguard.config import check_startable, load_config, upstream_servers
     from dnsguard.errors import ConfigErrors
     from dnsguard.policy.engine import Policy
     from dnsguard.sources.build import build_sync, cached_downloads
@@ -93,6 +93,7 @@ def _check(args: argparse.Namespace) -> int:
         for error in exc.errors:
             print(f"dnsguard: {error}", file=sys.stderr)
         return EXIT_USAGE
+    check_startable(config, args.config)
     built = build_sync(config, cached_downloads(config))
     Policy(config, built.matcher)
     print(f"{args.config}: configuration is valid")

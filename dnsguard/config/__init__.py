@@ -96,10 +96,9 @@ def load_config(path: str | Path) -> Config:
                 raise _prefixed(exc, "tunnel") from None
     with whole.check():
         _check_list_sources(config)
-    # `dnsguard resolve` needs upstreams, and so does a tunnel daemon that filters DNS (its default is
-    # the tunnel's DNS =); a file with neither a tunnel nor upstreams starts no daemon at all.
-    filters = bool(config.lists or config.groups or config.rewrites)
-    if not upstream_servers(config) and (config.tunnel is None or filters):
+    # Filtering forwards every allowed name: without an upstream (a tunnel daemon's default is the
+    # tunnel's DNS =) those names would go unanswered.
+    if (config.lists or config.groups or config.rewrites) and not upstream_servers(config):
         whole.errors.append(
             ConfigError(
                 "no upstream servers (and no tunnel DNS address): allowed names could not be answered",
@@ -187,6 +186,20 @@ def _check_list_sources(config: Config) -> None:
     problems.raise_any()
 
 
+def check_startable(config: Config, path: str | Path) -> None:
+    """Refuse a valid file that no daemon starts with: `up` and `server` need a tunnel, `resolve` upstreams.
+
+    Not part of load_config: tools (explain, tests) load partial files, and each daemon checks its own need.
+    """
+    if config.tunnel is None and not config.upstreams.servers:
+        raise ConfigError(
+            "neither a tunnel nor upstream servers: no daemon would start with this file"
+            " (`up` and `server` need a tunnel, `resolve` needs upstreams)",
+            file=str(path),
+            key="upstreams.servers",
+        )
+
+
 def config_summary(config: Config) -> dict[str, object]:
     """A short, secret-free description of a configuration (for `check` and logs)."""
     return {
@@ -214,6 +227,7 @@ __all__ = [
     "ScheduleConfig",
     "TunnelConfig",
     "UpstreamsConfig",
+    "check_startable",
     "config_summary",
     "is_inline_source",
     "is_url_source",

@@ -163,3 +163,12 @@ def test_check_of_a_wg_quick_file_warns_and_shows_dns_upstreams(
     assert f"warning: {path}:5: PostUp: not run" in out
     assert f"warning: {path}:6: Table: ignored" in out
     assert "upstreams: 198.51.100.53 (from the tunnel's DNS)" in out
+
+
+@pytest.mark.parametrize("text", ["", "resolver:\n  listen: ['127.0.0.1:53']\n"])
+def test_check_refuses_a_file_no_daemon_starts_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    code, out, err, path = check(tmp_path, text, capsys)
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err.startswith(f"dnsguard: {path}: upstreams.servers: neither a tunnel nor upstream servers")
