@@ -84,8 +84,15 @@ def load_config(path: str | Path) -> Config:
     config.base_dir = str(path.resolve().parent)
     problems = Problems()
     if config.tunnel is not None and config.tunnel.wg_quick:
-        with problems.check():
-            _merge_wg_quick(config, config.tunnel, config.tunnel.wg_quick)
+        wg_path = Path(config.base_dir) / config.tunnel.wg_quick
+        try:
+            wg_text = read_text(wg_path)
+        except ConfigError as exc:
+            message = f"{wg_path}: {exc.message}"
+            problems.errors.append(document.error(message, "tunnel.wg-quick") if document else exc)
+        else:
+            with problems.check():  # errors inside the wg-quick file name its own lines
+                _merge_wg_quick(config, config.tunnel, wg_text, str(wg_path))
     # Checks of the whole configuration: their keys are YAML paths, located in the document.
     whole = Problems()
     if config.tunnel is not None and not problems.errors:
@@ -139,10 +146,9 @@ def _prefixed(error: ConfigError, prefix: str) -> ConfigError:
     return found[0] if len(found) == 1 else ConfigErrors(found)
 
 
-def _merge_wg_quick(config: Config, tunnel: TunnelConfig, name: str) -> None:
+def _merge_wg_quick(config: Config, tunnel: TunnelConfig, text: str, file: str) -> None:
     """Fill the tunnel from its wg-quick file; keys given in the YAML win over the file's."""
-    wg_path = Path(config.base_dir) / name
-    from_file, warnings = parse_wg_quick(read_text(wg_path), str(wg_path))
+    from_file, warnings = parse_wg_quick(text, file)
     config.warnings.extend(warnings)
     for field in ("private_key", "listen_port", "mtu"):
         if getattr(tunnel, field) is None:

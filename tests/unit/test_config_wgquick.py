@@ -139,3 +139,20 @@ def test_ipv6_tunnel_with_a_small_mtu_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="RFC 8200") as info:
         load_config(write(tmp_path, PROVIDER.replace("Table = off", "MTU = 1200")))
     assert info.value.key == "tunnel.mtu"
+
+
+def test_a_missing_wg_quick_file_is_named_at_the_yaml_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "upstreams: {servers: [198.51.100.53]}\ntunnel:\n  wg-quick: absent.conf\n", "d.yaml"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.file, info.value.line, info.value.key) == (str(path), 3, "tunnel.wg-quick")
+    assert "absent.conf: file not found" in info.value.message
+
+
+def test_errors_inside_the_wg_quick_file_name_its_lines(tmp_path: Path) -> None:
+    write(tmp_path, PROVIDER.replace("AllowedIPs = ::/0", "AllowedIPs = ::/129"))
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "tunnel:\n  wg-quick: wg0.conf\n", "d.yaml"))
+    assert (info.value.file, info.value.line) == (str(tmp_path / "wg0.conf"), 16)
