@@ -190,7 +190,7 @@ class Composer:
         node = ScalarValue(event, tag, None)
         try:
             node.data = _CONSTRUCT[tag](node)
-        except (ValueError, KeyError, ArithmeticError, yaml.YAMLError):
+        except (ValueError, LookupError, ArithmeticError, TypeError, yaml.YAMLError):  # '!!int ' is ''[0]
             raise self._error(f"{event.value!r} is not a valid {short_tag(tag)}", event) from None
         return node
 

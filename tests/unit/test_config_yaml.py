@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dnsguard.config import document, load_config
 from dnsguard.config.document import MAX_DEPTH, MAX_FILE_SIZE, MAX_VALUES, Composer
@@ -111,6 +113,7 @@ def test_very_deep_flow_nesting_is_a_clear_error_not_a_recursion_error(tmp_path:
         ("!!float x", "'x' is not a valid !!float"),
         ("!!bool maybe", "'maybe' is not a valid !!bool"),
         ("!!null something", "'something' is not a valid !!null"),
+        ("!!int", "'' is not a valid !!int"),
         ("!!python/name:os.system", "tag !!python/name:os.system is not allowed"),
         ("!!python/object/apply:os.system ['true']", "tag !!python/object/apply:os.system is not allowed"),
         ("!!timestamp 2020-13-45", "tag !!timestamp is not allowed"),
@@ -206,3 +209,25 @@ def test_composer_matches_pyyaml_on_ordinary_documents() -> None:
     mine = document.compose(text, "x.yaml")
     reference = yaml.compose(text, Loader=yaml.SafeLoader)
     assert yaml.serialize(mine) == yaml.serialize(reference)
+
+
+_PIECES = [
+    "upstreams:", "  servers:", "    - ", "tunnel:", "  private-key: ", "  mtu: ", "  fwmark: ", "lists:",
+    "  ads:", "    sources: ", "groups:", "  kids:", "    clients: ", "blocking:", "  ttl: ", "cache:",
+    "  max-entries: ", "&a ", "*a", "!!int ", "!!str ", "!!float ", "!!python/name:x ", "[", "]", "{", "}",
+    ", ", ": ", "- ", "? ", "'", '"', "\n", "  ", "#", "---", ".nan", "-.inf", "1e9", "0x1f", "99999999999",
+    "198.51.100.53", "quic://x", "ads.txt", "~", "null", "true", "1:30", "2020-01-01", "<<: ", "|", ">",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=40))
+def test_any_text_is_a_config_or_a_config_error(
+    tmp_path_factory: pytest.TempPathFactory, pieces: list[str]
+) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / "dnsguard.yaml"
+    path.write_text("".join(pieces))
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        assert str(exc).startswith(str(path))
