@@ -119,9 +119,19 @@ def load_config(path: str | Path) -> Config:
         if document is not None:
             problems.errors.append(document.error(error.message, error.key or ""))
         else:
-            problems.errors.append(ConfigError(error.message, file=str(path), key=error.key))
+            problems.errors.append(_wg_quick_error(config, error, str(path)))
     problems.raise_any()
     return config
+
+
+def _wg_quick_error(config: Config, error: ConfigError, file: str) -> ConfigError:
+    """An error about a tunnel read from a wg-quick file, at the file's line and key when it has them."""
+    key = (error.key or "").removeprefix("tunnel.")
+    lines = config.tunnel.wg_quick_lines if config.tunnel is not None else {}
+    if key in lines:
+        line, written = lines[key]
+        return ConfigError(error.message, file=file, line=line, key=written)
+    return ConfigError(error.message, file=file, key=error.key)
 
 
 def _warning_at(document: Document | None, file: str, message: str, key: str) -> ConfigWarning:

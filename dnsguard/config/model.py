@@ -392,6 +392,9 @@ class TunnelConfig:
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
     rekey_after_time: Annotated[Duration, REKEY_RANGE] = Duration(120)
     """Session age at which the initiator rekeys; the protocol's 120 s (lower only to test rekeying)."""
+    wg_quick_lines: dict[str, tuple[int, str]] = field(default_factory=dict, init=False, compare=False)
+    """For a tunnel read from a wg-quick file: YAML key ('mtu', 'peers[0].public-key') -> (line, key as
+    written there), so that errors found after reading name the file's line."""
 
     def validate(self) -> None:
         """Each value on its own; what needs the wg-quick file merged in is in `check_complete`."""

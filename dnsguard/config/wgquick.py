@@ -122,6 +122,9 @@ def parse_wg_quick(text: str, file: str) -> tuple[TunnelConfig, list[ConfigWarni
     for section in peers:
         peer = _read_peer(section, problems, file)
         if peer is not None:
+            public = section.last("publickey")
+            if public is not None:
+                tunnel.wg_quick_lines[f"peers[{len(tunnel.peers)}].public-key"] = public[1:]
             tunnel.peers.append(peer)
     problems.raise_any()
     return tunnel, warnings
@@ -166,6 +169,7 @@ def _read_interface(
     mtu = section.last("mtu")
     if mtu is not None and check(mtu, lambda v: _integer(v, MTU_RANGE)):
         tunnel.mtu = int(mtu[0])
+        tunnel.wg_quick_lines["mtu"] = mtu[1:]
     port = section.last("listenport")
     if port is not None and check(port, lambda v: _integer(v, PORT_OR_ANY_RANGE)):
         tunnel.listen_port = int(port[0])

@@ -135,10 +135,18 @@ def test_fwmark_in_hex_as_wg_accepts_it() -> None:
     assert tunnel.fwmark == 0xCA6C
 
 
-def test_ipv6_tunnel_with_a_small_mtu_is_refused(tmp_path: Path) -> None:
+def test_ipv6_tunnel_with_a_small_mtu_is_refused_at_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, PROVIDER.replace("Table = off", "MTU = 1200"))
     with pytest.raises(ConfigError, match="RFC 8200") as info:
-        load_config(write(tmp_path, PROVIDER.replace("Table = off", "MTU = 1200")))
-    assert info.value.key == "tunnel.mtu"
+        load_config(path)
+    assert (info.value.file, info.value.line, info.value.key) == (str(path), 10, "MTU")
+
+
+def test_the_same_peer_twice_is_refused_at_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, PROVIDER + f"\n[Peer]\nPublicKey = {PEER}\nAllowedIPs = 100.64.0.9/32\n")
+    with pytest.raises(ConfigError, match="same public key as peers") as info:
+        load_config(path)
+    assert (info.value.line, info.value.key) == (20, "PublicKey")
 
 
 def test_a_missing_wg_quick_file_is_named_at_the_yaml_line(tmp_path: Path) -> None:
