@@ -1,10 +1,11 @@
 """YAML text to a node tree, with work bounded by the text's size and not by what the text asks for.
 
 PyYAML's own composer follows the document wherever it leads: an alias is a pointer to an earlier node,
-so a 6.5 KB "billion laughs" file (nine anchors, each a list of nine aliases of the previous one) turns
-into 9^9 values for whoever walks the tree, which took the binder 16 s and 223 MB; 3000 nested brackets
-exhaust Python's recursion limit; a tag such as ``!!python/name:`` or ``!!int abc`` fails deep inside a
-constructor with a traceback; and a key given twice silently replaces the first.
+so a "billion laughs" file of a few hundred bytes (anchors, each a list of nine aliases of the previous
+one) turns into 9^n values for whoever walks the tree (the loader this replaces, printing such a key in
+an error message: 4.4 s and 1.3 GB for 9^7, far more for 9^9); 3000 nested brackets exhaust Python's
+recursion limit; a tag such as ``!!python/name:`` or ``!!int abc`` fails deep inside a constructor with
+a traceback; and a key given twice silently replaces the first.
 
 This composer reads the parser's events in one loop with an explicit stack (no recursion) and enforces:
 
