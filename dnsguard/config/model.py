@@ -273,7 +273,9 @@ class CacheConfig:
     """The answer cache."""
 
     enabled: bool = True
-    max_entries: Annotated[int, Range(0, 10_000_000, "0 turns the cache off; an entry costs ~1 KB")] = 100_000
+    max_entries: Annotated[
+        int, Range(0, 10_000_000, "0 turns the cache off; each entry is a whole reply")
+    ] = 100_000
     min_ttl: Ttl = Duration(0)
     max_ttl: Ttl = Duration(86400)
     max_negative_ttl: Ttl = Duration(1800)
