@@ -171,9 +171,45 @@ def _resolve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from dnsguard.daemon.resolve import run_check
+    """Validate as the daemons do (load_config is their one path), then build the lists as a start would.
 
-    return run_check(args.config)
+    Every error of the file is printed, one line each, and the exit code is 2. URL sources are not
+    downloaded here; their cached copies are used when present.
+    """
+    from dnsguard.config import check_startable, load_config, upstream_servers
+    from dnsguard.errors import ConfigErrors
+    from dnsguard.policy.engine import Policy
+    from dnsguard.sources.build import build_sync, cached_downloads
+
+    try:
+        config = load_config(args.config)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(f"dnsguard: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    check_startable(config, args.config)
+    built = build_sync(config, cached_downloads(config))
+    Policy(config, built.matcher)
+    print(f"{args.config}: configuration is valid")
+    for warning in config.warnings:
+        print(f"  warning: {warning}")
+    for report in built.sources:
+        line = f"  list {report.list_name}: {report.location}: {report.rules} rules"
+        if report.malformed:
+            line += f", {report.malformed} malformed lines"
+        if report.error:
+            line += f" ({report.status}: {report.error})"
+        print(line)
+        for example in report.examples[:3]:
+            print(f"    {example}")
+    groups = ", ".join(config.groups) or "none (default: no filtering)"
+    upstreams = upstream_servers(config)
+    source = "" if config.upstreams.servers or not upstreams else " (from the tunnel's DNS)"
+    print(f"  groups: {groups}; upstreams: {', '.join(upstreams) or 'none'}{source}")
+    if config.tunnel is not None:
+        addresses = ", ".join(config.tunnel.address) or "none"
+        print(f"  tunnel: {len(config.tunnel.peers)} peers, addresses {addresses}")
+    return EXIT_OK
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -288,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(resolve)
     check = add(
         "check",
-        "validate a configuration file (exit 0 when valid, 2 with the error)",
+        "validate a configuration as a daemon start would (exit 0 when valid, 2 with one line per error)",
         _check,
     )
     _add_config(check)

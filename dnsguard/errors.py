@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class DnsguardError(Exception):
     """Root of every dnsguard error."""
@@ -26,6 +28,32 @@ class ConfigError(DnsguardError):
         if self.key:
             where = f"{where}: {self.key}" if where else self.key
         return f"{where}: {self.message}" if where else self.message
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration errors found in one pass; `errors` holds each, str() gives one line each.
+
+    It is a ConfigError whose file, line, key and message are the first error's, so a caller that
+    handles one error handles this too.
+    """
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        if not errors:
+            raise ValueError("ConfigErrors needs at least one error")
+        self.errors = tuple(errors)
+        first = self.errors[0]
+        super().__init__(first.message, file=first.file, line=first.line, key=first.key)
+
+    def __str__(self) -> str:
+        return "\n".join(str(error) for error in self.errors)
+
+
+def config_error(errors: Sequence[ConfigError]) -> ConfigError:
+    """One error as itself, several as ConfigErrors (flattened, so nesting never hides a line)."""
+    flat: list[ConfigError] = []
+    for error in errors:
+        flat.extend(error.errors if isinstance(error, ConfigErrors) else (error,))
+    return flat[0] if len(flat) == 1 else ConfigErrors(flat)
 
 
 class NotAvailableError(DnsguardError):

@@ -1,29 +1,40 @@
 """Bind YAML documents to typed dataclasses, with file:line:key in every error.
 
-The YAML is composed into nodes (which carry their line numbers) and converted field by field
-against the dataclass type hints, so an unknown key, a wrong type or a bad value is reported
-where it stands in the file instead of deep inside the daemon.
+The YAML is composed into nodes (which carry their line numbers; see document.py for the bounds on
+that work) and converted field by field against the dataclass type hints, so an unknown key, a wrong
+type or a bad value is reported where it stands in the file instead of deep inside the daemon.
+Numbers carry their allowed range in the type (``Annotated[int, Range(1, 65535, "a port")]``), and the
+binder goes on after an error, so one pass reports every bad value, each as file:line: key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
+import math
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
-from dnsguard.errors import ConfigError
+from dnsguard.config.document import MAX_FILE_SIZE, ScalarValue, compose
+from dnsguard.errors import ConfigError, ConfigErrors, config_error
 
 T = TypeVar("T")
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+MAX_DURATION = 2**31 - 1
+"""Seconds (about 68 years): the largest TTL (RFC 2181 §8), and more than any timer here needs."""
+MAX_ERRORS = 50
+"""Errors reported from one file before the binder stops looking."""
 
 
 class Duration(float):
@@ -48,8 +59,12 @@ def parse_duration(text: str | int | float) -> Duration:
         if not match:
             raise ValueError(f"{text!r} is not a duration (use e.g. 500ms, 30s, 5m, 2h, 1d)")
         value = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite duration")
     if value < 0:
         raise ValueError("a duration cannot be negative")
+    if value > MAX_DURATION:
+        raise ValueError(f"{text!r} is longer than {MAX_DURATION} s (about 68 years)")
     return Duration(value)
 
 
@@ -65,6 +80,68 @@ def parse_size(text: str | int) -> ByteSize:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Range:
+    """The allowed values of a number (inclusive), and why; attached as ``Annotated[int, Range(...)]``."""
+
+    low: float
+    high: float
+    why: str = ""
+
+    def check(self, value: float) -> None:
+        """Raise ValueError naming the range (and its reason) when `value` is outside it."""
+        if not self.low <= value <= self.high:
+            raise ValueError(f"{_number(value)} is out of range: {self.describe()}")
+
+    def describe(self) -> str:
+        bounds = f"must be {_number(self.low)}..{_number(self.high)}"
+        return f"{bounds} ({self.why})" if self.why else bounds
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{float(value):g}"
+
+
+class Problems:
+    """Collects ConfigErrors, so that one pass over a section reports all of them."""
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+
+    @contextlib.contextmanager
+    def check(self) -> Iterator[None]:
+        """Run the block; a ConfigError raised in it is recorded instead of propagated."""
+        try:
+            yield
+        except ConfigError as exc:
+            self.errors.append(exc)
+
+    def raise_any(self) -> None:
+        """Raise what was collected: one ConfigError, or ConfigErrors for several."""
+        if self.errors:
+            raise config_error(self.errors)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConfigWarning:
+    """Something a configuration file says that dnsguard reads but does not apply; logged, not fatal."""
+
+    message: str
+    file: str | None = None
+    line: int | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        return str(ConfigError(self.message, file=self.file, line=self.line, key=self.key))
+
+
+class _Reported(ConfigError):
+    """A value below this node failed and its errors are already in the binder's list."""
+
+    def __init__(self) -> None:
+        super().__init__("errors reported below")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Source:
     """Where a configuration document came from."""
 
@@ -76,19 +153,10 @@ class Source:
 
 
 def _scalar(node: yaml.Node) -> Any:
-    return yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
-
-
-def compose(text: str, file: str) -> yaml.Node | None:
-    """YAML text to a node tree; syntax errors become ConfigError with the line."""
-    try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError(f"YAML syntax error: {exc.problem or exc}", file=file, line=line) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"YAML error: {exc}", file=file) from None
+    """The Python value of a scalar node (made by the composer; a node made here is null or text)."""
+    if isinstance(node, ScalarValue):
+        return node.data
+    return None if node.tag.endswith(":null") else node.value
 
 
 def field_key(field: dataclasses.Field[Any]) -> str:
@@ -103,28 +171,53 @@ class Binder:
     def __init__(self, source: Source) -> None:
         self.source = source
         self.custom: dict[type, Callable[[Any], Any]] = {}
+        self.errors: list[ConfigError] = []
+        """Every error found so far; a failed container raises _Reported once its children are listed."""
+
+    def _record(self, error: ConfigError) -> None:
+        if not isinstance(error, _Reported):
+            self.errors.extend(error.errors if isinstance(error, ConfigErrors) else (error,))
+        if len(self.errors) >= MAX_ERRORS:
+            raise _Reported
+
+    def _attempt(self, node: yaml.Node | None, tp: Any, path: str) -> tuple[bool, Any]:
+        """(True, value), or (False, None) with the errors recorded."""
+        try:
+            return True, self.bind(node, tp, path)
+        except ConfigError as exc:
+            self._record(exc)
+            return False, None
 
     def bind(self, node: yaml.Node | None, tp: Any, path: str) -> Any:
         """Convert `node` to type `tp`; `path` is the dotted key used in errors."""
         origin = get_origin(tp)
+        if origin is Annotated:
+            base, *extras = get_args(tp)
+            value = self.bind(node, base, path)
+            for extra in extras:
+                if isinstance(extra, Range) and value is not None:
+                    try:
+                        extra.check(value)
+                    except ValueError as exc:
+                        raise self.source.error(str(exc), node, path) from None
+            return value
         if origin is typing.Union or origin is types.UnionType:
-            options = get_args(tp)
+            options = [option for option in get_args(tp) if option is not type(None)]
             is_null = node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"))
-            if is_null and type(None) in options:
+            if is_null and len(options) < len(get_args(tp)):
                 return None
-            errors = []
+            if len(options) == 1:
+                return self.bind(node, options[0], path)
+            messages: list[str] = []
             for option in options:
-                if option is type(None):
-                    continue
+                mark = len(self.errors)
                 try:
                     return self.bind(node, option, path)
                 except ConfigError as exc:
-                    errors.append(exc)
-            raise (
-                errors[0]
-                if len(errors) == 1
-                else self.source.error("; ".join(e.message for e in errors), node, path)
-            )
+                    found = self.errors[mark:] if isinstance(exc, _Reported) else [exc]
+                    messages.extend(error.message for error in found)
+                    del self.errors[mark:]
+            raise self.source.error("; ".join(messages), node, path)
         if node is None:
             raise self.source.error("a value is required", node, path)
         if dataclasses.is_dataclass(tp) and isinstance(tp, type):
@@ -136,15 +229,24 @@ class Binder:
                 return [self.bind(node, item_type, path)]
             if not isinstance(node, yaml.SequenceNode):
                 raise self.source.error("expected a list", node, path)
-            return [self.bind(item, item_type, f"{path}[{i}]") for i, item in enumerate(node.value)]
+            items = [self._attempt(item, item_type, f"{path}[{i}]") for i, item in enumerate(node.value)]
+            if not all(ok for ok, _ in items):
+                raise _Reported
+            return [value for _, value in items]
         if origin is dict or tp is dict:
             key_type, value_type = get_args(tp) or (str, Any)
             if not isinstance(node, yaml.MappingNode):
                 raise self.source.error("expected a mapping", node, path)
             result = {}
+            failed = False
             for key_node, value_node in node.value:
-                key = self.bind(key_node, key_type, path)
-                result[key] = self.bind(value_node, value_type, f"{path}.{key}" if path else str(key))
+                ok, key = self._attempt(key_node, key_type, path)
+                if ok:
+                    ok, value = self._attempt(value_node, value_type, f"{path}.{key}" if path else str(key))
+                    result[key] = value
+                failed = failed or not ok
+            if failed:
+                raise _Reported
             return result
         if origin is Literal:
             value = _scalar(node) if isinstance(node, yaml.ScalarNode) else None
@@ -181,6 +283,8 @@ class Binder:
         if tp is float:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"expected a number, not {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"expected a finite number, not {value!r}")
             return float(value)
         if tp is str:
             if value is None or isinstance(value, list | dict):
@@ -195,26 +299,37 @@ class Binder:
             node = yaml.MappingNode("tag:yaml.org,2002:map", [], node.start_mark, node.end_mark)
         if not isinstance(node, yaml.MappingNode):
             raise self.source.error(f"expected a mapping, not a {_node_kind(node)}", node, path)
-        hints = get_type_hints(tp)
+        hints = get_type_hints(tp, include_extras=True)
         fields = {field_key(f): f for f in dataclasses.fields(tp) if f.init}  # type: ignore[arg-type]
         aliases = {key.replace("-", "_"): key for key in fields}
         values: dict[str, Any] = {}
-        seen: set[str] = set()
+        seen: dict[str, int] = {}
+        failed = False
         for key_node, value_node in node.value:
             raw_key = str(key_node.value)
             key = raw_key if raw_key in fields else aliases.get(raw_key, raw_key)
             key_path = f"{path}.{raw_key}" if path else raw_key
+            line = key_node.start_mark.line + 1
             if key not in fields:
                 known = ", ".join(sorted(fields))
-                raise self.source.error(f"unknown key (known keys: {known})", key_node, key_path)
-            if key in seen:
-                raise self.source.error("key given twice", key_node, key_path)
-            seen.add(key)
+                self._record(self.source.error(f"unknown key (known keys: {known})", key_node, key_path))
+                failed = True
+                continue
+            if key in seen:  # 'safe-search' and 'safe_search' are one key
+                message = f"key given twice (lines {seen[key]} and {line})"
+                self._record(self.source.error(message, key_node, key_path))
+                failed = True
+                continue
+            seen[key] = line
             field = fields[key]
-            values[field.name] = self.bind(value_node, hints[field.name], key_path)
+            ok, values[field.name] = self._attempt(value_node, hints[field.name], key_path)
+            failed = failed or not ok
         for key, field in fields.items():
-            if field.name not in values and _is_required(field):
-                raise self.source.error("this key is required", node, f"{path}.{key}" if path else key)
+            if field.name not in values and _is_required(field) and key not in seen:
+                self._record(self.source.error("this key is required", node, _join(path, key)))
+                failed = True
+        if failed:
+            raise _Reported
         try:
             instance = tp(**values)
         except (ValueError, TypeError) as exc:
@@ -224,9 +339,13 @@ class Binder:
             try:
                 validate()
             except ConfigError as exc:
-                if exc.file is None:
-                    raise self.source.error(exc.message, _find(node, exc.key), _join(path, exc.key)) from None
-                raise
+                found = exc.errors if isinstance(exc, ConfigErrors) else (exc,)
+                for error in found:
+                    if error.file is None:
+                        where = _find(node, error.key)
+                        error = self.source.error(error.message, where, _join(path, error.key))
+                    self._record(error)
+                raise _Reported from None
             except ValueError as exc:
                 raise self.source.error(str(exc), node, path) from None
         return instance
@@ -239,24 +358,34 @@ def _join(path: str, key: str | None) -> str:
 
 
 def _find(node: yaml.Node, key: str | None) -> yaml.Node:
-    """The node at a dotted path like 'groups.kids.block[0]' below `node` (or the deepest found)."""
-    if not key:
-        return node
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", key):
-        if part.startswith("[") and isinstance(node, yaml.SequenceNode):
-            index = int(part[1:-1])
-            if index >= len(node.value):
+    """The node at a dotted path like 'groups.kids.block[0]' below `node` (or the deepest found).
+
+    Mapping keys may contain dots themselves ('upstreams.conditional.home.arpa[0]'): at a mapping, the
+    key that the rest of the path starts with is taken.
+    """
+    rest = key or ""
+    while rest:
+        index = re.match(r"^\[(\d+)\]", rest)
+        if index is not None and isinstance(node, yaml.SequenceNode):
+            position = int(index.group(1))
+            if position >= len(node.value):
                 return node
-            node = node.value[index]
+            node, rest = node.value[position], rest[index.end() :]
         elif isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
-                if str(key_node.value) in (part, part.replace("_", "-"), part.replace("-", "_")):
-                    node = value_node
-                    break
+                name = str(key_node.value)
+                for spelling in (name, name.replace("-", "_"), name.replace("_", "-")):
+                    if rest == spelling or rest.startswith((f"{spelling}.", f"{spelling}[")):
+                        node, rest = value_node, rest[len(spelling) :]
+                        break
+                else:
+                    continue
+                break
             else:
                 return node
         else:
             return node
+        rest = rest.removeprefix(".")
     return node
 
 
@@ -276,21 +405,54 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).lower().replace("str", "string")
 
 
-def load_dataclass(text: str, tp: type[T], file: str) -> T:
-    """Parse YAML text into dataclass `tp`; every error names file:line and key."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Document:
+    """A bound YAML document: the value, and its node tree to find the line of a key afterwards."""
+
+    file: str
+    root: yaml.Node
+
+    def error(self, message: str, key: str) -> ConfigError:
+        """A ConfigError for `key` (a dotted path such as 'lists.ads.sources[0]') at its line."""
+        return Source(self.file).error(message, _find(self.root, key), key)
+
+
+def load_document(text: str, tp: type[T], file: str) -> tuple[T, Document]:
+    """Parse YAML text into dataclass `tp`; every error (all of them, in order) names file:line and key."""
     node = compose(text, file)
     binder = Binder(Source(file))
     if node is None:
         node = yaml.MappingNode("tag:yaml.org,2002:map", [], yaml.Mark(file, 0, 0, 0, "", 0), None)
-    result: T = binder.bind(node, tp, "")
-    return result
+    try:
+        result: T = binder.bind(node, tp, "")
+    except ConfigError as exc:
+        if not isinstance(exc, _Reported):
+            binder.errors.append(exc)
+    if binder.errors:
+        raise config_error(binder.errors)
+    return result, Document(file, node)
+
+
+def load_dataclass(text: str, tp: type[T], file: str) -> T:
+    """Parse YAML text into dataclass `tp`; every error names file:line and key."""
+    return load_document(text, tp, file)[0]
 
 
 def read_text(path: str | Path) -> str:
-    """A configuration file's text; a missing or unreadable file is a ConfigError naming it."""
+    """A configuration file's text (at most MAX_FILE_SIZE); a missing, unreadable or oversized file is a
+    ConfigError naming it."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as stream:
+            data = stream.read(MAX_FILE_SIZE + 1)
     except FileNotFoundError:
         raise ConfigError("file not found", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", file=str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a file", file=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
+    if len(data) > MAX_FILE_SIZE:
+        raise ConfigError(f"larger than {MAX_FILE_SIZE // (1024 * 1024)} MiB", file=str(path))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", file=str(path)) from None

@@ -1,6 +1,8 @@
 """The configuration model: typed dataclasses, one per YAML section, with defaults.
 
-Keys are written in YAML with dashes (``safe-search``); underscores are accepted too.
+Keys are written in YAML with dashes (``safe-search``); underscores are accepted too. Every number
+carries its allowed range in its type (``Annotated[..., Range(low, high, why)]``), checked by the binder;
+a section's ``validate`` checks what a range cannot say (keys decode, specs parse, names are names).
 """
 
 from __future__ import annotations
@@ -8,14 +10,41 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
-from dnsguard.config.loader import ByteSize, Duration
+from dnsguard.config.addresses import is_ip
+from dnsguard.config.loader import ByteSize, ConfigWarning, Duration, Problems, Range
 from dnsguard.errors import ConfigError
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 BlockMode = Literal["null_ip", "nxdomain", "nodata", "refused", "custom_ip"]
+
+DAY = 86400
+TTL_RANGE = Range(0, 2**31 - 1, "RFC 2181 §8: a TTL is 0..2^31-1 seconds")
+Ttl = Annotated[Duration, TTL_RANGE]
+REFRESH_RANGE = Range(60, 365 * DAY, "seconds: at most one download of a list a minute")
+PORT_OR_ANY_RANGE = Range(0, 65535, "a UDP port; 0 lets the system choose one")
+KEEPALIVE_RANGE = Range(0, 65535, "seconds, as in wg(8); 0 is off")
+FWMARK_RANGE = Range(1, 2**32 - 2, "a 32-bit firewall mark, not 0; the resolver's own sockets use mark + 1")
+TABLE_RANGE = Range(1, 2**32 - 1, "a routing table id other than 0")
+RESERVED_TABLES = {253: "default", 254: "main", 255: "local"}
+MTU_RANGE = Range(
+    576, 8920, "576: the IPv4 minimum (RFC 791); 8920: a 9000-byte jumbo frame less WireGuard's 80 bytes"
+)
+IPV6_MIN_MTU = 1280
+"""RFC 8200 §5: a link that carries IPv6 has an MTU of at least 1280."""
+REKEY_RANGE = Range(1, 120, "seconds; WireGuard rekeys at 120 s and rejects a session after 180 s")
+EXAMPLE_PRIVATE_KEYS = frozenset(
+    {
+        "wOnjbB2bKRKdhMiNylKJUF0uldStVCIRY9KNut+ltF8=",  # config/laptop.yaml
+        "oGZVcBpQbKPe+ohLAPxFJtPEzuNPBcSJnCutuqMAyGU=",  # config/server.yaml
+    }
+)
+"""The private keys of the shipped examples: valid, so the examples load, and published, so a tunnel
+using one is open to anyone; `check` and the daemons warn about them."""
+IFNAMSIZ = 16
+"""Linux interface names are at most IFNAMSIZ - 1 = 15 bytes."""
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _HHMM_RE = re.compile(r"^([01]?\d|2[0-4]):([0-5]\d)$")
@@ -51,8 +80,40 @@ def check_ip(text: str, key: str) -> None:
 
 
 def check_name(text: str, key: str) -> None:
-    if not _NAME_RE.match(text.strip().lower()):
+    if len(text.strip().rstrip(".")) > 253 or not _NAME_RE.match(text.strip().lower()):
         raise ConfigError(f"{text!r} is not a domain name", key=key)
+
+
+def check_prefix(text: str, key: str) -> None:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an address or prefix", key=key) from None
+
+
+def check_interface_name(text: str, key: str) -> None:
+    """A name Linux accepts for a network interface."""
+    if not 0 < len(text.encode()) < IFNAMSIZ or text in (".", "..") or any(c in text for c in "/: \t\n"):
+        raise ConfigError(
+            f"{text!r} is not an interface name (1..{IFNAMSIZ - 1} bytes, no '/', ':' or spaces)", key=key
+        )
+
+
+def check_key(text: str, key: str, what: str) -> None:
+    """A WireGuard key as `wg` accepts it (44 characters of canonical base64)."""
+    from dnsguard.wireguard.keys import decode_key
+
+    try:
+        decode_key(text, what=what)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, key=key) from None
+
+
+def check_upstream(text: str, key: str) -> None:
+    """An upstream spec, parsed by the parser the daemon builds its transports with."""
+    from dnsguard.dns.upstream_spec import parse_upstream
+
+    parse_upstream(text, key=key)
 
 
 @dataclass
@@ -65,7 +126,7 @@ class ListConfig:
     """True: the list's rules are exceptions that unblock names."""
     subdomains: bool | None = None
     """Whether plain-domain and hosts entries also cover subdomains (None: the format's default)."""
-    refresh: Duration | None = None
+    refresh: Annotated[Duration, REFRESH_RANGE] | None = None
     """Download interval for URL sources; None: the global lists.refresh."""
     description: str = ""
 
@@ -112,7 +173,13 @@ class GroupConfig:
     block_mode: BlockMode | None = None
 
     def validate(self) -> None:
-        self.clients = [parse_client_id(c, f"clients[{i}]") for i, c in enumerate(self.clients)]
+        problems = Problems()
+        clients = []
+        for i, client in enumerate(self.clients):
+            with problems.check():
+                clients.append(parse_client_id(client, f"clients[{i}]"))
+        problems.raise_any()
+        self.clients = clients
 
 
 @dataclass
@@ -122,7 +189,7 @@ class BlockingConfig:
     mode: BlockMode = "null_ip"
     custom_ipv4: str = "0.0.0.0"
     custom_ipv6: str = "::"
-    ttl: Duration = Duration(10)
+    ttl: Ttl = Duration(10)
     cname_check: bool = True
     """Block an answer when any CNAME target (or the answer's name) is blocked (CNAME cloaking)."""
     doh_canary: bool = True
@@ -137,13 +204,11 @@ class BlockingConfig:
     """Tunnel daemons: DNS-over-HTTPS server addresses whose TCP 443 is refused (browsers then fall back)."""
 
     def validate(self) -> None:
+        problems = Problems()
         for i, prefix in enumerate(self.doh_endpoints):
-            try:
-                ipaddress.ip_network(prefix, strict=False)
-            except ValueError:
-                raise ConfigError(
-                    f"{prefix!r} is not an address or prefix", key=f"doh-endpoints[{i}]"
-                ) from None
+            with problems.check():
+                check_prefix(prefix, f"doh-endpoints[{i}]")
+        problems.raise_any()
         check_ip(self.custom_ipv4, "custom-ipv4")
         check_ip(self.custom_ipv6, "custom-ipv6")
         if ipaddress.ip_address(self.custom_ipv4).version != 4:
@@ -158,7 +223,7 @@ class RewriteConfig:
 
     name: str
     answer: list[str]
-    ttl: Duration = Duration(300)
+    ttl: Ttl = Duration(300)
 
     def validate(self) -> None:
         check_name(self.name, "name")
@@ -183,9 +248,24 @@ class UpstreamsConfig:
     servers: list[str] = field(default_factory=list)
     """e.g. 198.51.100.53, tcp:198.51.100.53, tls:dns.example#198.51.100.1, https://dns.example/dns-query"""
     strategy: Literal["strict", "random", "parallel_best"] = "parallel_best"
-    timeout: Duration = Duration(2)
+    timeout: Annotated[Duration, Range(0.01, 60, "seconds; a DNS client gives up within a few")] = Duration(2)
     conditional: dict[str, list[str]] = field(default_factory=dict)
     """Domain -> servers for that domain and its subdomains (e.g. the LAN's own zone)."""
+
+    def validate(self) -> None:
+        problems = Problems()
+        for i, server in enumerate(self.servers):
+            with problems.check():
+                check_upstream(server, f"servers[{i}]")
+        for zone, servers in self.conditional.items():
+            with problems.check():
+                check_name(zone, f"conditional.{zone}")
+            if not servers:
+                problems.errors.append(ConfigError("a zone needs a server", key=f"conditional.{zone}"))
+            for i, server in enumerate(servers):
+                with problems.check():
+                    check_upstream(server, f"conditional.{zone}[{i}]")
+        problems.raise_any()
 
 
 @dataclass
@@ -193,18 +273,18 @@ class CacheConfig:
     """The answer cache."""
 
     enabled: bool = True
-    max_entries: int = 100_000
-    min_ttl: Duration = Duration(0)
-    max_ttl: Duration = Duration(86400)
-    max_negative_ttl: Duration = Duration(1800)
+    max_entries: Annotated[
+        int, Range(0, 10_000_000, "0 turns the cache off; each entry is a whole reply")
+    ] = 100_000
+    min_ttl: Ttl = Duration(0)
+    max_ttl: Ttl = Duration(86400)
+    max_negative_ttl: Ttl = Duration(1800)
     serve_stale: bool = True
     """Answer from expired entries (RFC 8767) when every upstream fails."""
-    stale_max_age: Duration = Duration(86400)
+    stale_max_age: Ttl = Duration(86400)
     prefetch: bool = True
 
     def validate(self) -> None:
-        if self.max_entries < 0:
-            raise ConfigError("must not be negative", key="max-entries")
         if self.min_ttl > self.max_ttl:
             raise ConfigError("min-ttl is larger than max-ttl", key="min-ttl")
 
@@ -213,11 +293,13 @@ class CacheConfig:
 class ListsLoadingConfig:
     """Downloading and refreshing list sources."""
 
-    refresh: Duration = Duration(86400)
+    refresh: Annotated[Duration, REFRESH_RANGE] = Duration(DAY)
     cache_dir: str = "/var/cache/dnsguard/lists"
-    timeout: Duration = Duration(30)
-    max_size: ByteSize = ByteSize(64 * 1024 * 1024)
-    min_ratio: float = 0.5
+    timeout: Annotated[Duration, Range(1, 3600, "seconds for one download")] = Duration(30)
+    max_size: Annotated[ByteSize, Range(1024, 4 * 1024**3, "bytes of one list; 1K..4G")] = ByteSize(
+        64 * 1024 * 1024
+    )
+    min_ratio: Annotated[float, Range(0, 1, "a fraction")] = 0.5
     """A download with fewer than this fraction of the last good copy's rules is treated as truncated."""
 
 
@@ -339,36 +421,48 @@ class PeerConfig:
     allowed_ips: list[str] = field(default_factory=list)
     endpoint: str | None = None
     preshared_key: str | None = None
-    persistent_keepalive: int = 0
+    persistent_keepalive: Annotated[int, KEEPALIVE_RANGE] = 0
     name: str = ""
     group: str | None = None
     """Server side: the policy group whose filtering applies to this peer's DNS."""
 
     def validate(self) -> None:
+        from dnsguard.config.addresses import parse_hostport
+
+        problems = Problems()
+        with problems.check():
+            check_key(self.public_key, "public-key", "a public key")
+        if self.preshared_key is not None:
+            with problems.check():
+                check_key(self.preshared_key, "preshared-key", "a preshared key")
         for i, prefix in enumerate(self.allowed_ips):
-            try:
-                ipaddress.ip_network(prefix, strict=False)
-            except ValueError:
-                raise ConfigError(f"{prefix!r} is not a prefix", key=f"allowed-ips[{i}]") from None
-        if not 0 <= self.persistent_keepalive <= 65535:
-            raise ConfigError("must be 0..65535 seconds", key="persistent-keepalive")
+            with problems.check():
+                check_prefix(prefix, f"allowed-ips[{i}]")
+        if self.endpoint is not None:
+            with problems.check():
+                parse_hostport(self.endpoint, 51820, "endpoint")
+        problems.raise_any()
 
 
 @dataclass
 class ReconnectConfig:
     """How the client notices a lost tunnel and reconnects (see dnsguard.lifecycle)."""
 
-    handshake_timeout: Duration = Duration(5)
-    dead_peer_timeout: Duration = Duration(15)
+    handshake_timeout: Annotated[Duration, Range(0.1, 3600, "seconds")] = Duration(5)
+    dead_peer_timeout: Annotated[Duration, Range(0.1, 3600, "seconds")] = Duration(15)
     """After sending, no authenticated packet for this long starts a probe handshake."""
-    probe_timeout: Duration = Duration(5)
-    idle_probe_interval: Duration = Duration(0)
+    probe_timeout: Annotated[Duration, Range(0.1, 3600, "seconds")] = Duration(5)
+    idle_probe_interval: Annotated[Duration, Range(0, DAY, "seconds; 0 is off")] = Duration(0)
     """With no packet from the server for this long, probe even when idle (0: off)."""
-    debounce: Duration = Duration(0.5)
-    backoff_initial: Duration = Duration(1)
-    backoff_max: Duration = Duration(30)
-    give_up_after: Duration | None = None
+    debounce: Annotated[Duration, Range(0, 60, "seconds")] = Duration(0.5)
+    backoff_initial: Annotated[Duration, Range(0.01, 3600, "seconds")] = Duration(1)
+    backoff_max: Annotated[Duration, Range(0.01, DAY, "seconds")] = Duration(30)
+    give_up_after: Annotated[Duration, Range(1, 2**31 - 1, "seconds")] | None = None
     """Stop reconnecting after this long (None: never; the TUN and kill switch stay up meanwhile)."""
+
+    def validate(self) -> None:
+        if self.backoff_max < self.backoff_initial:
+            raise ConfigError("backoff-max is shorter than backoff-initial", key="backoff-max")
 
 
 @dataclass
@@ -377,15 +471,16 @@ class TunnelConfig:
 
     private_key: str | None = None
     address: list[str] = field(default_factory=list)
-    listen_port: int | None = None
-    mtu: int | None = None
+    listen_port: Annotated[int, PORT_OR_ANY_RANGE] | None = None
+    mtu: Annotated[int, MTU_RANGE] | None = None
     dns: list[str] = field(default_factory=list)
+    """Resolvers (the upstreams when `upstreams.servers` is empty) and search domains, as in wg-quick."""
     peers: list[PeerConfig] = field(default_factory=list)
     wg_quick: str | None = None
     """Path of a wg-quick .conf that provides the interface and peers."""
     interface: str = "dg0"
-    fwmark: int = 51820
-    table: int = 51820
+    fwmark: Annotated[int, FWMARK_RANGE] = 51820
+    table: Annotated[int, TABLE_RANGE] = 51820
     kill_switch: bool = True
     exclude_local_networks: bool = True
     include: list[str] = field(default_factory=list)
@@ -394,23 +489,69 @@ class TunnelConfig:
     lan_interfaces: list[str] = field(default_factory=list)
     """Gateway mode: traffic entering on these interfaces is routed into the tunnel."""
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
-    rekey_after_time: Duration = Duration(120)
+    rekey_after_time: Annotated[Duration, REKEY_RANGE] = Duration(120)
     """Session age at which the initiator rekeys; the protocol's 120 s (lower only to test rekeying)."""
+    wg_quick_lines: dict[str, tuple[int, str]] = field(default_factory=dict, init=False, compare=False)
+    """For a tunnel read from a wg-quick file: YAML key ('mtu', 'peers[0].public-key') -> (line, key as
+    written there), so that errors found after reading name the file's line."""
 
     def validate(self) -> None:
+        """Each value on its own; what needs the wg-quick file merged in is in `check_complete`."""
+        problems = Problems()
+        if self.private_key is not None:
+            with problems.check():
+                check_key(self.private_key, "private-key", "a private key")
         for i, address in enumerate(self.address):
             try:
                 ipaddress.ip_interface(address)
             except ValueError:
-                raise ConfigError(f"{address!r} is not an address with prefix", key=f"address[{i}]") from None
+                problems.errors.append(
+                    ConfigError(f"{address!r} is not an address with prefix", key=f"address[{i}]")
+                )
+        for i, entry in enumerate(self.dns):
+            if not is_ip(entry):
+                with problems.check():
+                    check_name(entry, f"dns[{i}]")  # wg-quick: a name in DNS is a search domain
         for key, prefixes in (("include", self.include), ("exclude", self.exclude)):
             for i, prefix in enumerate(prefixes):
-                try:
-                    ipaddress.ip_network(prefix, strict=False)
-                except ValueError:
-                    raise ConfigError(f"{prefix!r} is not a prefix", key=f"{key}[{i}]") from None
-        if self.mtu is not None and not 576 <= self.mtu <= 9000:
-            raise ConfigError("must be 576..9000", key="mtu")
+                with problems.check():
+                    check_prefix(prefix, f"{key}[{i}]")
+        with problems.check():
+            check_interface_name(self.interface, "interface")
+        for i, name in enumerate(self.lan_interfaces):
+            with problems.check():
+                check_interface_name(name, f"lan-interfaces[{i}]")
+        if self.table in RESERVED_TABLES:
+            problems.errors.append(
+                ConfigError(f"{self.table} is the kernel's {RESERVED_TABLES[self.table]} table", key="table")
+            )
+        problems.raise_any()
+
+    def check_complete(self) -> None:
+        """What the daemon needs from the whole tunnel (YAML and wg-quick file merged); keys as in YAML."""
+        problems = Problems()
+        if not self.private_key:
+            problems.errors.append(ConfigError("the tunnel needs a private key", key="private-key"))
+        has_ipv6 = any(ipaddress.ip_interface(address).version == 6 for address in self.address)
+        if self.mtu is not None and has_ipv6 and self.mtu < IPV6_MIN_MTU:
+            problems.errors.append(
+                ConfigError(
+                    f"{self.mtu} is below {IPV6_MIN_MTU}, the minimum MTU of a link that carries IPv6"
+                    " (RFC 8200 §5), and the tunnel has an IPv6 address",
+                    key="mtu",
+                )
+            )
+        from dnsguard.wireguard.keys import decode_key
+
+        seen: dict[bytes, int] = {}
+        for i, peer in enumerate(self.peers):
+            raw = decode_key(peer.public_key)  # validated already; decoding canonicalises it
+            if raw in seen:
+                problems.errors.append(
+                    ConfigError(f"the same public key as peers[{seen[raw]}]", key=f"peers[{i}].public-key")
+                )
+            seen.setdefault(raw, i)
+        problems.raise_any()
 
 
 def is_loopback(host: str) -> bool:
@@ -445,13 +586,11 @@ class ApiConfig:
     """host:port; None: off."""
     token: str | None = None
     """Bearer token; required when listen is not a loopback address, checked on every request when set."""
-    query_log_size: int = 1000
+    query_log_size: Annotated[int, Range(0, 1_000_000, "entries kept in memory; 0 is off")] = 1000
 
     def validate(self) -> None:
         from dnsguard.config.addresses import parse_hostport
 
-        if self.query_log_size < 0:
-            raise ConfigError("must be 0 or more", key="query-log-size")
         if self.token is not None and len(self.token) < 16:
             raise ConfigError("use a token of at least 16 characters", key="token")
         if self.listen is not None:
@@ -468,12 +607,8 @@ class ReloadConfig:
 
     watch: bool = True
     """Reload when the configuration file or a local list file changes."""
-    interval: Duration = Duration(2)
+    interval: Annotated[Duration, Range(0.1, DAY, "seconds between looks at the files")] = Duration(2)
     """How often the files are checked."""
-
-    def validate(self) -> None:
-        if float(self.interval) <= 0:
-            raise ConfigError("must be positive", key="interval")
 
 
 @dataclass
@@ -501,6 +636,8 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     base_dir: str = field(default=".", init=False)
     """Directory of the file the configuration came from; relative list paths start there."""
+    warnings: list[ConfigWarning] = field(default_factory=list, init=False)
+    """What the files say that dnsguard does not apply (wg-quick hooks...); `check` prints, daemons log."""
 
     def validate(self) -> None:
         for group_name, group in self.groups.items():

@@ -126,6 +126,10 @@ def setup_logging(config: Config) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.logging.level.upper())
+    # Every daemon calls this once at start, right after load_config: the place to say what the
+    # configuration asks for that dnsguard does not apply (wg-quick hooks, Table, SaveConfig...).
+    for warning in config.warnings:
+        log.warning("%s", warning)
 
 
 def run_loop(coroutine: Coroutine[Any, Any, None]) -> None:

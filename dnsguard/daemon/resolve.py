@@ -1,4 +1,4 @@
-"""`dnsguard resolve`, `check`, `explain`, `lists update`: the filtering resolver and its tools."""
+"""`dnsguard resolve`, `explain`, `lists update`: the filtering resolver and its tools."""
 
 from __future__ import annotations
 
@@ -405,28 +405,6 @@ def run_resolve(config_path: str) -> int:
             key="upstreams.servers",
         )
     run_loop(_serve(config_path, config))
-    return 0
-
-
-def run_check(config_path: str) -> int:
-    """Validate the configuration and every list source; print a summary."""
-    config = load_config(config_path)
-    built = build_sync(config, cached_downloads(config))
-    Policy(config, built.matcher)
-    print(f"{config_path}: configuration is valid")
-    for report in built.sources:
-        line = f"  list {report.list_name}: {report.location}: {report.rules} rules"
-        if report.malformed:
-            line += f", {report.malformed} malformed lines"
-        if report.error:
-            line += f" ({report.status}: {report.error})"
-        print(line)
-        for example in report.examples[:3]:
-            print(f"    {example}")
-    print(
-        f"  groups: {', '.join(config.groups) or 'none (default: no filtering)'}; "
-        f"upstreams: {', '.join(config.upstreams.servers) or 'none'}"
-    )
     return 0
 
 
