@@ -152,7 +152,15 @@ def settle_heap() -> None:
 
 def log_build(built: BuildResult) -> None:
     for report in built.sources:
-        if report.error:
+        if report.status == "kept":
+            log.warning(
+                "list %s: %s: %s; its last good copy (%d rules) stays in use",
+                report.list_name,
+                report.location,
+                report.error,
+                report.rules,
+            )
+        elif report.error:
             log.warning(
                 "list %s: %s: %s (%s)", report.list_name, report.location, report.error, report.status
             )

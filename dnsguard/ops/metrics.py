@@ -22,7 +22,6 @@ from dnsguard.dns.resolver import RESULTS as RESOLVER_RESULTS
 from dnsguard.dns.wire import MALFORMED_REASONS
 from dnsguard.lifecycle import Cause, State
 from dnsguard.ops.observe import DurationHistogram
-from dnsguard.sources.build import is_url
 from dnsguard.wireguard.keys import decode_key, encode_key
 
 if TYPE_CHECKING:
@@ -193,12 +192,11 @@ class DaemonCollector(Collector):
         yield updated
         failures = CounterMetricFamily(
             "dnsguard_lists_update_failures",
-            "Failed list refreshes (the last good copy stays).",
+            "Failed list updates: a download failed, or a source was missing or rejected (the last good "
+            "copy stays).",
             labels=["list"],
         )
-        failure_counts = {
-            name: 0 for name, lst in config.lists.items() if any(is_url(source) for source in lst.sources)
-        }
+        failure_counts = dict.fromkeys(config.lists, 0)
         failure_counts.update(service.list_update_failures)
         for list_name, count in sorted(failure_counts.items()):
             failures.add_metric([list_name], count)
