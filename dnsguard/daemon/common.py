@@ -15,7 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -23,7 +23,9 @@ from dnsguard.config import Config, PeerConfig, TunnelConfig, load_config
 from dnsguard.config.addresses import parse_hostport
 from dnsguard.errors import ConfigError, DnsguardError
 from dnsguard.ops.observe import ReloadCounter
-from dnsguard.wireguard.device import Device
+
+if TYPE_CHECKING:
+    from dnsguard.wireguard.device import Device
 
 log = logging.getLogger("dnsguard")
 
@@ -59,6 +61,9 @@ def peer_arguments(peer: PeerConfig) -> dict[str, object]:
 
 def build_device(tunnel: TunnelConfig, now: float, state_dir: Path | None = None) -> Device:
     """A WireGuard device with the configured identity and peers."""
+    # Imported here so that `dnsguard resolve` (no tunnel) does not load the crypto library.
+    from dnsguard.wireguard.device import Device
+
     if not tunnel.private_key:
         raise ConfigError("the tunnel needs a private key", key="tunnel.private-key")
     last_timestamp = b""

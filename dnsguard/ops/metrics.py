@@ -22,7 +22,6 @@ from dnsguard.dns.resolver import RESULTS as RESOLVER_RESULTS
 from dnsguard.dns.wire import MALFORMED_REASONS
 from dnsguard.lifecycle import Cause, State
 from dnsguard.ops.observe import DurationHistogram
-from dnsguard.wireguard.keys import decode_key, encode_key
 
 if TYPE_CHECKING:
     from dnsguard.config import Config
@@ -48,6 +47,8 @@ def peer_names(config: Config) -> dict[str, str]:
     """Canonical base64 public key -> configured name, for the peers that have one."""
     names = {}
     if config.tunnel is not None:
+        from dnsguard.wireguard.keys import decode_key, encode_key  # only daemons with a tunnel need it
+
         for peer in config.tunnel.peers:
             if peer.name:
                 names[encode_key(decode_key(peer.public_key, what="peer public key"))] = peer.name
