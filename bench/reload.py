@@ -288,6 +288,7 @@ def main() -> int:
         env = dict(os.environ)
         if args.code:
             env["PYTHONPATH"] = str(Path(args.code).resolve())
+            env["PYTHONSAFEPATH"] = "1"  # `python -m` would otherwise put the current tree first
         watch = Watch()
         events: dict[str, float] = {}
 

@@ -138,14 +138,19 @@ def make_resolver(
     return resolver
 
 
-def settle_heap() -> None:
+def settle_heap(*, full: bool = True) -> None:
     """Collect the garbage of a list build, then move what survived out of the collector's sight.
 
-    A compiled matcher is millions of long-lived objects; without this, every full collection
-    walks them all while queries wait, a latency spike per collection for objects that live until
-    the next swap. Unfreezing first lets that collection free the previous matcher's cycles.
+    A compiled matcher and the daemon's modules are hundreds of thousands of long-lived objects; without
+    this, every full collection walks them all while queries wait. `full` (at start) first unfreezes
+    everything, so that collection also sees what an earlier freeze hid: it walks the whole heap, about
+    20 ms here. A swap uses ``full=False``: it collects only what was made since the last freeze (the new
+    state's garbage), which costs about a millisecond; the state it replaced is freed by reference
+    counting as soon as the swap drops it (a mapped index holds no reference cycle; a unit test checks
+    that the old matcher dies without a collection).
     """
-    gc.unfreeze()
+    if full:
+        gc.unfreeze()
     gc.collect()
     gc.freeze()
 
@@ -381,7 +386,7 @@ class ResolverService:
         self.built = state.built
         log_build(state.built)
         self._account_build(state.built)
-        settle_heap()
+        settle_heap(full=False)
         if state.replaces_upstreams:
             for group in old_groups:
                 if group is not None:

@@ -5,7 +5,8 @@ Under ``loading.cache-dir``/compiled:
 - ``hash.key``: the secret key of the name hash (`dnsguard.filter.compiled.keyed_name_hash`), made once.
 - per source, named by what identifies it (list, location, allow, subdomains): ``<id>.rules``, its
   parsed rules, and ``<id>.json``, its state: the stamp (size, mtime, inode) and content digest of the
-  copy compiled, its report, and the stamp and reason of a newer copy that was rejected.
+  copy compiled, its report, and the stamp and reason of a newer copy that was rejected (judged again
+  when the file or ``loading.min-ratio`` changes).
 - ``index-<key>.idx``: the matcher of one set of source copies, keyed by their digests and the list
   names, which a daemon maps into memory.
 
@@ -268,7 +269,12 @@ def plan(job: CompileJob, key: bytes) -> Plan:
             rejected = state.get("rejected") if state is not None else None
             if state is not None and stamp is not None and state.get("stamp") == stamp:
                 digest = state.get("digest")
-            elif state is not None and rejected is not None and rejected.get("stamp") == stamp:
+            elif (
+                state is not None
+                and rejected is not None
+                and rejected.get("stamp") == stamp
+                and rejected.get("min_ratio") == job.min_ratio
+            ):
                 digest = state.get("digest")
                 outcome.status, outcome.error = _rejected_status(state), rejected.get("reason")
             else:
@@ -396,14 +402,19 @@ def _compile_source(
     outcome.error = reason
     last_good = _load_copy(directory, source_id, key) if good_digest else None
     if state is not None:
-        rejected = {"stamp": stamp, "reason": reason}
+        rejected = {"stamp": stamp, "reason": reason, "min_ratio": min_ratio}
         if state.get("rejected") != rejected:
             _write_state(directory, source_id, {**state, "rejected": rejected})
     elif reason is not None:
         _write_state(
             directory,
             source_id,
-            {"stamp": None, "digest": None, "report": None, "rejected": {"stamp": stamp, "reason": reason}},
+            {
+                "stamp": None,
+                "digest": None,
+                "report": None,
+                "rejected": {"stamp": stamp, "reason": reason, "min_ratio": min_ratio},
+            },
         )
     if last_good is None:
         outcome.status = "error" if source.fetch_status == "ok" else source.fetch_status

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +17,19 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from dnsguard.config import load_config
-from dnsguard.daemon.common import config_line, install_signal_handlers
+from dnsguard.config import Config, load_config
+from dnsguard.daemon.common import config_line, install_signal_handlers, prepare_peers
+from dnsguard.daemon.dns_filtering import FilteringTunnelDaemon, TunnelDns, filtering_config
 from dnsguard.daemon.resolve import ResolveDaemon, ResolverService
 from dnsguard.dns.resolver import LATER
 from dnsguard.filter import compiled
 from dnsguard.filter.matcher import Action
 from dnsguard.ops.api import Api
+from dnsguard.ops.observe import ReloadCounter
 from dnsguard.sources import build as build_module
 from dnsguard.sources import store
 from dnsguard.sources.build import BuildError, build_sync
+from dnsguard.wireguard.keys import generate_private_key, public_key
 from tests.unit.test_ops import query, started_service, write_config
 
 BIG_LIST = "".join(f"host{i}.blocked.example\n" for i in range(2000))
@@ -260,11 +266,14 @@ def test_a_small_hand_kept_list_may_shrink(tmp_path: Path) -> None:
     assert not second.matcher.match("tracker.example").blocked
 
 
-def test_min_ratio_zero_accepts_any_shrink(tmp_path: Path) -> None:
-    path = write_config(tmp_path, loading={"cache-dir": str(tmp_path / "cache"), "min-ratio": 0.0})
+def test_setting_min_ratio_to_zero_accepts_a_shrink_that_was_rejected(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
     (tmp_path / "ads.txt").write_text(BIG_LIST)
     build_sync(load_config(str(path)))
     (tmp_path / "ads.txt").write_text("ads.example\n")
+    rejected = build_sync(load_config(str(path)))
+    assert rejected.sources[0].status == "kept" and rejected.sources[0].rules == 2000
+    set_config(path, loading={"cache-dir": str(tmp_path / "cache"), "min-ratio": 0.0})
     after = build_sync(load_config(str(path)))
     assert after.sources[0].status == "ok" and after.sources[0].rules == 1
 
@@ -427,3 +436,90 @@ def test_config_line_finds_nested_keys(tmp_path: Path) -> None:
     assert config_line(str(path), "upstreams.servers[1]") == 4
     assert config_line(str(path), "upstreams.timeout") == 2  # the deepest key found
     assert config_line(str(tmp_path / "missing.yaml"), "upstreams") is None
+
+
+# -- the tunnel daemons share the path ------------------------------------------------------------
+
+
+class TunnelDaemonUnderTest(FilteringTunnelDaemon):
+    """`up`/`server` as the shared reload path sees them, with a resolver service and no kernel."""
+
+    def __init__(self, path: Path, dns: TunnelDns) -> None:
+        self.config_path = str(path)
+        self.config = dns.config
+        self.dns = dns
+        self.shell = None
+        self.reloads = ReloadCounter()
+        self.peer_commits: list[int] = []
+
+    async def prepare_tunnel(self, new: Config) -> Callable[[], None]:
+        assert new.tunnel is not None
+        peers = prepare_peers(new.tunnel)
+        return lambda: self.peer_commits.append(len(peers))
+
+
+def tunnel_config(tmp_path: Path, peer_key: str) -> Path:
+    private = generate_private_key()
+    (tmp_path / "private.key").write_text(private)
+    return write_config(
+        tmp_path,
+        tunnel={
+            "private-key": private,
+            "address": ["100.64.0.2/32"],
+            "peers": [{"public-key": peer_key, "allowed-ips": ["0.0.0.0/0"], "endpoint": "198.18.0.1:51820"}],
+        },
+    )
+
+
+async def test_a_tunnel_reload_whose_peer_is_bad_leaves_dns_and_peers_alone(tmp_path: Path) -> None:
+    path = tunnel_config(tmp_path, public_key(generate_private_key()))
+    config = load_config(str(path))
+    dns = TunnelDns(str(path), config, server=False)
+    dns.service = ResolverService(str(path), filtering_config(config, ["127.0.0.1:53"], False))
+    await dns.service.start(listen=False)
+    daemon = TunnelDaemonUnderTest(path, dns)
+    resolver = dns.service.resolver
+    assert resolver is not None
+    policy, upstreams = resolver.policy, resolver.upstreams
+    try:
+        # The tunnel's own public key as its peer: only building the peers finds that out.
+        raw = yaml.safe_load(path.read_text())
+        own = public_key(raw["tunnel"]["private-key"])
+        raw["tunnel"]["peers"][0]["public-key"] = own
+        raw["upstreams"] = {"servers": ["198.51.100.54"]}
+        path.write_text(yaml.safe_dump(raw))
+        assert not await daemon.reload()
+        assert resolver.policy is policy and resolver.upstreams is upstreams
+        assert daemon.config is config and daemon.peer_commits == []
+        assert daemon.reloads.failure == 1
+        assert "tunnel.peers[0]" in (daemon.reloads.last_error or "")
+        # A good change goes through both parts at once.
+        raw["tunnel"]["peers"][0]["public-key"] = public_key(generate_private_key())
+        path.write_text(yaml.safe_dump(raw))
+        assert await daemon.reload()
+        assert resolver.policy is not policy and resolver.upstreams is not upstreams
+        assert daemon.peer_commits == [1] and daemon.config is not config
+        assert daemon.reloads.success == 1
+    finally:
+        await dns.service.close()
+
+
+async def test_a_swap_frees_the_previous_matcher_without_a_garbage_collection(tmp_path: Path) -> None:
+    """Reloads collect only new garbage (no full collection stalls queries): the old index must not sit
+    in a reference cycle, or its mapping would stay until the next full collection."""
+    path = write_config(tmp_path)
+    service = await started_service(path)
+    daemon = ResolveDaemon(service)
+    resolver = service.resolver
+    assert resolver is not None
+    resolver.answer_now(query("ads.example"), "192.0.2.99")
+    resolver.policy.explain("ads.example", "192.0.2.99", 0.0)
+    old = weakref.ref(resolver.policy.matcher)
+    gc.disable()
+    try:
+        (tmp_path / "ads.txt").write_text("other.example\n")
+        assert await daemon.reload()
+        assert old() is None
+    finally:
+        gc.enable()
+        await service.close()
