@@ -218,7 +218,8 @@ class ListsLoadingConfig:
     timeout: Duration = Duration(30)
     max_size: ByteSize = ByteSize(64 * 1024 * 1024)
     min_ratio: float = 0.5
-    """A download with fewer than this fraction of the last good copy's rules is treated as truncated."""
+    """A download or list file with fewer than this fraction of the last good copy's rules is treated as
+    truncated, and the last good copy stays (files: from 1000 rules on; 0 accepts any shrink)."""
 
 
 CLIENT_NETWORK_KEYWORDS: tuple[str, ...] = ("loopback", "local-networks", "tunnel")

@@ -523,3 +523,14 @@ async def test_a_swap_frees_the_previous_matcher_without_a_garbage_collection(tm
     finally:
         gc.enable()
         await service.close()
+
+
+def test_an_unusable_cache_directory_still_builds_in_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "not-a-directory").write_text("")
+    path = write_config(tmp_path, loading={"cache-dir": str(tmp_path / "not-a-directory")})
+    with caplog.at_level(logging.WARNING, logger="dnsguard"):
+        built = build_sync(load_config(str(path)))
+    assert built.matcher.match("ads.example").blocked and built.index is None
+    assert any("compiled lists are not kept" in r.getMessage() for r in caplog.records)
