@@ -45,8 +45,11 @@ SourceReport = SourceOutcome
 """What became of one source in a build (see `dnsguard.sources.store.SourceOutcome`)."""
 
 IN_PROCESS_BYTES: Final = 256 * 1024
-"""Sources to parse up to this size compile in a worker thread: tens of milliseconds of GIL, less than
-starting a child process costs. Anything bigger compiles in the child."""
+IN_PROCESS_RULES: Final = 50_000
+"""A compile that parses at most IN_PROCESS_BYTES and indexes at most IN_PROCESS_RULES (plus what it
+parses) runs in a worker thread: tens of milliseconds of GIL, less than starting a child process costs.
+Anything bigger runs in the child: even when one small list changed, sorting a million-rule index holds
+the GIL for most of a second."""
 
 
 class BuildError(DnsguardError):
@@ -235,7 +238,7 @@ async def build_from(config: Config, fetched: dict[str, FetchResult]) -> BuildRe
             ready.index.unlink(missing_ok=True)
         else:
             return _result(matcher, ready.sources, started, False, str(ready.index))
-    if ready.pending_bytes <= IN_PROCESS_BYTES:
+    if ready.pending_bytes <= IN_PROCESS_BYTES and ready.known_rules <= IN_PROCESS_RULES:
         result = await asyncio.to_thread(run_job, job, key)
     else:
         result = await compile_in_child(job, key)

@@ -243,7 +243,9 @@ class Plan:
     """The index file to load; None when a compile is needed."""
     sources: list[SourceOutcome]
     pending_bytes: int
-    """Bytes of the sources a compile would have to read (what decides where it runs)."""
+    """Bytes of the sources a compile would have to read."""
+    known_rules: int
+    """Rules in the compiled copies on record: what an index sort would cost at least."""
 
 
 def plan(job: CompileJob, key: bytes) -> Plan:
@@ -252,9 +254,12 @@ def plan(job: CompileJob, key: bytes) -> Plan:
     digests: list[tuple[str, str | None]] = []
     outcomes: list[SourceOutcome] = []
     pending = 0
+    known_rules = 0
     ready = True
     for source in job.sources:
         state = _read_state(directory, source.source_id)
+        if state is not None and state.get("digest"):
+            known_rules += int((state.get("report") or {}).get("rules", 0))
         outcome = SourceOutcome(source.list_name, source.location)
         if source.fetch_status != "ok":
             outcome.status, outcome.error = source.fetch_status, source.fetch_error
@@ -285,9 +290,9 @@ def plan(job: CompileJob, key: bytes) -> Plan:
         digests.append((source.source_id, digest))
         outcomes.append(outcome)
     if not ready:
-        return Plan(None, outcomes, pending)
+        return Plan(None, outcomes, pending, known_rules)
     path = index_path(directory, key, job.list_names, digests)
-    return Plan(path if path.exists() else None, outcomes, pending)
+    return Plan(path if path.exists() else None, outcomes, pending, known_rules)
 
 
 def _rejected_status(state: dict[str, Any]) -> str:

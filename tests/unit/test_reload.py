@@ -534,3 +534,23 @@ def test_an_unusable_cache_directory_still_builds_in_memory(
         built = build_sync(load_config(str(path)))
     assert built.matcher.match("ads.example").blocked and built.index is None
     assert any("compiled lists are not kept" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_small_change_next_to_a_big_list_still_compiles_in_the_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = two_list_config(tmp_path)
+    (tmp_path / "one.txt").write_text(BIG_LIST)
+    config = load_config(str(path))
+    first = await build_module.build(config, download=False)
+    assert first.compiled
+    monkeypatch.setattr(build_module, "IN_PROCESS_RULES", 1000)  # the 2000 names of one.txt are "big"
+
+    def not_here(*args: object) -> object:
+        raise AssertionError("the index was sorted in the daemon")
+
+    monkeypatch.setattr(build_module, "run_job", not_here)
+    (tmp_path / "two.txt").write_text("two.example\nthree.example\n")
+    second = await build_module.build(config, download=False)
+    assert second.compiled and second.matcher.match("three.example").blocked
+    assert second.matcher.match("host1.blocked.example").blocked
