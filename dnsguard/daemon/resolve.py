@@ -328,7 +328,10 @@ class ResolverService:
         """
         if self.resolver is None:
             raise ConfigError("the resolver is not running", key="resolver")
-        built = await (build_from(new, fetched) if fetched is not None else build(new, download=False))
+        if fetched is not None:
+            built = await build_from(new, fetched, reuse=self.built)
+        else:
+            built = await build(new, download=False, reuse=self.built)
         policy = Policy(new, built.matcher, mac_lookup=self._mac_lookup(new))
         cache = self.resolver.cache
         if _cache_settings(new) != _cache_settings(self.config):

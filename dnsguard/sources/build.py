@@ -221,8 +221,14 @@ async def compile_in_child(job: CompileJob, key: bytes) -> JobResult:
         raise BuildError(f"the list compiler's answer is unreadable: {exc}") from None
 
 
-async def build_from(config: Config, fetched: dict[str, FetchResult]) -> BuildResult:
-    """The matcher for `config` with these downloads: from the cache, or compiled off the event loop."""
+async def build_from(
+    config: Config, fetched: dict[str, FetchResult], reuse: BuildResult | None = None
+) -> BuildResult:
+    """The matcher for `config` with these downloads: from the cache, or compiled off the event loop.
+
+    `reuse`: the build in use; when the sources map to its very index, its matcher is kept (a reload that
+    changed no list maps nothing twice).
+    """
     job = compile_job(config, fetched)
     started = time.perf_counter()
     try:
@@ -230,6 +236,8 @@ async def build_from(config: Config, fetched: dict[str, FetchResult]) -> BuildRe
     except StoreError as exc:
         return await asyncio.to_thread(_in_memory, config, fetched, str(exc))
     ready = await asyncio.to_thread(plan, job, key)
+    if ready.index is not None and reuse is not None and reuse.index == str(ready.index):
+        return _result(reuse.matcher, ready.sources, started, False, str(ready.index))
     if ready.index is not None:
         try:
             matcher = await asyncio.to_thread(_load, ready.index, key)
@@ -277,11 +285,11 @@ def cached_downloads(config: Config) -> dict[str, FetchResult]:
     return fetched
 
 
-async def build(config: Config, *, download: bool = True) -> BuildResult:
-    """Download (or take cached copies of) URL sources, then load or compile the lists."""
+async def build(config: Config, *, download: bool = True, reuse: BuildResult | None = None) -> BuildResult:
+    """Download (or take cached copies of) URL sources, then load or compile the lists (see `build_from`)."""
     urls = urls_of(config)
     if urls and download:
         fetched = await fetcher_for(config).fetch_all(urls)
     else:
         fetched = cached_downloads(config)
-    return await build_from(config, fetched)
+    return await build_from(config, fetched, reuse)

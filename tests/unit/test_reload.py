@@ -554,3 +554,18 @@ async def test_a_small_change_next_to_a_big_list_still_compiles_in_the_child(
     second = await build_module.build(config, download=False)
     assert second.compiled and second.matcher.match("three.example").blocked
     assert second.matcher.match("host1.blocked.example").blocked
+
+
+async def test_a_reload_that_changes_no_list_keeps_the_mapped_matcher(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    service = await started_service(path)
+    daemon = ResolveDaemon(service)
+    resolver = service.resolver
+    assert resolver is not None
+    matcher, policy = resolver.policy.matcher, resolver.policy
+    try:
+        set_config(path, upstreams={"servers": ["198.51.100.54"]})
+        assert await daemon.reload()
+        assert resolver.policy is not policy and resolver.policy.matcher is matcher
+    finally:
+        await service.close()
