@@ -42,15 +42,18 @@ from dnsguard.filter.lists import (
 from dnsguard.filter.matcher import Matcher, _Regex
 
 __all__ = [
+    "HEADER_BYTES",
     "INDEX_MAGIC",
     "KEY_BYTES",
     "SOURCE_MAGIC",
     "CompiledFormatError",
+    "body_digest",
     "index_chunks",
     "key_id",
     "keyed_name_hash",
     "load_index",
     "load_source",
+    "read_header",
     "source_chunks",
 ]
 
@@ -114,21 +117,42 @@ def _pack(magic: bytes, meta: dict[str, Any], tables: Mapping[str, array[int]]) 
     return [header, *body]
 
 
-def _unpack(buffer: Any, magic: bytes) -> tuple[dict[str, Any], dict[str, memoryview]]:
-    """The meta and the tables (typed views into `buffer`) of a container; checks everything first."""
-    view = memoryview(buffer).cast("B")
-    if len(view) < _HEADER.size:
-        raise CompiledFormatError(f"{len(view)} bytes is shorter than the header")
-    found, meta_length, payload_length, expected = _HEADER.unpack_from(view)
+HEADER_BYTES: Final = _HEADER.size
+
+
+def read_header(header: bytes, magic: bytes) -> tuple[int, bytes]:
+    """The file length a container header promises and the digest of what follows it."""
+    if len(header) < _HEADER.size:
+        raise CompiledFormatError(f"{len(header)} bytes is shorter than the header")
+    found, meta_length, payload_length, expected = _HEADER.unpack_from(header)
     if found != magic:
         raise CompiledFormatError(f"not a {magic[:5].decode()} file of this version (magic {found!r})")
-    end = _HEADER.size + meta_length + payload_length
+    return _HEADER.size + meta_length + payload_length, expected
+
+
+def body_digest() -> Any:
+    """The hash object whose digest of everything after the header `read_header` returns."""
+    return hashlib.blake2b(digest_size=_DIGEST_BYTES)
+
+
+def _unpack(
+    buffer: Any, magic: bytes, *, digest_checked: bool = False
+) -> tuple[dict[str, Any], dict[str, memoryview]]:
+    """The meta and the tables (typed views into `buffer`) of a container; checks everything first.
+
+    `digest_checked`: the caller already compared the digest, reading the file (so that checking a
+    mapped index does not pull every page of it into the process's resident memory at once).
+    """
+    view = memoryview(buffer).cast("B")
+    end, expected = read_header(bytes(view[: _HEADER.size]), magic)
+    _, meta_length, _, _ = _HEADER.unpack_from(view)
     if len(view) != end:
         raise CompiledFormatError(f"{len(view)} bytes, the header says {end}: truncated or damaged")
-    digest = hashlib.blake2b(digest_size=_DIGEST_BYTES)
-    digest.update(view[_HEADER.size :])
-    if digest.digest() != expected:
-        raise CompiledFormatError("checksum mismatch: the file is damaged")
+    if not digest_checked:
+        digest = body_digest()
+        digest.update(view[_HEADER.size :])
+        if digest.digest() != expected:
+            raise CompiledFormatError("checksum mismatch: the file is damaged")
     try:
         meta = json.loads(bytes(view[_HEADER.size : _HEADER.size + meta_length]))
     except ValueError as exc:
@@ -296,9 +320,9 @@ def index_chunks(matcher: Matcher, parsed: list[ParsedSource], key: bytes) -> li
     return _pack(INDEX_MAGIC, meta, tables)
 
 
-def load_index(buffer: Any, key: bytes) -> Matcher:
+def load_index(buffer: Any, key: bytes, *, digest_checked: bool = False) -> Matcher:
     """The matcher of an index file, its tables read in place from `buffer` (bytes or an mmap)."""
-    meta, tables = _unpack(buffer, INDEX_MAGIC)
+    meta, tables = _unpack(buffer, INDEX_MAGIC, digest_checked=digest_checked)
     if meta.get("key_id") != key_id(key):
         raise CompiledFormatError("built with another hash key")
     try:

@@ -23,7 +23,14 @@ from typing import Final
 
 from dnsguard.config.model import Config
 from dnsguard.errors import DnsguardError
-from dnsguard.filter.compiled import CompiledFormatError, load_index
+from dnsguard.filter.compiled import (
+    HEADER_BYTES,
+    INDEX_MAGIC,
+    CompiledFormatError,
+    body_digest,
+    load_index,
+    read_header,
+)
 from dnsguard.filter.lists import ParsedSource, parse_bytes
 from dnsguard.filter.matcher import Matcher, compile_matcher, release_free_memory
 from dnsguard.sources.fetch import FetchResult, ListFetcher, ProgressCallback
@@ -125,10 +132,20 @@ def _load(path: Path, key: bytes) -> Matcher:
     """The matcher of an index file, mapped read-only (CompiledFormatError when damaged)."""
     try:
         with path.open("rb") as handle:
+            # The digest is checked by reading the file, not through the mapping: that would make every
+            # page of the new index resident at once, next to the index still in use.
+            length, expected = read_header(handle.read(HEADER_BYTES), INDEX_MAGIC)
+            digest = body_digest()
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+            if handle.tell() != length:
+                raise CompiledFormatError(f"{handle.tell()} bytes, the header says {length}: truncated")
+            if digest.digest() != expected:
+                raise CompiledFormatError("checksum mismatch: the file is damaged")
             mapped = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
     except (OSError, ValueError) as exc:
         raise CompiledFormatError(f"cannot map {path}: {exc}") from None
-    return load_index(mapped, key)
+    return load_index(mapped, key, digest_checked=True)
 
 
 def _result(
