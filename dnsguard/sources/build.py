@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import mmap
@@ -135,9 +136,9 @@ def _load(path: Path, key: bytes) -> Matcher:
             # The digest is checked by reading the file, not through the mapping: that would make every
             # page of the new index resident at once, next to the index still in use.
             length, expected = read_header(handle.read(HEADER_BYTES), INDEX_MAGIC)
-            digest = body_digest()
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
+            # One small reused buffer (file_digest's): big read() chunks would raise glibc's mmap
+            # threshold and leave their memory in the heap.
+            digest = hashlib.file_digest(handle, body_digest)
             if handle.tell() != length:
                 raise CompiledFormatError(f"{handle.tell()} bytes, the header says {length}: truncated")
             if digest.digest() != expected:
