@@ -32,7 +32,7 @@ from dnsguard.filter.compiled import (
     load_index,
     read_header,
 )
-from dnsguard.filter.lists import ParsedSource, parse_bytes
+from dnsguard.filter.lists import ListFileError, ParsedSource, parse_bytes
 from dnsguard.filter.matcher import Matcher, compile_matcher, release_free_memory
 from dnsguard.sources.fetch import FetchResult, ListFetcher, ProgressCallback
 from dnsguard.sources.store import (
@@ -126,6 +126,7 @@ def compile_job(config: Config, fetched: dict[str, FetchResult]) -> CompileJob:
         list(config.lists),
         sources,
         config.loading.min_ratio,
+        int(config.loading.max_size),
     )
 
 
@@ -166,10 +167,10 @@ def _in_memory(config: Config, fetched: dict[str, FetchResult], reason: str) -> 
         if source.fetch_status != "ok":
             report.status, report.error = source.fetch_status, source.fetch_error
         try:
-            result = parse_bytes(read_source(source), source.list_source())
-        except OSError as exc:
+            result = parse_bytes(read_source(source, int(config.loading.max_size)), source.list_source())
+        except ListFileError as exc:
             report.status = "error" if source.fetch_status == "ok" else source.fetch_status
-            report.error = f"cannot read: {exc.strerror or exc}"
+            report.error = exc.reason
             reports.append(report)
             continue
         report.rules = result.rule_count + result.report.regex_rules

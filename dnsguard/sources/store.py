@@ -43,7 +43,14 @@ from dnsguard.filter.compiled import (
     load_source,
     source_chunks,
 )
-from dnsguard.filter.lists import ListSource, ParsedSource, parse_bytes
+from dnsguard.filter.lists import (
+    DEFAULT_MAX_FILE_SIZE,
+    ListFileError,
+    ListSource,
+    ParsedSource,
+    parse_bytes,
+    read_list_file,
+)
 from dnsguard.filter.matcher import compile_matcher, release_free_memory
 
 log = logging.getLogger("dnsguard.lists")
@@ -104,6 +111,8 @@ class CompileJob:
     list_names: list[str]
     sources: list[SourceJob]
     min_ratio: float = 0.5
+    max_size: int = DEFAULT_MAX_FILE_SIZE
+    """The largest list file read (``loading.max-size``)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -116,6 +125,7 @@ class CompileJob:
             raw["list_names"],
             [SourceJob(**source) for source in raw["sources"]],
             raw["min_ratio"],
+            raw["max_size"],
         )
 
 
@@ -348,17 +358,26 @@ def _load_copy(directory: Path, source_id: str, key: bytes) -> ParsedSource | No
         return None
 
 
-def read_source(source: SourceJob) -> bytes:
-    """The source's current text; OSError when it cannot be read (the one place list files are opened)."""
+def read_source(source: SourceJob, max_size: int = DEFAULT_MAX_FILE_SIZE) -> bytes:
+    """The source's current text; ListFileError (with a short reason) when it cannot be read.
+
+    Files are read as bounded regular files only (`read_list_file`): a FIFO, a device or a file past
+    ``loading.max-size`` is refused instead of blocking or exhausting the compile.
+    """
     if source.path is not None:
-        return Path(source.path).read_bytes()
+        try:
+            return read_list_file(source.path, max_size)
+        except ListFileError as exc:
+            if source.location != source.path:  # a URL's cached download
+                raise ListFileError(source.path, f"cached copy {exc}") from None
+            raise
     if source.text is not None:
         return source.text.encode()
-    raise OSError(source.fetch_error or "not downloaded yet")
+    raise ListFileError(source.location, source.fetch_error or "not downloaded yet")
 
 
 def _compile_source(
-    source: SourceJob, directory: Path, key: bytes, min_ratio: float
+    source: SourceJob, directory: Path, key: bytes, min_ratio: float, max_size: int
 ) -> tuple[ParsedSource | None, str | None, SourceOutcome]:
     """This source's rules (its current copy or its last good one), their digest, and what happened."""
     name_hash = keyed_name_hash(key)
@@ -372,9 +391,9 @@ def _compile_source(
     reason: str | None = None
     parsed: ParsedSource | None = None
     try:
-        data = read_source(source)
-    except OSError as exc:
-        reason = f"cannot read: {exc.strerror or exc}"
+        data = read_source(source, max_size)
+    except ListFileError as exc:
+        reason = exc.reason
     else:
         digest = _digest(data)
         if state is not None and digest == good_digest:
@@ -437,7 +456,7 @@ def run_job(job: CompileJob, key: bytes) -> JobResult:
     digests: list[tuple[str, str | None]] = []
     outcomes: list[SourceOutcome] = []
     for source in job.sources:
-        rules, digest, outcome = _compile_source(source, directory, key, job.min_ratio)
+        rules, digest, outcome = _compile_source(source, directory, key, job.min_ratio, job.max_size)
         if rules is not None:
             parsed.append(rules)
         digests.append((source.source_id, digest))
