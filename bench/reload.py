@@ -250,6 +250,11 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--settle", type=float, default=8.0, help="seconds of steady stream between steps")
     parser.add_argument("--code", help="run the daemon from this source tree (PYTHONPATH)")
+    parser.add_argument(
+        "--allow-clients",
+        nargs="+",
+        help="resolver.allow-clients (default: the configuration's default, which reads local networks)",
+    )
     parser.add_argument("--json")
     parser.add_argument("--send", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--names", help=argparse.SUPPRESS)
@@ -283,6 +288,8 @@ def main() -> int:
             "reload": {"watch": False},
             "logging": {"level": "info"},
         }
+        if args.allow_clients:
+            config["resolver"]["allow-clients"] = args.allow_clients  # type: ignore[index]
         config_path = work / "dnsguard.yaml"
         config_path.write_text(yaml.safe_dump(config))
         env = dict(os.environ)
@@ -392,7 +399,10 @@ def main() -> int:
         "warm_start_to_filtered_s": first_filtered_after(records, events["warm_start"]),
         "reload2_s": events["reload2_done"] - events["reload2"],
     }
-    print(f"\nrate {args.rate} q/s, {len(records)} queries; code: {args.code or 'this tree'}")
+    print(
+        f"\nrate {args.rate} q/s, {len(records)} queries; code: {args.code or 'this tree'}; "
+        f"allow-clients: {args.allow_clients or 'default'}"
+    )
     for key, value in timings.items():
         print(f"  {key:28s} {value:7.2f}")
     print(

@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dnsguard.config import Config, load_config
 from dnsguard.daemon.common import (
@@ -32,11 +33,12 @@ from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import Resolver
 from dnsguard.dns.upstream import TransportOptions, UpstreamGroup, create_upstream, parse_upstream
 from dnsguard.errors import ConfigError
-from dnsguard.net.interfaces import connected_networks
-from dnsguard.net.neighbours import NeighbourMonitor, NeighbourTable
 from dnsguard.ops.api import Operations
 from dnsguard.ops.observe import DnsObserver, ReloadCounter, TunnelObserver
 from dnsguard.policy.clients import MacLookup, is_mac
+
+if TYPE_CHECKING:
+    from dnsguard.net.neighbours import NeighbourTable
 from dnsguard.policy.engine import Policy
 from dnsguard.sources.build import (
     BuildResult,
@@ -108,6 +110,15 @@ def make_conditional(
         if group is not None:
             groups[zone.strip().lower().rstrip(".") or "."] = group
     return groups
+
+
+async def host_networks() -> Sequence[str]:
+    """The prefixes of the host's interfaces (`local-networks` for `dnsguard resolve`)."""
+    # Imported on first use: netlink's library costs about 9 MB of resident memory, which a resolver
+    # that answers only loopback or fixed networks (no `local-networks`, no MAC groups) does not pay.
+    from dnsguard.net.interfaces import connected_networks
+
+    return await connected_networks()
 
 
 def _uses_macs(config: Config) -> bool:
@@ -229,7 +240,7 @@ class ResolverService:
     """Wall-clock time until which blocking is paused (API); survives reloads and list swaps."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held from building a new state to swapping it in, so that two reloads never interleave."""
-    local_networks: Callable[[], Awaitable[Sequence[str]]] = connected_networks
+    local_networks: Callable[[], Awaitable[Sequence[str]]] = host_networks
     """What `allow-clients: [local-networks]` means for this daemon; re-read every 30 s."""
     tunnel_networks: list[str] = field(default_factory=list)
     """What `allow-clients: [tunnel]` means for this daemon."""
@@ -415,6 +426,8 @@ class ResolverService:
         if not _uses_macs(config):
             return None
         if self.neighbours is None:
+            from dnsguard.net.neighbours import NeighbourMonitor, NeighbourTable  # see host_networks
+
             self.neighbours = NeighbourTable(self._neighbour_changed)
             self._neighbour_monitor = NeighbourMonitor(self.neighbours)
             self._neighbour_monitor.start()
