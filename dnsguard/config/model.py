@@ -300,7 +300,8 @@ class ListsLoadingConfig:
         64 * 1024 * 1024
     )
     min_ratio: Annotated[float, Range(0, 1, "a fraction")] = 0.5
-    """A download with fewer than this fraction of the last good copy's rules is treated as truncated."""
+    """A download or list file with fewer than this fraction of the last good copy's rules is treated as
+    truncated, and the last good copy stays (files: from 1000 rules on; 0 accepts any shrink)."""
 
 
 CLIENT_NETWORK_KEYWORDS: tuple[str, ...] = ("loopback", "local-networks", "tunnel")

@@ -17,11 +17,12 @@ from pathlib import Path
 from dnsguard.config import Config, TunnelConfig, load_config
 from dnsguard.daemon.common import (
     DEFAULT_MTU,
+    apply_peers,
     build_device,
     notify_systemd,
+    prepare_peers,
     require_tunnel,
     setup_logging,
-    sync_peers,
 )
 from dnsguard.daemon.dns_filtering import FilteringTunnelDaemon, TunnelDns, wants_filtering
 from dnsguard.daemon.tunnel import PacketFilter, TunnelShell, UdpEndpoint
@@ -401,23 +402,20 @@ class Client(FilteringTunnelDaemon):
             journal.remove()
             log.info("tunnel down; routes, rules, firewall and sysctls restored")
 
-    async def reload(self) -> bool:
-        """Re-read the configuration; a bad file (or one whose lists do not build) keeps the last good one."""
-        new = await self.load_new_config()
-        if new is None:
-            return False
+    async def prepare_tunnel(self, new: Config) -> Callable[[], None]:
+        """Peers checked (endpoints resolved) before the shared reload path swaps anything in."""
         assert new.tunnel is not None and self.config.tunnel is not None
+        peers = prepare_peers(new.tunnel)
         old_endpoints = [p.endpoint for p in self.config.tunnel.peers]
-        if self.shell is not None:
-            sync_peers(self.shell.device, new.tunnel, boottime())
-        self.config = new
-        self.lifecycle.config_reloaded(
-            boottime(), endpoint_changed=old_endpoints != [p.endpoint for p in new.tunnel.peers]
-        )
-        self.run_lifecycle()
-        self.reloads.succeeded()
-        log.info("configuration reloaded")
-        return True
+        endpoint_changed = old_endpoints != [p.endpoint for p in new.tunnel.peers]
+
+        def commit() -> None:
+            if self.shell is not None:
+                apply_peers(self.shell.device, peers, boottime())
+            self.lifecycle.config_reloaded(boottime(), endpoint_changed=endpoint_changed)
+            self.run_lifecycle()
+
+        return commit
 
 
 def lifecycle_settings(tunnel: TunnelConfig) -> LifecycleSettings:

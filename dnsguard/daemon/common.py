@@ -1,23 +1,31 @@
-"""Pieces shared by the client and server daemons: config to device, endpoints, signals, logging."""
+"""Pieces shared by the daemons: config to device, endpoints, signals, logging, and the reload path."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from dnsguard.config import Config, PeerConfig, TunnelConfig, load_config
 from dnsguard.config.addresses import parse_hostport
-from dnsguard.errors import ConfigError
-from dnsguard.wireguard.device import Device
+from dnsguard.errors import ConfigError, DnsguardError
+from dnsguard.ops.observe import ReloadCounter
+
+if TYPE_CHECKING:
+    from dnsguard.wireguard.device import Device
 
 log = logging.getLogger("dnsguard")
 
@@ -53,6 +61,9 @@ def peer_arguments(peer: PeerConfig) -> dict[str, object]:
 
 def build_device(tunnel: TunnelConfig, now: float, state_dir: Path | None = None) -> Device:
     """A WireGuard device with the configured identity and peers."""
+    # Imported here so that `dnsguard resolve` (no tunnel) does not load the crypto library.
+    from dnsguard.wireguard.device import Device
+
     if not tunnel.private_key:
         raise ConfigError("the tunnel needs a private key", key="tunnel.private-key")
     last_timestamp = b""
@@ -73,22 +84,43 @@ def build_device(tunnel: TunnelConfig, now: float, state_dir: Path | None = None
     return device
 
 
-def sync_peers(device: Device, tunnel: TunnelConfig, now: float) -> tuple[int, int, int]:
-    """Make the device's peers match the configuration; untouched peers keep their sessions.
+PeerArguments = dict[str, dict[str, object]]
+"""Canonical public key -> keyword arguments of Device.add_peer / update_peer."""
+
+
+def prepare_peers(tunnel: TunnelConfig) -> PeerArguments:
+    """Every configured peer's device arguments, checked; raises ConfigError naming the peer's key.
+
+    Endpoint names are resolved here, and each peer is tried on a scratch device with the same identity,
+    so that applying the result (`apply_peers`) cannot fail half-way.
+    """
+    from dnsguard.wireguard.keys import decode_key, encode_key
+
+    scratch = build_device(TunnelConfig(private_key=tunnel.private_key), 0.0)
+    prepared: PeerArguments = {}
+    for index, peer in enumerate(tunnel.peers):
+        where = f"tunnel.peers[{index}]"
+        try:
+            key = encode_key(decode_key(peer.public_key, what="peer public key"))
+            arguments = peer_arguments(peer)
+            scratch.add_peer(key, now=0.0, **arguments)  # type: ignore[arg-type]
+        except ConfigError as exc:
+            raise ConfigError(exc.message, key=f"{where}.{exc.key}" if exc.key else where) from None
+        prepared[key] = arguments
+    return prepared
+
+
+def apply_peers(device: Device, wanted: PeerArguments, now: float) -> tuple[int, int, int]:
+    """Make the device's peers match prepared arguments; untouched peers keep their sessions.
 
     Returns (added, removed, updated).
     """
-    wanted = {peer.public_key: peer for peer in tunnel.peers}
-    from dnsguard.wireguard.keys import decode_key, encode_key
-
-    canonical = {encode_key(decode_key(key, what="peer public key")): peer for key, peer in wanted.items()}
     added = removed = updated = 0
     for key in list(device.peers):
-        if key not in canonical:
+        if key not in wanted:
             device.remove_peer(key)
             removed += 1
-    for key, peer in canonical.items():
-        arguments = peer_arguments(peer)
+    for key, arguments in wanted.items():
         if key in device.peers:
             device.update_peer(key, now=now, **arguments)  # type: ignore[arg-type]
             updated += 1
@@ -96,6 +128,11 @@ def sync_peers(device: Device, tunnel: TunnelConfig, now: float) -> tuple[int, i
             device.add_peer(key, now=now, **arguments)  # type: ignore[arg-type]
             added += 1
     return added, removed, updated
+
+
+def sync_peers(device: Device, tunnel: TunnelConfig, now: float) -> tuple[int, int, int]:
+    """Make the device's peers match the configuration; returns (added, removed, updated)."""
+    return apply_peers(device, prepare_peers(tunnel), now)
 
 
 def require_tunnel(config: Config) -> TunnelConfig:
@@ -162,15 +199,124 @@ def notify_systemd(state: str) -> None:
 
 
 def install_signal_handlers(stop: asyncio.Event, reload: Callable[[], object]) -> None:
+    """SIGTERM/SIGINT set `stop`; SIGHUP calls `reload`, whose task (if it returns one) is watched.
+
+    A reload never raises (`Reloader`), but should a task fail anyway its error is logged here in one
+    line instead of asyncio's "Task exception was never retrieved" at exit.
+    """
     loop = asyncio.get_running_loop()
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(stop_signal, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    running: set[asyncio.Future[Any]] = set()
+
+    def done(task: asyncio.Future[Any]) -> None:
+        running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("reload on SIGHUP failed: %s", one_line(task.exception()))
+
+    def on_hangup() -> None:
+        result = reload()
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            running.add(task)
+            task.add_done_callback(done)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
 
 
-def reload_config(path: str, current: Config) -> tuple[Config, str | None]:
-    """The new configuration, or the current one and the reason when the file is bad."""
+# -- reloading: one path for every daemon -------------------------------------------------------
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A change built aside: `commit` swaps it in (and must not fail), `discard` releases it."""
+
+    commit: Callable[[], None]
+    discard: Callable[[], Awaitable[None]] = _nothing
+
+
+def one_line(error: BaseException | None) -> str:
+    """An error as one log line."""
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def config_line(path: str, key: str) -> int | None:
+    """The line of a dotted key (``upstreams.servers[1]``) in a YAML configuration file, if found."""
     try:
-        return load_config(path), None
-    except ConfigError as exc:
-        return current, str(exc)
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    line = None
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", key):
+        if part.startswith("[") and isinstance(node, yaml.SequenceNode):
+            index = int(part[1:-1])
+            if index >= len(node.value):
+                break
+            node = node.value[index]
+        elif isinstance(node, yaml.MappingNode):
+            names = {part, part.replace("_", "-"), part.replace("-", "_")}
+            found = [value for key_node, value in node.value if str(key_node.value) in names]
+            if not found:
+                break
+            node = found[0]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def describe_failure(error: BaseException, config_path: str) -> str:
+    """What went wrong in a reload, as one line that names the file (and line, where known)."""
+    if isinstance(error, ConfigError):
+        if error.file is None:
+            line = config_line(config_path, error.key) if error.key else None
+            error = ConfigError(error.message, file=config_path, line=line, key=error.key)
+        return one_line(error)
+    if isinstance(error, DnsguardError):
+        return f"{config_path}: {one_line(error)}"
+    return f"{config_path}: unexpected {type(error).__name__}: {one_line(error)}"
+
+
+class Reloader:
+    """The reload of every daemon (`resolve`, `up`, `server`), whatever triggered it (SIGHUP, file change,
+    API): read the file, build every part of the new state aside (`prepare`), then swap them all in at
+    once. Anything wrong on the way changes nothing, is counted as a failed reload and logged as one line
+    naming file:line; the caller (the API) gets False and `counter.last_error`.
+    """
+
+    def __init__(
+        self,
+        config_path: str,
+        counter: ReloadCounter,
+        prepare: Callable[[Config], Awaitable[Prepared]],
+        *,
+        lock: asyncio.Lock | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.counter = counter
+        self.prepare = prepare
+        self.lock = lock or asyncio.Lock()
+
+    async def reload(self) -> bool:
+        async with self.lock:
+            try:
+                new = load_config(self.config_path)
+                prepared = await self.prepare(new)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = describe_failure(exc, self.config_path)
+                self.counter.failed(error)
+                log.error("configuration reload failed, nothing changed: %s", error)
+                if not isinstance(exc, DnsguardError):
+                    log.debug("reload failure details", exc_info=True)
+                return False
+            prepared.commit()
+            self.counter.succeeded()
+            log.info("configuration reloaded")
+            return True

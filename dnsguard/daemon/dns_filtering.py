@@ -6,13 +6,15 @@ import copy
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dnsguard.config import Config, GroupConfig, TunnelConfig
 from dnsguard.config.addresses import is_ip
-from dnsguard.daemon.common import reload_config
+from dnsguard.daemon.common import Prepared, Reloader
 from dnsguard.daemon.resolve import ResolverService
 from dnsguard.daemon.tunnel import SO_MARK, TunnelShell
+from dnsguard.errors import ConfigError
 from dnsguard.net.firewall import RESOLVER_MARK_OFFSET, DnsRedirect
 from dnsguard.net.interfaces import connected_networks, host_addresses
 from dnsguard.ops.observe import ReloadCounter
@@ -123,16 +125,19 @@ class TunnelDns:
         lan = list(tunnel.lan_interfaces) if tunnel is not None else []
         return await host_addresses() + (await connected_networks(lan) if lan else [])
 
-    async def reload(self, config: Config) -> bool:
-        """Switch the resolver to a new configuration; False (the old one kept) when it does not build."""
+    async def prepare(self, config: Config) -> Prepared:
+        """The resolver's state for a new configuration, built aside (raises what is wrong with it)."""
         tunnel = config.tunnel
         assert tunnel is not None
         v4, v6 = tunnel_addresses(tunnel)
         listen = ([f"{v4}:53"] if v4 else []) + ([f"[{v6}]:53"] if v6 else [])
-        if not await self.service.apply(filtering_config(config, listen, self.server)):
-            return False
-        self.config = config
-        return True
+        prepared = await self.service.prepare_reload(filtering_config(config, listen, self.server))
+
+        def commit() -> None:
+            prepared.commit()
+            self.config = config
+
+        return Prepared(commit, prepared.discard)
 
     async def close(self) -> None:
         DnsRedirect.remove()
@@ -156,15 +161,37 @@ class FilteringTunnelDaemon:
     def tunnel_shell(self) -> TunnelShell | None:
         return self.shell
 
-    async def load_new_config(self) -> Config | None:
-        """The new configuration with its DNS part already switched, or None (counted, logged) when bad."""
-        new, error = reload_config(self.config_path, self.config)
-        if error is None and new.tunnel is None:
-            error = f"{self.config_path}: the new configuration has no tunnel section"
-        if error is None and self.dns is not None and not await self.dns.reload(new):
-            error = self.dns.service.reloads.last_error or "the DNS filtering configuration did not build"
-        if error is not None:
-            self.reloads.failed(error)
-            log.error("configuration reload failed, keeping the last good one: %s", error)
-            return None
-        return new
+    @property
+    def reloader(self) -> Reloader:
+        reloader: Reloader | None = getattr(self, "_reloader", None)
+        if reloader is None:
+            reloader = self._reloader = Reloader(self.config_path, self.reloads, self.prepare_reload)
+        return reloader
+
+    async def reload(self) -> bool:
+        """Re-read the configuration; anything wrong with it (a bad file, a list or upstream that does not
+        build, a peer that does not resolve) leaves the tunnel and its DNS as they were (False)."""
+        return await self.reloader.reload()
+
+    async def prepare_reload(self, new: Config) -> Prepared:
+        """DNS and tunnel parts of a reload, both built before either is swapped in."""
+        if new.tunnel is None:
+            raise ConfigError("the new configuration has no tunnel section", key="tunnel")
+        dns = await self.dns.prepare(new) if self.dns is not None else Prepared(lambda: None)
+        try:
+            tunnel = await self.prepare_tunnel(new)
+        except BaseException:
+            await dns.discard()
+            raise
+
+        def commit() -> None:
+            dns.commit()
+            # The tunnel's part reads the new configuration (the lifecycle's endpoint, for one).
+            self.config = new
+            tunnel()
+
+        return Prepared(commit, dns.discard)
+
+    async def prepare_tunnel(self, new: Config) -> Callable[[], None]:
+        """The daemon's own part of a reload, checked; returns the swap (which must not fail)."""
+        raise NotImplementedError

@@ -10,27 +10,45 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dnsguard.config import Config, load_config
 from dnsguard.daemon.common import (
+    Prepared,
+    Reloader,
     install_signal_handlers,
     notify_systemd,
-    reload_config,
     run_loop,
     setup_logging,
 )
-from dnsguard.daemon.dns_server import DnsListeners, admission_for, allowed_local_networks, tcp_settings
+from dnsguard.daemon.dns_server import (
+    DnsListeners,
+    TcpSettings,
+    admission_for,
+    allowed_local_networks,
+    tcp_settings,
+)
+from dnsguard.dns.admission import ClientAdmission
 from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import Resolver
-from dnsguard.dns.upstream import TransportOptions, UpstreamGroup
+from dnsguard.dns.upstream import TransportOptions, UpstreamGroup, create_upstream, parse_upstream
 from dnsguard.errors import ConfigError
-from dnsguard.net.interfaces import connected_networks
-from dnsguard.net.neighbours import NeighbourMonitor, NeighbourTable
 from dnsguard.ops.api import Operations
 from dnsguard.ops.observe import DnsObserver, ReloadCounter, TunnelObserver
 from dnsguard.policy.clients import MacLookup, is_mac
+
+if TYPE_CHECKING:
+    from dnsguard.net.neighbours import NeighbourTable
 from dnsguard.policy.engine import Policy
-from dnsguard.sources.build import BuildResult, build, build_sync, cached_downloads, fetcher_for, urls_of
+from dnsguard.sources.build import (
+    BuildResult,
+    build,
+    build_from,
+    build_sync,
+    cached_downloads,
+    fetcher_for,
+    urls_of,
+)
 from dnsguard.sources.fetch import FetchResult
 
 log = logging.getLogger("dnsguard.resolve")
@@ -56,6 +74,7 @@ def make_upstreams(
     socket_setup: SocketSetup | None = None,
     observer: DnsObserver | None = None,
     servers: list[str] | None = None,
+    key: str = "upstreams.servers",
 ) -> UpstreamGroup | None:
     """The upstream group of `servers` (default: upstreams.servers) under the configured strategy."""
     if servers is None:
@@ -63,13 +82,19 @@ def make_upstreams(
     if not servers:
         return None
     options = TransportOptions(socket_setup=socket_setup) if socket_setup else None
-    group = UpstreamGroup.from_specs(
-        servers,
-        options=options,
-        strategy=config.upstreams.strategy,
-        timeout=float(config.upstreams.timeout),
-        on_query=observer.on_upstream if observer is not None else None,
-    )
+    # Parsed one by one so that a bad spec names its key (upstreams.servers[i]) and so its line.
+    specs = [parse_upstream(spec, key=f"{key}[{i}]") for i, spec in enumerate(servers)]
+    try:
+        group = UpstreamGroup(
+            [create_upstream(spec, options) for spec in specs],
+            strategy=config.upstreams.strategy,
+            timeout=float(config.upstreams.timeout),
+            on_query=observer.on_upstream if observer is not None else None,
+        )
+    except ConfigError as exc:
+        raise ConfigError(exc.message, key=f"upstreams.{exc.key}" if exc.key else "upstreams") from None
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="upstreams.timeout") from None
     if observer is not None:
         observer.know_upstreams([upstream.name for upstream in group.upstreams])
     return group
@@ -81,10 +106,19 @@ def make_conditional(
     """A group per upstreams.conditional zone, keyed as the resolver looks names up."""
     groups = {}
     for zone, servers in config.upstreams.conditional.items():
-        group = make_upstreams(config, socket_setup, observer, servers)
+        group = make_upstreams(config, socket_setup, observer, servers, key=f"upstreams.conditional.{zone}")
         if group is not None:
             groups[zone.strip().lower().rstrip(".") or "."] = group
     return groups
+
+
+async def host_networks() -> Sequence[str]:
+    """The prefixes of the host's interfaces (`local-networks` for `dnsguard resolve`)."""
+    # Imported on first use: netlink's library costs about 9 MB of resident memory, which a resolver
+    # that answers only loopback or fixed networks (no `local-networks`, no MAC groups) does not pay.
+    from dnsguard.net.interfaces import connected_networks
+
+    return await connected_networks()
 
 
 def _uses_macs(config: Config) -> bool:
@@ -115,21 +149,34 @@ def make_resolver(
     return resolver
 
 
-def settle_heap() -> None:
+def settle_heap(*, full: bool = True) -> None:
     """Collect the garbage of a list build, then move what survived out of the collector's sight.
 
-    A compiled matcher is millions of long-lived objects; without this, every full collection
-    walks them all while queries wait, a latency spike per collection for objects that live until
-    the next swap. Unfreezing first lets that collection free the previous matcher's cycles.
+    A compiled matcher and the daemon's modules are hundreds of thousands of long-lived objects; without
+    this, every full collection walks them all while queries wait. `full` (at start) first unfreezes
+    everything, so that collection also sees what an earlier freeze hid: it walks the whole heap, about
+    20 ms here. A swap uses ``full=False``: it collects only what was made since the last freeze (the new
+    state's garbage), which costs about a millisecond; the state it replaced is freed by reference
+    counting as soon as the swap drops it (a mapped index holds no reference cycle; a unit test checks
+    that the old matcher dies without a collection).
     """
-    gc.unfreeze()
+    if full:
+        gc.unfreeze()
     gc.collect()
     gc.freeze()
 
 
 def log_build(built: BuildResult) -> None:
     for report in built.sources:
-        if report.error:
+        if report.status == "kept":
+            log.warning(
+                "list %s: %s: %s; its last good copy (%d rules) stays in use",
+                report.list_name,
+                report.location,
+                report.error,
+                report.rules,
+            )
+        elif report.error:
             log.warning(
                 "list %s: %s: %s (%s)", report.list_name, report.location, report.error, report.status
             )
@@ -146,8 +193,37 @@ def log_build(built: BuildResult) -> None:
 
 
 @dataclass
+class DnsState:
+    """Everything a reload swaps in the resolver, built aside first: a failure leaves the current one."""
+
+    config: Config
+    built: BuildResult
+    policy: Policy
+    upstreams: UpstreamGroup | None
+    conditional: dict[str, UpstreamGroup]
+    cache: AnswerCache | None
+    """The answer cache to use: a new one when the cache settings changed, else the current one."""
+    replaces_upstreams: bool
+    """False for a list refresh, which keeps the current upstream groups."""
+    admission: tuple[ClientAdmission, TcpSettings] | None = None
+    """The listeners' new limits (None: a list refresh, or no listeners)."""
+
+    async def discard(self) -> None:
+        """Release what was made for this state when it is not swapped in."""
+        if self.replaces_upstreams:
+            for group in [self.upstreams, *self.conditional.values()]:
+                if group is not None:
+                    await group.close()
+
+
+def _cache_settings(config: Config) -> object:
+    c = config.cache
+    return (c.enabled, c.max_entries, c.min_ttl, c.max_ttl, c.max_negative_ttl, c.stale_max_age)
+
+
+@dataclass
 class ResolverService:
-    """Listeners + resolver, with reload (SIGHUP) and periodic list refresh."""
+    """Listeners + resolver, with reload (SIGHUP, file change, API) and periodic list refresh."""
 
     config_path: str
     config: Config
@@ -159,9 +235,12 @@ class ResolverService:
     list_updated_at: dict[str, float] = field(default_factory=dict)
     """Wall-clock time of each URL list's last refresh in which every source downloaded or was unchanged."""
     list_update_failures: dict[str, int] = field(default_factory=dict)
+    """Builds in which a source of the list failed or was rejected (its last good copy stayed), per list."""
     paused_until: float = 0.0
     """Wall-clock time until which blocking is paused (API); survives reloads and list swaps."""
-    local_networks: Callable[[], Awaitable[Sequence[str]]] = connected_networks
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held from building a new state to swapping it in, so that two reloads never interleave."""
+    local_networks: Callable[[], Awaitable[Sequence[str]]] = host_networks
     """What `allow-clients: [local-networks]` means for this daemon; re-read every 30 s."""
     tunnel_networks: list[str] = field(default_factory=list)
     """What `allow-clients: [tunnel]` means for this daemon."""
@@ -169,10 +248,15 @@ class ResolverService:
     neighbours: NeighbourTable | None = None
     """Address -> MAC, kept current from netlink while a group lists MAC addresses."""
 
+    def __post_init__(self) -> None:
+        self._closing: set[asyncio.Task[None]] = set()
+
     async def start(self, listen: bool = True) -> None:
-        # Start answering from cached list copies at once; fresh downloads follow in the background.
+        # Start answering from cached list copies at once (a compiled index if the sources did not
+        # change); fresh downloads follow in the background.
         self.built = await build(self.config, download=False)
         log_build(self.built)
+        self._account_build(self.built)
         self.resolver = make_resolver(
             self.config, self.built, self.socket_setup, self.observer, self._mac_lookup(self.config)
         )
@@ -188,9 +272,9 @@ class ResolverService:
             await self.listeners.start()
         self._refresher = asyncio.create_task(self._refresh_loop())
 
-    async def _allowed_networks(self) -> list[str]:
-        """The networks answered per address under the current configuration (see allow-clients)."""
-        resolver = self.config.resolver
+    async def _allowed_networks(self, config: Config | None = None) -> list[str]:
+        """The networks answered per address under a configuration (see allow-clients)."""
+        resolver = (config or self.config).resolver
         local = await self.local_networks() if "local-networks" in resolver.allow_clients else []
         return allowed_local_networks(resolver, local, self.tunnel_networks)
 
@@ -200,8 +284,8 @@ class ResolverService:
             if urls_of(self.config):
                 try:
                     await self.refresh_lists(force_rebuild=first)
-                except Exception:
-                    log.exception("list refresh failed; keeping the current lists")
+                except Exception as exc:
+                    log.error("list refresh failed; keeping the current lists: %s", exc)
             first = False
             await asyncio.sleep(float(self.config.loading.refresh))
 
@@ -220,9 +304,13 @@ class ResolverService:
             if result.error:
                 log.warning("list download %s: %s (%s)", result.url, result.error, result.status)
         self._account_refresh(config, results)
-        if changed or force_rebuild:
-            built = await asyncio.to_thread(build_sync, config, results)
-            self._swap(config, built)
+        if not (changed or force_rebuild):
+            return
+        async with self.lock:
+            if self.config is not config:
+                return  # a reload swapped in another configuration (and its lists) meanwhile
+            state = await self.prepare(config, fetched=results)
+            self.commit(state)
 
     def _account_refresh(self, config: Config, results: dict[str, FetchResult]) -> None:
         now = time.time()
@@ -235,17 +323,101 @@ class ResolverService:
             else:
                 self.list_update_failures[name] = self.list_update_failures.get(name, 0) + 1
 
-    def _swap(self, config: Config, built: BuildResult) -> None:
-        log_build(built)
-        self.built = built
+    def _account_build(self, built: BuildResult) -> None:
+        """Count the lists whose local sources are served from a last good copy (or not at all)."""
+        for report in built.sources:
+            if report.status in ("kept", "error"):
+                name = report.list_name
+                self.list_update_failures[name] = self.list_update_failures.get(name, 0) + 1
+
+    # -- building aside and swapping in --------------------------------------------------------
+
+    async def prepare(self, new: Config, fetched: dict[str, FetchResult] | None = None) -> DnsState:
+        """Build the state for `new` without touching the running one; raises what is wrong with it.
+
+        With `fetched` (a list refresh), only the lists are new: the upstreams and cache stay.
+        """
         if self.resolver is None:
-            return
-        policy = Policy(config, built.matcher, mac_lookup=self._mac_lookup(config))
-        policy.paused_until = self.paused_until
-        self.resolver.policy = policy
-        if self.resolver.cache is not None:
-            self.resolver.cache.flush()
-        settle_heap()
+            raise ConfigError("the resolver is not running", key="resolver")
+        if fetched is not None:
+            built = await build_from(new, fetched, reuse=self.built)
+        else:
+            built = await build(new, download=False, reuse=self.built)
+        policy = Policy(new, built.matcher, mac_lookup=self._mac_lookup(new))
+        cache = self.resolver.cache
+        if _cache_settings(new) != _cache_settings(self.config):
+            cache = make_cache(new)
+        resolver = self.resolver
+        if fetched is not None:
+            return DnsState(
+                new, built, policy, resolver.upstreams, resolver.conditional, cache, replaces_upstreams=False
+            )
+        admission = None
+        if self.listeners is not None:
+            admission = (
+                admission_for(new.resolver, await self._allowed_networks(new)),
+                tcp_settings(new.resolver),
+            )
+        upstreams = make_upstreams(new, self.socket_setup, None)
+        try:
+            conditional = make_conditional(new, self.socket_setup, None)
+        except BaseException:
+            if upstreams is not None:
+                await upstreams.close()
+            raise
+        return DnsState(new, built, policy, upstreams, conditional, cache, True, admission)
+
+    def commit(self, state: DnsState) -> None:
+        """Swap a prepared state in, in one step: nothing here awaits or can fail on bad input."""
+        resolver = self.resolver
+        assert resolver is not None
+        old_groups = [resolver.upstreams, *resolver.conditional.values()]
+        old_cache = resolver.cache
+        state.policy.paused_until = self.paused_until
+        resolver.policy = state.policy
+        resolver.cache = state.cache
+        if state.cache is not None and state.cache is old_cache:
+            # Answers cached under the old lists may now be blocked (or a rewrite may have changed).
+            state.cache.flush()
+        new = state.config
+        resolver.extended_errors = new.blocking.extended_errors
+        resolver.cname_check = new.blocking.cname_check
+        resolver.serve_stale = new.cache.serve_stale
+        resolver.prefetch = new.cache.prefetch
+        resolver.max_udp_size = new.resolver.max_udp_size
+        if state.admission is not None and self.listeners is not None:
+            self.listeners.set_admission(*state.admission)
+        if state.replaces_upstreams:
+            resolver.upstreams = state.upstreams
+            resolver.conditional = state.conditional
+            for group in [state.upstreams, *state.conditional.values()]:
+                if group is not None:
+                    group.on_query = self.observer.on_upstream
+                    self.observer.know_upstreams([u.name for u in group.upstreams])
+        if new.resolver.listen != self.config.resolver.listen:
+            log.warning("resolver.listen changed: takes effect after a restart")
+        self.config = new
+        self.built = state.built
+        log_build(state.built)
+        self._account_build(state.built)
+        settle_heap(full=False)
+        if state.replaces_upstreams:
+            for group in old_groups:
+                if group is not None:
+                    # Closed in the background: queries in flight on the old group finish on it.
+                    task = asyncio.get_running_loop().create_task(group.close())
+                    self._closing.add(task)
+                    task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        self._closing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("closing the previous upstreams: %s", task.exception())
+
+    async def prepare_reload(self, new: Config) -> Prepared:
+        """`prepare` for the shared reload path: the swap, and what to release if it does not happen."""
+        state = await self.prepare(new)
+        return Prepared(lambda: self.commit(state), state.discard)
 
     # -- groups by MAC ----------------------------------------------------------------------
 
@@ -254,6 +426,8 @@ class ResolverService:
         if not _uses_macs(config):
             return None
         if self.neighbours is None:
+            from dnsguard.net.neighbours import NeighbourMonitor, NeighbourTable  # see host_networks
+
             self.neighbours = NeighbourTable(self._neighbour_changed)
             self._neighbour_monitor = NeighbourMonitor(self.neighbours)
             self._neighbour_monitor.start()
@@ -285,54 +459,6 @@ class ResolverService:
     def blocking_enabled(self) -> bool:
         return time.time() >= self.paused_until
 
-    async def reload(self) -> bool:
-        """Re-read the configuration; a bad file keeps the last good configuration and says why."""
-        new, error = reload_config(self.config_path, self.config)
-        if error is not None:
-            self.reloads.failed(error)
-            log.error("configuration reload failed, keeping the last good one: %s", error)
-            return False
-        return await self.apply(new)
-
-    async def apply(self, new: Config) -> bool:
-        """Switch to a new configuration if its lists and policy build; otherwise keep the current one."""
-        try:
-            built = await build(new, download=False)
-            Policy(new, built.matcher)
-        except ConfigError as exc:
-            error: str | None = str(exc)
-        else:
-            error = None
-        if error is not None:
-            self.reloads.failed(error)
-            log.error("configuration reload failed, keeping the last good one: %s", error)
-            return False
-        old_listen = self.config.resolver.listen
-        self.config = new
-        if self.listeners is not None:
-            admission = admission_for(new.resolver, await self._allowed_networks())
-            self.listeners.set_admission(admission, tcp_settings(new.resolver))
-        self._swap(new, built)
-        if self.resolver is not None:
-            old_upstreams = self.resolver.upstreams
-            old_conditional = self.resolver.conditional
-            self.resolver.upstreams = make_upstreams(new, self.socket_setup, self.observer)
-            self.resolver.conditional = make_conditional(new, self.socket_setup, self.observer)
-            self.resolver.extended_errors = new.blocking.extended_errors
-            self.resolver.cname_check = new.blocking.cname_check
-            self.resolver.serve_stale = new.cache.serve_stale
-            self.resolver.prefetch = new.cache.prefetch
-            self.resolver.max_udp_size = new.resolver.max_udp_size
-            if old_upstreams is not None:
-                await old_upstreams.close()
-            for group in old_conditional.values():
-                await group.close()
-        if new.resolver.listen != old_listen:
-            log.warning("resolver.listen changed: takes effect after a restart")
-        self.reloads.succeeded()
-        log.info("configuration reloaded")
-        return True
-
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             self._refresher.cancel()
@@ -346,6 +472,14 @@ class ResolverService:
                 await self.resolver.upstreams.close()
             for group in self.resolver.conditional.values():
                 await group.close()
+        for task in list(self._closing):
+            with contextlib.suppress(Exception):
+                await task
+
+
+def _require_upstreams(config: Config) -> None:
+    if not config.upstreams.servers:
+        raise ConfigError("no upstream servers: allowed names could not be answered", key="upstreams.servers")
 
 
 class ResolveDaemon:
@@ -358,6 +492,7 @@ class ResolveDaemon:
     def __init__(self, service: ResolverService) -> None:
         self.service = service
         self.tunnel_observer = TunnelObserver()
+        self.reloader = Reloader(service.config_path, service.reloads, self._prepare, lock=service.lock)
 
     @property
     def config(self) -> Config:
@@ -375,8 +510,13 @@ class ResolveDaemon:
     def dns_service(self) -> ResolverService:
         return self.service
 
+    async def _prepare(self, new: Config) -> Prepared:
+        _require_upstreams(new)
+        return await self.service.prepare_reload(new)
+
     async def reload(self) -> bool:
-        return await self.service.reload()
+        """Re-read the configuration; anything wrong with it leaves everything as it was (False)."""
+        return await self.reloader.reload()
 
 
 async def _serve(config_path: str, config: Config) -> None:
@@ -387,7 +527,7 @@ async def _serve(config_path: str, config: Config) -> None:
     await operations.start()
     notify_systemd("READY=1\nSTATUS=answering DNS")
     stop = asyncio.Event()
-    install_signal_handlers(stop, lambda: asyncio.ensure_future(service.reload()))
+    install_signal_handlers(stop, daemon.reload)
     try:
         await stop.wait()
     finally:
@@ -398,12 +538,10 @@ async def _serve(config_path: str, config: Config) -> None:
 def run_resolve(config_path: str) -> int:
     config = load_config(config_path)
     setup_logging(config)
-    if not config.upstreams.servers:
-        raise ConfigError(
-            "no upstream servers: allowed names could not be answered",
-            file=config_path,
-            key="upstreams.servers",
-        )
+    try:
+        _require_upstreams(config)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, file=config_path, key=exc.key) from None
     run_loop(_serve(config_path, config))
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyroute2 import AsyncIPRoute
@@ -14,12 +15,13 @@ from dnsguard.config import Config, TunnelConfig, load_config
 from dnsguard.daemon.common import (
     DEFAULT_MTU,
     DEFAULT_PORT,
+    apply_peers,
     build_device,
     install_signal_handlers,
     notify_systemd,
+    prepare_peers,
     require_tunnel,
     setup_logging,
-    sync_peers,
 )
 from dnsguard.daemon.dns_filtering import FilteringTunnelDaemon, TunnelDns, wants_filtering
 from dnsguard.daemon.endpoints import EndpointMemory, memory_path
@@ -134,26 +136,25 @@ class Server(FilteringTunnelDaemon):
             tun.close()
             log.info("server stopped")
 
-    async def reload(self) -> bool:
-        """Re-read the configuration; a bad file (or one whose lists do not build) keeps the last good one."""
-        new = await self.load_new_config()
-        if new is None:
-            return False
+    async def prepare_tunnel(self, new: Config) -> Callable[[], None]:
+        """Peers checked, then the interface's addresses and peer routes, before anything is swapped in."""
         assert new.tunnel is not None
+        peers = prepare_peers(new.tunnel)
         if self.shell is None:
-            self.config = new
-            self.reloads.succeeded()
-            return True
-        added, removed, updated = sync_peers(self.shell.device, new.tunnel, boottime())
+            return lambda: None
+        # Kernel state goes first: when it fails, the running peers and DNS are left as they were.
         await configure_interface(
             self.shell.tun.name, new.tunnel.address, new.tunnel.mtu or DEFAULT_MTU, peer_prefixes(new.tunnel)
         )
         ServerNat(self.shell.tun.name, peer_prefixes(new.tunnel)).apply()
-        self.config = new
-        self.shell.flush()
-        self.reloads.succeeded()
-        log.info("configuration reloaded: %d peers added, %d removed, %d kept", added, removed, updated)
-        return True
+        shell = self.shell
+
+        def commit() -> None:
+            added, removed, updated = apply_peers(shell.device, peers, boottime())
+            shell.flush()
+            log.info("peers: %d added, %d removed, %d kept", added, removed, updated)
+
+        return commit
 
 
 def run_server(config_path: str) -> int:

@@ -5,14 +5,15 @@ Speed matters here (a million names must load in seconds on a small machine), an
 every line costs about a microsecond a line. So `parse_text` first learns the file's dominant line shape
 from a sample (``0.0.0.0 {name}``, ``||{name}^``, ``{name}``, ``server=/{name}/``...), splits the whole
 text on that shape's separator in C, validates all the resulting names at once with a few byte-level
-passes, and hashes them with ``map(hash, ...)``. Every line that does not fit the shape exactly (comments,
-inline comments, exceptions, modifiers, IDN, bad characters, several names on a line...) goes through
-`rules.parse_line`, the reference parser, and the two paths must agree (property-tested).
+passes, and hashes them with ``map(name_hash, ...)``. Every line that does not fit the shape exactly
+(comments, inline comments, exceptions, modifiers, IDN, bad characters, several names on a line...) goes
+through `rules.parse_line`, the reference parser, and the two paths must agree (property-tested).
 
-Names are stored as Python's built-in 64-bit ``hash()`` of the canonical name: computed in C, cached on
-the string, and randomised per process, which is fine for an index rebuilt at every start. A parsed
-source is therefore only valid in the process that parsed it: never persist it or send it to another
-process. See `matcher.py` for how the 64 bits are used and what a collision would cost.
+Names are stored as a 64-bit hash of the canonical name, by default Python's built-in ``hash()``:
+computed in C, cached on the string, and randomised per process, so such a parse is only valid in the
+process that made it. Indexes kept on disk pass a keyed hash that is the same in every process
+(`dnsguard.filter.compiled.keyed_name_hash`). See `matcher.py` for how the 64 bits are used and what a
+collision would cost.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ __all__ = [
     "LineIssue",
     "ListFileError",
     "ListSource",
+    "NameHash",
     "ParseReport",
     "ParsedSource",
     "RegexRule",
@@ -54,6 +56,9 @@ __all__ = [
     "read_list_file",
     "split_lines",
 ]
+
+NameHash = Callable[[str], int]
+"""A canonical name to its 64-bit hash (signed, like ``hash()``)."""
 
 DEFAULT_MAX_ISSUES: Final = 20
 DEFAULT_MAX_REGEX: Final = 1000
@@ -139,7 +144,7 @@ class RuleBlock:
 
     category: int
     hashes: array[int]
-    """``hash()`` of each canonical name (typecode 'q')."""
+    """The 64-bit hash of each canonical name (typecode 'q'), from the parse's `name_hash`."""
     run_offsets: array[int]
     run_lines: array[int]
     run_steps: array[int]
@@ -368,6 +373,7 @@ def parse_file(
     max_issues: int = DEFAULT_MAX_ISSUES,
     max_regex: int = DEFAULT_MAX_REGEX,
     max_size: int = DEFAULT_MAX_FILE_SIZE,
+    name_hash: NameHash = hash,
 ) -> ParsedSource:
     """Parse a list file; the list name defaults to the file's stem. Raises ListFileError (see
     `read_list_file`) when the file cannot be read; its content never raises."""
@@ -380,7 +386,7 @@ def parse_file(
         path=str(path),
     )
     data = read_list_file(path, max_size)
-    return parse_bytes(data, source, max_issues=max_issues, max_regex=max_regex)
+    return parse_bytes(data, source, max_issues=max_issues, max_regex=max_regex, name_hash=name_hash)
 
 
 def parse_bytes(
@@ -389,10 +395,15 @@ def parse_bytes(
     *,
     max_issues: int = DEFAULT_MAX_ISSUES,
     max_regex: int = DEFAULT_MAX_REGEX,
+    name_hash: NameHash = hash,
 ) -> ParsedSource:
     """Parse a downloaded or read list; bytes that are not UTF-8 make their lines malformed, not the list."""
     return parse_text(
-        data.decode("utf-8", errors="replace"), source, max_issues=max_issues, max_regex=max_regex
+        data.decode("utf-8", errors="replace"),
+        source,
+        max_issues=max_issues,
+        max_regex=max_regex,
+        name_hash=name_hash,
     )
 
 
@@ -550,8 +561,11 @@ def _odd_chunks(middle: list[str]) -> list[int]:
 class _Collector:
     """Accumulates rules, regexes, counts and issues for one source."""
 
-    def __init__(self, source: ListSource, max_issues: int, max_regex: int, original: str) -> None:
+    def __init__(
+        self, source: ListSource, max_issues: int, max_regex: int, original: str, name_hash: NameHash
+    ) -> None:
         self.source = source
+        self.name_hash = name_hash
         self.max_issues = max_issues
         self.max_regex = max_regex
         self.original = original
@@ -606,7 +620,7 @@ class _Collector:
         if outcome is Outcome.RULE:
             block = self.block(result.category)
             for name in result.names:
-                block.add(hash(name), number)
+                block.add(self.name_hash(name), number)
             if result.reason:
                 self.issue(number, result.reason)
         elif outcome is Outcome.REGEX:
@@ -628,7 +642,12 @@ class _Collector:
 
 
 def parse_text(
-    text: str, source: ListSource, *, max_issues: int = DEFAULT_MAX_ISSUES, max_regex: int = DEFAULT_MAX_REGEX
+    text: str,
+    source: ListSource,
+    *,
+    max_issues: int = DEFAULT_MAX_ISSUES,
+    max_regex: int = DEFAULT_MAX_REGEX,
+    name_hash: NameHash = hash,
 ) -> ParsedSource:
     """Parse a whole list; never raises for bad content, it is counted and reported with line numbers."""
     text = _normalize_newlines(text)
@@ -636,7 +655,7 @@ def parse_text(
     allow = source.allow
     low = text.lower()
     total_lines = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
-    collect = _Collector(source, max_issues, max_regex, text)
+    collect = _Collector(source, max_issues, max_regex, text, name_hash)
     # NUL separates names in the bulk checks, so a text holding one (a broken file) is read line by line.
     shape = None if "\x00" in low else _detect_shape(low, allow, subdomains)
     if shape is None:
@@ -690,7 +709,7 @@ def _parse_bulk(
     bulk_lines = 0
     for index in odd:
         if index > start:
-            block.add_run(list(map(hash, chunks[start:index])), line)
+            block.add_run(list(map(collect.name_hash, chunks[start:index])), line)
             bulk_lines += index - start
             line += index - start
         chunk = chunks[index]

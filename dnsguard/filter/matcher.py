@@ -5,14 +5,16 @@ and small per-block and per-run tables:
 
 - Rules are numbered source by source, block by block (``entry``, 24 bits, so up to 16.7M rules); an
   entry's block (list, source, category) and line follow from run tables, looked up only for a verdict.
-- ``h = hash(name)``, 64 bits. Its top 24 bits, sign bit flipped (``u``), split into a 16-bit bucket and
-  an 8-bit fragment. ``_entries`` holds ``fragment << 24 | entry``, sorted by bucket, then fragment, then
-  entry; ``_directory[bucket]`` is where a bucket starts. A lookup is two directory reads and a C
+- ``h = name_hash(name)``, 64 bits (Python's ``hash()``, or a keyed hash for an index kept on disk).
+  Its top 24 bits, sign bit flipped (``u``), split into a 16-bit bucket and an 8-bit fragment.
+  ``_entries`` holds ``fragment << 24 | entry``, sorted by bucket, then fragment, then entry;
+  ``_directory[bucket]`` is where a bucket starts. A lookup is two directory reads and a C
   `bisect` over the bucket's ~30 entries (at two million rules).
 - ``_low_hashes[entry]`` holds the low 32 bits of ``h``, compared on a candidate. A rule is so identified
-  by 56 hash bits; a name wrongly matching one of two million rules takes about one query in 10^10, and
-  would stay wrong only for this process's lifetime (``hash()`` is re-seeded at every start, which is
-  also why this index is rebuilt at start and never persisted).
+  by 56 hash bits; a name wrongly matching one of two million rules takes about one query in 10^10.
+  With ``hash()`` it would stay wrong only for this process's lifetime (re-seeded at every start); an
+  index written to disk (`dnsguard.filter.compiled`) uses a hash keyed with a secret kept beside it, so
+  its collisions cannot be worked out from the outside either.
 
 Several lists in one index, rather than one index per list: a group's lookup is one walk whatever the
 number of lists it selects, and a name listed by several sources costs 8 bytes per source, not a
@@ -46,12 +48,13 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import accumulate, repeat
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeAlias
 
 from dnsguard.errors import ConfigError, DnsguardError
 from dnsguard.filter.lists import (
     ListFileError,
     ListSource,
+    NameHash,
     ParsedSource,
     ParseReport,
     RegexRule,
@@ -70,6 +73,7 @@ __all__ = [
     "RuleKind",
     "Selection",
     "Verdict",
+    "Words",
     "compile_matcher",
     "release_free_memory",
 ]
@@ -79,6 +83,9 @@ DEFAULT_MAX_REGEX_RULES: Final = 1000
 _PARENT_CACHE_SIZE: Final = 4096
 _VERDICT_CACHE_SIZE: Final = 8192
 _NO_RULE: Final = (0, 0, "")
+
+Words: TypeAlias = "array[int] | memoryview"
+"""An index table: an array, or a typed view of a compiled file mapped into memory."""
 
 
 class Action(enum.Enum):
@@ -242,21 +249,24 @@ class Matcher:
         list_names: tuple[str, ...],
         sources: tuple[ListSource, ...],
         source_lists: tuple[int, ...],
-        entries: array[int],
-        low_hashes: array[int],
-        directory: array[int],
-        run_starts: array[int],
-        run_lines: array[int],
-        run_steps: array[int],
-        run_blocks: array[int],
+        entries: Words,
+        low_hashes: Words,
+        directory: Words,
+        run_starts: Words,
+        run_lines: Words,
+        run_steps: Words,
+        run_blocks: Words,
         block_categories: tuple[int, ...],
         block_sources: tuple[int, ...],
         block_starts: tuple[int, ...],
         regexes: tuple[_Regex, ...],
         dropped_regexes: int,
         reports: tuple[ParseReport, ...],
+        name_hash: NameHash = hash,
     ) -> None:
         self.list_names = list_names
+        self.name_hash = name_hash
+        """The hash the index was built with; every lookup hashes its name with it."""
         self.sources = sources
         self.reports = reports
         """Each source's parse report, so the parsed sources (and their arrays) can be dropped."""
@@ -310,7 +320,7 @@ class Matcher:
             self._run_steps,
             self._run_blocks,
         )
-        return sum(len(a) * a.itemsize for a in arrays)
+        return sum(a.nbytes if isinstance(a, memoryview) else len(a) * a.itemsize for a in arrays)
 
     def select(
         self, lists: Iterable[str] | None = None, *, cache_size: int = DEFAULT_CACHE_SIZE
@@ -409,6 +419,7 @@ class Selection:
         "_entries",
         "_low_hashes",
         "_matcher",
+        "_name_hash",
         "_parent_cap",
         "_parent_strength",
         "_regex_by_label",
@@ -426,6 +437,7 @@ class Selection:
         self._entries = matcher._entries
         self._low_hashes = matcher._low_hashes
         self._directory = matcher._directory
+        self._name_hash = matcher.name_hash
         self._block_starts = matcher._block_starts
         self.lists = frozenset(matcher.list_names[i] for i in list_ids)
         selected = [matcher._source_lists[s] in list_ids for s in range(len(matcher.sources))]
@@ -490,7 +502,7 @@ class Selection:
         """The strongest rule naming exactly `suffix`, as ``strength << 32 | entry`` (0: none applies)."""
         # The layout's constants as literals (see _ENTRY_BITS and friends): this runs for every label of
         # every query, and a literal is cheaper than a global lookup.
-        h = hash(suffix)
+        h = self._name_hash(suffix)
         u = (h >> 40) + 0x800000
         directory = self._directory
         high = directory[(u >> 8) + 1]
@@ -668,12 +680,14 @@ def compile_matcher(
     *,
     lists: Sequence[str] = (),
     max_regex_rules: int = DEFAULT_MAX_REGEX_RULES,
+    name_hash: NameHash = hash,
 ) -> Matcher:
     """Compile parsed sources into one matcher; `lists` declares list names (and order) up front.
 
     ``$badfilter`` rules apply across all sources, as in AdGuard: they disable the identical rule
     wherever it is listed. The parsed sources are not needed afterwards (their reports are kept in
-    `Matcher.reports`): drop them and call `release_free_memory` to return their memory.
+    `Matcher.reports`): drop them and call `release_free_memory` to return their memory. `name_hash`
+    must be the hash the sources were parsed with.
     """
     list_names = list(dict.fromkeys([*lists, *(p.source.list_name for p in parsed)]))
     list_ids = {name: i for i, name in enumerate(list_names)}
@@ -683,7 +697,7 @@ def compile_matcher(
     bad_patterns: set[tuple[int, str]] = set()
     for p in parsed:
         for cat, name in p.badfilters:
-            bad_names.setdefault(cat, set()).add(hash(name))
+            bad_names.setdefault(cat, set()).add(name_hash(name))
         bad_patterns.update(p.regex_badfilters)
 
     # Everything that outlives the build is made first, the short-lived float keys last: long-lived
@@ -752,4 +766,5 @@ def compile_matcher(
         regexes=tuple(regexes),
         dropped_regexes=dropped,
         reports=tuple(p.report for p in parsed),
+        name_hash=name_hash,
     )

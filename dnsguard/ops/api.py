@@ -20,6 +20,7 @@ from aiohttp import web
 
 from dnsguard import __version__
 from dnsguard.config.addresses import parse_hostport
+from dnsguard.errors import DnsguardError
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.bind import listening_socket
 from dnsguard.ops.metrics import peer_names, registry_for, render
@@ -276,6 +277,7 @@ class Api:
         return _json(self._blocking(service))
 
     async def reload(self, request: web.Request) -> web.Response:
+        """The shared reload path: 200 when the new configuration is in use, else 422 and why."""
         ok = await self.daemon.reload()
         if ok:
             return _json({"reloaded": True})
@@ -313,7 +315,11 @@ class Api:
 
     async def refresh_lists(self, request: web.Request) -> web.Response:
         service = self._service()
-        await service.refresh_lists()
+        try:
+            await service.refresh_lists()
+        except DnsguardError as exc:
+            # The lists in use stay as they were; say why the new ones were not taken.
+            raise ApiError(422, str(exc)) from None
         return await self.lists(request)
 
 

@@ -22,8 +22,6 @@ from dnsguard.dns.resolver import RESULTS as RESOLVER_RESULTS
 from dnsguard.dns.wire import MALFORMED_REASONS
 from dnsguard.lifecycle import Cause, State
 from dnsguard.ops.observe import DurationHistogram
-from dnsguard.sources.build import is_url
-from dnsguard.wireguard.keys import decode_key, encode_key
 
 if TYPE_CHECKING:
     from dnsguard.config import Config
@@ -49,6 +47,8 @@ def peer_names(config: Config) -> dict[str, str]:
     """Canonical base64 public key -> configured name, for the peers that have one."""
     names = {}
     if config.tunnel is not None:
+        from dnsguard.wireguard.keys import decode_key, encode_key  # only daemons with a tunnel need it
+
         for peer in config.tunnel.peers:
             if peer.name:
                 names[encode_key(decode_key(peer.public_key, what="peer public key"))] = peer.name
@@ -193,12 +193,11 @@ class DaemonCollector(Collector):
         yield updated
         failures = CounterMetricFamily(
             "dnsguard_lists_update_failures",
-            "Failed list refreshes (the last good copy stays).",
+            "Failed list updates: a download failed, or a source was missing or rejected (the last good "
+            "copy stays).",
             labels=["list"],
         )
-        failure_counts = {
-            name: 0 for name, lst in config.lists.items() if any(is_url(source) for source in lst.sources)
-        }
+        failure_counts = dict.fromkeys(config.lists, 0)
         failure_counts.update(service.list_update_failures)
         for list_name, count in sorted(failure_counts.items()):
             failures.add_metric([list_name], count)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from dnsguard.wireguard.events import Event, HandshakeCompleted, HandshakeGaveUp, HandshakeInitiationSent
+if TYPE_CHECKING:
+    from dnsguard.wireguard.events import Event
 
 BUCKETS: tuple[float, ...] = (
     0.0005,
@@ -113,6 +115,10 @@ class TunnelObserver:
     handshakes: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
 
     def on_event(self, event: Event) -> None:
+        # Imported here: `dnsguard resolve` has no tunnel, and the WireGuard package loads the crypto
+        # library (about 8 MB of resident memory) that a resolver has no use for.
+        from dnsguard.wireguard.events import HandshakeCompleted, HandshakeGaveUp, HandshakeInitiationSent
+
         if isinstance(event, HandshakeCompleted):
             self.handshakes["success"] += 1
         elif isinstance(event, HandshakeInitiationSent) and event.attempt > 1:

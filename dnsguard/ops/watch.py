@@ -101,5 +101,11 @@ class FileWatcher:
                     self._seen = {path: self._seen.get(path, signature(path)) for path in self.files()}
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("file watch failed; trying again in %.0f s", self.interval)
+            except Exception as exc:
+                # Reloads report their own failures; this is the watch itself (a stat, a callback bug).
+                log.error(
+                    "file watch failed (%s: %s); trying again in %.0f s",
+                    type(exc).__name__,
+                    exc,
+                    self.interval,
+                )

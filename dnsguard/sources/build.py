@@ -1,41 +1,67 @@
 """From the configuration's `lists:` to a compiled matcher: read files, inline rules and downloads.
 
-A source that cannot be read is reported and skipped; it never empties the rest of its list or
-stops the others. Parsing and compiling run in a worker thread so a daemon keeps answering with
-its current matcher while a new one is built, then swaps it in at once.
+A source that cannot be read, or whose new copy is rejected (empty, garbage, far shorter than the last
+good one), keeps its last good compiled copy and is reported; it never empties the rest of its list or
+stops the others (see `dnsguard.sources.store`). Only sources whose content changed are parsed again, and
+an index for unchanged sources is loaded from the cache directory, mapped into memory, without
+compiling. Big compiles run in a child process (`dnsguard.sources.compiler`), so a daemon keeps
+answering with its current matcher at full speed while a new one is built.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import mmap
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Final
 
 from dnsguard.config.model import Config
-from dnsguard.filter.lists import (
-    ListFileError,
-    ListSource,
-    ParsedSource,
-    parse_bytes,
-    parse_file,
-    parse_text,
-    read_list_file,
+from dnsguard.errors import DnsguardError
+from dnsguard.filter.compiled import (
+    HEADER_BYTES,
+    INDEX_MAGIC,
+    CompiledFormatError,
+    body_digest,
+    load_index,
+    read_header,
 )
+from dnsguard.filter.lists import ListFileError, ParsedSource, parse_bytes
 from dnsguard.filter.matcher import Matcher, compile_matcher, release_free_memory
 from dnsguard.sources.fetch import FetchResult, ListFetcher, ProgressCallback
+from dnsguard.sources.store import (
+    CompileJob,
+    JobResult,
+    SourceJob,
+    SourceOutcome,
+    StoreError,
+    plan,
+    prepare_directory,
+    read_source,
+    run_job,
+)
+
+log = logging.getLogger("dnsguard.lists")
+
+SourceReport = SourceOutcome
+"""What became of one source in a build (see `dnsguard.sources.store.SourceOutcome`)."""
+
+IN_PROCESS_BYTES: Final = 256 * 1024
+IN_PROCESS_RULES: Final = 50_000
+"""A compile that parses at most IN_PROCESS_BYTES and indexes at most IN_PROCESS_RULES (plus what it
+parses) runs in a worker thread: tens of milliseconds of GIL, less than starting a child process costs.
+Anything bigger runs in the child: even when one small list changed, sorting a million-rule index holds
+the GIL for most of a second."""
 
 
-@dataclass
-class SourceReport:
-    list_name: str
-    location: str
-    rules: int = 0
-    status: str = "ok"
-    """'ok', or for URLs the fetch status ('downloaded', 'not-modified', 'cached', 'failed'); 'error'."""
-    error: str | None = None
-    malformed: int = 0
-    examples: list[str] = field(default_factory=list)
+class BuildError(DnsguardError):
+    """The lists could not be compiled (the compiler failed); nothing was changed."""
 
 
 @dataclass
@@ -44,6 +70,10 @@ class BuildResult:
     sources: list[SourceReport]
     seconds: float
     built_at: float
+    compiled: bool = True
+    """False when the index came from the cache directory without compiling."""
+    index: str | None = None
+    """The index file the matcher is mapped from; None for a matcher built in memory."""
 
     def entries_by_list(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -53,7 +83,13 @@ class BuildResult:
 
     @property
     def failures(self) -> list[SourceReport]:
-        return [r for r in self.sources if r.status in ("error", "failed", "cached")]
+        return [r for r in self.sources if r.status in ("error", "failed", "cached", "kept")]
+
+    def rejected_lists(self) -> list[str]:
+        """Lists with a source whose current copy is not in use (missing, rejected or not downloaded)."""
+        return list(
+            dict.fromkeys(r.list_name for r in self.sources if r.status in ("kept", "error", "failed"))
+        )
 
 
 def is_url(source: str) -> bool:
@@ -64,87 +100,176 @@ def is_inline(source: str) -> bool:
     return "\n" in source
 
 
-def _report(parsed: ParsedSource, report: SourceReport) -> None:
-    report.rules = parsed.rule_count + parsed.report.regex_rules
-    report.malformed = parsed.report.issue_count
-    report.examples = [str(issue) for issue in parsed.report.issues[:5]]
-
-
-def parse_sources(
-    config: Config, fetched: dict[str, FetchResult]
-) -> tuple[list[ParsedSource], list[SourceReport]]:
-    """Parse every source of every list (blocking; run it in a thread for big lists)."""
-    parsed: list[ParsedSource] = []
-    reports: list[SourceReport] = []
+def compile_job(config: Config, fetched: dict[str, FetchResult]) -> CompileJob:
+    """Every source of every list, as the compile reads it."""
     base = Path(config.base_dir)
-    max_size = int(config.loading.max_size)
+    sources: list[SourceJob] = []
     for list_name, list_config in config.lists.items():
+        options = {"allow": list_config.allow, "subdomains": list_config.subdomains}
         for index, source in enumerate(list_config.sources):
             if is_inline(source):
                 location = f"lists.{list_name}.sources[{index}] (inline)"
-                report = SourceReport(list_name, location)
-                result = parse_text(
-                    source,
-                    ListSource(
-                        list_name, location, allow=list_config.allow, subdomains=list_config.subdomains
-                    ),
-                )
+                sources.append(SourceJob(list_name, location, None, text=source, **options))  # type: ignore[arg-type]
             elif is_url(source):
-                report = SourceReport(list_name, source)
                 fetch = fetched.get(source)
-                if fetch is None or fetch.path is None:
-                    report.status = "failed"
-                    report.error = fetch.error if fetch else "not downloaded"
-                    reports.append(report)
-                    continue
-                report.status, report.error = fetch.status, fetch.error
-                try:
-                    data = read_list_file(fetch.path, max_size)
-                except ListFileError as exc:
-                    report.status, report.error = "error", f"cached copy {exc}"
-                    reports.append(report)
-                    continue
-                result = parse_bytes(
-                    data,
-                    ListSource(
-                        list_name,
-                        source,
-                        allow=list_config.allow,
-                        subdomains=list_config.subdomains,
-                        path=str(fetch.path),
-                    ),
+                path = str(fetch.path) if fetch is not None and fetch.path is not None else None
+                status = fetch.status if fetch is not None else "failed"
+                error = fetch.error if fetch is not None else "not downloaded"
+                sources.append(
+                    SourceJob(list_name, source, path, fetch_status=status, fetch_error=error, **options)  # type: ignore[arg-type]
                 )
             else:
-                path = (base / source).resolve()
-                report = SourceReport(list_name, str(path))
-                try:
-                    result = parse_file(
-                        path,
-                        list_name,
-                        allow=list_config.allow,
-                        subdomains=list_config.subdomains,
-                        max_size=max_size,
-                    )
-                except ListFileError as exc:
-                    # Only regular files are read, and at most loading.max-size of them (read_list_file).
-                    report.status, report.error = "error", exc.reason
-                    reports.append(report)
-                    continue
-            _report(result, report)
-            parsed.append(result)
+                path = str((base / source).resolve())
+                sources.append(SourceJob(list_name, path, path, **options))  # type: ignore[arg-type]
+    return CompileJob(
+        str(Path(config.loading.cache_dir) / "compiled"),
+        list(config.lists),
+        sources,
+        config.loading.min_ratio,
+        int(config.loading.max_size),
+    )
+
+
+def _load(path: Path, key: bytes) -> Matcher:
+    """The matcher of an index file, mapped read-only (CompiledFormatError when damaged)."""
+    try:
+        with path.open("rb") as handle:
+            # The digest is checked by reading the file, not through the mapping: that would make every
+            # page of the new index resident at once, next to the index still in use.
+            length, expected = read_header(handle.read(HEADER_BYTES), INDEX_MAGIC)
+            # One small reused buffer (file_digest's): big read() chunks would raise glibc's mmap
+            # threshold and leave their memory in the heap.
+            digest = hashlib.file_digest(handle, body_digest)
+            if handle.tell() != length:
+                raise CompiledFormatError(f"{handle.tell()} bytes, the header says {length}: truncated")
+            if digest.digest() != expected:
+                raise CompiledFormatError("checksum mismatch: the file is damaged")
+            mapped = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
+    except (OSError, ValueError) as exc:
+        raise CompiledFormatError(f"cannot map {path}: {exc}") from None
+    return load_index(mapped, key, digest_checked=True)
+
+
+def _result(
+    matcher: Matcher, sources: list[SourceOutcome], started: float, compiled: bool, index: str
+) -> BuildResult:
+    return BuildResult(matcher, sources, time.perf_counter() - started, time.time(), compiled, index)
+
+
+def _in_memory(config: Config, fetched: dict[str, FetchResult], reason: str) -> BuildResult:
+    """The build without a cache directory: parse and compile here (no last good copy to keep)."""
+    log.warning("compiled lists are not kept (%s): compiling in the daemon", reason)
+    started = time.perf_counter()
+    parsed: list[ParsedSource] = []
+    reports: list[SourceReport] = []
+    for source in compile_job(config, fetched).sources:
+        report = SourceReport(source.list_name, source.location)
+        if source.fetch_status != "ok":
+            report.status, report.error = source.fetch_status, source.fetch_error
+        try:
+            result = parse_bytes(read_source(source, int(config.loading.max_size)), source.list_source())
+        except ListFileError as exc:
+            report.status = "error" if source.fetch_status == "ok" else source.fetch_status
+            report.error = exc.reason
             reports.append(report)
-    return parsed, reports
+            continue
+        report.rules = result.rule_count + result.report.regex_rules
+        report.malformed = result.report.issue_count
+        report.examples = [str(issue) for issue in result.report.issues[:5]]
+        parsed.append(result)
+        reports.append(report)
+    matcher = compile_matcher(parsed, lists=list(config.lists))
+    del parsed
+    release_free_memory()
+    return BuildResult(matcher, reports, time.perf_counter() - started, time.time())
 
 
 def build_sync(config: Config, fetched: dict[str, FetchResult] | None = None) -> BuildResult:
-    """Parse and compile every list of the configuration."""
+    """The build of `build`, all in the calling thread (for `check`, `explain` and tests)."""
+    fetched = fetched if fetched is not None else cached_downloads(config)
+    job = compile_job(config, fetched)
     started = time.perf_counter()
-    parsed, reports = parse_sources(config, fetched or {})
-    matcher = compile_matcher(parsed, lists=list(config.lists))
-    del parsed
-    # Building needs several times the index's memory; give it back to the system.
-    release_free_memory()
-    return BuildResult(matcher, reports, time.perf_counter() - started, time.time())
+    try:
+        key = prepare_directory(Path(job.directory))
+    except StoreError as exc:
+        return _in_memory(config, fetched, str(exc))
+    ready = plan(job, key)
+    if ready.index is not None:
+        with contextlib.suppress(CompiledFormatError):
+            return _result(_load(ready.index, key), ready.sources, started, False, str(ready.index))
+        ready.index.unlink(missing_ok=True)
+    result = run_job(job, key)
+    return _load_compiled(result, key, started)
+
+
+def _load_compiled(result: JobResult, key: bytes, started: float) -> BuildResult:
+    try:
+        matcher = _load(Path(result.index), key)
+    except CompiledFormatError as exc:
+        # Written a moment ago and already damaged: the disk or another writer is at fault. Removed, so
+        # that the next attempt writes it again.
+        Path(result.index).unlink(missing_ok=True)
+        raise BuildError(f"the compiled index {result.index} is unusable: {exc}") from None
+    return _result(matcher, result.sources, started, True, result.index)
+
+
+async def compile_in_child(job: CompileJob, key: bytes) -> JobResult:
+    """Run the compile in `python -m dnsguard.sources.compiler`; BuildError with its message on failure."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dnsguard.sources.compiler",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    request = json.dumps({"key": key.hex(), "job": asdict(job)}).encode()
+    try:
+        out, err = await process.communicate(request)
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    if process.returncode != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
+        raise BuildError(lines[-1] if lines else f"the list compiler exited with status {process.returncode}")
+    try:
+        return JobResult.from_json(out.decode())
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BuildError(f"the list compiler's answer is unreadable: {exc}") from None
+
+
+async def build_from(
+    config: Config, fetched: dict[str, FetchResult], reuse: BuildResult | None = None
+) -> BuildResult:
+    """The matcher for `config` with these downloads: from the cache, or compiled off the event loop.
+
+    `reuse`: the build in use; when the sources map to its very index, its matcher is kept (a reload that
+    changed no list maps nothing twice).
+    """
+    job = compile_job(config, fetched)
+    started = time.perf_counter()
+    try:
+        key = await asyncio.to_thread(prepare_directory, Path(job.directory))
+    except StoreError as exc:
+        return await asyncio.to_thread(_in_memory, config, fetched, str(exc))
+    ready = await asyncio.to_thread(plan, job, key)
+    if ready.index is not None and reuse is not None and reuse.index == str(ready.index):
+        return _result(reuse.matcher, ready.sources, started, False, str(ready.index))
+    if ready.index is not None:
+        try:
+            matcher = await asyncio.to_thread(_load, ready.index, key)
+        except CompiledFormatError as exc:
+            log.warning("compiled index %s is damaged (%s): compiling again", ready.index, exc)
+            ready.index.unlink(missing_ok=True)
+        else:
+            return _result(matcher, ready.sources, started, False, str(ready.index))
+    if ready.pending_bytes <= IN_PROCESS_BYTES and ready.known_rules <= IN_PROCESS_RULES:
+        result = await asyncio.to_thread(run_job, job, key)
+    else:
+        result = await compile_in_child(job, key)
+    return await asyncio.to_thread(_load_compiled, result, key, started)
 
 
 def urls_of(config: Config) -> list[str]:
@@ -179,11 +304,11 @@ def cached_downloads(config: Config) -> dict[str, FetchResult]:
     return fetched
 
 
-async def build(config: Config, *, download: bool = True) -> BuildResult:
-    """Download (or take cached copies of) URL sources, then parse and compile in a worker thread."""
+async def build(config: Config, *, download: bool = True, reuse: BuildResult | None = None) -> BuildResult:
+    """Download (or take cached copies of) URL sources, then load or compile the lists (see `build_from`)."""
     urls = urls_of(config)
     if urls and download:
         fetched = await fetcher_for(config).fetch_all(urls)
     else:
         fetched = cached_downloads(config)
-    return await asyncio.to_thread(build_sync, config, fetched)
+    return await build_from(config, fetched, reuse)
