@@ -22,10 +22,10 @@ from dnsguard.daemon.common import (
 from dnsguard.daemon.dns_server import DnsListeners, admission_for, allowed_local_networks, tcp_settings
 from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import Resolver
-from dnsguard.dns.upstream import TransportOptions, UpstreamGroup
 from dnsguard.errors import ConfigError
 from dnsguard.net.interfaces import connected_networks
 from dnsguard.net.neighbours import NeighbourMonitor, NeighbourTable
+from dnsguard.net.upstream import TransportOptions, UpstreamGroup
 from dnsguard.ops.api import Operations
 from dnsguard.ops.observe import DnsObserver, ReloadCounter, TunnelObserver
 from dnsguard.policy.clients import MacLookup, is_mac
