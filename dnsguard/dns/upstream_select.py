@@ -125,7 +125,9 @@ class UpstreamSelection:
         """Count a query sent to upstream ``index``."""
         self.health[index].attempt_started()
 
-    def record(self, index: int, outcome: Outcome, duration: float, now: float, error: str | None) -> None:
+    def record(
+        self, index: int, outcome: Outcome, duration: float, now: float, error: str | None = None
+    ) -> None:
         """Take in the outcome of one attempt at upstream ``index``."""
         self.health[index].record(outcome, duration, now, error)
 
