@@ -26,7 +26,6 @@ __all__ = [
     "question_end",
     "question_key",
     "rcode",
-    "reply_id",
     "with_id",
 ]
 
@@ -82,11 +81,6 @@ def is_reply_to(reply: bytes, key: bytes, end: int, *, allow_no_question: bool) 
         # suffices.
         return True
     return reply[4:6] == _ONE_QUESTION and len(reply) >= end and question_key(reply, end) == key
-
-
-def reply_id(message: bytes) -> int | None:
-    """The ID of a message long enough to be one, else None."""
-    return (message[0] << 8) | message[1] if len(message) >= HEADER_SIZE else None
 
 
 def rcode(reply: bytes) -> int:
