@@ -31,8 +31,9 @@ from dnsguard.daemon.dns_server import (
 from dnsguard.dns.admission import ClientAdmission
 from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import Resolver
-from dnsguard.dns.upstream import TransportOptions, UpstreamGroup, create_upstream, parse_upstream
+from dnsguard.dns.upstream_spec import parse_upstream
 from dnsguard.errors import ConfigError
+from dnsguard.net.upstream import TransportOptions, UpstreamGroup, create_upstream
 from dnsguard.ops.api import Operations
 from dnsguard.ops.observe import DnsObserver, ReloadCounter, TunnelObserver
 from dnsguard.policy.clients import MacLookup, is_mac

@@ -22,10 +22,11 @@ from typing import Final, NamedTuple
 
 from dnsguard.dns import wire
 from dnsguard.dns.cache import AnswerCache
-from dnsguard.dns.upstream import AllUpstreamsFailedError, UpstreamError, UpstreamGroup
+from dnsguard.dns.upstream_errors import AllUpstreamsFailedError, UpstreamError
 from dnsguard.dns.wire import Query, QueryError
 from dnsguard.errors import FormError
 from dnsguard.lifecycle.clock import boottime
+from dnsguard.net.upstream import UpstreamGroup
 from dnsguard.policy.engine import Decision, Kind, Policy
 
 log = logging.getLogger("dnsguard.resolver")

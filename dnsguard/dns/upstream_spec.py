@@ -1,6 +1,6 @@
 """Upstream specs: the pure parsing of strings such as ``tls:dns.example#198.51.100.1``.
 
-Configuration checking and the upstream transports (dnsguard/dns/upstream.py) both parse specs here, so a
+Configuration checking and the upstream transports (dnsguard/net/upstream/) both parse specs here, so a
 spec that `dnsguard check` accepts is one the daemon can reach, and vice versa. No I/O.
 
 Spec syntax (``parse_upstream``), close to blocky's:

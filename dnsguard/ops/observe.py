@@ -87,7 +87,7 @@ class DnsObserver:
         histogram.observe(seconds)
 
     def on_upstream(self, upstream: str, seconds: float, outcome: str) -> None:
-        """Upstream-group hook: one attempt at one upstream (`outcome` is an upstream.Outcome value)."""
+        """Upstream-group hook: one attempt at one upstream (`outcome`: an upstream_health.Outcome)."""
         if outcome != "busy":  # a busy attempt was never sent
             self.upstream_queries[upstream] = self.upstream_queries.get(upstream, 0) + 1
         if outcome in REPLY_OUTCOMES:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from dnsguard.daemon.dns_server import ListenerStats, TcpSettings, _serve_tcp
 from dnsguard.dns import wire
 from dnsguard.dns.resolver import LATER, OUTAGE_LOG_INTERVAL
-from dnsguard.dns.upstream import UpstreamReplyError
+from dnsguard.dns.upstream_errors import UpstreamReplyError
 from tests.unit.test_dns_wire import mutated, pointer_loop_query
 from tests.unit.test_resolver import make, parse, query
 

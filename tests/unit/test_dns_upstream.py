@@ -1,11 +1,14 @@
-"""The upstream layer against real servers on loopback: UDP, TCP, DoT, DoH, and groups over them."""
+"""The upstream transports against real servers on loopback: UDP, TCP, DoT and DoH.
+
+These test the edge: sockets, TLS, HTTP and the mapping of their failures to dnsguard's errors. Nothing here
+asserts how long something took; the group's choice of upstreams, failover, racing and timing are tested on
+a virtual clock with in-memory upstreams in test_dns_upstream_group.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
-import time
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -17,31 +20,29 @@ from dns_test_server import (
     TlsMaterial,
     make_tls_material,
 )
-from dnslib import EDNS0, RCODE, DNSRecord
+from dnslib import EDNS0, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnsguard.dns.upstream import (
+from dnsguard.dns.upstream_errors import (
     AllUpstreamsFailedError,
-    HealthPolicy,
+    UpstreamBusyError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUsageError,
+)
+from dnsguard.dns.upstream_spec import Scheme, UpstreamSpec, UpstreamSpecError, parse_upstream
+from dnsguard.errors import ConfigError, DnsguardError, FormError, NetworkError
+from dnsguard.net.upstream import (
     HttpsUpstream,
-    Outcome,
-    Scheme,
-    Strategy,
     TcpUpstream,
     TlsUpstream,
     TransportOptions,
     UdpUpstream,
-    UpstreamBusyError,
-    UpstreamError,
     UpstreamGroup,
-    UpstreamSpec,
-    UpstreamSpecError,
-    UpstreamTimeoutError,
     create_upstream,
-    parse_upstream,
 )
-from dnsguard.errors import ConfigError, FormError, NetworkError
+from dnsguard.net.upstream.fake import VirtualClockLoop, run_on_virtual_clock
 
 
 def make_query(
@@ -68,14 +69,6 @@ def closed_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind((LOOPBACK, 0))
         return int(probe.getsockname()[1])
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -216,6 +209,36 @@ async def test_udp_rewrites_the_id_on_the_wire_and_restores_it(server: ScriptedD
     assert upstream.counters.connections == 1  # one socket, reused
 
 
+def test_udp_resends_at_half_the_timeout_and_gives_up_at_the_timeout() -> None:
+    # Nothing reads this socket, so nothing answers and no ICMP error comes back: only timers matter, and on
+    # a virtual clock they fire at exactly their time.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind((LOOPBACK, 0))
+        silent.setblocking(False)
+
+        async def main(loop: VirtualClockLoop) -> None:
+            upstream = UdpUpstream(LOOPBACK, silent.getsockname()[1])
+            started = loop.time()
+            retransmits: dict[float, int] = {}
+            for after in (0.199, 0.201, 0.399):
+                loop.call_at(
+                    started + after, lambda t=after: retransmits.setdefault(t, upstream.counters.retransmits)
+                )
+            try:
+                with pytest.raises(UpstreamTimeoutError):
+                    await upstream.query(make_query(), 0.4)
+            finally:
+                await upstream.close()
+            assert loop.time() - started == pytest.approx(0.4)
+            assert retransmits == {0.199: 0, 0.201: 1, 0.399: 1}
+
+        run_on_virtual_clock(main)
+        datagrams = [silent.recv(512), silent.recv(512)]
+        with pytest.raises(BlockingIOError):
+            silent.recv(512)
+    assert datagrams[0] == datagrams[1]  # the same ID: a late reply to the first still counts
+
+
 async def test_udp_ignores_replies_with_a_wrong_id_or_question(server: ScriptedDnsServer) -> None:
     server.spoof = True
     upstream = UdpUpstream(LOOPBACK, server.port)
@@ -229,16 +252,15 @@ async def test_udp_ignores_replies_with_a_wrong_id_or_question(server: ScriptedD
     assert upstream.counters.unmatched_replies == 2
 
 
-async def test_udp_retransmits_once_after_half_the_timeout(server: ScriptedDnsServer) -> None:
+async def test_udp_retransmits_once_with_the_same_id(server: ScriptedDnsServer) -> None:
     server.drop_first = 1
     upstream = UdpUpstream(LOOPBACK, server.port)
-    started = time.perf_counter()
     try:
         reply = await upstream.query(make_query(), 0.4)
     finally:
         await upstream.close()
+    # The reply to the resent datagram counts; when the resend happens is tested on a virtual clock below.
     assert answer_of(reply) == "192.0.2.1"
-    assert 0.19 <= time.perf_counter() - started < 0.4
     assert [seen.transport for seen in server.log] == ["udp", "udp"]
     assert server.log[0].query_id == server.log[1].query_id
     assert upstream.counters.retransmits == 1
@@ -247,26 +269,24 @@ async def test_udp_retransmits_once_after_half_the_timeout(server: ScriptedDnsSe
 async def test_udp_times_out_when_nothing_answers(server: ScriptedDnsServer) -> None:
     server.drop = True
     upstream = UdpUpstream(LOOPBACK, server.port)
-    started = time.perf_counter()
     try:
         with pytest.raises(UpstreamTimeoutError) as caught:
             await upstream.query(make_query(), 0.2)
     finally:
         await upstream.close()
-    assert 0.2 <= time.perf_counter() - started < 0.5
     assert isinstance(caught.value, NetworkError)
     assert len(server.log) == 2
 
 
 async def test_udp_refused_port_fails_fast() -> None:
     upstream = UdpUpstream(LOOPBACK, closed_udp_port())
-    started = time.perf_counter()
     try:
-        with pytest.raises(UpstreamError, match="UDP error"):
+        with pytest.raises(UpstreamError, match="UDP error") as caught:
             await upstream.query(make_query(), 2.0)
     finally:
         await upstream.close()
-    assert time.perf_counter() - started < 0.5
+    # The ICMP error ended the query, not its timeout.
+    assert not isinstance(caught.value, UpstreamTimeoutError)
 
 
 async def test_truncated_udp_reply_is_asked_again_over_tcp(server: ScriptedDnsServer) -> None:
@@ -363,7 +383,12 @@ async def test_tcp_closes_an_idle_connection(server: ScriptedDnsServer) -> None:
     upstream = TcpUpstream(LOOPBACK, server.port, options=TransportOptions(idle_timeout=0.05))
     try:
         await upstream.query(make_query(), 1.0)
-        await asyncio.sleep(0.2)
+        # Polled rather than slept for: how soon the close is seen depends on the machine's load, and
+        # the test is about whether it happens, not when.
+        for _ in range(500):
+            if server.tcp_closed:
+                break
+            await asyncio.sleep(0.01)
         assert server.tcp_closed == 1
         await upstream.query(make_query(), 1.0)
     finally:
@@ -508,48 +533,6 @@ async def test_socket_setup_and_local_address_apply_to_every_transport(
 # Groups
 
 
-def udp(dns: ScriptedDnsServer) -> UdpUpstream:
-    return UdpUpstream(LOOPBACK, dns.port, name=f"udp-{dns.answer_ip}")
-
-
-async def test_strict_asks_in_order_and_fails_over(
-    server: ScriptedDnsServer, other_server: ScriptedDnsServer
-) -> None:
-    async with UpstreamGroup([udp(server), udp(other_server)], strategy="strict", timeout=1.0) as group:
-        assert answer_of(await group.query(make_query("one.test"))) == "192.0.2.1"
-        assert other_server.log == []
-        server.drop = True
-        started = time.perf_counter()
-        reply = await group.query(make_query("two.test", query_id=77))
-        elapsed = time.perf_counter() - started
-        stats = group.stats()
-    assert answer_of(reply) == "192.0.2.2"
-    assert reply_id(reply) == 77
-    assert 0.5 <= elapsed < 0.9  # the first upstream had half the budget
-    assert [seen.qname for seen in other_server.log] == ["two.test"]
-    assert (stats[0].queries, stats[0].timeouts, stats[0].consecutive_failures) == (2, 1, 1)
-    assert stats[0].last_error is not None and "no reply" in stats[0].last_error
-    assert (stats[1].queries, stats[1].failures) == (1, 0)
-    assert stats[1].latency_ewma is not None and stats[1].latency_ewma < 0.1
-
-
-async def test_servfail_fails_over_but_is_returned_when_everyone_says_so(
-    server: ScriptedDnsServer, other_server: ScriptedDnsServer
-) -> None:
-    server.rcode = RCODE.SERVFAIL
-    async with UpstreamGroup([udp(server), udp(other_server)], strategy="strict") as group:
-        assert answer_of(await group.query(make_query("a.test"))) == "192.0.2.2"
-        other_server.rcode = RCODE.REFUSED
-        last_resort = await group.query(make_query("b.test", query_id=5))
-        stats = group.stats()
-    assert DNSRecord.parse(last_resort).header.rcode == RCODE.SERVFAIL
-    assert reply_id(last_resort) == 5
-    assert stats[0].servfails == 2
-    # SERVFAIL is about the name, not the upstream: no backoff. REFUSED is about the upstream.
-    assert stats[0].backoff_until == 0.0
-    assert stats[1].backoff_until > 0.0
-
-
 async def test_all_upstreams_failing_raises_with_every_error() -> None:
     group = UpstreamGroup(
         [
@@ -565,175 +548,14 @@ async def test_all_upstreams_failing_raises_with_every_error() -> None:
     assert [error.upstream for error in caught.value.errors] == ["a", "b"]
 
 
-async def test_group_deadline_bounds_the_whole_query(server: ScriptedDnsServer) -> None:
-    server.drop = True
-    upstreams = [udp(server), UdpUpstream(LOOPBACK, server.port, name="again")]
-    async with UpstreamGroup(upstreams, strategy="strict", timeout=0.3, attempt_timeout=0.2) as group:
-        started = time.perf_counter()
-        with pytest.raises(AllUpstreamsFailedError):
-            await group.query(make_query())
-        assert time.perf_counter() - started < 0.5
-
-
-async def test_parallel_best_returns_the_fast_answer(
-    server: ScriptedDnsServer, other_server: ScriptedDnsServer
-) -> None:
-    server.delay = 0.5
-    calls: list[tuple[str, float, Outcome]] = []
-    group = UpstreamGroup(
-        [udp(server), udp(other_server)],
-        strategy=Strategy.PARALLEL_BEST,
-        on_query=lambda *call: calls.append(call),
-    )
-    async with group:
-        started = time.perf_counter()
-        reply = await group.query(make_query())
-        elapsed = time.perf_counter() - started
-    assert answer_of(reply) == "192.0.2.2"
-    assert elapsed < 0.4  # the slow one takes 0.5 s
-    assert len(server.log) == len(other_server.log) == 1  # both were asked
-    assert [(name, outcome) for name, _, outcome in calls] == [("udp-192.0.2.2", Outcome.OK)]
-    assert 0 < calls[0][1] < 0.4
-
-
-async def test_parallel_best_takes_the_good_answer_over_a_quick_servfail(
-    server: ScriptedDnsServer, other_server: ScriptedDnsServer
-) -> None:
-    server.rcode = RCODE.SERVFAIL
-    other_server.delay = 0.1
-    async with UpstreamGroup([udp(server), udp(other_server)], strategy="parallel_best") as group:
-        reply = await group.query(make_query())
-    assert answer_of(reply) == "192.0.2.2"
-
-
-async def test_random_spreads_queries_by_weight_and_fails_over(
-    server: ScriptedDnsServer, other_server: ScriptedDnsServer
-) -> None:
-    group = UpstreamGroup(
-        [udp(server), udp(other_server)], strategy="random", coalesce=False, rng=random.Random(1), timeout=0.4
-    )
-    async with group:
-        for n in range(40):
-            await group.query(make_query(f"n{n}.test"))
-        # Both answer in about the same time on loopback, so both get a fair share.
-        assert len(server.log) >= 8 and len(other_server.log) >= 8
-        assert len(server.log) + len(other_server.log) == 40
-        server.drop = True
-        for n in range(6):
-            assert answer_of(await group.query(make_query(f"m{n}.test"))) == "192.0.2.2"
-
-
-async def test_dead_upstream_backs_off_and_is_retried_later(other_server: ScriptedDnsServer) -> None:
-    clock = FakeClock()
-    dead = UdpUpstream(LOOPBACK, closed_udp_port(), name="dead")
-    policy = HealthPolicy(backoff_initial=1.0, backoff_max=4.0)
-    async with UpstreamGroup(
-        [dead, udp(other_server)], strategy="strict", clock=clock, health=policy
-    ) as group:
-
-        def dead_stats() -> tuple[int, int, float]:
-            stats = group.stats()[0]
-            return stats.queries, stats.consecutive_failures, stats.backoff_until
-
-        await group.query(make_query("a.test"))
-        assert dead_stats() == (1, 1, 1001.0)
-        clock.now = 1000.5
-        await group.query(make_query("b.test"))
-        assert dead_stats() == (1, 1, 1001.0)  # resting: not asked
-        clock.now = 1001.0
-        await group.query(make_query("c.test"))
-        assert dead_stats() == (2, 2, 1003.0)  # asked again, failed again: twice the backoff
-        for now in (1003.0, 1007.0):
-            clock.now = now
-            await group.query(make_query(f"{now}.test"))
-        assert dead_stats() == (4, 4, 1011.0)  # capped at backoff_max
-        assert len(other_server.log) == 5
-
-
-async def test_parallel_best_does_not_race_a_resting_upstream(other_server: ScriptedDnsServer) -> None:
-    clock = FakeClock()
-    dead = UdpUpstream(LOOPBACK, closed_udp_port(), name="dead")
-    async with UpstreamGroup([dead, udp(other_server)], strategy="parallel_best", clock=clock) as group:
-        for n in range(5):
-            assert answer_of(await group.query(make_query(f"q{n}.test"))) == "192.0.2.2"
-        assert group.stats()[0].queries == 1  # raced once, failed, then left alone while backing off
-        clock.now += 1.0
-        await group.query(make_query("later.test"))
-        assert group.stats()[0].queries == 2  # back in the race once its backoff is over
-
-
-async def test_resting_upstreams_are_still_a_last_resort(server: ScriptedDnsServer) -> None:
-    clock = FakeClock()
-    async with UpstreamGroup([udp(server)], clock=clock, timeout=0.4) as group:
-        server.drop = True
-        with pytest.raises(AllUpstreamsFailedError):
-            await group.query(make_query())
-        assert group.stats()[0].backoff_until > clock.now
-        server.drop = False
-        assert answer_of(await group.query(make_query())) == "192.0.2.1"
-        assert group.stats()[0].consecutive_failures == 0
-
-
-async def test_identical_queries_in_flight_are_coalesced(server: ScriptedDnsServer) -> None:
-    server.delay = 0.1
-    async with UpstreamGroup([udp(server)]) as group:
-        same = [
-            make_query("Burst.Example.Test" if n == 7 else "burst.example.test", query_id=n)
-            for n in range(30)
-        ]
-        other_type = make_query("burst.example.test", "AAAA", query_id=99)
-        replies = await asyncio.gather(*(group.query(wire) for wire in [*same, other_type]))
-    assert [reply_id(reply) for reply in replies] == [*range(30), 99]
-    assert [(seen.qname, seen.qtype) for seen in server.log] == [
-        ("burst.example.test", "A"),
-        ("burst.example.test", "AAAA"),
-    ]
-    # Each asker sees its own spelling of the name (case-randomising stubs check it).
-    assert str(DNSRecord.parse(replies[7]).q.qname) == "Burst.Example.Test."
-    assert str(DNSRecord.parse(replies[8]).q.qname) == "burst.example.test."
-
-
-async def test_coalescing_keeps_edns_and_dnssec_queries_apart(server: ScriptedDnsServer) -> None:
-    server.delay = 0.1
-    queries = [
-        make_query(query_id=1),
-        make_query(query_id=2, edns=""),
-        make_query(query_id=3, edns=""),
-        make_query(query_id=4, edns="do"),
-    ]
-    async with UpstreamGroup([udp(server)]) as group:
-        replies = await asyncio.gather(*(group.query(wire) for wire in queries))
-    assert [reply_id(reply) for reply in replies] == [1, 2, 3, 4]
-    assert len(server.log) == 3  # no EDNS, EDNS, EDNS with DO; the two plain EDNS queries shared one
-
-
-async def test_a_cancelled_asker_does_not_cancel_the_others(server: ScriptedDnsServer) -> None:
-    server.delay = 0.1
-    async with UpstreamGroup([udp(server)]) as group:
-        impatient = asyncio.ensure_future(group.query(make_query(query_id=1)))
-        patient = asyncio.ensure_future(group.query(make_query(query_id=2)))
-        await asyncio.sleep(0.02)
-        impatient.cancel()
-        reply = await patient
-    assert reply_id(reply) == 2
-    assert len(server.log) == 1
-
-
-async def test_a_failing_hook_does_not_break_resolution(server: ScriptedDnsServer) -> None:
-    def broken_hook(name: str, duration: float, outcome: Outcome) -> None:
-        raise RuntimeError("metrics backend down")
-
-    async with UpstreamGroup([udp(server)], on_query=broken_hook) as group:
-        assert answer_of(await group.query(make_query())) == "192.0.2.1"
-
-
-async def test_group_bounds_distinct_queries_in_flight(server: ScriptedDnsServer) -> None:
-    server.delay = 0.1
-    async with UpstreamGroup([udp(server)], max_in_flight=2) as group:
-        results = await asyncio.gather(
-            *(group.query(make_query(f"d{n}.test")) for n in range(3)), return_exceptions=True
-        )
-    assert [type(result) for result in results] == [bytes, bytes, UpstreamBusyError]
+def test_settings_that_cannot_work_are_caller_misuse() -> None:
+    for bad in ({"max_in_flight": 0}, {"idle_timeout": 0.0}, {"doh_method": "PUT"}):
+        with pytest.raises(UpstreamUsageError) as caught:
+            TransportOptions(**bad)  # type: ignore[arg-type]
+        assert isinstance(caught.value, DnsguardError) and isinstance(caught.value, ValueError)
+        assert not isinstance(caught.value, UpstreamError)  # not a remote fault: nothing failover could fix
+    with pytest.raises(UpstreamUsageError):
+        UpstreamGroup([UdpUpstream(LOOPBACK, 53)], timeout=0)
 
 
 async def test_group_rejects_bad_configuration() -> None:

@@ -12,7 +12,7 @@ from dnsguard.config import Config, GroupConfig, ListConfig, RewriteConfig
 from dnsguard.config.model import BlockingConfig
 from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import LATER, Resolver
-from dnsguard.dns.upstream import AllUpstreamsFailedError
+from dnsguard.dns.upstream_errors import AllUpstreamsFailedError
 from dnsguard.policy.engine import Policy
 from dnsguard.sources.build import build_sync
 
