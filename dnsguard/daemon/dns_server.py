@@ -23,7 +23,7 @@ from dnsguard.config.addresses import parse_hostport
 from dnsguard.config.model import CLIENT_NETWORK_KEYWORDS, ResolverConfig
 from dnsguard.dns import wire
 from dnsguard.dns.admission import AdmissionSettings, ClientAdmission
-from dnsguard.dns.resolver import LATER, _Later
+from dnsguard.dns.resolver import Forward
 from dnsguard.net.bind import bind_socket, listening_socket
 
 log = logging.getLogger("dnsguard.dns")
@@ -41,13 +41,14 @@ BATCH_SLOT_SIZE: Final = 2048
 
 
 class Answerer(Protocol):
-    """What the listeners need from a resolver (see dnsguard.dns.resolver.Resolver)."""
+    """What the listeners need: the resolver core's answer_now and the forwarder's answer_later (see
+    dnsguard.net.forwarding.Forwarder)."""
 
-    def answer_now(self, data: bytes, client: str, tcp: bool = False) -> bytes | _Later | None:
-        """The reply if it can be given without waiting, LATER to go async, None to drop."""
+    def answer_now(self, data: bytes, client: str, tcp: bool = False) -> bytes | Forward | None:
+        """The reply if it can be given without waiting, a plan to forward, or None to drop."""
 
-    def answer_later(self, data: bytes, client: str, tcp: bool) -> Awaitable[bytes | None]:
-        """The reply after upstream work (or None to drop)."""
+    def answer_later(self, plan: Forward) -> Awaitable[bytes | None]:
+        """The reply once the upstreams answered the plan (or None to drop)."""
 
 
 @dataclass
@@ -284,33 +285,33 @@ class UdpListener:
                 except Exception as exc:
                     self.stats.internal_error(exc, now)
                     reply = _error_reply(data)
-                if reply is LATER:
-                    self._go_later(data, addr, key)
-                elif reply is not None:
+                if reply.__class__ is bytes:
                     try:
-                        if send(reply, addr) is False:  # type: ignore[arg-type]
-                            sendto(reply, addr)  # type: ignore[arg-type]
+                        if send(reply, addr) is False:
+                            sendto(reply, addr)
                     except OSError:
                         pass
+                elif reply is not None:
+                    self._go_later(reply, data, addr, key)  # type: ignore[arg-type]
         finally:
             if batch is not None and batch.count:
                 batch.flush()
             self.stats.udp_queries += count
 
-    def _go_later(self, data: bytes, addr: tuple[str, int], key: str) -> None:
+    def _go_later(self, plan: Forward, data: bytes, addr: tuple[str, int], key: str) -> None:
         if len(self.pending) >= MAX_PENDING_UDP:
             self.stats.dropped_busy += 1
             return
         admission = self.admission
         if admission is not None and not admission.begin_upstream(key):
             return
-        task = self.loop.create_task(self._later(data, addr, key))
+        task = self.loop.create_task(self._later(plan, data, addr, key))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
-    async def _later(self, data: bytes, addr: tuple[str, int], key: str) -> None:
+    async def _later(self, plan: Forward, data: bytes, addr: tuple[str, int], key: str) -> None:
         try:
-            reply = await self.answerer.answer_later(data, addr[0], False)
+            reply = await self.answerer.answer_later(plan)
         except Exception as exc:
             self.stats.internal_error(exc, self.clock())
             reply = _error_reply(data)
@@ -349,10 +350,10 @@ async def _serve_tcp(
             writer.write(struct.pack("!H", len(reply)) + reply)
             await writer.drain()
 
-    async def later(data: bytes, key: str) -> None:
+    async def later(plan: Forward, data: bytes, key: str) -> None:
         try:
             try:
-                reply = await answerer.answer_later(data, client, True)
+                reply = await answerer.answer_later(plan)
             except Exception as exc:
                 stats.internal_error(exc, clock())
                 reply = _error_reply(data)
@@ -397,15 +398,15 @@ async def _serve_tcp(
             except Exception as exc:
                 stats.internal_error(exc, clock())
                 reply = _error_reply(data)
-            if reply is LATER:
+            if isinstance(reply, bytes):
+                await send(reply)
+            elif reply is not None:
                 if admission is not None and not admission.begin_upstream(key):
                     continue
                 await in_flight.acquire()
-                task = asyncio.ensure_future(later(data, key))
+                task = asyncio.ensure_future(later(reply, data, key))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-            elif isinstance(reply, bytes):
-                await send(reply)
         if tasks:
             await asyncio.wait(tasks, timeout=5)
     except ConnectionError:

@@ -33,6 +33,7 @@ from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import Resolver
 from dnsguard.dns.upstream_spec import parse_upstream
 from dnsguard.errors import ConfigError
+from dnsguard.net.forwarding import Forwarder
 from dnsguard.net.upstream import TransportOptions, UpstreamGroup, create_upstream
 from dnsguard.ops.api import Operations
 from dnsguard.ops.observe import DnsObserver, ReloadCounter, TunnelObserver
@@ -133,21 +134,31 @@ def make_resolver(
     observer: DnsObserver | None = None,
     mac_lookup: MacLookup | None = None,
 ) -> Resolver:
+    """The resolver core for `config`: policy, cache and settings, no upstreams (see make_forwarder)."""
     resolver = Resolver(
         Policy(config, built.matcher, mac_lookup=mac_lookup),
         make_cache(config),
-        make_upstreams(config, socket_setup, observer),
         query_log_size=config.api.query_log_size,
         extended_errors=config.blocking.extended_errors,
         cname_check=config.blocking.cname_check,
         serve_stale=config.cache.serve_stale,
         prefetch=config.cache.prefetch,
         max_udp_size=config.resolver.max_udp_size,
-        conditional=make_conditional(config, socket_setup, observer),
     )
     if observer is not None:
         resolver.on_query = observer.on_query
     return resolver
+
+
+def make_forwarder(
+    config: Config,
+    resolver: Resolver,
+    socket_setup: SocketSetup | None = None,
+    observer: DnsObserver | None = None,
+) -> Forwarder:
+    """The resolver core with the upstream groups of `config`: what the listeners answer with."""
+    conditional = make_conditional(config, socket_setup, observer)
+    return Forwarder(resolver, make_upstreams(config, socket_setup, observer), conditional)
 
 
 def settle_heap(*, full: bool = True) -> None:
@@ -230,6 +241,8 @@ class ResolverService:
     config: Config
     socket_setup: SocketSetup | None = None
     resolver: Resolver | None = None
+    forwarder: Forwarder | None = None
+    """The resolver with its upstream groups (the listeners' answerer)."""
     built: BuildResult | None = None
     reloads: ReloadCounter = field(default_factory=ReloadCounter)
     observer: DnsObserver = field(default_factory=DnsObserver)
@@ -261,10 +274,11 @@ class ResolverService:
         self.resolver = make_resolver(
             self.config, self.built, self.socket_setup, self.observer, self._mac_lookup(self.config)
         )
+        self.forwarder = make_forwarder(self.config, self.resolver, self.socket_setup, self.observer)
         settle_heap()
         if listen:
             self.listeners = DnsListeners(
-                self.resolver,
+                self.forwarder,
                 self.config.resolver.listen,
                 admission=admission_for(self.config.resolver, await self._allowed_networks()),
                 tcp=tcp_settings(self.config.resolver),
@@ -338,7 +352,7 @@ class ResolverService:
 
         With `fetched` (a list refresh), only the lists are new: the upstreams and cache stay.
         """
-        if self.resolver is None:
+        if self.resolver is None or self.forwarder is None:
             raise ConfigError("the resolver is not running", key="resolver")
         if fetched is not None:
             built = await build_from(new, fetched, reuse=self.built)
@@ -348,10 +362,16 @@ class ResolverService:
         cache = self.resolver.cache
         if _cache_settings(new) != _cache_settings(self.config):
             cache = make_cache(new)
-        resolver = self.resolver
+        forwarder = self.forwarder
         if fetched is not None:
             return DnsState(
-                new, built, policy, resolver.upstreams, resolver.conditional, cache, replaces_upstreams=False
+                new,
+                built,
+                policy,
+                forwarder.upstreams,
+                forwarder.conditional,
+                cache,
+                replaces_upstreams=False,
             )
         admission = None
         if self.listeners is not None:
@@ -370,9 +390,9 @@ class ResolverService:
 
     def commit(self, state: DnsState) -> None:
         """Swap a prepared state in, in one step: nothing here awaits or can fail on bad input."""
-        resolver = self.resolver
-        assert resolver is not None
-        old_groups = [resolver.upstreams, *resolver.conditional.values()]
+        resolver, forwarder = self.resolver, self.forwarder
+        assert resolver is not None and forwarder is not None
+        old_groups = [forwarder.upstreams, *forwarder.conditional.values()]
         old_cache = resolver.cache
         state.policy.paused_until = self.paused_until
         resolver.policy = state.policy
@@ -389,8 +409,8 @@ class ResolverService:
         if state.admission is not None and self.listeners is not None:
             self.listeners.set_admission(*state.admission)
         if state.replaces_upstreams:
-            resolver.upstreams = state.upstreams
-            resolver.conditional = state.conditional
+            forwarder.upstreams = state.upstreams
+            forwarder.conditional = state.conditional
             for group in [state.upstreams, *state.conditional.values()]:
                 if group is not None:
                     group.on_query = self.observer.on_upstream
@@ -467,12 +487,8 @@ class ResolverService:
             await self._neighbour_monitor.stop()
         if self.listeners is not None:
             await self.listeners.close()
-        if self.resolver is not None:
-            await self.resolver.close()
-            if self.resolver.upstreams is not None:
-                await self.resolver.upstreams.close()
-            for group in self.resolver.conditional.values():
-                await group.close()
+        if self.forwarder is not None:
+            await self.forwarder.close()
         for task in list(self._closing):
             with contextlib.suppress(Exception):
                 await task

@@ -1,16 +1,16 @@
-"""The resolver: policy, cache and upstreams put together for one query at a time.
+"""The resolver core: one query in, a reply or a forward plan out, the upstream's reply in, an answer out.
 
-`answer_now` is synchronous and covers what needs no network: malformed queries, blocked
-names, local answers, cache hits. It returns LATER for the rest, which `answer_later` resolves
-through the upstreams, checks for CNAME cloaking, caches, and fits to the client's size limit.
-Both take the raw query bytes and return raw reply bytes: the same code answers the UDP and TCP
-listeners and the DNS packets intercepted from the tunnel.
+`answer_now` parses a client's message once and decides under the policy: malformed queries,
+blocked names, local answers and cache hits are answered at once; anything that needs an upstream
+comes back as a `Forward` plan carrying the parsed query and the decision. The network side (see
+dnsguard.net.forwarding) sends `plan.message` to the upstreams for `plan.name` and hands the reply,
+or the failure, to `complete`, which checks for CNAME cloaking, caches, fits the answer to the
+client's size limit and records the query. Nothing here waits, and nothing is parsed or decided
+twice. Time comes from the injected clocks.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import struct
@@ -22,25 +22,29 @@ from typing import Final, NamedTuple
 
 from dnsguard.dns import wire
 from dnsguard.dns.cache import AnswerCache
-from dnsguard.dns.upstream_errors import AllUpstreamsFailedError, UpstreamError
 from dnsguard.dns.wire import Query, QueryError
 from dnsguard.errors import FormError
 from dnsguard.lifecycle.clock import boottime
-from dnsguard.net.upstream import UpstreamGroup
 from dnsguard.policy.engine import Decision, Kind, Policy
 
 log = logging.getLogger("dnsguard.resolver")
 
 
-class _Later:
-    __slots__ = ()
+class Forward(NamedTuple):
+    """A query that needs an upstream: what to send, about which name, and what the answer is for."""
 
-    def __repr__(self) -> str:
-        return "LATER"
+    query: Query  # the client's query, parsed once
+    client: str
+    tcp: bool  # over TCP the answer may be of any size
+    plain: bool  # one question and at most an OPT RR: its answer may be cached and shared
+    decision: Decision  # the policy's decision when the query arrived
+    started: float  # the resolver clock at arrival (the response duration is measured from it)
+    message: bytes  # what to send upstream: the query itself, a probe for a rewrite target, or b""
+    name: str  # the name asked upstream (it chooses the conditional upstreams)
+    refresh: bool  # a prefetch of a popular cache entry: no client waits
 
 
-LATER: Final = _Later()
-"""answer_now's way of saying: this query needs answer_later."""
+_REFRESH: Final = Decision(Kind.FORWARD, "default", "prefetch")
 
 QTYPE_A, QTYPE_AAAA = 1, 28
 EDE_BLOCKED, EDE_FILTERED = 15, 17
@@ -54,7 +58,7 @@ _CLIENT_MEMO_MAX: Final = 4096
 PREFETCH_CONCURRENCY: Final = 4
 """Upstream refreshes of popular cache entries in flight at once."""
 
-_PLAN_REPLY, _PLAN_CACHE, _PLAN_LATER = 0, 1, 2
+_PLAN_REPLY, _PLAN_CACHE, _PLAN_FORWARD = 0, 1, 2
 _MIN_UDP_LIMIT: Final = 512
 MAX_UDP_SIZE: Final = 1232
 """Default cap on UDP replies whatever the client's EDNS size: the DNS Flag Day 2020 value, which avoids
@@ -71,7 +75,7 @@ class _Plan(NamedTuple):
     message gets the same reply with its own ID, and the same counters and log line.
     """
 
-    kind: int  # _PLAN_REPLY: send `reply_tail`; _PLAN_CACHE: look up `query` in the cache; _PLAN_LATER
+    kind: int  # _PLAN_REPLY: send `reply_tail`; _PLAN_CACHE: look up `query` in the cache; _PLAN_FORWARD
     reply_tail: bytes  # the reply without its ID
     query: Query | None  # only kept for the cache lookup (a plan per distinct message adds up)
     count_key: tuple[str, str]  # (result, group) in ResolverStats.queries, shared by all plans
@@ -124,7 +128,6 @@ class Resolver:
         self,
         policy: Policy,
         cache: AnswerCache | None,
-        upstreams: UpstreamGroup | None,
         *,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = boottime,
@@ -134,7 +137,6 @@ class Resolver:
         serve_stale: bool = True,
         prefetch: bool = True,
         max_udp_size: int = MAX_UDP_SIZE,
-        conditional: dict[str, UpstreamGroup] | None = None,
     ) -> None:
         # Plans (see _Plan) hold replies worked out under the current policy and block settings; the
         # properties below forget them whenever those are replaced.
@@ -144,9 +146,6 @@ class Resolver:
         self._policy = policy
         self._extended_errors = extended_errors
         self.cache = cache
-        self.upstreams = upstreams
-        self.conditional = conditional or {}
-        """Zone -> the upstreams for names in it (longest zone wins; "." is every single-label name)."""
         self.wall_clock = wall_clock
         self.clock = clock
         self.cname_check = cname_check
@@ -163,7 +162,8 @@ class Resolver:
         )
         self.on_query: QueryHook | None = None
         self._ede: dict[str, bytes] = {}
-        self._prefetcher: asyncio.Task[None] | None = None
+        self.on_prefetch: Callable[[], None] | None = None
+        """Called when popular cache entries are due for a refresh (take_prefetch gives their plans)."""
 
     @property
     def policy(self) -> Policy:
@@ -190,8 +190,8 @@ class Resolver:
 
     # -- the synchronous path -----------------------------------------------------------
 
-    def answer_now(self, data: bytes, client: str, tcp: bool = False) -> bytes | _Later | None:
-        """The reply when no upstream is needed, LATER when one is, None to drop the query.
+    def answer_now(self, data: bytes, client: str, tcp: bool = False) -> bytes | Forward | None:
+        """The reply when no upstream is needed, a Forward plan when one is, None to drop the query.
 
         `tcp`: the query came over TCP, so a cached reply of any size may be sent (over UDP, one larger
         than the client's limit is answered with TC set, RFC 1035 4.2.1 and RFC 6891 6.2.3).
@@ -225,16 +225,16 @@ class Resolver:
                     elif kind == _PLAN_CACHE:
                         cache = self.cache
                         if cache is None or query is None:
-                            return LATER
+                            return self._answer_parsed(data, client, tcp)
                         reply = cache.get(query, self.clock(), data)
                         if reply is None:
-                            return LATER
+                            return self._answer_parsed(data, client, tcp)
                         if len(reply) > _MIN_UDP_LIMIT and not tcp and len(reply) > self._udp_limit(query):
                             reply = data[:2] + wire.truncated(query)[2:]
                         if cache.prefetch_queue and self.prefetch:
-                            self._start_prefetch()
+                            self._prefetch_due()
                     else:
-                        return LATER
+                        return self._answer_parsed(data, client, tcp)
                     queries = self.stats.queries
                     queries[count_key] = queries.get(count_key, 0) + 1
                     self.query_log.append((now, client, qname, qtype, result, group, reason, 0.0))
@@ -244,7 +244,7 @@ class Resolver:
                     return reply
         return self._answer_parsed(data, client, tcp)
 
-    def _answer_parsed(self, data: bytes, client: str, tcp: bool) -> bytes | _Later | None:
+    def _answer_parsed(self, data: bytes, client: str, tcp: bool) -> bytes | Forward | None:
         """answer_now for a message without a plan: parse, decide, answer, and plan for its repeats."""
         try:
             query, plain = _parse(data)
@@ -283,9 +283,9 @@ class Resolver:
                         reply = wire.truncated(query)
                     self._record(query, client, "cached", decision, now=now)
                     if cache.prefetch_queue and self.prefetch:
-                        self._start_prefetch()
+                        self._prefetch_due()
                     return reply
-            return LATER
+            return self._forward_plan(query, client, tcp, plain, decision)
         blocked_list: str | None = None
         if kind is Kind.BLOCK:
             blocked_list = decision.reason
@@ -304,8 +304,8 @@ class Resolver:
         else:
             # A CNAME rewrite or safe search: the target's addresses come from upstream.
             if plans is not None:
-                self._remember(plans, data, _PLAN_LATER, b"", query, "", decision, None)
-            return LATER
+                self._remember(plans, data, _PLAN_FORWARD, b"", query, "", decision, None)
+            return self._forward_plan(query, client, tcp, plain, decision)
         if plans is not None:
             self._remember(plans, data, _PLAN_REPLY, reply[2:], query, result, decision, blocked_list)
         self._record(query, client, result, decision, now=now)
@@ -374,107 +374,108 @@ class Resolver:
         addresses = wire.pack_addresses([blocking.custom_ipv4, blocking.custom_ipv6])
         return wire.answer_addresses(query, addresses, ttl, ede)
 
-    # -- the upstream path --------------------------------------------------------------
+    # -- the upstream path: plans out, replies in -------------------------------------------
 
-    async def answer_later(self, data: bytes, client: str, tcp: bool) -> bytes | None:
-        """Resolve through the upstreams (after answer_now returned LATER)."""
-        started = self.clock()
-        try:
-            query, plain = _parse(data)
-        except FormError:
+    def _forward_plan(self, query: Query, client: str, tcp: bool, plain: bool, decision: Decision) -> Forward:
+        target = decision.target
+        if not target:
+            return Forward(query, client, tcp, plain, decision, self.clock(), query.data, query.qname, False)
+        # A CNAME rewrite or safe search: ask for the target's addresses of the asked family.
+        probe = _query_for(target, query.qtype) if query.qtype in (QTYPE_A, QTYPE_AAAA) else b""
+        return Forward(query, client, tcp, plain, decision, self.clock(), probe, target, False)
+
+    def complete(self, plan: Forward, reply: bytes | None, failure: str = "") -> bytes | None:
+        """The client's answer to a forwarded query: `reply` is the upstream's (with the client's ID), or
+        None when no upstream answered (`failure` says why). None for a refresh, which has no client."""
+        query = plan.query
+        if plan.refresh:
+            self._refreshed(query, reply, failure)
             return None
-        decision = self.policy.decide(query.qname, client, self.wall_clock(), query.qtype)
-        reply: bytes | None
+        decision = plan.decision
         if decision.target:
-            reply = await self._answer_with_target(query, decision)
+            answer = self._target_answer(query, decision, reply)
             result = "rewritten"
         else:
-            reply, result, decision = await self._forward(query, client, decision, plain)
-        if reply is None:
-            return None
-        if not tcp and len(reply) > self._udp_limit(query):
-            reply = wire.truncated(query)
-        self._record(query, client, result, decision, started)
-        return reply
+            answer, result, decision = self._upstream_answer(plan, reply, failure)
+        if not plan.tcp and len(answer) > self._udp_limit(query):
+            answer = wire.truncated(query)
+        self._record(query, plan.client, result, decision, plan.started)
+        return answer
 
-    def upstreams_for(self, name: str) -> UpstreamGroup | None:
-        """The conditional upstreams of the longest zone that holds `name`, else the default ones."""
-        conditional = self.conditional
-        if conditional:
-            candidate = name
-            while True:
-                group = conditional.get(candidate)
-                if group is not None:
-                    return group
-                dot = candidate.find(".")
-                if dot < 0:
-                    break
-                candidate = candidate[dot + 1 :]
-            if "." not in name and name:
-                group = conditional.get(".")
-                if group is not None:
-                    return group
-        return self.upstreams
+    def no_upstream(self, plan: Forward) -> bytes | None:
+        """The answer when nothing is configured to forward `plan.name` to: REFUSED (a rewrite target
+        gets its CNAME without addresses)."""
+        if plan.refresh:
+            return None
+        if plan.decision.target:
+            return self.complete(plan, None)
+        self._record(plan.query, plan.client, "refused", plan.decision, plan.started)
+        return wire.refused(plan.query)
+
+    def upstream_refused_query(self, plan: Forward) -> bytes | None:
+        """The answer when the upstream side refused the query as malformed: FORMERR."""
+        if plan.refresh:
+            return None
+        self._record(plan.query, plan.client, "failed", plan.decision, plan.started)
+        return wire.formerr(plan.query.data)
 
     def _udp_limit(self, query: Query) -> int:
         limit = query.udp_limit
         return limit if limit < self.max_udp_size else self.max_udp_size
 
-    async def _forward(
-        self, query: Query, client: str, decision: Decision, plain: bool = True
-    ) -> tuple[bytes | None, str, Decision]:
-        """The upstream reply, its result label, and the decision it was recorded under.
+    def _upstream_answer(
+        self, plan: Forward, reply: bytes | None, failure: str
+    ) -> tuple[bytes, str, Decision]:
+        """The answer, its result label, and the decision it is recorded under.
 
         A CNAME-cloaked answer comes back blocked under the decision of the blocked target, so the
         query log and the per-list counters name the list that caught it.
         """
-        reply, result = await self._forward_reply(query, client, decision, plain)
-        if isinstance(reply, Decision):
-            self.stats.cname_blocked += 1
-            return self._block_reply(query, reply), "blocked", reply
-        return reply, result, decision
-
-    async def _forward_reply(
-        self, query: Query, client: str, decision: Decision, plain: bool
-    ) -> tuple[bytes | Decision | None, str]:
+        query, decision = plan.query, plan.decision
         # Only plain queries share cached replies: an answer to a message with extra records (a TSIG
         # signature, say) may depend on them.
-        cache = self.cache if plain else None
-        upstreams = self.upstreams_for(query.qname)
-        if upstreams is None:
-            return wire.refused(query), "refused"
-        try:
-            reply = await upstreams.query(query.data)
-        except (AllUpstreamsFailedError, UpstreamError) as exc:
-            log.debug("upstreams failed for %s: %s", query.qname, exc)
+        cache = self.cache if plan.plain else None
+        if reply is None:
+            log.debug("upstreams failed for %s: %s", query.qname, failure)
             if self.serve_stale and cache is not None:
                 stale = cache.get_stale(query, self.clock())
                 if stale is not None:
-                    return stale, "stale"
-            self._upstream_failed(exc)
-            return wire.servfail(query, _EDE_UNREACHABLE), "failed"
-        except FormError:
-            return wire.formerr(query.data), "failed"
+                    return stale, "stale", decision
+            self._upstream_failed(failure)
+            return wire.servfail(query, _EDE_UNREACHABLE), "failed", decision
         try:
             meta = wire.parse_response_meta(reply)
         except FormError:
-            return wire.servfail(query), "failed"
+            return wire.servfail(query), "failed", decision
         if self.cname_check and meta.targets:
-            group = self.policy.group_for(client)
+            policy = self._policy
+            group = policy.group_for(plan.client)
             now = self.wall_clock()
             for target in meta.targets:
-                target_decision = self.policy.decide_for_group(target, group, now)
+                target_decision = policy.decide_for_group(target, group, now)
                 if target_decision.kind is Kind.BLOCK:
-                    return target_decision, "blocked"
+                    self.stats.cname_blocked += 1
+                    return self._block_reply(query, target_decision), "blocked", target_decision
         # The cache is shared by every group: an answer whose CNAME chain another group blocks would
         # reach that group's clients from the cache without their own check, so it is not stored.
         if cache is not None and not (
             self.cname_check and meta.targets and self._any_group_blocks(meta.targets)
         ):
             cache.put(query, reply, self.clock(), meta)
-        return reply, "allowed"
+        return reply, "allowed", decision
 
-    def _upstream_failed(self, exc: Exception) -> None:
+    def _target_answer(self, query: Query, decision: Decision, reply: bytes | None) -> bytes:
+        """A CNAME answer to decision.target plus the target's addresses of the asked family."""
+        addresses: tuple[bytes, ...] = ()
+        if reply is not None:
+            try:
+                family = 4 if query.qtype == QTYPE_A else 16
+                addresses = tuple(a for a in wire.parse_response_meta(reply).addresses if len(a) == family)
+            except FormError as exc:
+                log.debug("could not resolve %s: %s", decision.target, exc)
+        return wire.answer_cname(query, decision.target, decision.ttl, addresses)
+
+    def _upstream_failed(self, failure: str) -> None:
         """Count a query no upstream answered; say so in the log at most once per OUTAGE_LOG_INTERVAL."""
         self.stats.upstream_failures += 1
         self._outage_failures += 1
@@ -483,75 +484,47 @@ class Resolver:
             log.warning(
                 "no upstream answered: %d queries got SERVFAIL since the last report (%s)",
                 self._outage_failures,
-                str(exc)[:200],
+                failure[:200],
             )
             self._outage_logged_at = now
             self._outage_failures = 0
 
-    async def _answer_with_target(self, query: Query, decision: Decision) -> bytes:
-        """A CNAME answer to decision.target plus the target's addresses of the asked family."""
-        addresses: tuple[bytes, ...] = ()
-        upstreams = self.upstreams_for(decision.target)
-        if query.qtype in (QTYPE_A, QTYPE_AAAA) and upstreams is not None:
-            probe = _query_for(decision.target, query.qtype)
-            try:
-                reply = await upstreams.query(probe)
-                addresses = tuple(
-                    a
-                    for a in wire.parse_response_meta(reply).addresses
-                    if len(a) == (4 if query.qtype == QTYPE_A else 16)
-                )
-            except (AllUpstreamsFailedError, UpstreamError, FormError) as exc:
-                log.debug("could not resolve %s: %s", decision.target, exc)
-        return wire.answer_cname(query, decision.target, decision.ttl, addresses)
-
     # -- prefetch -----------------------------------------------------------------------------
 
-    def _start_prefetch(self) -> None:
-        """Refresh the entries the cache flagged, in one background task at a time."""
-        if self.upstreams is None or (self._prefetcher is not None and not self._prefetcher.done()):
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # a caller without an event loop: the flagged queries wait for the next cache hit
-        self._prefetcher = loop.create_task(self._prefetch_flagged())
+    def _prefetch_due(self) -> None:
+        hook = self.on_prefetch
+        if hook is not None:
+            hook()
 
-    async def _prefetch_flagged(self) -> None:
+    def take_prefetch(self) -> list[Forward]:
+        """Plans that refresh the cache entries flagged as popular and about to expire."""
         cache = self.cache
-        while cache is not None and cache.prefetch_queue:
-            due = cache.take_prefetch()
-            for start in range(0, len(due), PREFETCH_CONCURRENCY):
-                batch = due[start : start + PREFETCH_CONCURRENCY]
-                results = await asyncio.gather(*(self._refresh(q) for q in batch), return_exceptions=True)
-                for query, result in zip(batch, results, strict=True):
-                    if isinstance(result, Exception):
-                        log.warning("prefetch of %s failed: %r", query.qname, result)
+        if cache is None or not self.prefetch:
+            return []
+        started = self.clock()
+        return [
+            Forward(query, "", False, True, _REFRESH, started, query.data, query.qname, True)
+            for query in cache.take_prefetch()
+        ]
 
-    async def _refresh(self, query: Query) -> None:
-        """Ask upstream again for a popular cached answer and store the new one; no client is waiting."""
-        upstreams, cache = self.upstreams_for(query.qname), self.cache
-        if upstreams is None or cache is None:
+    def _refreshed(self, query: Query, reply: bytes | None, failure: str) -> None:
+        """Store a refreshed answer; no client is waiting for it."""
+        cache = self.cache
+        if cache is None:
+            return
+        if reply is None:
+            # The entry expires as usual and serve-stale still covers it.
+            log.debug("prefetch of %s failed: %s", query.qname, failure)
             return
         try:
-            reply = await upstreams.query(query.data)
             meta = wire.parse_response_meta(reply)
-        except (AllUpstreamsFailedError, UpstreamError, FormError) as exc:
-            # The entry expires as usual and serve-stale still covers it.
+        except FormError as exc:
             log.debug("prefetch of %s failed: %s", query.qname, exc)
             return
         if self.cname_check and meta.targets and self._any_group_blocks(meta.targets):
             return  # the next client query goes upstream and gets the CNAME check of its own group
         if cache.put(query, reply, self.clock(), meta):
             self.stats.prefetched += 1
-
-    async def close(self) -> None:
-        """Stop a prefetch in progress (the upstreams are closed by their owner)."""
-        task, self._prefetcher = self._prefetcher, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     def _any_group_blocks(self, names: tuple[str, ...]) -> bool:
         policy = self._policy

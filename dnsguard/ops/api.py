@@ -163,6 +163,7 @@ class Api:
         service = daemon.dns_service
         if service is not None and service.resolver is not None:
             resolver = service.resolver
+            upstreams = service.forwarder.upstreams if service.forwarder is not None else None
             totals: dict[str, int] = {}
             for (result, _group), count in resolver.stats.queries.items():
                 totals[result] = totals.get(result, 0) + count
@@ -181,7 +182,7 @@ class Api:
                         "latency_ms": round(stats.latency_ewma * 1000, 3) if stats.latency_ewma else None,
                         "last_error": stats.last_error,
                     }
-                    for stats in (resolver.upstreams.stats() if resolver.upstreams is not None else [])
+                    for stats in (upstreams.stats() if upstreams is not None else [])
                 ],
             }
         return _json(body)

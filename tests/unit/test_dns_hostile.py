@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from dnsguard.daemon.dns_server import ListenerStats, TcpSettings, _serve_tcp
 from dnsguard.dns import wire
-from dnsguard.dns.resolver import LATER, OUTAGE_LOG_INTERVAL
+from dnsguard.dns.resolver import OUTAGE_LOG_INTERVAL, Forward
 from dnsguard.dns.upstream_errors import UpstreamReplyError
 from tests.unit.test_dns_wire import mutated, pointer_loop_query
 from tests.unit.test_resolver import make, parse, query
@@ -58,7 +58,7 @@ async def test_udp_replies_are_capped_at_the_configured_size_whatever_the_client
     resolver, upstreams, _ = make()
     upstreams.many["big.example"] = 100  # 100 A records: 1.6 KB, more than 1232
     message = edns("big.example", payload=4096)
-    assert resolver.answer_now(message, "192.0.2.1") is LATER
+    assert isinstance(resolver.answer_now(message, "192.0.2.1"), Forward)
     first = await resolver.answer_later(message, "192.0.2.1", False)
     assert first is not None and len(first) <= 1232 and parse(first).header.tc
     cached = resolver.answer_now(message, "192.0.2.1")
@@ -97,7 +97,7 @@ def test_a_query_with_a_tsig_like_additional_record_is_read_without_dnslib() -> 
     record = DNSRecord.question("signed.example")
     record.add_ar(RR("key.example", QTYPE.TXT, rdata=TXT("mac")))
     resolver, _, _ = make()
-    assert resolver.answer_now(bytes(record.pack()), "192.0.2.1") is LATER
+    assert isinstance(resolver.answer_now(bytes(record.pack()), "192.0.2.1"), Forward)
 
 
 class EchoUpstreams:
@@ -131,7 +131,7 @@ def test_answer_now_never_raises_on_any_bytes(data: bytes) -> None:
 async def test_answer_later_never_raises_on_what_answer_now_sent_there(data: bytes) -> None:
     resolver, _, _ = make()
     resolver.upstreams = EchoUpstreams()  # type: ignore[assignment]
-    if resolver.answer_now(data, "192.0.2.1") is LATER:
+    if isinstance(resolver.answer_now(data, "192.0.2.1"), Forward):
         reply = await resolver.answer_later(data, "192.0.2.1", False)
         assert reply is None or reply[:2] == data[:2]
 
@@ -180,7 +180,7 @@ async def test_whatever_an_upstream_sends_the_client_gets_an_answer_and_the_cach
     message = query("up.example", ident=0x4242)
     for _ in range(2):  # the second may come from the cache
         answer = resolver.answer_now(message, "192.0.2.1")
-        if answer is LATER:
+        if isinstance(answer, Forward):
             answer = await resolver.answer_later(message, "192.0.2.1", False)
         assert answer is None or answer[:2] == b"\x42\x42"
 
@@ -228,7 +228,7 @@ async def test_any_tcp_byte_stream_gets_framed_replies_and_a_closed_connection(s
     reader.feed_eof()
     writer = RecordingWriter()
     stats = ListenerStats()
-    await _serve_tcp(resolver, stats, reader, writer, TcpSettings(idle_timeout=5))  # type: ignore[arg-type]
+    await _serve_tcp(resolver.forwarder, stats, reader, writer, TcpSettings(idle_timeout=5))  # type: ignore[arg-type]
     assert writer.closed and stats.internal_errors == 0
     out = writer.data
     while out:  # every reply is one whole length-prefixed DNS response

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import pytest
 
@@ -18,7 +19,7 @@ from dnsguard.daemon.dns_server import (
     UdpListener,
 )
 from dnsguard.dns.admission import AdmissionSettings, ClientAdmission
-from dnsguard.dns.resolver import LATER, _Later
+from dnsguard.dns.resolver import Forward
 
 
 def udp_pair(family: socket.AddressFamily, host: str) -> tuple[socket.socket, list[socket.socket]]:
@@ -66,23 +67,29 @@ def test_a_reply_bigger_than_a_slot_is_left_to_the_caller() -> None:
     assert batch.add(bytes(BATCH_SLOT_SIZE), clients[0].getsockname()) and batch.count == 1
 
 
+class Later(NamedTuple):
+    """The fake's forward plan: the listener only carries it back to answer_later."""
+
+    data: bytes
+
+
 class EchoAnswerer:
     """Answers b"now:..." at once, b"later:..." through answer_later, drops everything else."""
 
     def __init__(self) -> None:
         self.clients: list[str] = []
 
-    def answer_now(self, data: bytes, client: str, tcp: bool = False) -> bytes | _Later | None:
+    def answer_now(self, data: bytes, client: str, tcp: bool = False) -> bytes | Forward | None:
         self.clients.append(client)
         if data.startswith(b"now:"):
             return b"answer " + data
         if data.startswith(b"later:"):
-            return LATER
+            return Later(data)  # type: ignore[return-value]
         return None
 
-    async def answer_later(self, data: bytes, client: str, tcp: bool) -> bytes | None:
+    async def answer_later(self, plan: Forward) -> bytes | None:
         await asyncio.sleep(0)
-        return b"answer " + data
+        return b"answer " + plan[0]
 
 
 @pytest.mark.parametrize("batch", [True, False])
@@ -122,15 +129,15 @@ async def test_the_listener_answers_now_later_and_drops(batch: bool) -> None:
 class BrokenAnswerer(EchoAnswerer):
     """Raises on b"boom", as a bug in the resolver would."""
 
-    def answer_now(self, data: bytes, client: str, tcp: bool = False) -> bytes | _Later | None:
+    def answer_now(self, data: bytes, client: str, tcp: bool = False) -> bytes | Forward | None:
         if data.startswith(b"boom"):
             raise RecursionError("maximum recursion depth exceeded")
         return super().answer_now(data, client, tcp)
 
-    async def answer_later(self, data: bytes, client: str, tcp: bool) -> bytes | None:
-        if data.endswith(b"boom"):
+    async def answer_later(self, plan: Forward) -> bytes | None:
+        if plan[0].endswith(b"boom"):
             raise ValueError("broken")
-        return await super().answer_later(data, client, tcp)
+        return await super().answer_later(plan)
 
 
 async def test_a_query_that_raises_gets_formerr_is_counted_and_the_listener_carries_on() -> None:

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dnsguard.config import load_config
 from dnsguard.daemon.resolve import ResolveDaemon, ResolverService
 from dnsguard.daemon.tunnel import TunnelStats
-from dnsguard.dns.resolver import LATER
+from dnsguard.dns.resolver import Forward
 from dnsguard.lifecycle import Cause, Lifecycle
 from dnsguard.ops.api import Api, Operations
 from dnsguard.ops.metrics import registry_for, render
@@ -265,11 +265,13 @@ async def test_api_pause_lets_blocked_names_through_until_resumed(
     assert (await client.post("/api/blocking/pause", params={"minutes": "0"})).status == 400
     paused = await (await client.post("/api/blocking/pause", json={"minutes": 10})).json()
     assert paused["enabled"] is False and paused["paused_until"] > 0
-    assert resolver.answer_now(query("ads.example"), "192.0.2.99") is LATER  # forwarded, not blocked
+    assert isinstance(
+        resolver.answer_now(query("ads.example"), "192.0.2.99"), Forward
+    )  # forwarded, not blocked
     # A list refresh or reload builds a new policy: the pause must survive it.
     assert await daemon.reload()
     assert daemon.service.resolver is not None
-    assert daemon.service.resolver.answer_now(query("ads.example"), "192.0.2.99") is LATER
+    assert isinstance(daemon.service.resolver.answer_now(query("ads.example"), "192.0.2.99"), Forward)
     resumed = await (await client.post("/api/blocking/resume")).json()
     assert resumed["enabled"] is True
     assert isinstance(resolver.answer_now(query("ads.example"), "192.0.2.99"), bytes)

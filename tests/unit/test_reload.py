@@ -21,7 +21,7 @@ from dnsguard.config import Config, load_config
 from dnsguard.daemon.common import config_line, install_signal_handlers, prepare_peers
 from dnsguard.daemon.dns_filtering import FilteringTunnelDaemon, TunnelDns, filtering_config
 from dnsguard.daemon.resolve import ResolveDaemon, ResolverService
-from dnsguard.dns.resolver import LATER
+from dnsguard.dns.resolver import Forward
 from dnsguard.filter import compiled
 from dnsguard.filter.matcher import Action
 from dnsguard.ops.api import Api
@@ -54,8 +54,9 @@ async def test_a_reload_with_a_bad_upstream_applies_nothing_and_says_where(tmp_p
     service = await started_service(path)
     daemon = ResolveDaemon(service)
     resolver = service.resolver
+    forwarder = service.forwarder
     assert resolver is not None
-    before = (resolver.policy, resolver.policy.matcher, resolver.upstreams, resolver.cache, service.config)
+    before = (resolver.policy, resolver.policy.matcher, forwarder.upstreams, resolver.cache, service.config)
     try:
         # New lists and groups in the same file: they must not be swapped in either.
         (tmp_path / "more.txt").write_text("more.example\n")
@@ -65,7 +66,13 @@ async def test_a_reload_with_a_bad_upstream_applies_nothing_and_says_where(tmp_p
             lists={"ads": {"sources": ["ads.txt", "more.txt"]}},
         )
         assert not await daemon.reload()
-        after = (resolver.policy, resolver.policy.matcher, resolver.upstreams, resolver.cache, service.config)
+        after = (
+            resolver.policy,
+            resolver.policy.matcher,
+            forwarder.upstreams,
+            resolver.cache,
+            service.config,
+        )
         assert all(new is old for new, old in zip(after, before, strict=True))
         assert service.reloads.failure == 1 and service.reloads.success == 0
         error = service.reloads.last_error or ""
@@ -85,8 +92,9 @@ async def test_a_reload_whose_lists_do_not_compile_applies_nothing(
     service = await started_service(path)
     daemon = ResolveDaemon(service)
     resolver = service.resolver
+    forwarder = service.forwarder
     assert resolver is not None
-    policy, upstreams = resolver.policy, resolver.upstreams
+    policy, upstreams = resolver.policy, forwarder.upstreams
 
     def broken(*args: object) -> object:
         raise BuildError("list compile failed: MemoryError: out of memory")
@@ -96,7 +104,7 @@ async def test_a_reload_whose_lists_do_not_compile_applies_nothing(
         (tmp_path / "ads.txt").write_text("ads.example\nnew.example\n")
         set_config(path, upstreams={"servers": ["198.51.100.54"]})
         assert not await daemon.reload()
-        assert resolver.policy is policy and resolver.upstreams is upstreams
+        assert resolver.policy is policy and forwarder.upstreams is upstreams
         assert service.reloads.failure == 1
         assert "out of memory" in (service.reloads.last_error or "")
     finally:
@@ -108,15 +116,16 @@ async def test_a_good_reload_swaps_policy_lists_and_upstreams_together(tmp_path:
     service = await started_service(path)
     daemon = ResolveDaemon(service)
     resolver = service.resolver
+    forwarder = service.forwarder
     assert resolver is not None
-    policy, upstreams = resolver.policy, resolver.upstreams
+    policy, upstreams = resolver.policy, forwarder.upstreams
     try:
         (tmp_path / "ads.txt").write_text("ads.example\ntracker.example\nnew.example\n")
         set_config(path, upstreams={"servers": ["198.51.100.54"]})
         assert await daemon.reload()
-        assert resolver.policy is not policy and resolver.upstreams is not upstreams
-        assert resolver.upstreams is not None
-        assert [u.name for u in resolver.upstreams.upstreams] == ["udp:198.51.100.54:53"]
+        assert resolver.policy is not policy and forwarder.upstreams is not upstreams
+        assert forwarder.upstreams is not None
+        assert [u.name for u in forwarder.upstreams.upstreams] == ["udp:198.51.100.54:53"]
         assert blocked(service, "new.example")
         assert service.reloads.success == 1 and service.reloads.failure == 0
     finally:
@@ -380,7 +389,7 @@ async def test_a_service_start_from_the_cache_compiles_nothing(
         assert second.built is not None and not second.built.compiled
         assert second.resolver is not None
         assert isinstance(second.resolver.answer_now(query("ads.example"), "192.0.2.99"), bytes)
-        assert second.resolver.answer_now(query("example.org"), "192.0.2.99") is LATER
+        assert isinstance(second.resolver.answer_now(query("example.org"), "192.0.2.99"), Forward)
     finally:
         await second.close()
 
@@ -498,8 +507,9 @@ async def test_a_tunnel_reload_whose_peer_is_bad_leaves_dns_and_peers_alone(tmp_
     await dns.service.start(listen=False)
     daemon = TunnelDaemonUnderTest(path, dns)
     resolver = dns.service.resolver
+    forwarder = dns.service.forwarder
     assert resolver is not None
-    policy, upstreams = resolver.policy, resolver.upstreams
+    policy, upstreams = resolver.policy, forwarder.upstreams
     try:
         # The tunnel's own public key as its peer: only building the peers finds that out.
         raw = yaml.safe_load(path.read_text())
@@ -508,7 +518,7 @@ async def test_a_tunnel_reload_whose_peer_is_bad_leaves_dns_and_peers_alone(tmp_
         raw["upstreams"] = {"servers": ["198.51.100.54"]}
         path.write_text(yaml.safe_dump(raw))
         assert not await daemon.reload()
-        assert resolver.policy is policy and resolver.upstreams is upstreams
+        assert resolver.policy is policy and forwarder.upstreams is upstreams
         assert daemon.config is config and daemon.peer_commits == []
         assert daemon.reloads.failure == 1
         assert "tunnel.peers[0]" in (daemon.reloads.last_error or "")
@@ -516,7 +526,7 @@ async def test_a_tunnel_reload_whose_peer_is_bad_leaves_dns_and_peers_alone(tmp_
         raw["tunnel"]["peers"][0]["public-key"] = public_key(generate_private_key())
         path.write_text(yaml.safe_dump(raw))
         assert await daemon.reload()
-        assert resolver.policy is not policy and resolver.upstreams is not upstreams
+        assert resolver.policy is not policy and forwarder.upstreams is not upstreams
         assert daemon.peer_commits == [1] and daemon.config is not config
         assert daemon.reloads.success == 1
     finally:

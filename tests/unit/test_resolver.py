@@ -11,8 +11,9 @@ from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 from dnsguard.config import Config, GroupConfig, ListConfig, RewriteConfig
 from dnsguard.config.model import BlockingConfig
 from dnsguard.dns.cache import AnswerCache
-from dnsguard.dns.resolver import LATER, Resolver
+from dnsguard.dns.resolver import Forward, Resolver
 from dnsguard.dns.upstream_errors import AllUpstreamsFailedError
+from dnsguard.net.forwarding import Forwarder
 from dnsguard.policy.engine import Policy
 from dnsguard.sources.build import build_sync
 
@@ -53,7 +54,33 @@ class FakeUpstreams:
         pass
 
 
-def make(mode: str = "null_ip", **extra: Any) -> tuple[Resolver, FakeUpstreams, list[float]]:
+class Harness:
+    """The resolver core with a forwarder over fake upstreams, asked as the DNS listeners ask it.
+
+    Attributes are the core's, except `upstreams` and `conditional`, which are the forwarder's.
+    """
+
+    def __init__(self, core: Resolver, upstreams: Any) -> None:
+        object.__setattr__(self, "core", core)
+        object.__setattr__(self, "forwarder", Forwarder(core, upstreams))
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("upstreams", "conditional"):
+            return getattr(self.forwarder, name)
+        return getattr(self.core, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.forwarder if name in ("upstreams", "conditional") else self.core, name, value)
+
+    async def answer_later(self, message: bytes, client: str, tcp: bool) -> bytes | None:
+        """answer_now, and the upstream round trip when it gives a plan."""
+        answer = self.core.answer_now(message, client, tcp)
+        if isinstance(answer, Forward):
+            return await self.forwarder.answer_later(answer)
+        return answer
+
+
+def make(mode: str = "null_ip", **extra: Any) -> tuple[Any, FakeUpstreams, list[float]]:
     config = Config(
         lists={
             "ads": ListConfig(sources=["||ads.example^\n||tracker.example^\n"]),
@@ -71,13 +98,8 @@ def make(mode: str = "null_ip", **extra: Any) -> tuple[Resolver, FakeUpstreams, 
     built = build_sync(config)
     upstreams = FakeUpstreams()
     clock = [1000.0]
-    resolver = Resolver(
-        Policy(config, built.matcher),
-        AnswerCache(max_entries=100),
-        upstreams,  # type: ignore[arg-type]
-        clock=lambda: clock[0],
-    )
-    return resolver, upstreams, clock
+    resolver = Resolver(Policy(config, built.matcher), AnswerCache(max_entries=100), clock=lambda: clock[0])
+    return Harness(resolver, upstreams), upstreams, clock
 
 
 def parse(reply: object) -> DNSRecord:
@@ -106,7 +128,7 @@ def test_block_modes(mode: str, rcode: int, answer: str | None) -> None:
 
 def test_group_of_the_client_decides() -> None:
     resolver, _, _ = make()
-    assert resolver.answer_now(query("adult.example"), "198.51.100.7") is LATER
+    assert isinstance(resolver.answer_now(query("adult.example"), "198.51.100.7"), Forward)
     assert [str(r.rdata) for r in parse(resolver.answer_now(query("adult.example"), "192.0.2.40")).rr] == [
         "0.0.0.0"
     ]
@@ -126,7 +148,7 @@ def test_rewrite_and_canary_are_answered_locally() -> None:
 
 async def test_forward_then_cache_then_count_down() -> None:
     resolver, upstreams, clock = make()
-    assert resolver.answer_now(query("www.example.org"), "192.0.2.1") is LATER
+    assert isinstance(resolver.answer_now(query("www.example.org"), "192.0.2.1"), Forward)
     first = parse(await resolver.answer_later(query("www.example.org"), "192.0.2.1", False))
     assert [str(r.rdata) for r in first.rr] == ["198.51.100.80"]
     clock[0] += 100
@@ -153,7 +175,7 @@ async def test_a_cname_another_group_blocks_is_not_served_to_it_from_the_cache()
     allowed = parse(await resolver.answer_later(query("video.example"), "192.0.2.1", False))
     assert [str(r.rdata) for r in allowed.rr] == ["cdn.adult.example.", "198.51.100.80"]
     # The kids' group blocks the target: its clients get their own check, not the cached answer.
-    assert resolver.answer_now(query("video.example"), "192.0.2.40") is LATER
+    assert isinstance(resolver.answer_now(query("video.example"), "192.0.2.40"), Forward)
     blocked = parse(await resolver.answer_later(query("video.example"), "192.0.2.40", False))
     assert [str(r.rdata) for r in blocked.rr] == ["0.0.0.0"]
     assert resolver.stats.blocked_by_list == {"adult": 1}
@@ -169,7 +191,7 @@ def test_the_doh_canary_is_counted_under_its_rule() -> None:
 
 async def test_safe_search_cname_with_target_addresses() -> None:
     resolver, _, _ = make()
-    assert resolver.answer_now(query("www.google.com"), "192.0.2.40") is LATER
+    assert isinstance(resolver.answer_now(query("www.google.com"), "192.0.2.40"), Forward)
     reply = parse(await resolver.answer_later(query("www.google.com"), "192.0.2.40", False))
     assert [str(r.rdata) for r in reply.rr] == ["forcesafesearch.google.com.", "198.51.100.80"]
 
@@ -221,7 +243,7 @@ class NamedUpstreams(FakeUpstreams):
 @pytest.mark.parametrize(
     ("name", "answer"),
     [
-        ("nas.home.arpa", "192.0.2.1"),
+        ("pc.home.arpa", "192.0.2.1"),
         ("a.b.lab.home.arpa", "192.0.2.2"),  # the longest zone wins
         ("home.arpa.example.org", "198.51.100.1"),
         ("printer", "192.0.2.3"),  # "." is every single-label name
@@ -230,6 +252,12 @@ class NamedUpstreams(FakeUpstreams):
 )
 async def test_conditional_zones_go_to_their_own_upstreams(name: str, answer: str) -> None:
     resolver, _, _ = make()
+    config = resolver.policy.config
+    # The policy hands the zones over (special-use names in them are not answered locally).
+    config.upstreams.conditional = {
+        zone: ["192.0.2.1"] for zone in ("home.arpa", ".", "2.0.192.in-addr.arpa")
+    }
+    resolver.policy = Policy(config, resolver.policy.matcher)
     resolver.upstreams = NamedUpstreams("198.51.100.1")  # type: ignore[assignment]
     resolver.conditional = {
         "home.arpa": NamedUpstreams("192.0.2.1"),  # type: ignore[dict-item]

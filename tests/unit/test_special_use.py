@@ -10,7 +10,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 
 from dnsguard.config import Config, GroupConfig, load_config
 from dnsguard.config.model import SpecialUseConfig
-from dnsguard.dns.resolver import LATER, Resolver
+from dnsguard.dns.resolver import Forward, Resolver
 from dnsguard.errors import ConfigError
 from dnsguard.policy.engine import Kind, Policy
 from dnsguard.policy.special import (
@@ -152,7 +152,7 @@ def query(name: str, qtype: str = "A") -> bytes:
 def resolver_for(config: Config) -> Resolver:
     for group in config.groups.values():
         group.validate()
-    return Resolver(Policy(config, build_sync(config).matcher), None, None)
+    return Resolver(Policy(config, build_sync(config).matcher), None)
 
 
 def reply(resolver: Resolver, name: str, qtype: str = "A") -> DNSRecord:
@@ -182,22 +182,22 @@ def test_special_use_applies_even_without_filtering_and_while_paused() -> None:
     resolver = resolver_for(config)
     resolver.policy.paused_until = float("inf")
     assert reply(resolver, "printer.local").header.rcode == RCODE.NXDOMAIN
-    assert resolver.answer_now(query("example.com"), "192.0.2.7") is LATER
+    assert isinstance(resolver.answer_now(query("example.com"), "192.0.2.7"), Forward)
 
 
 def test_single_label_tld_queries_still_go_upstream() -> None:
     resolver = resolver_for(Config())
     assert reply(resolver, "nas").header.rcode == RCODE.NXDOMAIN
-    assert resolver.answer_now(query("com", "DS"), "192.0.2.7") is LATER
-    assert resolver.answer_now(query("com", "NS"), "192.0.2.7") is LATER
+    assert isinstance(resolver.answer_now(query("com", "DS"), "192.0.2.7"), Forward)
+    assert isinstance(resolver.answer_now(query("com", "NS"), "192.0.2.7"), Forward)
 
 
 def test_conditional_upstream_in_the_config_forwards_its_zone() -> None:
     config = Config()
     config.upstreams.conditional = {"home.arpa": ["192.0.2.1"], "168.192.in-addr.arpa": ["192.0.2.1"]}
     resolver = resolver_for(config)
-    assert resolver.answer_now(query("nas.home.arpa"), "192.0.2.7") is LATER
-    assert resolver.answer_now(query(ptr("192.168.1.20"), "PTR"), "192.0.2.7") is LATER
+    assert isinstance(resolver.answer_now(query("nas.home.arpa"), "192.0.2.7"), Forward)
+    assert isinstance(resolver.answer_now(query(ptr("192.168.1.20"), "PTR"), "192.0.2.7"), Forward)
     assert reply(resolver, ptr("10.0.0.1"), "PTR").header.rcode == RCODE.NXDOMAIN
 
 
@@ -221,8 +221,8 @@ def test_config_keys(tmp_path: Path) -> None:
         local_answers=False, private_reverse=True, single_label=False
     )
     resolver = resolver_for(config)
-    assert resolver.answer_now(query("printer.local"), "192.0.2.7") is LATER
-    assert resolver.answer_now(query("nas"), "192.0.2.7") is LATER
+    assert isinstance(resolver.answer_now(query("printer.local"), "192.0.2.7"), Forward)
+    assert isinstance(resolver.answer_now(query("nas"), "192.0.2.7"), Forward)
     assert reply(resolver, ptr("10.0.0.1"), "PTR").header.rcode == RCODE.NXDOMAIN
     path.write_text("resolver:\n  special-use:\n    bogus-priv: true\n")
     with pytest.raises(ConfigError, match="bogus-priv"):
