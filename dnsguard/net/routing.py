@@ -98,7 +98,7 @@ class RoutingPlan:
                             "suppress_prefixlen": 0,
                         }
                         record({"kind": "rule", **rule})
-                        await ipr.rule("add", **rule)
+                        await _add_rule(ipr, rule)
                     rule = {
                         "family": family,
                         "table": self.table,
@@ -107,7 +107,7 @@ class RoutingPlan:
                         "flags": FIB_RULE_INVERT,
                     }
                     record({"kind": "rule", **rule})
-                    await ipr.rule("add", **rule)
+                    await _add_rule(ipr, rule)
         except NetlinkError as exc:
             raise NetworkError(f"routing setup for {self.interface} failed: {exc}") from exc
         # Replies to marked packets must pass reverse-path checks with the mark (as wg-quick sets).
@@ -152,6 +152,15 @@ async def add_address(ipr: AsyncIPRoute, index: int, address: str) -> None:
     iface = ipaddress.ip_interface(address)
     extra = {"flags": IFA_F_NODAD} if iface.version == 6 else {}
     await ipr.addr("replace", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra)
+
+
+async def _add_rule(ipr: AsyncIPRoute, rule: dict[str, Any]) -> None:
+    """Add a rule; the same rule already there (an earlier apply of this plan) is not an error."""
+    try:
+        await ipr.rule("add", **rule)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
 
 
 async def _link_index(ipr: AsyncIPRoute, name: str) -> int | None:
