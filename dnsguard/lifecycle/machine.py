@@ -40,21 +40,21 @@ a fresh handshake deadline, superseding a timeout due at the same instant; a ret
 already over fires in the same pass as the timeout that scheduled it; and a dead-peer reconnection
 leaves CONNECTED before a new probe could be started.
 
-Why a table: the transitions used to be an if-chain in each of nine methods, every one checking
-the state for itself, so what a state accepts could only be learnt by reading all of them. Now
-it is this one constant, which a test walks pair by pair and checks this rendering against
-(`render_table()`), and adding an event or a state means filling in its row or column.
+Why a table: what a state accepts is read in one place instead of from every input's own
+checks; a test walks it pair by pair and checks this rendering against it (`render_table()`);
+and an event or a state added later is a row or a column to fill in, every cell of which must
+be decided, as h11 keeps its HTTP state machine.
 
-Which pairs are refused: only Start outside DISCONNECTED, a caller bug (a second start would run
-a second reconnection loop beside the first; the caller must stop first), raised as
+Which pairs are refused: only Start outside DISCONNECTED, a caller bug (the shell starts the
+tunnel once and stops it before starting again; a second start means it lost track), raised as
 LifecycleError, as h11 raises LocalProtocolError for what its own side got wrong. Every other
 missing pair is something the world may well do at that moment: a handshake or a packet that
 arrives after stop or give-up, a wake or a path change while down, a deadline that went stale.
 Those change nothing and are counted in `ignored`, never raised into the I/O shell.
 
 Cost: an event is one frozen object and one dict lookup. `data_sent`, called once per batch of
-sent packets, takes about 0.6 us against 0.2 us for the if-chain it replaced (measured here);
-batches are hundreds of microseconds apart at full load.
+sent packets, takes about 0.6 us (a method that tests the state inline: 0.2 us, measured here);
+even once per packet at the 45k packets/s the tunnel carries, that is under 3% of a core.
 """
 
 from __future__ import annotations
@@ -179,7 +179,8 @@ class Lifecycle:
     """Reconnection attempts since the last successful handshake (or the last start or wake)."""
     reconnects: dict[Cause, int] = field(default_factory=dict)
     ignored: Counter[tuple[State, type[Event]]] = field(default_factory=Counter)
-    """Events that arrived in a state whose table row has no entry for them, by (state, kind)."""
+    """Events that TRANSITIONS has no entry for in the state they arrived in, by (state, kind).
+    Refused kinds are raised instead, not counted."""
 
     def __post_init__(self) -> None:
         self._actions: deque[Action] = deque()
