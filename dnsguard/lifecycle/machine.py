@@ -331,6 +331,9 @@ Step = Callable[[Lifecycle, Event], None]
 
 @dataclass(frozen=True, slots=True)
 class Transition:
+    """One entry of the table: where the event leads, and the steps run once the state is set (after
+    its StateChanged is queued), in order."""
+
     target: State
     steps: tuple[Step, ...] = ()
     guard: Callable[[Event], bool] | None = None
@@ -415,7 +418,12 @@ def _endpoint_changed(event: Event) -> bool:
     return isinstance(event, ConfigReloaded) and event.endpoint_changed
 
 
-_DISCONNECTED, _CONNECTING, _CONNECTED, _REASSERTING, _FAILED = State
+# Short names keep one entry to a line.
+_DISCONNECTED = State.DISCONNECTED
+_CONNECTING = State.CONNECTING
+_CONNECTED = State.CONNECTED
+_REASSERTING = State.REASSERTING
+_FAILED = State.FAILED
 
 _START = Transition(_CONNECTING, (_restart_backoff, _begin_trouble, _reconnect(Cause.START)))
 _STOP = Transition(_DISCONNECTED, (_clear_timers,))
