@@ -1,7 +1,11 @@
-"""Tunnel lifecycle: states, wake and path-change handling, debounced reconnection with backoff."""
+"""Tunnel lifecycle: states, wake and path-change handling, debounced reconnection with backoff.
+
+The transitions are one table, `machine.TRANSITIONS`; the events it is keyed by are in `events`.
+"""
 
 from dnsguard.lifecycle.clock import Wake, WakeDetector, boottime, monotonic
 from dnsguard.lifecycle.machine import (
+    TRANSITIONS,
     Action,
     Cause,
     GiveUp,
@@ -12,9 +16,11 @@ from dnsguard.lifecycle.machine import (
     Reconnect,
     State,
     StateChanged,
+    Transition,
 )
 
 __all__ = [
+    "TRANSITIONS",
     "Action",
     "Cause",
     "GiveUp",
@@ -25,6 +31,7 @@ __all__ = [
     "Reconnect",
     "State",
     "StateChanged",
+    "Transition",
     "Wake",
     "WakeDetector",
     "boottime",
