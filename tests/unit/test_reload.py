@@ -263,6 +263,26 @@ async def test_a_deleted_list_file_fails_the_reload_and_the_lists_keep_serving(
         await service.close()
 
 
+def test_a_source_that_cannot_be_read_keeps_its_last_good_copy(tmp_path: Path) -> None:
+    """Between the configuration check and the compile (or for a URL's cached download), a source can
+    still become unreadable: its last good compiled copy stays."""
+    path = write_config(tmp_path)
+    ads = tmp_path / "ads.txt"
+    ads.write_text(BIG_LIST)
+    config = load_config(str(path))
+    assert build_sync(config).matcher.match("host3.blocked.example").blocked
+    ads.unlink()
+    os.mkfifo(ads)  # exists, but is no list: refused without blocking
+    again = build_sync(config)
+    report = again.sources[0]
+    assert report.status == "kept" and report.error == "a FIFO, not a regular file"
+    assert again.matcher.match("host3.blocked.example").blocked
+    ads.unlink()
+    gone = build_sync(config)
+    assert gone.sources[0].status == "kept" and "No such file" in (gone.sources[0].error or "")
+    assert gone.matcher.match("host3.blocked.example").blocked
+
+
 async def test_a_list_that_recovers_replaces_the_kept_copy(tmp_path: Path) -> None:
     path = write_config(tmp_path)
     ads = tmp_path / "ads.txt"
