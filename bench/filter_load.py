@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dnsguard.filter import Matcher, compile_matcher, parse_file, release_free_memory  # noqa: E402
+from dnsguard.app.memory import release_free_memory  # noqa: E402
+from dnsguard.filter import Matcher, compile_matcher, parse_file  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 DEFAULT_LISTS = DATA / "blocklists"

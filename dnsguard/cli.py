@@ -47,21 +47,21 @@ def _pubkey(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from dnsguard.daemon.server import run_server
+    from dnsguard.app.server import run_server
 
     _require_net_admin("server")
     return run_server(args.config)
 
 
 def _up(args: argparse.Namespace) -> int:
-    from dnsguard.daemon.client import run_client
+    from dnsguard.app.client import run_client
 
     _require_net_admin("up")
     return run_client(args.config)
 
 
 def _down(args: argparse.Namespace) -> int:
-    from dnsguard.daemon.client import run_down
+    from dnsguard.app.client import run_down
 
     _require_net_admin("down")
     return run_down(args.config, args.interface)
@@ -70,12 +70,12 @@ def _down(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     import json
 
-    from dnsguard.ops.remote import api_request
+    from dnsguard.app.remote import api_request
 
     config_path = args.config
     if config_path is None:
         # A client records its configuration file in its state file: `dnsguard status` finds its API.
-        from dnsguard.daemon.client import read_status
+        from dnsguard.app.client import read_status
 
         try:
             config_path = str(read_status(args.interface)["config"])
@@ -165,7 +165,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
 
 
 def _resolve(args: argparse.Namespace) -> int:
-    from dnsguard.daemon.resolve import run_resolve
+    from dnsguard.app.resolve import run_resolve
 
     return run_resolve(args.config)
 
@@ -176,10 +176,10 @@ def _check(args: argparse.Namespace) -> int:
     Every error of the file is printed, one line each, and the exit code is 2. URL sources are not
     downloaded here; their cached copies are used when present.
     """
+    from dnsguard.app.lists import build_sync, cached_downloads
     from dnsguard.config import check_startable, load_config, upstream_servers
     from dnsguard.errors import ConfigErrors
     from dnsguard.policy.engine import Policy
-    from dnsguard.sources.build import build_sync, cached_downloads
 
     try:
         config = load_config(args.config)
@@ -213,19 +213,19 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from dnsguard.daemon.resolve import run_explain
+    from dnsguard.app.resolve import run_explain
 
     return run_explain(args.config, args.name, args.client)
 
 
 def _lists(args: argparse.Namespace) -> int:
-    from dnsguard.daemon.resolve import run_lists_update
+    from dnsguard.app.resolve import run_lists_update
 
     return run_lists_update(args.config)
 
 
 def _pause(args: argparse.Namespace) -> int:
-    from dnsguard.ops.remote import api_request
+    from dnsguard.app.remote import api_request
 
     state = api_request(args.config, "POST", f"/api/blocking/pause?minutes={args.minutes}")
     print(f"blocking paused until {_local_time(state['paused_until'])}")
@@ -233,7 +233,7 @@ def _pause(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from dnsguard.ops.remote import api_request
+    from dnsguard.app.remote import api_request
 
     api_request(args.config, "POST", "/api/blocking/resume")
     print("blocking resumed")
@@ -243,7 +243,7 @@ def _resume(args: argparse.Namespace) -> int:
 def _queries(args: argparse.Namespace) -> int:
     import urllib.parse
 
-    from dnsguard.ops.remote import api_request
+    from dnsguard.app.remote import api_request
 
     filters = {"limit": str(args.limit)}
     for key in ("client", "result", "name"):

@@ -4,7 +4,7 @@ Typical use (the policy layer does this for each configured list and group)::
 
     parsed = [parse_file("hosts.txt", "ads"), parse_text(text, ListSource("ads", url)), ...]
     matcher = compile_matcher(parsed)                         # matcher.reports: what was skipped, where
-    del parsed; release_free_memory()                         # the build's transient memory goes back
+    del parsed                                                # (dnsguard.app.memory gives pages back)
     kids = matcher.select(["ads", "adult", "allow-school"])   # once per policy group
     verdict = kids.match("tracker.example.com")               # per query: canonical name in
     if verdict.blocked: ...                                   # verdict.list_name, .source, .line, .rule
@@ -48,7 +48,6 @@ from dnsguard.filter.matcher import (
     Selection,
     Verdict,
     compile_matcher,
-    release_free_memory,
 )
 from dnsguard.filter.rules import LineResult, Outcome, Scope, canonical_name, parse_line
 
@@ -74,5 +73,4 @@ __all__ = [
     "parse_file",
     "parse_line",
     "parse_text",
-    "release_free_memory",
 ]

@@ -38,12 +38,11 @@ those whose required suffix or label the name has (or that have neither), each a
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import sys
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from itertools import accumulate, repeat
@@ -75,7 +74,6 @@ __all__ = [
     "Verdict",
     "Words",
     "compile_matcher",
-    "release_free_memory",
 ]
 
 DEFAULT_CACHE_SIZE: Final = 4096
@@ -220,17 +218,6 @@ _FLIP_TOP_BIT: Final = bytes(b ^ 0x80 for b in range(256))
 # High 32 bits of the IEEE-754 double 2**52: biased exponent 1075, zero mantissa. Doubles in [2**52, 2**53)
 # are exactly the integers there, and their high word is this plus the top 20 bits of (value - 2**52).
 _HIGH_WORD_OF_TWO_52: Final = 0x43300000
-
-
-def release_free_memory() -> None:
-    """Give freed heap pages back to the system (glibc; elsewhere a no-op); call after dropping parses."""
-    # glibc keeps freed memory below the top of its heap mapped: the build's transient hundred-odd MB
-    # (texts, name strings, float keys) would otherwise stay in the daemon's RSS after every (re)load.
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
-        return
-    trim(0)
 
 
 def _words(data: array[int] | array[float], which: int) -> array[int]:
@@ -681,13 +668,15 @@ def compile_matcher(
     lists: Sequence[str] = (),
     max_regex_rules: int = DEFAULT_MAX_REGEX_RULES,
     name_hash: NameHash = hash,
+    release_memory: Callable[[], None] = lambda: None,
 ) -> Matcher:
     """Compile parsed sources into one matcher; `lists` declares list names (and order) up front.
 
     ``$badfilter`` rules apply across all sources, as in AdGuard: they disable the identical rule
     wherever it is listed. The parsed sources are not needed afterwards (their reports are kept in
-    `Matcher.reports`): drop them and call `release_free_memory` to return their memory. `name_hash`
-    must be the hash the sources were parsed with.
+    `Matcher.reports`): drop them and release their memory (dnsguard.app.memory). `name_hash` must be
+    the hash the sources were parsed with; `release_memory` is called once the transient arrays of the
+    compile are dropped, so the caller can hand their pages back to the system before the next step.
     """
     list_names = list(dict.fromkeys([*lists, *(p.source.list_name for p in parsed)]))
     list_ids = {name: i for i, name in enumerate(list_names)}
@@ -747,7 +736,7 @@ def compile_matcher(
     low_hashes = _words(hashes, _LOW_WORD)
     entries, directory = _sorted_index(hashes)
     del hashes
-    release_free_memory()
+    release_memory()
 
     return Matcher(
         list_names=tuple(list_names),

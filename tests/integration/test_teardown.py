@@ -28,7 +28,7 @@ SNAPSHOT_COMMANDS = (
     "nft list ruleset",
 )
 START_UP_STEPS = ("claimed", "kill-switch", "routes", "tunnel", "forwarding", "dns", "ready")
-"""Every named point of the client's start-up (dnsguard.daemon.client.Client._step)."""
+"""Every named point of the client's start-up (dnsguard.app.client.Client._step)."""
 
 
 def snapshot(lab: Lab, role: str = "client") -> dict[str, str]:

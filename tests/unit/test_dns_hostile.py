@@ -15,10 +15,10 @@ from dnslib import CNAME, EDNS0, QTYPE, RCODE, RR, TXT, A, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnsguard.daemon.dns_server import ListenerStats, TcpSettings, _serve_tcp
 from dnsguard.dns import wire
 from dnsguard.dns.resolver import OUTAGE_LOG_INTERVAL, Forward
 from dnsguard.dns.upstream_errors import UpstreamReplyError
+from dnsguard.net.dns_listeners import ListenerStats, TcpSettings, _serve_tcp
 from tests.unit.test_dns_wire import mutated, pointer_loop_query
 from tests.unit.test_resolver import make, parse, query
 

@@ -9,7 +9,9 @@ from typing import NamedTuple
 
 import pytest
 
-from dnsguard.daemon.dns_server import (
+from dnsguard.dns.admission import AdmissionSettings, ClientAdmission
+from dnsguard.dns.resolver import Forward
+from dnsguard.net.dns_listeners import (
     BATCH_SLOT_SIZE,
     BATCH_SLOTS,
     DnsListeners,
@@ -18,8 +20,6 @@ from dnsguard.daemon.dns_server import (
     TcpSettings,
     UdpListener,
 )
-from dnsguard.dns.admission import AdmissionSettings, ClientAdmission
-from dnsguard.dns.resolver import Forward
 
 
 def udp_pair(family: socket.AddressFamily, host: str) -> tuple[socket.socket, list[socket.socket]]:

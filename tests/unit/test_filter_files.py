@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from dnsguard.app.lists import build_sync
 from dnsguard.config.loader import ByteSize
 from dnsguard.config.model import Config, ListConfig, ListsLoadingConfig
 from dnsguard.errors import DnsguardError
 from dnsguard.filter import ListSource, compile_matcher, parse_file, parse_text
 from dnsguard.filter.lists import DEFAULT_MAX_FILE_SIZE, ListFileError, read_list_file
 from dnsguard.filter.rules import EXCERPT_CHARS, Outcome, parse_line
-from dnsguard.sources.build import build_sync
 
 MIB = 1024 * 1024
 

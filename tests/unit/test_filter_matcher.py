@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dnsguard.app.memory import release_free_memory
 from dnsguard.errors import ConfigError, DnsguardError
 from dnsguard.filter import (
     NOT_LISTED,
@@ -20,7 +21,6 @@ from dnsguard.filter import (
     parse_file,
     parse_line,
     parse_text,
-    release_free_memory,
 )
 from dnsguard.filter import matcher as matcher_module
 from dnsguard.filter.rules import Outcome, Scope, category_allow, category_important, category_scope

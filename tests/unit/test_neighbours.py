@@ -11,10 +11,10 @@ from pyroute2.netlink.rtnl import RTM_DELNEIGH, RTM_NEWNEIGH
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
+from dnsguard.app.lists import build_sync
 from dnsguard.config.model import Config, GroupConfig
 from dnsguard.net.neighbours import NeighbourMonitor, NeighbourTable, neighbour_update
 from dnsguard.policy.engine import Policy
-from dnsguard.sources.build import build_sync
 
 NUD_REACHABLE, NUD_STALE, NUD_FAILED, NUD_INCOMPLETE = 0x02, 0x04, 0x20, 0x01
 TABLET, LAPTOP = "02:00:5e:10:00:01", "02:00:5e:10:00:02"

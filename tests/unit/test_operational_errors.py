@@ -16,15 +16,15 @@ from types import SimpleNamespace
 
 import pytest
 
+from dnsguard.app.api import Api, Operations, handshake_times
+from dnsguard.app.observe import ReloadCounter, TunnelObserver
 from dnsguard.cli import EXIT_BROKEN_PIPE, main, status_lines
-from dnsguard.daemon.dns_server import DnsListeners
 from dnsguard.lifecycle import Lifecycle
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net import bind
 from dnsguard.net.bind import BindError, bind_error, listening_socket, port_holder
+from dnsguard.net.dns_listeners import DnsListeners
 from dnsguard.net.journal import state_file
-from dnsguard.ops.api import Api, Operations, handshake_times
-from dnsguard.ops.observe import ReloadCounter, TunnelObserver
 from tests.unit.test_ops import TOKEN, running_daemon, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,8 +158,8 @@ async def test_operations_refuse_a_taken_api_port_and_leave_nothing_listening(
 ) -> None:
     host, port = taken_tcp
     path = write_config(tmp_path, api={"listen": "127.0.0.1:0"}, metrics={"listen": f"{host}:{port}"})
+    from dnsguard.app.resolve import ResolveDaemon, ResolverService
     from dnsguard.config import load_config
-    from dnsguard.daemon.resolve import ResolveDaemon, ResolverService
 
     service = ResolverService(str(path), load_config(str(path)))
     await service.start(listen=False)
@@ -257,7 +257,7 @@ def test_handshake_times_are_wall_clock() -> None:
 
 
 async def test_status_of_a_client_shows_the_handshake_on_the_wall_clock(tmp_path: Path) -> None:
-    from dnsguard.daemon.resolve import ResolverService
+    from dnsguard.app.resolve import ResolverService
 
     lifecycle = Lifecycle()
     lifecycle.start(boottime() - 60)
@@ -316,7 +316,7 @@ async def test_status_command_asks_the_running_daemon(
 async def test_status_without_a_config_finds_the_client_by_its_interface(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dnsguard.daemon import client
+    from dnsguard.app import client
 
     monkeypatch.setattr(client, "RUN_DIR", tmp_path / "run")
     assert await asyncio.to_thread(main, ["status", "--interface", "dg7"]) == 1

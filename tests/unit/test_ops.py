@@ -17,15 +17,15 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from dnsguard.app.api import Api, Operations
+from dnsguard.app.metrics import registry_for, render
+from dnsguard.app.observe import BUCKETS, DnsObserver, DurationHistogram, ReloadCounter, TunnelObserver
+from dnsguard.app.resolve import ResolveDaemon, ResolverService
+from dnsguard.app.tunnel import TunnelStats
+from dnsguard.app.watch import FileWatcher, watched_files
 from dnsguard.config import load_config
-from dnsguard.daemon.resolve import ResolveDaemon, ResolverService
-from dnsguard.daemon.tunnel import TunnelStats
 from dnsguard.dns.resolver import Forward
 from dnsguard.lifecycle import Cause, Lifecycle
-from dnsguard.ops.api import Api, Operations
-from dnsguard.ops.metrics import registry_for, render
-from dnsguard.ops.observe import BUCKETS, DnsObserver, DurationHistogram, ReloadCounter, TunnelObserver
-from dnsguard.ops.watch import FileWatcher, watched_files
 from dnsguard.wireguard.device import Device
 from dnsguard.wireguard.events import HandshakeCompleted, HandshakeGaveUp, HandshakeInitiationSent
 from dnsguard.wireguard.keys import generate_private_key, public_key
@@ -367,7 +367,7 @@ def test_systemd_notification_reaches_the_notify_socket(
 ) -> None:
     import socket
 
-    from dnsguard.daemon.common import notify_systemd
+    from dnsguard.app.common import notify_systemd
 
     address = str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:

@@ -17,18 +17,18 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from dnsguard.app import list_store as store
+from dnsguard.app import lists as build_module
+from dnsguard.app.api import Api
+from dnsguard.app.common import config_line, install_signal_handlers, prepare_peers
+from dnsguard.app.dns_filtering import FilteringTunnelDaemon, TunnelDns, filtering_config
+from dnsguard.app.lists import BuildError, build_sync
+from dnsguard.app.observe import ReloadCounter
+from dnsguard.app.resolve import ResolveDaemon, ResolverService
 from dnsguard.config import Config, load_config
-from dnsguard.daemon.common import config_line, install_signal_handlers, prepare_peers
-from dnsguard.daemon.dns_filtering import FilteringTunnelDaemon, TunnelDns, filtering_config
-from dnsguard.daemon.resolve import ResolveDaemon, ResolverService
 from dnsguard.dns.resolver import Forward
 from dnsguard.filter import compiled
 from dnsguard.filter.matcher import Action
-from dnsguard.ops.api import Api
-from dnsguard.ops.observe import ReloadCounter
-from dnsguard.sources import build as build_module
-from dnsguard.sources import store
-from dnsguard.sources.build import BuildError, build_sync
 from dnsguard.wireguard.keys import generate_private_key, public_key
 from tests.unit.test_ops import query, started_service, write_config
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
+from dnsguard.app.lists import build_sync
 from dnsguard.config import Config, GroupConfig, ListConfig, RewriteConfig
 from dnsguard.config.model import BlockingConfig
 from dnsguard.dns.cache import AnswerCache
@@ -15,7 +16,6 @@ from dnsguard.dns.resolver import Forward, Resolver
 from dnsguard.dns.upstream_errors import AllUpstreamsFailedError
 from dnsguard.net.forwarding import Forwarder
 from dnsguard.policy.engine import Policy
-from dnsguard.sources.build import build_sync
 
 
 def query(name: str, qtype: str = "A", ident: int = 0x1234) -> bytes:

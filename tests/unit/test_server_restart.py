@@ -7,7 +7,7 @@ import itertools
 import json
 from pathlib import Path
 
-from dnsguard.daemon.endpoints import EndpointMemory
+from dnsguard.app.endpoints import EndpointMemory
 from dnsguard.wireguard.constants import REKEY_TIMEOUT
 from tests.unit.test_wireguard_device import B_ADDRESS, Host, Lab, completed, connected
 

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from dnsguard.sources import ListFetcher
+from dnsguard.net.downloads import ListFetcher
 
 GOOD = "".join(f"0.0.0.0 ads{i}.example\n" for i in range(100))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
+from dnsguard.app.lists import build_sync
 from dnsguard.config import Config, GroupConfig, load_config
 from dnsguard.config.model import SpecialUseConfig
 from dnsguard.dns.resolver import Forward, Resolver
@@ -19,7 +20,6 @@ from dnsguard.policy.special import (
     SpecialUseNames,
     reverse_zones,
 )
-from dnsguard.sources.build import build_sync
 
 QTYPES = {"A": 1, "AAAA": 28, "MX": 15, "PTR": 12, "DS": 43, "NS": 2, "HTTPS": 65}
 

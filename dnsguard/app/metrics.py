@@ -17,19 +17,19 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from dnsguard import __version__
+from dnsguard.app.observe import DurationHistogram
 from dnsguard.dns.admission import REFUSAL_REASONS
 from dnsguard.dns.resolver import RESULTS as RESOLVER_RESULTS
 from dnsguard.dns.wire import MALFORMED_REASONS
 from dnsguard.lifecycle import Cause, State
-from dnsguard.ops.observe import DurationHistogram
 
 if TYPE_CHECKING:
+    from dnsguard.app.operated import Operated
+    from dnsguard.app.resolve import ResolverService
+    from dnsguard.app.tunnel import TunnelShell
     from dnsguard.config import Config
-    from dnsguard.daemon.dns_server import DnsListeners
-    from dnsguard.daemon.resolve import ResolverService
-    from dnsguard.daemon.tunnel import TunnelShell
     from dnsguard.dns.resolver import Resolver
-    from dnsguard.ops.daemon import Operated
+    from dnsguard.net.dns_listeners import DnsListeners
 
 # The resolver's own result names that the metrics fold into another one.
 RESULT_ALIASES = {"stale": "cached"}

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from dnsguard import __version__
+from dnsguard.app.metrics import peer_names, registry_for, render
+from dnsguard.app.watch import FileWatcher, watched_files
 from dnsguard.config.addresses import parse_hostport
 from dnsguard.errors import DnsguardError
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.bind import listening_socket
-from dnsguard.ops.metrics import peer_names, registry_for, render
-from dnsguard.ops.watch import FileWatcher, watched_files
 
 if TYPE_CHECKING:
-    from dnsguard.daemon.resolve import ResolverService
-    from dnsguard.ops.daemon import Operated
+    from dnsguard.app.operated import Operated
+    from dnsguard.app.resolve import ResolverService
 
 log = logging.getLogger("dnsguard.api")
 

@@ -2,9 +2,9 @@
 
 A source that cannot be read, or whose new copy is rejected (empty, garbage, far shorter than the last
 good one), keeps its last good compiled copy and is reported; it never empties the rest of its list or
-stops the others (see `dnsguard.sources.store`). Only sources whose content changed are parsed again, and
+stops the others (see `dnsguard.app.list_store`). Only sources whose content changed are parsed again, and
 an index for unchanged sources is loaded from the cache directory, mapped into memory, without
-compiling. Big compiles run in a child process (`dnsguard.sources.compiler`), so a daemon keeps
+compiling. Big compiles run in a child process (`dnsguard.app.list_compiler`), so a daemon keeps
 answering with its current matcher at full speed while a new one is built.
 """
 
@@ -22,6 +22,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
+from dnsguard.app.list_store import (
+    CompileJob,
+    JobResult,
+    SourceJob,
+    SourceOutcome,
+    StoreError,
+    plan,
+    prepare_directory,
+    read_source,
+    run_job,
+)
+from dnsguard.app.memory import release_free_memory
 from dnsguard.config.model import Config
 from dnsguard.errors import DnsguardError
 from dnsguard.filter.compiled import (
@@ -33,24 +45,13 @@ from dnsguard.filter.compiled import (
     read_header,
 )
 from dnsguard.filter.lists import ListFileError, ParsedSource, parse_bytes
-from dnsguard.filter.matcher import Matcher, compile_matcher, release_free_memory
-from dnsguard.sources.fetch import FetchResult, ListFetcher, ProgressCallback
-from dnsguard.sources.store import (
-    CompileJob,
-    JobResult,
-    SourceJob,
-    SourceOutcome,
-    StoreError,
-    plan,
-    prepare_directory,
-    read_source,
-    run_job,
-)
+from dnsguard.filter.matcher import Matcher, compile_matcher
+from dnsguard.net.downloads import FetchResult, ListFetcher, ProgressCallback
 
 log = logging.getLogger("dnsguard.lists")
 
 SourceReport = SourceOutcome
-"""What became of one source in a build (see `dnsguard.sources.store.SourceOutcome`)."""
+"""What became of one source in a build (see `dnsguard.app.list_store.SourceOutcome`)."""
 
 IN_PROCESS_BYTES: Final = 256 * 1024
 IN_PROCESS_RULES: Final = 50_000
@@ -178,7 +179,7 @@ def _in_memory(config: Config, fetched: dict[str, FetchResult], reason: str) -> 
         report.examples = [str(issue) for issue in result.report.issues[:5]]
         parsed.append(result)
         reports.append(report)
-    matcher = compile_matcher(parsed, lists=list(config.lists))
+    matcher = compile_matcher(parsed, lists=list(config.lists), release_memory=release_free_memory)
     del parsed
     release_free_memory()
     return BuildResult(matcher, reports, time.perf_counter() - started, time.time())
@@ -214,11 +215,11 @@ def _load_compiled(result: JobResult, key: bytes, started: float) -> BuildResult
 
 
 async def compile_in_child(job: CompileJob, key: bytes) -> JobResult:
-    """Run the compile in `python -m dnsguard.sources.compiler`; BuildError with its message on failure."""
+    """Run the compile in `python -m dnsguard.app.list_compiler`; BuildError with its message on failure."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "dnsguard.sources.compiler",
+        "dnsguard.app.list_compiler",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

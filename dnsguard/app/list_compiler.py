@@ -1,4 +1,4 @@
-"""The list compiler as a child process: ``python -m dnsguard.sources.compiler`` < job > result.
+"""The list compiler as a child process: ``python -m dnsguard.app.list_compiler`` < job > result.
 
 A daemon runs big compiles here rather than in a thread: parsing and sorting a million names holds the
 GIL for seconds at a stretch (measured: a 200 q/s stream saw 1 s stalls and lost queries while a thread
@@ -15,8 +15,8 @@ import json
 import os
 import sys
 
+from dnsguard.app.list_store import CompileJob, run_job
 from dnsguard.errors import DnsguardError
-from dnsguard.sources.store import CompileJob, run_job
 
 NICENESS = 10
 """The compile yields the CPU to the daemons that serve DNS (two cores are common on gateways)."""

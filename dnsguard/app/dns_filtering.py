@@ -9,15 +9,16 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dnsguard.app.common import Prepared, Reloader
+from dnsguard.app.observe import ReloadCounter
+from dnsguard.app.resolve import ResolverService
+from dnsguard.app.tunnel import TunnelShell
 from dnsguard.config import Config, GroupConfig, TunnelConfig
 from dnsguard.config.addresses import is_ip
-from dnsguard.daemon.common import Prepared, Reloader
-from dnsguard.daemon.resolve import ResolverService
-from dnsguard.daemon.tunnel import SO_MARK, TunnelShell
 from dnsguard.errors import ConfigError
 from dnsguard.net.firewall import RESOLVER_MARK_OFFSET, DnsRedirect
 from dnsguard.net.interfaces import connected_networks, host_addresses
-from dnsguard.ops.observe import ReloadCounter
+from dnsguard.net.udp import SO_MARK
 
 log = logging.getLogger("dnsguard.dns")
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from dnsguard.config import Config, TunnelConfig, load_config
-from dnsguard.daemon.common import (
+from dnsguard.app.api import Operations
+from dnsguard.app.common import (
     DEFAULT_MTU,
     DEFAULT_PORT,
     apply_peers,
@@ -23,16 +23,17 @@ from dnsguard.daemon.common import (
     require_tunnel,
     setup_logging,
 )
-from dnsguard.daemon.dns_filtering import FilteringTunnelDaemon, TunnelDns, wants_filtering
-from dnsguard.daemon.endpoints import EndpointMemory, memory_path
-from dnsguard.daemon.tunnel import TunnelShell, UdpEndpoint
+from dnsguard.app.dns_filtering import FilteringTunnelDaemon, TunnelDns, wants_filtering
+from dnsguard.app.endpoints import EndpointMemory, memory_path
+from dnsguard.app.observe import ReloadCounter, TunnelObserver
+from dnsguard.app.tunnel import TunnelShell
+from dnsguard.config import Config, TunnelConfig, load_config
 from dnsguard.errors import NetworkError
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.firewall import ServerNat
 from dnsguard.net.routing import add_address, set_forwarding
 from dnsguard.net.tun import TunDevice
-from dnsguard.ops.api import Operations
-from dnsguard.ops.observe import ReloadCounter, TunnelObserver
+from dnsguard.net.udp import UdpEndpoint
 from dnsguard.wireguard.events import Event, HandshakeCompleted, PeerEndpointChanged
 
 log = logging.getLogger("dnsguard.server")

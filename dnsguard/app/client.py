@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dnsguard.config import Config, TunnelConfig, load_config
-from dnsguard.daemon.common import (
+from dnsguard.app.api import Operations
+from dnsguard.app.common import (
     DEFAULT_MTU,
     apply_peers,
     build_device,
@@ -24,8 +24,10 @@ from dnsguard.daemon.common import (
     require_tunnel,
     setup_logging,
 )
-from dnsguard.daemon.dns_filtering import FilteringTunnelDaemon, TunnelDns, wants_filtering
-from dnsguard.daemon.tunnel import PacketFilter, TunnelShell, UdpEndpoint
+from dnsguard.app.dns_filtering import FilteringTunnelDaemon, TunnelDns, wants_filtering
+from dnsguard.app.observe import ReloadCounter, TunnelObserver
+from dnsguard.app.tunnel import PacketFilter, TunnelShell
+from dnsguard.config import Config, TunnelConfig, load_config
 from dnsguard.errors import DnsguardError
 from dnsguard.lifecycle import (
     GiveUp,
@@ -52,8 +54,7 @@ from dnsguard.net.journal import (
 from dnsguard.net.monitor import PathMonitor
 from dnsguard.net.routing import RoutingPlan, local_networks, set_forwarding
 from dnsguard.net.tun import TunDevice
-from dnsguard.ops.api import Operations
-from dnsguard.ops.observe import ReloadCounter, TunnelObserver
+from dnsguard.net.udp import UdpEndpoint
 from dnsguard.wireguard.events import Event, HandshakeCompleted, HandshakeGaveUp, PeerEndpointChanged
 
 log = logging.getLogger("dnsguard.client")

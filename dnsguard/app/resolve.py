@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dnsguard.config import Config, load_config
-from dnsguard.daemon.common import (
+from dnsguard.app.api import Operations
+from dnsguard.app.common import (
     Prepared,
     Reloader,
     install_signal_handlers,
@@ -21,28 +21,27 @@ from dnsguard.daemon.common import (
     run_loop,
     setup_logging,
 )
-from dnsguard.daemon.dns_server import (
+from dnsguard.app.observe import DnsObserver, ReloadCounter, TunnelObserver
+from dnsguard.config import Config, load_config
+from dnsguard.dns.admission import ClientAdmission
+from dnsguard.dns.cache import AnswerCache
+from dnsguard.dns.resolver import Resolver
+from dnsguard.dns.upstream_spec import parse_upstream
+from dnsguard.errors import ConfigError
+from dnsguard.net.dns_listeners import (
     DnsListeners,
     TcpSettings,
     admission_for,
     allowed_local_networks,
     tcp_settings,
 )
-from dnsguard.dns.admission import ClientAdmission
-from dnsguard.dns.cache import AnswerCache
-from dnsguard.dns.resolver import Resolver
-from dnsguard.dns.upstream_spec import parse_upstream
-from dnsguard.errors import ConfigError
 from dnsguard.net.forwarding import Forwarder
 from dnsguard.net.upstream import TransportOptions, UpstreamGroup, create_upstream
-from dnsguard.ops.api import Operations
-from dnsguard.ops.observe import DnsObserver, ReloadCounter, TunnelObserver
 from dnsguard.policy.clients import MacLookup, is_mac
 
 if TYPE_CHECKING:
     from dnsguard.net.neighbours import NeighbourTable
-from dnsguard.policy.engine import Policy
-from dnsguard.sources.build import (
+from dnsguard.app.lists import (
     BuildResult,
     build,
     build_from,
@@ -51,7 +50,8 @@ from dnsguard.sources.build import (
     fetcher_for,
     urls_of,
 )
-from dnsguard.sources.fetch import FetchResult
+from dnsguard.net.downloads import FetchResult
+from dnsguard.policy.engine import Policy
 
 log = logging.getLogger("dnsguard.resolve")
 

@@ -14,8 +14,8 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from dnsguard.app.lists import is_inline, is_url
 from dnsguard.config import Config
-from dnsguard.sources.build import is_inline, is_url
 
 log = logging.getLogger("dnsguard.watch")
 

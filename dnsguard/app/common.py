@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from dnsguard.app.observe import ReloadCounter
 from dnsguard.config import Config, PeerConfig, TunnelConfig, load_config
 from dnsguard.config.addresses import parse_hostport
 from dnsguard.errors import ConfigError, DnsguardError
-from dnsguard.ops.observe import ReloadCounter
 
 if TYPE_CHECKING:
     from dnsguard.wireguard.device import Device

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from dnsguard.app.observe import ReloadCounter, TunnelObserver
+    from dnsguard.app.resolve import ResolverService
+    from dnsguard.app.tunnel import TunnelShell
     from dnsguard.config import Config
-    from dnsguard.daemon.resolve import ResolverService
-    from dnsguard.daemon.tunnel import TunnelShell
     from dnsguard.lifecycle import Lifecycle
-    from dnsguard.ops.observe import ReloadCounter, TunnelObserver
 
 
 class Operated(Protocol):

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from dnsguard.app.memory import release_free_memory
 from dnsguard.errors import DnsguardError
 from dnsguard.filter.compiled import (
     KEY_BYTES,
@@ -51,7 +52,7 @@ from dnsguard.filter.lists import (
     parse_bytes,
     read_list_file,
 )
-from dnsguard.filter.matcher import compile_matcher, release_free_memory
+from dnsguard.filter.matcher import compile_matcher
 
 log = logging.getLogger("dnsguard.lists")
 
@@ -464,7 +465,12 @@ def run_job(job: CompileJob, key: bytes) -> JobResult:
     path = index_path(directory, key, job.list_names, digests)
     built = False
     if not _index_usable(path):
-        matcher = compile_matcher(parsed, lists=job.list_names, name_hash=keyed_name_hash(key))
+        matcher = compile_matcher(
+            parsed,
+            lists=job.list_names,
+            name_hash=keyed_name_hash(key),
+            release_memory=release_free_memory,
+        )
         atomic_write(path, index_chunks(matcher, parsed, key))
         del matcher
         built = True

@@ -1,1 +1,0 @@
-"""Operations: Prometheus metrics, the HTTP API and reloading on file change, for every daemon."""
