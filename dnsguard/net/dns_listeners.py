@@ -358,7 +358,8 @@ async def _serve_tcp(
                 stats.internal_error(exc, clock())
                 reply = _error_reply(data)
             if reply is not None:
-                await send(reply)
+                with contextlib.suppress(OSError):  # the client went away: nothing to answer
+                    await send(reply)
         finally:
             in_flight.release()
             if admission is not None:

@@ -42,7 +42,7 @@ def test_every_shipped_example_is_valid(path: Path) -> None:
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, ""))
     assert config.blocking.mode == "null_ip"
-    assert config.cache.max_entries == 100_000
+    assert config.cache.max_entries == 10_000
     assert config.tunnel is None
 
 
