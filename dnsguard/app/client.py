@@ -53,8 +53,9 @@ from dnsguard.net.journal import (
 )
 from dnsguard.net.monitor import PathMonitor
 from dnsguard.net.routing import RoutingPlan, local_networks, set_forwarding
-from dnsguard.net.tun import TunDevice
-from dnsguard.net.udp import UdpEndpoint
+from dnsguard.net.tun import PacketDevice, TunDevice
+from dnsguard.net.udp import DatagramEndpoint, UdpEndpoint
+from dnsguard.wireguard.device import Device
 from dnsguard.wireguard.events import Event, HandshakeCompleted, HandshakeGaveUp, PeerEndpointChanged
 
 log = logging.getLogger("dnsguard.client")
@@ -218,6 +219,22 @@ class Client(FilteringTunnelDaemon):
                 log.error("giving up: %s", action.reason)
                 self._stop.set()
 
+    def start_tunnel(self, device: Device, tun: PacketDevice, udp: DatagramEndpoint) -> TunnelShell:
+        """The shell on the running loop, its events and batches feeding the lifecycle."""
+        self.shell = TunnelShell(
+            device,
+            tun,
+            udp,
+            outbound_filter=self.outbound_filter,
+            on_event=self.on_event,
+            on_batch=self.on_batch,
+            clock=self.clock,
+        )
+        # The lifecycle starts first so that the very first handshake already counts.
+        self.lifecycle.start(self.clock())
+        self.shell.start()
+        return self.shell
+
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.tick())
@@ -329,18 +346,7 @@ class Client(FilteringTunnelDaemon):
             await self._step("routes")
             udp = UdpEndpoint(tunnel.listen_port or 0, fwmark=tunnel.fwmark)
             device = build_device(tunnel, self.clock())
-            self.shell = TunnelShell(
-                device,
-                tun,
-                udp,
-                outbound_filter=self.outbound_filter,
-                on_event=self.on_event,
-                on_batch=self.on_batch,
-                clock=self.clock,
-            )
-            # The lifecycle starts first so that the very first handshake already counts.
-            self.lifecycle.start(self.clock())
-            self.shell.start()
+            self.start_tunnel(device, tun, udp)
             await self._step("tunnel")
             if tunnel.lan_interfaces:
                 set_forwarding(True, record)
