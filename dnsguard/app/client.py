@@ -53,8 +53,9 @@ from dnsguard.net.journal import (
 )
 from dnsguard.net.monitor import PathMonitor
 from dnsguard.net.routing import RoutingPlan, local_networks, set_forwarding
-from dnsguard.net.tun import TunDevice
-from dnsguard.net.udp import UdpEndpoint
+from dnsguard.net.tun import PacketDevice, TunDevice
+from dnsguard.net.udp import DatagramEndpoint, UdpEndpoint
+from dnsguard.wireguard.device import Device
 from dnsguard.wireguard.events import Event, HandshakeCompleted, HandshakeGaveUp, PeerEndpointChanged
 
 log = logging.getLogger("dnsguard.client")
@@ -104,6 +105,10 @@ class Client(FilteringTunnelDaemon):
     reloads: ReloadCounter = field(default_factory=ReloadCounter)
     tunnel_observer: TunnelObserver = field(default_factory=TunnelObserver)
     kind: str = "client"
+    clock: Callable[[], float] = boottime
+    """CLOCK_BOOTTIME, the time fed to the lifecycle and the shell (tests pass a fake one)."""
+    monotonic_clock: Callable[[], float] = monotonic
+    """CLOCK_MONOTONIC: against `clock`, it tells a wake from suspend (lifecycle/clock.py)."""
 
     def __post_init__(self) -> None:
         self.wake_detector = WakeDetector(TICK)
@@ -130,7 +135,7 @@ class Client(FilteringTunnelDaemon):
 
     def on_event(self, event: Event) -> None:
         self.tunnel_observer.on_event(event)
-        now = boottime()
+        now = self.clock()
         if isinstance(event, HandshakeCompleted):
             self.lifecycle.handshake_completed(now)
         elif isinstance(event, HandshakeGaveUp):
@@ -147,7 +152,7 @@ class Client(FilteringTunnelDaemon):
 
     def on_path_change(self, what: str) -> None:
         """An uplink changed: the lifecycle merges a burst of these into one reconnection."""
-        self.lifecycle.path_changed(boottime())
+        self.lifecycle.path_changed(self.clock())
         loop = asyncio.get_running_loop()
         loop.call_later(self.lifecycle.settings.debounce + 0.01, self._run_due_timers)
         tunnel = self.config.tunnel
@@ -181,7 +186,7 @@ class Client(FilteringTunnelDaemon):
             log.warning("cannot refresh the local networks in the kill switch: %s", exc)
 
     def _run_due_timers(self) -> None:
-        now = boottime()
+        now = self.clock()
         timer = self.lifecycle.get_timer()
         if timer is not None and timer <= now:
             self.lifecycle.handle_timer(now)
@@ -191,7 +196,7 @@ class Client(FilteringTunnelDaemon):
         """Carry out what the lifecycle asks for."""
         shell = self.shell
         while (action := self.lifecycle.next_action()) is not None:
-            now = boottime()
+            now = self.clock()
             if isinstance(action, Reconnect):
                 log.info("reconnecting (%s, attempt %d)", action.cause.value, action.attempt)
                 if shell is not None:
@@ -214,22 +219,45 @@ class Client(FilteringTunnelDaemon):
                 log.error("giving up: %s", action.reason)
                 self._stop.set()
 
+    def start_tunnel(self, device: Device, tun: PacketDevice, udp: DatagramEndpoint) -> TunnelShell:
+        """The shell on the running loop, its events and batches feeding the lifecycle."""
+        self.shell = TunnelShell(
+            device,
+            tun,
+            udp,
+            outbound_filter=self.outbound_filter,
+            on_event=self.on_event,
+            on_batch=self.on_batch,
+            clock=self.clock,
+        )
+        # The lifecycle starts first so that the very first handshake already counts.
+        self.lifecycle.start(self.clock())
+        self.shell.start()
+        return self.shell
+
     async def _tick(self) -> None:
         while True:
-            now = boottime()
-            wake = self.wake_detector.observe(now, monotonic())
-            if wake is not None:
-                log.info(
-                    "%s for %.1f s: reconnecting now",
-                    "woke from suspend" if wake.suspended else "stalled",
-                    wake.gap,
-                )
-                self.lifecycle.wake_detected(now, wake.gap)
-            timer = self.lifecycle.get_timer()
-            if timer is not None and timer <= now:
-                self.lifecycle.handle_timer(now)
-            self.run_lifecycle()
-            await asyncio.sleep(min(TICK, max(0.05, (timer - now) if timer and timer > now else TICK)))
+            await asyncio.sleep(self.tick())
+
+    def tick(self) -> float:
+        """One look at the clocks: report a wake, fire the lifecycle's due timer, carry out its actions.
+
+        Returns the seconds until the next look (at most TICK, so that a wake is seen within one).
+        """
+        now = self.clock()
+        wake = self.wake_detector.observe(now, self.monotonic_clock())
+        if wake is not None:
+            log.info(
+                "%s for %.1f s: reconnecting now",
+                "woke from suspend" if wake.suspended else "stalled",
+                wake.gap,
+            )
+            self.lifecycle.wake_detected(now, wake.gap)
+        timer = self.lifecycle.get_timer()
+        if timer is not None and timer <= now:
+            self.lifecycle.handle_timer(now)
+        self.run_lifecycle()
+        return min(TICK, max(0.05, (timer - now) if timer and timer > now else TICK))
 
     def write_state(self) -> None:
         tunnel = self.config.tunnel
@@ -317,18 +345,8 @@ class Client(FilteringTunnelDaemon):
             await plan.apply(record)
             await self._step("routes")
             udp = UdpEndpoint(tunnel.listen_port or 0, fwmark=tunnel.fwmark)
-            device = build_device(tunnel, boottime())
-            self.shell = TunnelShell(
-                device,
-                tun,
-                udp,
-                outbound_filter=self.outbound_filter,
-                on_event=self.on_event,
-                on_batch=self.on_batch,
-            )
-            # The lifecycle starts first so that the very first handshake already counts.
-            self.lifecycle.start(boottime())
-            self.shell.start()
+            device = build_device(tunnel, self.clock())
+            self.start_tunnel(device, tun, udp)
             await self._step("tunnel")
             if tunnel.lan_interfaces:
                 set_forwarding(True, record)
@@ -379,7 +397,7 @@ class Client(FilteringTunnelDaemon):
         if self.monitor is not None:
             await self.monitor.stop()
         if self.lifecycle.state is not State.DISCONNECTED:
-            self.lifecycle.stop(boottime())
+            self.lifecycle.stop(self.clock())
         if self.dns is not None:
             try:
                 await self.dns.close()
@@ -412,8 +430,8 @@ class Client(FilteringTunnelDaemon):
 
         def commit() -> None:
             if self.shell is not None:
-                apply_peers(self.shell.device, peers, boottime())
-            self.lifecycle.config_reloaded(boottime(), endpoint_changed=endpoint_changed)
+                apply_peers(self.shell.device, peers, self.clock())
+            self.lifecycle.config_reloaded(self.clock(), endpoint_changed=endpoint_changed)
             self.run_lifecycle()
 
         return commit

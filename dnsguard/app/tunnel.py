@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dnsguard.lifecycle.clock import boottime
-from dnsguard.net.tun import TunDevice
-from dnsguard.net.udp import UdpEndpoint
+from dnsguard.net.tun import PacketDevice
+from dnsguard.net.udp import DatagramEndpoint, DatagramSocket
 from dnsguard.wireguard.device import Device
 from dnsguard.wireguard.events import Event
 
@@ -41,11 +40,15 @@ class TunnelStats:
 
 @dataclass
 class TunnelShell:
-    """Runs a Device against a TUN and a UdpEndpoint on the running asyncio loop."""
+    """Runs a Device against a TUN and a UDP endpoint on the running asyncio loop.
+
+    The TUN and the endpoint are interfaces (net/tun.py, net/udp.py): the daemons pass the real
+    ones, unit tests the in-memory fakes of net/fake.py.
+    """
 
     device: Device
-    tun: TunDevice
-    udp: UdpEndpoint
+    tun: PacketDevice
+    udp: DatagramEndpoint
     outbound_filter: PacketFilter | None = None
     """Client: DNS interception on packets read from the TUN (before encryption)."""
     inbound_filter: PacketFilter | None = None
@@ -122,7 +125,7 @@ class TunnelShell:
                 self.on_batch(False, now)
         self.flush()
 
-    def _udp_readable(self, sock: socket.socket) -> None:
+    def _udp_readable(self, sock: DatagramSocket) -> None:
         batch = []
         recvfrom = sock.recvfrom
         for _ in range(BATCH):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+from typing import Protocol
 
 from dnsguard.errors import NetworkError, PrivilegeError
 
@@ -13,6 +14,22 @@ IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
 MAX_PACKET = 65535
+
+
+class PacketDevice(Protocol):
+    """What the tunnel shell uses of a TUN: `TunDevice` here, `FakeTun` (net/fake.py) in tests."""
+
+    name: str
+    queue_full: int
+    """Packets dropped because the kernel's queue was full."""
+    write_errors: int
+    """Packets the kernel refused (dropped, counted)."""
+
+    def fileno(self) -> int: ...
+
+    def read_batch(self, limit: int = 128) -> list[bytes]: ...
+
+    def write(self, packet: bytes) -> None: ...
 
 
 class TunDevice:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from dnsguard.errors import NetworkError
 
@@ -28,6 +30,25 @@ def _configure(sock: socket.socket, fwmark: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
         except PermissionError as exc:
             raise NetworkError("setting SO_MARK on the tunnel socket needs CAP_NET_ADMIN") from exc
+
+
+class DatagramSocket(Protocol):
+    """What the tunnel shell uses of one socket: a descriptor to wait on, and non-blocking receive."""
+
+    def fileno(self) -> int: ...
+
+    def recvfrom(self, bufsize: int, /) -> tuple[bytes, Any]: ...
+
+
+class DatagramEndpoint(Protocol):
+    """What the tunnel shell uses of its encrypted side: `UdpEndpoint` here, `FakeUdpEndpoint` in tests."""
+
+    @property
+    def sockets(self) -> Mapping[int, DatagramSocket]: ...
+
+    def rebind(self) -> None: ...
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> bool: ...
 
 
 class UdpEndpoint:

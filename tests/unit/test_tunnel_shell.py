@@ -1,0 +1,206 @@
+"""The tunnel shell (app/tunnel.py) between two in-memory hosts: TUN to device to UDP and back, timers, drops.
+
+No root and no network: the edges are net/fake.py's, the loop a VirtualClockLoop (see shell_lab.py).
+"""
+
+from __future__ import annotations
+
+from shell_lab import (
+    CLIENT_IP,
+    CLIENT_NEW_ADDRESS,
+    SERVER_ADDRESS,
+    SERVER_IP,
+    ShellLab,
+    echo_request,
+    run_lab,
+)
+
+from dnsguard.app.tunnel import BATCH
+
+
+def test_a_ping_from_the_client_tun_arrives_decrypted_on_the_server_tun_and_its_reply_comes_back() -> None:
+    async def main(lab: ShellLab) -> None:
+        shell = lab.client_shell()
+        ping = echo_request(CLIENT_IP, SERVER_IP)
+        lab.client.tun.route(ping)
+        await lab.run_for(0.01)
+        assert lab.server.tun.take_written() == [ping]
+        assert [sent.destination for sent in lab.client.udp.sent][:1] == [SERVER_ADDRESS]
+        assert all(ping not in sent.data for sent in lab.client.udp.sent), "the ping left in clear"
+
+        reply = echo_request(SERVER_IP, CLIENT_IP, sequence=2)
+        lab.server.tun.route(reply)
+        await lab.run_for(0.01)
+        assert lab.client.tun.take_written() == [reply]
+        assert (shell.stats.tx_packets, shell.stats.rx_packets) == (1, 1)
+        assert lab.server.shell is not None
+        assert (lab.server.shell.stats.rx_packets, lab.server.shell.stats.tx_packets) == (1, 1)
+
+    run_lab(main)
+
+
+def test_more_packets_than_one_batch_all_arrive_in_order() -> None:
+    async def main(lab: ShellLab) -> None:
+        shell = lab.client_shell()
+        # With a session up (before it the device keeps only its staged queue's worth).
+        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 0))
+        await lab.run_for(0.01)
+        lab.server.tun.take_written()
+        batches: list[bool] = []
+        shell.on_batch = lambda received, now: batches.append(received)
+        pings = [echo_request(CLIENT_IP, SERVER_IP, sequence) for sequence in range(1, 2 * BATCH + 11)]
+        lab.client.tun.route(*pings)
+        await lab.run_for(0.01)
+        assert lab.server.tun.take_written() == pings
+        assert shell.stats.tx_packets == 1 + len(pings)
+        # One wake-up reads at most BATCH packets: three reads, each handed to the device as one batch.
+        assert batches == [False, False, False]
+
+    run_lab(main)
+
+
+def test_the_shell_arms_one_timer_for_the_devices_next_deadline_and_fires_it_exactly_then() -> None:
+    async def main(lab: ShellLab) -> None:
+        lab.network.blocked.add(SERVER_ADDRESS[0])
+        shell = lab.client_shell()
+        fired: list[float] = []
+        handle_timer = lab.client.device.handle_timer
+
+        def recording_handle_timer(now: float) -> None:
+            fired.append(now)
+            handle_timer(now)
+
+        lab.client.device.handle_timer = recording_handle_timer  # type: ignore[method-assign]
+        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP))
+        await lab.run_for(0.001)
+        assert len(lab.client.initiations()) == 1
+        deadline = lab.client.device.get_timer()
+        assert deadline is not None and deadline > lab.clock.boottime()
+        for _ in range(3):
+            shell.flush()  # the same deadline again: the armed timer stays, no second one
+        await lab.run_for(deadline - lab.clock.boottime() + 0.001)
+        assert fired == [deadline]
+        retransmit = lab.client.initiations()[1]
+        assert retransmit.time == deadline
+
+    run_lab(main)
+
+
+def test_a_full_tun_queue_drops_and_counts_what_does_not_fit_and_delivers_the_rest() -> None:
+    async def main(lab: ShellLab) -> None:
+        lab.client_shell()
+        lab.server.tun.write_capacity = 3
+        pings = [echo_request(CLIENT_IP, SERVER_IP, sequence) for sequence in range(1, 6)]
+        lab.client.tun.route(*pings)
+        await lab.run_for(0.01)
+        assert lab.server.tun.take_written() == pings[:3]
+        assert lab.server.tun.queue_full == 2
+
+        lab.client.tun.route(pings[4])
+        await lab.run_for(0.01)
+        assert lab.server.tun.take_written() == [pings[4]]
+        assert lab.server.tun.queue_full == 2
+
+    run_lab(main)
+
+
+def test_a_packet_the_tun_refuses_is_dropped_and_counted_and_the_data_path_goes_on() -> None:
+    async def main(lab: ShellLab) -> None:
+        lab.client_shell()
+        pings = [echo_request(CLIENT_IP, SERVER_IP, sequence) for sequence in range(1, 4)]
+        lab.server.tun.refuse_writes = True
+        lab.client.tun.route(pings[0], pings[1])
+        await lab.run_for(0.01)
+        assert lab.server.tun.take_written() == []
+        assert lab.server.tun.write_errors == 2
+
+        lab.server.tun.refuse_writes = False
+        lab.client.tun.route(pings[2])
+        await lab.run_for(0.01)
+        assert lab.server.tun.take_written() == [pings[2]]
+
+    run_lab(main)
+
+
+def test_a_send_the_endpoint_refuses_is_counted_as_a_send_failure_and_the_next_one_goes_out() -> None:
+    async def main(lab: ShellLab) -> None:
+        shell = lab.client_shell()
+        first, second = echo_request(CLIENT_IP, SERVER_IP, 1), echo_request(CLIENT_IP, SERVER_IP, 2)
+        lab.client.tun.route(first)
+        await lab.run_for(0.01)
+        assert lab.server.tun.take_written() == [first]
+        assert shell.stats.send_failures == 0
+
+        lab.client.udp.refuse_sends = True
+        lab.client.tun.route(second)
+        await lab.run_for(0.01)
+        assert shell.stats.send_failures == 1
+        assert lab.server.tun.take_written() == []
+
+        lab.client.udp.refuse_sends = False
+        lab.client.tun.route(second)
+        await lab.run_for(0.01)
+        assert lab.server.tun.take_written() == [second]
+
+    run_lab(main)
+
+
+def test_after_a_rebind_the_shell_reads_the_new_socket_and_the_server_follows_the_new_address() -> None:
+    async def main(lab: ShellLab) -> None:
+        shell = lab.client_shell()
+        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 1))
+        await lab.run_for(0.01)
+        lab.server.tun.take_written()
+
+        lab.client.udp.next_address = CLIENT_NEW_ADDRESS
+        shell.rebind()
+        ping = echo_request(CLIENT_IP, SERVER_IP, 2)
+        lab.client.tun.route(ping)
+        await lab.run_for(0.01)
+        assert lab.server.tun.take_written() == [ping]
+        assert lab.client.udp.sent[-1].source == CLIENT_NEW_ADDRESS
+
+        reply = echo_request(SERVER_IP, CLIENT_IP, 3)
+        lab.server.tun.route(reply)
+        await lab.run_for(0.01)
+        assert lab.server.udp.sent[-1].destination == CLIENT_NEW_ADDRESS
+        assert lab.client.tun.take_written() == [reply]
+
+    run_lab(main)
+
+
+def test_the_outbound_filter_takes_its_packets_before_encryption_and_the_shell_counts_them() -> None:
+    resolver_ip = "100.64.0.53"
+
+    def take_dns(packets: list[bytes]) -> list[bytes]:
+        return [packet for packet in packets if packet[16:20] != bytes(map(int, resolver_ip.split(".")))]
+
+    async def main(lab: ShellLab) -> None:
+        shell = lab.client_shell(outbound_filter=take_dns)
+        to_resolver, to_server = echo_request(CLIENT_IP, resolver_ip), echo_request(CLIENT_IP, SERVER_IP)
+        lab.client.tun.route(to_resolver, to_server)
+        await lab.run_for(0.01)
+        assert lab.server.tun.take_written() == [to_server]
+        assert shell.stats.intercepted == 1
+
+        answer = echo_request(resolver_ip, CLIENT_IP)
+        shell.write_to_tun([answer])
+        assert lab.client.tun.take_written() == [answer]
+
+    run_lab(main)
+
+
+def test_a_stopped_shell_reads_nothing_more_and_fires_no_timer() -> None:
+    async def main(lab: ShellLab) -> None:
+        lab.network.blocked.add(SERVER_ADDRESS[0])
+        shell = lab.client_shell()
+        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP))
+        await lab.run_for(0.001)
+        assert len(lab.client.initiations()) == 1
+        shell.stop()
+        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 2))
+        await lab.run_for(30.0)
+        assert len(lab.client.tun.to_read) == 1
+        assert len(lab.client.initiations()) == 1
+
+    run_lab(main)
