@@ -28,6 +28,7 @@ from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import Resolver
 from dnsguard.dns.upstream_spec import parse_upstream
 from dnsguard.errors import ConfigError
+from dnsguard.filter.rules import folded_name
 from dnsguard.net.dns_listeners import (
     DnsListeners,
     TcpSettings,
@@ -567,9 +568,8 @@ def run_explain(config_path: str, name: str, client: str | None) -> int:
     config = load_config(config_path)
     built = build_sync(config, cached_downloads(config))
     policy = Policy(config, built.matcher)
-    canonical = name.rstrip(".").lower()
-    with contextlib.suppress(UnicodeError):
-        canonical = canonical.encode("idna").decode("ascii")
+    # A name IDNA rejects is explained as typed (lower-cased): no rule can name it, and the answer says so.
+    canonical = folded_name(name) or name.strip().rstrip(".").lower()
     print(policy.explain(canonical, client or "", time.time()))
     return 0
 

@@ -49,7 +49,7 @@ from dnsguard.filter.matcher import (
     Verdict,
     compile_matcher,
 )
-from dnsguard.filter.rules import LineResult, Outcome, Scope, canonical_name, parse_line
+from dnsguard.filter.rules import LineResult, Outcome, Scope, canonical_name, folded_name, parse_line
 
 __all__ = [
     "NOT_LISTED",
@@ -69,6 +69,7 @@ __all__ = [
     "Verdict",
     "canonical_name",
     "compile_matcher",
+    "folded_name",
     "parse_bytes",
     "parse_file",
     "parse_line",
