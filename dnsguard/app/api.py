@@ -37,7 +37,9 @@ MAX_PAUSE_MINUTES = 24 * 60
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
+class ApiError(DnsguardError):
+    """A request the API refuses; `status` is the HTTP status answered, the message its reason."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

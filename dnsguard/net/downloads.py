@@ -20,14 +20,10 @@ from pathlib import Path
 
 import aiohttp
 
-from dnsguard.errors import DnsguardError
+from dnsguard.errors import ProtocolError
 
 ProgressCallback = Callable[[str, int, int | None], None]
 """(url, bytes received, total bytes or None)"""
-
-
-class FetchError(DnsguardError):
-    """A list could not be downloaded and no cached copy exists."""
 
 
 @dataclass
@@ -199,5 +195,5 @@ class ListFetcher:
             return dict(await asyncio.gather(*(one(url) for url in urls)))
 
 
-class _Rejected(Exception):
-    """A response that must not replace the cached copy."""
+class _Rejected(ProtocolError):
+    """A response that must not replace the cached copy (the server's fault: status, size, content)."""
