@@ -108,13 +108,19 @@ class RoutingPlan:
                     }
                     record({"kind": "rule", **rule})
                     await _add_rule(ipr, rule)
-        except NetlinkError as exc:
+        except (NetlinkError, OSError) as exc:
             raise NetworkError(f"routing setup for {self.interface} failed: {exc}") from exc
         # Replies to marked packets must pass reverse-path checks with the mark (as wg-quick sets).
         set_sysctl("net/ipv4/conf/all/src_valid_mark", "1", record)
 
     async def remove(self, keep_link: bool = False) -> None:
         """Delete our rules and the routes of our table; optionally the interface too. Idempotent."""
+        try:
+            await self._remove(keep_link)
+        except (NetlinkError, OSError) as exc:
+            raise NetworkError(f"routing removal for {self.interface} failed: {exc}") from exc
+
+    async def _remove(self, keep_link: bool) -> None:
         async with AsyncIPRoute() as ipr:
             for family in (socket.AF_INET, socket.AF_INET6):
                 for priority in (PRIORITY_SUPPRESS_MAIN, PRIORITY_TUNNEL):
@@ -232,6 +238,8 @@ async def undo(change: dict[str, Any]) -> None:
     except NetlinkError as exc:
         if exc.code not in _GONE:
             raise NetworkError(f"cannot undo {change}: {exc}") from exc
+    except OSError as exc:
+        raise NetworkError(f"cannot undo {change}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -253,7 +261,7 @@ async def local_networks(tunnel_interface: str) -> LocalNetworks:
     """
     try:
         return await _local_networks(tunnel_interface)
-    except NetlinkError as exc:
+    except (NetlinkError, OSError) as exc:
         raise NetworkError(f"cannot read the main routing table: {exc}") from exc
 
 
