@@ -1,10 +1,11 @@
 """Blocklists and allowlists: parsing every common format, and one compact matcher for all of them.
 
-Typical use (the policy layer does this for each configured list and group)::
+Typical use (dnsguard/app/lists.py parses and compiles the configured lists; policy/engine.py selects
+once per client group; the resolver matches per query)::
 
     parsed = [parse_file("hosts.txt", "ads"), parse_text(text, ListSource("ads", url)), ...]
     matcher = compile_matcher(parsed)                         # matcher.reports: what was skipped, where
-    del parsed                                                # (dnsguard.app.memory gives pages back)
+    del parsed                                                # then give the pages back (app/memory.py)
     kids = matcher.select(["ads", "adult", "allow-school"])   # once per policy group
     verdict = kids.match("tracker.example.com")               # per query: canonical name in
     if verdict.blocked: ...                                   # verdict.list_name, .source, .line, .rule

@@ -64,8 +64,9 @@ def _set(addresses: Sequence[str], version: int) -> str:
 class KillSwitch:
     """Nothing leaves except through the tunnel, the marked encrypted socket, or what is excluded.
 
-    Loopback, DHCP and IPv6 neighbour discovery stay open so the uplink keeps working; DNS
-    answers for blocked names come from dnsguard itself over the TUN, so they need no hole.
+    Loopback, DHCP and IPv6 neighbour discovery stay open so the uplink keeps working. DNS needs no
+    hole of its own: the kernel redirects queries to the resolver's socket, the host's own are answered
+    over loopback, LAN devices' by their (open) LAN interface, and upstream queries go through the tunnel.
     """
 
     tunnel_interface: str
