@@ -123,11 +123,6 @@ def apply_peers(device: Device, wanted: PeerArguments, now: float) -> tuple[int,
     return added, removed, updated
 
 
-def sync_peers(device: Device, tunnel: TunnelConfig, now: float) -> tuple[int, int, int]:
-    """Make the device's peers match the configuration; returns (added, removed, updated)."""
-    return apply_peers(device, prepare_peers(tunnel), now)
-
-
 def require_tunnel(config: Config) -> TunnelConfig:
     if config.tunnel is None:
         raise ConfigError("this command needs a 'tunnel' section (or a wg-quick .conf)", key="tunnel")

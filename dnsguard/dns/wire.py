@@ -296,14 +296,6 @@ def parse_full_query(data: bytes) -> Query:
     )
 
 
-def question_name(data: bytes) -> tuple[str, int]:
-    """The question name of a message (as Query.qname) and the offset after its type and class."""
-    labels, end = _question_labels(data)
-    if end + 4 > len(data):
-        raise QueryError("question truncated", RCODE_FORMERR, reason="question")
-    return _name_text(labels), end + 4
-
-
 def _learn_question_name(data: bytes) -> tuple[str, int]:
     """Validate and remember the question name; return its text and the offset of its root byte."""
     labels, end = _question_labels(data)

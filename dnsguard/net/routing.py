@@ -184,13 +184,6 @@ def _route_change(
     return {"kind": "route", "family": _family(net), "dst": str(net), "table": table, "type": kind}
 
 
-def read_sysctl(key: str) -> str | None:
-    try:
-        return (Path("/proc/sys") / key).read_text().strip()
-    except OSError:
-        return None
-
-
 def set_sysctl(key: str, value: str, record: Record = _no_record) -> None:
     """Set a sysctl of the current network namespace, recording its previous value first."""
     path = Path("/proc/sys") / key

@@ -81,11 +81,6 @@ class CookieGenerator:
         self._cookie = b""
         self._cookie_set_at: float | None = None
 
-    @property
-    def has_cookie(self) -> bool:
-        """True once a cookie reply has been accepted (freshness is checked when macs are added)."""
-        return self._cookie_set_at is not None
-
     def add_macs(self, message: bytearray, now: float) -> None:
         """Fill in mac1, and mac2 when we hold a cookie younger than COOKIE_REFRESH_TIME."""
         mac1_start = len(message) - 2 * MAC_SIZE
