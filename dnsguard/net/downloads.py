@@ -9,10 +9,8 @@ the last good copy in place and says why.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,6 +19,7 @@ from pathlib import Path
 import aiohttp
 
 from dnsguard.errors import ProtocolError
+from dnsguard.net.files import atomic_write
 
 ProgressCallback = Callable[[str, int, int | None], None]
 """(url, bytes received, total bytes or None)"""
@@ -159,7 +158,8 @@ class ListFetcher:
                 lines=lines,
             )
         data_path, _ = self.paths(url)
-        self._atomic_write(data_path, data)
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(data_path, [data])
         self._write_meta(url, new_meta)
         if self.progress:
             self.progress(url, received, total)
@@ -167,20 +167,7 @@ class ListFetcher:
 
     def _write_meta(self, url: str, meta: CacheMeta) -> None:
         _, meta_path = self.paths(url)
-        self._atomic_write(meta_path, json.dumps(asdict(meta)).encode())
-
-    def _atomic_write(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-        try:
-            with temporary.open("wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
+        atomic_write(meta_path, [json.dumps(asdict(meta)).encode()])
 
     async def fetch_all(self, urls: list[str], concurrency: int = 4) -> dict[str, FetchResult]:
         """Fetch several URLs with bounded concurrency over one session."""
