@@ -150,6 +150,35 @@ class RoutingPlan:
                         await ipr.link("del", index=index)
 
 
+async def configure_interface(name: str, addresses: list[str], mtu: int, routes: list[str]) -> None:
+    """Addresses, MTU and up; a route into the TUN for every peer prefix outside the interface subnets."""
+    try:
+        await _configure_interface(name, addresses, mtu, routes)
+    except (NetlinkError, OSError) as exc:
+        raise NetworkError(f"cannot configure {name}: {exc}") from exc
+
+
+async def _configure_interface(name: str, addresses: list[str], mtu: int, routes: list[str]) -> None:
+    async with AsyncIPRoute() as ipr:
+        indexes = await ipr.link_lookup(ifname=name)
+        if not indexes:
+            raise NetworkError(f"interface {name} does not exist")
+        index = indexes[0]
+        await ipr.link("set", index=index, mtu=mtu, state="up")
+        subnets = []
+        for address in addresses:
+            subnets.append(ipaddress.ip_interface(address).network)
+            await add_address(ipr, index, address)
+        for prefix in routes:
+            net = ipaddress.ip_network(prefix, strict=False)
+            if any(net.version == s.version and net.subnet_of(s) for s in subnets):  # type: ignore[arg-type]
+                continue
+            try:
+                await ipr.route("replace", dst=str(net), oif=index)
+            except NetlinkError as exc:
+                raise NetworkError(f"cannot route {net} into {name}: {exc}") from exc
+
+
 IFA_F_NODAD = 0x02
 
 
