@@ -1,4 +1,12 @@
-"""The exception hierarchy: every error dnsguard raises derives from DnsguardError."""
+"""The exception hierarchy: every error dnsguard raises derives from DnsguardError.
+
+Two families tell who has to act. A UsageError is this side's: the caller asked for something that cannot
+be done (a bad configuration, a missing privilege, an input not valid in the current state), and retrying
+the same call fails the same way. A ProtocolError or NetworkError is the far side's or the path's: a peer or
+an upstream sent something malformed, or the network or the kernel refused; the daemon counts, retries or
+falls back. Library exceptions (OSError, pyroute2's NetlinkError, aiohttp's) are mapped to these at the
+edge where they arise (dnsguard/net/), with a one-line message.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,11 @@ class DnsguardError(Exception):
     """Root of every dnsguard error."""
 
 
-class ConfigError(DnsguardError):
+class UsageError(DnsguardError):
+    """The caller or its configuration asked for what cannot be done: fix the call, not the network."""
+
+
+class ConfigError(UsageError):
     """A configuration file is invalid; carries where (file, line) and which key."""
 
     def __init__(
@@ -56,11 +68,11 @@ def config_error(errors: Sequence[ConfigError]) -> ConfigError:
     return flat[0] if len(flat) == 1 else ConfigErrors(flat)
 
 
-class NotAvailableError(DnsguardError):
+class NotAvailableError(UsageError):
     """A command or feature that this build does not provide yet."""
 
 
-class PrivilegeError(DnsguardError):
+class PrivilegeError(UsageError):
     """An operation needs CAP_NET_ADMIN (root) and the process does not have it."""
 
 

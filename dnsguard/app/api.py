@@ -23,6 +23,7 @@ from dnsguard.app.metrics import peer_names, registry_for, render
 from dnsguard.app.watch import FileWatcher, watched_files
 from dnsguard.config.addresses import parse_hostport
 from dnsguard.errors import DnsguardError
+from dnsguard.filter.rules import folded_name
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.bind import listening_socket
 
@@ -36,7 +37,9 @@ MAX_PAUSE_MINUTES = 24 * 60
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
+class ApiError(DnsguardError):
+    """A request the API refuses; `status` is the HTTP status answered, the message its reason."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -226,13 +229,12 @@ class Api:
     async def explain(self, request: web.Request) -> web.Response:
         service = self._service()
         assert service.resolver is not None
-        name = request.query.get("name", "").strip().rstrip(".").lower()
-        if not name:
+        text = request.query.get("name", "")
+        name = folded_name(text)
+        if not text.strip().rstrip("."):
             raise ApiError(400, "give ?name=")
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ApiError(400, f"{name!r} is not a valid domain name") from None
+        if name is None:
+            raise ApiError(400, f"{text.strip()!r} is not a valid domain name")
         client = request.query.get("client", "")
         policy = service.resolver.policy
         decision = policy.decide(name, client, time.time())

@@ -59,25 +59,18 @@ def peer_arguments(peer: PeerConfig) -> dict[str, object]:
     }
 
 
-def build_device(tunnel: TunnelConfig, now: float, state_dir: Path | None = None) -> Device:
+def build_device(tunnel: TunnelConfig, now: float) -> Device:
     """A WireGuard device with the configured identity and peers."""
     # Imported here so that `dnsguard resolve` (no tunnel) does not load the crypto library.
     from dnsguard.wireguard.device import Device
 
     if not tunnel.private_key:
         raise ConfigError("the tunnel needs a private key", key="tunnel.private-key")
-    last_timestamp = b""
-    if state_dir is not None:
-        try:
-            last_timestamp = (state_dir / "last-timestamp").read_bytes()
-        except OSError:
-            last_timestamp = b""
     device = Device(
         tunnel.private_key,
         rekey_after_time=tunnel.rekey_after_time,
         listen_port=tunnel.listen_port,
         mtu=tunnel.mtu or DEFAULT_MTU,
-        last_timestamp=last_timestamp,
     )
     for peer in tunnel.peers:
         device.add_peer(peer.public_key, now=now, **peer_arguments(peer))  # type: ignore[arg-type]
@@ -128,11 +121,6 @@ def apply_peers(device: Device, wanted: PeerArguments, now: float) -> tuple[int,
             device.add_peer(key, now=now, **arguments)  # type: ignore[arg-type]
             added += 1
     return added, removed, updated
-
-
-def sync_peers(device: Device, tunnel: TunnelConfig, now: float) -> tuple[int, int, int]:
-    """Make the device's peers match the configuration; returns (added, removed, updated)."""
-    return apply_peers(device, prepare_peers(tunnel), now)
 
 
 def require_tunnel(config: Config) -> TunnelConfig:

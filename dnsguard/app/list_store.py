@@ -53,6 +53,7 @@ from dnsguard.filter.lists import (
     read_list_file,
 )
 from dnsguard.filter.matcher import compile_matcher
+from dnsguard.net.files import atomic_write
 
 log = logging.getLogger("dnsguard.lists")
 
@@ -170,21 +171,6 @@ class JobResult:
 
 
 # -- files ----------------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, chunks: list[bytes]) -> None:
-    """Write `chunks` to `path` so that readers see the old file or the whole new one, never a part."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temporary.open("wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
 
 
 def prepare_directory(directory: Path) -> bytes:

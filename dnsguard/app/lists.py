@@ -86,12 +86,6 @@ class BuildResult:
     def failures(self) -> list[SourceReport]:
         return [r for r in self.sources if r.status in ("error", "failed", "cached", "kept")]
 
-    def rejected_lists(self) -> list[str]:
-        """Lists with a source whose current copy is not in use (missing, rejected or not downloaded)."""
-        return list(
-            dict.fromkeys(r.list_name for r in self.sources if r.status in ("kept", "error", "failed"))
-        )
-
 
 def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))

@@ -28,6 +28,7 @@ from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import Resolver
 from dnsguard.dns.upstream_spec import parse_upstream
 from dnsguard.errors import ConfigError
+from dnsguard.filter.rules import folded_name
 from dnsguard.net.dns_listeners import (
     DnsListeners,
     TcpSettings,
@@ -247,8 +248,6 @@ class ResolverService:
     """Wall-clock time of each URL list's last refresh in which every source downloaded or was unchanged."""
     list_update_failures: dict[str, int] = field(default_factory=dict)
     """Builds in which a source of the list failed or was rejected (its last good copy stayed), per list."""
-    paused_until: float = 0.0
-    """Wall-clock time until which blocking is paused (API); survives reloads and list swaps."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held from building a new state to swapping it in, so that two reloads never interleave."""
     local_networks: Callable[[], Awaitable[Sequence[str]]] = host_networks
@@ -391,7 +390,7 @@ class ResolverService:
         assert resolver is not None and forwarder is not None
         old_groups = [forwarder.upstreams, *forwarder.conditional.values()]
         old_cache = resolver.cache
-        state.policy.paused_until = self.paused_until
+        state.policy.paused_until = resolver.policy.paused_until  # a pause survives reloads and list swaps
         resolver.policy = state.policy
         resolver.cache = state.cache
         if state.cache is not None and state.cache is old_cache:
@@ -460,16 +459,20 @@ class ResolverService:
 
     # -- pausing (API) ----------------------------------------------------------------------
 
+    @property
+    def paused_until(self) -> float:
+        """Wall-clock end of a pause of blocking (API): the policy in use holds it; commit hands it on."""
+        return self.resolver.policy.paused_until if self.resolver is not None else 0.0
+
     def pause(self, seconds: float) -> float:
         """Answer every query unfiltered for `seconds` (rewrites still apply); returns the end time."""
-        self.paused_until = time.time() + seconds
+        until = time.time() + seconds
         if self.resolver is not None:
-            self.resolver.policy.paused_until = self.paused_until
+            self.resolver.policy.paused_until = until
         log.warning("blocking paused for %.0f s", seconds)
-        return self.paused_until
+        return until
 
     def resume(self) -> None:
-        self.paused_until = 0.0
         if self.resolver is not None:
             self.resolver.policy.paused_until = 0.0
         log.info("blocking resumed")
@@ -565,9 +568,8 @@ def run_explain(config_path: str, name: str, client: str | None) -> int:
     config = load_config(config_path)
     built = build_sync(config, cached_downloads(config))
     policy = Policy(config, built.matcher)
-    canonical = name.rstrip(".").lower()
-    with contextlib.suppress(UnicodeError):
-        canonical = canonical.encode("idna").decode("ascii")
+    # A name IDNA rejects is explained as typed (lower-cased): no rule can name it, and the answer says so.
+    canonical = folded_name(name) or name.strip().rstrip(".").lower()
     print(policy.explain(canonical, client or "", time.time()))
     return 0
 

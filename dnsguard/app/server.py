@@ -8,9 +8,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from dnsguard.app.api import Operations
 from dnsguard.app.common import (
     DEFAULT_MTU,
@@ -28,10 +25,9 @@ from dnsguard.app.endpoints import EndpointMemory, memory_path
 from dnsguard.app.observe import ReloadCounter, TunnelObserver
 from dnsguard.app.tunnel import TunnelShell
 from dnsguard.config import Config, TunnelConfig, load_config
-from dnsguard.errors import NetworkError
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.firewall import ServerNat
-from dnsguard.net.routing import add_address, set_forwarding
+from dnsguard.net.routing import configure_interface, set_forwarding
 from dnsguard.net.tun import TunDevice
 from dnsguard.net.udp import UdpEndpoint
 from dnsguard.wireguard.events import Event, HandshakeCompleted, PeerEndpointChanged
@@ -41,28 +37,6 @@ log = logging.getLogger("dnsguard.server")
 
 def peer_prefixes(tunnel: TunnelConfig) -> list[str]:
     return [str(ipaddress.ip_network(p, strict=False)) for peer in tunnel.peers for p in peer.allowed_ips]
-
-
-async def configure_interface(name: str, addresses: list[str], mtu: int, routes: list[str]) -> None:
-    """Addresses, MTU and up; a route into the TUN for every peer prefix outside the interface subnets."""
-    async with AsyncIPRoute() as ipr:
-        indexes = await ipr.link_lookup(ifname=name)
-        if not indexes:
-            raise NetworkError(f"interface {name} does not exist")
-        index = indexes[0]
-        await ipr.link("set", index=index, mtu=mtu, state="up")
-        subnets = []
-        for address in addresses:
-            subnets.append(ipaddress.ip_interface(address).network)
-            await add_address(ipr, index, address)
-        for prefix in routes:
-            net = ipaddress.ip_network(prefix, strict=False)
-            if any(net.version == s.version and net.subnet_of(s) for s in subnets):  # type: ignore[arg-type]
-                continue
-            try:
-                await ipr.route("replace", dst=str(net), oif=index)
-            except NetlinkError as exc:
-                raise NetworkError(f"cannot route {net} into {name}: {exc}") from exc
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dnsguard.dns.wire import (
     Query,
     ResponseMeta,
     ede_option,
+    lower_ttls,
     opt_record,
     parse_response_meta,
 )
@@ -69,7 +70,6 @@ class _Entry:
         "tail",
         "tail_age",
         "ttl_offsets",
-        "ttls",
     )
 
     def __init__(
@@ -77,7 +77,6 @@ class _Entry:
         headers: tuple[bytes, bytes, bytes, bytes],
         base_tail: bytes,
         ttl_offsets: tuple[int, ...],
-        ttls: tuple[int, ...],
         inserted: float,
         expires: float,
         stale_until: float,
@@ -86,7 +85,6 @@ class _Entry:
         self.headers = headers  # header bytes 2..12, indexed by client RD (bit 0) and OPT present (bit 1)
         self.base_tail = base_tail  # everything after the question, OPT removed, TTLs as stored
         self.ttl_offsets = ttl_offsets  # relative to the tail
-        self.ttls = ttls
         self.inserted = inserted
         self.expires = expires
         self.stale_until = stale_until
@@ -99,8 +97,7 @@ class _Entry:
 
 def _patched_tail(entry: _Entry, age: int) -> bytes:
     buffer = bytearray(entry.base_tail)
-    for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
-        _U32_INTO(buffer, offset, ttl - age if ttl > age else 0)
+    lower_ttls(buffer, entry.ttl_offsets, age)
     return bytes(buffer)
 
 
@@ -264,7 +261,6 @@ class AnswerCache:
             headers,
             bytes(buffer),
             offsets,
-            ttls,
             now,
             expires,
             expires + self.stale_max_age,

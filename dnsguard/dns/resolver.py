@@ -348,10 +348,6 @@ class Resolver:
             decision.reason,
         )
 
-    def _blocked(self, query: Query, client: str, decision: Decision) -> bytes:
-        self._record(query, client, "blocked", decision)
-        return self._block_reply(query, decision)
-
     def _block_reply(self, query: Query, decision: Decision) -> bytes:
         """The blocked answer in the decision's mode (counted per list; recording is the caller's)."""
         list_name = decision.reason

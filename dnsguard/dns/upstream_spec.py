@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from dnsguard.config.addresses import is_ip
+from dnsguard.config.addresses import is_ip, is_ipv6, split_hostport
 from dnsguard.errors import ConfigError
 
 __all__ = ["DEFAULT_PORTS", "Scheme", "UpstreamSpec", "UpstreamSpecError", "parse_upstream"]
@@ -124,7 +124,9 @@ def parse_upstream(
     if scheme is Scheme.HTTPS:
         host, port, path = _parse_https(body, fail)
     else:
-        host, port = _split_host_port(rest, DEFAULT_PORTS[scheme], fail)
+        host, port = split_hostport(rest, DEFAULT_PORTS[scheme], fail)
+        if rest.startswith("[") and not is_ipv6(host):
+            raise fail("expected [IPv6 address]")
         path = ""
     host_is_ip = is_ip(host)
     if host_is_ip:
@@ -157,42 +159,6 @@ def _parse_https(body: str, fail: Callable[[str], UpstreamSpecError]) -> tuple[s
     if url.fragment:
         raise fail("unexpected fragment")
     return host, port, path
-
-
-def _split_host_port(
-    rest: str, default_port: int, fail: Callable[[str], UpstreamSpecError]
-) -> tuple[str, int]:
-    if rest.startswith("["):
-        host, bracket, tail = rest[1:].partition("]")
-        if not bracket or not _is_ipv6(host):
-            raise fail("expected [IPv6 address]")
-        if not tail:
-            return host, default_port
-        if not tail.startswith(":"):
-            raise fail(f"unexpected {tail!r} after ']'")
-        return host, _parse_port(tail[1:], fail)
-    if rest.count(":") > 1:
-        if not _is_ipv6(rest):
-            raise fail(f"{rest!r} is not an IPv6 address (write [address]:port to give a port)")
-        return rest, default_port
-    host, colon, port_text = rest.partition(":")
-    if not host:
-        raise fail("missing host")
-    return host, _parse_port(port_text, fail) if colon else default_port
-
-
-def _parse_port(text: str, fail: Callable[[str], UpstreamSpecError]) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise fail(f"port {text!r} is not a number from 1 to 65535")
-    return int(text)
-
-
-def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _is_hostname(text: str) -> bool:

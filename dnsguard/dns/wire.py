@@ -296,14 +296,6 @@ def parse_full_query(data: bytes) -> Query:
     )
 
 
-def question_name(data: bytes) -> tuple[str, int]:
-    """The question name of a message (as Query.qname) and the offset after its type and class."""
-    labels, end = _question_labels(data)
-    if end + 4 > len(data):
-        raise QueryError("question truncated", RCODE_FORMERR, reason="question")
-    return _name_text(labels), end + 4
-
-
 def _learn_question_name(data: bytes) -> tuple[str, int]:
     """Validate and remember the question name; return its text and the offset of its root byte."""
     labels, end = _question_labels(data)
@@ -713,7 +705,15 @@ def patch_reply(
             raise ValueError("question does not match the reply's question")
         buffer[12:end] = question
     if elapsed > 0:
-        for offset in ttl_offsets:
-            ttl = _U32_FROM(buffer, offset)[0]
-            _U32_INTO(buffer, offset, ttl - elapsed if elapsed < ttl < _TTL_SIGN else 0)
+        lower_ttls(buffer, ttl_offsets, elapsed)
     return bytes(buffer)
+
+
+def lower_ttls(buffer: bytearray, ttl_offsets: Sequence[int], elapsed: int) -> None:
+    """Lower the TTL at each offset of `buffer` by `elapsed` seconds, in place; none goes below 0.
+
+    A TTL with the top bit set counts as zero (RFC 2181 section 8).
+    """
+    for offset in ttl_offsets:
+        ttl = _U32_FROM(buffer, offset)[0]
+        _U32_INTO(buffer, offset, ttl - elapsed if elapsed < ttl < _TTL_SIGN else 0)

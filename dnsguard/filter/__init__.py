@@ -1,10 +1,11 @@
 """Blocklists and allowlists: parsing every common format, and one compact matcher for all of them.
 
-Typical use (the policy layer does this for each configured list and group)::
+Typical use (dnsguard/app/lists.py parses and compiles the configured lists; policy/engine.py selects
+once per client group; the resolver matches per query)::
 
     parsed = [parse_file("hosts.txt", "ads"), parse_text(text, ListSource("ads", url)), ...]
     matcher = compile_matcher(parsed)                         # matcher.reports: what was skipped, where
-    del parsed                                                # (dnsguard.app.memory gives pages back)
+    del parsed                                                # then give the pages back (app/memory.py)
     kids = matcher.select(["ads", "adult", "allow-school"])   # once per policy group
     verdict = kids.match("tracker.example.com")               # per query: canonical name in
     if verdict.blocked: ...                                   # verdict.list_name, .source, .line, .rule
@@ -49,7 +50,7 @@ from dnsguard.filter.matcher import (
     Verdict,
     compile_matcher,
 )
-from dnsguard.filter.rules import LineResult, Outcome, Scope, canonical_name, parse_line
+from dnsguard.filter.rules import LineResult, Outcome, Scope, canonical_name, folded_name, parse_line
 
 __all__ = [
     "NOT_LISTED",
@@ -69,6 +70,7 @@ __all__ = [
     "Verdict",
     "canonical_name",
     "compile_matcher",
+    "folded_name",
     "parse_bytes",
     "parse_file",
     "parse_line",

@@ -52,6 +52,7 @@ __all__ = [
     "category_important",
     "category_scope",
     "excerpt",
+    "folded_name",
     "label_hint",
     "name_problem",
     "parse_line",
@@ -212,17 +213,24 @@ def _to_ascii(name: str) -> str | None:
         return None
 
 
-def canonical_name(text: str) -> str | None:
-    """Lower-case, punycode, no trailing dot; None when the text is not a usable domain name."""
+def folded_name(text: str) -> str | None:
+    """Lower-case, punycode, no trailing dot: the form every name is matched in; None if IDNA rejects it.
+
+    Unlike canonical_name, the name's shape is not checked (an address literal or a long label passes),
+    so a query for any name can be explained.
+    """
     name = text.strip().lower()
     if name.endswith("."):
         name = name[:-1]
     if not name.isascii():
-        converted = _to_ascii(name)
-        if converted is None:
-            return None
-        name = converted
-    return None if name_problem(name) else name
+        return _to_ascii(name)
+    return name
+
+
+def canonical_name(text: str) -> str | None:
+    """Lower-case, punycode, no trailing dot; None when the text is not a usable domain name."""
+    name = folded_name(text)
+    return None if name is None or name_problem(name) else name
 
 
 def _is_pseudo(name: str) -> bool:

@@ -66,7 +66,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from dnsguard.errors import DnsguardError
+from dnsguard.errors import UsageError
 from dnsguard.lifecycle.events import (
     INPUTS,
     TIMER_EVENTS,
@@ -109,7 +109,7 @@ class Cause(enum.Enum):
     RETRY = "retry"
 
 
-class LifecycleError(DnsguardError):
+class LifecycleError(UsageError):
     """An input that is not valid in the current state (a bug in the caller)."""
 
 

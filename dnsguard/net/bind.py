@@ -101,16 +101,35 @@ def listening_socket(host: str, port: int, kind: int, what: str, backlog: int = 
     port without an error and silently take over the queries.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, kind)
+    sock = open_socket(family, kind, host, port, what)
     try:
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise socket_error(exc, host, port, what) from None
     bind_socket(sock, host, port, what)
     if kind == socket.SOCK_STREAM:
-        sock.listen(backlog)
+        try:
+            sock.listen(backlog)
+        except OSError as exc:
+            sock.close()
+            raise socket_error(exc, host, port, what) from None
     return sock
+
+
+def socket_error(exc: OSError, host: str, port: int, what: str) -> NetworkError:
+    """The one-line error for a listener socket that could not be created or set up (not its bind)."""
+    return NetworkError(
+        f"cannot set up the {what} socket on {format_address(host, port)}: {exc.strerror or exc}"
+    )
+
+
+def open_socket(family: int, kind: int, host: str, port: int, what: str) -> socket.socket:
+    """socket.socket(family, kind) for the `what` listener on host:port; NetworkError if it is refused."""
+    try:
+        return socket.socket(family, kind)
+    except OSError as exc:
+        raise socket_error(exc, host, port, what) from None

@@ -24,7 +24,7 @@ from dnsguard.config.model import CLIENT_NETWORK_KEYWORDS, ResolverConfig
 from dnsguard.dns import wire
 from dnsguard.dns.admission import AdmissionSettings, ClientAdmission
 from dnsguard.dns.resolver import Forward
-from dnsguard.net.bind import bind_socket, listening_socket
+from dnsguard.net.bind import bind_socket, listening_socket, open_socket, socket_error
 
 log = logging.getLogger("dnsguard.dns")
 
@@ -495,13 +495,17 @@ class DnsListeners:
         for text in self.addresses:
             host, port = parse_hostport(text, 53)
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            udp = socket.socket(family, socket.SOCK_DGRAM)
+            udp = open_socket(family, socket.SOCK_DGRAM, host, port, "DNS")
             with contextlib.suppress(OSError):
                 udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            if family == socket.AF_INET6:
-                udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if self.socket_setup is not None:
-                self.socket_setup(udp)
+            try:
+                if family == socket.AF_INET6:
+                    udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if self.socket_setup is not None:
+                    self.socket_setup(udp)  # e.g. SO_MARK, which needs CAP_NET_ADMIN
+            except OSError as exc:
+                udp.close()
+                raise socket_error(exc, host, port, "DNS") from None
             # No SO_REUSEADDR on UDP: a second daemon on the same port must fail, not share it.
             bind_socket(udp, host, port, "DNS")
             listener = UdpListener(udp, self.answerer, self.stats, admission=self.admission)

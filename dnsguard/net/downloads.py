@@ -9,10 +9,8 @@ the last good copy in place and says why.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,14 +18,11 @@ from pathlib import Path
 
 import aiohttp
 
-from dnsguard.errors import DnsguardError
+from dnsguard.errors import ProtocolError
+from dnsguard.net.files import atomic_write
 
 ProgressCallback = Callable[[str, int, int | None], None]
 """(url, bytes received, total bytes or None)"""
-
-
-class FetchError(DnsguardError):
-    """A list could not be downloaded and no cached copy exists."""
 
 
 @dataclass
@@ -163,7 +158,8 @@ class ListFetcher:
                 lines=lines,
             )
         data_path, _ = self.paths(url)
-        self._atomic_write(data_path, data)
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(data_path, [data])
         self._write_meta(url, new_meta)
         if self.progress:
             self.progress(url, received, total)
@@ -171,20 +167,7 @@ class ListFetcher:
 
     def _write_meta(self, url: str, meta: CacheMeta) -> None:
         _, meta_path = self.paths(url)
-        self._atomic_write(meta_path, json.dumps(asdict(meta)).encode())
-
-    def _atomic_write(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-        try:
-            with temporary.open("wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
+        atomic_write(meta_path, [json.dumps(asdict(meta)).encode()])
 
     async def fetch_all(self, urls: list[str], concurrency: int = 4) -> dict[str, FetchResult]:
         """Fetch several URLs with bounded concurrency over one session."""
@@ -199,5 +182,5 @@ class ListFetcher:
             return dict(await asyncio.gather(*(one(url) for url in urls)))
 
 
-class _Rejected(Exception):
-    """A response that must not replace the cached copy."""
+class _Rejected(ProtocolError):
+    """A response that must not replace the cached copy (the server's fault: status, size, content)."""

@@ -28,15 +28,21 @@ def table_change(name: str) -> dict[str, str]:
 def _nft(script: str) -> None:
     if shutil.which("nft") is None:
         raise NetworkError("nft (nftables) is not installed")
-    result = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=30)
+    try:
+        result = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NetworkError(f"nft (nftables) could not run: {exc}") from exc
     if result.returncode != 0:
         raise NetworkError(f"nftables rejected the rule set: {result.stderr.strip()}")
 
 
 def _table_exists(family: str, name: str) -> bool:
-    result = subprocess.run(
-        ["nft", "list", "table", family, name], capture_output=True, text=True, timeout=30
-    )
+    try:
+        result = subprocess.run(
+            ["nft", "list", "table", family, name], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NetworkError(f"nft (nftables) could not run: {exc}") from exc
     return result.returncode == 0
 
 
@@ -58,8 +64,9 @@ def _set(addresses: Sequence[str], version: int) -> str:
 class KillSwitch:
     """Nothing leaves except through the tunnel, the marked encrypted socket, or what is excluded.
 
-    Loopback, DHCP and IPv6 neighbour discovery stay open so the uplink keeps working; DNS
-    answers for blocked names come from dnsguard itself over the TUN, so they need no hole.
+    Loopback, DHCP and IPv6 neighbour discovery stay open so the uplink keeps working. DNS needs no
+    hole of its own: the kernel redirects queries to the resolver's socket, the host's own are answered
+    over loopback, LAN devices' by their (open) LAN interface, and upstream queries go through the tunnel.
     """
 
     tunnel_interface: str

@@ -108,13 +108,19 @@ class RoutingPlan:
                     }
                     record({"kind": "rule", **rule})
                     await _add_rule(ipr, rule)
-        except NetlinkError as exc:
+        except (NetlinkError, OSError) as exc:
             raise NetworkError(f"routing setup for {self.interface} failed: {exc}") from exc
         # Replies to marked packets must pass reverse-path checks with the mark (as wg-quick sets).
         set_sysctl("net/ipv4/conf/all/src_valid_mark", "1", record)
 
     async def remove(self, keep_link: bool = False) -> None:
         """Delete our rules and the routes of our table; optionally the interface too. Idempotent."""
+        try:
+            await self._remove(keep_link)
+        except (NetlinkError, OSError) as exc:
+            raise NetworkError(f"routing removal for {self.interface} failed: {exc}") from exc
+
+    async def _remove(self, keep_link: bool) -> None:
         async with AsyncIPRoute() as ipr:
             for family in (socket.AF_INET, socket.AF_INET6):
                 for priority in (PRIORITY_SUPPRESS_MAIN, PRIORITY_TUNNEL):
@@ -142,6 +148,35 @@ class RoutingPlan:
                 if index is not None:
                     with contextlib.suppress(NetlinkError):
                         await ipr.link("del", index=index)
+
+
+async def configure_interface(name: str, addresses: list[str], mtu: int, routes: list[str]) -> None:
+    """Addresses, MTU and up; a route into the TUN for every peer prefix outside the interface subnets."""
+    try:
+        await _configure_interface(name, addresses, mtu, routes)
+    except (NetlinkError, OSError) as exc:
+        raise NetworkError(f"cannot configure {name}: {exc}") from exc
+
+
+async def _configure_interface(name: str, addresses: list[str], mtu: int, routes: list[str]) -> None:
+    async with AsyncIPRoute() as ipr:
+        indexes = await ipr.link_lookup(ifname=name)
+        if not indexes:
+            raise NetworkError(f"interface {name} does not exist")
+        index = indexes[0]
+        await ipr.link("set", index=index, mtu=mtu, state="up")
+        subnets = []
+        for address in addresses:
+            subnets.append(ipaddress.ip_interface(address).network)
+            await add_address(ipr, index, address)
+        for prefix in routes:
+            net = ipaddress.ip_network(prefix, strict=False)
+            if any(net.version == s.version and net.subnet_of(s) for s in subnets):  # type: ignore[arg-type]
+                continue
+            try:
+                await ipr.route("replace", dst=str(net), oif=index)
+            except NetlinkError as exc:
+                raise NetworkError(f"cannot route {net} into {name}: {exc}") from exc
 
 
 IFA_F_NODAD = 0x02
@@ -176,13 +211,6 @@ def _route_change(
     net: ipaddress.IPv4Network | ipaddress.IPv6Network, table: int, kind: int
 ) -> dict[str, Any]:
     return {"kind": "route", "family": _family(net), "dst": str(net), "table": table, "type": kind}
-
-
-def read_sysctl(key: str) -> str | None:
-    try:
-        return (Path("/proc/sys") / key).read_text().strip()
-    except OSError:
-        return None
 
 
 def set_sysctl(key: str, value: str, record: Record = _no_record) -> None:
@@ -232,6 +260,8 @@ async def undo(change: dict[str, Any]) -> None:
     except NetlinkError as exc:
         if exc.code not in _GONE:
             raise NetworkError(f"cannot undo {change}: {exc}") from exc
+    except OSError as exc:
+        raise NetworkError(f"cannot undo {change}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -253,7 +283,7 @@ async def local_networks(tunnel_interface: str) -> LocalNetworks:
     """
     try:
         return await _local_networks(tunnel_interface)
-    except NetlinkError as exc:
+    except (NetlinkError, OSError) as exc:
         raise NetworkError(f"cannot read the main routing table: {exc}") from exc
 
 

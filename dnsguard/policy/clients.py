@@ -84,10 +84,6 @@ class ClientGroups:
         """The group a MAC address is listed in, else the default group."""
         return self._macs.get(mac.lower().replace("-", ":"), self.default)
 
-    @property
-    def uses_macs(self) -> bool:
-        return bool(self._macs)
-
     def forget(self, address: str | None = None) -> None:
         """Drop the cached lookup of `address` (its neighbour entry changed), or of every address."""
         if address is None:

@@ -16,7 +16,6 @@ Decisions for the common cases are shared objects, so the hot path allocates not
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dnsguard.config.addresses import is_ip
@@ -29,7 +28,6 @@ from dnsguard.policy.special import LOOPBACK, QTYPE_A, SPECIAL_USE_TTL, Answer, 
 
 DOH_CANARY = "use-application-dns.net"
 PRIVATE_RELAY = ("mask.icloud.com", "mask-h2.icloud.com")
-NO_GROUP = "(none)"
 SPECIAL_USE = "special-use"
 """The reason of every special-use answer (one metric label; `explain` names the RFC rule)."""
 
@@ -295,6 +293,3 @@ class Policy:
             active = ", ".join(group.lists) or "no lists"
             lines.append(f"reason:   not listed in {active}")
         return "\n".join(lines)
-
-
-ClockFunction = Callable[[], float]

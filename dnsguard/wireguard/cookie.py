@@ -7,7 +7,7 @@ import ipaddress
 import os
 import struct
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from dnsguard.errors import FormError
 from dnsguard.wireguard.constants import (
@@ -19,13 +19,12 @@ from dnsguard.wireguard.constants import (
     RATE_LIMIT_PACKETS_PER_SECOND,
 )
 from dnsguard.wireguard.crypto import blake2s_hash, blake2s_mac, xaead_open, xaead_seal
+from dnsguard.wireguard.events import Address
 
 LABEL_MAC1: Final = b"mac1----"
 LABEL_COOKIE: Final = b"cookie--"
 # type(u32) receiver nonce(24) cookie(16+16)
 COOKIE_REPLY: Final = struct.Struct("<II24s32s")
-
-Address = tuple[Any, ...]
 
 
 def address_bytes(address: Address) -> bytes:
@@ -81,11 +80,6 @@ class CookieGenerator:
         self._last_mac1: bytes | None = None
         self._cookie = b""
         self._cookie_set_at: float | None = None
-
-    @property
-    def has_cookie(self) -> bool:
-        """True once a cookie reply has been accepted (freshness is checked when macs are added)."""
-        return self._cookie_set_at is not None
 
     def add_macs(self, message: bytearray, now: float) -> None:
         """Fill in mac1, and mac2 when we hold a cookie younger than COOKIE_REFRESH_TIME."""

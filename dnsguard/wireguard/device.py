@@ -13,9 +13,12 @@ The shell owns the sockets, the TUN and the clock; the device only transforms by
 Drain datagrams_to_send() after every call: receiving produces handshake responses and cookie replies,
 timers produce keepalives and retries. The data path for a single-peer client can skip routing with
 encrypt_packets(peer, packets, now), which returns the datagrams for peer.endpoint directly.
-The shell sets `under_load` from its queue depth (cookies then guard handshakes), calls
-force_handshake(now) after wake or a path change, reset_endpoint() after re-resolving a peer, and persists
-last_timestamp_sent so a restart with a clock that went backwards is still accepted by peers.
+The shell sets `under_load` from its handshake rate (cookies then guard handshakes) and calls
+force_handshake(now) after wake or a path change; the server calls reset_endpoint() to point a peer
+without a configured endpoint at the one it remembered before a restart. `last_timestamp` (in) and
+last_timestamp_sent (out) let a shell carry the newest TAI64N label across a restart whose wall clock went
+backwards; no daemon persists it yet, so after such a restart peers refuse our initiations until the
+wall clock passes the last label they saw.
 
 `now` is seconds on a clock that keeps counting through suspend (CLOCK_BOOTTIME); the only other clock is
 the wall clock of the TAI64N handshake timestamp, which is injectable. Timer semantics follow wireguard-go's

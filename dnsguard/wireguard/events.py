@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 Address = tuple[Any, ...]
+"""A UDP socket address as the shell's socket gives it: (host, port) or the IPv6 4-tuple."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 from dnsguard.wireguard.allowedips import Network
 from dnsguard.wireguard.cookie import CookieGenerator
+from dnsguard.wireguard.events import Address
 from dnsguard.wireguard.noise import Handshake
 from dnsguard.wireguard.session import Keypair
-
-Address = tuple[Any, ...]
 
 
 @dataclass(frozen=True, slots=True)

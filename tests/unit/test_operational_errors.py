@@ -19,9 +19,10 @@ import pytest
 from dnsguard.app.api import Api, Operations, handshake_times
 from dnsguard.app.observe import ReloadCounter, TunnelObserver
 from dnsguard.cli import EXIT_BROKEN_PIPE, main, status_lines
+from dnsguard.errors import NetworkError
 from dnsguard.lifecycle import Lifecycle
 from dnsguard.lifecycle.clock import boottime
-from dnsguard.net import bind
+from dnsguard.net import bind, firewall, routing
 from dnsguard.net.bind import BindError, bind_error, listening_socket, port_holder
 from dnsguard.net.dns_listeners import DnsListeners
 from dnsguard.net.journal import state_file
@@ -332,3 +333,40 @@ async def test_status_without_a_config_finds_the_client_by_its_interface(
         )
         assert await asyncio.to_thread(main, ["status", "--interface", "dg7"]) == 0
         assert capsys.readouterr().out.startswith("resolve (dnsguard ")
+
+
+# -- library errors leave the edges as dnsguard errors -----------------------------------------
+
+
+async def test_a_refused_socket_setup_is_a_network_error_in_one_line() -> None:
+    def refuse(sock: socket.socket) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")  # SO_MARK without CAP_NET_ADMIN
+
+    listeners = DnsListeners(answerer=None, addresses=["127.0.0.1:53"], socket_setup=refuse)  # type: ignore[arg-type]
+    with pytest.raises(NetworkError) as error:
+        await listeners.start()
+    assert one_line(error.value) == "cannot set up the DNS socket on 127.0.0.1:53: Operation not permitted"
+    await listeners.close()
+
+
+async def test_netlink_that_cannot_be_opened_is_a_network_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_netlink() -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(routing, "AsyncIPRoute", no_netlink)
+    with pytest.raises(NetworkError, match=r"^cannot read the main routing table: "):
+        await routing.local_networks("dg0")
+    with pytest.raises(NetworkError, match=r"^routing removal for dg0 failed: "):
+        await routing.RoutingPlan("dg0", ["100.64.0.2/32"], 1420, 51820, 51820).remove()
+    with pytest.raises(NetworkError, match=r"^cannot configure dg0: "):
+        await routing.configure_interface("dg0", ["100.64.0.1/24"], 1420, [])
+
+
+def test_an_nft_that_hangs_is_a_network_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def hang(*args: object, **kwargs: object) -> None:
+        raise subprocess.TimeoutExpired("nft", 30)
+
+    monkeypatch.setattr(firewall.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(firewall.subprocess, "run", hang)
+    with pytest.raises(NetworkError, match=r"^nft \(nftables\) could not run: "):
+        firewall.delete_table("inet", "dnsguard_test")

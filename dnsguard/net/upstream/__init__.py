@@ -10,7 +10,7 @@ Spec syntax: dnsguard/dns/upstream_spec.py, shared with configuration checking.
 
 from dnsguard.net.upstream.base import TransportCounters, Upstream
 from dnsguard.net.upstream.create import create_upstream
-from dnsguard.net.upstream.group import QueryHook, UpstreamGroup
+from dnsguard.net.upstream.group import AttemptHook, UpstreamGroup
 from dnsguard.net.upstream.https import HttpsUpstream
 from dnsguard.net.upstream.options import DEFAULT_OPTIONS, SocketSetup, TransportOptions
 from dnsguard.net.upstream.stream import TcpUpstream, TlsUpstream
@@ -18,8 +18,8 @@ from dnsguard.net.upstream.udp import UdpUpstream
 
 __all__ = [
     "DEFAULT_OPTIONS",
+    "AttemptHook",
     "HttpsUpstream",
-    "QueryHook",
     "SocketSetup",
     "TcpUpstream",
     "TlsUpstream",

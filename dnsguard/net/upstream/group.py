@@ -38,11 +38,11 @@ from dnsguard.net.upstream.base import Upstream
 from dnsguard.net.upstream.create import create_upstream
 from dnsguard.net.upstream.options import TransportOptions
 
-__all__ = ["QueryHook", "UpstreamGroup"]
+__all__ = ["AttemptHook", "UpstreamGroup"]
 
 log = logging.getLogger(__name__)
 
-QueryHook = Callable[[str, float, Outcome], None]
+AttemptHook = Callable[[str, float, Outcome], None]
 """Called after each upstream attempt with (upstream name, seconds, outcome); e.g. feeds a histogram."""
 
 
@@ -74,7 +74,7 @@ class UpstreamGroup:
         coalesce: bool = True,
         max_in_flight: int = 4096,
         health: HealthPolicy | None = None,
-        on_query: QueryHook | None = None,
+        on_query: AttemptHook | None = None,
         clock: Callable[[], float] = boottime,
         timer: Callable[[], float] = time.perf_counter,
         rng: random.Random | None = None,
