@@ -26,7 +26,7 @@ from dnsguard.app.common import (
 )
 from dnsguard.app.dns_filtering import FilteringTunnelDaemon, TunnelDns, wants_filtering
 from dnsguard.app.observe import ReloadCounter, TunnelObserver
-from dnsguard.app.tunnel import PacketFilter, TunnelShell
+from dnsguard.app.tunnel import TunnelShell
 from dnsguard.config import Config, TunnelConfig, load_config
 from dnsguard.errors import DnsguardError
 from dnsguard.lifecycle import (
@@ -98,7 +98,6 @@ async def cleanup(tunnel: TunnelConfig) -> None:
 class Client(FilteringTunnelDaemon):
     config_path: str
     config: Config
-    outbound_filter: PacketFilter | None = None
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     shell: TunnelShell | None = None
     on_state: Callable[[State], None] | None = None
@@ -225,7 +224,6 @@ class Client(FilteringTunnelDaemon):
             device,
             tun,
             udp,
-            outbound_filter=self.outbound_filter,
             on_event=self.on_event,
             on_batch=self.on_batch,
             clock=self.clock,
@@ -272,7 +270,7 @@ class Client(FilteringTunnelDaemon):
         }
         if self.shell is not None:
             stats = self.shell.stats
-            status.update(rx_bytes=stats.rx_bytes, tx_bytes=stats.tx_bytes, intercepted=stats.intercepted)
+            status.update(rx_bytes=stats.rx_bytes, tx_bytes=stats.tx_bytes)
         if self.journal is not None:
             self.journal.update_status(status)
 

@@ -24,9 +24,6 @@ log = logging.getLogger(__name__)
 
 BATCH = 128
 
-PacketFilter = Callable[[list[bytes]], list[bytes]]
-"""Takes a batch of IP packets, handles what it wants (DNS), returns the rest."""
-
 
 @dataclass
 class TunnelStats:
@@ -35,7 +32,6 @@ class TunnelStats:
     rx_packets: int = 0
     tx_packets: int = 0
     send_failures: int = 0
-    intercepted: int = 0
 
 
 @dataclass
@@ -49,10 +45,6 @@ class TunnelShell:
     device: Device
     tun: PacketDevice
     udp: DatagramEndpoint
-    outbound_filter: PacketFilter | None = None
-    """Client: DNS interception on packets read from the TUN (before encryption)."""
-    inbound_filter: PacketFilter | None = None
-    """Server: DNS interception on packets decrypted from peers (before the TUN)."""
     on_event: Callable[[Event], None] | None = None
     on_batch: Callable[[bool, float], None] | None = None
     """Called after each batch with (received_authenticated, now): lifecycle bookkeeping."""
@@ -113,16 +105,11 @@ class TunnelShell:
         packets = self.tun.read_batch(BATCH)
         if not packets:
             return
-        if self.outbound_filter is not None:
-            count = len(packets)
-            packets = self.outbound_filter(packets)
-            self.stats.intercepted += count - len(packets)
-        if packets:
-            now = self.clock()
-            self.device.send_packets(packets, now)
-            self.stats.tx_packets += len(packets)
-            if self.on_batch is not None:
-                self.on_batch(False, now)
+        now = self.clock()
+        self.device.send_packets(packets, now)
+        self.stats.tx_packets += len(packets)
+        if self.on_batch is not None:
+            self.on_batch(False, now)
         self.flush()
 
     def _udp_readable(self, sock: DatagramSocket) -> None:
@@ -149,10 +136,6 @@ class TunnelShell:
         received_before = self._received_total() if on_batch is not None else 0
         packets = self.device.receive_datagrams(batch, now)
         self.stats.rx_bytes += sum(len(d) for d, _ in batch)
-        if packets and self.inbound_filter is not None:
-            count = len(packets)
-            packets = self.inbound_filter(packets)
-            self.stats.intercepted += count - len(packets)
         write = self.tun.write
         for packet in packets:
             write(packet)
@@ -173,16 +156,6 @@ class TunnelShell:
     def _received_total(self) -> int:
         # Only the client asks (one peer); the server's per-batch path never pays for this.
         return sum(peer.rx_bytes for peer in self.device.peers.values())
-
-    def write_to_tun(self, packets: list[bytes]) -> None:
-        """Inject packets (e.g. DNS answers) into the TUN as if they came from the tunnel."""
-        for packet in packets:
-            self.tun.write(packet)
-
-    def send_packets(self, packets: list[bytes]) -> None:
-        """Encrypt packets produced locally (e.g. the resolver's upstream queries in userspace)."""
-        self.device.send_packets(packets, self.clock())
-        self.flush()
 
     def flush(self) -> None:
         """Send what the device produced, deliver its events, and re-arm the timer."""

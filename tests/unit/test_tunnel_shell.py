@@ -169,27 +169,6 @@ def test_after_a_rebind_the_shell_reads_the_new_socket_and_the_server_follows_th
     run_lab(main)
 
 
-def test_the_outbound_filter_takes_its_packets_before_encryption_and_the_shell_counts_them() -> None:
-    resolver_ip = "100.64.0.53"
-
-    def take_dns(packets: list[bytes]) -> list[bytes]:
-        return [packet for packet in packets if packet[16:20] != bytes(map(int, resolver_ip.split(".")))]
-
-    async def main(lab: ShellLab) -> None:
-        shell = lab.client_shell(outbound_filter=take_dns)
-        to_resolver, to_server = echo_request(CLIENT_IP, resolver_ip), echo_request(CLIENT_IP, SERVER_IP)
-        lab.client.tun.route(to_resolver, to_server)
-        await lab.run_for(0.01)
-        assert lab.server.tun.take_written() == [to_server]
-        assert shell.stats.intercepted == 1
-
-        answer = echo_request(resolver_ip, CLIENT_IP)
-        shell.write_to_tun([answer])
-        assert lab.client.tun.take_written() == [answer]
-
-    run_lab(main)
-
-
 def test_a_stopped_shell_reads_nothing_more_and_fires_no_timer() -> None:
     async def main(lab: ShellLab) -> None:
         lab.network.blocked.add(SERVER_ADDRESS[0])
