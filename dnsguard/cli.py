@@ -265,7 +265,7 @@ def _local_time(timestamp: float) -> str:
 
 
 def _require_net_admin(command: str) -> None:
-    from dnsguard.lab.netns import have_net_admin
+    from dnsguard.net.capabilities import have_net_admin
 
     if not have_net_admin():
         raise PrivilegeError(f"'dnsguard {command}' changes interfaces and routes and needs CAP_NET_ADMIN")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Container
 
-from dnsguard.errors import FormError
+from dnsguard.dns.wire import question_end
 
 __all__ = [
     "HEADER_SIZE",
@@ -41,30 +41,6 @@ _CD = 0x10  # in byte 3
 _RCODE_MASK = 0x0F  # in byte 3
 _ONE_QUESTION = b"\x00\x01"
 _TYPE_OPT = b"\x00\x29"
-
-
-def question_end(message: bytes) -> int:
-    """Offset just past the single question of a DNS message; FormError when there is not exactly one."""
-    size = len(message)
-    if size < HEADER_SIZE + 5 or message[4:6] != _ONE_QUESTION:
-        raise FormError("a DNS query must carry exactly one question")
-    offset = HEADER_SIZE
-    while True:
-        if offset >= size:
-            raise FormError("question name runs past the end of the message")
-        length = message[offset]
-        if length == 0:
-            break
-        if length > 63:
-            # The question holds the first name of a message: a compression pointer has nothing to point to.
-            raise FormError("question name has a compression pointer or an invalid label length")
-        offset += 1 + length
-    if offset - HEADER_SIZE + 1 > 255:
-        raise FormError("question name is longer than 255 octets")
-    end = offset + 5
-    if end > size:
-        raise FormError("question is truncated")
-    return end
 
 
 def question_key(message: bytes, end: int) -> bytes:

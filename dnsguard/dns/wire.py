@@ -296,6 +296,17 @@ def parse_full_query(data: bytes) -> Query:
     )
 
 
+def question_end(data: bytes) -> int:
+    """Offset after the question (its type and class included) of a one-question message; QueryError
+    (a FormError) otherwise. The upstream transports use it to match replies to queries."""
+    if len(data) < 12 or data[4:6] != b"\x00\x01":
+        raise QueryError("a DNS query must carry exactly one question", RCODE_FORMERR, reason="question")
+    _, end = _question_labels(data)
+    if end + 4 > len(data):
+        raise QueryError("question truncated", RCODE_FORMERR, reason="question")
+    return end + 4
+
+
 def _learn_question_name(data: bytes) -> tuple[str, int]:
     """Validate and remember the question name; return its text and the offset of its root byte."""
     labels, end = _question_labels(data)

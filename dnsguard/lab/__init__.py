@@ -7,9 +7,9 @@ from dnsguard.lab.netns import (
     cleanup_leftovers,
     dig_answers,
     dig_status,
-    have_net_admin,
     lab_session,
 )
+from dnsguard.net.capabilities import have_net_admin
 
 __all__ = [
     "ADDRESSES",

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dnsguard.errors import LabError
+from dnsguard.net.capabilities import have_net_admin
 
 NAME_PREFIX = "dglab"
 _NAME_RE = re.compile(rf"^{NAME_PREFIX}-(\d+)-\d+-[a-z]+$")
@@ -119,18 +120,6 @@ def cleanup_leftovers() -> list[str]:
             delete_namespace(namespace)
             removed.append(namespace)
     return removed
-
-
-def have_net_admin() -> bool:
-    """True when this process holds CAP_NET_ADMIN (needed for every lab and tunnel operation)."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return os.geteuid() == 0
-    for line in status.splitlines():
-        if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) & (1 << 12))
-    return os.geteuid() == 0
 
 
 @dataclass

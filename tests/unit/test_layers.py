@@ -147,3 +147,13 @@ def _strongly_connected(edges: dict[str, set[str]]) -> list[list[str]]:
                 if len(component) > 1:
                     found.append(sorted(component))
     return found
+
+
+def test_only_the_lab_and_the_demo_import_the_lab() -> None:
+    # The CLI reaches the lab only through `dnsguard demo` (dnsguard.demo, imported by that command).
+    importers = sorted(
+        module
+        for module, imported in GRAPH.items()
+        if layer(module) != "lab" and any(name in MODULES and layer(name) == "lab" for name in imported)
+    )
+    assert importers == ["dnsguard.demo"]
