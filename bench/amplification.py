@@ -18,7 +18,7 @@ import sys
 import textwrap
 
 from dnsguard.lab import ADDRESSES, Lab
-from dnsguard.lab.peers import DnsguardDaemon
+from dnsguard.lab.peers import start_resolver
 
 CLIENT = textwrap.dedent(
     """
@@ -91,12 +91,7 @@ def main() -> None:
                 "loading": {"cache-dir": str(lab.log_dir / "lists")},
                 "logging": {"level": "warning"},
             }
-            DnsguardDaemon(lab, "client", "resolve", config).start(wait_for_interface=None)
-            lab.wait_for(
-                lambda: "NOERROR" in lab.dig("client", f"www.{ADDRESSES.zone}", "127.0.0.1").stdout,
-                timeout=30,
-                what="dnsguard resolve to answer",
-            )
+            start_resolver(lab, config)
             argv = [sys.executable, "-c", CLIENT, ADDRESSES.lan_gw4, str(args.seconds), str(args.rate), kind]
             output = lab.run("lanhost", argv, timeout=args.seconds + 60).stdout
             results.append(json.loads(output.strip().splitlines()[-1]))

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from dnsguard.lab import ADDRESSES, Lab
-from dnsguard.lab.peers import DnsguardDaemon
+from dnsguard.lab.peers import start_resolver
 
 ROOT = Path(__file__).resolve().parents[1]
 FUZZER = "192.0.2.77"
@@ -65,12 +65,7 @@ def main() -> None:
             "loading": {"cache-dir": str(lab.log_dir / "lists")},
             "logging": {"level": "warning"},
         }
-        daemon = DnsguardDaemon(lab, "client", "resolve", config).start(wait_for_interface=None)
-        lab.wait_for(
-            lambda: "NOERROR" in lab.dig("lanhost", f"www.{ADDRESSES.zone}", ADDRESSES.lan_gw4).stdout,
-            timeout=30,
-            what="dnsguard resolve to answer",
-        )
+        daemon = start_resolver(lab, config, ask_from="lanhost", server=ADDRESSES.lan_gw4)
         assert daemon.process is not None
         pid = daemon.process.pid
         rss_before = rss_kib(pid)

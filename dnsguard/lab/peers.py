@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from dnsguard.errors import LabError
-from dnsguard.lab.netns import Lab
+from dnsguard.lab.netns import ADDRESSES, Lab
 
 
 def genkey() -> tuple[str, str]:
@@ -232,3 +232,22 @@ def wait_ping(lab: Lab, role: str, address: str, timeout: float = 15) -> float:
         interval=0.1,
     )
     return time.monotonic() - started
+
+
+def start_resolver(
+    lab: Lab,
+    config: dict[str, object],
+    *,
+    ask_from: str = "client",
+    server: str = "127.0.0.1",
+    timeout: float = 30,
+) -> DnsguardDaemon:
+    """`dnsguard resolve` in the gateway namespace, returned once a lookup from `ask_from` is answered."""
+    daemon = DnsguardDaemon(lab, "client", "resolve", config).start(wait_for_interface=None)
+    zone = ADDRESSES.zone
+    lab.wait_for(
+        lambda: "status: NOERROR" in lab.dig(ask_from, f"www.{zone}", server).stdout,
+        timeout=timeout,
+        what="dnsguard resolve to answer",
+    )
+    return daemon

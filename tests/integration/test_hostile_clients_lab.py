@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from dnsguard.lab import ADDRESSES, Lab
-from dnsguard.lab.peers import DnsguardDaemon
+from dnsguard.lab.peers import DnsguardDaemon, start_resolver
 
 ROOT = Path(__file__).resolve().parents[2]
 LAN_DNS = ADDRESSES.lan_gw4
@@ -59,13 +59,7 @@ def gateway() -> Iterator[tuple[Lab, DnsguardDaemon]]:
             "metrics": {"listen": METRICS},
             "loading": {"cache-dir": str(lab.log_dir / "lists")},
         }
-        daemon = DnsguardDaemon(lab, "client", "resolve", config)
-        daemon.start(wait_for_interface=None)
-        lab.wait_for(
-            lambda: "status: NOERROR" in lab.dig("lanhost", f"www.{ADDRESSES.zone}", LAN_DNS).stdout,
-            timeout=30,
-            what="dnsguard resolve to answer",
-        )
+        daemon = start_resolver(lab, config, ask_from="lanhost", server=LAN_DNS)
         try:
             yield lab, daemon
         except Exception:

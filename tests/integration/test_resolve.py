@@ -16,7 +16,7 @@ import pytest
 from dnsguard.lab import ADDRESSES, Lab
 from dnsguard.lab import dig_answers as answers
 from dnsguard.lab import dig_status as status
-from dnsguard.lab.peers import DnsguardDaemon
+from dnsguard.lab.peers import DnsguardDaemon, start_resolver
 
 ROOT = Path(__file__).resolve().parents[2]
 LAN_DNS = ADDRESSES.lan_gw4
@@ -50,13 +50,7 @@ def config(upstreams: list[str], **extra: object) -> dict[str, object]:
 @pytest.fixture
 def gateway() -> Iterator[tuple[Lab, DnsguardDaemon]]:
     with Lab(lan=True) as lab:
-        daemon = DnsguardDaemon(lab, "client", "resolve", config([ADDRESSES.dns4]))
-        daemon.start(wait_for_interface=None)
-        lab.wait_for(
-            lambda: "status: NOERROR" in lab.dig("client", f"www.{ADDRESSES.zone}", "127.0.0.1").stdout,
-            timeout=20,
-            what="dnsguard resolve to answer",
-        )
+        daemon = start_resolver(lab, config([ADDRESSES.dns4]), timeout=20)
         try:
             yield lab, daemon
         except Exception:

@@ -20,7 +20,7 @@ import yaml
 from dnsguard.lab import ADDRESSES, Lab
 from dnsguard.lab import dig_answers as answers
 from dnsguard.lab import dig_status as status
-from dnsguard.lab.peers import DnsguardDaemon
+from dnsguard.lab.peers import DnsguardDaemon, start_resolver
 from dnsguard.lab.scenario import SERVER_TUNNEL4, start_full_tunnel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,13 +59,7 @@ def gateway_knows(lab: Lab, address: str, mac: str) -> bool:
 def gateway() -> Iterator[tuple[Lab, DnsguardDaemon]]:
     with Lab(lan=True) as lab:
         lab.sh("lanhost", f"ip link set dev eth0 address {LAPTOP}")
-        daemon = DnsguardDaemon(lab, "client", "resolve", config())
-        daemon.start(wait_for_interface=None)
-        lab.wait_for(
-            lambda: "status: NOERROR" in lab.dig("client", f"www.{ADDRESSES.zone}", "127.0.0.1").stdout,
-            timeout=20,
-            what="dnsguard resolve to answer",
-        )
+        daemon = start_resolver(lab, config(), timeout=20)
         try:
             yield lab, daemon
         except Exception:
