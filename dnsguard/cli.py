@@ -213,13 +213,13 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from dnsguard.app.resolve import run_explain
+    from dnsguard.app.tools import run_explain
 
     return run_explain(args.config, args.name, args.client)
 
 
 def _lists(args: argparse.Namespace) -> int:
-    from dnsguard.app.resolve import run_lists_update
+    from dnsguard.app.tools import run_lists_update
 
     return run_lists_update(args.config)
 

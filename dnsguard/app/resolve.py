@@ -1,4 +1,4 @@
-"""`dnsguard resolve`, `explain`, `lists update`: the filtering resolver and its tools."""
+"""`dnsguard resolve`: the filtering resolver service (listeners, core, upstreams, lists, reloads)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import Resolver
 from dnsguard.dns.upstream_spec import parse_upstream
 from dnsguard.errors import ConfigError
-from dnsguard.filter.rules import folded_name
 from dnsguard.net.dns_listeners import (
     DnsListeners,
     TcpSettings,
@@ -47,8 +46,6 @@ from dnsguard.app.lists import (
     BuildResult,
     build,
     build_from,
-    build_sync,
-    cached_downloads,
     fetcher_for,
     urls_of,
 )
@@ -562,30 +559,3 @@ def run_resolve(config_path: str) -> int:
         raise ConfigError(exc.message, file=config_path, key=exc.key) from None
     run_loop(_serve(config_path, config))
     return 0
-
-
-def run_explain(config_path: str, name: str, client: str | None) -> int:
-    config = load_config(config_path)
-    built = build_sync(config, cached_downloads(config))
-    policy = Policy(config, built.matcher)
-    # A name IDNA rejects is explained as typed (lower-cased): no rule can name it, and the answer says so.
-    canonical = folded_name(name) or name.strip().rstrip(".").lower()
-    print(policy.explain(canonical, client or "", time.time()))
-    return 0
-
-
-def run_lists_update(config_path: str) -> int:
-    config = load_config(config_path)
-    urls = urls_of(config)
-    if not urls:
-        print("no list sources are URLs; nothing to download")
-        return 0
-    fetcher = fetcher_for(
-        config, progress=lambda url, got, total: print(f"  {url}: {got / 1e6:.1f} MB", flush=True)
-    )
-    results = asyncio.run(fetcher.fetch_all(urls))
-    failed = 0
-    for url, result in results.items():
-        print(f"{result.status:13s} {url}" + (f"  ({result.error})" if result.error else ""))
-        failed += result.status == "failed"
-    return 1 if failed else 0

@@ -1,0 +1,38 @@
+"""`dnsguard explain` and `dnsguard lists update`: the resolver's tools that run without a daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from dnsguard.app.lists import build_sync, cached_downloads, fetcher_for, urls_of
+from dnsguard.config import load_config
+from dnsguard.filter.rules import folded_name
+from dnsguard.policy.engine import Policy
+
+
+def run_explain(config_path: str, name: str, client: str | None) -> int:
+    config = load_config(config_path)
+    built = build_sync(config, cached_downloads(config))
+    policy = Policy(config, built.matcher)
+    # A name IDNA rejects is explained as typed (lower-cased): no rule can name it, and the answer says so.
+    canonical = folded_name(name) or name.strip().rstrip(".").lower()
+    print(policy.explain(canonical, client or "", time.time()))
+    return 0
+
+
+def run_lists_update(config_path: str) -> int:
+    config = load_config(config_path)
+    urls = urls_of(config)
+    if not urls:
+        print("no list sources are URLs; nothing to download")
+        return 0
+    fetcher = fetcher_for(
+        config, progress=lambda url, got, total: print(f"  {url}: {got / 1e6:.1f} MB", flush=True)
+    )
+    results = asyncio.run(fetcher.fetch_all(urls))
+    failed = 0
+    for url, result in results.items():
+        print(f"{result.status:13s} {url}" + (f"  ({result.error})" if result.error else ""))
+        failed += result.status == "failed"
+    return 1 if failed else 0
