@@ -325,28 +325,19 @@ def _check_networks(items: list[str], key: str, keywords: tuple[str, ...] = ()) 
 class RateLimitConfig:
     """A token bucket per client; queries over it are dropped and counted, never answered."""
 
-    queries_per_second: float = 200.0
-    """Sustained rate per client (0 turns the limit off); far above what a household's devices do."""
-    burst: int = 2000
+    queries_per_second: Annotated[float, Range(0, 1_000_000, "queries a second; 0 turns the limit off")] = (
+        200.0
+    )
+    """Sustained rate per client; far above what a household's devices do."""
+    burst: Annotated[int, Range(1, 1_000_000, "queries")] = 2000
     """Queries a quiet client may send at once (a page load asks for a few hundred names)."""
     exempt: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     """Clients never rate-limited: by default the host's own programs."""
-    remote_ipv4_prefix: int = 24
+    remote_ipv4_prefix: Annotated[int, Range(8, 32, "an IPv4 prefix length")] = 24
     """Clients of `allow-clients` CIDRs outside the local networks share a bucket per prefix."""
-    remote_ipv6_prefix: int = 56
+    remote_ipv6_prefix: Annotated[int, Range(16, 128, "an IPv6 prefix length")] = 56
 
     def validate(self) -> None:
-        if (
-            not 0 <= self.queries_per_second <= 1_000_000
-            or self.queries_per_second != self.queries_per_second
-        ):
-            raise ConfigError("must be 0..1000000", key="queries-per-second")
-        if not 1 <= self.burst <= 1_000_000:
-            raise ConfigError("must be 1..1000000", key="burst")
-        if not 8 <= self.remote_ipv4_prefix <= 32:
-            raise ConfigError("must be 8..32", key="remote-ipv4-prefix")
-        if not 16 <= self.remote_ipv6_prefix <= 128:
-            raise ConfigError("must be 16..128", key="remote-ipv6-prefix")
         _check_networks(self.exempt, "exempt")
 
 
@@ -354,22 +345,18 @@ class RateLimitConfig:
 class TcpLimitsConfig:
     """DNS over TCP (RFC 7766): connection slots and timeouts."""
 
-    max_connections: int = 256
-    max_per_client: int = 16
-    idle_timeout: Duration = Duration(10)
+    max_connections: Annotated[int, Range(1, 65535, "connections")] = 256
+    max_per_client: Annotated[int, Range(1, 65535, "connections, at most max-connections")] = 16
+    idle_timeout: Annotated[Duration, Range(0.1, 3600, "seconds")] = Duration(10)
     """Time a connection may take to send its next whole message (not reset by each byte)."""
-    max_lifetime: Duration = Duration(120)
+    max_lifetime: Annotated[Duration, Range(0.1, DAY, "seconds, at least idle-timeout")] = Duration(120)
     """A connection is closed after this long, once its pending answers are sent."""
 
     def validate(self) -> None:
-        if not 1 <= self.max_connections <= 65535:
-            raise ConfigError("must be 1..65535", key="max-connections")
-        if not 1 <= self.max_per_client <= self.max_connections:
-            raise ConfigError("must be 1..max-connections", key="max-per-client")
-        if not 0.1 <= self.idle_timeout <= 3600:
-            raise ConfigError("must be 100ms..1h", key="idle-timeout")
-        if not self.idle_timeout <= self.max_lifetime <= 86400:
-            raise ConfigError("must be idle-timeout..1d", key="max-lifetime")
+        if self.max_per_client > self.max_connections:
+            raise ConfigError("must be at most max-connections", key="max-per-client")
+        if self.max_lifetime < self.idle_timeout:
+            raise ConfigError("must be at least idle-timeout", key="max-lifetime")
 
 
 @dataclass
@@ -397,9 +384,9 @@ class ResolverConfig:
     host's interfaces for `resolve`, of `lan-interfaces` and the host's own addresses for `up`) and
     `tunnel` (the tunnel's addresses, and for `server` its peers' allowed IPs)."""
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
-    max_udp_size: int = 1232
+    max_udp_size: Annotated[int, Range(512, 4096, "bytes; 512 is DNS's own minimum")] = 1232
     """Largest UDP reply, whatever size the client's EDNS allows (DNS Flag Day 2020); larger get TC."""
-    max_upstream_per_client: int = 64
+    max_upstream_per_client: Annotated[int, Range(1, 4096, "queries")] = 64
     """Queries of one client waiting for an upstream at once; more are dropped and counted."""
     tcp: TcpLimitsConfig = field(default_factory=TcpLimitsConfig)
     special_use: SpecialUseConfig = field(default_factory=SpecialUseConfig)
@@ -410,10 +397,6 @@ class ResolverConfig:
         for i, item in enumerate(self.listen):
             parse_hostport(item, 53, f"listen[{i}]")
         _check_networks(self.allow_clients, "allow-clients", CLIENT_NETWORK_KEYWORDS)
-        if not 512 <= self.max_udp_size <= 4096:
-            raise ConfigError("must be 512..4096", key="max-udp-size")
-        if not 1 <= self.max_upstream_per_client <= 4096:
-            raise ConfigError("must be 1..4096", key="max-upstream-per-client")
 
 
 @dataclass

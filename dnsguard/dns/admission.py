@@ -202,7 +202,7 @@ class ClientAdmission:
         return key
 
     def verdict(self, address: str, now: float) -> int:
-        """ADMIT, OUTSIDE or RATE_LIMITED (for tests and `explain`; the listeners call `admit`)."""
+        """ADMIT, OUTSIDE or RATE_LIMITED, spelled out for tests and readers (the listeners call `admit`)."""
         outside, limited = self.stats.outside, self.stats.rate_limited
         if self.admit(address, now) is not None:
             return ADMIT

@@ -326,3 +326,23 @@ def test_reporting_stops_after_max_errors(tmp_path: Path) -> None:
         load_config(path)
     assert len(info.value.errors) == MAX_ERRORS
     assert [e.line for e in info.value.errors[:2]] == [4, 5]
+
+
+@pytest.mark.parametrize(
+    ("fragment_yaml", "key", "fragment"),
+    [
+        ("rate-limit: {burst: 0}", "resolver.rate-limit.burst", "must be 1..1000000"),
+        ("rate-limit: {queries-per-second: .nan}", "resolver.rate-limit.queries-per-second", "finite"),
+        ("rate-limit: {remote-ipv4-prefix: 33}", "resolver.rate-limit.remote-ipv4-prefix", "must be 8..32"),
+        ("rate-limit: {exempt: [not-a-cidr]}", "resolver.rate-limit.exempt[0]", "not a CIDR"),
+        ("allow-clients: [everyone]", "resolver.allow-clients[0]", "loopback, local-networks, tunnel"),
+        ("max-udp-size: 100", "resolver.max-udp-size", "must be 512..4096"),
+        ("max-upstream-per-client: 0", "resolver.max-upstream-per-client", "must be 1..4096"),
+        ("tcp: {max-per-client: 300}", "resolver.tcp.max-per-client", "at most max-connections"),
+        ("tcp: {idle-timeout: 20s, max-lifetime: 5s}", "resolver.tcp.max-lifetime", "at least idle-timeout"),
+    ],
+)
+def test_the_resolver_limits_are_checked(tmp_path: Path, fragment_yaml: str, key: str, fragment: str) -> None:
+    error = only_error(tmp_path, BASE + f"resolver:\n  {fragment_yaml}\n")
+    assert error.key == key
+    assert fragment in error.message, error.message
