@@ -1,4 +1,6 @@
-"""DNS cores: the wire fast path (parse queries, build and patch replies) and the answer cache."""
+"""DNS cores, sans-I/O: the wire format (parse queries, build and patch replies), the answer cache, client
+admission, the resolver core, and upstream specs, matching, selection and health. This package exports the
+wire format and the cache; import the others from their modules."""
 
 from dnsguard.dns.cache import AnswerCache, CacheKey, CacheStats, cache_key
 from dnsguard.dns.wire import (
