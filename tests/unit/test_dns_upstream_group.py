@@ -12,7 +12,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 import pytest
-from dnslib import EDNS0, RCODE, DNSRecord
+from dnslib import RCODE, DNSRecord
 
 from dnsguard.dns.upstream_errors import (
     AllUpstreamsFailedError,
@@ -33,27 +33,9 @@ from dnsguard.net.upstream.fake import (
     VirtualClockLoop,
     run_on_virtual_clock,
 )
+from tests.unit.test_dns_upstream import answer_of, make_query, reply_id
 
 START = 1000.0  # the virtual clock's reading when each test begins
-
-
-def make_query(
-    name: str = "www.example.test", qtype: str = "A", query_id: int = 0x1234, edns: str | None = None
-) -> bytes:
-    record = DNSRecord.question(name, qtype)
-    record.header.id = query_id
-    if edns is not None:
-        record.add_ar(EDNS0(flags=edns, udp_len=1232))
-    return bytes(record.pack())
-
-
-def answer_of(reply: bytes) -> str:
-    """The first A record's address in a reply."""
-    return str(DNSRecord.parse(reply).rr[0].rdata)
-
-
-def reply_id(reply: bytes) -> int:
-    return int.from_bytes(reply[:2], "big")
 
 
 def run(main: Callable[[VirtualClockLoop], Awaitable[None]]) -> None:
