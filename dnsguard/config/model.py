@@ -47,6 +47,8 @@ IFNAMSIZ = 16
 """Linux interface names are at most IFNAMSIZ - 1 = 15 bytes."""
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,62}$")
+_CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _HHMM_RE = re.compile(r"^([01]?\d|2[0-4]):([0-5]\d)$")
 _NAME_RE = re.compile(
     r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.?$"
@@ -70,6 +72,33 @@ def parse_client_id(text: str, key: str) -> str:
         return str(ipaddress.ip_network(value, strict=False))
     except ValueError:
         raise ConfigError(f"{text!r} is not an IP address, a CIDR or a MAC address", key=key) from None
+
+
+def is_client_name(text: str) -> bool:
+    """A name from `clients:` rather than an address: no IP, CIDR or MAC address looks like one."""
+    value = text.strip()
+    if (
+        not _CLIENT_NAME_RE.match(value)
+        or value.replace(".", "").isdigit()
+        or _MAC_RE.match(value.lower().replace("-", ":"))
+    ):
+        return False
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return True
+    return False
+
+
+def check_tags(tags: list[str], key: str) -> list[str]:
+    """Client tags as `$ctag` writes them: lower-case words of letters, digits and '_'."""
+    checked = []
+    for i, tag in enumerate(tags):
+        value = str(tag).strip().lower()
+        if not _TAG_RE.match(value):
+            raise ConfigError(f"{tag!r} is not a tag (such as device_phone or user_child)", key=f"{key}[{i}]")
+        checked.append(value)
+    return checked
 
 
 def check_ip(text: str, key: str) -> None:
@@ -171,15 +200,40 @@ class GroupConfig:
     filtering: bool = True
     """False: answer everything for this group (lists, schedules and safe search are skipped)."""
     block_mode: BlockMode | None = None
+    tags: list[str] = field(default_factory=list)
+    """Tags every client of the group carries, for `$ctag` rules (device_phone, user_child...)."""
 
     def validate(self) -> None:
+        self.tags = check_tags(self.tags, "tags")
         problems = Problems()
         clients = []
         for i, client in enumerate(self.clients):
             with problems.check():
-                clients.append(parse_client_id(client, f"clients[{i}]"))
+                if is_client_name(client):
+                    clients.append(client.strip())  # a name from `clients:`; Config.validate expands it
+                else:
+                    clients.append(parse_client_id(client, f"clients[{i}]"))
         problems.raise_any()
         self.clients = clients
+
+
+@dataclass
+class ClientConfig:
+    """A known device: its name, shown wherever it appears, and the tags `$ctag` rules match."""
+
+    addresses: list[str] = field(default_factory=list)
+    """IP addresses, CIDRs and MAC addresses of the device."""
+    tags: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        self.tags = check_tags(self.tags, "tags")
+        problems = Problems()
+        addresses = []
+        for i, address in enumerate(self.addresses):
+            with problems.check():
+                addresses.append(parse_client_id(address, f"addresses[{i}]"))
+        problems.raise_any()
+        self.addresses = addresses
 
 
 @dataclass
@@ -612,6 +666,8 @@ class Config:
     lists: dict[str, ListConfig] = field(default_factory=dict)
     loading: ListsLoadingConfig = field(default_factory=ListsLoadingConfig)
     groups: dict[str, GroupConfig] = field(default_factory=dict)
+    clients: dict[str, ClientConfig] = field(default_factory=dict)
+    """Known devices by name; a group's `clients` may name them."""
     blocking: BlockingConfig = field(default_factory=BlockingConfig)
     rewrites: list[RewriteConfig] = field(default_factory=list)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -626,6 +682,7 @@ class Config:
     """What the files say that dnsguard does not apply (wg-quick hooks...); `check` prints, daemons log."""
 
     def validate(self) -> None:
+        self._check_clients()
         for group_name, group in self.groups.items():
             for kind, names in (("block", group.block), ("allow", group.allow)):
                 for i, list_name in enumerate(names):
@@ -642,6 +699,36 @@ class Config:
                         key=f"groups.{group_name}.clients",
                     )
                 seen[client] = group_name
+
+    def _check_clients(self) -> None:
+        """Client names are well formed and own distinct addresses; groups naming them get the addresses."""
+        owners: dict[str, str] = {}
+        for client_name, client in self.clients.items():
+            if not is_client_name(client_name):
+                raise ConfigError(
+                    f"{client_name!r} is not a client name (letters, digits, '.', '_', '-'; not an address)",
+                    key=f"clients.{client_name}",
+                )
+            for address in client.addresses:
+                if address in owners:
+                    raise ConfigError(
+                        f"{address} is already client {owners[address]!r}",
+                        key=f"clients.{client_name}.addresses",
+                    )
+                owners[address] = client_name
+        for group_name, group in self.groups.items():
+            expanded: list[str] = []
+            for entry in group.clients:
+                if not is_client_name(entry):
+                    expanded.append(entry)
+                elif entry in self.clients:
+                    expanded.extend(self.clients[entry].addresses)
+                else:
+                    known = ", ".join(sorted(self.clients)) or "none defined"
+                    raise ConfigError(
+                        f"no client named {entry!r} (clients: {known})", key=f"groups.{group_name}.clients"
+                    )
+            group.clients = expanded
 
     def _check_list(self, name: str, key: str) -> None:
         if name not in self.lists:

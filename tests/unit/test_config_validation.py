@@ -346,3 +346,37 @@ def test_the_resolver_limits_are_checked(tmp_path: Path, fragment_yaml: str, key
     error = only_error(tmp_path, BASE + f"resolver:\n  {fragment_yaml}\n")
     assert error.key == key
     assert fragment in error.message, error.message
+
+
+# -- known clients and tags ---------------------------------------------------------------------
+
+CLIENTS = (
+    "clients:\n"
+    "  kid-tablet:\n"
+    "    addresses: [192.0.2.20, AA-BB-CC-DD-EE-01]\n"
+    "    tags: [device_tablet, User_Child]\n"
+)
+
+
+def test_a_group_naming_a_client_gets_its_addresses_and_tags_are_folded(tmp_path: Path) -> None:
+    text = (
+        BASE + CLIENTS + "groups:\n  kids:\n    clients: [kid-tablet, 192.0.2.30]\n    tags: [user_child]\n"
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.clients["kid-tablet"].addresses == ["192.0.2.20/32", "aa:bb:cc:dd:ee:01"]
+    assert config.clients["kid-tablet"].tags == ["device_tablet", "user_child"]
+    assert config.groups["kids"].clients == ["192.0.2.20/32", "aa:bb:cc:dd:ee:01", "192.0.2.30/32"]
+    assert config.groups["kids"].tags == ["user_child"]
+
+
+def test_a_group_naming_an_unknown_client_is_refused_with_the_known_ones(tmp_path: Path) -> None:
+    error = only_error(tmp_path, BASE + CLIENTS + "groups:\n  kids:\n    clients: [kid-phone]\n")
+    assert error.key == "groups.kids.clients" and "kid-phone" in str(error) and "kid-tablet" in str(error)
+
+
+def test_a_malformed_tag_or_a_shared_address_is_refused(tmp_path: Path) -> None:
+    error = only_error(tmp_path, BASE + CLIENTS.replace("device_tablet", "device tablet"))
+    assert error.key == "clients.kid-tablet.tags[0]"
+    twin = "  kid-phone:\n    addresses: [192.0.2.20]\n"
+    error = only_error(tmp_path, BASE + CLIENTS + twin)
+    assert error.key == "clients.kid-phone.addresses" and "kid-tablet" in str(error)
