@@ -23,6 +23,7 @@ from dnsguard.app.observe import ReloadCounter
 from dnsguard.config import Config, PeerConfig, TunnelConfig, load_config
 from dnsguard.config.addresses import parse_hostport
 from dnsguard.errors import ConfigError, DnsguardError
+from dnsguard.wireguard.keys import PublicKey
 
 if TYPE_CHECKING:
     from dnsguard.wireguard.device import Device
@@ -77,7 +78,7 @@ def build_device(tunnel: TunnelConfig, now: float) -> Device:
     return device
 
 
-PeerArguments = dict[str, dict[str, object]]
+PeerArguments = dict[PublicKey, dict[str, object]]
 """Canonical public key -> keyword arguments of Device.add_peer / update_peer."""
 
 
@@ -87,14 +88,12 @@ def prepare_peers(tunnel: TunnelConfig) -> PeerArguments:
     Endpoint names are resolved here, and each peer is tried on a scratch device with the same identity,
     so that applying the result (`apply_peers`) cannot fail half-way.
     """
-    from dnsguard.wireguard.keys import decode_key, encode_key
-
     scratch = build_device(TunnelConfig(private_key=tunnel.private_key), 0.0)
     prepared: PeerArguments = {}
     for index, peer in enumerate(tunnel.peers):
         where = f"tunnel.peers[{index}]"
         try:
-            key = encode_key(decode_key(peer.public_key, what="peer public key"))
+            key = peer.public_key  # canonical since the configuration was validated
             arguments = peer_arguments(peer)
             scratch.add_peer(key, now=0.0, **arguments)  # type: ignore[arg-type]
         except ConfigError as exc:

@@ -23,9 +23,11 @@ import logging
 import os
 from pathlib import Path
 
+from dnsguard.errors import ConfigError
 from dnsguard.net.journal import RUN_DIR, state_file
 from dnsguard.wireguard.device import Device
 from dnsguard.wireguard.events import Address
+from dnsguard.wireguard.keys import PublicKey, parse_public_key
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,9 @@ class EndpointMemory:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._saved: dict[str, Address] = {}
+        self._saved: dict[PublicKey, Address] = {}
 
-    def load(self) -> dict[str, Address]:
+    def load(self) -> dict[PublicKey, Address]:
         """The remembered endpoints; an unreadable or malformed file remembers nothing."""
         try:
             document = json.loads(self.path.read_text())
@@ -56,11 +58,14 @@ class EndpointMemory:
             return {}
         if not isinstance(document, dict):
             return {}
-        endpoints: dict[str, Address] = {}
-        for key, value in document.items():
+        endpoints: dict[PublicKey, Address] = {}
+        for text, value in document.items():
+            try:
+                key = parse_public_key(text)
+            except ConfigError:
+                continue
             if (
-                isinstance(key, str)
-                and isinstance(value, list)
+                isinstance(value, list)
                 and len(value) == 2
                 and isinstance(value[0], str)
                 and isinstance(value[1], int)

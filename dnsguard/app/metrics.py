@@ -45,14 +45,9 @@ def peer_label(public_key: str, name: str = "") -> str:
 
 def peer_names(config: Config) -> dict[str, str]:
     """Canonical base64 public key -> configured name, for the peers that have one."""
-    names = {}
-    if config.tunnel is not None:
-        from dnsguard.wireguard.keys import decode_key, encode_key  # only daemons with a tunnel need it
-
-        for peer in config.tunnel.peers:
-            if peer.name:
-                names[encode_key(decode_key(peer.public_key, what="peer public key"))] = peer.name
-    return names
+    if config.tunnel is None:
+        return {}
+    return {peer.public_key: peer.name for peer in config.tunnel.peers if peer.name}
 
 
 def _histogram(name: str, documentation: str, label: str, histograms: dict[str, DurationHistogram]) -> Metric:

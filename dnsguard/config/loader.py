@@ -286,7 +286,7 @@ class Binder:
             if not math.isfinite(value):
                 raise ValueError(f"expected a finite number, not {value!r}")
             return float(value)
-        if tp is str:
+        if tp is str or getattr(tp, "__supertype__", None) is str:  # str, or a NewType of it
             if value is None or isinstance(value, list | dict):
                 raise ValueError("expected a string")
             return str(value)

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from dnsguard.config.addresses import is_ip
 from dnsguard.config.loader import ByteSize, ConfigWarning, Duration, Problems, Range
 from dnsguard.errors import ConfigError
+from dnsguard.wireguard.keys import PublicKey
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -126,6 +127,16 @@ def check_interface_name(text: str, key: str) -> None:
         raise ConfigError(
             f"{text!r} is not an interface name (1..{IFNAMSIZ - 1} bytes, no '/', ':' or spaces)", key=key
         )
+
+
+def check_public_key(text: str, key: str) -> PublicKey:
+    """A peer's public key, canonical; the one place a configured key is read."""
+    from dnsguard.wireguard.keys import parse_public_key
+
+    try:
+        return parse_public_key(text)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, key=key) from None
 
 
 def check_key(text: str, key: str, what: str) -> None:
@@ -457,7 +468,7 @@ class ResolverConfig:
 class PeerConfig:
     """A WireGuard peer (wg-quick [Peer])."""
 
-    public_key: str
+    public_key: PublicKey
     allowed_ips: list[str] = field(default_factory=list)
     endpoint: str | None = None
     preshared_key: str | None = None
@@ -471,7 +482,7 @@ class PeerConfig:
 
         problems = Problems()
         with problems.check():
-            check_key(self.public_key, "public-key", "a public key")
+            self.public_key = check_public_key(self.public_key, "public-key")
         if self.preshared_key is not None:
             with problems.check():
                 check_key(self.preshared_key, "preshared-key", "a preshared key")
@@ -581,16 +592,15 @@ class TunnelConfig:
                     key="mtu",
                 )
             )
-        from dnsguard.wireguard.keys import decode_key
-
-        seen: dict[bytes, int] = {}
+        seen: dict[PublicKey, int] = {}
         for i, peer in enumerate(self.peers):
-            raw = decode_key(peer.public_key)  # validated already; decoding canonicalises it
-            if raw in seen:
+            if peer.public_key in seen:  # canonical since PeerConfig.validate
                 problems.errors.append(
-                    ConfigError(f"the same public key as peers[{seen[raw]}]", key=f"peers[{i}].public-key")
+                    ConfigError(
+                        f"the same public key as peers[{seen[peer.public_key]}]", key=f"peers[{i}].public-key"
+                    )
                 )
-            seen.setdefault(raw, i)
+            seen.setdefault(peer.public_key, i)
         problems.raise_any()
 
 

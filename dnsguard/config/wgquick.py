@@ -26,6 +26,7 @@ from dnsguard.config.model import (
     check_prefix,
 )
 from dnsguard.errors import ConfigError
+from dnsguard.wireguard.keys import PublicKey
 
 _HOOKS = {"preup": "PreUp", "postup": "PostUp", "predown": "PreDown", "postdown": "PostDown"}
 _NOT_APPLIED = {
@@ -213,7 +214,7 @@ def _read_peer(section: _Section, problems: Problems, file: str) -> PeerConfig |
     if not ok or public is None:
         return None
     return PeerConfig(
-        public_key=public[0],
+        public_key=PublicKey(public[0].strip()),  # checked above
         allowed_ips=allowed,
         endpoint=endpoint[0] if endpoint else None,
         preshared_key=preshared[0] if preshared else None,

@@ -81,7 +81,7 @@ from dnsguard.wireguard.events import (
     KeysZeroed,
     PeerEndpointChanged,
 )
-from dnsguard.wireguard.keys import decode_key, encode_key
+from dnsguard.wireguard.keys import PublicKey, decode_key, encode_key, parse_public_key
 from dnsguard.wireguard.peer import Peer, PeerStatus
 from dnsguard.wireguard.session import TRANSPORT_HEADER, TRANSPORT_NONCE, Keypair, seal_packets
 
@@ -136,7 +136,7 @@ class Device:
                 f"a persisted TAI64N timestamp is {TIMESTAMP_SIZE} bytes, got {len(last_timestamp)}"
             )
         self._identity = noise.StaticIdentity(decode_key(private_key, what="private key"))
-        self.public_key = encode_key(self._identity.public)
+        self.public_key = PublicKey(encode_key(self._identity.public))
         self.listen_port = listen_port
         self.mtu = mtu
         # Set by the shell from its handshake queue depth; while True, handshakes need a valid mac2.
@@ -149,7 +149,7 @@ class Device:
         self._random_bytes = random_bytes
         self._last_timestamp_sent = last_timestamp
         self._staged_limit = staged_limit
-        self._peers: dict[str, Peer] = {}
+        self._peers: dict[PublicKey, Peer] = {}
         self._peers_by_raw_key: dict[bytes, Peer] = {}
         self._allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self._owner_of_all_v4: Peer | None = None
@@ -166,7 +166,7 @@ class Device:
     # Configuration
 
     @property
-    def peers(self) -> Mapping[str, Peer]:
+    def peers(self) -> Mapping[PublicKey, Peer]:
         """Peers by base64 public key (read-only view)."""
         return MappingProxyType(self._peers)
 
@@ -186,8 +186,8 @@ class Device:
         now: float | None = None,
     ) -> Peer:
         """Add a peer; with a persistent keepalive, an endpoint and `now`, start its session right away."""
-        raw = decode_key(public_key, what="peer public key")
-        canonical = encode_key(raw)
+        canonical = parse_public_key(public_key, what="peer public key")
+        raw = decode_key(canonical)
         if canonical in self._peers:
             raise ConfigError(f"peer {canonical} is already configured")
         if raw == self._identity.public:
@@ -265,7 +265,7 @@ class Device:
         if identity.public in self._peers_by_raw_key:
             raise ConfigError("the new private key belongs to a configured peer")
         self._identity = identity
-        self.public_key = encode_key(identity.public)
+        self.public_key = PublicKey(encode_key(identity.public))
         self._cookie_checker = CookieChecker(identity.public, self._random_bytes)
         for peer in self._peers.values():
             peer.static_static = dh(identity.private, peer.public_key_raw)
@@ -874,7 +874,7 @@ class Device:
     # Helpers
 
     def _peer(self, public_key: str) -> Peer:
-        peer = self._peers.get(encode_key(decode_key(public_key, what="peer public key")))
+        peer = self._peers.get(parse_public_key(public_key, what="peer public key"))
         if peer is None:
             raise ConfigError(f"no peer {public_key}")
         return peer

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from dnsguard.wireguard.keys import PublicKey
+
 Address = tuple[Any, ...]
 """A UDP socket address as the shell's socket gives it: (host, port) or the IPv6 4-tuple."""
 
@@ -14,7 +16,7 @@ Address = tuple[Any, ...]
 class HandshakeInitiationSent:
     """We sent a handshake initiation to the peer; `attempt` counts from 1 within one handshake."""
 
-    public_key: str
+    public_key: PublicKey
     attempt: int
 
 
@@ -23,7 +25,7 @@ class HandshakeCompleted:
     """A new session is usable: on the initiator when the response arrives, on the responder at key
     confirmation (the first transport packet under the new keys)."""
 
-    public_key: str
+    public_key: PublicKey
     is_initiator: bool
 
 
@@ -31,7 +33,7 @@ class HandshakeCompleted:
 class HandshakeGaveUp:
     """No response after `attempts` initiations (about 90 s); queued packets were dropped."""
 
-    public_key: str
+    public_key: PublicKey
     attempts: int
 
 
@@ -39,7 +41,7 @@ class HandshakeGaveUp:
 class PeerEndpointChanged:
     """An authenticated packet came from a new address and the peer now lives there (roaming)."""
 
-    public_key: str
+    public_key: PublicKey
     old: Address | None
     new: Address
 
@@ -48,7 +50,7 @@ class PeerEndpointChanged:
 class KeysZeroed:
     """No new session for 540 s: every key of the peer was erased."""
 
-    public_key: str
+    public_key: PublicKey
 
 
 Event = HandshakeInitiationSent | HandshakeCompleted | HandshakeGaveUp | PeerEndpointChanged | KeysZeroed

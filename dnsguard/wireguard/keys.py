@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from typing import NewType
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -12,6 +13,10 @@ from dnsguard.errors import ConfigError
 from dnsguard.wireguard.constants import KEY_SIZE
 
 _ENCODED_KEY_LENGTH = 44
+
+PublicKey = NewType("PublicKey", str)
+"""A public key in canonical base64, made only by `parse_public_key` and `public_key`: peers, events,
+metric labels and the API are keyed by this one form, so nothing downstream decodes a key again."""
 
 
 def encode_key(raw: bytes) -> str:
@@ -36,6 +41,12 @@ def decode_key(text: str, *, what: str = "key") -> bytes:
     if len(raw) != KEY_SIZE or base64.b64encode(raw).decode("ascii") != stripped:
         raise ConfigError(f"{what} is not the canonical base64 encoding of {KEY_SIZE} bytes")
     return raw
+
+
+def parse_public_key(text: str, *, what: str = "public key") -> PublicKey:
+    """A public key as `wg` accepts it, in its canonical form; raises ConfigError otherwise."""
+    decode_key(text, what=what)
+    return PublicKey(text.strip())
 
 
 def clamp_private_key(raw: bytes) -> bytes:
@@ -64,6 +75,6 @@ def public_key_bytes(private_raw: bytes) -> bytes:
     return private.public_key().public_bytes_raw()
 
 
-def public_key(private_key: str) -> str:
+def public_key(private_key: str) -> PublicKey:
     """Return the public key of a base64 private key, like `wg pubkey`."""
-    return encode_key(public_key_bytes(decode_key(private_key, what="private key")))
+    return PublicKey(encode_key(public_key_bytes(decode_key(private_key, what="private key"))))

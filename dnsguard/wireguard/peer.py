@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from dnsguard.wireguard.allowedips import Network
 from dnsguard.wireguard.cookie import CookieGenerator
 from dnsguard.wireguard.events import Address
+from dnsguard.wireguard.keys import PublicKey
 from dnsguard.wireguard.noise import Handshake
 from dnsguard.wireguard.session import Keypair
 
@@ -20,7 +21,7 @@ from dnsguard.wireguard.session import Keypair
 class PeerStatus:
     """A snapshot of one peer for a `wg show`-like listing."""
 
-    public_key: str
+    public_key: PublicKey
     endpoint: Address | None
     allowed_ips: tuple[str, ...]
     persistent_keepalive: int
@@ -67,7 +68,7 @@ class Peer:
 
     def __init__(
         self,
-        public_key: str,
+        public_key: PublicKey,
         public_key_raw: bytes,
         *,
         preshared_key: bytes,

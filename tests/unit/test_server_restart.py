@@ -74,6 +74,10 @@ def test_a_peer_with_a_configured_endpoint_and_a_bad_file_are_left_alone(tmp_pat
     assert EndpointMemory(path).reconnect(server.device, lab.now) == 0
     path.write_text("{not json")
     assert EndpointMemory(path).load() == {}
+    path.write_text(
+        json.dumps({"not a key": ["198.18.0.9", 51820], f" {client.public_key}": ["198.18.0.9", 1]})
+    )
+    assert EndpointMemory(path).load() == {client.public_key: ("198.18.0.9", 1)}  # keys read canonical
     # The client's own peer has a configured endpoint: its configuration decides, not the memory.
     path.write_text(json.dumps({server.public_key: ["198.18.0.9", 51820]}))
     assert EndpointMemory(path).reconnect(client.device, lab.now) == 0

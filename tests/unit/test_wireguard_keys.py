@@ -13,6 +13,7 @@ from dnsguard.wireguard.keys import (
     decode_key,
     generate_preshared_key,
     generate_private_key,
+    parse_public_key,
     public_key,
 )
 
@@ -80,3 +81,10 @@ def test_malformed_keys_are_refused_with_a_reason(text: str, complaint: str) -> 
 def test_the_error_names_which_key_was_wrong() -> None:
     with pytest.raises(ConfigError, match="preshared key"):
         decode_key("nope", what="preshared key")
+
+
+def test_a_public_key_is_read_once_into_its_canonical_form() -> None:
+    key = public_key(generate_private_key())
+    assert parse_public_key(f"  {key}\n") == key
+    with pytest.raises(ConfigError, match="peer public key"):
+        parse_public_key(key[:-2] + "B=", what="peer public key")  # unused low bits set: not canonical
