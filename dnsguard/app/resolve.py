@@ -105,11 +105,11 @@ def make_conditional(
     config: Config, socket_setup: SocketSetup | None = None, observer: DnsObserver | None = None
 ) -> dict[str, UpstreamGroup]:
     """A group per upstreams.conditional zone, keyed as the resolver looks names up."""
-    groups = {}
+    groups: dict[str, UpstreamGroup] = {}
     for zone, servers in config.upstreams.conditional.items():
         group = make_upstreams(config, socket_setup, observer, servers, key=f"upstreams.conditional.{zone}")
         if group is not None:
-            groups[zone.strip().lower().rstrip(".") or "."] = group
+            groups[zone] = group  # folded by the configuration
     return groups
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from dnsguard.config.addresses import is_ip
 from dnsguard.config.loader import ByteSize, ConfigWarning, Duration, Problems, Range
+from dnsguard.dns.names import DomainName, fold_name
 from dnsguard.errors import ConfigError
 from dnsguard.wireguard.keys import PublicKey
 
@@ -109,9 +110,11 @@ def check_ip(text: str, key: str) -> None:
         raise ConfigError(f"{text!r} is not an IP address", key=key) from None
 
 
-def check_name(text: str, key: str) -> None:
+def check_name(text: str, key: str) -> DomainName:
+    """A domain name (or `*.name`), folded into the form queries are compared in."""
     if len(text.strip().rstrip(".")) > 253 or not _NAME_RE.match(text.strip().lower()):
         raise ConfigError(f"{text!r} is not a domain name", key=key)
+    return fold_name(text)
 
 
 def check_prefix(text: str, key: str) -> None:
@@ -286,12 +289,13 @@ class BlockingConfig:
 class RewriteConfig:
     """A local answer: a name (or *.name) answered with addresses or a CNAME target."""
 
-    name: str
+    name: DomainName
     answer: list[str]
+    """Addresses, or one CNAME target (a DomainName once validated)."""
     ttl: Ttl = Duration(300)
 
     def validate(self) -> None:
-        check_name(self.name, "name")
+        self.name = check_name(self.name, "name")
         if not self.answer:
             raise ConfigError("a rewrite needs at least one answer", key="answer")
         kinds = set()
@@ -300,7 +304,7 @@ class RewriteConfig:
                 ipaddress.ip_address(answer)
                 kinds.add("ip")
             except ValueError:
-                check_name(answer, f"answer[{i}]")
+                self.answer[i] = check_name(answer, f"answer[{i}]")
                 kinds.add("name")
         if "name" in kinds and len(self.answer) > 1:
             raise ConfigError("a CNAME rewrite takes exactly one target name", key="answer")
@@ -314,7 +318,7 @@ class UpstreamsConfig:
     """e.g. 198.51.100.53, tcp:198.51.100.53, tls:dns.example#198.51.100.1, https://dns.example/dns-query"""
     strategy: Literal["strict", "random", "parallel_best"] = "parallel_best"
     timeout: Annotated[Duration, Range(0.01, 60, "seconds; a DNS client gives up within a few")] = Duration(2)
-    conditional: dict[str, list[str]] = field(default_factory=dict)
+    conditional: dict[DomainName, list[str]] = field(default_factory=dict)
     """Domain -> servers for that domain and its subdomains (e.g. the LAN's own zone)."""
 
     def validate(self) -> None:
@@ -322,15 +326,17 @@ class UpstreamsConfig:
         for i, server in enumerate(self.servers):
             with problems.check():
                 check_upstream(server, f"servers[{i}]")
+        conditional: dict[DomainName, list[str]] = {}
         for zone, servers in self.conditional.items():
             with problems.check():
-                check_name(zone, f"conditional.{zone}")
+                conditional[check_name(zone, f"conditional.{zone}")] = servers
             if not servers:
                 problems.errors.append(ConfigError("a zone needs a server", key=f"conditional.{zone}"))
             for i, server in enumerate(servers):
                 with problems.check():
                     check_upstream(server, f"conditional.{zone}[{i}]")
         problems.raise_any()
+        self.conditional = conditional
 
 
 @dataclass

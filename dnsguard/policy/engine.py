@@ -131,10 +131,10 @@ class Policy:
             is_name = not is_ip(answers[0])
             entry = Rewrite(
                 () if is_name else answers,
-                answers[0].rstrip(".").lower() if is_name else "",
+                answers[0] if is_name else "",
                 int(rewrite.ttl),
             )
-            name = rewrite.name.rstrip(".").lower()
+            name = rewrite.name  # folded by the configuration
             if name.startswith("*."):
                 self.wildcard_rewrites[name[2:]] = entry
             else:

@@ -32,6 +32,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from dnsguard.dns.names import DomainName
+
 LOOPBACK: Final = ("127.0.0.1", "::1")
 
 QTYPE_A, QTYPE_AAAA, QTYPE_SVCB, QTYPE_HTTPS, QTYPE_ANY = 1, 28, 64, 65, 255
@@ -133,12 +135,12 @@ class SpecialUseNames:
         local_answers: bool = True,
         private_reverse: bool = True,
         single_label: bool = True,
-        forwarded: Iterable[str] = (),
+        forwarded: Iterable[DomainName] = (),
     ) -> None:
         self.local_answers = local_answers
         self.private_reverse = private_reverse
         self.single_label = single_label
-        self.forwarded = frozenset(zone.rstrip(".").lower() or "." for zone in forwarded)
+        self.forwarded = frozenset(forwarded)
         """Zones with a conditional upstream: their names are forwarded, whatever the rules say."""
 
     @property

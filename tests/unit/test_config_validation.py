@@ -380,3 +380,14 @@ def test_a_malformed_tag_or_a_shared_address_is_refused(tmp_path: Path) -> None:
     twin = "  kid-phone:\n    addresses: [192.0.2.20]\n"
     error = only_error(tmp_path, BASE + CLIENTS + twin)
     assert error.key == "clients.kid-phone.addresses" and "kid-tablet" in str(error)
+
+
+def test_names_are_folded_once_at_load(tmp_path: Path) -> None:
+    text = BASE.replace(
+        "upstreams:\n  servers: [198.51.100.53]\n",
+        "upstreams:\n  servers: [198.51.100.53]\n  conditional:\n    Home.ARPA.: [192.0.2.1]\n",
+    )
+    text += "rewrites:\n  - {name: NAS.Home.Arpa., answer: [Storage.Example.]}\n"
+    config = load_config(write(tmp_path, text))
+    assert list(config.upstreams.conditional) == ["home.arpa"]
+    assert (config.rewrites[0].name, config.rewrites[0].answer) == ("nas.home.arpa", ["storage.example"])
