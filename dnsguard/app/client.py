@@ -350,7 +350,7 @@ class Client(FilteringTunnelDaemon):
                 set_forwarding(True, record)
                 await self._step("forwarding")
             if wants_filtering(self.config):
-                self.dns = TunnelDns(self.config_path, self.config, server=False)
+                self.dns = TunnelDns(self.config, server=False)
                 record(table_change(DNS_TABLE))
                 await self.dns.start(tun.name)
                 await self._step("dns")

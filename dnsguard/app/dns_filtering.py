@@ -89,7 +89,6 @@ def filtering_config(config: Config, listen: list[str], peer_groups: bool) -> Co
 class TunnelDns:
     """Resolver + redirect for a client (`output_interface`) or a server (`input_interfaces`)."""
 
-    config_path: str
     config: Config
     server: bool
 
@@ -100,7 +99,6 @@ class TunnelDns:
         listen = ([f"{v4}:53"] if v4 else []) + ([f"[{v6}]:53"] if v6 else [])
         resolver_mark = tunnel.fwmark + RESOLVER_MARK_OFFSET
         self.service = ResolverService(
-            self.config_path,
             filtering_config(self.config, listen, self.server),
             socket_setup=None if self.server else marker(resolver_mark),
             local_networks=self._local_networks,

@@ -230,9 +230,10 @@ def _cache_settings(config: Config) -> object:
 
 @dataclass
 class ResolverService:
-    """Listeners + resolver, with reload (SIGHUP, file change, API) and periodic list refresh."""
+    """Listeners + resolver, with reload (SIGHUP, file change, API) and periodic list refresh.
 
-    config_path: str
+    It never reads the configuration file: its daemon's Reloader does, and hands it a Config."""
+
     config: Config
     socket_setup: SocketSetup | None = None
     resolver: Resolver | None = None
@@ -504,10 +505,10 @@ class ResolveDaemon:
     tunnel_shell = None
     connection = None
 
-    def __init__(self, service: ResolverService) -> None:
+    def __init__(self, config_path: str, service: ResolverService) -> None:
         self.service = service
         self.tunnel_observer = TunnelObserver()
-        self.reloader = Reloader(service.config_path, service.reloads, self._prepare, lock=service.lock)
+        self.reloader = Reloader(config_path, service.reloads, self._prepare, lock=service.lock)
 
     @property
     def config(self) -> Config:
@@ -515,7 +516,7 @@ class ResolveDaemon:
 
     @property
     def config_path(self) -> str:
-        return self.service.config_path
+        return self.reloader.config_path
 
     @property
     def reloads(self) -> ReloadCounter:
@@ -535,9 +536,9 @@ class ResolveDaemon:
 
 
 async def _serve(config_path: str, config: Config) -> None:
-    service = ResolverService(config_path, config)
+    service = ResolverService(config)
     await service.start()
-    daemon = ResolveDaemon(service)
+    daemon = ResolveDaemon(config_path, service)
     operations = Operations(daemon)
     await operations.start()
     notify_systemd("READY=1\nSTATUS=answering DNS")

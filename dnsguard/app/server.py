@@ -84,7 +84,7 @@ class Server(FilteringTunnelDaemon):
                 log.info("initiating to %d peers at their last known endpoints", count)
             self.shell.flush()
             if wants_filtering(self.config):
-                self.dns = TunnelDns(self.config_path, self.config, server=True)
+                self.dns = TunnelDns(self.config, server=True)
                 await self.dns.start(tun.name)
             log.info(
                 "server %s listening on UDP %d with %d peers (public key %s)",

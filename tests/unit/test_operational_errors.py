@@ -162,9 +162,9 @@ async def test_operations_refuse_a_taken_api_port_and_leave_nothing_listening(
     from dnsguard.app.resolve import ResolveDaemon, ResolverService
     from dnsguard.config import load_config
 
-    service = ResolverService(str(path), load_config(str(path)))
+    service = ResolverService(load_config(str(path)))
     await service.start(listen=False)
-    operations = Operations(ResolveDaemon(service))
+    operations = Operations(ResolveDaemon(str(path), service))
     try:
         with pytest.raises(BindError, match=f"127.0.0.1:{port} for the metrics"):
             await operations.start()
@@ -272,7 +272,7 @@ async def test_status_of_a_client_shows_the_handshake_on_the_wall_clock(tmp_path
         config_path=str(config_path),
         reloads=ReloadCounter(),
         tunnel_observer=TunnelObserver(),
-        dns_service=ResolverService(str(config_path), load_config(str(config_path))),
+        dns_service=ResolverService(load_config(str(config_path))),
         tunnel_shell=None,
         connection=lifecycle,
     )

@@ -56,7 +56,7 @@ def write_config(directory: Path, **extra: Any) -> Path:
 
 
 async def started_service(path: Path) -> ResolverService:
-    service = ResolverService(str(path), load_config(str(path)))
+    service = ResolverService(load_config(str(path)))
     await service.start(listen=False)
     return service
 
@@ -65,7 +65,7 @@ async def started_service(path: Path) -> ResolverService:
 async def running_daemon(path: Path) -> AsyncIterator[tuple[ResolverService, Operations]]:
     """A resolver service with its API and metrics sites up, as `dnsguard resolve` runs it."""
     service = await started_service(path)
-    operations = Operations(ResolveDaemon(service))
+    operations = Operations(ResolveDaemon(str(path), service))
     await operations.start()
     try:
         yield service, operations
@@ -131,9 +131,10 @@ def test_tunnel_observer_counts_retries_and_give_ups_as_failures() -> None:
 
 
 async def test_resolver_metrics_move_with_queries(tmp_path: Path) -> None:
-    service = await started_service(write_config(tmp_path))
+    path = write_config(tmp_path)
+    service = await started_service(path)
     try:
-        daemon = ResolveDaemon(service)
+        daemon = ResolveDaemon(str(path), service)
         registry = registry_for(daemon)
         before = samples(render(registry))
         key = ("dnsguard_dns_queries_total", (("group", "default"), ("result", "blocked")))
@@ -162,7 +163,8 @@ async def test_resolver_metrics_move_with_queries(tmp_path: Path) -> None:
 
 async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> None:
     """Each name in deploy/METRICS.md appears in what a client daemon exposes."""
-    service = await started_service(write_config(tmp_path))
+    path = write_config(tmp_path)
+    service = await started_service(path)
     device = Device(generate_private_key())
     server_key = public_key(generate_private_key())
     device.add_peer(server_key, allowed_ips=["0.0.0.0/0"], endpoint=("198.18.2.2", 51820))
@@ -180,7 +182,7 @@ async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> 
     client = SimpleNamespace(
         kind="client",
         config=config,
-        config_path=service.config_path,
+        config_path=str(path),
         reloads=ReloadCounter(),
         tunnel_observer=TunnelObserver(),
         dns_service=service,
@@ -217,7 +219,7 @@ async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> 
 async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], ResolveDaemon, Path]]:
     path = write_config(tmp_path)
     service = await started_service(path)
-    daemon = ResolveDaemon(service)
+    daemon = ResolveDaemon(str(path), service)
     routes = Api(daemon)
     from aiohttp import web
 

@@ -52,7 +52,7 @@ def set_config(path: Path, **changes: Any) -> None:
 async def test_a_reload_with_a_bad_upstream_applies_nothing_and_says_where(tmp_path: Path) -> None:
     path = write_config(tmp_path)
     service = await started_service(path)
-    daemon = ResolveDaemon(service)
+    daemon = ResolveDaemon(str(path), service)
     resolver = service.resolver
     forwarder = service.forwarder
     assert resolver is not None
@@ -90,7 +90,7 @@ async def test_a_reload_whose_lists_do_not_compile_applies_nothing(
 ) -> None:
     path = write_config(tmp_path)
     service = await started_service(path)
-    daemon = ResolveDaemon(service)
+    daemon = ResolveDaemon(str(path), service)
     resolver = service.resolver
     forwarder = service.forwarder
     assert resolver is not None
@@ -114,7 +114,7 @@ async def test_a_reload_whose_lists_do_not_compile_applies_nothing(
 async def test_a_good_reload_swaps_policy_lists_and_upstreams_together(tmp_path: Path) -> None:
     path = write_config(tmp_path)
     service = await started_service(path)
-    daemon = ResolveDaemon(service)
+    daemon = ResolveDaemon(str(path), service)
     resolver = service.resolver
     forwarder = service.forwarder
     assert resolver is not None
@@ -135,7 +135,7 @@ async def test_a_good_reload_swaps_policy_lists_and_upstreams_together(tmp_path:
 async def test_the_api_answers_422_with_the_message_when_a_reload_fails(tmp_path: Path) -> None:
     path = write_config(tmp_path)
     service = await started_service(path)
-    daemon = ResolveDaemon(service)
+    daemon = ResolveDaemon(str(path), service)
     routes = Api(daemon)
     app = web.Application(middlewares=[routes.guard])
     app.add_routes(routes.routes())
@@ -184,7 +184,7 @@ async def test_a_failed_reload_on_sighup_is_logged_never_left_unretrieved(
 async def test_sighup_reloads_through_the_shared_path(tmp_path: Path) -> None:
     path = write_config(tmp_path)
     service = await started_service(path)
-    daemon = ResolveDaemon(service)
+    daemon = ResolveDaemon(str(path), service)
     stop = asyncio.Event()
     install_signal_handlers(stop, daemon.reload)
     loop = asyncio.get_running_loop()
@@ -216,7 +216,7 @@ async def test_a_list_file_that_turns_bad_keeps_its_last_good_copy(
     ads = tmp_path / "ads.txt"
     ads.write_text("ads.example\n" + BIG_LIST)
     service = await started_service(path)
-    daemon = ResolveDaemon(service)
+    daemon = ResolveDaemon(str(path), service)
     try:
         assert blocked(service, "host1999.blocked.example")
         if damage == "garbage":
@@ -251,7 +251,7 @@ async def test_a_deleted_list_file_fails_the_reload_and_the_lists_keep_serving(
     ads = tmp_path / "ads.txt"
     ads.write_text("ads.example\n" + BIG_LIST)
     service = await started_service(path)
-    daemon = ResolveDaemon(service)
+    daemon = ResolveDaemon(str(path), service)
     try:
         ads.unlink()
         with caplog.at_level(logging.ERROR, logger="dnsguard"):
@@ -288,7 +288,7 @@ async def test_a_list_that_recovers_replaces_the_kept_copy(tmp_path: Path) -> No
     ads = tmp_path / "ads.txt"
     ads.write_text(BIG_LIST)
     service = await started_service(path)
-    daemon = ResolveDaemon(service)
+    daemon = ResolveDaemon(str(path), service)
     try:
         ads.write_text("")
         assert await daemon.reload()
@@ -522,8 +522,8 @@ def tunnel_config(tmp_path: Path, peer_key: str) -> Path:
 async def test_a_tunnel_reload_whose_peer_is_bad_leaves_dns_and_peers_alone(tmp_path: Path) -> None:
     path = tunnel_config(tmp_path, public_key(generate_private_key()))
     config = load_config(str(path))
-    dns = TunnelDns(str(path), config, server=False)
-    dns.service = ResolverService(str(path), filtering_config(config, ["127.0.0.1:53"], False))
+    dns = TunnelDns(config, server=False)
+    dns.service = ResolverService(filtering_config(config, ["127.0.0.1:53"], False))
     await dns.service.start(listen=False)
     daemon = TunnelDaemonUnderTest(path, dns)
     resolver = dns.service.resolver
@@ -558,7 +558,7 @@ async def test_a_swap_frees_the_previous_matcher_without_a_garbage_collection(tm
     in a reference cycle, or its mapping would stay until the next full collection."""
     path = write_config(tmp_path)
     service = await started_service(path)
-    daemon = ResolveDaemon(service)
+    daemon = ResolveDaemon(str(path), service)
     resolver = service.resolver
     assert resolver is not None
     resolver.answer_now(query("ads.example"), "192.0.2.99")
@@ -608,7 +608,7 @@ async def test_a_small_change_next_to_a_big_list_still_compiles_in_the_child(
 async def test_a_reload_that_changes_no_list_keeps_the_mapped_matcher(tmp_path: Path) -> None:
     path = write_config(tmp_path)
     service = await started_service(path)
-    daemon = ResolveDaemon(service)
+    daemon = ResolveDaemon(str(path), service)
     resolver = service.resolver
     assert resolver is not None
     matcher, policy = resolver.policy.matcher, resolver.policy
