@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""DNS resolver throughput: dnsguard resolve vs dnsmasq, same blocklist, same query mix, same run.
+"""DNS resolver throughput: dnsguard resolve vs dnsmasq and unbound, same blocklist, same query mix, same run.
 
-    sudo .venv/bin/python bench/dns.py [--names 300000] [--seconds 10] [--repeat 3]
+    sudo .venv/bin/python bench/dns.py [--names 300000] [--seconds 10] [--repeat 3] [--only dnsguard,unbound]
 
-Both servers run in one lab namespace with the same blocklist (the first --names distinct names of
-real public lists, each blocking the name and its subdomains: dnsmasq `address=/name/#`, dnsguard
-a domain list with `subdomains: true`) and the same upstream (the lab's authoritative server).
-dnsperf sends three mixes: only blocked names, only cached names (warmed first), and a page-load
-trace (blocked and cached mixed as a browser asks them). Reported: QPS, p99 latency, RSS, and
-the dnsguard/dnsmasq ratios. Absolute numbers depend on the machine; the ratios are the result.
+The servers run in one lab namespace with the same blocklist (the first --names distinct names of
+real public lists, each blocking the name and its subdomains: dnsmasq `address=/name/#`, unbound
+`local-zone: name always_null`, dnsguard a domain list with `subdomains: true`; all three answer
+0.0.0.0) and the same upstream (the lab's authoritative server). unbound runs as Debian ships it, one
+thread, forwarding everything. dnsperf sends three mixes: only blocked names, only cached names
+(warmed first), and a page-load trace (blocked and cached mixed as a browser asks them). Reported:
+QPS, p99 latency at a fixed rate, RSS, and dnsguard's ratio to each anchor and to the best of them.
+Absolute numbers depend on the machine; the ratios are the result.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from dnsguard.lab import ADDRESSES, Lab
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LIST_FILES = ["hagezi-pro-onlydomains.txt", "blp-phishing-domains.txt", "oisd-big-wildcard.txt"]
-DNSGUARD_PORT, DNSMASQ_PORT = 5300, 5301
+DNSGUARD_PORT, DNSMASQ_PORT, UNBOUND_PORT = 5300, 5301, 5302
+PORTS = {"dnsguard": DNSGUARD_PORT, "dnsmasq": DNSMASQ_PORT, "unbound": UNBOUND_PORT}
+ANCHORS = ("dnsmasq", "unbound")
 
 
 def load_names(limit: int) -> list[str]:
@@ -62,7 +66,35 @@ def query_files(work: Path, blocked: list[str]) -> dict[str, Path]:
     return files
 
 
-def start_servers(lab: Lab, names: list[str]) -> dict[str, int]:
+def unbound_conf(work: Path, names: list[str]) -> str:
+    """Debian's unbound as a one-thread forwarder with the blocklist as local zones."""
+    zones = "".join(f'    local-zone: "{name}." always_null\n' for name in names)
+    return (
+        "server:\n"
+        f"    interface: 127.0.0.1@{UNBOUND_PORT}\n"
+        "    num-threads: 1\n"
+        "    do-daemonize: no\n"
+        '    username: ""\n'
+        '    chroot: ""\n'
+        f'    directory: "{work}"\n'
+        '    pidfile: ""\n'
+        "    use-syslog: no\n"
+        "    verbosity: 0\n"
+        "    do-ip6: no\n"
+        "    access-control: 127.0.0.0/8 allow\n"
+        '    module-config: "iterator"\n'
+        "    msg-cache-size: 64m\n"
+        "    rrset-cache-size: 128m\n"
+        "    outgoing-range: 1024\n"
+        "    num-queries-per-thread: 1024\n"
+        f"{zones}"
+        "forward-zone:\n"
+        '    name: "."\n'
+        f"    forward-addr: {ADDRESSES.dns4}\n"
+    )
+
+
+def start_servers(lab: Lab, names: list[str], only: list[str]) -> dict[str, int]:
     work = lab.log_dir
     (work / "blocked.txt").write_text("\n".join(names) + "\n")
     (work / "dnsmasq.conf").write_text("".join(f"address=/{name}/#\n" for name in names))
@@ -78,9 +110,18 @@ def start_servers(lab: Lab, names: list[str]) -> dict[str, int]:
     import yaml
 
     (work / "dnsguard.yaml").write_text(yaml.safe_dump(config))
-    guard = lab.python(
-        "client", "dnsguard", "resolve", "-c", str(work / "dnsguard.yaml"), log_name="dnsguard"
-    )
+    (work / "unbound.conf").write_text(unbound_conf(work, names))
+    pids = {}
+    if "dnsguard" in only:
+        guard = lab.python(
+            "client", "dnsguard", "resolve", "-c", str(work / "dnsguard.yaml"), log_name="dnsguard"
+        )
+        pids["dnsguard"] = guard.pid
+    if "unbound" in only:
+        unbound = lab.popen("client", ["unbound", "-d", "-c", str(work / "unbound.conf")], log_name="unbound")
+        pids["unbound"] = unbound.pid
+    if "dnsmasq" not in only:
+        return _wait_for_servers(lab, pids)
     masq = lab.popen(
         "client",
         [
@@ -99,13 +140,19 @@ def start_servers(lab: Lab, names: list[str]) -> dict[str, int]:
         ],
         log_name="dnsmasq",
     )
-    for port in (DNSGUARD_PORT, DNSMASQ_PORT):
-        lab.wait_for(
-            lambda p=port: "NOERROR" in lab.dig("client", "example.org", "127.0.0.1", port=p).stdout,
-            timeout=120,
-            what=f"the server on port {port}",
-        )
-    return {"dnsguard": guard.pid, "dnsmasq": masq.pid}
+    pids["dnsmasq"] = masq.pid
+    return _wait_for_servers(lab, pids)
+
+
+def _wait_for_servers(lab: Lab, pids: dict[str, int]) -> dict[str, int]:
+    for server in pids:
+        port = PORTS[server]
+
+        def answers(port: int = port) -> bool:
+            return "NOERROR" in lab.dig("client", "example.org", "127.0.0.1", port=port).stdout
+
+        lab.wait_for(answers, timeout=120, what=f"{server} on port {port}")
+    return pids
 
 
 def rss_mb(pid: int) -> float:
@@ -167,21 +214,30 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency-rate", type=int, default=10000, help="QPS of the p99 latency runs")
     parser.add_argument("--json")
+    parser.add_argument("--only", default=",".join(PORTS), help="servers to run, of " + ",".join(PORTS))
     args = parser.parse_args()
-    if shutil.which("dnsperf") is None or shutil.which("dnsmasq") is None:
-        raise SystemExit("needs dnsperf and dnsmasq: bash deploy/install.sh --test")
+    only = [server for server in args.only.split(",") if server]
+    unknown = sorted(set(only) - set(PORTS))
+    if unknown or "dnsguard" not in only:
+        raise SystemExit(f"--only takes dnsguard and any of {', '.join(ANCHORS)}")
+    missing = [tool for tool in ("dnsperf", *only[1:]) if tool != "dnsguard" and shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(f"needs {', '.join(missing)}: bash deploy/install.sh --test")
     names = load_names(args.names)
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     with Lab() as lab:
         started = time.monotonic()
-        pids = start_servers(lab, names)
-        print(f"{len(names)} blocked names loaded into both servers in {time.monotonic() - started:.1f} s")
+        pids = start_servers(lab, names, only)
+        print(
+            f"{len(names)} blocked names loaded into {', '.join(pids)} in {time.monotonic() - started:.1f} s"
+        )
         files = query_files(lab.log_dir, names)
-        for port in (DNSGUARD_PORT, DNSMASQ_PORT):  # warm both caches with the cached mix
-            dnsperf(lab, port, files["cached"], 3)
+        for server in pids:  # warm every cache with the cached mix
+            dnsperf(lab, PORTS[server], files["cached"], 3)
         for round_number in range(args.repeat):
             for mix, path in files.items():
-                for server, port in (("dnsguard", DNSGUARD_PORT), ("dnsmasq", DNSMASQ_PORT)):
+                for server in pids:
+                    port = PORTS[server]
                     result = dnsperf(lab, port, path, args.seconds)
                     result["p99_ms"] = dnsperf(lab, port, path, 3, rate=args.latency_rate)["p99_ms"]
                     results.setdefault(mix, {}).setdefault(server, []).append(result)
@@ -195,20 +251,29 @@ def main() -> int:
         f"\nmedian of {args.repeat} runs of {args.seconds} s; dnsperf -c 8 -q 200, one thread; "
         f"p99 at {args.latency_rate} qps"
     )
-    print(
-        f"{'mix':10s}{'dnsguard qps':>14s}{'dnsmasq qps':>13s}{'ratio':>7s}"
-        f"{'p99 dg ms':>11s}{'p99 dm ms':>11s}"
-    )
-    summary = {}
+    anchors = [server for server in pids if server != "dnsguard"]
+    header = f"{'mix':10s}" + "".join(f"{server + ' qps':>14s}" for server in pids)
+    header += "".join(f"{'x ' + server:>11s}" for server in anchors) + (f"{'x best':>8s}" if anchors else "")
+    header += "".join(f"{'p99 ' + server[:6]:>13s}" for server in pids)
+    print(header)
+    summary: dict[str, dict[str, object]] = {}
     for mix, by_server in results.items():
-        g = {k: statistics.median(r[k] for r in by_server["dnsguard"]) for k in ("qps", "p99_ms")}
-        m = {k: statistics.median(r[k] for r in by_server["dnsmasq"]) for k in ("qps", "p99_ms")}
-        summary[mix] = {"dnsguard": g, "dnsmasq": m, "ratio": g["qps"] / m["qps"]}
-        print(
-            f"{mix:10s}{g['qps']:14.0f}{m['qps']:13.0f}{g['qps'] / m['qps']:7.2f}{g['p99_ms']:11.2f}"
-            f"{m['p99_ms']:11.2f}"
-        )
-    print(f"RSS: dnsguard {rss['dnsguard']:.0f} MB, dnsmasq {rss['dnsmasq']:.0f} MB ({len(names)} names)")
+        median = {
+            server: {k: statistics.median(r[k] for r in runs) for k in ("qps", "p99_ms")}
+            for server, runs in by_server.items()
+        }
+        guard = median["dnsguard"]["qps"]
+        ratios = {server: guard / median[server]["qps"] for server in anchors}
+        best = max((median[server]["qps"] for server in anchors), default=0.0)
+        summary[mix] = {**median, "ratios": ratios, "ratio_to_best": guard / best if best else None}
+        line = f"{mix:10s}" + "".join(f"{median[server]['qps']:14.0f}" for server in pids)
+        line += "".join(f"{ratios[server]:11.2f}" for server in anchors)
+        line += f"{guard / best:8.2f}" if best else ""
+        line += "".join(f"{median[server]['p99_ms']:13.2f}" for server in pids)
+        print(line)
+    print(
+        "RSS: " + ", ".join(f"{server} {mb:.0f} MB" for server, mb in rss.items()) + f" ({len(names)} names)"
+    )
     if args.json:
         Path(args.json).write_text(
             json.dumps({"results": results, "summary": summary, "rss_mb": rss}, indent=2)

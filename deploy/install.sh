@@ -13,7 +13,7 @@ need_root
 runtime_pkgs=(iproute2 nftables iputils-ping curl dnsutils procps kmod ca-certificates python3-venv)
 # Peers and anchors for interop tests and benchmarks, capture tools for the leak tests, and the
 # validators of deploy/ (promtool from prometheus, systemd-analyze from systemd).
-test_pkgs=(wireguard-tools wireguard-go dnsmasq-base iperf3 dnsperf tcpdump openvpn prometheus systemd)
+test_pkgs=(wireguard-tools wireguard-go dnsmasq-base unbound iperf3 dnsperf tcpdump openvpn prometheus systemd)
 
 pkgs=("${runtime_pkgs[@]}")
 [ "$mode" = "--test" ] && pkgs+=("${test_pkgs[@]}")
@@ -25,6 +25,13 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install.sh: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # unbound and the other servers are tools the lab runs in its own namespaces: their packages must
+    # not start them in the host's namespace, so service starts are refused while installing.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     apt-get update -q >/dev/null
     apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
