@@ -12,12 +12,13 @@ import contextlib
 import ctypes
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from dnsguard.config.addresses import parse_hostport
 from dnsguard.config.model import CLIENT_NETWORK_KEYWORDS, ResolverConfig
@@ -38,6 +39,9 @@ DRAIN_LIMIT: Final = 256
 BATCH_SLOTS: Final = 64
 BATCH_SLOT_SIZE: Final = 2048
 """Replies larger than this (rare: big cached answers to EDNS clients) are sent on their own."""
+QUERY_SLOT_SIZE: Final = 4096
+"""Bytes of one query read by recvmmsg; a longer datagram (no real query is) arrives cut, and the
+resolver answers the cut message FORMERR and counts it as malformed."""
 
 
 class Answerer(Protocol):
@@ -127,7 +131,18 @@ def _libc_sendmmsg() -> Callable[[int, int, int, int], int] | None:
     return function
 
 
+def _libc_recvmmsg() -> Callable[[int, int, int, int, None], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).recvmmsg
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
+    function.restype = ctypes.c_int
+    return function
+
+
 _SENDMMSG: Final = _libc_sendmmsg()
+_RECVMMSG: Final = _libc_recvmmsg()
 _IOVEC_SIZE: Final = ctypes.sizeof(_Iovec)
 _IOVEC_LEN_OFFSET: Final = _Iovec.iov_len.offset
 _SOCKADDR_SIZE: Final = 28  # sockaddr_in6; a sockaddr_in uses the first 16 bytes
@@ -136,6 +151,85 @@ _pack_port_ipv4 = struct.Struct(">H4s").pack_into
 _pack_port_ipv6 = struct.Struct(">HI16s").pack_into
 _pack_scope = struct.Struct("@I").pack_into
 _inet_aton = socket.inet_aton
+_MMSGHDR_SIZE: Final = ctypes.sizeof(_Mmsghdr)
+_NAMELEN_OFFSET: Final = _Msghdr.msg_namelen.offset
+_FLAGS_OFFSET: Final = _Msghdr.msg_flags.offset
+_LEN_OFFSET: Final = _Mmsghdr.msg_len.offset
+_unpack_uint = struct.Struct("@I").unpack_from
+_pack_uint = struct.Struct("@I").pack_into
+_unpack_port_ipv4 = struct.Struct(">H4s").unpack_from
+_unpack_port_ipv6 = struct.Struct(">HI16s").unpack_from
+_inet_ntoa = socket.inet_ntoa
+_MSG_DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0x40)
+
+
+class QueryBatch:
+    """Datagrams read from a socket with one recvmmsg(2) per BATCH_SLOTS, instead of a recvfrom each.
+
+    The receive side of ReplyBatch: prebuilt headers point at fixed slots, the kernel fills as many as
+    are waiting, and `datagram(i)` copies one out with the sender's address as recvfrom gives it.
+    """
+
+    def __init__(self, sock: socket.socket, receive: Callable[[int, int, int, int, None], int]) -> None:
+        self._fileno = sock.fileno()
+        self._receive = receive
+        self._ipv6 = sock.family == socket.AF_INET6
+        self._namelen = _SOCKADDR_SIZE if self._ipv6 else 16
+        self.count = 0
+        self._headers = (_Mmsghdr * BATCH_SLOTS)()
+        self._iovecs = (_Iovec * BATCH_SLOTS)()
+        self._names = (ctypes.c_char * (_SOCKADDR_SIZE * BATCH_SLOTS))()
+        self._data = (ctypes.c_char * (QUERY_SLOT_SIZE * BATCH_SLOTS))()
+        self._header_bytes = memoryview(self._headers).cast("B")
+        self._name_bytes = memoryview(self._names).cast("B")
+        self._data_bytes = memoryview(self._data).cast("B")
+        self._headers_address = ctypes.addressof(self._headers)
+        names_address = ctypes.addressof(self._names)
+        data_address = ctypes.addressof(self._data)
+        for slot in range(BATCH_SLOTS):
+            self._iovecs[slot].iov_base = data_address + slot * QUERY_SLOT_SIZE
+            self._iovecs[slot].iov_len = QUERY_SLOT_SIZE
+            header = self._headers[slot].msg_hdr
+            header.msg_name = names_address + slot * _SOCKADDR_SIZE
+            header.msg_namelen = self._namelen
+            header.msg_iov = ctypes.addressof(self._iovecs[slot])
+            header.msg_iovlen = 1
+
+    @classmethod
+    def for_socket(cls, sock: socket.socket) -> QueryBatch | None:
+        """A batch for an AF_INET or AF_INET6 datagram socket; None where recvmmsg is missing."""
+        if _RECVMMSG is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        return cls(sock, _RECVMMSG)
+
+    def receive(self) -> int:
+        """Read what is waiting, up to BATCH_SLOTS datagrams, without blocking; returns how many.
+
+        Raises BlockingIOError when nothing is waiting, OSError for other errors (as recvfrom would).
+        """
+        header_bytes = self._header_bytes
+        for slot in range(self.count):  # the kernel wrote each used slot's address length
+            _pack_uint(header_bytes, slot * _MMSGHDR_SIZE + _NAMELEN_OFFSET, self._namelen)
+        self.count = 0
+        count = self._receive(self._fileno, self._headers_address, BATCH_SLOTS, _MSG_DONTWAIT, None)
+        if count < 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))  # EAGAIN makes it a BlockingIOError
+        self.count = count
+        return count
+
+    def datagram(self, slot: int) -> tuple[bytes, Any]:
+        """The `slot`th datagram of the last receive and its sender, as recvfrom returns them."""
+        (length,) = _unpack_uint(self._header_bytes, slot * _MMSGHDR_SIZE + _LEN_OFFSET)
+        start = slot * QUERY_SLOT_SIZE
+        data = self._data_bytes[start : start + length].tobytes()
+        name = slot * _SOCKADDR_SIZE + 2
+        if self._ipv6:
+            port, flow, address = _unpack_port_ipv6(self._name_bytes, name)
+            (scope,) = _unpack_uint(self._name_bytes, name + 22)
+            return data, (socket.inet_ntop(socket.AF_INET6, address), port, flow, scope)
+        port, address = _unpack_port_ipv4(self._name_bytes, name)
+        return data, (_inet_ntoa(address), port)
 
 
 class ReplyBatch:
@@ -245,6 +339,7 @@ class UdpListener:
         self.pending: set[asyncio.Task[None]] = set()
         sock.setblocking(False)
         self.batch = ReplyBatch.for_socket(sock) if batch else None
+        self.queries = QueryBatch.for_socket(sock) if batch else None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -256,6 +351,9 @@ class UdpListener:
         self.sock.close()
 
     def _readable(self) -> None:
+        if self.queries is not None:
+            self._readable_batched(self.queries)
+            return
         recvfrom = self.sock.recvfrom
         answer_now = self.answerer.answer_now
         batch = self.batch
@@ -293,6 +391,53 @@ class UdpListener:
                         pass
                 elif reply is not None:
                     self._go_later(reply, data, addr, key)  # type: ignore[arg-type]
+        finally:
+            if batch is not None and batch.count:
+                batch.flush()
+            self.stats.udp_queries += count
+
+    def _readable_batched(self, queries: QueryBatch) -> None:
+        """`_readable` with recvmmsg: the same admission, answers and errors, a system call per batch."""
+        answer_now = self.answerer.answer_now
+        batch = self.batch
+        send = self.sock.sendto if batch is None else batch.add
+        sendto = self.sock.sendto
+        admit = self.admission.admit if self.admission is not None else None
+        datagram = queries.datagram
+        now = self.clock()
+        count = 0
+        try:
+            for _ in range(DRAIN_LIMIT // BATCH_SLOTS):
+                try:
+                    received = queries.receive()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue
+                count += received
+                for slot in range(received):
+                    data, addr = datagram(slot)
+                    key = ""
+                    if admit is not None:
+                        admitted = admit(addr[0], now)
+                        if admitted is None:
+                            continue
+                        key = admitted
+                    try:
+                        reply = answer_now(data, addr[0])
+                    except Exception as exc:
+                        self.stats.internal_error(exc, now)
+                        reply = _error_reply(data)
+                    if reply.__class__ is bytes:
+                        try:
+                            if send(reply, addr) is False:
+                                sendto(reply, addr)
+                        except OSError:
+                            pass
+                    elif reply is not None:
+                        self._go_later(reply, data, addr, key)  # type: ignore[arg-type]
+                if received < BATCH_SLOTS:
+                    break  # the socket is drained
         finally:
             if batch is not None and batch.count:
                 batch.flush()

@@ -14,8 +14,10 @@ from dnsguard.dns.resolver import Forward
 from dnsguard.net.dns_listeners import (
     BATCH_SLOT_SIZE,
     BATCH_SLOTS,
+    QUERY_SLOT_SIZE,
     DnsListeners,
     ListenerStats,
+    QueryBatch,
     ReplyBatch,
     TcpSettings,
     UdpListener,
@@ -67,6 +69,42 @@ def test_a_reply_bigger_than_a_slot_is_left_to_the_caller() -> None:
     assert batch.add(bytes(BATCH_SLOT_SIZE), clients[0].getsockname()) and batch.count == 1
 
 
+@pytest.mark.parametrize(("family", "host"), list(families()))
+def test_a_query_batch_reads_what_recvfrom_would(family: socket.AddressFamily, host: str) -> None:
+    server, clients = udp_pair(family, host)
+    server.setblocking(False)
+    batch = QueryBatch.for_socket(server)
+    assert batch is not None
+    with pytest.raises(BlockingIOError):
+        batch.receive()
+    sent = [(clients[i % 3], b"query %d " % i + bytes(i)) for i in range(BATCH_SLOTS + 7)]
+    for client, message in sent:
+        client.sendto(message, server.getsockname())
+    received = []
+    while len(received) < len(sent):
+        count = batch.receive()
+        received += [batch.datagram(slot) for slot in range(count)]
+    assert [data for data, _ in received] == [message for _, message in sent]
+    assert [address for _, address in received] == [client.getsockname() for client, _ in sent]
+    # recvfrom's own view of a sender, field by field (the IPv6 form has flow info and scope too)
+    clients[0].sendto(b"one more", server.getsockname())
+    assert batch.receive() == 1
+    clients[0].sendto(b"one more", server.getsockname())
+    assert batch.datagram(0) == server.recvfrom(4096)
+
+
+def test_a_query_longer_than_a_slot_arrives_cut() -> None:
+    server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
+    server.setblocking(False)
+    batch = QueryBatch.for_socket(server)
+    assert batch is not None
+    clients[0].sendto(bytes(range(256)) * 20, server.getsockname())
+    clients[1].sendto(b"next", server.getsockname())
+    assert batch.receive() == 2
+    assert batch.datagram(0)[0] == (bytes(range(256)) * 20)[:QUERY_SLOT_SIZE]
+    assert batch.datagram(1) == (b"next", clients[1].getsockname())
+
+
 class Later(NamedTuple):
     """The fake's forward plan: the listener only carries it back to answer_later."""
 
@@ -99,6 +137,7 @@ async def test_the_listener_answers_now_later_and_drops(batch: bool) -> None:
     stats = ListenerStats()
     listener = UdpListener(server, answerer, stats, batch=batch)
     assert (listener.batch is not None) == batch
+    assert (listener.queries is not None) == batch
     listener.start(asyncio.get_running_loop())
     try:
         address = server.getsockname()
