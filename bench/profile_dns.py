@@ -4,9 +4,11 @@
     sudo .venv/bin/python bench/profile_dns.py [--mix cached,pageload] [--seconds 15] [--top 25]
 
 The lab, the blocklist and the query mixes are bench/dns.py's (imported from it, so they stay the same).
-For each mix, dnsperf loads the resolver at full speed while `py-spy record` samples it; the script prints
-the event loop thread's functions with the most samples, by own time (the function itself was running) and by total time
-(it was on the stack), and keeps each raw profile (collapsed stacks, for flame graph tools) in --out.
+For each mix, dnsperf loads the resolver at full speed while `py-spy record` samples it; the script
+prints the event loop thread's functions with the most samples, by own time (the function itself was
+running) and by total time (it was on the stack), and keeps each raw profile (collapsed stacks, for
+flame graph tools) in --out. uvloop's own time (Runner.run) includes waiting in epoll: the resolver
+was idle, waiting for dnsperf.
 Needs py-spy (`.venv/bin/pip install py-spy`).
 """
 
@@ -90,11 +92,11 @@ def main() -> int:
             record = [spy, "record", "--pid", str(pids["dnsguard"]), "--rate", str(args.rate)]
             record += ["--duration", str(args.seconds - 2), "--format", "raw", "--output", str(collapsed)]
             load: dict[str, float] = {}
-            thread = threading.Thread(
-                target=lambda mix=mix: load.update(
-                    dns.dnsperf(lab, dns.DNSGUARD_PORT, files[mix], args.seconds)
-                )
-            )
+
+            def run_load(mix: str = mix, load: dict[str, float] = load) -> None:
+                load.update(dns.dnsperf(lab, dns.DNSGUARD_PORT, files[mix], args.seconds))
+
+            thread = threading.Thread(target=run_load)
             thread.start()
             subprocess.run(record, check=True, capture_output=True, timeout=args.seconds + 60)
             thread.join()
