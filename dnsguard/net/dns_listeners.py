@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import ipaddress
 import logging
-import os
 import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from dnsguard.config.addresses import parse_hostport
 from dnsguard.config.model import CLIENT_NETWORK_KEYWORDS, ResolverConfig
@@ -26,6 +24,7 @@ from dnsguard.dns import wire
 from dnsguard.dns.admission import AdmissionSettings, ClientAdmission
 from dnsguard.dns.resolver import Forward
 from dnsguard.net.bind import bind_socket, listening_socket, open_socket, socket_error
+from dnsguard.net.mmsg import BATCH_SLOTS, QueryBatch, ReplyBatch
 
 log = logging.getLogger("dnsguard.dns")
 
@@ -36,12 +35,6 @@ INTERNAL_ERROR_LOG_INTERVAL: Final = 60.0
 """Seconds between log lines about queries that raised inside the resolver (each is counted)."""
 DRAIN_LIMIT: Final = 256
 """Datagrams read per wake-up before the event loop gets a turn (timers, TCP, upstream replies)."""
-BATCH_SLOTS: Final = 64
-BATCH_SLOT_SIZE: Final = 2048
-"""Replies larger than this (rare: big cached answers to EDNS clients) are sent on their own."""
-QUERY_SLOT_SIZE: Final = 4096
-"""Bytes of one query read by recvmmsg; a longer datagram (no real query is) arrives cut, and the
-resolver answers the cut message FORMERR and counts it as malformed."""
 
 
 class Answerer(Protocol):
@@ -99,216 +92,6 @@ def _error_reply(data: bytes) -> bytes | None:
         return wire.formerr(data)
     except Exception:
         return None
-
-
-class _Iovec(ctypes.Structure):
-    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
-
-
-class _Msghdr(ctypes.Structure):
-    _fields_ = (
-        ("msg_name", ctypes.c_void_p),
-        ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.c_void_p),
-        ("msg_iovlen", ctypes.c_size_t),
-        ("msg_control", ctypes.c_void_p),
-        ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    )
-
-
-class _Mmsghdr(ctypes.Structure):
-    _fields_ = (("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint))
-
-
-def _libc_sendmmsg() -> Callable[[int, int, int, int], int] | None:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sendmmsg
-    except (AttributeError, OSError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
-    function.restype = ctypes.c_int
-    return function
-
-
-def _libc_recvmmsg() -> Callable[[int, int, int, int, None], int] | None:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).recvmmsg
-    except (AttributeError, OSError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
-    function.restype = ctypes.c_int
-    return function
-
-
-_SENDMMSG: Final = _libc_sendmmsg()
-_RECVMMSG: Final = _libc_recvmmsg()
-_IOVEC_SIZE: Final = ctypes.sizeof(_Iovec)
-_IOVEC_LEN_OFFSET: Final = _Iovec.iov_len.offset
-_SOCKADDR_SIZE: Final = 28  # sockaddr_in6; a sockaddr_in uses the first 16 bytes
-_pack_size = struct.Struct("@N").pack_into
-_pack_port_ipv4 = struct.Struct(">H4s").pack_into
-_pack_port_ipv6 = struct.Struct(">HI16s").pack_into
-_pack_scope = struct.Struct("@I").pack_into
-_inet_aton = socket.inet_aton
-_MMSGHDR_SIZE: Final = ctypes.sizeof(_Mmsghdr)
-_NAMELEN_OFFSET: Final = _Msghdr.msg_namelen.offset
-_FLAGS_OFFSET: Final = _Msghdr.msg_flags.offset
-_LEN_OFFSET: Final = _Mmsghdr.msg_len.offset
-_unpack_uint = struct.Struct("@I").unpack_from
-_pack_uint = struct.Struct("@I").pack_into
-_unpack_port_ipv4 = struct.Struct(">H4s").unpack_from
-_unpack_port_ipv6 = struct.Struct(">HI16s").unpack_from
-_inet_ntoa = socket.inet_ntoa
-_MSG_DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0x40)
-
-
-class QueryBatch:
-    """Datagrams read from a socket with one recvmmsg(2) per BATCH_SLOTS, instead of a recvfrom each.
-
-    The receive side of ReplyBatch: prebuilt headers point at fixed slots, the kernel fills as many as
-    are waiting, and `datagram(i)` copies one out with the sender's address as recvfrom gives it.
-    """
-
-    def __init__(self, sock: socket.socket, receive: Callable[[int, int, int, int, None], int]) -> None:
-        self._fileno = sock.fileno()
-        self._receive = receive
-        self._ipv6 = sock.family == socket.AF_INET6
-        self._namelen = _SOCKADDR_SIZE if self._ipv6 else 16
-        self.count = 0
-        self._headers = (_Mmsghdr * BATCH_SLOTS)()
-        self._iovecs = (_Iovec * BATCH_SLOTS)()
-        self._names = (ctypes.c_char * (_SOCKADDR_SIZE * BATCH_SLOTS))()
-        self._data = (ctypes.c_char * (QUERY_SLOT_SIZE * BATCH_SLOTS))()
-        self._header_bytes = memoryview(self._headers).cast("B")
-        self._name_bytes = memoryview(self._names).cast("B")
-        self._data_bytes = memoryview(self._data).cast("B")
-        self._headers_address = ctypes.addressof(self._headers)
-        names_address = ctypes.addressof(self._names)
-        data_address = ctypes.addressof(self._data)
-        for slot in range(BATCH_SLOTS):
-            self._iovecs[slot].iov_base = data_address + slot * QUERY_SLOT_SIZE
-            self._iovecs[slot].iov_len = QUERY_SLOT_SIZE
-            header = self._headers[slot].msg_hdr
-            header.msg_name = names_address + slot * _SOCKADDR_SIZE
-            header.msg_namelen = self._namelen
-            header.msg_iov = ctypes.addressof(self._iovecs[slot])
-            header.msg_iovlen = 1
-
-    @classmethod
-    def for_socket(cls, sock: socket.socket) -> QueryBatch | None:
-        """A batch for an AF_INET or AF_INET6 datagram socket; None where recvmmsg is missing."""
-        if _RECVMMSG is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-            return None
-        return cls(sock, _RECVMMSG)
-
-    def receive(self) -> int:
-        """Read what is waiting, up to BATCH_SLOTS datagrams, without blocking; returns how many.
-
-        Raises BlockingIOError when nothing is waiting, OSError for other errors (as recvfrom would).
-        """
-        header_bytes = self._header_bytes
-        for slot in range(self.count):  # the kernel wrote each used slot's address length
-            _pack_uint(header_bytes, slot * _MMSGHDR_SIZE + _NAMELEN_OFFSET, self._namelen)
-        self.count = 0
-        count = self._receive(self._fileno, self._headers_address, BATCH_SLOTS, _MSG_DONTWAIT, None)
-        if count < 0:
-            error = ctypes.get_errno()
-            raise OSError(error, os.strerror(error))  # EAGAIN makes it a BlockingIOError
-        self.count = count
-        return count
-
-    def datagram(self, slot: int) -> tuple[bytes, Any]:
-        """The `slot`th datagram of the last receive and its sender, as recvfrom returns them."""
-        (length,) = _unpack_uint(self._header_bytes, slot * _MMSGHDR_SIZE + _LEN_OFFSET)
-        start = slot * QUERY_SLOT_SIZE
-        data = self._data_bytes[start : start + length].tobytes()
-        name = slot * _SOCKADDR_SIZE + 2
-        if self._ipv6:
-            port, flow, address = _unpack_port_ipv6(self._name_bytes, name)
-            (scope,) = _unpack_uint(self._name_bytes, name + 22)
-            return data, (socket.inet_ntop(socket.AF_INET6, address), port, flow, scope)
-        port, address = _unpack_port_ipv4(self._name_bytes, name)
-        return data, (_inet_ntoa(address), port)
-
-
-class ReplyBatch:
-    """UDP replies gathered while draining the socket, handed to the kernel with one sendmmsg(2).
-
-    A sendto per reply costs a system call and, when the client sleeps between replies, a wake-up of
-    the client each time (an inter-processor interrupt, expensive in a VM); a batch pays both once.
-    The replies are copied into fixed slots that the prebuilt message headers point at, so adding a
-    reply costs two `pack_into` calls and one copy.
-    """
-
-    def __init__(self, sock: socket.socket, send: Callable[[int, int, int, int], int]) -> None:
-        self._fileno = sock.fileno()
-        self._send = send
-        self._ipv6 = sock.family == socket.AF_INET6
-        self.count = 0
-        self._headers = (_Mmsghdr * BATCH_SLOTS)()
-        self._iovecs = (_Iovec * BATCH_SLOTS)()
-        self._names = (ctypes.c_char * (_SOCKADDR_SIZE * BATCH_SLOTS))()
-        self._data = (ctypes.c_char * (BATCH_SLOT_SIZE * BATCH_SLOTS))()
-        self._iovec_bytes = memoryview(self._iovecs).cast("B")
-        self._name_bytes = memoryview(self._names).cast("B")
-        self._data_bytes = memoryview(self._data).cast("B")
-        self._header_size = ctypes.sizeof(_Mmsghdr)
-        self._headers_address = ctypes.addressof(self._headers)
-        names_address = ctypes.addressof(self._names)
-        data_address = ctypes.addressof(self._data)
-        family = struct.pack("@H", sock.family)
-        for slot in range(BATCH_SLOTS):
-            self._iovecs[slot].iov_base = data_address + slot * BATCH_SLOT_SIZE
-            name = slot * _SOCKADDR_SIZE
-            self._name_bytes[name : name + 2] = family
-            header = self._headers[slot].msg_hdr
-            header.msg_name = names_address + name
-            header.msg_namelen = _SOCKADDR_SIZE if self._ipv6 else 16
-            header.msg_iov = ctypes.addressof(self._iovecs[slot])
-            header.msg_iovlen = 1
-
-    @classmethod
-    def for_socket(cls, sock: socket.socket) -> ReplyBatch | None:
-        """A batch for an AF_INET or AF_INET6 datagram socket; None where sendmmsg is missing."""
-        if _SENDMMSG is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-            return None
-        return cls(sock, _SENDMMSG)
-
-    def add(self, reply: bytes, addr: tuple[str, int]) -> bool:
-        """Queue `reply` for `addr` (sending the batch when full); False: send it some other way."""
-        size = len(reply)
-        if size > BATCH_SLOT_SIZE:
-            return False
-        slot = self.count
-        try:
-            if self._ipv6:
-                address = socket.inet_pton(socket.AF_INET6, addr[0])
-                name = slot * _SOCKADDR_SIZE
-                _pack_port_ipv6(self._name_bytes, name + 2, addr[1], addr[2], address)  # type: ignore[misc]
-                _pack_scope(self._name_bytes, name + 24, addr[3])  # type: ignore[misc]
-            else:
-                _pack_port_ipv4(self._name_bytes, slot * _SOCKADDR_SIZE + 2, addr[1], _inet_aton(addr[0]))
-        except (OSError, ValueError, IndexError, struct.error):
-            return False  # e.g. a link-local IPv6 source with a zone: sendto knows how to handle it
-        _pack_size(self._iovec_bytes, slot * _IOVEC_SIZE + _IOVEC_LEN_OFFSET, size)
-        start = slot * BATCH_SLOT_SIZE
-        self._data_bytes[start : start + size] = reply
-        self.count = slot + 1
-        if slot + 1 == BATCH_SLOTS:
-            self.flush()
-        return True
-
-    def flush(self) -> None:
-        """Send the queued replies; one that the kernel refuses is dropped, as a failed sendto would be."""
-        count = self.count
-        self.count = 0
-        sent = 0
-        while sent < count:
-            result = self._send(
-                self._fileno, self._headers_address + sent * self._header_size, count - sent, 0
-            )
-            sent += result if result > 0 else 1
 
 
 class UdpListener:

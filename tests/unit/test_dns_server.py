@@ -1,4 +1,4 @@
-"""The UDP listener's drain loop and its sendmmsg batch, on real loopback sockets (no root needed)."""
+"""The UDP listener's drain loop and its recvmmsg and sendmmsg batches, on loopback sockets (no root)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,8 @@ import pytest
 
 from dnsguard.dns.admission import AdmissionSettings, ClientAdmission
 from dnsguard.dns.resolver import Forward
-from dnsguard.net.dns_listeners import (
-    BATCH_SLOT_SIZE,
-    BATCH_SLOTS,
-    QUERY_SLOT_SIZE,
-    DnsListeners,
-    ListenerStats,
-    QueryBatch,
-    ReplyBatch,
-    TcpSettings,
-    UdpListener,
-)
+from dnsguard.net.dns_listeners import DnsListeners, ListenerStats, TcpSettings, UdpListener
+from dnsguard.net.mmsg import BATCH_SLOT_SIZE, BATCH_SLOTS, QUERY_SLOT_SIZE, QueryBatch, ReplyBatch
 
 
 def udp_pair(family: socket.AddressFamily, host: str) -> tuple[socket.socket, list[socket.socket]]:
