@@ -7,6 +7,7 @@ import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from dnsguard.app.api import Operations
 from dnsguard.app.common import (
@@ -25,9 +26,10 @@ from dnsguard.app.endpoints import EndpointMemory, memory_path
 from dnsguard.app.observe import ReloadCounter, TunnelObserver
 from dnsguard.app.tunnel import TunnelShell
 from dnsguard.config import Config, TunnelConfig, load_config
+from dnsguard.errors import NetworkError
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.firewall import ServerNat
-from dnsguard.net.routing import configure_interface, set_forwarding
+from dnsguard.net.routing import configure_interface, set_forwarding, undo
 from dnsguard.net.tun import TunDevice
 from dnsguard.net.udp import UdpEndpoint
 from dnsguard.wireguard.events import Event, HandshakeCompleted, PeerEndpointChanged
@@ -70,11 +72,13 @@ class Server(FilteringTunnelDaemon):
         tun = TunDevice(tunnel.interface)
         udp = UdpEndpoint(tunnel.listen_port or DEFAULT_PORT)
         operations: Operations | None = None
+        sysctls: list[dict[str, Any]] = []
+        """Forwarding switches this run turned on, with their previous values, restored on stop."""
         try:
             await configure_interface(
                 tun.name, tunnel.address, tunnel.mtu or DEFAULT_MTU, peer_prefixes(tunnel)
             )
-            set_forwarding(True)
+            set_forwarding(True, sysctls.append)
             ServerNat(tun.name, peer_prefixes(tunnel)).apply()
             self.shell = TunnelShell(device, tun, udp, on_event=self.on_event)
             self.shell.start()
@@ -107,6 +111,11 @@ class Server(FilteringTunnelDaemon):
             if self.shell is not None:
                 self.shell.stop()
             ServerNat.remove()
+            for change in reversed(sysctls):
+                try:
+                    await undo(change)
+                except NetworkError as exc:
+                    log.warning("%s", exc)
             udp.close()
             tun.close()
             log.info("server stopped")

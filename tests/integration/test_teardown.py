@@ -237,3 +237,18 @@ def test_a_signal_at_random_moments_of_start_up_leaves_nothing(
         print(f"SIGTERM {delay:.3f} s after the claim{' (during start-up)' if stopped_starting else ''}")
         assert_same(before, snapshot(lab), f"SIGTERM {delay:.3f} s after the claim")
     assert during, "no signal landed during start-up: the test proved nothing"
+
+
+def test_a_stopped_server_leaves_its_namespace_as_it_found_it() -> None:
+    """Forwarding, NAT and routes of the server's namespace: a VPN server's stop restores them too."""
+    with Lab() as lab:
+        (server_private, _), (_, client_public) = genkey(), genkey()
+        before = snapshot(lab, "server")
+        assert "net.ipv4.ip_forward = 0" in before[SNAPSHOT_COMMANDS[0]]
+        server = DnsguardDaemon(
+            lab, "server", "server", server_config(server_private, client_public, lan=False)
+        ).start()
+        during = snapshot(lab, "server")
+        assert "net.ipv4.ip_forward = 1" in during[SNAPSHOT_COMMANDS[0]], daemon_log(server)
+        assert server.stop() == 0, daemon_log(server)
+        assert_same(before, snapshot(lab, "server"), "after the server stopped")
