@@ -24,7 +24,7 @@ from dnsguard.dns import wire
 from dnsguard.dns.admission import AdmissionSettings, ClientAdmission
 from dnsguard.dns.resolver import Forward
 from dnsguard.net.bind import bind_socket, listening_socket, open_socket, socket_error
-from dnsguard.net.mmsg import BATCH_SLOTS, QueryBatch, ReplyBatch
+from dnsguard.net.mmsg import QueryBatch, ReplyBatch, SingleDatagram
 
 log = logging.getLogger("dnsguard.dns")
 
@@ -98,7 +98,8 @@ class UdpListener:
     """One UDP socket read with add_reader, drained until EAGAIN on every wake-up.
 
     A datagram protocol costs a callback and a transport hop per query; draining the socket in
-    one callback answers a burst of blocked or cached queries with a recvfrom and a sendto each.
+    one callback answers a burst of blocked or cached queries with one recvmmsg and one sendmmsg per
+    64 (net/mmsg.py), or a recvfrom and a sendto each where libc lacks them (`batch=False` too).
     Every datagram passes admission first (allowed source, rate, upstream slots of its client), and
     nothing a datagram holds can end the drain loop: a query that raises is counted and answered
     FORMERR.
@@ -122,7 +123,9 @@ class UdpListener:
         self.pending: set[asyncio.Task[None]] = set()
         sock.setblocking(False)
         self.batch = ReplyBatch.for_socket(sock) if batch else None
-        self.queries = QueryBatch.for_socket(sock) if batch else None
+        self.queries: QueryBatch | SingleDatagram = (
+            QueryBatch.for_socket(sock) if batch else None
+        ) or SingleDatagram(sock)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -134,53 +137,8 @@ class UdpListener:
         self.sock.close()
 
     def _readable(self) -> None:
-        if self.queries is not None:
-            self._readable_batched(self.queries)
-            return
-        recvfrom = self.sock.recvfrom
-        answer_now = self.answerer.answer_now
-        batch = self.batch
-        send = self.sock.sendto if batch is None else batch.add
-        sendto = self.sock.sendto
-        admit = self.admission.admit if self.admission is not None else None
-        now = self.clock()
-        count = 0
-        try:
-            for _ in range(DRAIN_LIMIT):
-                try:
-                    data, addr = recvfrom(65535)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    continue
-                count += 1
-                key = ""
-                if admit is not None:
-                    admitted = admit(addr[0], now)
-                    if admitted is None:
-                        continue
-                    key = admitted
-                # A try block costs nothing until it raises; a suppress() context manager costs a call.
-                try:
-                    reply = answer_now(data, addr[0])
-                except Exception as exc:
-                    self.stats.internal_error(exc, now)
-                    reply = _error_reply(data)
-                if reply.__class__ is bytes:
-                    try:
-                        if send(reply, addr) is False:
-                            sendto(reply, addr)
-                    except OSError:
-                        pass
-                elif reply is not None:
-                    self._go_later(reply, data, addr, key)  # type: ignore[arg-type]
-        finally:
-            if batch is not None and batch.count:
-                batch.flush()
-            self.stats.udp_queries += count
-
-    def _readable_batched(self, queries: QueryBatch) -> None:
-        """`_readable` with recvmmsg: the same admission, answers and errors, a system call per batch."""
+        queries = self.queries
+        slots = queries.slots
         answer_now = self.answerer.answer_now
         batch = self.batch
         send = self.sock.sendto if batch is None else batch.add
@@ -190,7 +148,7 @@ class UdpListener:
         now = self.clock()
         count = 0
         try:
-            for _ in range(DRAIN_LIMIT // BATCH_SLOTS):
+            for _ in range(DRAIN_LIMIT // slots):
                 try:
                     received = queries.receive()
                 except (BlockingIOError, InterruptedError):
@@ -206,6 +164,7 @@ class UdpListener:
                         if admitted is None:
                             continue
                         key = admitted
+                    # A try block costs nothing until it raises; a suppress() context manager costs a call.
                     try:
                         reply = answer_now(data, addr[0])
                     except Exception as exc:
@@ -219,7 +178,7 @@ class UdpListener:
                             pass
                     elif reply is not None:
                         self._go_later(reply, data, addr, key)  # type: ignore[arg-type]
-                if received < BATCH_SLOTS:
+                if received < slots:
                     break  # the socket is drained
         finally:
             if batch is not None and batch.count:

@@ -84,12 +84,31 @@ _inet_ntoa = socket.inet_ntoa
 _MSG_DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0x40)
 
 
+class SingleDatagram:
+    """QueryBatch's interface over recvfrom, one datagram per call, where recvmmsg is missing."""
+
+    slots = 1
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._recvfrom = sock.recvfrom
+        self._last: tuple[bytes, Any] = (b"", None)
+
+    def receive(self) -> int:
+        self._last = self._recvfrom(65535)
+        return 1
+
+    def datagram(self, slot: int) -> tuple[bytes, Any]:
+        return self._last
+
+
 class QueryBatch:
     """Datagrams read from a socket with one recvmmsg(2) per BATCH_SLOTS, instead of a recvfrom each.
 
     The receive side of ReplyBatch: prebuilt headers point at fixed slots, the kernel fills as many as
     are waiting, and `datagram(i)` copies one out with the sender's address as recvfrom gives it.
     """
+
+    slots = BATCH_SLOTS
 
     def __init__(self, sock: socket.socket, receive: Callable[[int, int, int, int, None], int]) -> None:
         self._fileno = sock.fileno()

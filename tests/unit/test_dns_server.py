@@ -128,7 +128,7 @@ async def test_the_listener_answers_now_later_and_drops(batch: bool) -> None:
     stats = ListenerStats()
     listener = UdpListener(server, answerer, stats, batch=batch)
     assert (listener.batch is not None) == batch
-    assert (listener.queries is not None) == batch
+    assert isinstance(listener.queries, QueryBatch) == batch
     listener.start(asyncio.get_running_loop())
     try:
         address = server.getsockname()
