@@ -244,3 +244,13 @@ async def test_the_api_lists_the_catalogue_and_a_reload_swaps_the_blocked_servic
             assert by_id["youtube"]["blocked_by"] == [] and by_id["netflix"]["blocked_by"] == ["kids"]
     finally:
         await service.close()
+
+
+def test_the_home_gateway_example_blocks_services_for_the_kids(tmp_path: Path) -> None:
+    config = load_config(CATALOGUE.parents[1] / "config" / "home-gateway.yaml")
+    config.loading.cache_dir = str(tmp_path / "cache")
+    policy = policy_of(config)
+    assert policy.decide("www.tiktok.com", KIDS, local_time(5, 20)).reason == "service:tiktok"
+    assert policy.decide("www.roblox.com", KIDS, local_time(0, 10)).reason == "service:roblox"
+    assert policy.decide("www.roblox.com", KIDS, local_time(5, 10)).kind is Kind.FORWARD  # a Saturday
+    assert policy.decide("www.tiktok.com", ADULT, local_time(0, 10)).kind is Kind.FORWARD
