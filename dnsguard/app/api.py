@@ -20,6 +20,7 @@ from aiohttp import web
 
 from dnsguard import __version__
 from dnsguard.app.metrics import peer_names, registry_for, render
+from dnsguard.app.services import ServicesApi
 from dnsguard.app.watch import FileWatcher, watched_files
 from dnsguard.config.addresses import parse_hostport
 from dnsguard.errors import DnsguardError
@@ -83,6 +84,7 @@ class Api:
             web.post("/api/reload", self.reload),
             web.get("/api/lists", self.lists),
             web.post("/api/lists/refresh", self.refresh_lists),
+            web.get("/api/services", ServicesApi(self.daemon).catalogue),
         ]
 
     @web.middleware

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from dnsguard import __version__
 from dnsguard.app.observe import DurationHistogram
+from dnsguard.app.services import fold_services
 from dnsguard.dns.admission import REFUSAL_REASONS
 from dnsguard.dns.resolver import RESULTS as RESOLVER_RESULTS
 from dnsguard.dns.wire import MALFORMED_REASONS
@@ -115,6 +116,7 @@ class DaemonCollector(Collector):
 
         blocked_counts = dict.fromkeys((*config.lists, *BUILT_IN_BLOCKS), 0)
         blocked_counts.update(resolver.stats.blocked_by_list)
+        blocked_counts = fold_services(blocked_counts)
         blocked = CounterMetricFamily(
             "dnsguard_dns_blocked",
             "Blocked queries by the list or built-in rule that decided.",
@@ -175,6 +177,7 @@ class DaemonCollector(Collector):
         by_list = dict.fromkeys(config.lists, 0)
         if service.built is not None:
             by_list.update(service.built.entries_by_list())
+        by_list = fold_services(by_list)
         for list_name, count in sorted(by_list.items()):
             list_entries.add_metric([list_name], count)
         yield list_entries
@@ -194,6 +197,7 @@ class DaemonCollector(Collector):
         )
         failure_counts = dict.fromkeys(config.lists, 0)
         failure_counts.update(service.list_update_failures)
+        failure_counts = fold_services(failure_counts)
         for list_name, count in sorted(failure_counts.items()):
             failures.add_metric([list_name], count)
         yield failures

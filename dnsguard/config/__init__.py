@@ -38,6 +38,7 @@ from dnsguard.config.model import (
     TunnelConfig,
     UpstreamsConfig,
 )
+from dnsguard.config.services import apply_services
 from dnsguard.config.wgquick import parse_wg_quick
 from dnsguard.errors import ConfigError, ConfigErrors
 
@@ -102,6 +103,11 @@ def load_config(path: str | Path) -> Config:
                 config.tunnel.check_complete()
             except ConfigError as exc:
                 raise _prefixed(exc, "tunnel") from None
+    services = Problems()
+    with services.check():
+        apply_services(config)  # first: the sources check below then covers the services' files
+    for error in _flatten(services.errors):  # a catalogue file's own errors keep its file and line
+        (problems if error.file else whole).errors.append(error)
     with whole.check():
         _check_list_sources(config)
     # Filtering forwards every allowed name: without an upstream (a tunnel daemon's default is the

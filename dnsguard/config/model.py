@@ -182,9 +182,11 @@ class ListConfig:
 class ScheduleConfig:
     """A weekly window during which extra lists are blocked (e.g. social media on school days)."""
 
-    block: list[str]
     start: str
     end: str
+    block: list[str] = field(default_factory=list)
+    blocked_services: list[str] = field(default_factory=list)
+    """Service ids or categories of the services catalogue (see dnsguard.config.services)."""
     days: list[Weekday] = field(default_factory=lambda: list(WEEKDAYS))
 
     def validate(self) -> None:
@@ -192,8 +194,8 @@ class ScheduleConfig:
         end = minutes_of_day(self.end, "end")
         if start == end:
             raise ConfigError("start and end are the same time: the window would be empty", key="end")
-        if not self.block:
-            raise ConfigError("a schedule needs lists to block", key="block")
+        if not self.block and not self.blocked_services:
+            raise ConfigError("a schedule needs lists or services to block", key="block")
 
     @property
     def window(self) -> tuple[int, int]:
@@ -209,6 +211,8 @@ class GroupConfig:
     """IP addresses, CIDRs and MAC addresses; the group named 'default' takes every other client."""
     block: list[str] = field(default_factory=list)
     allow: list[str] = field(default_factory=list)
+    blocked_services: list[str] = field(default_factory=list)
+    """Service ids or categories (youtube, games) of the services catalogue, blocked like lists."""
     schedules: list[ScheduleConfig] = field(default_factory=list)
     safe_search: bool = False
     filtering: bool = True
@@ -337,6 +341,14 @@ class UpstreamsConfig:
                     check_upstream(server, f"conditional.{zone}[{i}]")
         problems.raise_any()
         self.conditional = conditional
+
+
+@dataclass
+class ServicesConfig:
+    """The catalogue of blocked services that groups name (see dnsguard.config.services)."""
+
+    catalogue: str | None = None
+    """Directory of service lists (<id>.txt), relative to this file; None: the one shipped with dnsguard."""
 
 
 @dataclass
@@ -685,6 +697,7 @@ class Config:
     clients: dict[str, ClientConfig] = field(default_factory=dict)
     """Known devices by name; a group's `clients` may name them."""
     blocking: BlockingConfig = field(default_factory=BlockingConfig)
+    services: ServicesConfig = field(default_factory=ServicesConfig)
     rewrites: list[RewriteConfig] = field(default_factory=list)
     cache: CacheConfig = field(default_factory=CacheConfig)
     tunnel: TunnelConfig | None = None
