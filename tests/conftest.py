@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+LIST_CACHE = tempfile.mkdtemp(prefix="dnsguard-test-lists-")
+"""Lists the tests compile are cached here, not in the system's /var/cache/dnsguard, which other
+checkouts (and a real daemon) share. Set before any test module is imported, so every Config made
+by a test, and every daemon a test starts (it inherits the variable), uses it unless a configuration
+names its own cache-dir."""
+os.environ["DNSGUARD_CACHE_DIR"] = LIST_CACHE
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(LIST_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

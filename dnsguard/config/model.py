@@ -8,6 +8,7 @@ a section's ``validate`` checks what a range cannot say (keys decode, specs pars
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
@@ -23,6 +24,7 @@ WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun"
 BlockMode = Literal["null_ip", "nxdomain", "nodata", "refused", "custom_ip"]
 
 DAY = 86400
+DEFAULT_CACHE_DIR = "/var/cache/dnsguard/lists"
 TTL_RANGE = Range(0, 2**31 - 1, "RFC 2181 §8: a TTL is 0..2^31-1 seconds")
 Ttl = Annotated[Duration, TTL_RANGE]
 REFRESH_RANGE = Range(60, 365 * DAY, "seconds: at most one download of a list a minute")
@@ -379,7 +381,8 @@ class ListsLoadingConfig:
     """Downloading and refreshing list sources."""
 
     refresh: Annotated[Duration, REFRESH_RANGE] = Duration(DAY)
-    cache_dir: str = "/var/cache/dnsguard/lists"
+    cache_dir: str = field(default_factory=lambda: os.environ.get("DNSGUARD_CACHE_DIR", DEFAULT_CACHE_DIR))
+    """Downloaded copies and compiled lists; DNSGUARD_CACHE_DIR moves the default (tests, a user's runs)."""
     timeout: Annotated[Duration, Range(1, 3600, "seconds for one download")] = Duration(30)
     max_size: Annotated[ByteSize, Range(1024, 4 * 1024**3, "bytes of one list; 1K..4G")] = ByteSize(
         64 * 1024 * 1024

@@ -170,3 +170,10 @@ def test_wg_quick_errors_have_lines(tmp_path: Path, broken: str, line: int, key:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, broken, "wg0.conf"))
     assert info.value.line == line and info.value.key == key
+
+
+def test_the_tests_compile_lists_into_their_own_cache_not_the_systems() -> None:
+    from dnsguard.config.model import DEFAULT_CACHE_DIR, ListsLoadingConfig
+
+    cache_dir = ListsLoadingConfig().cache_dir
+    assert cache_dir != DEFAULT_CACHE_DIR and Path(cache_dir).is_dir()
