@@ -258,6 +258,18 @@ def _queries(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dhcp_config(args: argparse.Namespace) -> int:
+    from dnsguard.app.lan_tools import run_dhcp_config
+
+    return run_dhcp_config(args.config)
+
+
+def _clients(args: argparse.Namespace) -> int:
+    from dnsguard.app.lan_tools import run_clients
+
+    return run_clients(args.config)
+
+
 def _local_time(timestamp: float) -> str:
     import time
 
@@ -361,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--interface", default="dg0", help="without -c: the client running this tunnel interface"
     )
     status.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    _add_config(add("dhcp-config", "print the dnsmasq configuration of the dhcp: section", _dhcp_config))
+    _add_config(
+        add("clients", "list a running daemon's clients with their names (through its API)", _clients)
+    )
     demo = add("demo", "build a lab of network namespaces and run dnsguard in it (needs root)", _demo)
     demo.add_argument("--keep", action="store_true", help="wait for Enter before tearing the lab down")
     return parser

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from dnsguard import __version__
+from dnsguard.app.client_names import clients_route
 from dnsguard.app.metrics import peer_names, registry_for, render
 from dnsguard.app.services import ServicesApi
 from dnsguard.app.watch import FileWatcher, watched_files
@@ -85,6 +86,7 @@ class Api:
             web.get("/api/lists", self.lists),
             web.post("/api/lists/refresh", self.refresh_lists),
             web.get("/api/services", ServicesApi(self.daemon).catalogue),
+            clients_route(self.daemon),
         ]
 
     @web.middleware
@@ -244,6 +246,9 @@ class Api:
             {
                 "name": name,
                 "client": client,
+                "client_name": service.client_names.name_of(client)
+                if service.client_names and client
+                else "",
                 "group": decision.group,
                 "decision": decision.kind.name.lower(),
                 "reason": decision.reason,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dnsguard.app.api import Operations
+from dnsguard.app.client_names import ClientDirectory, needs_neighbours
 from dnsguard.app.common import (
     Prepared,
     Reloader,
@@ -119,7 +120,8 @@ async def host_networks() -> Sequence[str]:
 
 
 def _uses_macs(config: Config) -> bool:
-    return any(is_mac(client) for g in config.groups.values() for client in g.clients)
+    groups = any(is_mac(client) for g in config.groups.values() for client in g.clients)
+    return groups or needs_neighbours(config)
 
 
 def make_resolver(
@@ -255,6 +257,7 @@ class ResolverService:
     listeners: DnsListeners | None = None
     neighbours: NeighbourTable | None = None
     """Address -> MAC, kept current from netlink while a group lists MAC addresses."""
+    client_names: ClientDirectory | None = None
 
     def __post_init__(self) -> None:
         self._closing: set[asyncio.Task[None]] = set()
@@ -269,6 +272,10 @@ class ResolverService:
             self.config, self.built, self.socket_setup, self.observer, self._mac_lookup(self.config)
         )
         self.forwarder = make_forwarder(self.config, self.resolver, self.socket_setup, self.observer)
+        self.client_names = ClientDirectory(
+            self.config, self._mac_lookup(self.config), self._neighbour_addresses, self._group_name
+        )
+        self.client_names.start()
         settle_heap()
         if listen:
             self.listeners = DnsListeners(
@@ -409,6 +416,8 @@ class ResolverService:
                 if group is not None:
                     group.on_query = self.observer.on_upstream
                     self.observer.know_upstreams([u.name for u in group.upstreams])
+        if state.replaces_upstreams and self.client_names is not None:
+            self.client_names.reconfigure(new, self._mac_lookup(new))
         if new.resolver.listen != self.config.resolver.listen:
             log.warning("resolver.listen changed: takes effect after a restart")
         self.config = new
@@ -449,6 +458,12 @@ class ResolverService:
             self._neighbour_monitor.start()
         return self.neighbours.mac_of
 
+    def _neighbour_addresses(self) -> list[str]:
+        return self.neighbours.addresses() if self.neighbours is not None else []
+
+    def _group_name(self, address: str) -> str:
+        return self.resolver.policy.group_for(address).name if self.resolver is not None else ""
+
     def _neighbour_changed(self, address: str) -> None:
         """An address got another MAC: its queries follow the new MAC's group from the next one on."""
         resolver = self.resolver
@@ -482,6 +497,8 @@ class ResolverService:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             self._refresher.cancel()
+        if self.client_names is not None:
+            await self.client_names.close()
         if self.neighbours is not None:
             await self._neighbour_monitor.stop()
         if self.listeners is not None:

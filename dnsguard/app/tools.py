@@ -17,6 +17,12 @@ def run_explain(config_path: str, name: str, client: str | None) -> int:
     policy = Policy(config, built.matcher)
     # A name IDNA rejects is explained as typed (lower-cased): no rule can name it, and the answer says so.
     canonical = folded_name(name) or name.strip().rstrip(".").lower()
+    if client:
+        from dnsguard.app.lan_tools import offline_name
+
+        named = offline_name(config, client)
+        if named.name:
+            print(f"client {client} is {named.name} (from {named.source})")
     print(policy.explain(canonical, client or "", time.time()))
     return 0
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from dnsguard.config.addresses import is_ip
+from dnsguard.config.lan import ClientNamesConfig, DhcpConfig
 from dnsguard.config.loader import ByteSize, ConfigWarning, Duration, Problems, Range
 from dnsguard.dns.names import DomainName, fold_name
 from dnsguard.errors import ConfigError
@@ -699,6 +700,9 @@ class Config:
     groups: dict[str, GroupConfig] = field(default_factory=dict)
     clients: dict[str, ClientConfig] = field(default_factory=dict)
     """Known devices by name; a group's `clients` may name them."""
+    client_names: ClientNamesConfig = field(default_factory=ClientNamesConfig)
+    dhcp: DhcpConfig | None = None
+    """The LAN's DHCP server (gateway mode): see `dnsguard dhcp-config`."""
     blocking: BlockingConfig = field(default_factory=BlockingConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
     rewrites: list[RewriteConfig] = field(default_factory=list)
