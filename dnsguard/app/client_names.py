@@ -13,7 +13,7 @@ import contextlib
 import ipaddress
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
@@ -36,6 +36,8 @@ MAX_SEEN: Final = 4096
 """Recently seen client addresses listed by /api/clients even when nothing names them."""
 
 GroupOf = Callable[[str], str]
+ReverseLookup = Callable[[str, str], Awaitable[tuple[str | None, int]]]
+"""(server, address) -> (PTR name or None, TTL); NetworkError when nothing answers."""
 Neighbours = Callable[[], list[str]]
 
 
@@ -67,11 +69,13 @@ class ClientDirectory:
         neighbours: Neighbours | None = None,
         group_of: GroupOf | None = None,
         clock: Callable[[], float] = boottime,
+        reverse_lookup: ReverseLookup = lookup_ptr,
     ) -> None:
         self.mac_lookup = mac_lookup
         self.neighbours = neighbours
         self.group_of = group_of
         self.clock = clock
+        self.reverse_lookup = reverse_lookup
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._leases: LeaseFiles | None = None
@@ -132,7 +136,7 @@ class ClientDirectory:
 
     async def _reverse(self, reverse: ReverseNames, server: str, address: str) -> None:
         try:
-            name, ttl = await lookup_ptr(server, address)
+            name, ttl = await self.reverse_lookup(server, address)
         except DnsguardError as exc:
             log.debug("reverse lookup of %s: %s", address, exc)
             reverse.failed(address, self.clock())

@@ -16,14 +16,16 @@ import re
 from dnsguard.config.lan import DhcpConfig
 from dnsguard.errors import ConfigError
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f,#]")
-"""Control characters end or break a line, a comma starts another field, '#' starts a comment."""
+_SAFE = re.compile(r"^[\x21-\x7e]+$")
+"""Printable ASCII without spaces: control characters end or break a line, and dnsmasq trims spaces."""
+_FIELD_BREAKS = re.compile(r"[,#]")
+"""A comma starts another field and '#' a comment."""
 
 
 def option_line(option: str, *values: str) -> str:
     """`option=value,value` for dnsmasq; ConfigError when a value could change the file's structure."""
     for value in values:
-        if not value or _UNSAFE.search(value):
+        if not _SAFE.fullmatch(value) or _FIELD_BREAKS.search(value):
             raise ConfigError(f"{value!r} cannot be written into a dnsmasq option", key=option)
     return f"{option}={','.join(values)}" if values else option
 

@@ -81,12 +81,12 @@ class DhcpHostConfig:
 
     def validate(self) -> None:
         mac = self.mac.strip().lower().replace("-", ":")
-        if not _MAC_RE.match(mac):
+        if not _MAC_RE.fullmatch(mac):
             raise ConfigError(f"{self.mac!r} is not a MAC address", key="mac")
         self.mac = mac
         if self.address is not None:
             self.address = check_address(self.address, "address", 4)
-        if self.name is not None and not HOST_NAME_RE.match(self.name):
+        if self.name is not None and not HOST_NAME_RE.fullmatch(self.name):
             raise ConfigError(
                 f"{self.name!r} is not a host name (letters, digits and '-', at most 63)", key="name"
             )
@@ -139,7 +139,7 @@ class DhcpConfig:
 
     def validate(self) -> None:
         problems = Problems()
-        if not _INTERFACE_RE.match(self.interface):
+        if not _INTERFACE_RE.fullmatch(self.interface):
             problems.errors.append(
                 ConfigError(f"{self.interface!r} is not an interface name", key="interface")
             )
@@ -162,7 +162,7 @@ class DhcpConfig:
                 self.netmask = check_address(self.netmask, "netmask", 4)
         if self.domain is not None:
             domain = self.domain.strip().lower().rstrip(".")
-            if len(domain) > 253 or not DOMAIN_RE.match(domain):
+            if len(domain) > 253 or not DOMAIN_RE.fullmatch(domain):
                 problems.errors.append(ConfigError(f"{self.domain!r} is not a domain name", key="domain"))
             self.domain = domain
         with problems.check():

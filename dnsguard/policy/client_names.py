@@ -59,7 +59,7 @@ def canonical_address(address: str) -> str | None:
 def ptr_name(text: str) -> str | None:
     """A name from a PTR answer, without the final dot, or None when it is not a host name."""
     name = text.rstrip(".")
-    if not name or len(name) > 253 or not _PTR_NAME_RE.match(name):
+    if not name or len(name) > 253 or not _PTR_NAME_RE.fullmatch(name):
         return None
     return name.lower()
 

@@ -75,18 +75,18 @@ class LeaseParse:
 
 def _mac(text: str) -> str | None:
     value = text.strip().lower().replace("-", ":")
-    return value if _MAC_RE.match(value) else None
+    return value if _MAC_RE.fullmatch(value) else None
 
 
 def _address(text: str) -> str | None:
     """A canonical IPv4 or IPv6 address, or None (parsed by hand: ipaddress is slow on 65k lines)."""
     value = text.strip().lower()
-    if _IPV4_RE.match(value):
+    if _IPV4_RE.fullmatch(value):
         parts = value.split(".")
         if all(int(part) < 256 and (part == "0" or not part.startswith("0")) for part in parts):
             return value
         return None
-    if ":" in value and _IPV6_RE.match(value):
+    if ":" in value and _IPV6_RE.fullmatch(value):
         import ipaddress  # only for IPv6, whose text forms are many
 
         try:
@@ -100,7 +100,7 @@ def _hostname(text: str, parse: LeaseParse) -> str:
     if text in ("", "*"):
         return ""
     label = text.split(".", 1)[0]  # a fully qualified name is shown by its first label
-    if HOST_NAME_RE.match(label):
+    if HOST_NAME_RE.fullmatch(label):
         return label.lower()
     parse.error(f"host name {text!r} is not a DNS label")
     return ""
@@ -173,7 +173,7 @@ def _isc_time(tokens: list[str]) -> float | str | None:
         return float(tokens[1])
     if len(tokens) < 3:
         return "short time"
-    date, clock = _ISC_TIME.match(tokens[1]), _CLOCK.match(tokens[2])
+    date, clock = _ISC_TIME.fullmatch(tokens[1]), _CLOCK.fullmatch(tokens[2])
     if date is None or clock is None:
         return f"time {' '.join(tokens[:3])!r}"
     try:
