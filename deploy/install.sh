@@ -14,6 +14,8 @@ runtime_pkgs=(iproute2 nftables iputils-ping curl dnsutils procps kmod ca-certif
 # Peers and anchors for interop tests and benchmarks, capture tools for the leak tests, and the
 # validators of deploy/ (promtool from prometheus, systemd-analyze from systemd).
 test_pkgs=(wireguard-tools wireguard-go dnsmasq-base unbound iperf3 dnsperf tcpdump openvpn prometheus systemd)
+# A DHCP client (udhcpc) and a router-advertisement reader (rdisc6) for the LAN onboarding test.
+test_pkgs+=(udhcpc ndisc6)
 
 pkgs=("${runtime_pkgs[@]}")
 [ "$mode" = "--test" ] && pkgs+=("${test_pkgs[@]}")

@@ -261,7 +261,7 @@ def _queries(args: argparse.Namespace) -> int:
 def _dhcp_config(args: argparse.Namespace) -> int:
     from dnsguard.app.lan_tools import run_dhcp_config
 
-    return run_dhcp_config(args.config)
+    return run_dhcp_config(args.config, args.output)
 
 
 def _clients(args: argparse.Namespace) -> int:
@@ -373,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--interface", default="dg0", help="without -c: the client running this tunnel interface"
     )
     status.add_argument("--json", action="store_true", help="print the API's JSON answer")
-    _add_config(add("dhcp-config", "print the dnsmasq configuration of the dhcp: section", _dhcp_config))
+    dhcp_config = add("dhcp-config", "print the dnsmasq configuration of the dhcp: section", _dhcp_config)
+    dhcp_config.add_argument("-o", "--output", metavar="FILE", help="write it to FILE (atomically) instead")
+    _add_config(dhcp_config)
     _add_config(
         add("clients", "list a running daemon's clients with their names (through its API)", _clients)
     )

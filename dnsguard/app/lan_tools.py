@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from dnsguard.config import Config, load_config
 from dnsguard.config.dnsmasq import dnsmasq_config
 from dnsguard.errors import ConfigError
+from dnsguard.net.files import atomic_write
 from dnsguard.policy.client_names import ClientName, ClientNames, canonical_address
 from dnsguard.policy.leases import parse_leases
 
 
-def run_dhcp_config(config_path: str) -> int:
-    """Print the dnsmasq configuration of the file's `dhcp:` section."""
+def run_dhcp_config(config_path: str, output: str | None = None) -> int:
+    """Print (or write to `output`) the dnsmasq configuration of the file's `dhcp:` section."""
     config = load_config(config_path)
     if config.dhcp is None:
         raise ConfigError(
             "there is no dhcp: section to generate a dnsmasq configuration from", file=config_path
         )
-    print(dnsmasq_config(config.dhcp, config_path), end="")
+    text = dnsmasq_config(config.dhcp, config_path)
+    if output is None:
+        print(text, end="")
+    else:
+        # Whole or not at all: a dnsmasq (re)started meanwhile must not read half a file.
+        atomic_write(Path(output), [text.encode()])
     return 0
 
 

@@ -24,7 +24,8 @@ _INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 """Linux interface names (IFNAMSIZ - 1 bytes), narrowed to what is safe on a dnsmasq line."""
 _PATH_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f,]")
 LEASE_TIME_RANGE = Range(120, 365 * 86400, "seconds; dnsmasq's shortest lease is 2 minutes")
-DEFAULT_LEASE_FILE = "/var/lib/dnsguard/dhcp.leases"
+DEFAULT_LEASE_FILE = "/var/lib/dnsguard-dhcp/dhcp.leases"
+"""In the StateDirectory of deploy/systemd/dnsguard-dhcp.service."""
 
 
 def check_address(text: str, key: str, version: int | None = None) -> str:

@@ -44,7 +44,7 @@ def test_the_shipped_gateway_config_generates_dhcp_dns_router_static_leases_and_
         "interface=lan0",
         "bind-interfaces",
         "dhcp-authoritative",
-        "dhcp-leasefile=/var/lib/dnsguard/dhcp.leases",
+        "dhcp-leasefile=/var/lib/dnsguard-dhcp/dhcp.leases",
         "dhcp-range=interface:lan0,192.0.2.100,192.0.2.199,43200",
         "dhcp-option=option:router,192.0.2.1",
         "dhcp-option=option:dns-server,192.0.2.1",
@@ -139,3 +139,65 @@ def test_option_line_refuses_empty_values_and_comments() -> None:
     with pytest.raises(ConfigError):
         option_line("domain", "home.arpa # x")
     assert option_line("enable-ra") == "enable-ra"
+
+
+# -- the unit that runs it ---------------------------------------------------------------------
+
+UNIT = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "dnsguard-dhcp.service"
+
+
+def unit_values(key: str) -> list[str]:
+    """The values of 'Section.Key' in the unit, in order."""
+    wanted_section, wanted_key = key.split(".")
+    section = ""
+    found = []
+    for raw in UNIT.read_text().splitlines():
+        line = raw.strip()
+        name, _, value = line.partition("=")
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif not line.startswith("#") and section == wanted_section and name == wanted_key:
+            found.append(value)
+    return found
+
+
+def test_the_unit_generates_the_file_dnsmasq_reads_and_keeps_leases_where_dnsguard_looks() -> None:
+    from dnsguard.cli import build_parser
+    from dnsguard.config.lan import DEFAULT_LEASE_FILE
+
+    [pre] = unit_values("Service.ExecStartPre")
+    [start] = unit_values("Service.ExecStart")
+    generate = build_parser().parse_args(pre.split()[1:])
+    assert generate.command == "dhcp-config" and generate.config == "/etc/dnsguard/resolver.yaml"
+    [runtime] = unit_values("Service.RuntimeDirectory")
+    assert generate.output == f"/run/{runtime}/dnsmasq.conf"
+    assert f"--conf-file={generate.output}" in start.split() and "--keep-in-foreground" in start.split()
+    [state] = unit_values("Service.StateDirectory")
+    assert Path(DEFAULT_LEASE_FILE).parent == Path("/var/lib") / state
+
+
+def test_dhcp_config_output_writes_the_file(tmp_path: Path) -> None:
+    target = tmp_path / "dnsmasq.conf"
+    assert main(["dhcp-config", "-c", str(CONFIG), "-o", str(target)]) == 0
+    assert target.read_text() == dnsmasq_config(load_config(CONFIG).dhcp, str(CONFIG))  # type: ignore[arg-type]
+
+
+def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    control = tmp_path / "control.service"
+    control.write_text("[Unit]\nDescription=control\n[Service]\nType=exec\nExecStart=/bin/true\n")
+    probe = subprocess.run([analyze, "verify", str(control)], capture_output=True, text=True, cwd=tmp_path)
+    if probe.returncode != 0 or probe.stderr.strip():
+        pytest.skip(f"systemd-analyze verify does not work here: {(probe.stderr or probe.stdout).strip()}")
+    # verify checks that the programs exist: stand-ins where this machine has no dnsguard link.
+    text = UNIT.read_text()
+    for program in ("/usr/local/bin/dnsguard", "/usr/sbin/dnsmasq"):
+        if not Path(program).exists():
+            text = text.replace(program, "/bin/true")
+    unit = tmp_path / UNIT.name
+    unit.write_text(text)
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, cwd=tmp_path)
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 0 and not output, output
