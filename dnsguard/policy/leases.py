@@ -36,7 +36,8 @@ MAX_EXAMPLES: Final = 3
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _IPV4_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _IPV6_RE = re.compile(r"^[0-9a-f:.]{2,45}$")
-_ISC_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|[{};]|[^\s{};"]+')
+_ISC_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|[{};]|[^\s{};"#]+')
+"""Quoted strings, comments (`ends epoch N; # Thu Dec ...` with db-time-format local), braces, words."""
 _ISC_TIME = re.compile(r"^(\d{4})/(\d{1,2})/(\d{1,2})$")
 _CLOCK = re.compile(r"^(\d{1,2}):(\d{2}):(\d{2})$")
 
@@ -184,7 +185,7 @@ def _isc_time(tokens: list[str]) -> float | str | None:
 
 
 def _parse_isc(text: str, now: float, parse: LeaseParse) -> None:
-    tokens = _ISC_TOKEN.findall(text)
+    tokens = [token for token in _ISC_TOKEN.findall(text) if not token.startswith("#")]
     i, count = 0, len(tokens)
     while i < count:
         if tokens[i] != "lease":

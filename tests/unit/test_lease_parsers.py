@@ -37,10 +37,17 @@ lease 192.0.2.50 {
   client-hostname "Pixel-7";
 }
 lease 192.0.2.51 {
+  starts epoch 1764842400; # Thu Dec 04 10:00:00 2025
   ends never;
   binding state active;
   hardware ethernet 02:00:5e:10:00:51;
   client-hostname "tv";
+}
+lease 192.0.2.53 {
+  binding state active;
+  hardware ethernet 02:00:5e:10:00:53;
+  ends epoch 1900000000; # Sun Mar 17 17:46:40 2030
+  client-hostname "epoch";
 }
 lease 192.0.2.52 {
   ends 5 2026/12/04 10:00:00;
@@ -86,6 +93,7 @@ def test_isc_leases_take_the_newest_entry_and_only_active_ones() -> None:
         "192.0.2.50": Lease(
             "192.0.2.50", "02:00:5e:10:00:50", "pixel-7", calendar.timegm((2027, 12, 4, 10, 0, 0))
         ),
+        "192.0.2.53": Lease("192.0.2.53", "02:00:5e:10:00:53", "epoch", 1_900_000_000.0),
     }
 
 
@@ -162,3 +170,42 @@ def test_real_files_cut_anywhere_and_spliced_with_garbage_parse(cut: int, garbag
         data = text.encode()
         parse = parse_leases(data[: cut % (len(data) + 1)] + garbage, NOW)
         assert all(lease.address for lease in parse.leases.values())
+
+
+LEASES = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=2**32 - 1).map(
+            lambda n: f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+        ),
+        st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b)),
+        st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True),
+        st.integers(min_value=int(NOW) + 1, max_value=int(NOW) + 10**7),
+    ),
+    max_size=20,
+)
+
+
+def render(format: str, leases: list[tuple[str, str, str, int]]) -> str:
+    if format == "dnsmasq":
+        return "".join(f"{expiry} {mac} {address} {name} *\n" for address, mac, name, expiry in leases)
+    if format == "kea":
+        header = "address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostname,state\n"
+        rows = (f"{address},{mac},,3600,{expiry},1,0,0,{name},0\n" for address, mac, name, expiry in leases)
+        return header + "".join(rows)
+    import time
+
+    return "".join(
+        f"lease {address} {{\n  ends 1 {time.strftime('%Y/%m/%d %H:%M:%S', time.gmtime(expiry))};\n"
+        f'  binding state active;\n  hardware ethernet {mac};\n  client-hostname "{name}";\n}}\n'
+        for address, mac, name, expiry in leases
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(LEASES, st.sampled_from(["dnsmasq", "isc", "kea"]))
+def test_every_format_reads_back_what_its_server_wrote_newest_entry_winning(
+    leases: list[tuple[str, str, str, int]], format: str
+) -> None:
+    expected = {address: Lease(address, mac, name, float(expiry)) for address, mac, name, expiry in leases}
+    parse = parse_leases(render(format, leases).encode(), NOW)
+    assert parse.errors == 0 and parse.leases == expected
