@@ -161,6 +161,9 @@ def status_lines(status: dict[str, Any]) -> list[str]:
                 + (f", {latency:.1f} ms" if latency is not None else "")
                 + (f", last error: {upstream['last_error']}" if upstream["last_error"] else "")
             )
+    from dnsguard.app.lan_tools import client_status_lines
+
+    lines.extend(client_status_lines(status))
     return lines
 
 

@@ -192,6 +192,8 @@ class Api:
                     for stats in (upstreams.stats() if upstreams is not None else [])
                 ],
             }
+        if service is not None and service.client_names is not None:
+            body["clients"] = service.client_names.summary()
         return _json(body)
 
     async def queries(self, request: web.Request) -> web.Response:

@@ -211,6 +211,15 @@ class ClientDirectory:
             )
         return entries
 
+    def summary(self) -> dict[str, Any]:
+        """For /api/status: how many client addresses are known, and how many each source names."""
+        entries = self.snapshot()
+        named: dict[str, int] = {"config": 0, "lease": 0, "ptr": 0}
+        for entry in entries:
+            if entry["source"]:
+                named[entry["source"]] += 1
+        return {"known": len(entries), "named": named}
+
     def lease_files_status(self) -> list[dict[str, Any]]:
         if self._leases is None:
             return []

@@ -69,6 +69,18 @@ def client_lines(answer: dict[str, Any]) -> list[str]:
     return lines
 
 
+def client_status_lines(status: dict[str, Any]) -> list[str]:
+    """The clients line of `dnsguard status` (none for a daemon without DNS filtering)."""
+    clients = status.get("clients")
+    if clients is None:
+        return []
+    named = clients["named"]
+    return [
+        f"clients:    {clients['known']} known; named by config {named['config']}, by lease "
+        f"{named['lease']}, by PTR {named['ptr']} (dnsguard clients lists them)"
+    ]
+
+
 def run_clients(config_path: str) -> int:
     from dnsguard.app.remote import api_request
 

@@ -16,6 +16,7 @@ from dnsguard.app.api import Api
 from dnsguard.app.client_names import ClientDirectory, lease_files, needs_neighbours
 from dnsguard.app.lan_tools import client_lines, offline_name
 from dnsguard.app.resolve import ResolveDaemon, ResolverService
+from dnsguard.cli import status_lines
 from dnsguard.config import Config, load_config
 from dnsguard.errors import NetworkError
 from dnsguard.net.lease_files import REREAD_AFTER, LeaseFiles
@@ -286,6 +287,7 @@ async def test_api_clients_lists_names_sources_macs_and_groups(tmp_path: Path) -
         app.add_routes(Api(ResolveDaemon(service)).routes())
         async with TestClient(TestServer(app)) as client:
             answer = await (await client.get("/api/clients")).json()
+            status = await (await client.get("/api/status")).json()
             explained = await (
                 await client.get("/api/explain", params={"name": "a.example", "client": "192.0.2.20"})
             ).json()
@@ -297,9 +299,19 @@ async def test_api_clients_lists_names_sources_macs_and_groups(tmp_path: Path) -
         {"address": "2001:db8::99", "name": "", "source": "", "mac": "", "group": "default"},
     ]
     assert explained["client_name"] == "kids-tablet"
+    assert "clients:    3 known; named by config 1, by lease 1, by PTR 0 (dnsguard clients lists them)" in (
+        status_lines(status)
+    )
     assert client_lines(answer)[1].split() == ["192.0.2.30", "phone", "(lease)", PHONE_MAC, "default"]
 
 
 @pytest.mark.parametrize("address", ["", "::", "garbage"])
 def test_odd_addresses_have_no_name(address: str) -> None:
     assert ClientDirectory(Config()).name_of(address) == ""
+
+
+def test_explain_names_the_client(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dnsguard.cli import main
+
+    assert main(["explain", "a.example", "-c", str(config_file(tmp_path)), "--client", "192.0.2.20"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "client 192.0.2.20 is kids-tablet (from config)"
