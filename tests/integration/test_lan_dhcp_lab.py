@@ -173,11 +173,26 @@ def test_a_lan_device_is_onboarded_by_dhcp_and_ra_and_named_by_its_lease(lan_lab
 
     def named() -> bool:
         clients = api_get(lab, "/api/clients")["clients"]
-        return any(c["address"] == device and c["name"] == "phone" for c in clients)  # type: ignore[attr-defined, index]
+        return any(c["address"] == device and c["name"] == "phone" for c in clients)  # type: ignore[attr-defined]
 
     lab.wait_for(named, timeout=10, what="the device's lease name in /api/clients", interval=0.3)
     clients = api_get(lab, "/api/clients")
     entry = next(c for c in clients["clients"] if c["address"] == device)  # type: ignore[attr-defined]
     assert entry["source"] == "lease" and entry["group"] == "default" and len(entry["mac"]) == 17
+    # Its IPv6 address has no lease: the neighbour table gives its MAC, and the MAC its IPv4 lease's name.
+    answer6 = lab.dig("lanhost", f"www.{a.zone}", a.lan_gw6)
+    assert dig_answers(answer6.stdout), answer6.stdout + lab.logs()
+
+    def named6() -> bool:
+        clients = api_get(lab, "/api/clients")["clients"]
+        return any(c["address"].startswith("2001:db8:100:") and c["name"] == "phone" for c in clients)  # type: ignore[attr-defined]
+
+    try:
+        lab.wait_for(
+            named6, timeout=10, what="the device's IPv6 address named by its lease's MAC", interval=0.3
+        )
+    except Exception:
+        print(api_get(lab, "/api/clients"), lab.sh("client", "ip -6 neigh show dev lan0"), lab.logs())
+        raise
     queries = api_get(lab, f"/api/queries?client={device}")["queries"]
     assert [q["name"] for q in queries] == [f"www.{a.zone}"]  # type: ignore[attr-defined]

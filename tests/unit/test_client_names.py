@@ -315,3 +315,47 @@ def test_explain_names_the_client(tmp_path: Path, capsys: pytest.CaptureFixture[
 
     assert main(["explain", "a.example", "-c", str(config_file(tmp_path)), "--client", "192.0.2.20"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "client 192.0.2.20 is kids-tablet (from config)"
+
+
+class PtrServer(asyncio.DatagramProtocol):
+    """A LAN resolver on loopback: answers PTR questions from `names`, after a wrong-ID datagram first."""
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
+        assert self.transport is not None
+        query = DNSRecord.parse(data)
+        owner = str(query.q.qname)
+        if owner.startswith("99."):
+            return  # silence: the client times out
+        reply = query.reply()
+        if owner in self.names:
+            reply.add_answer(RR(owner, QTYPE.PTR, rdata=PTR(self.names[owner]), ttl=120))
+        else:
+            reply.header.rcode = RCODE.NXDOMAIN
+        stray = DNSRecord.parse(bytes(reply.pack()))
+        stray.header.id ^= 1
+        self.transport.sendto(bytes(stray.pack()), addr)  # ignored: not the question's ID
+        self.transport.sendto(bytes(reply.pack()), addr)
+
+
+async def test_lookup_ptr_asks_the_configured_server_and_times_out_on_silence() -> None:
+    from dnsguard.net.reverse_lookup import lookup_ptr
+
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: PtrServer({"7.2.0.192.in-addr.arpa.": "tv.lan."}), local_addr=("127.0.0.1", 0)
+    )
+    port = transport.get_extra_info("sockname")[1]
+    try:
+        assert await lookup_ptr("127.0.0.1", "192.0.2.7", port=port) == ("tv.lan.", 120)
+        assert await lookup_ptr("127.0.0.1", "192.0.2.8", port=port) == (None, 0)
+        with pytest.raises(NetworkError, match="no answer"):
+            await lookup_ptr("127.0.0.1", "192.0.2.99", port=port, timeout=0.05)
+    finally:
+        transport.close()
