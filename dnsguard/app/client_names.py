@@ -167,7 +167,9 @@ class ClientDirectory:
             self._leases = None
         self.config = config
         self.mac_lookup = mac_lookup
-        self.names = self._build(config)
+        names = self._build(config)
+        names.adopt_leases(self.names, lease_files(config))
+        self.names = names
         self._start_leases(config)
 
     async def close(self) -> None:

@@ -196,6 +196,12 @@ class ClientNames:
         self._leases = merged
         self._lease_by_mac = by_mac
 
+    def adopt_leases(self, other: ClientNames, order: Sequence[str]) -> None:
+        """Take `other`'s leases of the sources in `order` (a reload keeps names until files are re-read)."""
+        for source in order:
+            if source in other._lease_files:
+                self.set_leases(source, other._lease_files[source], order)
+
     def leases(self) -> Iterable[Lease]:
         return self._leases.values()
 

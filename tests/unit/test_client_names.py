@@ -113,6 +113,19 @@ def test_the_first_lease_file_wins_and_a_file_that_empties_takes_its_names_away(
     assert names.lookup("192.0.2.50").name == ""
 
 
+async def test_a_reload_keeps_the_leases_of_files_still_configured(tmp_path: Path) -> None:
+    path = tmp_path / "dnsguard.yaml"
+    first = {"upstreams": {"servers": ["198.51.100.53"]}, "client-names": {"lease-files": ["/a", "/b"]}}
+    path.write_text(yaml.safe_dump(first))
+    directory = ClientDirectory(load_config(path))
+    directory.names.set_leases("/a", leases(Lease("192.0.2.1", "", "one")))
+    directory.names.set_leases("/b", leases(Lease("192.0.2.2", "", "two")))
+    path.write_text(yaml.safe_dump({**first, "client-names": {"lease-files": ["/b"]}}))
+    directory.reconfigure(load_config(path), None)  # its first read of /b comes later, in a task
+    assert (directory.name_of("192.0.2.1"), directory.name_of("192.0.2.2")) == ("", "two")
+    await directory.close()
+
+
 def test_addresses_are_canonical_and_zones_dropped() -> None:
     assert canonical_address("fe80::0001%lan0") == "fe80::1"
     assert canonical_address("2001:DB8::A") == "2001:db8::a"
