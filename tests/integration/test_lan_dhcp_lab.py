@@ -194,5 +194,7 @@ def test_a_lan_device_is_onboarded_by_dhcp_and_ra_and_named_by_its_lease(lan_lab
     except Exception:
         print(api_get(lab, "/api/clients"), lab.sh("client", "ip -6 neigh show dev lan0"), lab.logs())
         raise
+    listed = lab.run("client", [sys.executable, "-m", "dnsguard", "clients", "-c", str(config)]).stdout
+    assert any(line.split()[:3] == [device, "phone", "(lease)"] for line in listed.splitlines()), listed
     queries = api_get(lab, f"/api/queries?client={device}")["queries"]
     assert [q["name"] for q in queries] == [f"www.{a.zone}"]  # type: ignore[attr-defined]
