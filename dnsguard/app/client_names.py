@@ -77,6 +77,8 @@ class ClientDirectory:
         self.clock = clock
         self.reverse_lookup = reverse_lookup
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._canonical: dict[str, str] = {}
+        """Address as given -> canonical text ('' for what is not an address)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._leases: LeaseFiles | None = None
         self.reverse: ReverseNames | None = None
@@ -98,8 +100,14 @@ class ClientDirectory:
 
     def lookup(self, address: str) -> ClientName:
         """The name of `address` now; may start a background PTR lookup for an unnamed one."""
-        canonical = canonical_address(address)
+        canonical = self._canonical.get(address)
         if canonical is None:
+            # ipaddress costs microseconds a call; the answer path sees the same few addresses again.
+            canonical = canonical_address(address) or ""
+            if len(self._canonical) >= MAX_SEEN:
+                self._canonical.clear()
+            self._canonical[address] = canonical
+        if not canonical:
             return ClientName()
         self._note(canonical)
         found = self.names.lookup(canonical)

@@ -129,9 +129,12 @@ def test_truncated_files_keep_what_was_whole() -> None:
 
 
 def test_garbage_lines_are_counted_with_examples() -> None:
-    text = f"{LATER} not-a-mac 192.0.2.1 a *\n{LATER} 02:00:5e:10:00:01 999.0.2.1 b *\n!!!\n"
+    text = (
+        f"{LATER} not-a-mac 192.0.2.1 a *\n{LATER} 02:00:5e:10:00:01 999.0.2.1 b *\n!!!\n"
+        f"{LATER} 02:00:5e:10:00:01 192.0.2.010 octal *\n"
+    )
     parse = parse_leases(text.encode(), NOW, format="dnsmasq")
-    assert parse.leases == {} and parse.errors == 3 and len(parse.examples) == 3
+    assert parse.leases == {} and parse.errors == 4 and len(parse.examples) == 3
 
 
 def test_an_oversized_file_is_read_up_to_the_bound() -> None:
