@@ -289,7 +289,8 @@ def test_the_dhcp_servers_lease_file_is_read_first_and_needs_the_neighbour_table
 
 
 async def test_api_clients_lists_names_sources_macs_and_groups(tmp_path: Path) -> None:
-    service = ResolverService(str(config_file(tmp_path)), load_config(config_file(tmp_path)))
+    path = config_file(tmp_path)
+    service = ResolverService(load_config(path))
     await service.start(listen=False)
     try:
         directory = service.client_names
@@ -297,7 +298,7 @@ async def test_api_clients_lists_names_sources_macs_and_groups(tmp_path: Path) -
         directory.names.set_leases("/leases", leases(Lease("192.0.2.30", PHONE_MAC, "phone")))
         directory.name_of("2001:db8::99")  # asked, unnamed: listed too
         app = web.Application()
-        app.add_routes(Api(ResolveDaemon(service)).routes())
+        app.add_routes(Api(ResolveDaemon(str(path), service)).routes())
         async with TestClient(TestServer(app)) as client:
             answer = await (await client.get("/api/clients")).json()
             status = await (await client.get("/api/status")).json()
