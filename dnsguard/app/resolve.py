@@ -268,14 +268,15 @@ class ResolverService:
         self.built = await build(self.config, download=False)
         log_build(self.built)
         self._account_build(self.built)
-        self.resolver = make_resolver(
-            self.config, self.built, self.socket_setup, self.observer, self._mac_lookup(self.config)
-        )
-        self.forwarder = make_forwarder(self.config, self.resolver, self.socket_setup, self.observer)
+        # Made before the resolver, so that the parts built with it can be handed `client_names.name_of`.
         self.client_names = ClientDirectory(
             self.config, self._mac_lookup(self.config), self._neighbour_addresses, self._group_name
         )
         self.client_names.start()
+        self.resolver = make_resolver(
+            self.config, self.built, self.socket_setup, self.observer, self._mac_lookup(self.config)
+        )
+        self.forwarder = make_forwarder(self.config, self.resolver, self.socket_setup, self.observer)
         settle_heap()
         if listen:
             self.listeners = DnsListeners(
