@@ -60,6 +60,7 @@ class ClientNamesConfig:
     poll_interval: Annotated[Duration, Range(0.5, 3600, "seconds between looks at the lease files")] = (
         Duration(5)
     )
+    """How often the lease files are checked for changes (a stat each); a new lease is named this soon."""
 
     def validate(self) -> None:
         problems = Problems()
