@@ -94,6 +94,11 @@
     return seconds === null ? String(time) : new Date(seconds * 1000).toLocaleTimeString();
   }
 
+  function shortClock(time) {
+    const seconds = epoch(time);
+    return seconds === null ? String(time) : new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
   function dateTime(time) {
     const seconds = epoch(time);
     return seconds === null ? "never" : new Date(seconds * 1000).toLocaleString();
@@ -218,9 +223,10 @@
       bar.append(svg("title", { text: `${clock(bucket.time)}: ${bucket.queries} queries, ${bucket.blocked} blocked` }));
       chart.append(bar, svg("rect", { x, y: height - bottom - b, width: w, height: b, class: "bar-blocked" }));
     });
-    const labels = [0, Math.floor(buckets.length / 2), buckets.length - 1];
-    for (const i of new Set(labels)) {
-      chart.append(svg("text", { x: left + i * step + step / 2, y: height - 6, "text-anchor": "middle", text: clock(buckets[i].time) }));
+    const labels = [[0, "start"], [Math.floor(buckets.length / 2), "middle"], [buckets.length - 1, "end"]];
+    for (const [i, anchor] of labels) {
+      const x = anchor === "start" ? left + i * step : anchor === "end" ? width : left + i * step + step / 2;
+      chart.append(svg("text", { x, y: height - 6, "text-anchor": anchor, text: shortClock(buckets[i].time) }));
     }
     box.append(chart, el("div", { class: "legend muted" },
       el("span", {}, el("span", { class: "swatch queries" }), "queries"),
