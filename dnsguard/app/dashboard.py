@@ -12,8 +12,8 @@ Why these checks, for a page in a browser that also visits other sites:
   refused, and so is a body that is not JSON: the content types a cross-site form or a "simple" fetch
   can send without a CORS preflight are exactly the non-JSON ones, and the API answers no preflight.
 - DNS rebinding (a hostile name resolving to 127.0.0.1) makes the browser treat the API as that name's
-  origin, so the origin checks pass: without a token, a request whose Host is a name rather than an
-  address or `localhost` is refused.
+  origin, so the origin checks pass: without a token, a request for the pages or /api/ whose Host is a
+  name rather than an address or `localhost` is refused (/metrics and /healthz stay as scrapers use them).
 - A strict Content-Security-Policy (scripts and styles from this origin only, no inline code, no
   frames) limits what an injected log entry could do; the script also inserts data as text only.
 """
@@ -83,7 +83,8 @@ def _is_address_host(host: str) -> bool:
 
 def refusal(request: web.Request, token_set: bool) -> web.Response | None:
     """Why the request must not reach a handler (403/415), or None; see the module docstring."""
-    if not token_set and not _is_address_host(request.host):
+    dashboard = request.path == "/" or request.path.startswith(("/api/", "/ui/"))
+    if not token_set and dashboard and not _is_address_host(request.host):
         return _error(403, "without api.token the API answers only requests to its address or localhost")
     if request.method not in UNSAFE_METHODS or not request.path.startswith("/api/"):
         return None

@@ -127,6 +127,7 @@ async def test_without_a_token_a_request_by_name_is_refused_against_dns_rebindin
     client, _ = dashboard
     assert (await client.get("/api/status", headers={"Host": "rebound.example:8053"})).status == 403
     assert (await client.get("/", headers={"Host": "rebound.example"})).status == 403
+    assert (await client.get("/healthz", headers={"Host": "probe.example"})).status == 200
     for host in ("localhost:8053", "127.0.0.1:8053", "[::1]:8053", "127.0.0.1"):
         assert (await client.get("/api/status", headers={"Host": host})).status == 200, host
 
