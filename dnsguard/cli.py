@@ -232,16 +232,25 @@ def _lists(args: argparse.Namespace) -> int:
 def _pause(args: argparse.Namespace) -> int:
     from dnsguard.app.remote import api_request
 
-    state = api_request(args.config, "POST", f"/api/blocking/pause?minutes={args.minutes}")
-    print(f"blocking paused until {_local_time(state['paused_until'])}")
+    body: dict[str, Any] = {"minutes": args.minutes}  # None: until resumed
+    if args.group is not None:
+        body["group"] = args.group
+    state = api_request(args.config, "POST", "/api/blocking/pause", body=body)
+    if args.group is not None:
+        state = state["groups"][args.group]
+    until = state["paused_until"]
+    what = "blocking" if args.group is None else f"blocking for group {args.group}"
+    print(f"{what} paused until {_local_time(until) if until else 'resumed'}")
     return EXIT_OK
 
 
 def _resume(args: argparse.Namespace) -> int:
     from dnsguard.app.remote import api_request
 
-    api_request(args.config, "POST", "/api/blocking/resume")
-    print("blocking resumed")
+    api_request(
+        args.config, "POST", "/api/blocking/resume", body={"group": args.group} if args.group else None
+    )
+    print("blocking resumed" + (f" for group {args.group}" if args.group else ""))
     return EXIT_OK
 
 
@@ -376,10 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     lists = add("lists", "download list sources ('update') into the cache", _lists)
     lists.add_argument("action", choices=["update"])
     _add_config(lists)
-    pause = add("pause", "pause blocking in a running daemon for MINUTES (through its API)", _pause)
-    pause.add_argument("minutes", type=float)
+    pause = add("pause", "pause blocking in a running daemon for MINUTES, or until resumed", _pause)
+    pause.add_argument("minutes", type=float, nargs="?")
+    pause.add_argument("--group", help="pause only this group's clients")
     _add_daemon_config(pause)
-    resume = add("resume", "resume blocking in a running daemon", _resume)
+    resume = add("resume", "resume blocking in a running daemon (every pause, or one group's)", _resume)
+    resume.add_argument("--group", help="end only this group's pause")
     _add_daemon_config(resume)
     for action in ("allow", "block"):
         rule = add(action, f"{action} NAME and its subdomains for every group of a running daemon", _rule)

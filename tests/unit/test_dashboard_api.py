@@ -359,6 +359,13 @@ async def test_cli_allow_block_and_reload_find_the_daemon_through_dnsguard_confi
         assert "400 '*.video.example' is not a domain name" in capsys.readouterr().err
         assert await asyncio.to_thread(main, ["reload"]) == 0
         assert capsys.readouterr().out == "configuration and lists reloaded\n"
+        assert await asyncio.to_thread(main, ["pause", "--group", "kids"]) == 0
+        assert capsys.readouterr().out == "blocking for group kids paused until resumed\n"
+        assert not blocked(daemon, "ads.example", KID) and service.blocking_enabled
+        assert await asyncio.to_thread(main, ["resume", "--group", "kids"]) == 0
+        assert blocked(daemon, "tracker.example", KID)
+        assert await asyncio.to_thread(main, ["pause", "--group", "nobody"]) == 1
+        assert "400 no group named 'nobody'" in capsys.readouterr().err
         assert await asyncio.to_thread(main, ["pause", "5"]) == 0
         assert not service.blocking_enabled
 

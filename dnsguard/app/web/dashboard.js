@@ -83,6 +83,8 @@
     table.append(body);
   }
 
+  const QTYPES = { 1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV", 64: "SVCB", 65: "HTTPS", 255: "ANY" };
+
   function epoch(time) {
     if (typeof time === "number") return time;
     const parsed = Date.parse(time);
@@ -327,7 +329,7 @@
         el("td", { text: clock(q.time) }),
         el("td", { text: client }),
         el("td", { class: "name", text: q.name }),
-        el("td", { text: q.qtype_name || q.qtype }),
+        el("td", { text: q.qtype_name || QTYPES[q.qtype] || q.qtype }),
         el("td", { class: "result-" + q.result, text: q.result }),
         el("td", { text: q.group }),
         el("td", { text: q.reason || "" }),
@@ -458,7 +460,8 @@
 
   async function start() {
     try {
-      await api("/api/status");
+      const status = await api("/api/status");
+      $("daemon").textContent = `${status.kind} · dnsguard ${status.version}`;
     } catch (error) {
       if (error instanceof ApiError && error.status === 401) return;
       failed(error);
