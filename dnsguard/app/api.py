@@ -1,9 +1,11 @@
 """The HTTP API (status, query log, explain, pause, reload, lists) and /metrics, on aiohttp.
 
-Every route answers JSON. `/healthz` (on the API and the metrics address) needs no token and tells
+Every /api/ route answers JSON. `/healthz` (on the API and the metrics address) needs no token and tells
 nothing but that the event loop runs. When `api.token` is set, every /api/ request must carry
 `Authorization: Bearer <token>`; a configuration that binds the API off loopback without a token is
 refused when it is loaded. Nothing secret (private or preshared keys, the token) is ever returned.
+The web dashboard (its pages at /), its routes (rules, pauses per group) and its browser checks are in
+dnsguard/app/dashboard.py.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from dnsguard.app.managed_rules import ACTIONS, RuleError, change_rule, checked_name, managed_entries
+from dnsguard.app.managed_rules import ACTIONS, RequestRefused, change_rule, checked_name, managed_entries
 
 if TYPE_CHECKING:
     from dnsguard.app.api import Api, Handler
@@ -137,20 +137,20 @@ async def _payload(request: web.Request) -> dict[str, Any]:
     try:
         payload = await request.json()
     except ValueError:
-        raise RuleError(400, "the body is not valid JSON") from None
+        raise RequestRefused(400, "the body is not valid JSON") from None
     if not isinstance(payload, dict):
-        raise RuleError(400, "the body must be a JSON object")
+        raise RequestRefused(400, "the body must be a JSON object")
     return payload
 
 
 def _answering_errors(method: DashboardHandler) -> DashboardHandler:
-    """A handler whose RuleError becomes its JSON error answer (whatever middlewares the app has)."""
+    """A handler whose RequestRefused becomes its JSON error answer (whatever middlewares the app has)."""
 
     @functools.wraps(method)
     async def handler(self: Dashboard, request: web.Request) -> web.Response:
         try:
             return await method(self, request)
-        except RuleError as exc:
+        except RequestRefused as exc:
             return _error(exc.status, str(exc))
 
     return handler
@@ -204,7 +204,7 @@ class Dashboard:
         assert service.resolver is not None
         if not isinstance(group, str) or group not in service.resolver.policy.groups:
             known = ", ".join(sorted(service.resolver.policy.groups))
-            raise RuleError(400, f"no group named {str(group)[:64]!r} (groups: {known})")
+            raise RequestRefused(400, f"no group named {str(group)[:64]!r} (groups: {known})")
         return group
 
     @_answering_errors
@@ -227,9 +227,11 @@ class Dashboard:
             try:
                 value = float(minutes)
             except (TypeError, ValueError):
-                raise RuleError(400, "minutes must be a number, or null to pause until resumed") from None
+                raise RequestRefused(
+                    400, "minutes must be a number, or null to pause until resumed"
+                ) from None
             if not 0 < value <= MAX_PAUSE_MINUTES:
-                raise RuleError(400, f"minutes must be in (0, {MAX_PAUSE_MINUTES}], or null")
+                raise RequestRefused(400, f"minutes must be in (0, {MAX_PAUSE_MINUTES}], or null")
             seconds = value * 60
         service.pause(seconds, group)
         return web.json_response(blocking_state(service))
@@ -255,12 +257,12 @@ class Dashboard:
         payload = await _payload(request)
         action = payload.get("action")
         if action not in ACTIONS:
-            raise RuleError(400, 'give "action": one of ' + ", ".join(ACTIONS))
+            raise RequestRefused(400, 'give "action": one of ' + ", ".join(ACTIONS))
         name = checked_name(payload.get("name"))
         daemon = self.api.daemon
         async with self._rules_lock:
             # The write leaves the event loop: the serving loop never waits on a disk write.
             change = await asyncio.to_thread(change_rule, daemon.config, action, name)
             if change.changed and not await daemon.reload():
-                raise RuleError(422, f"written, but the reload failed: {daemon.reloads.last_error}")
+                raise RequestRefused(422, f"written, but the reload failed: {daemon.reloads.last_error}")
         return web.json_response({"name": name, "action": action, "changed": change.changed})

@@ -30,8 +30,8 @@ HEADER = {
 }
 
 
-class RuleError(DnsguardError):
-    """A rule request that cannot be applied: `status` is the HTTP status that says why."""
+class RequestRefused(DnsguardError):
+    """A dashboard request (a rule, a pause) that cannot be applied: `status` is the HTTP status to answer."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -45,15 +45,15 @@ def rule_line(list_name: str, name: str) -> str:
 
 
 def checked_name(text: object) -> str:
-    """The canonical form of a domain name given to allow or block; RuleError 400 saying what is wrong."""
+    """The canonical form of a name to allow or block; RequestRefused 400 saying what is wrong."""
     if not isinstance(text, str) or not text.strip():
-        raise RuleError(400, 'give "name": a domain name such as ads.example.com')
+        raise RequestRefused(400, 'give "name": a domain name such as ads.example.com')
     name = folded_name(text)
     problem = "not a valid internationalised name" if name is None else name_problem(name)
     if name is None or problem is not None:
-        raise RuleError(400, f"{text.strip()[:260]!r} is not a domain name ({problem})")
+        raise RequestRefused(400, f"{text.strip()[:260]!r} is not a domain name ({problem})")
     if "." not in name:
-        raise RuleError(400, f"{name!r} is a single label: give a full domain name")
+        raise RequestRefused(400, f"{name!r} is a single label: give a full domain name")
     return name
 
 
@@ -111,7 +111,7 @@ def change_rule(config: Config, action: Action, name: str) -> RuleChange:
     for list_name in (MANAGED_ALLOW, MANAGED_BLOCK):
         path = managed_path(config, list_name)
         if path is None:
-            raise RuleError(409, "managed lists are off (managed-lists.directory is null)")
+            raise RequestRefused(409, "managed lists are off (managed-lists.directory is null)")
         line = rule_line(list_name, name)
         try:
             lines = _read_lines(path)
@@ -120,7 +120,7 @@ def change_rule(config: Config, action: Action, name: str) -> RuleChange:
                 if len(kept) != len(lines):
                     continue  # already there
                 if sum(1 for text in kept if text.strip().endswith("^$important")) >= MAX_ENTRIES:
-                    raise RuleError(
+                    raise RequestRefused(
                         507, f"{path} holds {MAX_ENTRIES} names already: remove some, or use a list file"
                     )
                 _write(path, (kept or [HEADER[list_name]]) + [line + "\n"])
@@ -129,5 +129,5 @@ def change_rule(config: Config, action: Action, name: str) -> RuleChange:
                 _write(path, kept)
                 changed = True
         except OSError as exc:
-            raise RuleError(500, f"{path}: {exc.strerror or exc}") from None
+            raise RequestRefused(500, f"{path}: {exc.strerror or exc}") from None
     return RuleChange(name, action, changed)
