@@ -12,8 +12,9 @@ need_root
 # Tools the tunnel and the lab use at run time.
 runtime_pkgs=(iproute2 nftables iputils-ping curl dnsutils procps kmod ca-certificates python3-venv)
 # Peers and anchors for interop tests and benchmarks, capture tools for the leak tests, and the
-# validators of deploy/ (promtool from prometheus, systemd-analyze from systemd).
-test_pkgs=(wireguard-tools wireguard-go dnsmasq-base unbound iperf3 dnsperf tcpdump openvpn prometheus systemd)
+# validators of deploy/ (promtool from prometheus, systemd-analyze from systemd), and a headless
+# browser for the dashboard's lab test (chromium).
+test_pkgs=(wireguard-tools wireguard-go dnsmasq-base unbound iperf3 dnsperf tcpdump openvpn prometheus systemd chromium)
 # A DHCP client (udhcpc) and a router-advertisement reader (rdisc6) for the LAN onboarding test.
 test_pkgs+=(udhcpc ndisc6)
 

@@ -74,15 +74,19 @@ def _status(args: argparse.Namespace) -> int:
 
     config_path = args.config
     if config_path is None:
-        # A client records its configuration file in its state file: `dnsguard status` finds its API.
+        # A client records its configuration file in its state file: `dnsguard status` finds its API;
+        # a server or a resolver is found through $DNSGUARD_CONFIG or the default configuration file.
         from dnsguard.app.client import read_status
+        from dnsguard.app.remote import daemon_config
 
         try:
             config_path = str(read_status(args.interface)["config"])
         except (DnsguardError, KeyError) as exc:
-            raise DnsguardError(
-                f"{exc}; for a server or a resolver, give its configuration with -c"
-            ) from None
+            config_path = daemon_config(None)
+            if not os.path.exists(config_path):
+                raise DnsguardError(
+                    f"{exc}; for a server or a resolver, give its configuration with -c"
+                ) from None
     status = api_request(config_path, "GET", "/api/status")
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
@@ -149,7 +153,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     dns = status.get("dns")
     if dns is not None:
         blocking = dns["blocking"]
-        state = "on" if blocking["enabled"] else f"paused until {_local_time(blocking['paused_until'])}"
+        until = blocking["paused_until"]
+        state = "on" if blocking["enabled"] else f"paused until {_local_time(until) if until else 'resumed'}"
         queries = ", ".join(f"{result} {count}" for result, count in sorted(dns["queries"].items()))
         lines.append(f"blocking:   {state}")
         lines.append(f"queries:    {queries or 'none yet'}")
@@ -230,16 +235,47 @@ def _lists(args: argparse.Namespace) -> int:
 def _pause(args: argparse.Namespace) -> int:
     from dnsguard.app.remote import api_request
 
-    state = api_request(args.config, "POST", f"/api/blocking/pause?minutes={args.minutes}")
-    print(f"blocking paused until {_local_time(state['paused_until'])}")
+    body: dict[str, Any] = {"minutes": args.minutes}  # None: until resumed
+    if args.group is not None:
+        body["group"] = args.group
+    state = api_request(args.config, "POST", "/api/blocking/pause", body=body)
+    if args.group is not None:
+        state = state["groups"][args.group]
+    until = state["paused_until"]
+    what = "blocking" if args.group is None else f"blocking for group {args.group}"
+    print(f"{what} paused until {_local_time(until) if until else 'resumed'}")
     return EXIT_OK
 
 
 def _resume(args: argparse.Namespace) -> int:
     from dnsguard.app.remote import api_request
 
-    api_request(args.config, "POST", "/api/blocking/resume")
-    print("blocking resumed")
+    api_request(
+        args.config, "POST", "/api/blocking/resume", body={"group": args.group} if args.group else None
+    )
+    print("blocking resumed" + (f" for group {args.group}" if args.group else ""))
+    return EXIT_OK
+
+
+def _rule(args: argparse.Namespace) -> int:
+    from dnsguard.app.remote import api_request
+
+    body = {"action": args.command, "name": args.name}
+    answer = api_request(args.config, "POST", "/api/rules", body=body)
+    done = {"allow": "allowed", "block": "blocked"}[args.command]
+    print(
+        f"{answer['name']} {done} for every group"
+        if answer["changed"]
+        else f"{answer['name']} was already {done}"
+    )
+    return EXIT_OK
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from dnsguard.app.remote import api_request
+
+    api_request(args.config, "POST", "/api/reload", timeout=120.0)
+    print("configuration and lists reloaded")
     return EXIT_OK
 
 
@@ -302,6 +338,15 @@ def _add_config(parser: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
+def _add_daemon_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="the running daemon's configuration (default: $DNSGUARD_CONFIG or /etc/dnsguard/dnsguard.yaml)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
@@ -355,11 +400,19 @@ def build_parser() -> argparse.ArgumentParser:
     lists = add("lists", "download list sources ('update') into the cache", _lists)
     lists.add_argument("action", choices=["update"])
     _add_config(lists)
-    pause = add("pause", "pause blocking in a running daemon for MINUTES (through its API)", _pause)
-    pause.add_argument("minutes", type=float)
-    _add_config(pause)
-    resume = add("resume", "resume blocking in a running daemon", _resume)
-    _add_config(resume)
+    pause = add("pause", "pause blocking in a running daemon for MINUTES, or until resumed", _pause)
+    pause.add_argument("minutes", type=float, nargs="?")
+    pause.add_argument("--group", help="pause only this group's clients")
+    _add_daemon_config(pause)
+    resume = add("resume", "resume blocking in a running daemon (every pause, or one group's)", _resume)
+    resume.add_argument("--group", help="end only this group's pause")
+    _add_daemon_config(resume)
+    for action in ("allow", "block"):
+        rule = add(action, f"{action} NAME and its subdomains for every group of a running daemon", _rule)
+        rule.add_argument("name")
+        _add_daemon_config(rule)
+    reload = add("reload", "make a running daemon re-read its configuration and lists", _reload)
+    _add_daemon_config(reload)
     queries = add("queries", "print a running daemon's recent queries, oldest first", _queries)
     queries.add_argument("--limit", type=int, default=50)
     queries.add_argument("--client", metavar="IP")
@@ -367,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--result", choices=["blocked", "allowed", "cached", "rewritten", "refused", "failed"]
     )
     queries.add_argument("--name", help="only names containing this text")
-    _add_config(queries)
+    _add_daemon_config(queries)
     status = add(
         "status", "show the live state of a running daemon (up, server or resolve) through its API", _status
     )

@@ -1,9 +1,11 @@
 """The HTTP API (status, query log, explain, pause, reload, lists) and /metrics, on aiohttp.
 
-Every route answers JSON. `/healthz` (on the API and the metrics address) needs no token and tells
+Every /api/ route answers JSON. `/healthz` (on the API and the metrics address) needs no token and tells
 nothing but that the event loop runs. When `api.token` is set, every /api/ request must carry
 `Authorization: Bearer <token>`; a configuration that binds the API off loopback without a token is
 refused when it is loaded. Nothing secret (private or preshared keys, the token) is ever returned.
+The web dashboard (its pages at /), its routes (rules, pauses per group) and its browser checks are in
+dnsguard/app/dashboard.py.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aiohttp import web
 
 from dnsguard import __version__
 from dnsguard.app.client_names import clients_route
+from dnsguard.app.dashboard import Dashboard, blocking_state
 from dnsguard.app.metrics import peer_names, registry_for, render
 from dnsguard.app.services import ServicesApi
 from dnsguard.app.watch import FileWatcher, watched_files
@@ -35,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dnsguard.api")
 
-MAX_PAUSE_MINUTES = 24 * 60
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -73,20 +75,19 @@ class Api:
     def __init__(self, daemon: Operated) -> None:
         self.daemon = daemon
         self.started_at = time.time()
+        self.dashboard = Dashboard(self)
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/api/status", self.status),
             web.get("/api/queries", self.queries),
             web.get("/api/explain", self.explain),
-            web.get("/api/blocking", self.blocking),
-            web.post("/api/blocking/pause", self.pause),
-            web.post("/api/blocking/resume", self.resume),
             web.post("/api/reload", self.reload),
             web.get("/api/lists", self.lists),
             web.post("/api/lists/refresh", self.refresh_lists),
             web.get("/api/services", ServicesApi(self.daemon).catalogue),
             clients_route(self.daemon),
+            *self.dashboard.routes(),
         ]
 
     @web.middleware
@@ -259,34 +260,7 @@ class Api:
         )
 
     def _blocking(self, service: ResolverService) -> dict[str, Any]:
-        enabled = service.blocking_enabled
-        return {"enabled": enabled, "paused_until": None if enabled else service.paused_until}
-
-    async def blocking(self, request: web.Request) -> web.Response:
-        return _json(self._blocking(self._service()))
-
-    async def pause(self, request: web.Request) -> web.Response:
-        service = self._service()
-        text = request.query.get("minutes")
-        if text is None and request.can_read_body:
-            try:
-                payload = await request.json()
-            except ValueError:
-                raise ApiError(400, 'the body must be JSON like {"minutes": 10}') from None
-            text = str(payload.get("minutes")) if isinstance(payload, dict) else None
-        try:
-            minutes = float(text) if text is not None else 5.0
-        except ValueError:
-            raise ApiError(400, "minutes must be a number") from None
-        if not 0 < minutes <= MAX_PAUSE_MINUTES:
-            raise ApiError(400, f"minutes must be in (0, {MAX_PAUSE_MINUTES}]")
-        service.pause(minutes * 60)
-        return _json(self._blocking(service))
-
-    async def resume(self, request: web.Request) -> web.Response:
-        service = self._service()
-        service.resume()
-        return _json(self._blocking(service))
+        return blocking_state(service, groups=False)
 
     async def reload(self, request: web.Request) -> web.Response:
         """The shared reload path: 200 when the new configuration is in use, else 422 and why."""
@@ -352,7 +326,7 @@ class Operations:
         """'api' / 'metrics' -> the (host, port) actually bound."""
 
     def _app(self, api: bool, metrics: bool) -> web.Application:
-        app = web.Application(middlewares=[self.api.guard] if api else [])
+        app = web.Application(middlewares=[self.api.guard, self.api.dashboard.guard] if api else [])
         app.add_routes([web.get("/healthz", self.api.health)])
         if api:
             app.add_routes(self.api.routes())

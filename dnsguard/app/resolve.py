@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -397,6 +398,7 @@ class ResolverService:
         old_groups = [forwarder.upstreams, *forwarder.conditional.values()]
         old_cache = resolver.cache
         state.policy.paused_until = resolver.policy.paused_until  # a pause survives reloads and list swaps
+        state.policy.group_paused_until = resolver.policy.group_paused_until
         resolver.policy = state.policy
         resolver.cache = state.cache
         if state.cache is not None and state.cache is old_cache:
@@ -478,18 +480,30 @@ class ResolverService:
         """Wall-clock end of a pause of blocking (API): the policy in use holds it; commit hands it on."""
         return self.resolver.policy.paused_until if self.resolver is not None else 0.0
 
-    def pause(self, seconds: float) -> float:
-        """Answer every query unfiltered for `seconds` (rewrites still apply); returns the end time."""
+    def pause(self, seconds: float, group: str | None = None) -> float:
+        """Answer queries unfiltered for `seconds` (math.inf: until resumed), of every group or of one;
+        rewrites still apply. Returns the end time."""
         until = time.time() + seconds
         if self.resolver is not None:
-            self.resolver.policy.paused_until = until
-        log.warning("blocking paused for %.0f s", seconds)
+            if group is None:
+                self.resolver.policy.paused_until = until
+            else:
+                self.resolver.policy.group_paused_until[group] = until
+                self.resolver.forget_plans()  # replies remembered for the group's clients were filtered
+        what = "blocking" if group is None else f"blocking for group {group}"
+        log.warning("%s paused %s", what, "until resumed" if seconds == math.inf else f"for {seconds:.0f} s")
         return until
 
-    def resume(self) -> None:
+    def resume(self, group: str | None = None) -> None:
+        """End a pause: the global one and every group's (group None), or one group's."""
         if self.resolver is not None:
-            self.resolver.policy.paused_until = 0.0
-        log.info("blocking resumed")
+            policy = self.resolver.policy
+            if group is None:
+                policy.paused_until = 0.0
+                policy.group_paused_until.clear()
+            else:
+                policy.group_paused_until.pop(group, None)
+        log.info("blocking resumed%s", "" if group is None else f" for group {group}")
 
     @property
     def blocking_enabled(self) -> bool:

@@ -23,6 +23,7 @@ from dnsguard.config.loader import (
     parse_duration,
     read_text,
 )
+from dnsguard.config.managed import apply_managed_lists
 from dnsguard.config.model import (
     EXAMPLE_PRIVATE_KEYS,
     ApiConfig,
@@ -119,6 +120,8 @@ def load_config(path: str | Path) -> Config:
                 key="upstreams.servers",
             )
         )
+    with whole.check():
+        apply_managed_lists(config)
     if config.tunnel is not None and config.tunnel.private_key in EXAMPLE_PRIVATE_KEYS:
         message = "a shipped example key, known to everyone: replace it with the output of `dnsguard keygen`"
         config.warnings.append(_warning_at(document, str(path), message, "tunnel.private-key"))

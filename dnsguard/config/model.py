@@ -690,6 +690,19 @@ class LoggingConfig:
 
 
 @dataclass
+class ManagedListsConfig:
+    """Where the names allowed and blocked through the API (dashboard, `dnsguard allow`) are kept."""
+
+    directory: str | None = "/var/lib/dnsguard"
+    """Directory of managed-allow.txt and managed-block.txt (relative: to the config file); null: off.
+    The default is the daemon's state directory: the systemd units keep /etc read-only."""
+
+    def validate(self) -> None:
+        if self.directory is not None and not self.directory.strip():
+            raise ConfigError("give a directory, or null to turn managed lists off", key="directory")
+
+
+@dataclass
 class Config:
     """A whole dnsguard configuration file."""
 
@@ -712,6 +725,8 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     reload: ReloadConfig = field(default_factory=ReloadConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    managed_lists: ManagedListsConfig = field(default_factory=ManagedListsConfig)
+    """The lists that `dnsguard allow` / `block` and the dashboard write (see dnsguard/config/managed.py)."""
     base_dir: str = field(default=".", init=False)
     """Directory of the file the configuration came from; relative list paths start there."""
     warnings: list[ConfigWarning] = field(default_factory=list, init=False)

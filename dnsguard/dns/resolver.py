@@ -263,7 +263,7 @@ class Resolver:
         kind = decision.kind
         # A decision that depends on the time (schedules, a pause) is not remembered, nor one for an
         # unusual message (those skip the cache too).
-        remember = plain and not group.windows and now >= policy.paused_until
+        remember = plain and not group.windows and not policy.paused(group.name, now)
         plans = self._plans_for(client, group.name) if remember else None
         if kind is Kind.FORWARD and query.qtype == wire.QTYPE_ANY:
             # RFC 8482: a small synthesized answer instead of every record the name has.

@@ -4,7 +4,7 @@ Order of evaluation for a client's group:
 1. local rewrites (custom answers for names, `*.name` wildcards);
 2. special-use names (localhost, .local, home.arpa, private reverse zones, single labels): answered
    here whatever the group, since they are not filtering but names with no public answer;
-3. filtering off for the group (or blocking paused): forward;
+3. filtering off for the group (or blocking paused, for all groups or this one): forward;
 4. anti-bypass names: the DoH canary and iCloud Private Relay get NXDOMAIN;
 5. safe search: a search engine's name is answered with a CNAME to its restricted host;
 6. the group's lists (plus the lists of its schedules active right now): block or allow,
@@ -152,6 +152,8 @@ class Policy:
         )
         self._special_decisions: dict[tuple[SpecialUse, str], Decision] = {}
         self.paused_until = 0.0
+        self.group_paused_until: dict[str, float] = {}
+        """Group name -> wall-clock end of a pause of that group alone (API); math.inf: until resumed."""
         self._group_of_client: dict[str, CompiledGroup] = {}
 
     def group_for(self, client: str) -> CompiledGroup:
@@ -200,6 +202,8 @@ class Policy:
             return self._special_decision(special, group)
         if not group.config.filtering or now < self.paused_until:
             return group.forward
+        if self.group_paused_until and now < self.group_paused_until.get(group.name, 0.0):
+            return group.forward
         if name in self.canaries:
             return Decision(
                 Kind.NXDOMAIN,
@@ -235,6 +239,10 @@ class Policy:
         if verdict.action is Action.ALLOW:
             return Decision(Kind.FORWARD, group.name, verdict.list_name, verdict)
         return group.forward
+
+    def paused(self, group: str, now: float) -> bool:
+        """True while blocking is paused for every group or for this one."""
+        return now < self.paused_until or now < self.group_paused_until.get(group, 0.0)
 
     def _special_decision(self, special: SpecialUse, group: CompiledGroup) -> Decision:
         key = (special, group.name)
