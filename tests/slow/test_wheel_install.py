@@ -151,3 +151,14 @@ def test_the_manual_page_completion_and_licence_are_installed(installed: Install
         "python", "-c", "from importlib.metadata import metadata; print(metadata('dnsguard'))"
     )
     assert "License-Expression: MIT" in metadata.stdout
+
+
+def test_the_demo_runs_from_the_installed_package(installed: Installed) -> None:
+    """`dnsguard demo` reads the sample lists at run time: from the package, not from a checkout."""
+    if os.geteuid() != 0:
+        pytest.skip("the demo builds network namespaces: root only")
+    result = installed.run("dnsguard", "demo")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "blocked (ads list)" in result.stdout
+    assert "adult blocked" in result.stdout
+    assert "lab torn down" in result.stdout
