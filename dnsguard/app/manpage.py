@@ -131,12 +131,15 @@ def _commands(
     for action in parser._actions:
         if not isinstance(action, argparse._SubParsersAction):
             continue
+        # Commands added without help= have no entry here, so the help falls back to the description.
         helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
+        seen: set[int] = set()
         for name, command in action.choices.items():
-            if name not in helps:  # an alias: listed with its command
+            if id(command) in seen:  # an alias: the same parser under another name
                 continue
+            seen.add(id(command))
             full = f"{prog} {name}"
-            yield full, helps[name] or command.description or "", command
+            yield full, helps.get(name) or command.description or "", command
             yield from _commands(full, command)
 
 

@@ -178,30 +178,44 @@ def test_a_command_added_to_the_parser_appears_in_the_page_and_completion() -> N
     extra.add_argument("--level", choices=["low", "high"])
     nested = extra.add_subparsers(dest="what").add_parser("twice", help="a nested command")
     nested.add_argument("--count", type=int, default=2)
+    subparsers.add_parser("quiet", description="a command added without help=", aliases=["hush"])
     page = manpage.generate(parser)
     assert '.SS "dnsguard frobnicate"' in page and '.SS "dnsguard frobnicate twice"' in page
     assert "A command the page was never told about." in page
     assert "{\\fBlow\\fR,\\fBhigh\\fR}" in page and "Default: 2." in page
+    assert '.SS "dnsguard quiet"' in page and "A command added without help=." in page
+    assert "dnsguard hush" not in page
     script = completion.generate(parser)
     assert "frobnicate" in script and "['dnsguard frobnicate --level']='low high'" in script
 
 
-def test_man_renders_the_page_without_warnings() -> None:
-    """man -l with --warnings passes groff -ww: any warning (bad macro, bad escape) fails."""
+def render(page: Path) -> subprocess.CompletedProcess[str]:
+    """man -l with --warnings=w, which man passes on as groff -ww: every warning groff has."""
     man = tool("man")
-    result = subprocess.run(
-        [man, "--warnings", "-l", str(MAN_PAGE)],
+    return subprocess.run(
+        [man, "--warnings=w", "-l", str(page)],
         capture_output=True,
         text=True,
         timeout=60,
         env={**os.environ, "MANPAGER": "cat", "PAGER": "cat", "MANWIDTH": "100", "LC_ALL": "C.UTF-8"},
         check=False,
     )
+
+
+def test_man_renders_the_page_without_warnings() -> None:
+    result = render(MAN_PAGE)
     assert result.returncode == 0 and result.stderr == "", result.stderr
     text = re.sub(r".\x08", "", result.stdout)  # overstrike bold and underline
     assert "dnsguard - a DNS-filtering tunnel" in text
     for name in manpage.command_names(build_parser()):
         assert f"dnsguard {name}" in text
+
+
+def test_the_render_check_reports_a_broken_page(tmp_path: Path) -> None:
+    page = tmp_path / "broken.8"
+    page.write_text(MAN_PAGE.read_text().replace(".SH FILES", ".SHX FILES").replace("\\fB", "\\q", 1))
+    stderr = render(page).stderr
+    assert "macro 'SHX' not defined" in stderr and "escape character ignored" in stderr
 
 
 def test_groff_finds_nothing_to_warn_about() -> None:
