@@ -3,7 +3,7 @@
 Everything else about the package (metadata, dependencies, the man page and bash completion as data
 files) is in pyproject.toml.
 
-- The folders named by dnsguard.app.shipped.SHIPPED_FOLDERS are copied into the package as
+- The folders named by dnsguard.config.shipped.SHIPPED_FOLDERS are copied into the package as
   dnsguard/_data, keeping their layout, so that dnsguard finds them through importlib.resources
   wherever it is installed.
 - dnsguard/_build_commit.py records the git commit of the checkout the wheel is built from (an sdist
@@ -37,7 +37,7 @@ def _constant(module: Path, name: str) -> object:
     raise LookupError(f"{module}: no constant {name}")
 
 
-SHIPPED = HERE / "dnsguard" / "app" / "shipped.py"
+SHIPPED = HERE / "dnsguard" / "config" / "shipped.py"
 SHIPPED_FOLDERS = _constant(SHIPPED, "SHIPPED_FOLDERS")
 PACKAGED_DATA = _constant(SHIPPED, "PACKAGED_DATA")
 

@@ -55,7 +55,7 @@ FILES = (
     (
         "dnsguard/_data in the installed package",
         "Sample configurations (config/), sample lists (blocklists/) and systemd units (deploy/systemd/); "
-        "python3 -m dnsguard.app.shipped prints their paths.",
+        "python3 -m dnsguard.config.shipped prints their paths.",
     ),
 )
 

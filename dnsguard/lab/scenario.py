@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dnsguard.app.shipped import shipped_path
+from dnsguard.config.shipped import shipped_path
 from dnsguard.lab.netns import ADDRESSES, Lab
 from dnsguard.lab.peers import DnsguardDaemon, WgPeer, WireguardGo, genkey, wait_ping
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from dnsguard import __version__
-from dnsguard.app import build_info, shipped
+from dnsguard.app import build_info
+from dnsguard.config import shipped
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +107,7 @@ def test_version_names_the_commit_the_wheel_was_built_from(installed: Installed)
 
 
 def test_the_shipped_data_is_installed_in_the_package(installed: Installed) -> None:
-    result = installed.run("python", "-m", "dnsguard.app.shipped")
+    result = installed.run("python", "-m", "dnsguard.config.shipped")
     assert result.returncode == 0, result.stderr
     listed = [Path(line) for line in result.stdout.splitlines()]
     site = next(installed.venv.glob("lib/python3*/site-packages"))

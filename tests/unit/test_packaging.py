@@ -21,8 +21,9 @@ import pytest
 import yaml
 
 from dnsguard import __version__
-from dnsguard.app import build_info, completion, manpage, shipped
+from dnsguard.app import build_info, completion, manpage
 from dnsguard.cli import build_parser
+from dnsguard.config import shipped
 
 ROOT = Path(__file__).resolve().parents[2]
 MAN_PAGE = ROOT / "deploy" / "man" / "dnsguard.8"
@@ -76,21 +77,28 @@ def test_every_list_source_of_a_shipped_configuration_is_shipped_beside_it() -> 
     assert checked >= 3
 
 
-def test_the_lab_reads_its_lists_through_the_helper() -> None:
+def test_the_lab_and_the_services_catalogue_are_found_through_the_helper() -> None:
+    from dnsguard.config.services import SHIPPED_CATALOGUES
     from dnsguard.lab import scenario
 
     assert shipped.shipped_path("blocklists") == scenario.BLOCKLISTS
+    assert SHIPPED_CATALOGUES[0] == shipped.shipped_path("blocklists/services")
 
 
 def test_a_missing_data_folder_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(shipped, "__file__", str(tmp_path / "dnsguard" / "app" / "shipped.py"))
-    with pytest.raises(shipped.DnsguardError, match=r"shipped files .* are missing"):
-        shipped.data_root()
+    assert not shipped.data_root().exists()  # named, so that a reader reports the missing path
+    with pytest.raises(shipped.DnsguardError, match=r"shipped files .* are missing: .* has no config"):
+        shipped.shipped_files()
 
 
 def test_shipped_lists_every_file_by_absolute_path() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "dnsguard.app.shipped"], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-m", "dnsguard.config.shipped"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert result.stdout.splitlines() == [str(ROOT / name) for name in shipped.shipped_files()]
 

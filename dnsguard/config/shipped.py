@@ -1,12 +1,14 @@
-"""The files dnsguard ships beside its code: sample configurations, sample lists, systemd units.
+"""The files dnsguard ships beside its code: sample configurations, sample lists and the services
+catalogue, systemd units.
 
 In a checkout they are the repository's own folders. A wheel carries copies of the same folders, in the
 same relative layout, inside the package (dnsguard/_data, written by setup.py's build step). Keeping the
 layout is what makes a sample configuration's relative list paths (`../blocklists/adult.txt`) resolve
 from wherever the package is installed. Every run-time read of a shipped file goes through
-`shipped_path`, so the code never assumes it runs from a checkout.
+`shipped_path`, so no code assumes that it runs from a checkout. It lives with the configuration
+because the configuration is what names these files (the services catalogue, the sample lists).
 
-`python -m dnsguard.app.shipped` prints the absolute path of every shipped file.
+`python -m dnsguard.config.shipped` prints the absolute path of every shipped file.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ PACKAGED_DATA = "_data"
 
 
 def data_root() -> Path:
-    """The folder that holds SHIPPED_FOLDERS: the package's data in a wheel, else the checkout's root."""
+    """The folder that holds SHIPPED_FOLDERS: the package's data in a wheel, else the checkout's root.
+
+    Never raises, so that importing a module that names a shipped path cannot fail: when neither
+    exists (a damaged install) the package's location is returned, and whoever reads a file there
+    reports that path as missing, as `shipped_files` does.
+    """
     packaged = files("dnsguard").joinpath(PACKAGED_DATA)
     # Wheels install as plain files, so the resource is a real folder; a zip import would not be.
     if isinstance(packaged, Path) and packaged.is_dir():
@@ -33,10 +40,7 @@ def data_root() -> Path:
     checkout = Path(__file__).resolve().parents[2]
     if all((checkout / folder).is_dir() for folder in SHIPPED_FOLDERS):
         return checkout
-    raise DnsguardError(
-        f"the shipped files (sample configurations, lists, units) are missing: neither {packaged} nor a "
-        f"checkout at {checkout} has them; reinstall dnsguard from its wheel"
-    )
+    return Path(str(packaged))
 
 
 def shipped_path(relative: str) -> Path:
@@ -49,6 +53,12 @@ def shipped_path(relative: str) -> Path:
 def shipped_files() -> list[str]:
     """Every shipped file, relative to the data root, sorted: what a wheel must carry."""
     root = data_root()
+    missing = [folder for folder in SHIPPED_FOLDERS if not (root / folder).is_dir()]
+    if missing:
+        raise DnsguardError(
+            f"the shipped files (sample configurations, lists, units) are missing: {root} has no "
+            f"{', '.join(missing)}; reinstall dnsguard from its wheel"
+        )
     found: list[str] = []
     for folder in SHIPPED_FOLDERS:
         for path in (root / folder).rglob("*"):
