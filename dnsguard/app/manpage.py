@@ -44,8 +44,8 @@ FILES = (
     ),
     (
         "/var/cache/dnsguard/lists",
-        "Downloaded list sources and compiled lists (loading.cache-dir), so that a restart answers "
-        "filtered at once.",
+        "Downloaded list sources and compiled lists (loading.cache-dir, by default), so that a restart "
+        "answers filtered at once.",
     ),
     (
         "/run/dnsguard",
@@ -59,7 +59,14 @@ FILES = (
     ),
 )
 
-ENVIRONMENT = (("DNSGUARD_RUN_DIR", "Folder of the clients' state files instead of /run/dnsguard."),)
+ENVIRONMENT = (
+    ("DNSGUARD_RUN_DIR", "Folder of the clients' state files instead of /run/dnsguard."),
+    (
+        "DNSGUARD_CACHE_DIR",
+        "Default of loading.cache-dir instead of /var/cache/dnsguard/lists, for a configuration that does "
+        "not set it.",
+    ),
+)
 
 EXAMPLES = (
     ("Validate a configuration as a start would:", "dnsguard check -c /etc/dnsguard/dnsguard.yaml"),
