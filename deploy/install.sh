@@ -20,6 +20,8 @@ test_pkgs+=(udhcpc ndisc6)
 
 pkgs=("${runtime_pkgs[@]}")
 [ "$mode" = "--test" ] && pkgs+=("${test_pkgs[@]}")
+# man and groff render the manual page in its test.
+[ "$mode" = "--test" ] && pkgs+=(man-db groff-base)
 
 missing=()
 for pkg in "${pkgs[@]}"; do
@@ -47,4 +49,7 @@ extras="fast"
 [ "$mode" = "--test" ] && extras="fast,test"
 "$here/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$here[$extras]"
 ln -sf "$here/.venv/bin/dnsguard" /usr/local/bin/dnsguard
-echo "install.sh: dnsguard $("$here/.venv/bin/dnsguard" --version) installed in $here/.venv"
+# The manual page and bash completion beside the command, where man and bash-completion look.
+install -D -m 0644 "$here/deploy/man/dnsguard.8" /usr/local/share/man/man8/dnsguard.8
+install -D -m 0644 "$here/deploy/bash-completion/dnsguard" /usr/local/share/bash-completion/completions/dnsguard
+echo "install.sh: $("$here/.venv/bin/dnsguard" --version) installed in $here/.venv"

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dnsguard import __version__
+from dnsguard.app.build_info import VersionAction
 from dnsguard.errors import ConfigError, DnsguardError, NotAvailableError, PrivilegeError
 
 EXIT_OK = 0
@@ -353,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dnsguard",
         description="A DNS-filtering tunnel: WireGuard-compatible VPN with blocklists and per-client policy.",
     )
-    parser.add_argument("--version", action="version", version=f"dnsguard {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:

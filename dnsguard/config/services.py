@@ -30,6 +30,7 @@ from typing import Final
 
 from dnsguard.config.loader import Problems, read_text
 from dnsguard.config.model import Config, ListConfig
+from dnsguard.config.shipped import shipped_path
 from dnsguard.errors import ConfigError
 
 SERVICE_LIST_PREFIX: Final = "service:"
@@ -38,7 +39,7 @@ MAX_SERVICES: Final = 1000
 """Files read from one catalogue directory: a catalogue is a few dozen; a wrong directory is refused
 rather than read whole."""
 SHIPPED_CATALOGUES: Final = (
-    Path(__file__).resolve().parents[2] / "blocklists" / "services",  # a checkout or an editable install
+    shipped_path("blocklists/services"),  # the installed package, or a checkout
     Path("/usr/share/dnsguard/blocklists/services"),  # the container image
 )
 _ID_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

@@ -6,12 +6,12 @@ Used by `dnsguard demo`, the integration tests and the benchmarks, so they all e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
+from dnsguard.config.shipped import shipped_path
 from dnsguard.lab.netns import ADDRESSES, Lab
 from dnsguard.lab.peers import DnsguardDaemon, WgPeer, WireguardGo, genkey, wait_ping
 
-BLOCKLISTS = Path(__file__).resolve().parents[2] / "blocklists"
+BLOCKLISTS = shipped_path("blocklists")
 SERVER_TUNNEL4, CLIENT_TUNNEL4 = "100.64.0.1", "100.64.0.2"
 SERVER_TUNNEL6, CLIENT_TUNNEL6 = "fd00::1", "fd00::2"
 PORT = 51820
