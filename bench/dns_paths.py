@@ -21,7 +21,6 @@ fixed rate, medians of --repeat rounds, and tunnel/socket ratios (the aim: the t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import statistics
@@ -30,6 +29,7 @@ from pathlib import Path
 from types import ModuleType
 
 import yaml
+from sibling import load_bench
 
 from dnsguard.lab import ADDRESSES, Lab
 from dnsguard.lab.peers import DnsguardDaemon, genkey, wait_ping
@@ -52,12 +52,7 @@ PAIRS = [("lan tunnel", "lan socket"), ("local tunnel", "local socket")]
 
 
 def bench_dns() -> ModuleType:
-    """bench/dns.py (the name `dns` would clash with dnspython on sys.path)."""
-    spec = importlib.util.spec_from_file_location("bench_dns", Path(__file__).with_name("dns.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("dns.py")
 
 
 HELPERS = bench_dns()
@@ -97,6 +92,8 @@ def start(lab: Lab, names: list[str]) -> None:
         "listen": [f"{ADDRESSES.lan_gw4}:{SOCKET_PORT}", f"127.0.0.1:{SOCKET_PORT}"],
         "rate-limit": {"queries-per-second": 0},
     }
+    # The tunnel daemon in the same namespace already holds the API's default address.
+    resolve["api"] = {"listen": None}
     (work / "resolve.yaml").write_text(yaml.safe_dump(resolve))
     lab.python("client", "dnsguard", "resolve", "-c", str(work / "resolve.yaml"), log_name="dnsguard-resolve")
     for path, (role, server, port) in PATHS.items():

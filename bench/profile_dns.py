@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -24,16 +23,13 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
+from sibling import load_bench
+
 from dnsguard.lab import Lab
 
 
 def bench_dns() -> ModuleType:
-    """bench/dns.py (the name `dns` would clash with dnspython on sys.path)."""
-    spec = importlib.util.spec_from_file_location("bench_dns", Path(__file__).with_name("dns.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("dns.py")
 
 
 def py_spy() -> str:

@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from dnsguard.app.lists import is_inline, is_url
 from dnsguard.config import Config
+from dnsguard.net.files import FileSignature, file_signature
 
 log = logging.getLogger("dnsguard.watch")
 
-Signature = tuple[int, int, int] | None
 """(inode, size, mtime in ns) of a file, None while it does not exist."""
 
 SETTLE = 0.3
@@ -37,14 +36,6 @@ def watched_files(config_path: str, config: Config) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def signature(path: Path) -> Signature:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
 class FileWatcher:
     """Calls `on_change(paths)` once per settled burst of changes to the files `files()` names."""
 
@@ -58,10 +49,10 @@ class FileWatcher:
         self.on_change = on_change
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
-        self._seen: dict[Path, Signature] = {}
+        self._seen: dict[Path, FileSignature] = {}
 
-    def snapshot(self) -> dict[Path, Signature]:
-        return {path: signature(path) for path in self.files()}
+    def snapshot(self) -> dict[Path, FileSignature]:
+        return {path: file_signature(path) for path in self.files()}
 
     def start(self) -> None:
         self._seen = self.snapshot()
@@ -98,7 +89,7 @@ class FileWatcher:
                 if changed:
                     await self.on_change(changed)
                     # The reload may have named other list files: watch those from now on.
-                    self._seen = {path: self._seen.get(path, signature(path)) for path in self.files()}
+                    self._seen = {path: self._seen.get(path, file_signature(path)) for path in self.files()}
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

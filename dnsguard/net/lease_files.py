@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from dnsguard.net.files import FileSignature, file_signature
 from dnsguard.policy.leases import MAX_LEASE_FILE_SIZE, LeaseParse, parse_leases
 
 log = logging.getLogger("dnsguard.leases")
@@ -25,7 +25,6 @@ log = logging.getLogger("dnsguard.leases")
 REREAD_AFTER: Final = 60.0
 """Seconds after which an unchanged file is read again (expired leases leave the names)."""
 
-Signature = tuple[int, int, int] | None
 OnLeases = Callable[[str, LeaseParse], None]
 
 
@@ -34,21 +33,13 @@ class LeaseFileState:
     """What the API shows about one lease file."""
 
     path: str
-    signature: Signature = None
+    signature: FileSignature = None
     read_at: float = 0.0
     leases: int = 0
     errors: int = 0
     format: str | None = None
     error: str | None = None
     """Why the file could not be read (None when it was)."""
-
-
-def _signature(path: str) -> Signature:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def read_lease_file(path: str, now: float) -> LeaseParse:
@@ -79,7 +70,7 @@ class LeaseFiles:
     async def poll(self) -> None:
         """Read every file that changed (or was read more than REREAD_AFTER ago)."""
         for state in self.files.values():
-            signature = _signature(state.path)
+            signature = file_signature(state.path)
             now = self.clock()
             if state.read_at and signature == state.signature and now - state.read_at < REREAD_AFTER:
                 continue
