@@ -1,0 +1,186 @@
+"""The firewall fed by DNS, composed: the resolver's answers -> HandedOut -> batches -> the kernel's sets.
+
+The resolver calls `FirewallService.on_addresses` for each upstream answer (a dictionary look-up per
+address); a task sends what is pending every BATCH_INTERVAL seconds, or sooner once BATCH_SIZE addresses
+wait, as one nftables transaction in a worker thread, so the serving loop never waits on the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from dnsguard.config import Config
+from dnsguard.config.addresses import is_ip
+from dnsguard.config.shipped import shipped_path
+from dnsguard.dns.handed_out import HandedOut
+from dnsguard.errors import DnsguardError
+from dnsguard.lifecycle.clock import boottime
+from dnsguard.net.dns_firewall import (
+    DnsFirewallRules,
+    Nftables,
+    element_script,
+    read_counters,
+    remove_firewall,
+)
+from dnsguard.policy.firewall import explain_address, read_address_list
+
+log = logging.getLogger("dnsguard.firewall")
+
+BATCH_INTERVAL = 0.05
+BATCH_SIZE = 256
+DOH_LIST = "blocklists/doh-resolvers.txt"
+
+
+def doh_endpoints(config: Config) -> list[str]:
+    """Known DoH endpoints: the shipped list and `blocking.doh-endpoints` (empty with refuse-doh off)."""
+    if not config.firewall.refuse_doh:
+        return []
+    shipped = read_address_list(shipped_path(DOH_LIST).read_text(encoding="utf-8"))
+    return list(dict.fromkeys([*shipped, *config.blocking.doh_endpoints]))
+
+
+def allowed_prefixes(config: Config) -> list[str]:
+    """Always reachable: `firewall.allow`, the tunnel's own prefixes, and the addresses of local records."""
+    allowed = list(config.firewall.allow)
+    if config.tunnel is not None:
+        allowed += [str(ipaddress.ip_interface(a).network) for a in config.tunnel.address]
+    for rewrite in config.rewrites:
+        allowed += [answer for answer in rewrite.answer if is_ip(answer)]
+    return allowed
+
+
+def firewall_rules(config: Config, tunnel_interface: str, marks: list[int]) -> DnsFirewallRules:
+    firewall = config.firewall
+    lan = list(config.tunnel.lan_interfaces) if config.tunnel is not None else []
+    lan_clients: list[str] | None = None
+    if not firewall.all_groups:
+        lan_clients = []
+        for name in firewall.groups:
+            group = config.groups.get(name)
+            if group is not None:
+                lan_clients += [c for c in group.clients if not _is_mac(c)]
+    return DnsFirewallRules(
+        tunnel_interface,
+        marks,
+        enforce=firewall.mode == "enforce",
+        host=firewall.all_groups or "default" in firewall.groups,
+        lan_interfaces=lan,
+        lan_clients=lan_clients,
+        allow=allowed_prefixes(config),
+        doh=doh_endpoints(config),
+    )
+
+
+def _is_mac(client: str) -> bool:
+    try:
+        ipaddress.ip_network(client, strict=False)
+    except ValueError:
+        return True
+    return False
+
+
+@dataclass
+class FirewallService:
+    config: Config
+    tunnel_interface: str
+    marks: list[int]
+    handed: HandedOut = field(init=False)
+    batches: int = 0
+    elements_sent: int = 0
+    failures: int = 0
+
+    def __post_init__(self) -> None:
+        self.handed = HandedOut(grace=int(self.config.firewall.grace))
+        self.nft = Nftables()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.rules = firewall_rules(self.config, self.tunnel_interface, self.marks)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.nft.run, self.rules.script())
+        self._task = asyncio.create_task(self._flush_loop())
+        log.info(
+            "firewall fed by DNS: %s mode on %s (%s)",
+            self.config.firewall.mode,
+            self.tunnel_interface,
+            self.nft.backend,
+        )
+
+    def on_addresses(self, addresses: tuple[bytes, ...], ttl: int) -> None:
+        handed = self.handed
+        handed.add(addresses, ttl, boottime())
+        if len(handed.pending) >= BATCH_SIZE:
+            self._wake.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), BATCH_INTERVAL)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        elements = self.handed.take()
+        if not elements:
+            return
+        try:
+            await asyncio.to_thread(self.nft.run, element_script(elements))
+        except DnsguardError as exc:
+            self.failures += 1
+            log.warning("firewall: %d addresses not added: %s", len(elements), exc)
+            return
+        self.batches += 1
+        self.elements_sent += len(elements)
+
+    async def reconfigure(self, config: Config) -> None:
+        """A reload: a new rule set replaces the table in one step, then the live elements go back in."""
+        rules = firewall_rules(config, self.tunnel_interface, self.marks)
+        self.config = config
+        self.handed.grace = int(config.firewall.grace)
+        if rules == self.rules:
+            return
+        self.rules = rules
+        await asyncio.to_thread(self.nft.run, rules.script())
+        self.handed.requeue(boottime())
+        self._wake.set()
+
+    def explain(self, address: str, client: str | None = None) -> dict[str, Any]:
+        return explain_address(
+            self.config,
+            address,
+            client,
+            self.handed,
+            boottime(),
+            doh_endpoints(self.config),
+            allowed_prefixes(self.config),
+        )
+
+    async def snapshot(self) -> dict[str, Any]:
+        counters = await asyncio.to_thread(read_counters, self.nft)
+        return {
+            "enabled": True,
+            "mode": self.config.firewall.mode,
+            "backend": self.nft.backend,
+            "addresses": len(self.handed.expires),
+            "answers": self.handed.answers,
+            "batches": self.batches,
+            "elements_sent": self.elements_sent,
+            "failures": self.failures,
+            "dropped": self.handed.dropped,
+            "refused": counters.get("refused", 0),
+            "learned": counters.get("learned", 0),
+            "doh_refused": counters.get("doh_refused", 0),
+        }
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.nft.close()
+        remove_firewall()

@@ -1,0 +1,93 @@
+"""The firewall fed by DNS in the lab: `dnsguard up` as a client and as a gateway for its LAN host.
+
+The lab's DNS answers every name with ADDRESSES.http4 / http6, so "the same address after a lookup" is
+any name looked up through the tunnel's resolver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from dnsguard.lab import ADDRESSES, Lab
+from dnsguard.lab import dig_answers as answers
+from dnsguard.lab.scenario import HARD_CODED_RESOLVER, SERVER_TUNNEL4, FullTunnel, start_full_tunnel
+
+CURL_REFUSED = 7  # curl: could not connect (our TCP reset), not a timeout (28)
+
+
+def curl(tunnel: FullTunnel, role: str, url: str) -> int:
+    return tunnel.lab.run(
+        role, ["curl", "-sS", "--max-time", "5", "-o", "/dev/null", url], check=False
+    ).returncode
+
+
+def firewall(**settings: object) -> dict[str, object]:
+    # The server's tunnel address (pinged to see that the tunnel carries traffic) is always reachable.
+    return {"firewall": {"enabled": True, "allow": [f"{SERVER_TUNNEL4}/32"], **settings}}
+
+
+def running(extra: dict[str, object]) -> Iterator[FullTunnel]:
+    with Lab(lan=True) as lab:
+        full = start_full_tunnel(lab, client_extra=extra)
+        try:
+            yield full
+        except Exception:
+            print(full.client.log())
+            raise
+
+
+@pytest.fixture
+def enforcing() -> Iterator[FullTunnel]:
+    yield from running({**firewall(), "blocking": {"doh-endpoints": [ADDRESSES.http6]}})
+
+
+@pytest.fixture
+def learning() -> Iterator[FullTunnel]:
+    yield from running(firewall(mode="learn"))
+
+
+def test_client_hard_coded_address_is_refused_until_a_lookup_hands_it_out(enforcing: FullTunnel) -> None:
+    lab = enforcing.lab
+    http = f"http://{ADDRESSES.http4}/whoami"
+    assert curl(enforcing, "client", http) == CURL_REFUSED
+    assert answers(lab.dig("client", "example.org", HARD_CODED_RESOLVER).stdout) == [ADDRESSES.http4]
+    assert curl(enforcing, "client", http) == 0
+    # The tunnel itself keeps working: the server's tunnel address answers pings.
+    lab.run("client", ["ping", "-c", "1", "-W", "2", SERVER_TUNNEL4])
+    assert "198.51.100.80" in lab.sh("client", "nft list set inet dnsguard_fw handed4")
+
+
+def test_gateway_lan_host_is_refused_until_a_lookup_and_the_lan_keeps_working(enforcing: FullTunnel) -> None:
+    lab = enforcing.lab
+    http = f"http://{ADDRESSES.http4}/whoami"
+    assert curl(enforcing, "lanhost", http) == CURL_REFUSED
+    # The LAN is never filtered: the gateway's LAN address answers.
+    lab.run("lanhost", ["ping", "-c", "1", "-W", "2", ADDRESSES.lan_gw4])
+    assert answers(lab.dig("lanhost", "example.org", HARD_CODED_RESOLVER).stdout) == [ADDRESSES.http4]
+    assert curl(enforcing, "lanhost", http) == 0
+
+
+def test_a_doh_endpoint_is_refused_even_after_a_lookup(enforcing: FullTunnel) -> None:
+    lab = enforcing.lab
+    assert answers(lab.dig("client", "example.org", HARD_CODED_RESOLVER, qtype="AAAA").stdout) == [
+        ADDRESSES.http6
+    ]
+    assert curl(enforcing, "client", f"http://[{ADDRESSES.http6}]/") == CURL_REFUSED
+    counters = lab.sh("client", "nft list counter inet dnsguard_fw doh_refused")
+    assert "packets 0" not in counters, counters
+
+
+def test_learn_mode_counts_and_lets_through(learning: FullTunnel) -> None:
+    lab = learning.lab
+    assert curl(learning, "client", f"http://{ADDRESSES.http4}/whoami") == 0
+    assert curl(learning, "lanhost", f"http://{ADDRESSES.http4}/whoami") == 0
+    counters = lab.sh("client", "nft list counter inet dnsguard_fw learned")
+    assert "packets 0" not in counters, counters
+
+
+def test_stop_removes_the_firewall_table(enforcing: FullTunnel) -> None:
+    assert "dnsguard_fw" in enforcing.lab.sh("client", "nft list tables")
+    assert enforcing.client.stop() == 0
+    assert "dnsguard_fw" not in enforcing.lab.sh("client", "nft list tables")
