@@ -2,6 +2,7 @@
 """DNS resolver throughput: dnsguard resolve vs dnsmasq and unbound, same blocklist, same query mix, same run.
 
     sudo .venv/bin/python bench/dns.py [--names 300000] [--seconds 10] [--repeat 3] [--only dnsguard,unbound]
+                                       [--firewall]
 
 The servers run in one lab namespace with the same blocklist (the first --names distinct names of
 real public lists, each blocking the name and its subdomains: dnsmasq `address=/name/#`, unbound
@@ -11,6 +12,10 @@ thread, forwarding everything. dnsperf sends three mixes: only blocked names, on
 (warmed first), and a page-load trace (blocked and cached mixed as a browser asks them). Reported:
 QPS, p99 latency at a fixed rate, RSS, and dnsguard's ratio to each anchor and to the best of them.
 Absolute numbers depend on the machine; the ratios are the result.
+
+--firewall adds a second dnsguard, `dnsguard+fw`, with the firewall fed by DNS on (enforce mode, every
+answer's addresses batched into the kernel's sets). It runs in the lab's server namespace (the firewall's
+table is one per namespace) and dnsperf asks it from there; its QPS over plain dnsguard's is the cost.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from dnsguard.lab import ADDRESSES, Lab
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LIST_FILES = ["hagezi-pro-onlydomains.txt", "blp-phishing-domains.txt", "oisd-big-wildcard.txt"]
 DNSGUARD_PORT, DNSMASQ_PORT, UNBOUND_PORT = 5300, 5301, 5302
-PORTS = {"dnsguard": DNSGUARD_PORT, "dnsmasq": DNSMASQ_PORT, "unbound": UNBOUND_PORT}
+PORTS = {"dnsguard": DNSGUARD_PORT, "dnsmasq": DNSMASQ_PORT, "unbound": UNBOUND_PORT, "dnsguard+fw": 5303}
+ROLES = {"dnsguard+fw": "server"}
+"""The namespace a server runs in and is asked from, when not the client's."""
 ANCHORS = ("dnsmasq", "unbound")
 
 
@@ -94,6 +101,24 @@ def unbound_conf(work: Path, names: list[str]) -> str:
     )
 
 
+def start_firewalled(lab: Lab, config: dict[str, object]) -> int:
+    """dnsguard with the firewall fed by DNS on, in the server namespace (its uplink is eth0)."""
+    import yaml
+
+    work = lab.log_dir
+    config = {
+        **config,
+        "resolver": {"listen": [f"127.0.0.1:{PORTS['dnsguard+fw']}"]},
+        "api": {"listen": None},
+        "firewall": {"enabled": True, "interface": "eth0"},
+    }
+    (work / "dnsguard-fw.yaml").write_text(yaml.safe_dump(config))
+    process = lab.python(
+        "server", "dnsguard", "resolve", "-c", str(work / "dnsguard-fw.yaml"), log_name="dnsguard-fw"
+    )
+    return process.pid
+
+
 def start_servers(lab: Lab, names: list[str], only: list[str]) -> dict[str, int]:
     work = lab.log_dir
     (work / "blocked.txt").write_text("\n".join(names) + "\n")
@@ -117,6 +142,8 @@ def start_servers(lab: Lab, names: list[str], only: list[str]) -> dict[str, int]
             "client", "dnsguard", "resolve", "-c", str(work / "dnsguard.yaml"), log_name="dnsguard"
         )
         pids["dnsguard"] = guard.pid
+    if "dnsguard+fw" in only:
+        pids["dnsguard+fw"] = start_firewalled(lab, config)
     if "unbound" in only:
         unbound = lab.popen("client", ["unbound", "-d", "-c", str(work / "unbound.conf")], log_name="unbound")
         pids["unbound"] = unbound.pid
@@ -148,8 +175,8 @@ def _wait_for_servers(lab: Lab, pids: dict[str, int]) -> dict[str, int]:
     for server in pids:
         port = PORTS[server]
 
-        def answers(port: int = port) -> bool:
-            return "NOERROR" in lab.dig("client", "example.org", "127.0.0.1", port=port).stdout
+        def answers(port: int = port, role: str = ROLES.get(server, "client")) -> bool:
+            return "NOERROR" in lab.dig(role, "example.org", "127.0.0.1", port=port).stdout
 
         lab.wait_for(answers, timeout=120, what=f"{server} on port {port}")
     return pids
@@ -214,13 +241,22 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency-rate", type=int, default=10000, help="QPS of the p99 latency runs")
     parser.add_argument("--json")
+    parser.add_argument(
+        "--firewall", action="store_true", help="also run dnsguard with the firewall fed by DNS"
+    )
     parser.add_argument("--only", default=",".join(PORTS), help="servers to run, of " + ",".join(PORTS))
     args = parser.parse_args()
     only = [server for server in args.only.split(",") if server]
+    if args.firewall and "dnsguard+fw" not in only:
+        only.insert(1, "dnsguard+fw")
     unknown = sorted(set(only) - set(PORTS))
     if unknown or "dnsguard" not in only:
-        raise SystemExit(f"--only takes dnsguard and any of {', '.join(ANCHORS)}")
-    missing = [tool for tool in ("dnsperf", *only[1:]) if tool != "dnsguard" and shutil.which(tool) is None]
+        raise SystemExit(f"--only takes dnsguard and any of {', '.join(ANCHORS)} (and dnsguard+fw)")
+    missing = [
+        tool
+        for tool in ("dnsperf", *only[1:])
+        if not tool.startswith("dnsguard") and shutil.which(tool) is None
+    ]
     if missing:
         raise SystemExit(f"needs {', '.join(missing)}: bash deploy/install.sh --test")
     names = load_names(args.names)
@@ -233,13 +269,15 @@ def main() -> int:
         )
         files = query_files(lab.log_dir, names)
         for server in pids:  # warm every cache with the cached mix
-            dnsperf(lab, PORTS[server], files["cached"], 3)
+            dnsperf(lab, PORTS[server], files["cached"], 3, role=ROLES.get(server, "client"))
         for round_number in range(args.repeat):
             for mix, path in files.items():
                 for server in pids:
-                    port = PORTS[server]
-                    result = dnsperf(lab, port, path, args.seconds)
-                    result["p99_ms"] = dnsperf(lab, port, path, 3, rate=args.latency_rate)["p99_ms"]
+                    port, role = PORTS[server], ROLES.get(server, "client")
+                    result = dnsperf(lab, port, path, args.seconds, role=role)
+                    result["p99_ms"] = dnsperf(lab, port, path, 3, rate=args.latency_rate, role=role)[
+                        "p99_ms"
+                    ]
                     results.setdefault(mix, {}).setdefault(server, []).append(result)
                     print(
                         f"round {round_number + 1} {mix:9s} {server:9s} {result['qps']:9.0f} qps  "
@@ -251,7 +289,7 @@ def main() -> int:
         f"\nmedian of {args.repeat} runs of {args.seconds} s; dnsperf -c 8 -q 200, one thread; "
         f"p99 at {args.latency_rate} qps"
     )
-    anchors = [server for server in pids if server != "dnsguard"]
+    anchors = [server for server in pids if server in ANCHORS]
     header = f"{'mix':10s}" + "".join(f"{server + ' qps':>14s}" for server in pids)
     header += "".join(f"{'x ' + server:>11s}" for server in anchors) + (f"{'x best':>8s}" if anchors else "")
     header += "".join(f"{'p99 ' + server[:6]:>13s}" for server in pids)
@@ -271,6 +309,14 @@ def main() -> int:
         line += f"{guard / best:8.2f}" if best else ""
         line += "".join(f"{median[server]['p99_ms']:13.2f}" for server in pids)
         print(line)
+    if "dnsguard+fw" in pids:
+        costs = {
+            mix: summary[mix]["dnsguard+fw"]["qps"] / summary[mix]["dnsguard"]["qps"]  # type: ignore[index]
+            for mix in summary
+        }
+        print(
+            "firewall fed by DNS, QPS with / without: " + ", ".join(f"{m} {r:.3f}" for m, r in costs.items())
+        )
     print(
         "RSS: " + ", ".join(f"{server} {mb:.0f} MB" for server, mb in rss.items()) + f" ({len(names)} names)"
     )

@@ -124,6 +124,7 @@ class TunnelDns:
             await self.firewall.start()
             assert self.service.resolver is not None
             self.service.resolver.on_addresses = self.firewall.on_addresses
+            self.service.firewall = self.firewall
         log.info("DNS filtering on %s: every query to port 53 is answered by dnsguard", ", ".join(listen))
 
     async def _local_networks(self) -> list[str]:

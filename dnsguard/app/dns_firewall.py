@@ -18,12 +18,15 @@ from dnsguard.config import Config
 from dnsguard.config.addresses import is_ip
 from dnsguard.config.shipped import shipped_path
 from dnsguard.dns.handed_out import HandedOut
+from dnsguard.dns.upstream_spec import parse_upstream
 from dnsguard.errors import DnsguardError
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.dns_firewall import (
     DnsFirewallRules,
     Nftables,
     element_script,
+    firewall_present,
+    kernel_seconds_left,
     read_counters,
     remove_firewall,
 )
@@ -33,6 +36,8 @@ log = logging.getLogger("dnsguard.firewall")
 
 BATCH_INTERVAL = 0.05
 BATCH_SIZE = 256
+COUNTER_INTERVAL = 5.0
+"""Seconds between reads of the kernel's counters (the API and metrics show the last read)."""
 DOH_LIST = "blocklists/doh-resolvers.txt"
 
 
@@ -51,10 +56,40 @@ def allowed_prefixes(config: Config) -> list[str]:
         allowed += [str(ipaddress.ip_interface(a).network) for a in config.tunnel.address]
     for rewrite in config.rewrites:
         allowed += [answer for answer in rewrite.answer if is_ip(answer)]
-    return allowed
+    # The resolver's own upstreams (in `up` its sockets are marked and pass anyway; `resolve` has no mark).
+    for spec in [*config.upstreams.servers, *(s for c in config.upstreams.conditional.values() for s in c)]:
+        try:
+            upstream = parse_upstream(spec)
+        except DnsguardError:
+            continue
+        allowed += [a for a in (upstream.host, *upstream.addresses) if is_ip(a)]
+    return list(dict.fromkeys(allowed))
+
+
+def explain_in_kernel(config: Config, address: str, client: str | None) -> str:
+    """`dnsguard explain ADDRESS`: the verdict from the configuration and the kernel's handed-out set of
+    the running daemon in this network namespace (one line, then the reason's details)."""
+    nft = Nftables()
+    try:
+        running = firewall_present(nft)
+        left = kernel_seconds_left(nft, address) if running else None
+    finally:
+        nft.close()
+    result = explain_address(config, address, client, left, doh_endpoints(config), allowed_prefixes(config))
+    who = f"from {client}" if client else "from this host"
+    lines = [f"{address} {who}: {result['verdict']}: {result['reason']}"]
+    if "prefix" in result:
+        lines.append(f"  matching {result['prefix']}")
+    if "seconds_left" in result:
+        lines.append(f"  open for {result['seconds_left']} s more")
+    if config.firewall.enabled and not running:
+        lines.append("  (no firewall table in this network namespace: is `dnsguard up` running?)")
+    return "\n".join(lines)
 
 
 def firewall_rules(config: Config, tunnel_interface: str, marks: list[int]) -> DnsFirewallRules:
+    """The rules of `up` (marks given: the tunnel's and the resolver's) or of `resolve` (no marks: what is
+    forwarded from any interface to `firewall.interface` is filtered, as the host's own)."""
     firewall = config.firewall
     lan = list(config.tunnel.lan_interfaces) if config.tunnel is not None else []
     lan_clients: list[str] | None = None
@@ -70,6 +105,7 @@ def firewall_rules(config: Config, tunnel_interface: str, marks: list[int]) -> D
         enforce=firewall.mode == "enforce",
         host=firewall.all_groups or "default" in firewall.groups,
         lan_interfaces=lan,
+        forward_from_any=not marks,
         lan_clients=lan_clients,
         allow=allowed_prefixes(config),
         doh=doh_endpoints(config),
@@ -93,6 +129,8 @@ class FirewallService:
     batches: int = 0
     elements_sent: int = 0
     failures: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+    """The kernel's packet counters at the last read: refused, learned, doh_refused."""
 
     def __post_init__(self) -> None:
         self.handed = HandedOut(grace=int(self.config.firewall.grace))
@@ -118,11 +156,16 @@ class FirewallService:
             self._wake.set()
 
     async def _flush_loop(self) -> None:
+        counters_read = float("-inf")
+        loop = asyncio.get_running_loop()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), BATCH_INTERVAL)
             self._wake.clear()
             await self.flush()
+            if loop.time() - counters_read >= COUNTER_INTERVAL:
+                counters_read = loop.time()
+                self.counters = await asyncio.to_thread(read_counters, self.nft)
 
     async def flush(self) -> None:
         elements = self.handed.take()
@@ -132,6 +175,7 @@ class FirewallService:
             await asyncio.to_thread(self.nft.run, element_script(elements))
         except DnsguardError as exc:
             self.failures += 1
+            self.handed.forget(elements)
             log.warning("firewall: %d addresses not added: %s", len(elements), exc)
             return
         self.batches += 1
@@ -150,18 +194,22 @@ class FirewallService:
         self._wake.set()
 
     def explain(self, address: str, client: str | None = None) -> dict[str, Any]:
+        now = boottime()
+        try:
+            expiry = self.handed.expiry_of(address, now)
+        except ValueError:
+            expiry = None  # explain_address says what is wrong with the address
         return explain_address(
             self.config,
             address,
             client,
-            self.handed,
-            boottime(),
+            None if expiry is None else expiry - now,
             doh_endpoints(self.config),
             allowed_prefixes(self.config),
         )
 
-    async def snapshot(self) -> dict[str, Any]:
-        counters = await asyncio.to_thread(read_counters, self.nft)
+    def snapshot(self) -> dict[str, Any]:
+        counters = self.counters
         return {
             "enabled": True,
             "mode": self.config.firewall.mode,

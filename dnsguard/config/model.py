@@ -309,6 +309,9 @@ class FirewallConfig:
     """The groups whose clients are filtered, or [all]; the gateway's own traffic counts as `default`."""
     allow: list[str] = field(default_factory=list)
     """Addresses and prefixes always reachable (besides the local networks, which never pass the tunnel)."""
+    interface: str | None = None
+    """`dnsguard resolve` only: the interface (the uplink) whose new connections are filtered; `up` filters
+    what leaves through its tunnel."""
     refuse_doh: bool = True
     """Refuse the known DoH endpoints (blocklists/doh-resolvers.txt and blocking.doh-endpoints) even after
     a lookup handed them out."""
@@ -321,6 +324,8 @@ class FirewallConfig:
         problems.raise_any()
         if not self.groups:
             raise ConfigError("name the filtered groups, or [all]", key="groups")
+        if self.interface is not None:
+            check_interface_name(self.interface, "interface")
         if "all" in self.groups and len(self.groups) > 1:
             raise ConfigError("`all` already names every group", key="groups")
 

@@ -83,6 +83,11 @@ class HandedOut:
             for packed, timeout in batch.items()
         ]
 
+    def forget(self, elements: list[Element]) -> None:
+        """Elements the kernel did not take: the next answer that hands them out sends them again."""
+        for element in elements:
+            self.expires.pop(ipaddress.ip_address(element.address).packed, None)
+
     def requeue(self, now: float) -> None:
         """After the kernel's set was rebuilt: queue every live element again with its remaining time."""
         for address, expiry in self.expires.items():

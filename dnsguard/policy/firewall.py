@@ -11,7 +11,6 @@ import ipaddress
 from typing import Any
 
 from dnsguard.config.model import Config
-from dnsguard.dns.handed_out import HandedOut
 from dnsguard.errors import ConfigError
 
 LINK_LOCAL = ("169.254.0.0/16", "fe80::/10")
@@ -64,8 +63,7 @@ def explain_address(
     config: Config,
     address: str,
     client: str | None,
-    handed: HandedOut | None,
-    now: float,
+    seconds_left: float | None,
     doh: list[str],
     allowed: list[str] | None = None,
 ) -> dict[str, Any]:
@@ -94,7 +92,6 @@ def explain_address(
     allow_match = _within(target, allow)
     if allow_match is not None:
         return verdict("allowed", "allowed prefix", prefix=allow_match)
-    expiry = handed.expiry_of(address, now) if handed is not None else None
-    if expiry is not None:
-        return verdict("allowed", "handed out by a DNS answer", seconds_left=int(expiry - now))
+    if seconds_left is not None:
+        return verdict("allowed", "handed out by a DNS answer", seconds_left=int(seconds_left))
     return verdict(refused, "not handed out by any DNS answer within its TTL + grace")

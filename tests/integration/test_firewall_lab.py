@@ -6,7 +6,10 @@ any name looked up through the tunnel's resolver.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -21,6 +24,16 @@ def curl(tunnel: FullTunnel, role: str, url: str) -> int:
     return tunnel.lab.run(
         role, ["curl", "-sS", "--max-time", "5", "-o", "/dev/null", url], check=False
     ).returncode
+
+
+def until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Poll `condition` until it holds or `seconds` pass (a bound on waiting, not a measured time)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def firewall(**settings: object) -> dict[str, object]:
@@ -40,7 +53,13 @@ def running(extra: dict[str, object]) -> Iterator[FullTunnel]:
 
 @pytest.fixture
 def enforcing() -> Iterator[FullTunnel]:
-    yield from running({**firewall(), "blocking": {"doh-endpoints": [ADDRESSES.http6]}})
+    yield from running(
+        {
+            **firewall(),
+            "blocking": {"doh-endpoints": [ADDRESSES.http6]},
+            "metrics": {"listen": "127.0.0.1:9153"},
+        }
+    )
 
 
 @pytest.fixture
@@ -91,3 +110,36 @@ def test_stop_removes_the_firewall_table(enforcing: FullTunnel) -> None:
     assert "dnsguard_fw" in enforcing.lab.sh("client", "nft list tables")
     assert enforcing.client.stop() == 0
     assert "dnsguard_fw" not in enforcing.lab.sh("client", "nft list tables")
+
+
+def test_explain_and_the_api_say_why(enforcing: FullTunnel) -> None:
+    lab = enforcing.lab
+    config = str(enforcing.client.config_path)
+
+    def explain(address: str) -> str:
+        argv = [sys.executable, "-m", "dnsguard", "explain", address, "-c", config]
+        return lab.run("client", argv).stdout
+
+    assert "refused: not handed out" in explain(ADDRESSES.http4)
+    assert "refused: known DoH endpoint" in explain(ADDRESSES.http6)
+    assert "allowed: allowed prefix" in explain(SERVER_TUNNEL4)
+    lab.dig("client", "example.org", HARD_CODED_RESOLVER)
+    # The next batch (every 50 ms) puts the address in the kernel's set.
+    assert until(lambda: "allowed: handed out by a DNS answer" in explain(ADDRESSES.http4))
+    assert curl(enforcing, "client", "http://198.51.100.99/") == CURL_REFUSED
+
+    def state() -> dict[str, int | str]:
+        text = lab.run("client", ["curl", "-sS", "http://127.0.0.1:8053/api/firewall"]).stdout
+        return dict(json.loads(text))
+
+    # The daemon reads the kernel's counters every 5 s.
+    assert until(lambda: int(state()["refused"]) > 0, 15)
+    current = state()
+    assert current["mode"] == "enforce" and int(current["addresses"]) >= 1, current
+    why = lab.run(
+        "client", ["curl", "-sS", f"http://127.0.0.1:8053/api/firewall/explain?address={ADDRESSES.http4}"]
+    ).stdout
+    assert json.loads(why)["reason"] == "handed out by a DNS answer", why
+    metrics = lab.run("client", ["curl", "-sS", "http://127.0.0.1:9153/metrics"]).stdout
+    assert 'dnsguard_firewall_connections_total{verdict="refused"}' in metrics
+    assert "dnsguard_firewall_addresses" in metrics

@@ -54,6 +54,15 @@ def test_an_expired_address_is_added_again() -> None:
     assert [e.timeout for e in handed.take()] == [10]
 
 
+def test_elements_the_kernel_refused_are_sent_again_with_the_next_answer() -> None:
+    handed = HandedOut(grace=60)
+    handed.add((A,), 60, now=0.0)
+    handed.forget(handed.take())
+    assert handed.expiry_of("198.51.100.80", 1.0) is None
+    handed.add((A,), 60, now=1.0)
+    assert [e.address for e in handed.take()] == ["198.51.100.80"]
+
+
 def test_ttl_zero_without_grace_hands_out_nothing() -> None:
     handed = HandedOut(grace=0)
     handed.add((A,), 0, now=0.0)
@@ -162,7 +171,12 @@ def test_explain_gives_the_reason_in_the_kernel_order() -> None:
     doh = ["198.51.100.53/32"]
 
     def why(address: str, client: str | None = "192.0.2.10", now: float = 1.0) -> tuple[str, str]:
-        result = explain_address(config, address, client, handed, now, doh, ["203.0.113.0/24"])
+        try:
+            expiry = handed.expiry_of(address, now)
+        except ValueError:
+            expiry = None
+        left = None if expiry is None else expiry - now
+        result = explain_address(config, address, client, left, doh, ["203.0.113.0/24"])
         return result["verdict"], result["reason"]
 
     assert why("198.51.100.80") == ("allowed", "handed out by a DNS answer")
