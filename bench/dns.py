@@ -14,8 +14,9 @@ QPS, p99 latency at a fixed rate, RSS, and dnsguard's ratio to each anchor and t
 Absolute numbers depend on the machine; the ratios are the result.
 
 --firewall adds a second dnsguard, `dnsguard+fw`, with the firewall fed by DNS on (enforce mode, every
-answer's addresses batched into the kernel's sets). It runs in the lab's server namespace (the firewall's
-table is one per namespace) and dnsperf asks it from there; its QPS over plain dnsguard's is the cost.
+answer's addresses batched into the kernel's sets). Both dnsguards then run in the lab's server namespace
+(the firewall's table is one per namespace) and dnsperf asks them from there; the QPS with the firewall over
+the QPS without is its cost.
 """
 
 from __future__ import annotations
@@ -139,7 +140,12 @@ def start_servers(lab: Lab, names: list[str], only: list[str]) -> dict[str, int]
     pids = {}
     if "dnsguard" in only:
         guard = lab.python(
-            "client", "dnsguard", "resolve", "-c", str(work / "dnsguard.yaml"), log_name="dnsguard"
+            ROLES.get("dnsguard", "client"),
+            "dnsguard",
+            "resolve",
+            "-c",
+            str(work / "dnsguard.yaml"),
+            log_name="dnsguard",
         )
         pids["dnsguard"] = guard.pid
     if "dnsguard+fw" in only:
@@ -249,6 +255,9 @@ def main() -> int:
     only = [server for server in args.only.split(",") if server]
     if args.firewall and "dnsguard+fw" not in only:
         only.insert(1, "dnsguard+fw")
+    if "dnsguard+fw" in only:
+        # Plain dnsguard beside it, in the same namespace: the same kernel path (conntrack, nftables).
+        ROLES["dnsguard"] = "server"
     unknown = sorted(set(only) - set(PORTS))
     if unknown or "dnsguard" not in only:
         raise SystemExit(f"--only takes dnsguard and any of {', '.join(ANCHORS)} (and dnsguard+fw)")

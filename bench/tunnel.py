@@ -13,6 +13,12 @@ resolver in the client process and the nftables DNS redirect), for the cost of f
 data path:
 
     sudo .venv/bin/python bench/tunnel.py --only dnsguard,dnsguard+dns,wireguard-go
+
+`dnsguard+fw` adds the firewall fed by DNS to `dnsguard+dns` (the server's tunnel address, which iperf3
+and ping reach, is an allowed prefix: every new connection walks the firewall's chain); `--firewall`
+runs just those two, interleaved, for the firewall's cost:
+
+    sudo .venv/bin/python bench/tunnel.py --firewall
 """
 
 from __future__ import annotations
@@ -68,6 +74,10 @@ DNS_FILTERING: dict[str, object] = {
 
 def setup_dnsguard_dns(lab: Lab) -> None:
     setup_dnsguard(lab, DNS_FILTERING)
+
+
+def setup_dnsguard_firewall(lab: Lab) -> None:
+    setup_dnsguard(lab, {**DNS_FILTERING, "firewall": {"enabled": True, "allow": [f"{SERVER_TUNNEL}/32"]}})
 
 
 def setup_wireguard_go(lab: Lab) -> None:
@@ -160,6 +170,7 @@ def setup_openvpn(lab: Lab) -> None:
 CONTENDERS: dict[str, Callable[[Lab], None]] = {
     "dnsguard": setup_dnsguard,
     "dnsguard+dns": setup_dnsguard_dns,
+    "dnsguard+fw": setup_dnsguard_firewall,
     "wireguard-go": setup_wireguard_go,
     "openvpn": setup_openvpn,
 }
@@ -168,6 +179,7 @@ RATIOS = [
     ("dnsguard", "wireguard-go"),
     ("dnsguard", "openvpn"),
     ("dnsguard+dns", "dnsguard"),
+    ("dnsguard+fw", "dnsguard+dns"),
     ("dnsguard+dns", "wireguard-go"),
 ]
 
@@ -206,8 +218,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", default=",".join(CONTENDERS))
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--firewall", action="store_true", help="only dnsguard+dns and dnsguard+fw")
     args = parser.parse_args()
-    names = [n for n in args.only.split(",") if n]
+    names = ["dnsguard+dns", "dnsguard+fw"] if args.firewall else [n for n in args.only.split(",") if n]
     runs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     # Interleave contenders so that a noisy moment on the machine hits all of them alike.
     for round_number in range(args.repeat):

@@ -172,7 +172,7 @@ class FirewallService:
         if not elements:
             return
         try:
-            await asyncio.to_thread(self.nft.run, element_script(elements))
+            await asyncio.to_thread(lambda: self.nft.run(element_script(elements)))
         except DnsguardError as exc:
             self.failures += 1
             self.handed.forget(elements)
