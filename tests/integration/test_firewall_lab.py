@@ -7,6 +7,7 @@ any name looked up through the tunnel's resolver.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ import pytest
 
 from dnsguard.lab import ADDRESSES, Lab
 from dnsguard.lab import dig_answers as answers
+from dnsguard.lab.peers import DnsguardDaemon
 from dnsguard.lab.scenario import HARD_CODED_RESOLVER, SERVER_TUNNEL4, FullTunnel, start_full_tunnel
 
 CURL_REFUSED = 7  # curl: could not connect (our TCP reset), not a timeout (28)
@@ -143,3 +145,45 @@ def test_explain_and_the_api_say_why(enforcing: FullTunnel) -> None:
     metrics = lab.run("client", ["curl", "-sS", "http://127.0.0.1:9153/metrics"]).stdout
     assert 'dnsguard_firewall_connections_total{verdict="refused"}' in metrics
     assert "dnsguard_firewall_addresses" in metrics
+
+
+def test_resolve_on_a_router_filters_what_leaves_its_uplink() -> None:
+    """`dnsguard resolve` with `firewall.interface`: the host's connections out of eth0, no tunnel."""
+    settings = {
+        "resolver": {"listen": ["127.0.0.1:53"]},
+        "upstreams": {"servers": [ADDRESSES.dns4]},
+        "firewall": {"enabled": True, "interface": "eth0"},
+        "api": {"listen": None},
+    }
+    with Lab() as lab:
+        daemon = DnsguardDaemon(lab, "client", "resolve", settings).start(wait_for_interface=None)
+        try:
+            assert until(lambda: "dnsguard_fw" in lab.sh("client", "nft list tables"), 20)
+            assert curl_in(lab, f"http://{ADDRESSES.http4}/whoami") == CURL_REFUSED
+            assert answers(lab.dig("client", "example.org", "127.0.0.1").stdout) == [ADDRESSES.http4]
+            assert until(lambda: curl_in(lab, f"http://{ADDRESSES.http4}/whoami") == 0)
+            assert daemon.stop() == 0
+            assert "dnsguard_fw" not in lab.sh("client", "nft list tables")
+        except Exception:
+            print(daemon.log())
+            raise
+
+
+def curl_in(lab: Lab, url: str) -> int:
+    return lab.run(
+        "client", ["curl", "-sS", "--max-time", "5", "-o", "/dev/null", url], check=False
+    ).returncode
+
+
+def test_a_crash_is_undone_by_down_firewall_table_included() -> None:
+    """As tests/integration/test_teardown.py: SIGKILL, then `dnsguard down` removes the recorded table."""
+    with Lab(lan=True) as lab:
+        full = start_full_tunnel(lab, client_extra=firewall())
+        assert full.client.process is not None
+        full.client.process.send_signal(signal.SIGKILL)
+        full.client.process.wait(timeout=10)
+        assert "dnsguard_fw" in lab.sh("client", "nft list tables")
+        argv = ["env", f"DNSGUARD_RUN_DIR={lab.log_dir / 'run-client'}", sys.executable, "-m", "dnsguard"]
+        down = lab.run("client", [*argv, "down", "--interface", "dg0"], check=False)
+        assert down.returncode == 0, down.stderr
+        assert "dnsguard" not in lab.sh("client", "nft list tables")
