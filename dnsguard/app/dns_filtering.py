@@ -125,6 +125,8 @@ class TunnelDns:
             assert self.service.resolver is not None
             self.service.resolver.on_addresses = self.firewall.on_addresses
             self.service.firewall = self.firewall
+            assert self.service.forwarder is not None
+            self.service.forwarder.before_answer = self.firewall.before_answer
         log.info("DNS filtering on %s: every query to port 53 is answered by dnsguard", ", ".join(listen))
 
     async def _local_networks(self) -> list[str]:

@@ -1,8 +1,12 @@
 """The firewall fed by DNS, composed: the resolver's answers -> HandedOut -> batches -> the kernel's sets.
 
 The resolver calls `FirewallService.on_addresses` for each upstream answer (a dictionary look-up per
-address); a task sends what is pending every BATCH_INTERVAL seconds, or sooner once BATCH_SIZE addresses
-wait, as one nftables transaction in a worker thread, so the serving loop never waits on the kernel.
+address). A client connects as soon as it has the answer, so an answer that hands out a new address
+waits (`before_answer`, asyncio only: the serving loop goes on) for the kernel update that adds it: a
+task sends everything pending as one nftables transaction in a worker thread (about a millisecond), and
+whatever arrives meanwhile goes in the next one (group commit: the busier, the bigger the batch).
+Refreshes of known addresses wait for nobody; they go out with the next batch, at most BATCH_INTERVAL
+later. Cache hits cost nothing here: the first answer's timeout covers every copy the cache hands out.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,13 +27,14 @@ from dnsguard.dns.upstream_spec import parse_upstream
 from dnsguard.errors import DnsguardError
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.dns_firewall import (
+    FIREWALL_TABLE,
     DnsFirewallRules,
+    FakeNftables,
     Nftables,
     element_script,
     firewall_present,
     kernel_seconds_left,
     read_counters,
-    remove_firewall,
 )
 from dnsguard.policy.firewall import explain_address, read_address_list
 
@@ -130,13 +136,16 @@ class FirewallService:
     elements_sent: int = 0
     failures: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    nft: Nftables | FakeNftables = field(default_factory=Nftables)
     """The kernel's packet counters at the last read: refused, learned, doh_refused."""
 
     def __post_init__(self) -> None:
         self.handed = HandedOut(grace=int(self.config.firewall.grace))
-        self.nft = Nftables()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._next_update: asyncio.Future[None] | None = None
+        self._in_flight: asyncio.Future[None] | None = None
+        """Resolved when the kernel update being sent now is done (an answer may hand out its addresses)."""
         self.rules = firewall_rules(self.config, self.tunnel_interface, self.marks)
 
     async def start(self) -> None:
@@ -167,19 +176,39 @@ class FirewallService:
                 counters_read = loop.time()
                 self.counters = await asyncio.to_thread(read_counters, self.nft)
 
+    def before_answer(self) -> Awaitable[None] | None:
+        """What an upstream answer waits for: the next kernel update while addresses are pending."""
+        if not self.handed.pending:
+            in_flight = self._in_flight
+            return None if in_flight is None else asyncio.shield(in_flight)
+        if self._next_update is None:
+            self._next_update = asyncio.get_running_loop().create_future()
+        self._wake.set()
+        # Shielded: a cancelled query must not cancel the update other answers wait for.
+        return asyncio.shield(self._next_update)
+
     async def flush(self) -> None:
         elements = self.handed.take()
+        done, self._next_update = self._next_update, None
         if not elements:
+            if done is not None and not done.done():
+                done.set_result(None)
             return
+        if done is None:
+            done = asyncio.get_running_loop().create_future()
+        self._in_flight = done
         try:
             await asyncio.to_thread(lambda: self.nft.run(element_script(elements)))
+            self.batches += 1
+            self.elements_sent += len(elements)
         except DnsguardError as exc:
             self.failures += 1
             self.handed.forget(elements)
             log.warning("firewall: %d addresses not added: %s", len(elements), exc)
-            return
-        self.batches += 1
-        self.elements_sent += len(elements)
+        finally:
+            self._in_flight = None
+            if not done.done():
+                done.set_result(None)
 
     async def reconfigure(self, config: Config) -> None:
         """A reload: a new rule set replaces the table in one step, then the live elements go back in."""
@@ -226,9 +255,15 @@ class FirewallService:
         }
 
     async def close(self) -> None:
+        if self._next_update is not None and not self._next_update.done():
+            self._next_update.set_result(None)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        try:
+            # Through the same context (the fake in tests); `cleanup` and the journal remove it after a crash.
+            self.nft.run(f"delete table inet {FIREWALL_TABLE}\n")
+        except DnsguardError as exc:
+            log.warning("firewall: its table was not removed: %s", exc)
         self.nft.close()
-        remove_firewall()

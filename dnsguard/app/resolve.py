@@ -580,6 +580,8 @@ async def _serve(config_path: str, config: Config) -> None:
         await service.firewall.start()
         assert service.resolver is not None
         service.resolver.on_addresses = service.firewall.on_addresses
+        assert service.forwarder is not None
+        service.forwarder.before_answer = service.firewall.before_answer
     daemon = ResolveDaemon(config_path, service)
     operations = Operations(daemon)
     await operations.start()

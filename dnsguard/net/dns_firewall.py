@@ -198,6 +198,25 @@ class Nftables:
             self._lib = self._ctx = None
 
 
+class FakeNftables:
+    """In memory, for tests without root: records each transaction; `fail` makes the next ones refused."""
+
+    backend = "fake"
+
+    def __init__(self) -> None:
+        self.scripts: list[str] = []
+        self.fail = False
+
+    def run(self, script: str, json_output: bool = False) -> str:
+        if self.fail:
+            raise NetworkError("nftables rejected the firewall update: (fake)")
+        self.scripts.append(script)
+        return '{"nftables": []}' if json_output else ""
+
+    def close(self) -> None:
+        pass
+
+
 def _run_nft(script: str, json_output: bool) -> str:
     if shutil.which("nft") is None:
         raise NetworkError("nft (nftables) is not installed")
@@ -211,7 +230,7 @@ def _run_nft(script: str, json_output: bool) -> str:
     return result.stdout
 
 
-def read_counters(nft: Nftables) -> dict[str, int]:
+def read_counters(nft: Nftables | FakeNftables) -> dict[str, int]:
     """Packets counted by the firewall's named counters (empty when the table is absent)."""
     try:
         text = nft.run(f"list counters table inet {FIREWALL_TABLE}\n", json_output=True)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 
 import pytest
 
-from dnsguard.app.dns_firewall import doh_endpoints, firewall_rules
+from dnsguard.app.dns_firewall import FirewallService, doh_endpoints, firewall_rules
 from dnsguard.config import Config, load_dataclass
 from dnsguard.dns.handed_out import MAX_PENDING, HandedOut
 from dnsguard.errors import ConfigError
-from dnsguard.net.dns_firewall import element_script
+from dnsguard.net.dns_firewall import FakeNftables, element_script
 from dnsguard.policy.firewall import explain_address, read_address_list
 
 A = ipaddress.ip_address("198.51.100.80").packed
@@ -189,3 +190,51 @@ def test_explain_gives_the_reason_in_the_kernel_order() -> None:
     assert why("198.51.100.99")[0] == "counted (learn mode)"
     with pytest.raises(ConfigError):
         why("nope")
+
+
+def firewall_service(nft: FakeNftables) -> FirewallService:
+    return FirewallService(load(LAB), "dg0", [51820, 51821], nft=nft)
+
+
+def test_an_answer_with_a_new_address_waits_for_the_kernel_update_a_repeat_does_not() -> None:
+    async def scenario() -> None:
+        nft = FakeNftables()
+        service = firewall_service(nft)
+        await service.start()
+        try:
+            service.on_addresses((A,), 60)
+            waiter = service.before_answer()
+            assert waiter is not None
+            await asyncio.wait_for(waiter, 5)  # the flush task sends it at once, not after 50 ms
+            assert any("198.51.100.80 timeout 360s" in script for script in nft.scripts)
+            service.on_addresses((A,), 60)  # known and within the slack: nothing to wait for
+            assert service.before_answer() is None
+            assert service.snapshot()["batches"] == 1
+        finally:
+            await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_update_releases_the_answer_and_the_address_is_sent_again() -> None:
+    async def scenario() -> None:
+        nft = FakeNftables()
+        service = firewall_service(nft)
+        await service.start()
+        try:
+            nft.fail = True
+            service.on_addresses((A,), 60)
+            waiter = service.before_answer()
+            assert waiter is not None
+            await asyncio.wait_for(waiter, 5)
+            assert service.failures == 1
+            nft.fail = False
+            service.on_addresses((A,), 60)
+            waiter = service.before_answer()
+            assert waiter is not None
+            await asyncio.wait_for(waiter, 5)
+            assert any("add element" in script for script in nft.scripts)
+        finally:
+            await service.close()
+
+    asyncio.run(scenario())
