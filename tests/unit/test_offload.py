@@ -1,0 +1,234 @@
+"""TUN offloads (net/offload.py): checksums against RFC 1071's word loop, segmentation and coalescing
+round trips, and what must never be merged."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dnsguard.net.offload import (
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP_L4,
+    NEEDS_CSUM,
+    PLAIN_HEADER,
+    MalformedSuperPacket,
+    VnetHeader,
+    coalesce,
+    finish,
+    l4_checksum_valid,
+    ones_sum,
+    split,
+)
+
+SOURCE4, DESTINATION4 = bytes([100, 64, 0, 2]), bytes([100, 64, 0, 1])
+SOURCE6 = bytes.fromhex("fd000000000000000000000000000002")
+DESTINATION6 = bytes.fromhex("fd000000000000000000000000000001")
+
+
+def reference_sum(data: bytes) -> int:
+    """RFC 1071 section 4.1, word by word with end-around carry."""
+    if len(data) % 2:
+        data += b"\0"
+    total = 0
+    for index in range(0, len(data), 2):
+        total += (data[index] << 8) | data[index + 1]
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def ipv4_header_valid(packet: bytes) -> bool:
+    return reference_sum(packet[:20]) == 0xFFFF
+
+
+def reference_l4_valid(packet: bytes, l4_start: int, protocol: int) -> bool:
+    segment = packet[l4_start:]
+    if packet[0] >> 4 == 4:
+        pseudo = packet[12:20] + struct.pack("!BBH", 0, protocol, len(segment))
+    else:
+        pseudo = packet[8:40] + struct.pack("!IxxxB", len(segment), protocol)
+    return reference_sum(pseudo + segment) == 0xFFFF
+
+
+def ip_header(version: int, protocol: int, payload_length: int, identifier: int = 7) -> bytes:
+    if version == 4:
+        header = bytearray(
+            struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + payload_length, identifier, 0x4000, 64, protocol, 0,
+                        SOURCE4, DESTINATION4)
+        )  # fmt: skip
+        header[10:12] = struct.pack("!H", 0xFFFF - reference_sum(bytes(header)) % 0xFFFF)
+        return bytes(header)
+    return struct.pack("!IHBB16s16s", 6 << 28, payload_length, protocol, 64, SOURCE6, DESTINATION6)
+
+
+def tcp_packet(
+    version: int,
+    payload: bytes,
+    sequence: int = 1000,
+    *,
+    flags: int = 0x10,
+    ack: int = 55,
+    options: bytes = b"",
+    checksum: bool = True,
+    identifier: int = 7,
+) -> bytes:
+    header = struct.pack(
+        "!HHIIBBHHH", 40000, 5201, sequence, ack, (5 + len(options) // 4) << 4, flags, 501, 0, 0
+    )
+    segment = bytearray(header + options + payload)
+    packet = bytearray(ip_header(version, 6, len(segment), identifier) + segment)
+    l4_start = 20 if version == 4 else 40
+    if checksum:
+        pseudo_ok = packet[12:20] if version == 4 else packet[8:40]
+        pseudo = pseudo_ok + (
+            struct.pack("!BBH", 0, 6, len(segment))
+            if version == 4
+            else struct.pack("!IxxxB", len(segment), 6)
+        )
+        packet[l4_start + 16 : l4_start + 18] = struct.pack(
+            "!H", 0xFFFF - reference_sum(bytes(pseudo + segment)) % 0xFFFF
+        )
+    return bytes(packet)
+
+
+def super_packet(version: int, payload: bytes, mss: int, flags: int = 0x18) -> bytes:
+    """What a TUN with TSO hands over: NEEDS_CSUM with the pseudo-header sum in the field."""
+    packet = bytearray(tcp_packet(version, payload, flags=flags, checksum=False))
+    l4_start = 20 if version == 4 else 40
+    gso = GSO_TCPV4 if version == 4 else GSO_TCPV6
+    vnet = VnetHeader(NEEDS_CSUM, gso, l4_start + 20, mss, l4_start, 16).pack()
+    return vnet + bytes(packet)
+
+
+@given(st.binary(max_size=3000), st.integers(0, 0xFFFF))
+def test_the_big_integer_sum_equals_rfc_1071s_word_loop(data: bytes, initial: int) -> None:
+    assert ones_sum(data, initial) == (reference_sum(data) + initial) % 0xFFFF
+    assert finish(ones_sum(data)) != 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    version=st.sampled_from([4, 6]),
+    length=st.integers(1, 20000),
+    mss=st.integers(200, 1460),
+)
+def test_a_tcp_super_packet_is_cut_into_valid_segments_and_coalesces_back(
+    version: int, length: int, mss: int
+) -> None:
+    payload = bytes(range(256)) * (length // 256 + 1)
+    buffer = super_packet(version, payload[:length], mss)
+    segments = split(buffer)
+    l4_start = 20 if version == 4 else 40
+    assert len(segments) == -(-length // mss)
+    assert b"".join(s[l4_start + 20 :] for s in segments) == payload[:length]
+    for index, segment in enumerate(segments):
+        assert reference_l4_valid(segment, l4_start, 6)
+        assert l4_checksum_valid(segment, l4_start, 6)
+        assert struct.unpack_from("!I", segment, l4_start + 4)[0] == 1000 + index * mss
+        last = index == len(segments) - 1
+        assert bool(segment[l4_start + 13] & 0x08) == last  # PSH only on the last
+        if version == 4:
+            assert ipv4_header_valid(segment)
+            assert struct.unpack_from("!H", segment, 4)[0] == 7 + index
+    written = coalesce(segments)
+    if len(segments) == 1:
+        assert written == [(PLAIN_HEADER, segments[0])]
+        return
+    assert len(written) == 1
+    vnet, packet = written[0]
+    header = VnetHeader.parse(vnet)
+    assert (header.gso_type, header.gso_size, header.checksum_start) == (
+        GSO_TCPV4 if version == 4 else GSO_TCPV6,
+        mss,
+        l4_start,
+    )
+    assert split(vnet + packet) == segments
+
+
+@settings(max_examples=40, deadline=None)
+@given(version=st.sampled_from([4, 6]), length=st.integers(1, 9000), size=st.integers(100, 1400))
+def test_a_udp_super_packet_is_cut_into_checksummed_datagrams(version: int, length: int, size: int) -> None:
+    l4_start = 20 if version == 4 else 40
+    payload = bytes(range(251)) * (length // 251 + 1)
+    udp = struct.pack("!HHHH", 5000, 6000, 8 + length, 0) + payload[:length]
+    vnet = VnetHeader(NEEDS_CSUM, GSO_UDP_L4, l4_start + 8, size, l4_start, 6).pack()
+    datagrams = split(vnet + ip_header(version, 17, len(udp)) + udp)
+    assert len(datagrams) == -(-length // size)
+    assert b"".join(d[l4_start + 8 :] for d in datagrams) == payload[:length]
+    for datagram in datagrams:
+        assert reference_l4_valid(datagram, l4_start, 17)
+        assert struct.unpack_from("!H", datagram, l4_start + 4)[0] == len(datagram) - l4_start
+
+
+def test_a_packet_that_needs_its_checksum_finished_gets_a_valid_one() -> None:
+    packet = bytearray(tcp_packet(4, b"hello", checksum=False))
+    pseudo = (int.from_bytes(SOURCE4 + DESTINATION4, "big") + 6 + 25) % 0xFFFF
+    packet[36:38] = struct.pack("!H", pseudo)
+    vnet = VnetHeader(NEEDS_CSUM, 0, 0, 0, 20, 16).pack()
+    (finished,) = split(vnet + bytes(packet))
+    assert reference_l4_valid(finished, 20, 6)
+
+
+@pytest.mark.parametrize(
+    "vnet",
+    [
+        VnetHeader(NEEDS_CSUM, GSO_TCPV4, 40, 0, 20, 16),  # no segment size
+        VnetHeader(0, GSO_TCPV4, 40, 100, 20, 16),  # GSO without NEEDS_CSUM
+        VnetHeader(NEEDS_CSUM, GSO_TCPV4, 40, 100, 24, 16),  # transport offset is not the IPv4 header length
+        VnetHeader(NEEDS_CSUM, 3, 40, 100, 20, 6),  # UFO, never offered
+        VnetHeader(NEEDS_CSUM, 0, 0, 0, 20, 4000),  # checksum field beyond the packet
+    ],
+)
+def test_a_header_that_does_not_describe_its_packet_is_refused(vnet: VnetHeader) -> None:
+    with pytest.raises(MalformedSuperPacket):
+        split(vnet.pack() + tcp_packet(4, b"x" * 300))
+
+
+def test_segments_of_two_flows_interleaved_coalesce_per_flow_in_order() -> None:
+    a = [tcp_packet(4, b"a" * 100, 1000 + 100 * i, identifier=7 + i) for i in range(3)]
+    b = [tcp_packet(6, b"b" * 100, 5000 + 100 * i) for i in range(3)]
+    written = coalesce([a[0], b[0], a[1], b[1], a[2], b[2]])
+    assert len(written) == 2
+    assert split(written[0][0] + written[0][1]) == a
+    assert split(written[1][0] + written[1][1]) == b
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        tcp_packet(4, b"a" * 100, 1200),  # a gap in sequence
+        tcp_packet(4, b"a" * 100, 1100, ack=56),  # another acknowledgement
+        tcp_packet(4, b"a" * 100, 1100, flags=0x11),  # FIN
+        tcp_packet(4, b"a" * 100, 1100, options=b"\x01\x01\x08\x0a" + b"\0" * 8),  # other options
+        tcp_packet(4, b"a" * 200, 1100),  # larger than the first
+        tcp_packet(4, b"", 1100),  # no data
+        tcp_packet(4, b"a" * 100, 1100, checksum=False),  # a checksum that fails
+    ],
+    ids=["gap", "ack", "fin", "options", "larger", "empty", "bad-checksum"],
+)
+def test_segments_that_may_not_merge_are_written_as_they_came(second: bytes) -> None:
+    first = tcp_packet(4, b"a" * 100, 1000)
+    assert coalesce([first, second]) == [(PLAIN_HEADER, first), (PLAIN_HEADER, second)]
+
+
+def test_a_push_or_a_short_segment_ends_a_run() -> None:
+    packets = [
+        tcp_packet(4, b"a" * 100, 1000),
+        tcp_packet(4, b"a" * 50, 1100, identifier=8),
+        tcp_packet(4, b"a" * 50, 1150, identifier=9),
+    ]
+    written = coalesce(packets)
+    assert len(written) == 2
+    assert split(written[0][0] + written[0][1]) == packets[:2]
+    assert written[1] == (PLAIN_HEADER, packets[2])
+
+
+def test_non_tcp_packets_pass_through_untouched() -> None:
+    udp = ip_header(4, 17, 12) + struct.pack("!HHHH", 1, 2, 12, 0) + b"abcd"
+    assert coalesce([udp, b"\x60" + b"\0" * 10]) == [
+        (PLAIN_HEADER, udp),
+        (PLAIN_HEADER, b"\x60" + b"\0" * 10),
+    ]
