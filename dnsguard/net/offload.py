@@ -54,15 +54,24 @@ _u16 = struct.Struct("!H")
 _u32 = struct.Struct("!I")
 
 
+_FOLD_MASKS: Final = {bits: (1 << bits) - 1 for bits in (1 << n for n in range(10, 20))}
+
+
 def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     """The ones' complement sum of `data` as 16-bit words, plus `initial`, reduced modulo 0xFFFF.
 
     Modulo 0xFFFF, 0 and 0xFFFF are the same ones' complement number; callers turn the result into
-    a checksum with `finish`.
+    a checksum with `finish`. A long buffer is first folded in halves (high half plus low half,
+    at bit offsets that are multiples of 16, so the sum modulo 0xFFFF is kept): shifts and adds run
+    faster than the division that `%` does per 30-bit digit, which is left for the last 1024 bits.
     """
     value = int.from_bytes(data, "big")
     if len(data) & 1:
         value <<= 8  # the odd byte is the high half of a last word padded with zero
+    half = 1 << (value.bit_length().bit_length() - 1) if value else 0
+    while half >= 1024:
+        value = (value >> half) + (value & _FOLD_MASKS[half])
+        half >>= 1
     return (value + initial) % 0xFFFF
 
 
@@ -169,7 +178,9 @@ def segment_tcp(packet: bytes, l4_start: int, mss: int) -> list[bytes]:
     """Cut a TCP super-packet into segments of at most `mss` payload bytes, as the kernel's TSO does.
 
     Sequence numbers advance by the payload before each segment; FIN and PSH stay on the last
-    segment only and CWR on the first; IPv4 identifiers count up from the super-packet's.
+    segment only and CWR on the first; IPv4 identifiers count up from the super-packet's. The
+    checksums are summed once for the shared headers and updated per segment with the fields that
+    change (RFC 1624), so each segment costs one pass over its own payload.
     """
     if not _ip_layout(packet, l4_start, TCP) or len(packet) < l4_start + 20:
         raise MalformedSuperPacket("not a TCP packet where the header says")
@@ -182,31 +193,49 @@ def segment_tcp(packet: bytes, l4_start: int, mss: int) -> list[bytes]:
     identifier = _u16.unpack_from(packet, 4)[0] if ipv4 else 0
     flags = packet[l4_start + 13]
     template = bytearray(packet[:header_length])
+    # The shared parts of each sum, with every field that changes set to zero.
+    template[l4_start + 4 : l4_start + 8] = b"\0\0\0\0"
+    template[l4_start + 13] = 0
+    template[l4_start + 16 : l4_start + 18] = b"\0\0"
+    if ipv4:
+        template[2:6] = b"\0\0\0\0"
+        template[10:12] = b"\0\0"
+        ip_base = ones_sum(memoryview(template)[:l4_start])
+    tcp_base = ones_sum(memoryview(template)[l4_start:], pseudo_header_sum(template, TCP, 0))
     payload = memoryview(packet)[header_length:]
     count = max(1, -(-len(payload) // mss))
-    segments = []
+    segments: list[bytes] = []
+    append = segments.append
+    sequence_at, flags_at, checksum_at = l4_start + 4, l4_start + 13, l4_start + TCP_CHECKSUM_OFFSET
     for index in range(count):
         chunk = payload[index * mss : (index + 1) * mss]
-        segment = template + chunk
-        length = len(segment)
+        length = header_length + len(chunk)
+        header = template[:]
         if ipv4:
-            segment[2:4] = _u16.pack(length)
-            segment[4:6] = _u16.pack((identifier + index) & 0xFFFF)
-            _ipv4_header_checksum(segment, l4_start)
+            segment_id = (identifier + index) & 0xFFFF
+            header[2:6] = _u32.pack((length << 16) | segment_id)
+            header[10:12] = _u16.pack(finish(ip_base + length + segment_id))
         else:
-            segment[4:6] = _u16.pack(length - 40)
-        segment[l4_start + 4 : l4_start + 8] = _u32.pack((sequence + index * mss) & 0xFFFFFFFF)
+            header[4:6] = _u16.pack(length - 40)
+        segment_sequence = (sequence + index * mss) & 0xFFFFFFFF
+        header[sequence_at : sequence_at + 4] = _u32.pack(segment_sequence)
         segment_flags = flags
         if index != count - 1:
             segment_flags &= ~(TCP_FIN | TCP_PSH)
         if index:
             segment_flags &= ~TCP_CWR
-        segment[l4_start + 13] = segment_flags
-        checksum_at = l4_start + TCP_CHECKSUM_OFFSET
-        segment[checksum_at : checksum_at + 2] = b"\0\0"
-        total = ones_sum(memoryview(segment)[l4_start:], pseudo_header_sum(segment, TCP, length - l4_start))
-        segment[checksum_at : checksum_at + 2] = _u16.pack(finish(total))
-        segments.append(bytes(segment))
+        header[flags_at] = segment_flags
+        total = ones_sum(
+            chunk,
+            tcp_base
+            + (segment_sequence >> 16)
+            + (segment_sequence & 0xFFFF)
+            + segment_flags
+            + length
+            - l4_start,
+        )
+        header[checksum_at : checksum_at + 2] = _u16.pack(finish(total))
+        append(bytes(header) + chunk)
     return segments
 
 

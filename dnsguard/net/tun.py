@@ -12,6 +12,7 @@ from dnsguard.errors import NetworkError, PrivilegeError
 from dnsguard.net.offload import PLAIN_HEADER, VNET_HEADER_SIZE, MalformedSuperPacket, coalesce, split
 
 log = logging.getLogger(__name__)
+_lengths = struct.Struct("=HH").unpack_from
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -97,6 +98,12 @@ class TunDevice:
     """TUN_F_ flags the kernel accepted; 0: no virtio-net header on reads and writes."""
     malformed = 0
     """Reads whose virtio-net header did not describe the packet (dropped)."""
+    super_packets = 0
+    """Reads that were GSO super-packets, cut into `segments_read` packets."""
+    segments_read = 0
+    coalesced_writes = 0
+    """Writes that carried more than one received TCP segment, `segments_coalesced` in all."""
+    segments_coalesced = 0
 
     def __init__(self, name: str, *, offloads: bool = True) -> None:
         if len(name.encode()) > 15:
@@ -171,10 +178,15 @@ class TunDevice:
                 packets.append(buffer[VNET_HEADER_SIZE:])
                 continue
             try:
-                packets.extend(split(buffer))
+                segments = split(buffer)
             except MalformedSuperPacket as exc:
                 self.malformed += 1
                 log.debug("%s: dropped a read: %s", self.name, exc)
+                continue
+            if len(segments) > 1:
+                self.super_packets += 1
+                self.segments_read += len(segments)
+            packets.extend(segments)
         return packets
 
     def write(self, packet: bytes) -> None:
@@ -202,6 +214,10 @@ class TunDevice:
         writev = os.writev
         fd = self.fd
         for header, packet in coalesce(packets):
+            if header[1]:  # a GSO type: several segments in one write
+                self.coalesced_writes += 1
+                header_length, gso_size = _lengths(header, 2)
+                self.segments_coalesced += -(-(len(packet) - header_length) // max(gso_size, 1))
             try:
                 writev(fd, (header, packet))
             except BlockingIOError:
@@ -211,6 +227,16 @@ class TunDevice:
 
     def close(self) -> None:
         """Close the descriptor; the kernel deletes the interface with it."""
+        if self.fd >= 0 and self.offload_flags > 0:
+            log.info(
+                "%s: %d super-packets read (%d segments), %d coalesced writes (%d segments), %d malformed",
+                self.name,
+                self.super_packets,
+                self.segments_read,
+                self.coalesced_writes,
+                self.segments_coalesced,
+                self.malformed,
+            )
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
