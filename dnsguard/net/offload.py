@@ -281,7 +281,7 @@ class _Run:
     gso_size: int
     next_sequence: int
     match: bytes
-    payloads: list[bytes | memoryview] = field(default_factory=list)
+    packets: list[bytes] = field(default_factory=list)
     size: int = 0
     push: bool = False
     closed: bool = False
@@ -324,16 +324,20 @@ def _tcp_key(packet: bytes) -> tuple[int, bytes, bytes] | None:
     return l4_start, flow, match
 
 
-def coalesce(packets: list[bytes], *, verify: bool = True) -> list[tuple[bytes, bytes]]:
+def coalesce(packets: list[bytes]) -> list[tuple[bytes, bytes | bytearray]]:
     """(virtio-net header, packet) pairs to write for `packets`: TCP segments of a flow merged.
 
     Segments of one flow that follow each other in sequence, carry the same acknowledgement, window,
     options and IP fields, and have equal payloads (the last may be shorter) become one super-packet
     with a GSO header, which the kernel takes as one packet and re-segments only if it forwards it.
     Each flow keeps its order; different flows may be interleaved differently than they came.
-    With `verify`, a segment whose checksum fails is never merged (the kernel then drops it alone).
+
+    The kernel trusts a super-packet's checksum (NEEDS_CSUM), so the segments' own checksums are
+    verified here first, all of a run in one pass: the sum over the merged bytes plus each
+    segment's pseudo-header and TCP header must be zero, as it is when every segment's is. A run
+    that fails is written segment by segment, and the kernel drops the bad one as it would anyway.
     """
-    out: list[tuple[bytes, bytes] | _Run] = []
+    out: list[tuple[bytes, bytes | bytearray] | _Run] = []
     runs: dict[bytes, _Run] = {}
     for packet in packets:
         key = _tcp_key(packet)
@@ -342,9 +346,6 @@ def coalesce(packets: list[bytes], *, verify: bool = True) -> list[tuple[bytes, 
             continue
         l4_start, flow, match = key
         header_length = l4_start + (packet[l4_start + 12] >> 4) * 4
-        if verify and not l4_checksum_valid(packet, l4_start, TCP):
-            out.append((PLAIN_HEADER, packet))
-            continue
         payload_length = len(packet) - header_length
         (sequence,) = _u32.unpack_from(packet, l4_start + 4)
         push = bool(packet[l4_start + 13] & TCP_PSH)
@@ -357,7 +358,7 @@ def coalesce(packets: list[bytes], *, verify: bool = True) -> list[tuple[bytes, 
             and match == run.match
             and run.size + payload_length <= MAX_COALESCED
         ):
-            run.payloads.append(memoryview(packet)[header_length:])
+            run.packets.append(packet)
             run.size += payload_length
             run.next_sequence = (sequence + payload_length) & 0xFFFFFFFF
             run.push = push
@@ -376,30 +377,53 @@ def coalesce(packets: list[bytes], *, verify: bool = True) -> list[tuple[bytes, 
         )
         runs[flow] = run
         out.append(run)
-    return [item if isinstance(item, tuple) else _render(item) for item in out]
+    written: list[tuple[bytes, bytes | bytearray]] = []
+    for item in out:
+        if isinstance(item, tuple):
+            written.append(item)
+        elif not item.packets:
+            written.append((PLAIN_HEADER, item.first))
+        else:
+            merged = _render(item)
+            if merged is None:
+                written.append((PLAIN_HEADER, item.first))
+                written.extend((PLAIN_HEADER, packet) for packet in item.packets)
+            else:
+                written.append(merged)
+    return written
 
 
-def _render(run: _Run) -> tuple[bytes, bytes]:
-    if not run.payloads:
-        return PLAIN_HEADER, run.first
+def _render(run: _Run) -> tuple[bytes, bytearray] | None:
+    """The run as one GSO packet, or None when its checksums do not verify."""
     l4_start = run.l4_start
-    header = bytearray(run.first)
+    header_length = run.header_length
+    first = run.first
+    body = bytearray().join([first, *[memoryview(packet)[header_length:] for packet in run.packets]])
+    addresses = pseudo_header_sum(first, TCP, 0)
+    if run.gso_size & 1:
+        # Odd payloads put later segments' words out of step with the merged bytes: one by one.
+        if not all(l4_checksum_valid(packet, l4_start, TCP) for packet in (first, *run.packets)):
+            return None
+    else:
+        total = ones_sum(memoryview(body)[l4_start:], addresses + len(first) - l4_start)
+        for packet in run.packets:
+            total += addresses + len(packet) - l4_start
+            total += ones_sum(memoryview(packet)[l4_start:header_length])
+        if total % 0xFFFF:
+            return None
     length = run.size
-    ipv4 = header[0] >> 4 == 4
-    if ipv4:
-        header[2:4] = _u16.pack(length)
-        _ipv4_header_checksum(header, l4_start)
+    if body[0] >> 4 == 4:
+        body[2:4] = _u16.pack(length)
+        body[10:12] = b"\0\0"
+        body[10:12] = _u16.pack(finish(ones_sum(memoryview(body)[:l4_start])))
         gso_type = GSO_TCPV4
     else:
-        header[4:6] = _u16.pack(length - 40)
+        body[4:6] = _u16.pack(length - 40)
         gso_type = GSO_TCPV6
     if run.push:
-        header[l4_start + 13] |= TCP_PSH
+        body[l4_start + 13] |= TCP_PSH
     # NEEDS_CSUM: the field holds the pseudo-header sum, the kernel (or whoever segments) finishes it.
     checksum_at = l4_start + TCP_CHECKSUM_OFFSET
-    partial = pseudo_header_sum(header, TCP, length - l4_start) or 0xFFFF
-    header[checksum_at : checksum_at + 2] = _u16.pack(partial)
-    vnet = VNET_HEADER.pack(
-        NEEDS_CSUM, gso_type, run.header_length, run.gso_size, l4_start, TCP_CHECKSUM_OFFSET
-    )
-    return vnet, b"".join([header, *run.payloads])
+    body[checksum_at : checksum_at + 2] = _u16.pack((addresses + length - l4_start) % 0xFFFF or 0xFFFF)
+    vnet = VNET_HEADER.pack(NEEDS_CSUM, gso_type, header_length, run.gso_size, l4_start, TCP_CHECKSUM_OFFSET)
+    return vnet, body

@@ -213,13 +213,13 @@ class TunDevice:
             return
         writev = os.writev
         fd = self.fd
-        for header, packet in coalesce(packets):
+        for header, merged in coalesce(packets):
             if header[1]:  # a GSO type: several segments in one write
                 self.coalesced_writes += 1
                 header_length, gso_size = _lengths(header, 2)
-                self.segments_coalesced += -(-(len(packet) - header_length) // max(gso_size, 1))
+                self.segments_coalesced += -(-(len(merged) - header_length) // max(gso_size, 1))
             try:
-                writev(fd, (header, packet))
+                writev(fd, (header, merged))
             except BlockingIOError:
                 self.queue_full += 1
             except OSError:

@@ -232,3 +232,14 @@ def test_non_tcp_packets_pass_through_untouched() -> None:
         (PLAIN_HEADER, udp),
         (PLAIN_HEADER, b"\x60" + b"\0" * 10),
     ]
+
+
+@pytest.mark.parametrize("size", [100, 101], ids=["even", "odd"])
+def test_a_run_with_one_bad_checksum_is_written_segment_by_segment(size: int) -> None:
+    packets = [tcp_packet(4, b"q" * size, 1000 + size * i, identifier=7 + i) for i in range(4)]
+    good = coalesce(packets)
+    assert len(good) == 1 and split(good[0][0] + bytes(good[0][1])) == packets
+    corrupt = bytearray(packets[2])
+    corrupt[-1] ^= 0x01
+    packets[2] = bytes(corrupt)
+    assert coalesce(packets) == [(PLAIN_HEADER, packet) for packet in packets]
