@@ -7,6 +7,7 @@ super-packets into segments: a wrong checksum stalls the transfer. Data is compa
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from dnsguard.lab import Lab
 from dnsguard.lab.peers import DnsguardDaemon, genkey, wait_ping
-from dnsguard.lab.scenario import client_tunnel, server_tunnel
+from dnsguard.lab.scenario import client_tunnel, server_tunnel, wireguard_go_client, wireguard_go_server
 
 SERVER_TUNNEL, CLIENT_TUNNEL = "100.64.0.1", "100.64.0.2"
 TRANSFER = Path(__file__).parent / "scripts" / "tcp_transfer.py"
@@ -76,3 +77,30 @@ def test_tcp_crosses_the_tunnel_both_ways_intact_with_offloads(
             assert daemon.process is not None
             text = Path(daemon.process.log_path).read_text()  # type: ignore[attr-defined]
             assert ("TUN offloads on" in text) == (setting == "on"), text[-2000:]
+
+
+@pytest.mark.skipif(shutil.which("wireguard-go") is None, reason="wireguard-go is not installed")
+@pytest.mark.parametrize("dnsguard_role", ["client", "server"])
+def test_dnsguard_with_offloads_carries_tcp_both_ways_with_wireguard_go(dnsguard_role: str) -> None:
+    """wireguard-go checks nothing of ours but the encryption; its kernel verifies our segments."""
+    with Lab(services=False) as lab:
+        (server_private, server_public), (client_private, client_public) = genkey(), genkey()
+        if dnsguard_role == "client":
+            wireguard_go_server(lab, server_private, client_public)
+            config = client_tunnel(client_private, server_public, ["100.64.0.0/24"], **{"kill-switch": False})
+            daemon = DnsguardDaemon(lab, "client", "up", config, env={"DNSGUARD_OFFLOADS": "on"}).start()
+        else:
+            peer = {"public-key": client_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"]}
+            daemon = DnsguardDaemon(
+                lab,
+                "server",
+                "server",
+                server_tunnel(server_private, [peer]),
+                env={"DNSGUARD_OFFLOADS": "on"},
+            ).start()
+            wireguard_go_client(lab, client_private, server_public, ["100.64.0.0/24"])
+        wait_ping(lab, "client", SERVER_TUNNEL, timeout=30)
+        transfer(lab, sender="client", receiver="server", listen_role="server")
+        transfer(lab, sender="server", receiver="client", listen_role="server")
+        assert daemon.process is not None
+        assert "TUN offloads on" in Path(daemon.process.log_path).read_text()  # type: ignore[attr-defined]
