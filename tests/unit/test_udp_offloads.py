@@ -52,10 +52,13 @@ def test_a_train_to_one_address_leaves_in_one_gso_send_and_arrives_as_datagrams(
         endpoint.close()
 
 
-def test_gro_receive_splits_a_train_by_its_segment_size() -> None:
+@pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recvmsg"])
+def test_gro_receive_splits_a_train_by_its_segment_size(batched: bool) -> None:
     sender, target = UdpEndpoint(0), UdpEndpoint(0)
     try:
         assert target.sockets[socket.AF_INET].gro
+        if not batched:
+            target.sockets[socket.AF_INET]._gro_batch = None  # libc without recvmmsg
         sender.send_batch([(data, ("127.0.0.1", target.port)) for data in TRAIN])
         received = receive_all(target, len(TRAIN))
         assert [data for data, _ in received] == TRAIN
@@ -142,3 +145,22 @@ def test_datagrams_to_different_addresses_keep_their_order_and_destinations() ->
         endpoint.close()
         first.close()
         second.close()
+
+
+def test_gro_receive_batches_plain_datagrams_from_many_senders_with_their_sources() -> None:
+    target = UdpEndpoint(0)
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        expected = []
+        for number, sender in enumerate(senders):
+            sender.bind(("127.0.0.1", 0))
+            for index in range(5):
+                data = bytes([number, index]) * 50
+                sender.sendto(data, ("127.0.0.1", target.port))
+                expected.append((data, sender.getsockname()))
+        received = receive_all(target, len(expected))
+        assert sorted(received) == sorted(expected)
+    finally:
+        target.close()
+        for sender in senders:
+            sender.close()
