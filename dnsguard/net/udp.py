@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from dnsguard.errors import NetworkError
-from dnsguard.net.mmsg import _MSG_DONTWAIT, _RECVMMSG, QueryBatch, ReplyBatch, _Iovec, _Mmsghdr, _Msghdr
+from dnsguard.net.mmsg import _MSG_DONTWAIT, _RECVMMSG, ReplyBatch, _Iovec, _Mmsghdr, _Msghdr
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,7 @@ class TunnelSocket:
         self.sock = sock
         self.family = sock.family
         self.gro = gro and _enable_gro(sock)
-        self._batch = None if self.gro else QueryBatch.for_socket(sock)
-        self._gro_batch = GroBatch(sock, _RECVMMSG) if self.gro and _RECVMMSG is not None else None
+        self._batch = DatagramBatch(sock, _RECVMMSG, gro=self.gro) if _RECVMMSG is not None else None
         self.replies = ReplyBatch.for_socket(sock)
         """sendmmsg batch for sends without GSO (None where libc lacks sendmmsg)."""
 
@@ -99,12 +98,10 @@ class TunnelSocket:
         self.sock.close()
 
     def receive(self, limit: int) -> list[tuple[bytes, Address]]:
-        if self._gro_batch is not None:
-            return self._receive_gro_batch(self._gro_batch, limit)
+        if self._batch is not None:
+            return self._receive_batch(self._batch, limit)
         if self.gro:
             return self._receive_gro(limit)
-        if self._batch is not None:
-            return self._receive_mmsg(self._batch, limit)
         batch: list[tuple[bytes, Address]] = []
         recvfrom = self.sock.recvfrom
         for _ in range(limit):
@@ -118,7 +115,7 @@ class TunnelSocket:
         return batch
 
     @staticmethod
-    def _receive_gro_batch(batch: GroBatch, limit: int) -> list[tuple[bytes, Address]]:
+    def _receive_batch(batch: DatagramBatch, limit: int) -> list[tuple[bytes, Address]]:
         received: list[tuple[bytes, Address]] = []
         for _ in range(4):  # bounded: each call clears one reported error or reads what waits
             try:
@@ -155,27 +152,13 @@ class TunnelSocket:
                 break
         return batch
 
-    @staticmethod
-    def _receive_mmsg(batch: QueryBatch, limit: int) -> list[tuple[bytes, Address]]:
-        received: list[tuple[bytes, Address]] = []
-        for _ in range(max(1, limit // batch.slots)):
-            try:
-                count = batch.receive()
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                continue
-            for slot in range(count):
-                data, address = batch.datagram(slot)
-                received.append((data, (address[0], address[1])))
-            if count < batch.slots:
-                break
-        return received
-
 
 GRO_SLOTS: Final = 32
 """Buffers of one recvmmsg with UDP_GRO: each can hold a 64 KB train from one sender."""
 GRO_SLOT_SIZE: Final = 65535
+PLAIN_SLOTS: Final = 64
+PLAIN_SLOT_SIZE: Final = 9216
+"""Without GRO a slot holds one datagram: the largest tunnel MTU (8920) plus WireGuard's 80 bytes fits."""
 _CMSG_HEADER: Final = struct.Struct("@NiI")
 """struct cmsghdr: cmsg_len (size_t), cmsg_level, cmsg_type, then the data, aligned."""
 _CMSG_DATA: Final = socket.CMSG_LEN(0)
@@ -190,33 +173,37 @@ _unpack_v4 = struct.Struct(">H4s").unpack_from
 _unpack_v6 = struct.Struct(">HI16s").unpack_from
 
 
-class GroBatch:
-    """recvmmsg(2) with UDP_GRO: up to GRO_SLOTS trains per call, each split by its gso_size.
+class DatagramBatch:
+    """recvmmsg(2) for the tunnel: many datagrams per call, and with UDP_GRO many trains, each split
+    by the gso_size its control message gives.
 
     UDP_GRO alone (one recvmsg per train) would cost a call per datagram where the kernel does not
-    aggregate (a peer that sends little, a path without GRO); recvmmsg keeps those batched too. The
-    message headers are mmsg.py's ctypes structures, with a control buffer per slot added.
+    aggregate (a peer that sends little, a path without GRO); recvmmsg keeps those batched too.
+    Without GRO the slots are sized for the largest tunnel datagram. The message headers are
+    mmsg.py's ctypes structures, with a control buffer per slot added.
     """
 
-    def __init__(self, sock: socket.socket, receive: Any) -> None:
-        # 32 slots of 64 KB: 2 MB per socket, allocated once.
+    def __init__(self, sock: socket.socket, receive: Any, *, gro: bool) -> None:
+        # With GRO 32 slots of 64 KB (2 MB per socket), without 64 of 9 KB; allocated once.
+        slots, slot_size = (GRO_SLOTS, GRO_SLOT_SIZE) if gro else (PLAIN_SLOTS, PLAIN_SLOT_SIZE)
+        self._slots, self._slot_size = slots, slot_size
         self._fileno = sock.fileno()
         self._receive = receive
         self._ipv6 = sock.family == socket.AF_INET6
         self._namelen = 28 if self._ipv6 else 16
-        self._headers = (_Mmsghdr * GRO_SLOTS)()
-        self._iovecs = (_Iovec * GRO_SLOTS)()
-        self._names = (ctypes.c_char * (28 * GRO_SLOTS))()
-        self._controls = (ctypes.c_char * (_GRO_CONTROL * GRO_SLOTS))()
-        self._data = (ctypes.c_char * (GRO_SLOT_SIZE * GRO_SLOTS))()
+        self._headers = (_Mmsghdr * self._slots)()
+        self._iovecs = (_Iovec * self._slots)()
+        self._names = (ctypes.c_char * (28 * self._slots))()
+        self._controls = (ctypes.c_char * (_GRO_CONTROL * self._slots))()
+        self._data = (ctypes.c_char * (self._slot_size * self._slots))()
         self._header_bytes = memoryview(self._headers).cast("B")
         self._name_bytes = memoryview(self._names).cast("B")
         self._control_bytes = memoryview(self._controls).cast("B")
         self._data_bytes = memoryview(self._data).cast("B")
         self._address = ctypes.addressof(self._headers)
-        for slot in range(GRO_SLOTS):
-            self._iovecs[slot].iov_base = ctypes.addressof(self._data) + slot * GRO_SLOT_SIZE
-            self._iovecs[slot].iov_len = GRO_SLOT_SIZE
+        for slot in range(self._slots):
+            self._iovecs[slot].iov_base = ctypes.addressof(self._data) + slot * self._slot_size
+            self._iovecs[slot].iov_len = self._slot_size
             header = self._headers[slot].msg_hdr
             header.msg_name = ctypes.addressof(self._names) + slot * 28
             header.msg_namelen = self._namelen
@@ -233,7 +220,7 @@ class GroBatch:
             _pack_uint(header_bytes, slot * _MMSGHDR_SIZE + _NAMELEN_AT, self._namelen)
             _pack_size(header_bytes, slot * _MMSGHDR_SIZE + _CONTROLLEN_AT, _GRO_CONTROL)
         self._used = 0
-        slots = min(GRO_SLOTS, max(1, limit))
+        slots = min(self._slots, max(1, limit))
         count = self._receive(self._fileno, self._address, slots, _MSG_DONTWAIT, None)
         if count < 0:
             error = ctypes.get_errno()
@@ -243,7 +230,7 @@ class GroBatch:
         for slot in range(count):
             base = slot * _MMSGHDR_SIZE
             (length,) = _unpack_uint(header_bytes, base + _LEN_AT)
-            start = slot * GRO_SLOT_SIZE
+            start = slot * self._slot_size
             data = self._data_bytes[start : start + length].tobytes()
             name = slot * 28 + 2
             if self._ipv6:

@@ -164,3 +164,16 @@ def test_gro_receive_batches_plain_datagrams_from_many_senders_with_their_source
         target.close()
         for sender in senders:
             sender.close()
+
+
+@pytest.mark.parametrize("offloads", [True, False], ids=["gro", "recvmmsg"])
+def test_a_jumbo_tunnel_datagram_arrives_whole(offloads: bool) -> None:
+    """MTU 8920 plus WireGuard's 80 bytes: the receive slots hold it with and without GRO."""
+    sender, target = UdpEndpoint(0, offloads=offloads), UdpEndpoint(0, offloads=offloads)
+    try:
+        jumbo = bytes(range(200)) * 45
+        assert sender.send_batch([(jumbo, ("127.0.0.1", target.port))]) == (9000, 0)
+        assert [data for data, _ in receive_all(target, 1)] == [jumbo]
+    finally:
+        sender.close()
+        target.close()
