@@ -26,7 +26,7 @@ from array import array
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -39,6 +39,7 @@ from dnsguard.filter.rules import (
     parse_line,
     regex_hints,
 )
+from dnsguard.filter.side import SideRule
 
 __all__ = [
     "DEFAULT_MAX_FILE_SIZE",
@@ -277,6 +278,10 @@ class ParsedSource:
     regex_badfilters: tuple[tuple[int, str], ...]
     """(category, pattern) of ``$badfilter`` rules naming a regex or wildcard."""
     report: ParseReport
+    side_rules: tuple[SideRule, ...] = ()
+    """Rules with DNS modifiers and hosts lines with real addresses (`dnsguard.filter.side`)."""
+    side_badfilters: tuple[str, ...] = ()
+    """Canonical texts (`SideRule.text`) of the rules with DNS modifiers that ``$badfilter`` disables."""
 
     @property
     def rule_count(self) -> int:
@@ -503,6 +508,7 @@ _LENGTH_TABLE: Final = _table(lambda b: 0 if b == 0 else ord("a"))
 _LONG_LABEL: Final = b"a" * 64
 _LONG_NAME: Final = b"a" * 254
 _PSEUDO_NEEDLES: Final = (b"\x00local", b"\x00broadcasthost", b"\x00ip6-")
+_ACE_PREFIX: Final = b"xn--"
 
 
 def _positions(haystack: bytes, needle: bytes, names: bytes, out: list[int], shift: int = 0) -> None:
@@ -540,6 +546,8 @@ def _odd_chunks(middle: list[str]) -> list[int]:
         where.append(len(labels) if data.endswith(b"\x00") else len(labels) - 1)
     _positions(labels, _LONG_LABEL, data, where)
     _positions(data.translate(_LENGTH_TABLE), _LONG_NAME, data, where)
+    # Punycode labels are checked line by line: one that does not round-trip is a malformed line.
+    _positions(data, _ACE_PREFIX, data, where)
     for needle in _PSEUDO_NEEDLES:
         _positions(data, needle, data, where, 1)
         if data.startswith(needle[1:]):
@@ -574,6 +582,8 @@ class _Collector:
         self.regexes: list[RegexRule] = []
         self.badfilters: list[tuple[int, str]] = []
         self.regex_badfilters: list[tuple[int, str]] = []
+        self.side_rules: list[SideRule] = []
+        self.side_badfilters: list[str] = []
         self.counts: Counter[Outcome] = Counter()
         self.reasons: Counter[str] = Counter()
         self.issues: list[LineIssue] = []
@@ -612,7 +622,8 @@ class _Collector:
         if text[0] in "#!":
             self.counts[Outcome.COMMENT] += 1
             return
-        if text.startswith(("/", "@@/")):
+        if text.startswith(("/", "@@/")) or "$" in text:
+            # Regexes and modifier values ($client='Laptop', $dnsrewrite=...;TXT;...) keep their case.
             line = self.original_line(number)
         result = parse_line(line, allow=allow, subdomains=subdomains)
         outcome = result.outcome
@@ -632,6 +643,15 @@ class _Collector:
             suffix, literal = regex_hints(result.pattern)
             label = "" if suffix else label_hint(result.pattern)
             self.regexes.append(RegexRule(result.category, result.pattern, number, suffix, label, literal))
+        elif outcome is Outcome.SIDE and result.side is not None:
+            source = self.source
+            self.side_rules.append(
+                replace(result.side, line=number, list_name=source.list_name, source=source.location)
+            )
+            if result.reason:
+                self.issue(number, result.reason)
+        elif outcome is Outcome.BADFILTER and result.side is not None:
+            self.side_badfilters.append(result.side.text)
         elif outcome is Outcome.BADFILTER:
             if result.names:
                 self.badfilters.extend((result.category, name) for name in result.names)
@@ -686,6 +706,8 @@ def parse_text(
         tuple(collect.badfilters),
         tuple(collect.regex_badfilters),
         report,
+        tuple(collect.side_rules),
+        tuple(collect.side_badfilters),
     )
 
 
