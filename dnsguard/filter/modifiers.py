@@ -39,6 +39,7 @@ __all__ = [
     "parse_tags",
     "split_modifiers",
     "split_values",
+    "type_name",
     "wire_name",
 ]
 
