@@ -301,7 +301,7 @@ def parse_line(line: str, *, allow: bool = False, subdomains: bool = False) -> L
     if any(marker in low for marker in _COSMETIC_MARKERS):
         return LineResult(Outcome.SKIPPED, reason="cosmetic rule")
     dollar = text.find("$")
-    if dollar > 0 and not any(c.isspace() for c in text[:dollar]) and _DNS_MODIFIER_LINE.search(text):
+    if dollar >= 0 and not any(c.isspace() for c in text[:dollar]) and _DNS_MODIFIER_LINE.search(text):
         # Values may hold spaces and upper case ($client='My laptop', $dnsrewrite=NOERROR;MX;10 mx.x).
         scope = Scope.SUFFIX if subdomains else Scope.EXACT
         return _parse_adblock(text[:dollar].lower(), allow, scope, text[dollar + 1 :], text)
@@ -491,8 +491,8 @@ def _parse_adblock(
         if not body.endswith(("^", "|")):
             body += "^"
     side = raw_modifiers is not None and bool(DNS_MODIFIERS.intersection(m.lstrip("~") for m in mods))
-    if side and body.strip("|^") == "*":
-        # *$denyallow=..., ||*^$client=...: every name.
+    if side and body.strip("|^") in ("*", ""):
+        # *$denyallow=..., ||*^$client=..., $dnstype=AAAA,...: every name.
         everything = LineResult(Outcome.RULE, category(Scope.SUFFIX, allow=allow, important=important))
         return _side_result(everything, pattern_text, raw_modifiers or "", line_text)
     # Where the pattern is anchored: at a label boundary (||), at the start of the host name (|, ://,

@@ -7,9 +7,9 @@ consulted only when the selection has any: plain rules keep the hash index's fas
 Precedence, as AdGuard documents and AdGuard Home applies it (`resolve`):
 
 1. ``$dnsrewrite`` rules that apply (and that no ``@@...$dnsrewrite`` exception disables) answer the
-   query, whatever block or exception rules say: a CNAME rewrite wins outright, then a response code
-   other than NOERROR (NXDOMAIN, REFUSED), else the records of all NOERROR rewrites together (those of
-   the asked type; none of it: an empty NOERROR answer);
+   query, whatever block or exception rules say: a response code other than NOERROR (NXDOMAIN,
+   REFUSED, SERVFAIL) wins outright, then a CNAME, else the records of all NOERROR rewrites together
+   (those of the asked type; none of that type: an empty NOERROR answer);
 2. otherwise block and exception rules, with and without modifiers, by strength:
    ``@@...$important`` > ``$important`` > ``@@`` > block;
 3. otherwise hosts lines with real addresses answer with them (the asked family; the other: NODATA).
@@ -182,22 +182,30 @@ def resolve(name: str, plain: int, candidates: Iterable[SideRule], request: Requ
 def _rewritten(
     rewrites: list[SideRule], applicable: list[SideRule], plain: int, request: Request, per_client: bool
 ) -> Resolution:
-    used: list[SideRule] = []
-    rdatas: list[bytes] = []
-    for rule in rewrites:
-        rewrite = rule.rewrite
-        assert rewrite is not None
-        if rewrite.cname or rewrite.rcode != RCODE_NOERROR:
-            # A CNAME, or a response code such as NXDOMAIN or REFUSED, answers alone.
-            beaten = tuple(other for other in applicable if other is not rule)
-            return Resolution(
-                "rewrite", (rule,), beaten, plain > 0, rewrite.rcode, rewrite.cname, per_client=per_client
-            )
-        used.append(rule)
-        if rewrite.rtype == request.qtype and rewrite.rdata:
-            rdatas.append(rewrite.rdata)
-    beaten = tuple(other for other in applicable if other not in used)
-    return Resolution("rewrite", tuple(used), beaten, plain > 0, rdatas=tuple(rdatas), per_client=per_client)
+    # A response code (REFUSED, NXDOMAIN...) answers alone, then a CNAME; otherwise all records are summed.
+    for alone in (
+        lambda rewrite: rewrite.rcode != RCODE_NOERROR,
+        lambda rewrite: bool(rewrite.cname),
+    ):
+        for rule in rewrites:
+            if rule.rewrite is not None and alone(rule.rewrite):
+                beaten = tuple(other for other in applicable if other is not rule)
+                return Resolution(
+                    "rewrite",
+                    (rule,),
+                    beaten,
+                    plain > 0,
+                    rule.rewrite.rcode,
+                    rule.rewrite.cname,
+                    per_client=per_client,
+                )
+    rdatas = tuple(
+        rule.rewrite.rdata
+        for rule in rewrites
+        if rule.rewrite is not None and rule.rewrite.rtype == request.qtype and rule.rewrite.rdata
+    )
+    beaten = tuple(other for other in applicable if other not in rewrites)
+    return Resolution("rewrite", tuple(rewrites), beaten, plain > 0, rdatas=rdatas, per_client=per_client)
 
 
 class SideIndex:

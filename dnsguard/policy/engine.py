@@ -364,15 +364,18 @@ class Policy:
             beaten=beaten,
         )
 
-    def _beaten(self, name: str, group: CompiledGroup, now: float, decision: Decision) -> tuple[Verdict, ...]:
+    def _beaten(self, name: str, group: CompiledGroup, now: float, decision: Decision) -> list[Verdict]:
         """The rules that applied to the name but lost to the deciding one (explain)."""
-        if decision.beaten or decision.verdict is None:
-            return decision.beaten
+        beaten = list(decision.beaten)
+        if decision.verdict is None:
+            return beaten
         weekday, minute = local_weekday_minute(now) if group.windows else (0, 0)
         selection = group.selection(self.matcher, weekday, minute)
-        if selection is None:
-            return ()
-        return tuple(v for v in selection.all_matches(name) if v != decision.verdict)
+        if selection is not None:
+            for verdict in selection.all_matches(name):
+                if verdict != decision.verdict and verdict not in beaten:
+                    beaten.append(verdict)
+        return beaten
 
     def paused(self, group: str, now: float) -> bool:
         """True while blocking is paused for every group or for this one."""
