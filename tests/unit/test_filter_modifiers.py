@@ -7,8 +7,10 @@ the daemon builds it, and asked as the resolver asks it (name, client, query typ
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
+import yaml
 
 from dnsguard.app.lists import build_sync
 from dnsguard.config import Config, GroupConfig, ListConfig
@@ -372,3 +374,31 @@ def test_side_rules_survive_the_compiled_files() -> None:
 def test_groups_without_side_rules_keep_the_plain_path() -> None:
     matcher = compile_matcher([parse_text("||a.example^\n", ListSource("plain", "p.txt"))])
     assert matcher.select().side is None
+
+
+def test_the_explain_command_takes_a_client_and_a_query_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dnsguard.cli import main
+
+    rules = tmp_path / "rules.txt"
+    rules.write_text(
+        "||x.example^\n@@||x.example^$dnstype=A\n||x.example^$dnstype=AAAA,client=192.0.2.20,important\n"
+    )
+    document = {
+        "upstreams": {"servers": ["198.51.100.53"]},
+        "lists": {"custom": {"sources": [str(rules)]}},
+        "groups": {"default": {"block": ["custom"]}},
+        "loading": {"cache-dir": str(tmp_path / "cache")},
+    }
+    config = tmp_path / "dnsguard.yaml"
+    config.write_text(yaml.safe_dump(document))
+    assert main(["explain", "x.example", "-c", str(config), "--client", "192.0.2.20", "--type", "AAAA"]) == 0
+    out = capsys.readouterr().out
+    assert "decision: block" in out
+    assert f"source:   {rules}:3" in out
+    assert f"beat:     ||x.example^ in list 'custom' ({rules}:1)" in out
+    assert main(["explain", "x.example", "-c", str(config), "--type", "A"]) == 0
+    out = capsys.readouterr().out
+    assert "decision: forward" in out and "rule:     @@||x.example^$dnstype=A in list 'custom'" in out
+    assert main(["explain", "x.example", "-c", str(config), "--type", "NOPE"]) == 2
