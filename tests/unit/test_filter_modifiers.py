@@ -333,10 +333,7 @@ def test_explain_names_the_winner_and_the_rules_it_beat() -> None:
     text = p.explain("x.example", LAPTOP, NOW)
     assert "decision: forward" in text
     assert "rule:     @@||x.example^$client=192.0.2.30 in list 'custom'" in text
-    assert (
-        "beat:     ||x.example^ in list 'custom' (inline:custom[0]:1)" in text
-        or "beat:     ||x.example^" in text
-    )
+    assert "beat:     ||x.example^ in list 'custom' (lists.custom.sources[0] (inline):1)" in text
 
 
 def test_explain_lists_beaten_plain_rules_too() -> None:
