@@ -224,6 +224,10 @@ class SideIndex:
             else:
                 self._everywhere.append(rule)
         self._cache: dict[str, tuple[SideRule, ...]] = {}
+        # The last two labels of every listed name (the name itself if it has one label): a query can
+        # only be under a listed name if its own last two (or last one) labels are among them.
+        self._tails = frozenset(_tail(listed) for listed in self._by_name)
+        self._labels_one = any("." not in listed for listed in self._by_name)
 
     def __len__(self) -> int:
         return (
@@ -234,22 +238,51 @@ class SideIndex:
 
     def candidates(self, name: str) -> tuple[SideRule, ...]:
         """The rules whose pattern covers `name` (modifiers not yet checked), in list order."""
-        found = self._cache.get(name)
-        if found is not None:
-            return found
-        rules: list[SideRule] = list(self._everywhere)
+        # Runs for every query of a group that has side rules: a few dictionary probes, no allocation
+        # unless a rule is found. Only regex side rules, rare and costlier, have their answers cached.
+        regexes = self._regexes
+        if regexes:
+            cached = self._cache.get(name)
+            if cached is not None:
+                return cached
+        elif not self._everywhere and _tail(name) not in self._tails:
+            last = name.rfind(".")
+            if not self._labels_one or name[last + 1 :] not in self._tails:
+                return ()
+        found: list[SideRule] | None = list(self._everywhere) if self._everywhere else None
+        by_name = self._by_name
         suffix = name
+        start = 0
         while True:
-            for rule in self._by_name.get(suffix, ()):
-                if rule.covers(name, suffix) and rule not in rules:
-                    rules.append(rule)
-            dot = suffix.find(".")
+            listed = by_name.get(suffix)
+            if listed is not None:
+                for rule in listed:
+                    if rule.covers(name, suffix):
+                        if found is None:
+                            found = [rule]
+                        elif rule not in found:
+                            found.append(rule)
+            dot = name.find(".", start)
             if dot < 0:
                 break
-            suffix = suffix[dot + 1 :]
-        rules.extend(rule for rule, regex in self._regexes if regex.search(name) is not None)
-        found = tuple(rules)
-        if len(self._cache) >= _CANDIDATE_CACHE:
-            self._cache.clear()
-        self._cache[name] = found
-        return found
+            start = dot + 1
+            suffix = name[start:]
+        if regexes:
+            matched = [rule for rule, regex in regexes if regex.search(name) is not None]
+            if matched:
+                found = [*(found or ()), *matched]
+        result = tuple(found) if found else ()
+        if regexes:
+            if len(self._cache) >= _CANDIDATE_CACHE:
+                self._cache.clear()
+            self._cache[name] = result
+        return result
+
+
+def _tail(name: str) -> str:
+    """The last two labels of a name (all of it when it has fewer)."""
+    last = name.rfind(".")
+    if last < 0:
+        return name
+    before = name.rfind(".", 0, last)
+    return name[before + 1 :] if before >= 0 else name
