@@ -14,14 +14,20 @@ Semantics chosen here (see also the package docstring):
 - ``.example.com^``, ``://*.example.com^`` and ``*.example.com^`` (adblock, with the separator) cover only
   the subdomains; ``|example.com^``, ``://example.com^`` and ``http://example.com^`` only the name;
 - adblock patterns with ``*`` inside the name, or ending in a partial label (``||ads.``), become regex rules;
-  rules with a path, query or port, cosmetic rules and rules with modifiers other than ``$important`` and
-  ``$badfilter`` are skipped and counted, because they either make no sense for DNS or would change meaning
-  if the modifier were ignored (``$dnstype``, ``$client``, ``$denyallow``, ``$dnsrewrite``);
+  ``||example.com/*`` (every path of the host) is the host; rules with another path, a query or a port,
+  cosmetic rules and rules with browser-only modifiers (``$image``, ``$third-party``...) are skipped and
+  counted, because they make no sense for DNS;
+- rules with DNS modifiers (``$dnstype``, ``$client``, ``$ctag``, ``$denyallow``, ``$dnsrewrite``, see
+  `modifiers`) are SIDE lines: their pattern is read as above, their modifier values as written (case and
+  spaces kept); ``*``, ``||*^`` or no pattern at all (``$dnstype=HTTPS,dnsrewrite=NOERROR;;``) covers
+  every name; a modifier value that does not parse makes the line malformed;
 - ``||example.com`` without the separator and a bare ``example.com^`` are read like ``||example.com^``
   (strictly, adblock would also match ``example.community`` and ``badexample.com``; list authors mean the
   domain); a bare ``example.com`` is a plain entry, exact as in AdGuard;
-- a hosts line blocks its names whatever the address (Pi-hole, blocky): custom answers are rewrites, a
-  policy matter; localhost-style names (`PSEUDO_HOSTS`) are never rules;
+- a hosts line with ``0.0.0.0``, a loopback address or ``::`` blocks its names; one with a real address
+  (``192.0.2.10 nas.home.arpa``) is a SIDE line whose names answer with it, as /etc/hosts, Pi-hole and
+  AdGuard Home do; localhost-style names (`PSEUDO_HOSTS`) are never rules;
+- a Punycode label (``xn--``) that does not decode and encode back to itself makes the name malformed;
 - rules naming an IP address (``||1.2.3.4^``, a bare ``1.2.3.4``) are skipped: they filter answers, not names;
 - regex rules (``/re/``, ``@@/re/``, with ``$important``) run on RE2, case-insensitive, searched
   anywhere in the name; patterns longer than `MAX_REGEX_LENGTH`, or outside the grammar `regex` accepts
