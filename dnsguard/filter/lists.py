@@ -63,6 +63,9 @@ NameHash = Callable[[str], int]
 
 DEFAULT_MAX_ISSUES: Final = 20
 DEFAULT_MAX_REGEX: Final = 1000
+MAX_SIDE_RULES: Final = 20_000
+"""Side rules (DNS modifiers, hosts lines with addresses) kept per source: a few hundred bytes each, and
+weighed per query; real lists hold a handful, so a source with more is cut there and the rest reported."""
 DEFAULT_MAX_FILE_SIZE: Final = 64 * 1024 * 1024
 """The largest list file read (the configuration's ``loading.max-size`` has the same default)."""
 _READ_SLACK: Final = 64 * 1024
@@ -644,6 +647,13 @@ class _Collector:
             label = "" if suffix else label_hint(result.pattern)
             self.regexes.append(RegexRule(result.category, result.pattern, number, suffix, label, literal))
         elif outcome is Outcome.SIDE and result.side is not None:
+            if len(self.side_rules) >= MAX_SIDE_RULES:
+                self.counts[outcome] -= 1
+                self.counts[Outcome.SKIPPED] += 1
+                self.issue(
+                    number, f"more than {MAX_SIDE_RULES} rules with DNS modifiers or addresses in one source"
+                )
+                return
             source = self.source
             self.side_rules.append(
                 replace(result.side, line=number, list_name=source.list_name, source=source.location)

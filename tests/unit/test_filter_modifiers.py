@@ -399,3 +399,12 @@ def test_the_explain_command_takes_a_client_and_a_query_type(
     out = capsys.readouterr().out
     assert "decision: forward" in out and "rule:     @@||x.example^$dnstype=A in list 'custom'" in out
     assert main(["explain", "x.example", "-c", str(config), "--type", "NOPE"]) == 2
+
+
+def test_side_rules_per_source_are_bounded_and_the_rest_reported() -> None:
+    from dnsguard.filter.lists import MAX_SIDE_RULES
+
+    text = "".join(f"192.0.2.1 host{i}.example\n" for i in range(MAX_SIDE_RULES + 3))
+    parsed = parse_text(text, ListSource("x", "x.txt"))
+    assert len(parsed.side_rules) == MAX_SIDE_RULES
+    assert parsed.report.counts["skipped"] == 3 and parsed.report.issue_count == 3
