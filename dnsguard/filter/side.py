@@ -215,7 +215,9 @@ class SideIndex:
         self._by_name: dict[str, list[SideRule]] = {}
         self._everywhere: list[SideRule] = []
         self._regexes: list[tuple[SideRule, CompiledRegex]] = []
+        self._order: dict[int, int] = {}
         for rule in rules:
+            self._order[id(rule)] = len(self._order)
             if rule.names:
                 for listed in rule.names:
                     self._by_name.setdefault(listed, []).append(rule)
@@ -271,6 +273,9 @@ class SideIndex:
             matched = [rule for rule, regex in regexes if regex.search(name) is not None]
             if matched:
                 found = [*(found or ()), *matched]
+        if found is not None and len(found) > 1:
+            order = self._order
+            found.sort(key=lambda rule: order[id(rule)])
         result = tuple(found) if found else ()
         if regexes:
             if len(self._cache) >= _CANDIDATE_CACHE:

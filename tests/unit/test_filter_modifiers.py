@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dnsguard.app.lists import build_sync
 from dnsguard.config import Config, GroupConfig, ListConfig
@@ -19,6 +21,7 @@ from dnsguard.filter import ListSource, compile_matcher, parse_line, parse_text
 from dnsguard.filter.compiled import index_chunks, load_index, load_source, source_chunks
 from dnsguard.filter.modifiers import parse_rewrite
 from dnsguard.filter.rules import Outcome
+from dnsguard.filter.side import SideIndex, SideRule
 from dnsguard.policy.engine import Decision, Kind, Policy
 
 A, AAAA, MX, TXT, HTTPS = 1, 28, 15, 16, 65
@@ -408,3 +411,26 @@ def test_side_rules_per_source_are_bounded_and_the_rest_reported() -> None:
     parsed = parse_text(text, ListSource("x", "x.txt"))
     assert len(parsed.side_rules) == MAX_SIDE_RULES
     assert parsed.report.counts["skipped"] == 3 and parsed.report.issue_count == 3
+
+
+_LABELS = st.sampled_from(["a", "b", "com"])
+_NAMES = st.lists(_LABELS, min_size=1, max_size=3).map(".".join)
+
+
+@given(
+    rules=st.lists(st.tuples(_NAMES, st.sampled_from([0, 1, 2])), max_size=12),
+    names=st.lists(_NAMES, min_size=1, max_size=10),
+)
+def test_the_side_index_finds_exactly_the_rules_a_scan_finds(
+    rules: list[tuple[str, int]], names: list[str]
+) -> None:
+    side_rules = [SideRule(f"r{i}", scope=scope, names=(listed,)) for i, (listed, scope) in enumerate(rules)]
+    index = SideIndex(side_rules)
+    for name in names:
+        expected = [
+            rule
+            for rule in side_rules
+            if (name == rule.names[0] and rule.scope != 2)
+            or (name.endswith("." + rule.names[0]) and rule.scope != 0)
+        ]
+        assert list(index.candidates(name)) == expected
