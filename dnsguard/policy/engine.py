@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from dnsguard.config.addresses import is_ip
 from dnsguard.config.model import BlockMode, Config, GroupConfig
 from dnsguard.filter.matcher import Action, Matcher, Selection, Verdict, side_verdict
-from dnsguard.filter.modifiers import RCODE_NXDOMAIN, type_name
+from dnsguard.filter.modifiers import RCODE_NXDOMAIN, RCODES, type_name
 from dnsguard.filter.side import Request, SideRule, resolve, strength
 from dnsguard.policy.clients import ClientGroups, MacLookup, is_mac
 from dnsguard.policy.safesearch import safe_search_target
@@ -439,7 +439,8 @@ class Policy:
         if decision.records is not None:
             lines.append(f"answer:   {_records_text(decision.records, qtype)}")
         if decision.kind is Kind.RCODE:
-            lines.append(f"answer:   response code {decision.rcode}")
+            code = next((name for name, number in RCODES.items() if number == decision.rcode), decision.rcode)
+            lines.append(f"answer:   response code {code}")
         for verdict in self._beaten(name, group, now, decision):
             lines.append(
                 f"beat:     {verdict.rule} in list {verdict.list_name!r} ({verdict.source}:{verdict.line})"

@@ -216,6 +216,7 @@ def test_a_response_code_rewrite_beats_a_cname_which_beats_records() -> None:
         "||x.example^$dnsrewrite=192.0.2.1\n||x.example^$dnsrewrite=alias.example\n||x.example^$dnsrewrite=REFUSED\n"
     )
     assert decide(p, "x.example").kind is Kind.RCODE
+    assert "answer:   response code REFUSED" in p.explain("x.example", OTHER, NOW)
     q = policy("||x.example^$dnsrewrite=192.0.2.1\n||x.example^$dnsrewrite=alias.example\n")
     assert decide(q, "x.example").target == "alias.example"
     assert kind(policy("||x.example^$dnsrewrite=NXDOMAIN\n"), "x.example") is Kind.NXDOMAIN
