@@ -132,6 +132,8 @@ class ParseReport:
     def summary(self) -> str:
         """One line for logs."""
         parts = [f"{self.location}: {self.rules} names", f"{self.regex_rules} regex"]
+        if self.counts.get("side"):
+            parts.append(f"{self.counts['side']} with DNS modifiers or addresses")
         parts += [f"{count} {reason}" for reason, count in sorted(self.reasons.items())]
         return ", ".join(parts)
 
