@@ -102,3 +102,13 @@ async def test_a_per_client_block_does_not_reach_other_clients_from_memos_or_cac
     for _ in range(2):
         assert records(await resolver.answer_later(message, OTHER, False)) == [("A", "198.51.100.80")]
         assert records(resolver.answer_now(message, PHONE)) == [("A", "0.0.0.0")]
+
+
+async def test_a_cname_target_blocked_for_one_client_is_checked_for_each_client() -> None:
+    resolver, upstreams = make()
+    upstreams.cnames["cdn.example"] = "video.example"
+    message = query("cdn.example")
+    for _ in range(2):
+        assert records(await resolver.answer_later(message, PHONE, False)) == [("A", "0.0.0.0")]
+        allowed = records(await resolver.answer_later(message, OTHER, False))
+        assert allowed == [("CNAME", "video.example."), ("A", "198.51.100.80")]
