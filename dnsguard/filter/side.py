@@ -121,6 +121,8 @@ class Request:
             address: IPAddress | None = ipaddress.ip_address(client.partition("%")[0])
         except ValueError:
             address = None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack socket's view of an IPv4 client
         return Request(qtype, address, frozenset(n.lower() for n in names), frozenset(tags))
 
 

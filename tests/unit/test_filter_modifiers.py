@@ -94,6 +94,7 @@ def test_client_by_address_cidr_and_bracketed_ipv6() -> None:
     assert kind(p, "b.example", "192.0.2.3") is Kind.BLOCK
     assert kind(p, "b.example", "2001:db8::7") is Kind.BLOCK
     assert kind(p, "b.example", "2001:db8::8") is Kind.FORWARD
+    assert kind(p, "a.example", "::ffff:192.0.2.20") is Kind.BLOCK  # an IPv4 client on a dual-stack socket
 
 
 def test_client_by_quoted_name_with_escaped_quote_and_comma() -> None:
