@@ -224,7 +224,7 @@ def _check(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from dnsguard.app.tools import run_explain
 
-    return run_explain(args.config, args.name, args.client)
+    return run_explain(args.config, args.name, args.client, args.type)
 
 
 def _lists(args: argparse.Namespace) -> int:
@@ -393,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("name")
     explain.add_argument(
         "--client", metavar="IP|MAC", help="evaluate the policy of this client address or MAC address"
+    )
+    explain.add_argument(
+        "--type", default="A", metavar="TYPE", help="the query type asked (A, AAAA, HTTPS, TXT...; default A)"
     )
     _add_config(explain)
     keygen = add("keygen", "print a new private key (same format as 'wg genkey')", _keygen)

@@ -28,6 +28,7 @@ from dnsguard.app.services import ServicesApi
 from dnsguard.app.watch import FileWatcher, watched_files
 from dnsguard.config.addresses import parse_hostport
 from dnsguard.errors import DnsguardError
+from dnsguard.filter.modifiers import TYPE_NUMBERS
 from dnsguard.filter.rules import folded_name
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.bind import listening_socket
@@ -243,8 +244,11 @@ class Api:
         if name is None:
             raise ApiError(400, f"{text.strip()!r} is not a valid domain name")
         client = request.query.get("client", "")
+        qtype = TYPE_NUMBERS.get(request.query.get("type", "A").upper())
+        if qtype is None:
+            raise ApiError(400, "unknown ?type= (A, AAAA, HTTPS, TXT, MX...)")
         policy = service.resolver.policy
-        decision = policy.decide(name, client, time.time())
+        decision = policy.decide(name, client, time.time(), qtype)
         return _json(
             {
                 "name": name,
@@ -255,7 +259,7 @@ class Api:
                 "group": decision.group,
                 "decision": decision.kind.name.lower(),
                 "reason": decision.reason,
-                "explanation": policy.explain(name, client, time.time()),
+                "explanation": policy.explain(name, client, time.time(), qtype),
             }
         )
 

@@ -259,11 +259,14 @@ class Resolver:
         policy = self._policy
         group = policy.group_for(client)
         now = self.wall_clock()
-        decision = policy.decide_for_group(query.qname, group, now, query.qtype)
+        decision = policy.decide_for_group(query.qname, group, now, query.qtype, client)
         kind = decision.kind
         # A decision that depends on the time (schedules, a pause) is not remembered, nor one for an
-        # unusual message (those skip the cache too).
-        remember = plain and not group.windows and not policy.paused(group.name, now)
+        # unusual message (those skip the cache too), nor one that depends on the client (the plans
+        # are shared by the group).
+        remember = (
+            plain and not group.windows and not policy.paused(group.name, now) and not decision.per_client
+        )
         plans = self._plans_for(client, group.name) if remember else None
         if kind is Kind.FORWARD and query.qtype == wire.QTYPE_ANY:
             # RFC 8482: a small synthesized answer instead of every record the name has.
@@ -291,9 +294,15 @@ class Resolver:
             blocked_list = decision.reason
             result = "blocked"
             reply = self._block_reply(query, decision)
+        elif kind is Kind.REWRITE and decision.records is not None:
+            result = "rewritten"
+            reply = wire.answer_records(query, decision.records, decision.ttl)
         elif kind is Kind.REWRITE and not decision.target:
             result = "rewritten"
             reply = wire.answer_addresses(query, wire.pack_addresses(decision.addresses), decision.ttl)
+        elif kind is Kind.RCODE:
+            result = "rewritten"
+            reply = wire.refused(query) if decision.rcode == wire.RCODE_REFUSED else wire.servfail(query)
         elif kind is Kind.NXDOMAIN:
             # The built-in rules (DoH canary, private relay) count under their own name, as lists do.
             blocked_list = decision.reason
@@ -448,7 +457,7 @@ class Resolver:
             group = policy.group_for(plan.client)
             now = self.wall_clock()
             for target in meta.targets:
-                target_decision = policy.decide_for_group(target, group, now)
+                target_decision = policy.decide_for_group(target, group, now, query.qtype, plan.client)
                 if target_decision.kind is Kind.BLOCK:
                     self.stats.cname_blocked += 1
                     return self._block_reply(query, target_decision), "blocked", target_decision
@@ -525,11 +534,13 @@ class Resolver:
     def _any_group_blocks(self, names: tuple[str, ...]) -> bool:
         policy = self._policy
         now = self.wall_clock()
-        return any(
-            policy.decide_for_group(name, group, now).kind is Kind.BLOCK
-            for group in policy.groups.values()
-            for name in names
-        )
+        # A decision that depends on the client may block for some client of the group: not shared.
+        for group in policy.groups.values():
+            for name in names:
+                decision = policy.decide_for_group(name, group, now)
+                if decision.kind is Kind.BLOCK or decision.per_client:
+                    return True
+        return False
 
     # -- bookkeeping ------------------------------------------------------------------------
 
