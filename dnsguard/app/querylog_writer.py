@@ -1,0 +1,76 @@
+"""The query log's writer process: batches of records in over a pipe, transactions out to SQLite.
+
+A process rather than a thread: sqlite3 holds the GIL while it binds each row, so a writer thread
+inserting 25,000 rows every half second takes turns with the resolver's event loop; a process has a
+GIL of its own and runs on the other core. The daemon pickles a batch into the pipe (its only per-batch
+cost) and reads short replies back.
+
+Messages, daemon -> writer: a pickled list of dnsguard.dns.resolver.LogRecord; b"" to finish.
+Writer -> daemon: ("ready", rows), ("written", n), ("failed", n, error), ("error", error), ("retention",
+deleted). The writer ignores SIGINT and SIGTERM (systemd signals the whole cgroup; Ctrl-C the whole
+process group): it ends when the daemon closes the pipe, after writing what the daemon still sent.
+It changes no scheduling priority: the shipped units' SystemCallFilter=~@resources forbids
+setpriority and sched_setscheduler.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from dnsguard.app.querylog_store import QueryLogError, QueryStore
+
+RETENTION_INTERVAL = 60.0
+"""Seconds between retention passes (the first runs at start)."""
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    path: str
+    privacy: str
+    max_age: float
+    max_rows: int
+    max_size: int
+
+
+def writer_main(conn: Connection, settings: WriterSettings) -> None:
+    """The writer process's body (multiprocessing target)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        store = QueryStore(settings.path)
+    except QueryLogError as exc:
+        conn.send(("error", str(exc)))
+        return
+    try:
+        conn.send(("ready", store.count()))
+        next_retention = 0.0
+        while True:
+            if conn.poll(max(0.0, next_retention - time.monotonic())):
+                try:
+                    data = conn.recv_bytes()
+                except EOFError:
+                    break
+                if not data:
+                    break
+                records = pickle.loads(data)
+                try:
+                    conn.send(("written", store.append(records, settings.privacy)))
+                except QueryLogError as exc:
+                    conn.send(("failed", len(records), str(exc)))
+            if time.monotonic() >= next_retention:
+                next_retention = time.monotonic() + RETENTION_INTERVAL
+                try:
+                    deleted = store.enforce(
+                        time.time(), settings.max_age, settings.max_rows, settings.max_size
+                    )
+                    conn.send(("retention", deleted))
+                except QueryLogError as exc:
+                    conn.send(("failed", 0, str(exc)))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the daemon is gone; what it sent is written
+    finally:
+        store.close()
