@@ -60,9 +60,10 @@ def settings_of(config: Config) -> WriterSettings | None:
 class QueryLogCounters:
     written: int = 0
     dropped: int = 0
-    """Records the log lost: the resolver's sink full, the queue here full, the writer down or failing."""
+    """Records lost: the resolver's sink full, the queue here full, the writer down or failing."""
     answers: Counter[tuple[int, int]] = field(default_factory=Counter)
-    """(qtype, rcode) -> answered queries (the metrics fold them into bounded families)."""
+    """(qtype, rcode) -> answered queries, counted from the records taken (the metrics fold them into
+    bounded families); a record lost at a full sink is counted in `dropped` only."""
 
 
 class QueryLog:
@@ -147,8 +148,7 @@ class QueryLog:
             self.counters.answers.update((record[3], record[8]) for record in records)
         lost = resolver.log_sink_dropped - self._sink_dropped_seen
         self._sink_dropped_seen = resolver.log_sink_dropped
-        if lost and self.settings is not None:
-            self.counters.dropped += lost
+        self.counters.dropped += lost
         return records
 
     async def _flush(self, wait: bool = True) -> None:
