@@ -2,6 +2,7 @@
 """DNS resolver throughput: dnsguard resolve vs dnsmasq and unbound, same blocklist, same query mix, same run.
 
     sudo .venv/bin/python bench/dns.py [--names 300000] [--seconds 10] [--repeat 3] [--only dnsguard,unbound]
+                                       [--querylog]
 
 The servers run in one lab namespace with the same blocklist (the first --names distinct names of
 real public lists, each blocking the name and its subdomains: dnsmasq `address=/name/#`, unbound
@@ -11,6 +12,10 @@ thread, forwarding everything. dnsperf sends three mixes: only blocked names, on
 (warmed first), and a page-load trace (blocked and cached mixed as a browser asks them). Reported:
 QPS, p99 latency at a fixed rate, RSS, and dnsguard's ratio to each anchor and to the best of them.
 Absolute numbers depend on the machine; the ratios are the result.
+
+--querylog adds a second dnsguard contender, `dnsguard+log`, the same configuration with the lasting
+query log on (SQLite in the lab's directory); the two take turns under the same mixes, and the table
+gains its QPS ratio to dnsguard without the log (`log/off`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ LIST_FILES = ["hagezi-pro-onlydomains.txt", "blp-phishing-domains.txt", "oisd-bi
 DNSGUARD_PORT, DNSMASQ_PORT, UNBOUND_PORT = 5300, 5301, 5302
 PORTS = {"dnsguard": DNSGUARD_PORT, "dnsmasq": DNSMASQ_PORT, "unbound": UNBOUND_PORT}
 ANCHORS = ("dnsmasq", "unbound")
+LOGGED, LOGGED_PORT = "dnsguard+log", 5303
 
 
 def load_names(limit: int) -> list[str]:
@@ -94,7 +100,7 @@ def unbound_conf(work: Path, names: list[str]) -> str:
     )
 
 
-def start_servers(lab: Lab, names: list[str], only: list[str]) -> dict[str, int]:
+def start_servers(lab: Lab, names: list[str], only: list[str], querylog: bool = False) -> dict[str, int]:
     work = lab.log_dir
     (work / "blocked.txt").write_text("\n".join(names) + "\n")
     (work / "dnsmasq.conf").write_text("".join(f"address=/{name}/#\n" for name in names))
@@ -117,6 +123,18 @@ def start_servers(lab: Lab, names: list[str], only: list[str]) -> dict[str, int]
             "client", "dnsguard", "resolve", "-c", str(work / "dnsguard.yaml"), log_name="dnsguard"
         )
         pids["dnsguard"] = guard.pid
+    if querylog:
+        logged = {
+            **config,
+            "resolver": {"listen": [f"127.0.0.1:{LOGGED_PORT}"]},
+            "api": {"listen": None},  # the first contender holds the default API address
+            "querylog": {"enabled": True, "path": str(work / "querylog.sqlite")},
+        }
+        (work / "dnsguard-log.yaml").write_text(yaml.safe_dump(logged))
+        guard = lab.python(
+            "client", "dnsguard", "resolve", "-c", str(work / "dnsguard-log.yaml"), log_name="dnsguard-log"
+        )
+        pids[LOGGED] = guard.pid
     if "unbound" in only:
         unbound = lab.popen("client", ["unbound", "-d", "-c", str(work / "unbound.conf")], log_name="unbound")
         pids["unbound"] = unbound.pid
@@ -215,6 +233,7 @@ def main() -> int:
     parser.add_argument("--latency-rate", type=int, default=10000, help="QPS of the p99 latency runs")
     parser.add_argument("--json")
     parser.add_argument("--only", default=",".join(PORTS), help="servers to run, of " + ",".join(PORTS))
+    parser.add_argument("--querylog", action="store_true", help="also run dnsguard with its query log on")
     args = parser.parse_args()
     only = [server for server in args.only.split(",") if server]
     unknown = sorted(set(only) - set(PORTS))
@@ -227,7 +246,9 @@ def main() -> int:
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     with Lab() as lab:
         started = time.monotonic()
-        pids = start_servers(lab, names, only)
+        if args.querylog:
+            PORTS[LOGGED] = LOGGED_PORT
+        pids = start_servers(lab, names, only, args.querylog)
         print(
             f"{len(names)} blocked names loaded into {', '.join(pids)} in {time.monotonic() - started:.1f} s"
         )
@@ -251,10 +272,11 @@ def main() -> int:
         f"\nmedian of {args.repeat} runs of {args.seconds} s; dnsperf -c 8 -q 200, one thread; "
         f"p99 at {args.latency_rate} qps"
     )
-    anchors = [server for server in pids if server != "dnsguard"]
+    anchors = [server for server in pids if server in ANCHORS]
     header = f"{'mix':10s}" + "".join(f"{server + ' qps':>14s}" for server in pids)
     header += "".join(f"{'x ' + server:>11s}" for server in anchors) + (f"{'x best':>8s}" if anchors else "")
     header += "".join(f"{'p99 ' + server[:6]:>13s}" for server in pids)
+    header += f"{'log/off':>9s}" if LOGGED in pids else ""
     print(header)
     summary: dict[str, dict[str, object]] = {}
     for mix, by_server in results.items():
@@ -266,10 +288,13 @@ def main() -> int:
         ratios = {server: guard / median[server]["qps"] for server in anchors}
         best = max((median[server]["qps"] for server in anchors), default=0.0)
         summary[mix] = {**median, "ratios": ratios, "ratio_to_best": guard / best if best else None}
+        if LOGGED in median:
+            summary[mix]["log_to_off"] = median[LOGGED]["qps"] / guard
         line = f"{mix:10s}" + "".join(f"{median[server]['qps']:14.0f}" for server in pids)
         line += "".join(f"{ratios[server]:11.2f}" for server in anchors)
         line += f"{guard / best:8.2f}" if best else ""
         line += "".join(f"{median[server]['p99_ms']:13.2f}" for server in pids)
+        line += f"{median[LOGGED]['qps'] / guard:9.3f}" if LOGGED in median else ""
         print(line)
     print(
         "RSS: " + ", ".join(f"{server} {mb:.0f} MB" for server, mb in rss.items()) + f" ({len(names)} names)"
