@@ -18,7 +18,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import pickle
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from dnsguard.app.querylog_store import QueryLogError, QueryStore, Search, qtype_name, rcode_name
-from dnsguard.app.querylog_writer import WriterSettings, writer_main
+from dnsguard.app.querylog_writer import WriterSettings, encode_batch, writer_main
 
 if TYPE_CHECKING:
     from dnsguard.config import Config
@@ -181,7 +180,7 @@ class QueryLog:
         try:
             if conn is None:
                 raise OSError("no writer")
-            await asyncio.to_thread(conn.send_bytes, pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+            await asyncio.to_thread(conn.send_bytes, encode_batch(batch))
         except (OSError, ValueError) as exc:
             self.counters.dropped += len(batch)
             self._fail(f"query log writer is gone: {exc}")

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS queries (
     grp TEXT NOT NULL,
     reason TEXT NOT NULL,
     elapsed_ms REAL NOT NULL,
-    rcode INTEGER NOT NULL
+    rcode INTEGER NOT NULL,
+    count INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queries_by_time ON queries (time);
 """
@@ -108,7 +109,19 @@ class Search:
     limit: int = 100
 
 
-ROW_FIELDS = ("id", "time", "client", "name", "qtype", "result", "group", "reason", "elapsed_ms", "rcode")
+ROW_FIELDS = (
+    "id",
+    "time",
+    "client",
+    "name",
+    "qtype",
+    "result",
+    "group",
+    "reason",
+    "elapsed_ms",
+    "rcode",
+    "count",
+)
 
 
 class QueryStore:
@@ -139,21 +152,44 @@ class QueryStore:
     # -- writing ----------------------------------------------------------------------------------
 
     def append(self, records: Iterable[Sequence[Any]], privacy: str = "full") -> int:
-        """Insert resolver records (dnsguard.dns.resolver.LogRecord) in one transaction; the count."""
-        rows = [
-            (r[0], private_client(r[1], privacy), r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in records
-        ]
+        """Insert resolver records (dnsguard.dns.resolver.LogRecord) in one transaction; the queries written.
+
+        Queries that are the same in everything but their time within one second (a device asking a
+        name again, a burst of retries) are folded into one row with their count, the first one's time
+        and the longest answer time: at a busy resolver's rate this writes a fraction of the rows, and
+        every count (search, statistics) stays exact.
+        """
+        folded: dict[tuple[Any, ...], list[Any]] = {}
+        clients: dict[str, str] = {}
+        written = 0
+        for at, client, name, qtype, result, group, reason, elapsed, rcode in records:
+            if privacy != "full":
+                kept = clients.get(client)
+                if kept is None:
+                    kept = clients[client] = private_client(client, privacy)
+                client = kept
+            key = (int(at), client, name, qtype, result, group, reason, rcode)
+            row = folded.get(key)
+            if row is None:
+                folded[key] = [at, elapsed, 1]
+            else:
+                row[2] += 1
+                if elapsed > row[1]:
+                    row[1] = elapsed
+            written += 1
+        rows = [(at, *key[1:7], elapsed, key[7], count) for key, (at, elapsed, count) in folded.items()]
         try:
             with self.db:
                 self.db.execute("BEGIN")
                 self.db.executemany(
-                    "INSERT INTO queries (time, client, name, qtype, result, grp, reason, elapsed_ms, rcode)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO queries"
+                    " (time, client, name, qtype, result, grp, reason, elapsed_ms, rcode, count)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
         except sqlite3.Error as exc:
             raise QueryLogError(f"query log {self.path}: {_reason(exc)}") from None
-        return len(rows)
+        return written
 
     def enforce(self, now: float, max_age: float, max_rows: int, max_size: int) -> int:
         """Delete the oldest queries beyond any retention limit; the number deleted."""
@@ -186,6 +222,7 @@ class QueryStore:
         return deleted
 
     def count(self) -> int:
+        """Rows (a row holds one query or several folded ones: see `append`)."""
         return int(self.db.execute("SELECT count(*) FROM queries").fetchone()[0])
 
     def size(self) -> int:
@@ -216,7 +253,7 @@ class QueryStore:
             where.append("id < ?")
             args.append(search.before_id)
         sql = (
-            "SELECT id, time, client, name, qtype, result, grp, reason, elapsed_ms, rcode FROM queries"
+            "SELECT id, time, client, name, qtype, result, grp, reason, elapsed_ms, rcode, count FROM queries"
             f" {_where(where)} ORDER BY id DESC LIMIT ?"
         )
         rows = self._read(sql, [*args, search.limit])
@@ -231,7 +268,8 @@ class QueryStore:
         condition = _where(where)
         buckets = [{"time": since + (i + 1) * size, "queries": 0, "blocked": 0} for i in range(BUCKETS)]
         for index, queries, blocked in self._read(
-            f"SELECT CAST((time - ?) / ? AS INTEGER) AS b, count(*), sum(result = 'blocked') FROM queries"
+            f"SELECT CAST((time - ?) / ? AS INTEGER) AS b, sum(count), sum((result = 'blocked') * count)"
+            " FROM queries"
             f" {condition} GROUP BY b",
             [since, size, *args],
         ):
@@ -244,7 +282,7 @@ class QueryStore:
         def top(column: str, extra: str = "") -> list[tuple[Any, int]]:
             conditions = [*where, extra] if extra else where
             sql = (
-                f"SELECT {column}, count(*) AS n FROM queries {_where(conditions)}"
+                f"SELECT {column}, sum(count) AS n FROM queries {_where(conditions)}"
                 f" GROUP BY {column} ORDER BY n DESC, {column} LIMIT {TOP}"
             )
             return [(value, int(n)) for value, n in self._read(sql, args)]

@@ -25,9 +25,12 @@ def run_queries(config_path: str | None, filters: dict[str, Any], since: str | N
         if entry.get("client_name"):
             client = f"{entry['client_name']} ({client})"
         qtype = entry.get("qtype_name") or entry["qtype"]
+        # A row of the lasting log may stand for the same query asked several times within a second.
+        times = f" x{entry['count']}" if entry.get("count", 1) > 1 else ""
         print(
             f"{_local_time(entry['time'])}  {client:<39} {entry['result']:<9} {qtype:<5} "
-            f"{entry['name']} ({entry['group']}: {entry['reason'] or '-'}, {entry['elapsed_ms']:.1f} ms)"
+            f"{entry['name']}{times} ({entry['group']}: {entry['reason'] or '-'}, "
+            f"{entry['elapsed_ms']:.1f} ms)"
         )
     if log.get("next") is not None:
         print(f"# older: --before {log['next']}")

@@ -710,7 +710,9 @@ class QueryLogRetention:
     """How much of the lasting query log is kept: the oldest queries go first when any limit is passed."""
 
     max_age: Annotated[Duration, Range(3600, 366 * DAY, "seconds; 1h..366d")] = Duration(7 * DAY)
-    max_rows: Annotated[int, Range(1000, 1_000_000_000, "queries")] = 5_000_000
+    max_rows: Annotated[int, Range(1000, 1_000_000_000, "rows: a query, or one repeated within a second")] = (
+        5_000_000
+    )
     max_size: Annotated[ByteSize, Range(1024**2, 1024**4, "bytes of the database file; 1M..1T")] = ByteSize(
         1024**3
     )

@@ -17,6 +17,7 @@ from dnsguard.app.querylog_store import (
     qtype_number,
     rcode_name,
 )
+from dnsguard.app.querylog_writer import decode_batch, encode_batch
 
 T0 = 1_800_000_000.0
 
@@ -53,6 +54,7 @@ def test_records_written_in_one_batch_come_back_newest_first(store: QueryStore) 
         "reason": "",
         "elapsed_ms": 1.5,
         "rcode": 0,
+        "count": 1,
     }
 
 
@@ -202,3 +204,26 @@ def test_a_database_another_program_locks_fails_the_batch_with_a_clear_error(tmp
     finally:
         other.execute("ROLLBACK")
     assert store.append([record(T0)]) == 1
+
+
+def test_the_same_query_within_a_second_is_one_row_with_its_count(store: QueryStore) -> None:
+    written = store.append(
+        [
+            (T0 + 0.1, "192.0.2.10", "a.example", 1, "cached", "default", "", 0.5, 0),
+            (T0 + 0.7, "192.0.2.10", "a.example", 1, "cached", "default", "", 2.5, 0),
+            (T0 + 0.8, "192.0.2.10", "a.example", 28, "cached", "default", "", 0.1, 0),
+            (T0 + 1.2, "192.0.2.10", "a.example", 1, "cached", "default", "", 0.1, 0),
+        ]
+    )
+    assert written == 4 and store.count() == 3
+    oldest = store.search(Search())[-1]
+    assert (oldest["time"], oldest["count"], oldest["elapsed_ms"]) == (T0 + 0.1, 2, 2.5)
+    assert store.stats("1h", T0 + 10)["total"] == 4
+
+
+@pytest.mark.parametrize("hostile", [False, True])
+def test_batches_cross_the_pipe_whole_and_in_order(hostile: bool) -> None:
+    records = [record(T0 + i / 7, f"n{i}.example", qtype=65535 - i, rcode=i % 16) for i in range(50)]
+    if hostile:
+        records[3] = record(T0, "nul\0inside.example")
+    assert decode_batch(encode_batch(records)) == records

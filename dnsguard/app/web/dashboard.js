@@ -334,7 +334,7 @@
       return el("tr", { "data-name": q.name, "data-result": q.result },
         el("td", { text: clock(q.time) }),
         el("td", { text: client }),
-        el("td", { class: "name", text: q.name }),
+        el("td", { class: "name", text: q.count > 1 ? `${q.name} ×${q.count}` : q.name }),
         el("td", { text: q.qtype_name || QTYPES[q.qtype] || q.qtype }),
         el("td", { class: "result-" + q.result, text: q.result }),
         el("td", { text: q.group }),
