@@ -3,8 +3,8 @@
 A process rather than a thread: sqlite3 takes the GIL back for every row it binds, so a writer thread
 inserting 25,000 rows every half second would wait on the resolver's event loop for each of them (and
 slow it with every switch); a process has a GIL of its own and runs on the other core. The daemon's
-only cost per batch is `encode_batch`: the records as columns (arrays of numbers, the strings joined),
-about 0.4 us a record against 0.9 us to pickle the tuples (measured with 25,000 records).
+only cost per batch is `encode_batch`: marshal, 0.23 us a record (25,000 records: marshal 5.8 ms,
+pickle 6.9 ms, the same as columns of arrays and joined strings 14 ms; best of five here).
 
 Messages, daemon -> writer: an encoded batch of dnsguard.dns.resolver.LogRecord; b"" to finish.
 Writer -> daemon: ("ready", rows), ("written", n), ("failed", n, error), ("error", error), ("retention",
@@ -16,10 +16,9 @@ setpriority and sched_setscheduler.
 
 from __future__ import annotations
 
-import pickle
+import marshal
 import signal
 import time
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -31,46 +30,18 @@ RETENTION_INTERVAL = 60.0
 """Seconds between retention passes (the first runs at start)."""
 
 
-STRING_COLUMNS = 5
-"""client, name, result, group, reason: sent as one NUL-separated text."""
+MARSHAL_VERSION = 4
 
 
 def encode_batch(records: Sequence[Sequence[Any]]) -> bytes:
-    """Records as columns: times, answer times, query types, rcodes as arrays; the strings joined by NUL.
-
-    A batch in which a string holds a NUL itself (a name read from a hostile query could) is sent as
-    pickled rows instead: slower, and still whole.
-    """
-    times, clients, names, qtypes, results, groups, reasons, elapsed, rcodes = zip(*records, strict=True)
-    text = "\0".join(clients + names + results + groups + reasons)
-    if text.count("\0") != STRING_COLUMNS * len(records) - 1:
-        return pickle.dumps(("rows", list(records)), protocol=pickle.HIGHEST_PROTOCOL)
-    columns = (
-        "columns",
-        array("d", times).tobytes(),
-        array("d", elapsed).tobytes(),
-        array("H", qtypes).tobytes(),
-        array("B", rcodes).tobytes(),
-        text.encode("utf-8", "surrogatepass"),
-    )
-    return pickle.dumps(columns, protocol=pickle.HIGHEST_PROTOCOL)
+    """Records for the pipe: marshal, which the writer (the same interpreter, spawned by the daemon)
+    reads back; only the daemon writes to that pipe."""
+    return marshal.dumps(list(records), MARSHAL_VERSION)
 
 
 def decode_batch(data: bytes) -> list[tuple[Any, ...]]:
     """The records `encode_batch` encoded, as tuples in their order."""
-    message = pickle.loads(data)
-    if message[0] == "rows":
-        return [tuple(record) for record in message[1]]
-    _, times_data, elapsed_data, qtypes_data, rcodes_data, text = message
-    times, elapsed, qtypes, rcodes = array("d"), array("d"), array("H"), array("B")
-    times.frombytes(times_data)
-    elapsed.frombytes(elapsed_data)
-    qtypes.frombytes(qtypes_data)
-    rcodes.frombytes(rcodes_data)
-    n = len(times)
-    strings = text.decode("utf-8", "surrogatepass").split("\0")
-    clients, names, results, groups, reasons = (strings[i * n : (i + 1) * n] for i in range(STRING_COLUMNS))
-    return list(zip(times, clients, names, qtypes, results, groups, reasons, elapsed, rcodes, strict=True))
+    return [tuple(record) for record in marshal.loads(data)]
 
 
 @dataclass(frozen=True)
