@@ -15,13 +15,15 @@ Absolute numbers depend on the machine; the ratios are the result.
 
 --querylog adds a second dnsguard contender, `dnsguard+log`, the same configuration with the lasting
 query log on (SQLite in the lab's directory); the two take turns under the same mixes, and the table
-gains its QPS ratio to dnsguard without the log (`log/off`).
+gains its QPS ratio to dnsguard without the log (`log/off`) and the CPU each spent per answered query
+(the daemon and its writer process): on a shared machine the CPU per query moves less than the QPS.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import statistics
@@ -173,6 +175,19 @@ def _wait_for_servers(lab: Lab, pids: dict[str, int]) -> dict[str, int]:
     return pids
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process and its children (dnsguard's query log writer), in seconds."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -259,12 +274,16 @@ def main() -> int:
             for mix, path in files.items():
                 for server in pids:
                     port = PORTS[server]
+                    cpu_before = cpu_seconds(pids[server])
                     result = dnsperf(lab, port, path, args.seconds)
+                    answered = result["qps"] * args.seconds
+                    result["cpu_us"] = (cpu_seconds(pids[server]) - cpu_before) / answered * 1e6
                     result["p99_ms"] = dnsperf(lab, port, path, 3, rate=args.latency_rate)["p99_ms"]
                     results.setdefault(mix, {}).setdefault(server, []).append(result)
                     print(
                         f"round {round_number + 1} {mix:9s} {server:9s} {result['qps']:9.0f} qps  "
-                        f"p99 {result['p99_ms']:6.2f} ms  lost {result['lost']:.0f}",
+                        f"p99 {result['p99_ms']:6.2f} ms  lost {result['lost']:.0f}  "
+                        f"cpu {result['cpu_us']:5.1f} us/query",
                         flush=True,
                     )
         rss = {server: rss_mb(pid) for server, pid in pids.items()}
@@ -276,12 +295,12 @@ def main() -> int:
     header = f"{'mix':10s}" + "".join(f"{server + ' qps':>14s}" for server in pids)
     header += "".join(f"{'x ' + server:>11s}" for server in anchors) + (f"{'x best':>8s}" if anchors else "")
     header += "".join(f"{'p99 ' + server[:6]:>13s}" for server in pids)
-    header += f"{'log/off':>9s}" if LOGGED in pids else ""
+    header += f"{'log/off':>9s}{'cpu us/q off':>14s}{'log':>6s}" if LOGGED in pids else ""
     print(header)
     summary: dict[str, dict[str, object]] = {}
     for mix, by_server in results.items():
         median = {
-            server: {k: statistics.median(r[k] for r in runs) for k in ("qps", "p99_ms")}
+            server: {k: statistics.median(r[k] for r in runs) for k in ("qps", "p99_ms", "cpu_us")}
             for server, runs in by_server.items()
         }
         guard = median["dnsguard"]["qps"]
@@ -294,7 +313,9 @@ def main() -> int:
         line += "".join(f"{ratios[server]:11.2f}" for server in anchors)
         line += f"{guard / best:8.2f}" if best else ""
         line += "".join(f"{median[server]['p99_ms']:13.2f}" for server in pids)
-        line += f"{median[LOGGED]['qps'] / guard:9.3f}" if LOGGED in median else ""
+        if LOGGED in median:
+            line += f"{median[LOGGED]['qps'] / guard:9.3f}"
+            line += f"{median['dnsguard']['cpu_us']:14.1f}{median[LOGGED]['cpu_us']:6.1f}"
         print(line)
     print(
         "RSS: " + ", ".join(f"{server} {mb:.0f} MB" for server, mb in rss.items()) + f" ({len(names)} names)"
