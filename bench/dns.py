@@ -15,8 +15,8 @@ Absolute numbers depend on the machine; the ratios are the result.
 
 --querylog adds a second dnsguard contender, `dnsguard+log`, the same configuration with the lasting
 query log on (SQLite in the lab's directory); the two take turns under the same mixes, and the table
-gains its QPS ratio to dnsguard without the log (`log/off`) and the CPU each spent per answered query
-(the daemon and its writer process): on a shared machine the CPU per query moves less than the QPS.
+gains its QPS ratio to dnsguard without the log (`log/off`) and the CPU each daemon spent per answered
+query, and its writer process beside it: on a shared machine the CPU per query moves less than the QPS.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ DNSGUARD_PORT, DNSMASQ_PORT, UNBOUND_PORT = 5300, 5301, 5302
 PORTS = {"dnsguard": DNSGUARD_PORT, "dnsmasq": DNSMASQ_PORT, "unbound": UNBOUND_PORT}
 ANCHORS = ("dnsmasq", "unbound")
 LOGGED, LOGGED_PORT = "dnsguard+log", 5303
+MEASURES = ("qps", "p99_ms", "cpu_us", "writer_us")
 
 
 def load_names(limit: int) -> list[str]:
@@ -175,17 +176,20 @@ def _wait_for_servers(lab: Lab, pids: dict[str, int]) -> dict[str, int]:
     return pids
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU of a process and its children (dnsguard's query log writer), in seconds."""
-    total = 0.0
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU of a process, and of its children (dnsguard's query log writer), in seconds."""
+    own = children = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if stat.parent.name == str(pid):
+            own += seconds
+        elif fields[1] == str(pid):
+            children += seconds
+    return own, children
 
 
 def rss_mb(pid: int) -> float:
@@ -277,13 +281,15 @@ def main() -> int:
                     cpu_before = cpu_seconds(pids[server])
                     result = dnsperf(lab, port, path, args.seconds)
                     answered = result["qps"] * args.seconds
-                    result["cpu_us"] = (cpu_seconds(pids[server]) - cpu_before) / answered * 1e6
+                    cpu_after = cpu_seconds(pids[server])
+                    result["cpu_us"] = (cpu_after[0] - cpu_before[0]) / answered * 1e6
+                    result["writer_us"] = (cpu_after[1] - cpu_before[1]) / answered * 1e6
                     result["p99_ms"] = dnsperf(lab, port, path, 3, rate=args.latency_rate)["p99_ms"]
                     results.setdefault(mix, {}).setdefault(server, []).append(result)
                     print(
                         f"round {round_number + 1} {mix:9s} {server:9s} {result['qps']:9.0f} qps  "
                         f"p99 {result['p99_ms']:6.2f} ms  lost {result['lost']:.0f}  "
-                        f"cpu {result['cpu_us']:5.1f} us/query",
+                        f"cpu {result['cpu_us']:5.1f} + {result['writer_us']:4.1f} us/query",
                         flush=True,
                     )
         rss = {server: rss_mb(pid) for server, pid in pids.items()}
@@ -295,12 +301,12 @@ def main() -> int:
     header = f"{'mix':10s}" + "".join(f"{server + ' qps':>14s}" for server in pids)
     header += "".join(f"{'x ' + server:>11s}" for server in anchors) + (f"{'x best':>8s}" if anchors else "")
     header += "".join(f"{'p99 ' + server[:6]:>13s}" for server in pids)
-    header += f"{'log/off':>9s}{'cpu us/q off':>14s}{'log':>6s}" if LOGGED in pids else ""
+    header += f"{'log/off':>9s}{'cpu us/q off':>14s}{'log':>6s}{'writer':>8s}" if LOGGED in pids else ""
     print(header)
     summary: dict[str, dict[str, object]] = {}
     for mix, by_server in results.items():
         median = {
-            server: {k: statistics.median(r[k] for r in runs) for k in ("qps", "p99_ms", "cpu_us")}
+            server: {k: statistics.median(r[k] for r in runs) for k in MEASURES}
             for server, runs in by_server.items()
         }
         guard = median["dnsguard"]["qps"]
@@ -316,6 +322,7 @@ def main() -> int:
         if LOGGED in median:
             line += f"{median[LOGGED]['qps'] / guard:9.3f}"
             line += f"{median['dnsguard']['cpu_us']:14.1f}{median[LOGGED]['cpu_us']:6.1f}"
+            line += f"{median[LOGGED]['writer_us']:8.1f}"
         print(line)
     print(
         "RSS: " + ", ".join(f"{server} {mb:.0f} MB" for server, mb in rss.items()) + f" ({len(names)} names)"
