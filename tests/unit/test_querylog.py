@@ -6,12 +6,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from dnsguard.app.api import Operations
 from dnsguard.app.querylog import QueryLog
 from dnsguard.app.resolve import ResolveDaemon, ResolverService
 from dnsguard.dns.resolver import Forward
+from dnsguard.errors import DnsguardError
 from tests.unit.test_ops import query, samples, started_service, write_config
 
 KID = "192.0.2.10"
@@ -191,3 +193,51 @@ async def test_a_reload_that_moves_the_database_writes_to_the_new_file(tmp_path:
         assert [q["name"] for q in body["queries"]] == ["tracker.example"]
     finally:
         await service.close()
+
+
+def test_dnsguard_top_and_queries_print_what_the_api_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dnsguard.app import querylog_tools
+
+    asked: list[str] = []
+    stats = {
+        "total": 4,
+        "blocked": 1,
+        "top_names": [{"name": "a.example", "count": 3}],
+        "top_blocked": [{"name": "ads.example", "count": 1}],
+        "top_clients": [{"client": ADULT, "client_name": "laptop", "count": 4}],
+        "by_qtype": {"A": 3, "AAAA": 1},
+        "by_rcode": {"NOERROR": 4},
+    }
+    row = {
+        "time": 0.0,
+        "client": ADULT,
+        "client_name": "laptop",
+        "name": "a.example",
+        "qtype": 28,
+        "qtype_name": "AAAA",
+        "result": "cached",
+        "group": "default",
+        "reason": "",
+        "elapsed_ms": 0.25,
+        "count": 3,
+    }
+
+    def api_request(config: str | None, method: str, path: str) -> dict[str, Any]:
+        asked.append(path)
+        return stats if path.startswith("/api/stats") else {"queries": [row], "next": 17}
+
+    monkeypatch.setattr(querylog_tools, "api_request", api_request)
+    assert querylog_tools.run_top(None, "7d") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("last 7d: 4 queries, 1 blocked (25.0 %)")
+    assert "        4  laptop (192.0.2.99)" in out and "        1  AAAA" in out
+    assert querylog_tools.run_queries(None, {"qtype": "AAAA", "list": None, "limit": 5}, since="2h") == 0
+    line, more = capsys.readouterr().out.splitlines()
+    assert "laptop (192.0.2.99)" in line and "AAAA  a.example x3 (default: -, 0.2 ms)" in line
+    assert more == "# older: --before 17"
+    assert asked[0] == "/api/stats?window=7d"
+    assert asked[1].startswith("/api/queries?qtype=AAAA&limit=5&since=")
+    with pytest.raises(DnsguardError, match="--since 'soon' is not a duration"):
+        querylog_tools.run_queries(None, {}, since="soon")
