@@ -2,11 +2,10 @@
 
 The serving path pays one tuple per answered query, appended to the resolver's bounded sink
 (`Resolver.log_sink`; a full sink counts the record as dropped). Every FLUSH_INTERVAL this module takes
-the sink whole, counts the answers by query type and response code for the metrics, and sends the batch
-to the writer process (dnsguard/app/querylog_writer.py) from a worker thread, so that a full pipe never
-stalls the event loop. While one batch is on its way, the next ones wait here, up to `querylog.queue`
-records. A writer that cannot open or write its database is reported (status, log line, the
-`dropped` counter) and the resolver keeps answering.
+the sink whole and sends the batch to the writer process (dnsguard/app/querylog_writer.py) from a
+worker thread, so that a full pipe never stalls the event loop. While one batch is on its way, the next
+ones wait here, up to `querylog.queue` records. A writer that cannot open or write its database is
+reported (status, log line, the `dropped` counter) and the resolver keeps answering.
 
 The API reads the database through connections of its own, in worker threads (search, stats).
 """
@@ -61,8 +60,8 @@ class QueryLogCounters:
     dropped: int = 0
     """Records lost: the resolver's sink full, the queue here full, the writer down or failing."""
     answers: Counter[tuple[int, int]] = field(default_factory=Counter)
-    """(qtype, rcode) -> answered queries, counted from the records taken (the metrics fold them into
-    bounded families); a record lost at a full sink is counted in `dropped` only."""
+    """(qtype, rcode) -> answered queries, counted by the writer from what it receives, or here when there
+    is none (the metrics fold them into bounded families); a record lost on the way is in `dropped` only."""
 
 
 class QueryLog:
@@ -143,7 +142,8 @@ class QueryLog:
     def _take(self) -> list[LogRecord]:
         resolver = self.resolver
         records = resolver.take_log_records()
-        if records:
+        if records and self._conn is None:
+            # Without a writer they are counted here; a writer counts what it receives, off this core.
             self.counters.answers.update((record[3], record[8]) for record in records)
         lost = resolver.log_sink_dropped - self._sink_dropped_seen
         self._sink_dropped_seen = resolver.log_sink_dropped
@@ -205,11 +205,13 @@ class QueryLog:
             log.info("query log %s: %d queries kept", self.path, message[1])
         elif kind == "written":
             self.counters.written += message[1]
+            self.counters.answers.update(message[2])
             if self.state == "error":
                 log.info("query log %s: writing again", self.path)
             self.state, self.error = "ready", ""
         elif kind == "failed":
             self.counters.dropped += message[1]
+            self.counters.answers.update(message[3])
             self._fail(message[2])
         elif kind == "error":
             self._fail(message[1])
