@@ -292,6 +292,7 @@ class DaemonCollector(Collector):
                 dropped.add_metric([reason], count)
         dropped.add_metric(["tun_queue_full"], shell.tun.queue_full)
         dropped.add_metric(["tun_write_error"], shell.tun.write_errors)
+        dropped.add_metric(["tun_malformed"], getattr(shell.tun, "malformed", 0))
         yield dropped
         handshakes = CounterMetricFamily(
             "dnsguard_tunnel_handshakes", "Handshakes by result.", labels=["result"]
