@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from dnsguard.errors import NetworkError
-from dnsguard.net.mmsg import _MSG_DONTWAIT, _RECVMMSG, ReplyBatch, _Iovec, _Mmsghdr, _Msghdr
+from dnsguard.net.mmsg import MSG_DONTWAIT, RECVMMSG, Iovec, Mmsghdr, Msghdr, ReplyBatch
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class TunnelSocket:
         self.sock = sock
         self.family = sock.family
         self.gro = gro and _enable_gro(sock)
-        self._batch = DatagramBatch(sock, _RECVMMSG, gro=self.gro) if _RECVMMSG is not None else None
+        self._batch = DatagramBatch(sock, RECVMMSG, gro=self.gro) if RECVMMSG is not None else None
         self.replies = ReplyBatch.for_socket(sock)
         """sendmmsg batch for sends without GSO (None where libc lacks sendmmsg)."""
 
@@ -162,10 +162,10 @@ PLAIN_SLOT_SIZE: Final = 9216
 _CMSG_HEADER: Final = struct.Struct("@NiI")
 """struct cmsghdr: cmsg_len (size_t), cmsg_level, cmsg_type, then the data, aligned."""
 _CMSG_DATA: Final = socket.CMSG_LEN(0)
-_MMSGHDR_SIZE: Final = ctypes.sizeof(_Mmsghdr)
-_CONTROLLEN_AT: Final = _Mmsghdr.msg_hdr.offset + _Msghdr.msg_controllen.offset
-_NAMELEN_AT: Final = _Mmsghdr.msg_hdr.offset + _Msghdr.msg_namelen.offset
-_LEN_AT: Final = _Mmsghdr.msg_len.offset
+_MMSGHDR_SIZE: Final = ctypes.sizeof(Mmsghdr)
+_CONTROLLEN_AT: Final = Mmsghdr.msg_hdr.offset + Msghdr.msg_controllen.offset
+_NAMELEN_AT: Final = Mmsghdr.msg_hdr.offset + Msghdr.msg_namelen.offset
+_LEN_AT: Final = Mmsghdr.msg_len.offset
 _pack_size = struct.Struct("@N").pack_into
 _pack_uint = struct.Struct("@I").pack_into
 _unpack_uint = struct.Struct("@I").unpack_from
@@ -191,8 +191,8 @@ class DatagramBatch:
         self._receive = receive
         self._ipv6 = sock.family == socket.AF_INET6
         self._namelen = 28 if self._ipv6 else 16
-        self._headers = (_Mmsghdr * self._slots)()
-        self._iovecs = (_Iovec * self._slots)()
+        self._headers = (Mmsghdr * self._slots)()
+        self._iovecs = (Iovec * self._slots)()
         self._names = (ctypes.c_char * (28 * self._slots))()
         self._controls = (ctypes.c_char * (_GRO_CONTROL * self._slots))()
         self._data = (ctypes.c_char * (self._slot_size * self._slots))()
@@ -221,7 +221,7 @@ class DatagramBatch:
             _pack_size(header_bytes, slot * _MMSGHDR_SIZE + _CONTROLLEN_AT, _GRO_CONTROL)
         self._used = 0
         slots = min(self._slots, max(1, limit))
-        count = self._receive(self._fileno, self._address, slots, _MSG_DONTWAIT, None)
+        count = self._receive(self._fileno, self._address, slots, MSG_DONTWAIT, None)
         if count < 0:
             error = ctypes.get_errno()
             raise OSError(error, os.strerror(error))
