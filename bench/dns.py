@@ -2,7 +2,7 @@
 """DNS resolver throughput: dnsguard resolve vs dnsmasq and unbound, same blocklist, same query mix, same run.
 
     sudo .venv/bin/python bench/dns.py [--names 300000] [--seconds 10] [--repeat 3] [--only dnsguard,unbound]
-                                       [--firewall]
+                                       [--querylog] [--firewall]
 
 The servers run in one lab namespace with the same blocklist (the first --names distinct names of
 real public lists, each blocking the name and its subdomains: dnsmasq `address=/name/#`, unbound
@@ -13,16 +13,22 @@ thread, forwarding everything. dnsperf sends three mixes: only blocked names, on
 QPS, p99 latency at a fixed rate, RSS, and dnsguard's ratio to each anchor and to the best of them.
 Absolute numbers depend on the machine; the ratios are the result.
 
---firewall adds a second dnsguard, `dnsguard+fw`, with the firewall fed by DNS on (enforce mode, every
-answer's addresses batched into the kernel's sets). Both dnsguards then run in the lab's server namespace
-(the firewall's table is one per namespace) and dnsperf asks them from there; the QPS with the firewall over
-the QPS without is its cost.
+--querylog adds a second dnsguard contender, `dnsguard+log`, the same configuration with the lasting
+query log on (SQLite in the lab's directory); the two take turns under the same mixes, and the table
+gains its QPS ratio to dnsguard without the log (`log/off`) and the CPU each daemon spent per answered
+query, and its writer process beside it: on a shared machine the CPU per query moves less than the QPS.
+
+--firewall adds `dnsguard+fw` the same way: the same configuration with the firewall fed by DNS on
+(enforce mode on the namespace's uplink, eth0; every upstream answer's addresses go into the kernel's
+sets before the answer leaves). Its table puts the whole namespace under conntrack, so every contender
+pays that alike; the summary gives its QPS and CPU per query over dnsguard's without it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import statistics
@@ -34,10 +40,11 @@ from dnsguard.lab import ADDRESSES, Lab
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LIST_FILES = ["hagezi-pro-onlydomains.txt", "blp-phishing-domains.txt", "oisd-big-wildcard.txt"]
 DNSGUARD_PORT, DNSMASQ_PORT, UNBOUND_PORT = 5300, 5301, 5302
-PORTS = {"dnsguard": DNSGUARD_PORT, "dnsmasq": DNSMASQ_PORT, "unbound": UNBOUND_PORT, "dnsguard+fw": 5303}
-ROLES = {"dnsguard+fw": "server"}
-"""The namespace a server runs in and is asked from, when not the client's."""
+PORTS = {"dnsguard": DNSGUARD_PORT, "dnsmasq": DNSMASQ_PORT, "unbound": UNBOUND_PORT}
 ANCHORS = ("dnsmasq", "unbound")
+LOGGED, LOGGED_PORT = "dnsguard+log", 5303
+FIREWALLED, FIREWALLED_PORT = "dnsguard+fw", 5304
+MEASURES = ("qps", "p99_ms", "cpu_us", "writer_us")
 
 
 def load_names(limit: int) -> list[str]:
@@ -102,25 +109,9 @@ def unbound_conf(work: Path, names: list[str]) -> str:
     )
 
 
-def start_firewalled(lab: Lab, config: dict[str, object]) -> int:
-    """dnsguard with the firewall fed by DNS on, in the server namespace (its uplink is eth0)."""
-    import yaml
-
-    work = lab.log_dir
-    config = {
-        **config,
-        "resolver": {"listen": [f"127.0.0.1:{PORTS['dnsguard+fw']}"]},
-        "api": {"listen": None},
-        "firewall": {"enabled": True, "interface": "eth0"},
-    }
-    (work / "dnsguard-fw.yaml").write_text(yaml.safe_dump(config))
-    process = lab.python(
-        "server", "dnsguard", "resolve", "-c", str(work / "dnsguard-fw.yaml"), log_name="dnsguard-fw"
-    )
-    return process.pid
-
-
-def start_servers(lab: Lab, names: list[str], only: list[str]) -> dict[str, int]:
+def start_servers(
+    lab: Lab, names: list[str], only: list[str], querylog: bool = False, firewall: bool = False
+) -> dict[str, int]:
     work = lab.log_dir
     (work / "blocked.txt").write_text("\n".join(names) + "\n")
     (work / "dnsmasq.conf").write_text("".join(f"address=/{name}/#\n" for name in names))
@@ -140,16 +131,33 @@ def start_servers(lab: Lab, names: list[str], only: list[str]) -> dict[str, int]
     pids = {}
     if "dnsguard" in only:
         guard = lab.python(
-            ROLES.get("dnsguard", "client"),
-            "dnsguard",
-            "resolve",
-            "-c",
-            str(work / "dnsguard.yaml"),
-            log_name="dnsguard",
+            "client", "dnsguard", "resolve", "-c", str(work / "dnsguard.yaml"), log_name="dnsguard"
         )
         pids["dnsguard"] = guard.pid
-    if "dnsguard+fw" in only:
-        pids["dnsguard+fw"] = start_firewalled(lab, config)
+    if querylog:
+        logged = {
+            **config,
+            "resolver": {"listen": [f"127.0.0.1:{LOGGED_PORT}"]},
+            "api": {"listen": None},  # the first contender holds the default API address
+            "querylog": {"enabled": True, "path": str(work / "querylog.sqlite")},
+        }
+        (work / "dnsguard-log.yaml").write_text(yaml.safe_dump(logged))
+        guard = lab.python(
+            "client", "dnsguard", "resolve", "-c", str(work / "dnsguard-log.yaml"), log_name="dnsguard-log"
+        )
+        pids[LOGGED] = guard.pid
+    if firewall:
+        firewalled = {
+            **config,
+            "resolver": {"listen": [f"127.0.0.1:{FIREWALLED_PORT}"]},
+            "api": {"listen": None},
+            "firewall": {"enabled": True, "interface": "eth0"},
+        }
+        (work / "dnsguard-fw.yaml").write_text(yaml.safe_dump(firewalled))
+        guard = lab.python(
+            "client", "dnsguard", "resolve", "-c", str(work / "dnsguard-fw.yaml"), log_name="dnsguard-fw"
+        )
+        pids[FIREWALLED] = guard.pid
     if "unbound" in only:
         unbound = lab.popen("client", ["unbound", "-d", "-c", str(work / "unbound.conf")], log_name="unbound")
         pids["unbound"] = unbound.pid
@@ -181,11 +189,27 @@ def _wait_for_servers(lab: Lab, pids: dict[str, int]) -> dict[str, int]:
     for server in pids:
         port = PORTS[server]
 
-        def answers(port: int = port, role: str = ROLES.get(server, "client")) -> bool:
-            return "NOERROR" in lab.dig(role, "example.org", "127.0.0.1", port=port).stdout
+        def answers(port: int = port) -> bool:
+            return "NOERROR" in lab.dig("client", "example.org", "127.0.0.1", port=port).stdout
 
         lab.wait_for(answers, timeout=120, what=f"{server} on port {port}")
     return pids
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU of a process, and of its children (dnsguard's query log writer), in seconds."""
+    own = children = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if stat.parent.name == str(pid):
+            own += seconds
+        elif fields[1] == str(pid):
+            children += seconds
+    return own, children
 
 
 def rss_mb(pid: int) -> float:
@@ -247,50 +271,50 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency-rate", type=int, default=10000, help="QPS of the p99 latency runs")
     parser.add_argument("--json")
-    parser.add_argument(
-        "--firewall", action="store_true", help="also run dnsguard with the firewall fed by DNS"
-    )
     parser.add_argument("--only", default=",".join(PORTS), help="servers to run, of " + ",".join(PORTS))
+    parser.add_argument("--querylog", action="store_true", help="also run dnsguard with its query log on")
+    parser.add_argument(
+        "--firewall", action="store_true", help="also run dnsguard with the firewall fed by DNS on"
+    )
     args = parser.parse_args()
     only = [server for server in args.only.split(",") if server]
-    if args.firewall and "dnsguard+fw" not in only:
-        only.insert(1, "dnsguard+fw")
-    if "dnsguard+fw" in only:
-        # Plain dnsguard beside it, in the same namespace: the same kernel path (conntrack, nftables).
-        ROLES["dnsguard"] = "server"
     unknown = sorted(set(only) - set(PORTS))
     if unknown or "dnsguard" not in only:
-        raise SystemExit(f"--only takes dnsguard and any of {', '.join(ANCHORS)} (and dnsguard+fw)")
-    missing = [
-        tool
-        for tool in ("dnsperf", *only[1:])
-        if not tool.startswith("dnsguard") and shutil.which(tool) is None
-    ]
+        raise SystemExit(f"--only takes dnsguard and any of {', '.join(ANCHORS)}")
+    missing = [tool for tool in ("dnsperf", *only[1:]) if tool != "dnsguard" and shutil.which(tool) is None]
     if missing:
         raise SystemExit(f"needs {', '.join(missing)}: bash deploy/install.sh --test")
     names = load_names(args.names)
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     with Lab() as lab:
         started = time.monotonic()
-        pids = start_servers(lab, names, only)
+        if args.querylog:
+            PORTS[LOGGED] = LOGGED_PORT
+        if args.firewall:
+            PORTS[FIREWALLED] = FIREWALLED_PORT
+        pids = start_servers(lab, names, only, args.querylog, args.firewall)
         print(
             f"{len(names)} blocked names loaded into {', '.join(pids)} in {time.monotonic() - started:.1f} s"
         )
         files = query_files(lab.log_dir, names)
         for server in pids:  # warm every cache with the cached mix
-            dnsperf(lab, PORTS[server], files["cached"], 3, role=ROLES.get(server, "client"))
+            dnsperf(lab, PORTS[server], files["cached"], 3)
         for round_number in range(args.repeat):
             for mix, path in files.items():
                 for server in pids:
-                    port, role = PORTS[server], ROLES.get(server, "client")
-                    result = dnsperf(lab, port, path, args.seconds, role=role)
-                    result["p99_ms"] = dnsperf(lab, port, path, 3, rate=args.latency_rate, role=role)[
-                        "p99_ms"
-                    ]
+                    port = PORTS[server]
+                    cpu_before = cpu_seconds(pids[server])
+                    result = dnsperf(lab, port, path, args.seconds)
+                    answered = result["qps"] * args.seconds
+                    cpu_after = cpu_seconds(pids[server])
+                    result["cpu_us"] = (cpu_after[0] - cpu_before[0]) / answered * 1e6
+                    result["writer_us"] = (cpu_after[1] - cpu_before[1]) / answered * 1e6
+                    result["p99_ms"] = dnsperf(lab, port, path, 3, rate=args.latency_rate)["p99_ms"]
                     results.setdefault(mix, {}).setdefault(server, []).append(result)
                     print(
                         f"round {round_number + 1} {mix:9s} {server:9s} {result['qps']:9.0f} qps  "
-                        f"p99 {result['p99_ms']:6.2f} ms  lost {result['lost']:.0f}",
+                        f"p99 {result['p99_ms']:6.2f} ms  lost {result['lost']:.0f}  "
+                        f"cpu {result['cpu_us']:5.1f} + {result['writer_us']:4.1f} us/query",
                         flush=True,
                     )
         rss = {server: rss_mb(pid) for server, pid in pids.items()}
@@ -302,29 +326,39 @@ def main() -> int:
     header = f"{'mix':10s}" + "".join(f"{server + ' qps':>14s}" for server in pids)
     header += "".join(f"{'x ' + server:>11s}" for server in anchors) + (f"{'x best':>8s}" if anchors else "")
     header += "".join(f"{'p99 ' + server[:6]:>13s}" for server in pids)
+    header += f"{'log/off':>9s}{'cpu us/q off':>14s}{'log':>6s}{'writer':>8s}" if LOGGED in pids else ""
     print(header)
     summary: dict[str, dict[str, object]] = {}
     for mix, by_server in results.items():
         median = {
-            server: {k: statistics.median(r[k] for r in runs) for k in ("qps", "p99_ms")}
+            server: {k: statistics.median(r[k] for r in runs) for k in MEASURES}
             for server, runs in by_server.items()
         }
         guard = median["dnsguard"]["qps"]
         ratios = {server: guard / median[server]["qps"] for server in anchors}
         best = max((median[server]["qps"] for server in anchors), default=0.0)
         summary[mix] = {**median, "ratios": ratios, "ratio_to_best": guard / best if best else None}
+        if LOGGED in median:
+            summary[mix]["log_to_off"] = median[LOGGED]["qps"] / guard
+        if FIREWALLED in median:
+            summary[mix]["firewall_to_off"] = median[FIREWALLED]["qps"] / guard
+            summary[mix]["firewall_cpu_to_off"] = median[FIREWALLED]["cpu_us"] / median["dnsguard"]["cpu_us"]
         line = f"{mix:10s}" + "".join(f"{median[server]['qps']:14.0f}" for server in pids)
         line += "".join(f"{ratios[server]:11.2f}" for server in anchors)
         line += f"{guard / best:8.2f}" if best else ""
         line += "".join(f"{median[server]['p99_ms']:13.2f}" for server in pids)
+        if LOGGED in median:
+            line += f"{median[LOGGED]['qps'] / guard:9.3f}"
+            line += f"{median['dnsguard']['cpu_us']:14.1f}{median[LOGGED]['cpu_us']:6.1f}"
+            line += f"{median[LOGGED]['writer_us']:8.1f}"
         print(line)
-    if "dnsguard+fw" in pids:
-        costs = {
-            mix: summary[mix]["dnsguard+fw"]["qps"] / summary[mix]["dnsguard"]["qps"]  # type: ignore[index]
-            for mix in summary
-        }
+    if FIREWALLED in pids:
         print(
-            "firewall fed by DNS, QPS with / without: " + ", ".join(f"{m} {r:.3f}" for m, r in costs.items())
+            "firewall fed by DNS, with / without: "
+            + ", ".join(
+                f"{mix} QPS {values['firewall_to_off']:.3f} CPU/query {values['firewall_cpu_to_off']:.3f}"
+                for mix, values in summary.items()
+            )
         )
     print(
         "RSS: " + ", ".join(f"{server} {mb:.0f} MB" for server, mb in rss.items()) + f" ({len(names)} names)"

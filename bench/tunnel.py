@@ -5,8 +5,14 @@
 
 Each contender gets a fresh lab (client and server namespaces joined through the 'internet'
 namespace). iperf3 runs inside the tunnel (client -> server tunnel address) for TCP upload and
-download; ping measures RTT. Results are medians of --repeat runs, and ratios to the anchors are
-printed, because absolute numbers on a shared machine say little.
+download; ping measures RTT at idle and during the upload (under load). Beside throughput, the CPU
+seconds the contender's daemons (client and server, from /proc/PID/stat) spent per GB carried: it is
+steadier than Mbit/s on a shared machine. Results are medians of --repeat runs, and ratios to the
+anchors are printed, because absolute numbers on a shared machine say little. An iperf3 run that
+fails is retried once, then reported as failed.
+
+`dnsguard-nooffload` is dnsguard with DNSGUARD_OFFLOADS=off in both daemons (no TUN offloads, no
+UDP GSO/GRO: one packet per TUN read and write, sendmmsg/recvmmsg on the UDP side).
 
 `dnsguard+dns` is the same dnsguard client with DNS filtering on (blocklists, an upstream, the
 resolver in the client process and the nftables DNS redirect), for the cost of filtering on the
@@ -24,12 +30,15 @@ runs just those two, interleaved, for the firewall's cost:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from dnsguard.lab import ADDRESSES, Lab
 from dnsguard.lab.peers import DnsguardDaemon, genkey, wait_ping
@@ -44,13 +53,17 @@ from dnsguard.lab.scenario import (
 SERVER_TUNNEL, CLIENT_TUNNEL = "100.64.0.1", "100.64.0.2"
 
 
-def setup_dnsguard(lab: Lab, filtering: dict[str, object] | None = None) -> None:
+def setup_dnsguard(
+    lab: Lab, filtering: dict[str, object] | None = None, env: dict[str, str] | None = None
+) -> None:
     (server_private, server_public), (client_private, client_public) = genkey(), genkey()
     peer = {"public-key": client_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"]}
-    DnsguardDaemon(lab, "server", "server", server_tunnel(server_private, [peer])).start()
+    DnsguardDaemon(
+        lab, "server", "server", server_tunnel(server_private, [peer]), env=dict(env or {})
+    ).start()
     config = client_tunnel(client_private, server_public, ["100.64.0.0/24"], **{"kill-switch": False})
     config.update(filtering or {})
-    DnsguardDaemon(lab, "client", "up", config).start()
+    DnsguardDaemon(lab, "client", "up", config, env=dict(env or {})).start()
     if filtering:
         # Filtering must really be on: a query to an address in the tunnel that nobody serves is
         # answered by the redirect.
@@ -78,6 +91,10 @@ def setup_dnsguard_dns(lab: Lab) -> None:
 
 def setup_dnsguard_firewall(lab: Lab) -> None:
     setup_dnsguard(lab, {**DNS_FILTERING, "firewall": {"enabled": True, "allow": [f"{SERVER_TUNNEL}/32"]}})
+
+
+def setup_dnsguard_nooffload(lab: Lab) -> None:
+    setup_dnsguard(lab, env={"DNSGUARD_OFFLOADS": "off"})
 
 
 def setup_wireguard_go(lab: Lab) -> None:
@@ -169,6 +186,7 @@ def setup_openvpn(lab: Lab) -> None:
 
 CONTENDERS: dict[str, Callable[[Lab], None]] = {
     "dnsguard": setup_dnsguard,
+    "dnsguard-nooffload": setup_dnsguard_nooffload,
     "dnsguard+dns": setup_dnsguard_dns,
     "dnsguard+fw": setup_dnsguard_firewall,
     "wireguard-go": setup_wireguard_go,
@@ -176,6 +194,7 @@ CONTENDERS: dict[str, Callable[[Lab], None]] = {
 }
 
 RATIOS = [
+    ("dnsguard", "dnsguard-nooffload"),
     ("dnsguard", "wireguard-go"),
     ("dnsguard", "openvpn"),
     ("dnsguard+dns", "dnsguard"),
@@ -184,30 +203,108 @@ RATIOS = [
 ]
 
 
-def iperf(lab: Lab, seconds: int, reverse: bool) -> float:
+FIGURES = ("upload_mbps", "download_mbps", "cpu_s_per_gb", "rtt_idle_ms", "rtt_loaded_ms")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds of the processes, from /proc/PID/stat (gone ones count 0)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
+
+
+def iperf_once(lab: Lab, seconds: int, reverse: bool) -> tuple[float, int] | str:
+    """(Mbit/s, bytes received) of one iperf3 run, or why it failed."""
     argv = ["iperf3", "-c", SERVER_TUNNEL, "-t", str(seconds), "-J", "-O", "1"] + (["-R"] if reverse else [])
-    result = lab.run("client", argv, timeout=seconds + 30)
-    report = json.loads(result.stdout)
-    return float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
+    try:
+        result = lab.run("client", argv, timeout=seconds + 30, check=False)
+    except subprocess.TimeoutExpired:
+        return "iperf3 timed out"
+    try:
+        report = json.loads(result.stdout)
+        received = report["end"]["sum_received"]
+        return float(received["bits_per_second"]) / 1e6, int(received["bytes"])
+    except (ValueError, KeyError, TypeError):
+        error = ""
+        if result.stdout.lstrip().startswith("{"):
+            with contextlib.suppress(ValueError):
+                error = str(json.loads(result.stdout).get("error", ""))
+        return f"iperf3 exited {result.returncode}: {error or result.stderr.strip() or 'no report'}"
 
 
-def rtt(lab: Lab, count: int = 50) -> float:
-    out = lab.run("client", ["ping", "-c", str(count), "-i", "0.02", "-q", SERVER_TUNNEL], timeout=60).stdout
+def iperf(lab: Lab, seconds: int, reverse: bool, pids: list[int]) -> tuple[float, int, float] | None:
+    """(Mbit/s, bytes, daemons' CPU seconds) of a run, retried once; None (reported) if both fail."""
+    for attempt in (1, 2):
+        before = cpu_seconds(pids)
+        outcome = iperf_once(lab, seconds, reverse)
+        if not isinstance(outcome, str):
+            return outcome[0], outcome[1], cpu_seconds(pids) - before
+        print(f"  {'download' if reverse else 'upload'} attempt {attempt} failed: {outcome}", flush=True)
+        time.sleep(1)
+    return None
+
+
+def parse_ping(out: str) -> float | None:
     # rtt min/avg/max/mdev = a/b/c/d ms
-    return float(out.strip().splitlines()[-1].split("=")[1].split("/")[1])
+    for line in reversed(out.strip().splitlines()):
+        if "min/avg/max" in line:
+            return float(line.split("=")[1].split("/")[1])
+    return None
 
 
-def measure(name: str, seconds: int) -> dict[str, float]:
+def rtt(lab: Lab, count: int = 50) -> float | None:
+    ping = ["ping", "-c", str(count), "-i", "0.02", "-q", SERVER_TUNNEL]
+    return parse_ping(lab.run("client", ping, timeout=60, check=False).stdout)
+
+
+def measure(name: str, seconds: int) -> dict[str, float | None]:
     with Lab(services=False) as lab:
         CONTENDERS[name](lab)
         wait_ping(lab, "client", SERVER_TUNNEL, timeout=30)
+        daemons = [process.pid for process in lab._processes]
         lab.popen("server", ["iperf3", "-s", "-B", SERVER_TUNNEL], log_name="iperf3")
         time.sleep(0.5)
+        idle = rtt(lab)
+        pinger = lab.popen(
+            "client",
+            ["ping", "-c", str(seconds * 5), "-i", "0.2", "-q", SERVER_TUNNEL],
+            log_name="ping-loaded",
+        )
+        upload = iperf(lab, seconds, False, daemons)
+        try:
+            pinger.wait(timeout=seconds + 5)
+        except subprocess.TimeoutExpired:
+            pinger.kill()
+        loaded = parse_ping(Path(pinger.log_path).read_text())  # type: ignore[attr-defined]
+        download = iperf(lab, seconds, True, daemons)
+        done = [run for run in (upload, download) if run is not None]
+        carried = sum(run[1] for run in done)
         return {
-            "upload_mbps": iperf(lab, seconds, False),
-            "download_mbps": iperf(lab, seconds, True),
-            "rtt_ms": rtt(lab),
+            "upload_mbps": upload[0] if upload else None,
+            "download_mbps": download[0] if download else None,
+            "cpu_s_per_gb": sum(run[2] for run in done) / (carried / 1e9) if carried else None,
+            "rtt_idle_ms": idle,
+            "rtt_loaded_ms": loaded,
         }
+
+
+def median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def ratio_of(subject: float | None, anchor: float | None) -> float | None:
+    return subject / anchor if subject is not None and anchor else None
+
+
+def show(value: float | None, width: int, digits: int = 1) -> str:
+    return f"{value:{width}.{digits}f}" if value is not None else f"{'failed':>{width}s}"
 
 
 def main() -> int:
@@ -221,32 +318,44 @@ def main() -> int:
     parser.add_argument("--firewall", action="store_true", help="only dnsguard+dns and dnsguard+fw")
     args = parser.parse_args()
     names = ["dnsguard+dns", "dnsguard+fw"] if args.firewall else [n for n in args.only.split(",") if n]
-    runs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    runs: dict[str, list[dict[str, float | None]]] = {n: [] for n in names}
     # Interleave contenders so that a noisy moment on the machine hits all of them alike.
     for round_number in range(args.repeat):
         for name in names:
             result = measure(name, args.seconds)
             runs[name].append(result)
             print(
-                f"round {round_number + 1} {name:13s} up {result['upload_mbps']:8.1f} Mbit/s  "
-                f"down {result['download_mbps']:8.1f} Mbit/s  rtt {result['rtt_ms']:.3f} ms",
+                f"round {round_number + 1} {name:18s} up {show(result['upload_mbps'], 8)} Mbit/s  "
+                f"down {show(result['download_mbps'], 8)} Mbit/s  "
+                f"cpu {show(result['cpu_s_per_gb'], 6, 2)} s/GB  "
+                f"rtt idle {show(result['rtt_idle_ms'], 6, 3)} ms  "
+                f"loaded {show(result['rtt_loaded_ms'], 6, 3)} ms",
                 flush=True,
             )
-    medians = {n: {k: statistics.median(r[k] for r in runs[n]) for k in runs[n][0]} for n in names}
+    medians = {n: {key: median([r[key] for r in runs[n]]) for key in FIGURES} for n in names}
     print(f"\nmedian of {args.repeat} runs, {args.seconds} s each (iperf3 TCP inside the tunnel)")
-    print(f"{'':14s}{'upload Mbit/s':>15s}{'download Mbit/s':>17s}{'RTT ms':>9s}")
+    print(
+        f"{'':19s}{'up Mbit/s':>10s}{'down Mbit/s':>12s}{'CPU s/GB':>10s}"
+        f"{'RTT idle ms':>12s}{'RTT load ms':>12s}"
+    )
     for name in names:
         m = medians[name]
-        print(f"{name:14s}{m['upload_mbps']:15.1f}{m['download_mbps']:17.1f}{m['rtt_ms']:9.3f}")
-    ratios = {}
+        print(
+            f"{name:19s}{show(m['upload_mbps'], 10)}{show(m['download_mbps'], 12)}"
+            f"{show(m['cpu_s_per_gb'], 10, 2)}"
+            f"{show(m['rtt_idle_ms'], 12, 3)}{show(m['rtt_loaded_ms'], 12, 3)}"
+        )
+    ratios: dict[str, dict[str, Any]] = {}
     for subject, anchor in RATIOS:
         if subject in medians and anchor in medians:
             d, a = medians[subject], medians[anchor]
-            ratios[f"{subject} / {anchor}"] = {key: d[key] / a[key] for key in d}
+            ratio = {key: ratio_of(d[key], a[key]) for key in FIGURES}
+            ratios[f"{subject} / {anchor}"] = ratio
             print(
-                f"{subject} / {anchor}: upload {d['upload_mbps'] / a['upload_mbps']:.2f}x, "
-                f"download {d['download_mbps'] / a['download_mbps']:.2f}x, "
-                f"RTT {d['rtt_ms'] / a['rtt_ms']:.2f}x"
+                f"{subject} / {anchor}: upload {show(ratio['upload_mbps'], 0, 2)}x, "
+                f"download {show(ratio['download_mbps'], 0, 2)}x, "
+                f"CPU/GB {show(ratio['cpu_s_per_gb'], 0, 2)}x, "
+                f"RTT idle {show(ratio['rtt_idle_ms'], 0, 2)}x, loaded {show(ratio['rtt_loaded_ms'], 0, 2)}x"
             )
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": runs, "medians": medians, "ratios": ratios}, indent=2))

@@ -224,7 +224,7 @@ def _check(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from dnsguard.app.tools import run_explain
 
-    return run_explain(args.config, args.name, args.client)
+    return run_explain(args.config, args.name, args.client, args.type)
 
 
 def _lists(args: argparse.Namespace) -> int:
@@ -281,21 +281,17 @@ def _reload(args: argparse.Namespace) -> int:
 
 
 def _queries(args: argparse.Namespace) -> int:
-    import urllib.parse
+    from dnsguard.app.querylog_tools import run_queries
 
-    from dnsguard.app.remote import api_request
+    filters = {key: getattr(args, key) for key in ("limit", "client", "result", "name", "qtype", "before")}
+    filters["list"] = args.list_name
+    return run_queries(args.config, filters, args.since)
 
-    filters = {"limit": str(args.limit)}
-    for key in ("client", "result", "name"):
-        if getattr(args, key):
-            filters[key] = getattr(args, key)
-    log = api_request(args.config, "GET", "/api/queries?" + urllib.parse.urlencode(filters))
-    for entry in reversed(log["queries"]):
-        print(
-            f"{_local_time(entry['time'])}  {entry['client']:<39} {entry['result']:<9} "
-            f"{entry['name']} ({entry['group']}: {entry['reason'] or '-'}, {entry['elapsed_ms']:.1f} ms)"
-        )
-    return EXIT_OK
+
+def _top(args: argparse.Namespace) -> int:
+    from dnsguard.app.querylog_tools import run_top
+
+    return run_top(args.config, args.window)
 
 
 def _dhcp_config(args: argparse.Namespace) -> int:
@@ -399,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--client", metavar="IP|MAC", help="evaluate the policy of this client address or MAC address"
     )
+    explain.add_argument(
+        "--type", default="A", metavar="TYPE", help="the query type asked (A, AAAA, HTTPS, TXT...; default A)"
+    )
     _add_config(explain)
     keygen = add("keygen", "print a new private key (same format as 'wg genkey')", _keygen)
     keygen.add_argument("--preshared", action="store_true", help="a preshared key instead ('wg genpsk')")
@@ -421,12 +420,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_daemon_config(reload)
     queries = add("queries", "print a running daemon's recent queries, oldest first", _queries)
     queries.add_argument("--limit", type=int, default=50)
-    queries.add_argument("--client", metavar="IP")
+    queries.add_argument("--client", metavar="IP|NAME")
     queries.add_argument(
-        "--result", choices=["blocked", "allowed", "cached", "rewritten", "refused", "failed"]
+        "--result", choices=["blocked", "allowed", "cached", "rewritten", "refused", "failed", "stale"]
     )
     queries.add_argument("--name", help="only names containing this text")
+    queries.add_argument(
+        "--qtype", metavar="TYPE", help="only this query type (A, AAAA, HTTPS... or a number)"
+    )
+    queries.add_argument("--list", dest="list_name", metavar="LIST", help="only queries this list blocked")
+    queries.add_argument("--since", metavar="DURATION", help="only the last DURATION (e.g. 15m, 2h, 1d)")
+    queries.add_argument("--before", type=int, metavar="ID", help="the next older page (printed at the end)")
     _add_daemon_config(queries)
+    top = add(
+        "top", "print a running daemon's top names, blocked names and clients (lasting query log)", _top
+    )
+    top.add_argument("--window", choices=["1h", "24h", "7d"], default="24h")
+    _add_daemon_config(top)
     status = add(
         "status", "show the live state of a running daemon (up, server or resolve) through its API", _status
     )

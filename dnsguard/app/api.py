@@ -1,4 +1,6 @@
-"""The HTTP API (status, query log, explain, pause, reload, lists) and /metrics, on aiohttp.
+"""The HTTP API (status, explain, pause, reload, lists) and /metrics, on aiohttp.
+
+The query log and its statistics (/api/queries, /api/stats) are in dnsguard/app/querylog_api.py.
 
 Every /api/ route answers JSON. `/healthz` (on the API and the metrics address) needs no token and tells
 nothing but that the event loop runs. When `api.token` is set, every /api/ request must carry
@@ -24,10 +26,12 @@ from dnsguard import __version__
 from dnsguard.app.client_names import clients_route
 from dnsguard.app.dashboard import Dashboard, blocking_state
 from dnsguard.app.metrics import peer_names, registry_for, render
+from dnsguard.app.querylog_api import QueryLogApi
 from dnsguard.app.services import ServicesApi
 from dnsguard.app.watch import FileWatcher, watched_files
 from dnsguard.config.addresses import parse_hostport
 from dnsguard.errors import DnsguardError
+from dnsguard.filter.modifiers import TYPE_NUMBERS
 from dnsguard.filter.rules import folded_name
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.bind import listening_socket
@@ -80,7 +84,7 @@ class Api:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/api/status", self.status),
-            web.get("/api/queries", self.queries),
+            *QueryLogApi(self.daemon).routes(),
             web.get("/api/explain", self.explain),
             web.get("/api/firewall", self.firewall),
             web.get("/api/firewall/explain", self.firewall_explain),
@@ -197,43 +201,9 @@ class Api:
             }
         if service is not None and service.client_names is not None:
             body["clients"] = service.client_names.summary()
+        if service is not None and service.querylog is not None:
+            body["querylog"] = service.querylog.status()
         return _json(body)
-
-    async def queries(self, request: web.Request) -> web.Response:
-        """The newest queries first; filters: client, result, name (substring), limit (default 100)."""
-        service = self._service()
-        assert service.resolver is not None
-        query = request.query
-        try:
-            limit = int(query.get("limit", "100"))
-        except ValueError:
-            raise ApiError(400, "limit must be a number") from None
-        if limit < 1:
-            raise ApiError(400, "limit must be at least 1")
-        client, result, name = query.get("client"), query.get("result"), query.get("name")
-        entries = []
-        for entry in reversed(service.resolver.recent_queries()):
-            if client and entry.client != client:
-                continue
-            if result and entry.result != result:
-                continue
-            if name and name.lower() not in entry.name:
-                continue
-            entries.append(
-                {
-                    "time": entry.time,
-                    "client": entry.client,
-                    "name": entry.name,
-                    "qtype": entry.qtype,
-                    "result": entry.result,
-                    "group": entry.group,
-                    "reason": entry.reason,
-                    "elapsed_ms": round(entry.elapsed_ms, 3),
-                }
-            )
-            if len(entries) >= limit:
-                break
-        return _json({"queries": entries, "capacity": service.resolver.query_log.maxlen})
 
     async def explain(self, request: web.Request) -> web.Response:
         service = self._service()
@@ -245,8 +215,11 @@ class Api:
         if name is None:
             raise ApiError(400, f"{text.strip()!r} is not a valid domain name")
         client = request.query.get("client", "")
+        qtype = TYPE_NUMBERS.get(request.query.get("type", "A").upper())
+        if qtype is None:
+            raise ApiError(400, "unknown ?type= (A, AAAA, HTTPS, TXT, MX...)")
         policy = service.resolver.policy
-        decision = policy.decide(name, client, time.time())
+        decision = policy.decide(name, client, time.time(), qtype)
         return _json(
             {
                 "name": name,
@@ -257,7 +230,7 @@ class Api:
                 "group": decision.group,
                 "decision": decision.kind.name.lower(),
                 "reason": decision.reason,
-                "explanation": policy.explain(name, client, time.time()),
+                "explanation": policy.explain(name, client, time.time(), qtype),
             }
         )
 

@@ -57,8 +57,9 @@ from dnsguard.net.files import atomic_write
 
 log = logging.getLogger("dnsguard.lists")
 
-FORMAT: Final = 2
-"""Bumped whenever what a compiled file holds changes; part of every name and key."""
+FORMAT: Final = 3
+"""Bumped whenever what a compiled file holds changes; part of every name and key (3: side rules,
+rules with DNS modifiers and hosts lines with addresses, are stored)."""
 GARBAGE_FRACTION: Final = 0.5
 """A copy whose rule lines are more than this fraction malformed or skipped is rejected as garbage."""
 RATIO_FLOOR: Final = 1000
@@ -313,7 +314,7 @@ def _digest(data: bytes) -> str:
 def _verdict_on(parsed: ParsedSource, previous_rules: int, min_ratio: float) -> str | None:
     """Why a freshly parsed copy must not replace the last good one; None when it may."""
     report = parsed.report
-    rules = report.rules + report.regex_rules
+    rules = report.rules + report.regex_rules + report.counts.get("side", 0)
     if rules == 0:
         return "no rules (empty list)" if previous_rules else None
     counts = report.counts
@@ -331,7 +332,7 @@ def _verdict_on(parsed: ParsedSource, previous_rules: int, min_ratio: float) -> 
 def _summary(parsed: ParsedSource) -> dict[str, Any]:
     report = parsed.report
     return {
-        "rules": parsed.rule_count + report.regex_rules,
+        "rules": parsed.rule_count + report.regex_rules + len(parsed.side_rules),
         "malformed": report.issue_count,
         "examples": [str(issue) for issue in report.issues[:5]],
     }

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from dnsguard import __version__
 from dnsguard.app.observe import DurationHistogram
+from dnsguard.app.querylog import answers_by_family
 from dnsguard.app.services import fold_services
 from dnsguard.dns.admission import REFUSAL_REASONS
 from dnsguard.dns.resolver import RESULTS as RESOLVER_RESULTS
@@ -26,6 +27,7 @@ from dnsguard.lifecycle import Cause, State
 
 if TYPE_CHECKING:
     from dnsguard.app.operated import Operated
+    from dnsguard.app.querylog import QueryLog
     from dnsguard.app.resolve import ResolverService
     from dnsguard.app.tunnel import TunnelShell
     from dnsguard.config import Config
@@ -49,6 +51,27 @@ def peer_names(config: Config) -> dict[str, str]:
     if config.tunnel is None:
         return {}
     return {peer.public_key: peer.name for peer in config.tunnel.peers if peer.name}
+
+
+def _querylog(querylog: QueryLog) -> Iterator[Metric]:
+    """Answers by query type and response code family, and what the lasting query log wrote and lost."""
+    answers = CounterMetricFamily(
+        "dnsguard_dns_answers",
+        "Answered queries by query type and response code (uncommon ones as other), counted every 0.5 s;"
+        " those lost at a full queue are in dnsguard_querylog_dropped.",
+        labels=["qtype", "rcode"],
+    )
+    for (qtype, rcode), count in sorted(answers_by_family(querylog.counters).items()):
+        answers.add_metric([qtype, rcode], count)
+    yield answers
+    written = CounterMetricFamily("dnsguard_querylog_written", "Queries written to the lasting query log.")
+    written.add_metric([], querylog.counters.written)
+    yield written
+    dropped = CounterMetricFamily(
+        "dnsguard_querylog_dropped", "Queries the lasting query log lost (queue full, database failing)."
+    )
+    dropped.add_metric([], querylog.counters.dropped)
+    yield dropped
 
 
 def _histogram(name: str, documentation: str, label: str, histograms: dict[str, DurationHistogram]) -> Metric:
@@ -161,6 +184,8 @@ class DaemonCollector(Collector):
         yield from self._dns_protection(resolver, service.listeners)
         firewall = service.firewall
         yield from self._firewall(firewall.snapshot() if firewall is not None else {})
+        if service.querylog is not None:
+            yield from _querylog(service.querylog)
 
         cache = resolver.cache
         entries = GaugeMetricFamily("dnsguard_dns_cache_entries", "Answers in the cache now.")
@@ -290,6 +315,7 @@ class DaemonCollector(Collector):
                 dropped.add_metric([reason], count)
         dropped.add_metric(["tun_queue_full"], shell.tun.queue_full)
         dropped.add_metric(["tun_write_error"], shell.tun.write_errors)
+        dropped.add_metric(["tun_malformed"], getattr(shell.tun, "malformed", 0))
         yield dropped
         handshakes = CounterMetricFamily(
             "dnsguard_tunnel_handshakes", "Handshakes by result.", labels=["result"]

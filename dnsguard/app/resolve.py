@@ -9,9 +9,9 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dnsguard.app.api import Operations
 from dnsguard.app.client_names import ClientDirectory, needs_neighbours
@@ -25,6 +25,7 @@ from dnsguard.app.common import (
 )
 from dnsguard.app.dns_firewall import FirewallService
 from dnsguard.app.observe import DnsObserver, ReloadCounter, TunnelObserver
+from dnsguard.app.querylog import QueryLog
 from dnsguard.config import Config, load_config
 from dnsguard.dns.admission import ClientAdmission
 from dnsguard.dns.cache import AnswerCache
@@ -262,6 +263,8 @@ class ResolverService:
     client_names: ClientDirectory | None = None
     firewall: FirewallService | None = None
     """The firewall fed by this resolver's answers, when `firewall.enabled` (see app/dns_firewall.py)."""
+    querylog: QueryLog | None = None
+    """The lasting query log (its hand-off runs even when it writes nothing: it counts the answers)."""
 
     def __post_init__(self) -> None:
         self._closing: set[asyncio.Task[None]] = set()
@@ -281,6 +284,8 @@ class ResolverService:
             self.config, self.built, self.socket_setup, self.observer, self._mac_lookup(self.config)
         )
         self.forwarder = make_forwarder(self.config, self.resolver, self.socket_setup, self.observer)
+        self.querylog = QueryLog(self.resolver, self.config)
+        self.querylog.start()
         settle_heap()
         if listen:
             self.listeners = DnsListeners(
@@ -424,6 +429,8 @@ class ResolverService:
                     self.observer.know_upstreams([u.name for u in group.upstreams])
         if state.replaces_upstreams and self.client_names is not None:
             self.client_names.reconfigure(new, self._mac_lookup(new))
+        if state.replaces_upstreams and self.querylog is not None:
+            self._background(self.querylog.reconfigure(new))
         if new.resolver.listen != self.config.resolver.listen:
             log.warning("resolver.listen changed: takes effect after a restart")
         self.config = new
@@ -435,9 +442,12 @@ class ResolverService:
             for group in old_groups:
                 if group is not None:
                     # Closed in the background: queries in flight on the old group finish on it.
-                    task = asyncio.get_running_loop().create_task(group.close())
-                    self._closing.add(task)
-                    task.add_done_callback(self._closed)
+                    self._background(group.close())
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._closing.add(task)
+        task.add_done_callback(self._closed)
 
     def _closed(self, task: asyncio.Task[None]) -> None:
         self._closing.discard(task)
@@ -521,6 +531,8 @@ class ResolverService:
             await self._neighbour_monitor.stop()
         if self.listeners is not None:
             await self.listeners.close()
+        if self.querylog is not None:
+            await self.querylog.close()
         if self.forwarder is not None:
             await self.forwarder.close()
         for task in list(self._closing):

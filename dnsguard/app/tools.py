@@ -8,11 +8,17 @@ import time
 from dnsguard.app.lists import build_sync, cached_downloads, fetcher_for, urls_of
 from dnsguard.config import load_config
 from dnsguard.config.addresses import is_ip
+from dnsguard.filter.modifiers import TYPE_NUMBERS
 from dnsguard.filter.rules import folded_name
 from dnsguard.policy.engine import Policy
 
 
-def run_explain(config_path: str, name: str, client: str | None) -> int:
+def run_explain(config_path: str, name: str, client: str | None, qtype: str = "A") -> int:
+    try:
+        type_number = TYPE_NUMBERS.get(qtype.upper()) or int(qtype.upper().removeprefix("TYPE"))
+    except ValueError:
+        print(f"unknown query type {qtype!r} (A, AAAA, HTTPS, TXT, MX... or TYPE<number>)")
+        return 2
     config = load_config(config_path)
     if is_ip(name):
         from dnsguard.app.dns_firewall import explain_in_kernel
@@ -29,7 +35,7 @@ def run_explain(config_path: str, name: str, client: str | None) -> int:
         named = offline_name(config, client)
         if named.name:
             print(f"client {client} is {named.name} (from {named.source})")
-    print(policy.explain(canonical, client or "", time.time()))
+    print(policy.explain(canonical, client or "", time.time(), type_number))
     return 0
 
 

@@ -113,17 +113,7 @@ class TunnelShell:
         self.flush()
 
     def _udp_readable(self, sock: DatagramSocket) -> None:
-        batch = []
-        recvfrom = sock.recvfrom
-        for _ in range(BATCH):
-            try:
-                data, address = recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                # ICMP errors surface here (e.g. port unreachable from a restarting server).
-                continue
-            batch.append((data, (address[0], address[1])))
+        batch = sock.receive(BATCH)
         if not batch:
             return
         now = self.clock()
@@ -136,9 +126,8 @@ class TunnelShell:
         received_before = self._received_total() if on_batch is not None else 0
         packets = self.device.receive_datagrams(batch, now)
         self.stats.rx_bytes += sum(len(d) for d, _ in batch)
-        write = self.tun.write
-        for packet in packets:
-            write(packet)
+        if packets:
+            self.tun.write_batch(packets)
         self.stats.rx_packets += len(packets)
         if on_batch is not None:
             on_batch(self._received_total() != received_before or bool(packets), now)
@@ -159,13 +148,11 @@ class TunnelShell:
 
     def flush(self) -> None:
         """Send what the device produced, deliver its events, and re-arm the timer."""
-        sendto = self.udp.sendto
-        stats = self.stats
-        for data, address in self.device.datagrams_to_send():
-            if sendto(data, address):
-                stats.tx_bytes += len(data)
-            else:
-                stats.send_failures += 1
+        datagrams = self.device.datagrams_to_send()
+        if datagrams:
+            sent, failed = self.udp.send_batch(datagrams)
+            self.stats.tx_bytes += sent
+            self.stats.send_failures += failed
         if self.on_event is not None:
             while (event := self.device.next_event()) is not None:
                 self.on_event(event)

@@ -744,6 +744,42 @@ class ManagedListsConfig:
             raise ConfigError("give a directory, or null to turn managed lists off", key="directory")
 
 
+QueryLogPrivacy = Literal["full", "names-only", "anonymised", "off"]
+
+
+@dataclass
+class QueryLogRetention:
+    """How much of the lasting query log is kept: the oldest queries go first when any limit is passed."""
+
+    max_age: Annotated[Duration, Range(3600, 366 * DAY, "seconds; 1h..366d")] = Duration(7 * DAY)
+    max_rows: Annotated[int, Range(1000, 1_000_000_000, "rows: a query, or one repeated within a second")] = (
+        5_000_000
+    )
+    max_size: Annotated[ByteSize, Range(1024**2, 1024**4, "bytes of the database file; 1M..1T")] = ByteSize(
+        1024**3
+    )
+
+
+@dataclass
+class QueryLogConfig:
+    """The lasting query log: every answered query in an SQLite database (dnsguard/app/querylog.py)."""
+
+    enabled: bool = False
+    """Off by default: a daemon writes nothing to disk until its configuration says where."""
+    path: str = "/var/lib/dnsguard/querylog.sqlite"
+    """The database file (relative: to the config file); its directory must exist."""
+    privacy: QueryLogPrivacy = "full"
+    """full; names-only (no client address); anonymised (IPv4 /24, IPv6 /48); off (nothing written)."""
+    retention: QueryLogRetention = field(default_factory=QueryLogRetention)
+    queue: Annotated[int, Range(1000, 1_000_000, "queries waiting for the writer; more are dropped")] = (
+        100_000
+    )
+
+    def validate(self) -> None:
+        if not self.path.strip():
+            raise ConfigError("give the database file", key="path")
+
+
 @dataclass
 class Config:
     """A whole dnsguard configuration file."""
@@ -771,6 +807,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     managed_lists: ManagedListsConfig = field(default_factory=ManagedListsConfig)
     """The lists that `dnsguard allow` / `block` and the dashboard write (see dnsguard/config/managed.py)."""
+    querylog: QueryLogConfig = field(default_factory=QueryLogConfig)
     base_dir: str = field(default=".", init=False)
     """Directory of the file the configuration came from; relative list paths start there."""
     warnings: list[ConfigWarning] = field(default_factory=list, init=False)

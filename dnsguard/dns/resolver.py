@@ -97,6 +97,12 @@ class LogEntry:
     group: str
     reason: str
     elapsed_ms: float
+    rcode: int = 0
+
+
+LogRecord = tuple[float, str, str, int, str, str, str, float, int]
+"""(time, client, name, qtype, result, group, reason, elapsed_ms, rcode): one answered query as the
+resolver records it, a plain tuple because it is made for every query."""
 
 
 @dataclass
@@ -157,9 +163,13 @@ class Resolver:
         self._outage_logged_at = float("-inf")
         self._outage_failures = 0
         self.stats = ResolverStats()
-        self.query_log: deque[tuple[float, str, str, int, str, str, str, float]] = deque(
-            maxlen=query_log_size
-        )
+        self.query_log: deque[LogRecord] = deque(maxlen=query_log_size)
+        self.log_sink: list[LogRecord] | None = None
+        """Records waiting for the lasting query log (dnsguard/app/querylog.py takes them in batches);
+        None: no lasting log. Holds at most log_sink_max; a record beyond that is counted in
+        log_sink_dropped instead."""
+        self.log_sink_max = 0
+        self.log_sink_dropped = 0
         self.on_query: QueryHook | None = None
         self._ede: dict[str, bytes] = {}
         self.on_prefetch: Callable[[], None] | None = None
@@ -222,7 +232,7 @@ class Resolver:
                         reason,
                     ) = plan
                     if kind == _PLAN_REPLY:
-                        reply: bytes | None = data[:2] + reply_tail
+                        reply = data[:2] + reply_tail
                         if blocked_list is not None:
                             by_list = self.stats.blocked_by_list
                             by_list[blocked_list] = by_list.get(blocked_list, 0) + 1
@@ -230,9 +240,10 @@ class Resolver:
                         cache = self.cache
                         if cache is None or query is None:
                             return self._answer_parsed(data, client, tcp)
-                        reply = cache.get(query, self.clock(), data)
-                        if reply is None:
+                        cached = cache.get(query, self.clock(), data)
+                        if cached is None:
                             return self._answer_parsed(data, client, tcp)
+                        reply = cached
                         if len(reply) > _MIN_UDP_LIMIT and not tcp and len(reply) > self._udp_limit(query):
                             reply = data[:2] + wire.truncated(query)[2:]
                         if cache.prefetch_queue and self.prefetch:
@@ -241,7 +252,14 @@ class Resolver:
                         return self._answer_parsed(data, client, tcp)
                     queries = self.stats.queries
                     queries[count_key] = queries.get(count_key, 0) + 1
-                    self.query_log.append((now, client, qname, qtype, result, group, reason, 0.0))
+                    record = (now, client, qname, qtype, result, group, reason, 0.0, reply[3] & 15)
+                    self.query_log.append(record)
+                    sink = self.log_sink
+                    if sink is not None:
+                        if len(sink) < self.log_sink_max:
+                            sink.append(record)
+                        else:
+                            self.log_sink_dropped += 1
                     hook = self.on_query
                     if hook is not None:
                         hook(result, group, 0.0)
@@ -263,18 +281,21 @@ class Resolver:
         policy = self._policy
         group = policy.group_for(client)
         now = self.wall_clock()
-        decision = policy.decide_for_group(query.qname, group, now, query.qtype)
+        decision = policy.decide_for_group(query.qname, group, now, query.qtype, client)
         kind = decision.kind
         # A decision that depends on the time (schedules, a pause) is not remembered, nor one for an
-        # unusual message (those skip the cache too).
-        remember = plain and not group.windows and not policy.paused(group.name, now)
+        # unusual message (those skip the cache too), nor one that depends on the client (the plans
+        # are shared by the group).
+        remember = (
+            plain and not group.windows and not policy.paused(group.name, now) and not decision.per_client
+        )
         plans = self._plans_for(client, group.name) if remember else None
         if kind is Kind.FORWARD and query.qtype == wire.QTYPE_ANY:
             # RFC 8482: a small synthesized answer instead of every record the name has.
             any_reply = wire.answer_any(query)
             if plans is not None:
                 self._remember(plans, data, _PLAN_REPLY, any_reply[2:], query, "rewritten", decision, None)
-            self._record(query, client, "rewritten", decision, now=now)
+            self._record(query, client, "rewritten", decision, any_reply, now=now)
             return any_reply
         if kind is Kind.FORWARD:
             if plans is not None:
@@ -285,7 +306,7 @@ class Resolver:
                 if reply is not None:
                     if not tcp and len(reply) > self._udp_limit(query):
                         reply = wire.truncated(query)
-                    self._record(query, client, "cached", decision, now=now)
+                    self._record(query, client, "cached", decision, reply, now=now)
                     if cache.prefetch_queue and self.prefetch:
                         self._prefetch_due()
                     return reply
@@ -295,9 +316,15 @@ class Resolver:
             blocked_list = decision.reason
             result = "blocked"
             reply = self._block_reply(query, decision)
+        elif kind is Kind.REWRITE and decision.records is not None:
+            result = "rewritten"
+            reply = wire.answer_records(query, decision.records, decision.ttl)
         elif kind is Kind.REWRITE and not decision.target:
             result = "rewritten"
             reply = wire.answer_addresses(query, wire.pack_addresses(decision.addresses), decision.ttl)
+        elif kind is Kind.RCODE:
+            result = "rewritten"
+            reply = wire.refused(query) if decision.rcode == wire.RCODE_REFUSED else wire.servfail(query)
         elif kind is Kind.NXDOMAIN:
             # The built-in rules (DoH canary, private relay) count under their own name, as lists do.
             blocked_list = decision.reason
@@ -312,7 +339,7 @@ class Resolver:
             return self._forward_plan(query, client, tcp, plain, decision)
         if plans is not None:
             self._remember(plans, data, _PLAN_REPLY, reply[2:], query, result, decision, blocked_list)
-        self._record(query, client, result, decision, now=now)
+        self._record(query, client, result, decision, reply, now=now)
         return reply
 
     def _plans_for(self, client: str, group: str) -> dict[bytes, _Plan]:
@@ -399,7 +426,7 @@ class Resolver:
             answer, result, decision = self._upstream_answer(plan, reply, failure)
         if not plan.tcp and len(answer) > self._udp_limit(query):
             answer = wire.truncated(query)
-        self._record(query, plan.client, result, decision, plan.started)
+        self._record(query, plan.client, result, decision, answer, plan.started)
         return answer
 
     def no_upstream(self, plan: Forward) -> bytes | None:
@@ -409,15 +436,17 @@ class Resolver:
             return None
         if plan.decision.target:
             return self.complete(plan, None)
-        self._record(plan.query, plan.client, "refused", plan.decision, plan.started)
-        return wire.refused(plan.query)
+        refused = wire.refused(plan.query)
+        self._record(plan.query, plan.client, "refused", plan.decision, refused, plan.started)
+        return refused
 
     def upstream_refused_query(self, plan: Forward) -> bytes | None:
         """The answer when the upstream side refused the query as malformed: FORMERR."""
         if plan.refresh:
             return None
-        self._record(plan.query, plan.client, "failed", plan.decision, plan.started)
-        return wire.formerr(plan.query.data)
+        formerr = wire.formerr(plan.query.data)
+        self._record(plan.query, plan.client, "failed", plan.decision, formerr, plan.started)
+        return formerr
 
     def _udp_limit(self, query: Query) -> int:
         limit = query.udp_limit
@@ -454,7 +483,7 @@ class Resolver:
             group = policy.group_for(plan.client)
             now = self.wall_clock()
             for target in meta.targets:
-                target_decision = policy.decide_for_group(target, group, now)
+                target_decision = policy.decide_for_group(target, group, now, query.qtype, plan.client)
                 if target_decision.kind is Kind.BLOCK:
                     self.stats.cname_blocked += 1
                     return self._block_reply(query, target_decision), "blocked", target_decision
@@ -558,11 +587,13 @@ class Resolver:
     def _any_group_blocks(self, names: tuple[str, ...]) -> bool:
         policy = self._policy
         now = self.wall_clock()
-        return any(
-            policy.decide_for_group(name, group, now).kind is Kind.BLOCK
-            for group in policy.groups.values()
-            for name in names
-        )
+        # A decision that depends on the client may block for some client of the group: not shared.
+        for group in policy.groups.values():
+            for name in names:
+                decision = policy.decide_for_group(name, group, now)
+                if decision.kind is Kind.BLOCK or decision.per_client:
+                    return True
+        return False
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -572,6 +603,7 @@ class Resolver:
         client: str,
         result: str,
         decision: Decision,
+        reply: bytes,
         started: float | None = None,
         now: float | None = None,
     ) -> None:
@@ -581,20 +613,34 @@ class Resolver:
         queries[key] = queries.get(key, 0) + 1
         elapsed = (self.clock() - started) if started is not None else 0.0
         # A plain tuple: this runs for every query, and the log is read rarely (API, tests).
-        self.query_log.append(
-            (
-                self.wall_clock() if now is None else now,
-                client,
-                query.qname,
-                query.qtype,
-                result,
-                group,
-                decision.reason,
-                elapsed * 1000,
-            )
+        record = (
+            self.wall_clock() if now is None else now,
+            client,
+            query.qname,
+            query.qtype,
+            result,
+            group,
+            decision.reason,
+            elapsed * 1000,
+            reply[3] & 15 if len(reply) > 3 else 0,
         )
+        self.query_log.append(record)
+        sink = self.log_sink
+        if sink is not None:
+            if len(sink) < self.log_sink_max:
+                sink.append(record)
+            else:
+                self.log_sink_dropped += 1
         if self.on_query is not None:
             self.on_query(result, group, elapsed)
+
+    def take_log_records(self) -> list[LogRecord]:
+        """The records gathered for the lasting log since the last call (the sink starts empty again)."""
+        sink = self.log_sink
+        if not sink:
+            return []
+        self.log_sink = []
+        return sink
 
     def recent_queries(self) -> list[LogEntry]:
         """The query log, oldest first."""

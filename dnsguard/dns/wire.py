@@ -479,6 +479,16 @@ def answer_addresses(query: Query, addresses: Sequence[bytes], ttl: int, ede: by
     return _reply(query, RCODE_NOERROR, count, records, 0, ede)
 
 
+def answer_records(query: Query, rdatas: Sequence[bytes], ttl: int) -> bytes:
+    """Local records of the asked type at the question's name (their RDATA given); NODATA if none."""
+    if not rdatas or query.qclass != QCLASS_IN:
+        return _reply(query, RCODE_NOERROR, 0, _soa_at_qname(ttl), 1, b"")
+    records = b"".join(
+        _RR_AT_QNAME.pack(_QNAME_POINTER, query.qtype, QCLASS_IN, ttl, len(rdata)) + rdata for rdata in rdatas
+    )
+    return _reply(query, RCODE_NOERROR, len(rdatas), records, 0, b"")
+
+
 _RFC8482_HINFO: Final = b"\x07RFC8482\x00"  # CPU "RFC8482", OS "" (RFC 8482 section 4.2)
 ANY_TTL: Final = 3600
 """TTL of the synthesized HINFO answer to ANY; RFC 8482 leaves it to the operator."""

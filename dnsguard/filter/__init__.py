@@ -23,8 +23,11 @@ Matching semantics:
 - an allow rule of any selected list beats every block rule, unless the block rule is ``$important``;
   an important allow beats everything;
 - regex rules (and adblock patterns with ``*`` inside a name) run only when the hash rules have not
-  already decided at their strength; adblock rules with paths, cosmetic rules and modifiers other than
-  ``$important``/``$badfilter`` are skipped and counted (see `rules` for the full list).
+  already decided at their strength; adblock rules with paths, cosmetic rules and browser-only modifiers
+  are skipped and counted (see `rules` for the full list);
+- rules with DNS modifiers (``$dnstype``, ``$client``, ``$ctag``, ``$denyallow``, ``$dnsrewrite``) and hosts
+  lines with real addresses are side rules (`side`): few, kept beside the index in `Selection.side`, and
+  weighed against the index's verdict by the policy (`side.resolve`, AdGuard's precedence).
 
 Malformed lines never fail a load: they are counted per reason and the first few are kept with their
 source and line number (`ParseReport.issues`).

@@ -27,6 +27,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Final
 
 from dnsguard.errors import DnsguardError
@@ -40,6 +41,8 @@ from dnsguard.filter.lists import (
     RuleBlock,
 )
 from dnsguard.filter.matcher import Matcher, _Regex
+from dnsguard.filter.rules import Outcome, parse_line
+from dnsguard.filter.side import SideRule
 
 __all__ = [
     "HEADER_BYTES",
@@ -57,8 +60,8 @@ __all__ = [
     "source_chunks",
 ]
 
-SOURCE_MAGIC: Final = b"DGSRC002"
-INDEX_MAGIC: Final = b"DGIDX002"
+SOURCE_MAGIC: Final = b"DGSRC003"
+INDEX_MAGIC: Final = b"DGIDX003"
 KEY_BYTES: Final = 32
 _HEADER: Final = struct.Struct("<8sQQ32s")
 _DIGEST_BYTES: Final = 32
@@ -209,6 +212,20 @@ def _source_meta(source: ListSource) -> list[Any]:
     return [source.list_name, source.location, source.allow, source.subdomains, source.path]
 
 
+def _side_rules_from(
+    rows: list[Any], sources: tuple[ListSource, ...], reports: tuple[ParseReport, ...]
+) -> tuple[SideRule, ...]:
+    """Side rules stored as (source number, line, line text): parsed again, as few as they are."""
+    rules = []
+    for source_id, line, text in rows:
+        source = sources[source_id]
+        result = parse_line(text, allow=source.allow, subdomains=reports[source_id].subdomains)
+        if result.outcome is not Outcome.SIDE or result.side is None:
+            raise CompiledFormatError(f"stored side rule {text[:80]!r} no longer parses")
+        rules.append(replace(result.side, line=line, list_name=source.list_name, source=source.location))
+    return tuple(rules)
+
+
 def source_chunks(parsed: ParsedSource, key: bytes) -> list[bytes]:
     """A parsed source (hashed with `keyed_name_hash(key)`) as the chunks of its compiled file."""
     tables: dict[str, array[int]] = {}
@@ -224,6 +241,8 @@ def source_chunks(parsed: ParsedSource, key: bytes) -> list[bytes]:
         "regexes": [[r.category, r.pattern, r.line, r.suffix, r.label, r.literal] for r in parsed.regexes],
         "badfilters": [list(item) for item in parsed.badfilters],
         "regex_badfilters": [list(item) for item in parsed.regex_badfilters],
+        "side_rules": [[0, rule.line, rule.line_text] for rule in parsed.side_rules],
+        "side_badfilters": list(parsed.side_badfilters),
         "report": _report_meta(parsed.report),
     }
     return _pack(SOURCE_MAGIC, meta, tables)
@@ -251,13 +270,17 @@ def load_source(data: bytes, key: bytes) -> ParsedSource:
             )
             for number, category in enumerate(meta["blocks"])
         )
+        source = ListSource(*meta["source"])
+        report = _report_from(meta["report"])
         return ParsedSource(
-            ListSource(*meta["source"]),
+            source,
             blocks,
             tuple(RegexRule(*rule) for rule in meta["regexes"]),
             tuple((category, name) for category, name in meta["badfilters"]),
             tuple((category, pattern) for category, pattern in meta["regex_badfilters"]),
-            _report_from(meta["report"]),
+            report,
+            _side_rules_from(meta["side_rules"], (source,), (report,)),
+            tuple(meta["side_badfilters"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CompiledFormatError(f"bad source meta: {exc}") from None
@@ -289,6 +312,7 @@ def index_chunks(matcher: Matcher, parsed: list[ParsedSource], key: bytes) -> li
         for source_id, p in enumerate(parsed)
         for rule in p.regexes
     }
+    source_ids = {source.location: number for number, source in enumerate(matcher.sources)}
     tables = {
         name: _as_array(getattr(matcher, f"_{name}"), "B" if name == "run_steps" else "I")
         for name in _INDEX_TABLES
@@ -316,6 +340,7 @@ def index_chunks(matcher: Matcher, parsed: list[ParsedSource], key: bytes) -> li
         ],
         "dropped_regexes": matcher.dropped_regexes,
         "reports": [_report_meta(report) for report in matcher.reports],
+        "side_rules": [[source_ids[rule.source], rule.line, rule.line_text] for rule in matcher.side_rules],
     }
     return _pack(INDEX_MAGIC, meta, tables)
 
@@ -334,9 +359,11 @@ def load_index(buffer: Any, key: bytes, *, digest_checked: bool = False) -> Matc
         directory = tables["directory"]
         if len(directory) != (1 << 16) + 1 or (len(entries) and directory[-1] != len(entries)):
             raise CompiledFormatError("the bucket directory does not fit the entries")
+        sources = tuple(ListSource(*source) for source in meta["sources"])
+        reports = tuple(_report_from(report) for report in meta["reports"])
         return Matcher(
             list_names=tuple(meta["list_names"]),
-            sources=tuple(ListSource(*source) for source in meta["sources"]),
+            sources=sources,
             source_lists=tuple(meta["source_lists"]),
             **{name: tables[name] for name in _INDEX_TABLES},
             block_categories=tuple(meta["block_categories"]),
@@ -344,8 +371,9 @@ def load_index(buffer: Any, key: bytes, *, digest_checked: bool = False) -> Matc
             block_starts=tuple(meta["block_starts"]),
             regexes=regexes,
             dropped_regexes=meta["dropped_regexes"],
-            reports=tuple(_report_from(report) for report in meta["reports"]),
+            reports=reports,
             name_hash=keyed_name_hash(key),
+            side_rules=_side_rules_from(meta["side_rules"], sources, reports),
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CompiledFormatError(f"bad index meta: {exc}") from None

@@ -26,7 +26,7 @@ from array import array
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -39,6 +39,7 @@ from dnsguard.filter.rules import (
     parse_line,
     regex_hints,
 )
+from dnsguard.filter.side import SideRule
 
 __all__ = [
     "DEFAULT_MAX_FILE_SIZE",
@@ -62,6 +63,9 @@ NameHash = Callable[[str], int]
 
 DEFAULT_MAX_ISSUES: Final = 20
 DEFAULT_MAX_REGEX: Final = 1000
+MAX_SIDE_RULES: Final = 20_000
+"""Side rules (DNS modifiers, hosts lines with addresses) kept per source: a few hundred bytes each, and
+weighed per query; real lists hold a handful, so a source with more is cut there and the rest reported."""
 DEFAULT_MAX_FILE_SIZE: Final = 64 * 1024 * 1024
 """The largest list file read (the configuration's ``loading.max-size`` has the same default)."""
 _READ_SLACK: Final = 64 * 1024
@@ -128,6 +132,8 @@ class ParseReport:
     def summary(self) -> str:
         """One line for logs."""
         parts = [f"{self.location}: {self.rules} names", f"{self.regex_rules} regex"]
+        if self.counts.get("side"):
+            parts.append(f"{self.counts['side']} with DNS modifiers or addresses")
         parts += [f"{count} {reason}" for reason, count in sorted(self.reasons.items())]
         return ", ".join(parts)
 
@@ -277,6 +283,10 @@ class ParsedSource:
     regex_badfilters: tuple[tuple[int, str], ...]
     """(category, pattern) of ``$badfilter`` rules naming a regex or wildcard."""
     report: ParseReport
+    side_rules: tuple[SideRule, ...] = ()
+    """Rules with DNS modifiers and hosts lines with real addresses (`dnsguard.filter.side`)."""
+    side_badfilters: tuple[str, ...] = ()
+    """Canonical texts (`SideRule.text`) of the rules with DNS modifiers that ``$badfilter`` disables."""
 
     @property
     def rule_count(self) -> int:
@@ -503,6 +513,7 @@ _LENGTH_TABLE: Final = _table(lambda b: 0 if b == 0 else ord("a"))
 _LONG_LABEL: Final = b"a" * 64
 _LONG_NAME: Final = b"a" * 254
 _PSEUDO_NEEDLES: Final = (b"\x00local", b"\x00broadcasthost", b"\x00ip6-")
+_ACE_PREFIX: Final = b"xn--"
 
 
 def _positions(haystack: bytes, needle: bytes, names: bytes, out: list[int], shift: int = 0) -> None:
@@ -540,6 +551,8 @@ def _odd_chunks(middle: list[str]) -> list[int]:
         where.append(len(labels) if data.endswith(b"\x00") else len(labels) - 1)
     _positions(labels, _LONG_LABEL, data, where)
     _positions(data.translate(_LENGTH_TABLE), _LONG_NAME, data, where)
+    # Punycode labels are checked line by line: one that does not round-trip is a malformed line.
+    _positions(data, _ACE_PREFIX, data, where)
     for needle in _PSEUDO_NEEDLES:
         _positions(data, needle, data, where, 1)
         if data.startswith(needle[1:]):
@@ -574,6 +587,8 @@ class _Collector:
         self.regexes: list[RegexRule] = []
         self.badfilters: list[tuple[int, str]] = []
         self.regex_badfilters: list[tuple[int, str]] = []
+        self.side_rules: list[SideRule] = []
+        self.side_badfilters: list[str] = []
         self.counts: Counter[Outcome] = Counter()
         self.reasons: Counter[str] = Counter()
         self.issues: list[LineIssue] = []
@@ -612,7 +627,8 @@ class _Collector:
         if text[0] in "#!":
             self.counts[Outcome.COMMENT] += 1
             return
-        if text.startswith(("/", "@@/")):
+        if text.startswith(("/", "@@/")) or "$" in text:
+            # Regexes and modifier values ($client='Laptop', $dnsrewrite=...;TXT;...) keep their case.
             line = self.original_line(number)
         result = parse_line(line, allow=allow, subdomains=subdomains)
         outcome = result.outcome
@@ -632,6 +648,22 @@ class _Collector:
             suffix, literal = regex_hints(result.pattern)
             label = "" if suffix else label_hint(result.pattern)
             self.regexes.append(RegexRule(result.category, result.pattern, number, suffix, label, literal))
+        elif outcome is Outcome.SIDE and result.side is not None:
+            if len(self.side_rules) >= MAX_SIDE_RULES:
+                self.counts[outcome] -= 1
+                self.counts[Outcome.SKIPPED] += 1
+                self.issue(
+                    number, f"more than {MAX_SIDE_RULES} rules with DNS modifiers or addresses in one source"
+                )
+                return
+            source = self.source
+            self.side_rules.append(
+                replace(result.side, line=number, list_name=source.list_name, source=source.location)
+            )
+            if result.reason:
+                self.issue(number, result.reason)
+        elif outcome is Outcome.BADFILTER and result.side is not None:
+            self.side_badfilters.append(result.side.text)
         elif outcome is Outcome.BADFILTER:
             if result.names:
                 self.badfilters.extend((result.category, name) for name in result.names)
@@ -686,6 +718,8 @@ def parse_text(
         tuple(collect.badfilters),
         tuple(collect.regex_badfilters),
         report,
+        tuple(collect.side_rules),
+        tuple(collect.side_badfilters),
     )
 
 

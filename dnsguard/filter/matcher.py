@@ -63,6 +63,7 @@ from dnsguard.filter.lists import (
 )
 from dnsguard.filter.regex import CompiledRegex, compile_regex
 from dnsguard.filter.rules import Scope, category_allow, category_important, category_scope
+from dnsguard.filter.side import SideIndex, SideRule
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -103,6 +104,8 @@ class RuleKind(enum.Enum):
     SUFFIX = "suffix"
     SUBDOMAINS = "subdomains"
     REGEX = "regex"
+    MODIFIED = "modified"
+    """A rule with DNS modifiers or a hosts line with an address (`rule_name` is the rule's text)."""
     NONE = "none"
 
 
@@ -138,6 +141,8 @@ class Verdict:
         """The rule in canonical adblock form (the source line itself: `Matcher.source_line`)."""
         if self.action is Action.NONE:
             return ""
+        if self.kind is RuleKind.MODIFIED:
+            return self.rule_name
         if self.kind is RuleKind.REGEX:
             text = f"/{self.rule_name}/"
         elif self.kind is RuleKind.EXACT:
@@ -148,6 +153,14 @@ class Verdict:
             text = f"||{self.rule_name}^"
         prefix = "@@" if self.action is Action.ALLOW else ""
         return prefix + text + ("$important" if self.important else "")
+
+
+def side_verdict(rule: SideRule) -> Verdict:
+    """The verdict naming a side rule (`dnsguard.filter.side`) as the deciding or a beaten rule."""
+    action = Action.ALLOW if rule.allow else Action.BLOCK
+    return Verdict(
+        action, rule.list_name, rule.source, rule.line, rule.text, RuleKind.MODIFIED, rule.important
+    )
 
 
 NOT_LISTED: Final = Verdict(Action.NONE)
@@ -250,6 +263,7 @@ class Matcher:
         dropped_regexes: int,
         reports: tuple[ParseReport, ...],
         name_hash: NameHash = hash,
+        side_rules: tuple[SideRule, ...] = (),
     ) -> None:
         self.list_names = list_names
         self.name_hash = name_hash
@@ -279,6 +293,8 @@ class Matcher:
             for cat, source_id in zip(block_categories, block_sources, strict=True)
         )
         self._regexes = regexes
+        self.side_rules = side_rules
+        """Rules with DNS modifiers and hosts lines with addresses, in source and line order."""
         self.dropped_regexes = dropped_regexes
         """Regex rules left out because the matcher-wide cap was reached."""
         self._list_ids = {name: i for i, name in enumerate(list_names)}
@@ -417,6 +433,7 @@ class Selection:
         "_self_strength",
         "_walk_cap",
         "lists",
+        "side",
     )
 
     def __init__(self, matcher: Matcher, list_ids: frozenset[int], cache_size: int) -> None:
@@ -460,6 +477,39 @@ class Selection:
         self._cache: dict[str, Verdict] = {}
         self._cache_size = cache_size
         self._chains: dict[str, tuple[int, int, str]] = {}
+        side = [rule for rule in matcher.side_rules if rule.list_name in self.lists]
+        self.side: SideIndex | None = SideIndex(side) if side else None
+        """The selection's side rules; None (the common case) when its lists hold none."""
+
+    def all_matches(self, name: str) -> list[Verdict]:
+        """Every hash and regex rule of the selection that covers `name`, strongest first (`explain`)."""
+        found: list[tuple[int, Verdict]] = []
+        matcher = self._matcher
+        suffix = name
+        while True:
+            strengths = self._self_strength if suffix == name else self._parent_strength
+            h = self._name_hash(suffix)
+            u = (h >> 40) + 0x800000
+            low, high = self._directory[u >> 8], self._directory[(u >> 8) + 1]
+            for i in range(low, high):
+                entry = self._entries[i]
+                if entry >> 24 != u & 0xFF:
+                    continue
+                entry &= 0xFFFFFF
+                if self._low_hashes[entry] != h & 0xFFFFFFFF:
+                    continue
+                strength = strengths[bisect_right(self._block_starts, entry) - 1]
+                if strength:
+                    found.append((strength, matcher._verdict(entry, suffix, strength)))
+            dot = suffix.find(".")
+            if dot < 0:
+                break
+            suffix = suffix[dot + 1 :]
+        for rule in matcher._regexes:
+            if matcher.list_names[rule.list_id] in self.lists and rule.search(name):
+                found.append((rule.strength, matcher._regex_verdict(rule)))
+        found.sort(key=lambda item: -item[0])
+        return [verdict for _, verdict in found]
 
     def is_blocked(self, name: str) -> bool:
         """True when the selected lists block `name` (any case, trailing dot allowed)."""
@@ -719,6 +769,8 @@ def compile_matcher(
             base += len(block.hashes)
     if base > _MAX_ENTRIES:
         raise DnsguardError(f"{base} rules exceed the matcher's limit of {_MAX_ENTRIES}")
+    side_off = {text for p in parsed for text in p.side_badfilters}
+    side_rules = tuple(rule for p in parsed for rule in p.side_rules if rule.text not in side_off)
     regexes: list[_Regex] = []
     dropped = 0
     for source_id, p in enumerate(parsed):
@@ -756,4 +808,5 @@ def compile_matcher(
         dropped_regexes=dropped,
         reports=tuple(p.report for p in parsed),
         name_hash=name_hash,
+        side_rules=side_rules,
     )

@@ -14,14 +14,20 @@ Semantics chosen here (see also the package docstring):
 - ``.example.com^``, ``://*.example.com^`` and ``*.example.com^`` (adblock, with the separator) cover only
   the subdomains; ``|example.com^``, ``://example.com^`` and ``http://example.com^`` only the name;
 - adblock patterns with ``*`` inside the name, or ending in a partial label (``||ads.``), become regex rules;
-  rules with a path, query or port, cosmetic rules and rules with modifiers other than ``$important`` and
-  ``$badfilter`` are skipped and counted, because they either make no sense for DNS or would change meaning
-  if the modifier were ignored (``$dnstype``, ``$client``, ``$denyallow``, ``$dnsrewrite``);
+  ``||example.com/*`` (every path of the host) is the host; rules with another path, a query or a port,
+  cosmetic rules and rules with browser-only modifiers (``$image``, ``$third-party``...) are skipped and
+  counted, because they make no sense for DNS;
+- rules with DNS modifiers (``$dnstype``, ``$client``, ``$ctag``, ``$denyallow``, ``$dnsrewrite``, see
+  `modifiers`) are SIDE lines: their pattern is read as above, their modifier values as written (case and
+  spaces kept); ``*``, ``||*^`` or no pattern at all (``$dnstype=HTTPS,dnsrewrite=NOERROR;;``) covers
+  every name; a modifier value that does not parse makes the line malformed;
 - ``||example.com`` without the separator and a bare ``example.com^`` are read like ``||example.com^``
   (strictly, adblock would also match ``example.community`` and ``badexample.com``; list authors mean the
   domain); a bare ``example.com`` is a plain entry, exact as in AdGuard;
-- a hosts line blocks its names whatever the address (Pi-hole, blocky): custom answers are rewrites, a
-  policy matter; localhost-style names (`PSEUDO_HOSTS`) are never rules;
+- a hosts line with ``0.0.0.0``, a loopback address or ``::`` blocks its names; one with a real address
+  (``192.0.2.10 nas.home.arpa``) is a SIDE line whose names answer with it, as /etc/hosts, Pi-hole and
+  AdGuard Home do; localhost-style names (`PSEUDO_HOSTS`) are never rules;
+- a Punycode label (``xn--``) that does not decode and encode back to itself makes the name malformed;
 - rules naming an IP address (``||1.2.3.4^``, a bare ``1.2.3.4``) are skipped: they filter answers, not names;
 - regex rules (``/re/``, ``@@/re/``, with ``$important``) run on RE2, case-insensitive, searched
   anywhere in the name; patterns longer than `MAX_REGEX_LENGTH`, or outside the grammar `regex` accepts
@@ -36,7 +42,10 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from dnsguard.filter import modifiers
+from dnsguard.filter.modifiers import DNS_MODIFIERS, ModifierError
 from dnsguard.filter.regex import regex_problem
+from dnsguard.filter.side import SideRule
 
 __all__ = [
     "ALLOWED_NAME_CHARS",
@@ -103,6 +112,8 @@ class Outcome(enum.Enum):
     RULE = "rule"
     REGEX = "regex"
     BADFILTER = "badfilter"
+    SIDE = "side"
+    """A rule with DNS modifiers, or a hosts line with real addresses: `LineResult.side`."""
     BLANK = "blank"
     COMMENT = "comment"
     PSEUDO = "pseudo-host"
@@ -122,6 +133,8 @@ class LineResult:
     """The regular expression of a REGEX line (or of a regex BADFILTER line), case preserved."""
     reason: str = ""
     """Why the line was skipped or malformed; for a RULE line, a problem with some of its names."""
+    side: SideRule | None = None
+    """The rule of a SIDE line, or of a BADFILTER line that names a rule with DNS modifiers."""
 
 
 ALLOWED_NAME_CHARS: Final = "abcdefghijklmnopqrstuvwxyz0123456789-_."
@@ -158,7 +171,7 @@ _SCHEME: Final = re.compile(r"\|?[a-z*][a-z0-9*+.-]*://")
 _URL_CHARS: Final = frozenset("/?=&;:#,~+%@!'\"()[]{}<>\\ ")
 _DNSMASQ_KEY: Final = re.compile(r"[a-z][a-z0-9-]*=")
 _MODIFIER: Final = re.compile(r"~?[a-z][a-z0-9_-]*(?:=.*)?")
-_DNS_MODIFIERS: Final = frozenset({"dnstype", "dnsrewrite", "client", "ctag", "denyallow"})
+_DNS_MODIFIER_LINE: Final = re.compile(r"\$(?:.*,)?\s*~?(?:dnstype|dnsrewrite|client|ctag|denyallow)\b", re.I)
 _NAME_CHARSET: Final = frozenset(ALLOWED_NAME_CHARS)
 
 
@@ -202,7 +215,25 @@ def name_problem(name: str) -> str | None:
     last = name[name.rfind(".") + 1 :]
     if last.isdigit():
         return "ip address" if _is_ipv4_literal(name) else "numeric top-level label"
+    if "xn--" in name:
+        for label in name.split("."):
+            if label.startswith("xn--") and not _punycode_round_trips(label):
+                return f"invalid punycode label {excerpt(label)}"
     return None
+
+
+def _punycode_round_trips(label: str) -> bool:
+    """True when an ACE label's Punycode decodes to printable non-ASCII text that encodes back to it.
+
+    Checked at the Punycode level (RFC 3492), not by IDNA 2003's nameprep, which refuses labels that
+    IDNA 2008 registries hand out (and that blocklists list).
+    """
+    try:
+        decoded = label[4:].encode("ascii").decode("punycode")
+        encoded = decoded.encode("punycode").decode("ascii")
+    except UnicodeError:
+        return False
+    return not decoded.isascii() and decoded.isprintable() and "xn--" + encoded == label
 
 
 def _to_ascii(name: str) -> str | None:
@@ -275,6 +306,11 @@ def parse_line(line: str, *, allow: bool = False, subdomains: bool = False) -> L
     low = text.lower()
     if any(marker in low for marker in _COSMETIC_MARKERS):
         return LineResult(Outcome.SKIPPED, reason="cosmetic rule")
+    dollar = text.find("$")
+    if dollar >= 0 and not any(c.isspace() for c in text[:dollar]) and _DNS_MODIFIER_LINE.search(text):
+        # Values may hold spaces and upper case ($client='My laptop', $dnsrewrite=NOERROR;MX;10 mx.x).
+        scope = Scope.SUFFIX if subdomains else Scope.EXACT
+        return _parse_adblock(text[:dollar].lower(), allow, scope, text[dollar + 1 :], text)
     if "#" in low:
         # Hosts and domain lists put comments after the entry; adblock has no inline comments.
         low = low[: low.index("#")].rstrip()
@@ -283,7 +319,7 @@ def parse_line(line: str, *, allow: bool = False, subdomains: bool = False) -> L
     plain_scope = Scope.SUFFIX if subdomains else Scope.EXACT
     tokens = low.split()
     if len(tokens) > 1:
-        return _parse_hosts(tokens, category(plain_scope, allow=allow))
+        return _parse_hosts(tokens, category(plain_scope, allow=allow), text)
     token = tokens[0]
     if _DNSMASQ_KEY.match(token):
         return _parse_dnsmasq(token, allow)
@@ -294,9 +330,11 @@ def parse_line(line: str, *, allow: bool = False, subdomains: bool = False) -> L
     return _name_result(token, category(plain_scope, allow=allow))
 
 
-def _parse_hosts(tokens: list[str], cat: int) -> LineResult:
+def _parse_hosts(tokens: list[str], cat: int, text: str) -> LineResult:
     if not _is_ip(tokens[0]):
         return LineResult(Outcome.MALFORMED, reason="expected an address followed by names")
+    if tokens[0] not in _SINKHOLES and not category_allow(cat):
+        return _hosts_records(tokens, cat, text)
     names: list[str] = []
     problems: list[str] = []
     for token in tokens[1:]:
@@ -314,6 +352,25 @@ def _parse_hosts(tokens: list[str], cat: int) -> LineResult:
     if problems:
         return LineResult(Outcome.MALFORMED, reason=reason)
     return LineResult(Outcome.PSEUDO)
+
+
+def _hosts_records(tokens: list[str], cat: int, text: str) -> LineResult:
+    """A hosts line with a real address: its names answer with it, as /etc/hosts does."""
+    address = ipaddress.ip_address(tokens[0].partition("%")[0])
+    if address.is_unspecified or address.is_loopback:
+        return _parse_hosts(["0.0.0.0", *tokens[1:]], cat, text)
+    result = _parse_hosts(["0.0.0.0", *tokens[1:]], category(Scope.EXACT), text)
+    if result.outcome is not Outcome.RULE:
+        return result
+    rtype = 1 if address.version == 4 else 28
+    side = SideRule(
+        f"{address} {' '.join(result.names)}",
+        scope=category_scope(cat),
+        names=result.names,
+        records=((rtype, address.packed),),
+        line_text=text,
+    )
+    return LineResult(Outcome.SIDE, cat, result.names, reason=result.reason, side=side)
 
 
 def _parse_dnsmasq(token: str, allow: bool) -> LineResult:
@@ -361,8 +418,8 @@ def _apply_modifiers(mods: list[str]) -> tuple[bool, bool, str]:
             important = True
         elif mod == "badfilter":
             badfilter = True
-        elif mod in _DNS_MODIFIERS:
-            return important, badfilter, f"unsupported modifier ${mod}"
+        elif mod in DNS_MODIFIERS:
+            continue
         else:
             shown = mod if len(mod) <= EXCERPT_CHARS else excerpt(mod)
             return important, badfilter, f"modifier ${shown} does not apply to DNS"
@@ -377,7 +434,10 @@ def _parse_regex_line(text: str, allow_list: bool) -> LineResult | None:
         body = body[2:]
     if not body.startswith("/") or body.startswith("//"):
         return None
-    close = body.rfind("/")
+    # The pattern ends at the last '/' before the modifiers ($client=192.0.2.0/24 holds one too).
+    close = body.rfind("/$")
+    if close < 0:
+        close = body.rfind("/")
     if close < 2:
         return None
     tail = body[close + 1 :]
@@ -390,6 +450,14 @@ def _parse_regex_line(text: str, allow_list: bool) -> LineResult | None:
     important, badfilter, skip = _apply_modifiers(split[1])
     if skip:
         return LineResult(Outcome.SKIPPED, reason=skip)
+    if DNS_MODIFIERS.intersection(mod.lstrip("~") for mod in split[1]) and len(pattern) <= MAX_REGEX_LENGTH:
+        problem = regex_problem(pattern)
+        if problem:
+            return LineResult(Outcome.MALFORMED, reason=problem)
+        regex = LineResult(
+            Outcome.REGEX, category(Scope.EXACT, allow=allow, important=important), pattern=pattern
+        )
+        return _side_result(regex, ("@@" if text.startswith("@@") else "") + f"/{pattern}/", tail[1:], text)
     if len(pattern) > MAX_REGEX_LENGTH:
         return LineResult(Outcome.MALFORMED, reason=f"regex longer than {MAX_REGEX_LENGTH} characters")
     problem = regex_problem(pattern)
@@ -403,19 +471,36 @@ def _glob_regex(body: str, start: str, end: bool) -> str:
     return start + ".*".join(re.escape(part) for part in body.split("*")) + ("$" if end else "")
 
 
-def _parse_adblock(token: str, allow_list: bool, plain_scope: Scope) -> LineResult:
+def _parse_adblock(
+    token: str, allow_list: bool, plain_scope: Scope, raw_modifiers: str | None = None, line_text: str = ""
+) -> LineResult:
+    """An adblock rule; `raw_modifiers`: the modifier text as written, when `token` is only the pattern."""
     allow = allow_list
     body = token
     if body.startswith("@@"):
         allow = True
         body = body[2:]
-    split = _split_modifiers(body)
-    if split is None:
-        return LineResult(Outcome.SKIPPED, reason="url rule (path or query part)")
-    body, mods = split
+    if raw_modifiers is None:
+        split = _split_modifiers(body)
+        if split is None:
+            return LineResult(Outcome.SKIPPED, reason="url rule (path or query part)")
+        body, mods = split
+    else:
+        mods = [name for name, _ in modifiers.split_modifiers(raw_modifiers)]
     important, badfilter, skip = _apply_modifiers(mods)
     if skip:
         return LineResult(Outcome.SKIPPED, reason=skip)
+    pattern_text = ("@@" if token.startswith("@@") else "") + body
+    if body.endswith("/*") and not body.endswith("//*"):
+        # ||example.org/* : every path of the host, which for DNS is the host.
+        body = body[:-2]
+        if not body.endswith(("^", "|")):
+            body += "^"
+    side = raw_modifiers is not None and bool(DNS_MODIFIERS.intersection(m.lstrip("~") for m in mods))
+    if side and body.strip("|^") in ("*", ""):
+        # *$denyallow=..., ||*^$client=..., $dnstype=AAAA,...: every name.
+        everything = LineResult(Outcome.RULE, category(Scope.SUFFIX, allow=allow, important=important))
+        return _side_result(everything, pattern_text, raw_modifiers or "", line_text)
     # Where the pattern is anchored: at a label boundary (||), at the start of the host name (|, ://,
     # scheme://) or nowhere (bare); the bare form is a plain entry unless it carries adblock markers.
     if body.startswith("||"):
@@ -443,9 +528,68 @@ def _parse_adblock(token: str, allow_list: bool, plain_scope: Scope) -> LineResu
         return LineResult(Outcome.SKIPPED, reason="ip address rule (filters answers, not names)")
     marked = anchor != "none" or end or token.startswith("@@") or bool(mods)
     result = _adblock_pattern(body, anchor, end, marked, plain_scope, allow, important)
+    if side and result.outcome in (Outcome.RULE, Outcome.REGEX):
+        return _side_result(result, pattern_text, raw_modifiers or "", line_text)
     if badfilter and result.outcome in (Outcome.RULE, Outcome.REGEX):
         return LineResult(Outcome.BADFILTER, result.category, result.names, result.pattern)
     return result
+
+
+def _side_result(pattern: LineResult, pattern_text: str, raw_modifiers: str, line_text: str) -> LineResult:
+    """A rule with DNS modifiers (`pattern`: its names or regex, parsed as for a plain rule)."""
+    cat = pattern.category
+    fields: dict[str, object] = {}
+    shown: list[str] = []
+    badfilter = False
+    try:
+        for name, value in modifiers.split_modifiers(raw_modifiers):
+            bare = name.lstrip("~")
+            if bare == "badfilter":
+                badfilter = True
+                continue
+            shown.append(f"{name}={value}" if value else name)
+            if bare == "important":
+                continue
+            if name.startswith("~"):
+                raise ModifierError(f"${bare} cannot be negated")
+            if bare == "dnstype":
+                fields["dnstypes"], fields["not_dnstypes"] = modifiers.parse_dnstypes(value)
+            elif bare == "client":
+                fields["clients_negated"], fields["clients"] = modifiers.parse_client_values(value)
+            elif bare == "ctag":
+                fields["ctags"], fields["not_ctags"] = modifiers.parse_tags(value)
+            elif bare == "denyallow":
+                if pattern.pattern:
+                    raise ModifierError("$denyallow on a regex rule")
+                domains = []
+                for negated, domain in modifiers.split_values(value, "denyallow"):
+                    folded = canonical_name(domain)
+                    if negated or folded is None:
+                        raise ModifierError(f"bad $denyallow domain {excerpt(domain)}")
+                    domains.append(folded)
+                fields["denyallow"] = tuple(domains)
+            elif bare == "dnsrewrite":
+                if value:
+                    fields["rewrite"] = modifiers.parse_rewrite(value)
+                elif category_allow(cat):
+                    fields["rewrite_all"] = True
+                else:
+                    raise ModifierError("$dnsrewrite without a value")
+    except (ModifierError, UnicodeError) as exc:
+        return LineResult(Outcome.MALFORMED, reason=str(exc) or "bad modifier value")
+    text = pattern_text + "$" + ",".join(sorted(shown))
+    side = SideRule(
+        text,
+        allow=category_allow(cat),
+        important=category_important(cat),
+        scope=category_scope(cat),
+        names=pattern.names,
+        pattern=pattern.pattern,
+        line_text=line_text,
+        **fields,  # type: ignore[arg-type]
+    )
+    outcome = Outcome.BADFILTER if badfilter else Outcome.SIDE
+    return LineResult(outcome, cat, pattern.names, pattern.pattern, side=side)
 
 
 def _adblock_pattern(

@@ -109,6 +109,10 @@ class FakeTun:
         else:
             self.written.append(packet)
 
+    def write_batch(self, packets: list[bytes]) -> None:
+        for packet in packets:
+            self.write(packet)
+
     def close(self) -> None:
         self.closed = True
         self._doorbell.close()
@@ -138,6 +142,16 @@ class FakeSocket:
             raise BlockingIOError
         data, source = self.inbox.popleft()
         return data[:bufsize], source
+
+    def receive(self, limit: int) -> list[tuple[bytes, Address]]:
+        """Up to `limit` queued datagrams, as `TunnelSocket.receive` returns them."""
+        batch = []
+        for _ in range(limit):
+            try:
+                batch.append(self.recvfrom(65535))
+            except BlockingIOError:
+                break
+        return batch
 
     def close(self) -> None:
         self.closed = True
@@ -223,6 +237,16 @@ class FakeUdpEndpoint:
         if self.network is not None:
             self.network.carry(self.address, address, data)
         return True
+
+    def send_batch(self, datagrams: list[tuple[bytes, Address]]) -> tuple[int, int]:
+        """`sendto` for each: (bytes sent, datagrams that failed), as `UdpEndpoint.send_batch` returns."""
+        sent = failed = 0
+        for data, address in datagrams:
+            if self.sendto(data, address):
+                sent += len(data)
+            else:
+                failed += 1
+        return sent, failed
 
     def close(self) -> None:
         self._socket.close()

@@ -23,11 +23,11 @@ QUERY_SLOT_SIZE: Final = 4096
 resolver answers the cut message FORMERR and counts it as malformed."""
 
 
-class _Iovec(ctypes.Structure):
+class Iovec(ctypes.Structure):
     _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
 
 
-class _Msghdr(ctypes.Structure):
+class Msghdr(ctypes.Structure):
     _fields_ = (
         ("msg_name", ctypes.c_void_p),
         ("msg_namelen", ctypes.c_uint32),
@@ -39,8 +39,8 @@ class _Msghdr(ctypes.Structure):
     )
 
 
-class _Mmsghdr(ctypes.Structure):
-    _fields_ = (("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint))
+class Mmsghdr(ctypes.Structure):
+    _fields_ = (("msg_hdr", Msghdr), ("msg_len", ctypes.c_uint))
 
 
 def _libc_sendmmsg() -> Callable[[int, int, int, int], int] | None:
@@ -63,25 +63,25 @@ def _libc_recvmmsg() -> Callable[[int, int, int, int, None], int] | None:
     return function
 
 
-_SENDMMSG: Final = _libc_sendmmsg()
-_RECVMMSG: Final = _libc_recvmmsg()
-_IOVEC_SIZE: Final = ctypes.sizeof(_Iovec)
-_IOVEC_LEN_OFFSET: Final = _Iovec.iov_len.offset
+SENDMMSG: Final = _libc_sendmmsg()
+RECVMMSG: Final = _libc_recvmmsg()
+_IOVEC_SIZE: Final = ctypes.sizeof(Iovec)
+_IOVEC_LEN_OFFSET: Final = Iovec.iov_len.offset
 _SOCKADDR_SIZE: Final = 28  # sockaddr_in6; a sockaddr_in uses the first 16 bytes
 _pack_size = struct.Struct("@N").pack_into
 _pack_port_ipv4 = struct.Struct(">H4s").pack_into
 _pack_port_ipv6 = struct.Struct(">HI16s").pack_into
 _pack_scope = struct.Struct("@I").pack_into
 _inet_aton = socket.inet_aton
-_MMSGHDR_SIZE: Final = ctypes.sizeof(_Mmsghdr)
-_NAMELEN_OFFSET: Final = _Msghdr.msg_namelen.offset
-_LEN_OFFSET: Final = _Mmsghdr.msg_len.offset
+_MMSGHDR_SIZE: Final = ctypes.sizeof(Mmsghdr)
+_NAMELEN_OFFSET: Final = Msghdr.msg_namelen.offset
+_LEN_OFFSET: Final = Mmsghdr.msg_len.offset
 _unpack_uint = struct.Struct("@I").unpack_from
 _pack_uint = struct.Struct("@I").pack_into
 _unpack_port_ipv4 = struct.Struct(">H4s").unpack_from
 _unpack_port_ipv6 = struct.Struct(">HI16s").unpack_from
 _inet_ntoa = socket.inet_ntoa
-_MSG_DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0x40)
+MSG_DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0x40)
 
 
 class SingleDatagram:
@@ -116,8 +116,8 @@ class QueryBatch:
         self._ipv6 = sock.family == socket.AF_INET6
         self._namelen = _SOCKADDR_SIZE if self._ipv6 else 16
         self.count = 0
-        self._headers = (_Mmsghdr * BATCH_SLOTS)()
-        self._iovecs = (_Iovec * BATCH_SLOTS)()
+        self._headers = (Mmsghdr * BATCH_SLOTS)()
+        self._iovecs = (Iovec * BATCH_SLOTS)()
         self._names = (ctypes.c_char * (_SOCKADDR_SIZE * BATCH_SLOTS))()
         self._data = (ctypes.c_char * (QUERY_SLOT_SIZE * BATCH_SLOTS))()
         self._header_bytes = memoryview(self._headers).cast("B")
@@ -138,9 +138,9 @@ class QueryBatch:
     @classmethod
     def for_socket(cls, sock: socket.socket) -> QueryBatch | None:
         """A batch for an AF_INET or AF_INET6 datagram socket; None where recvmmsg is missing."""
-        if _RECVMMSG is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        if RECVMMSG is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
             return None
-        return cls(sock, _RECVMMSG)
+        return cls(sock, RECVMMSG)
 
     def receive(self) -> int:
         """Read what is waiting, up to BATCH_SLOTS datagrams, without blocking; returns how many.
@@ -151,7 +151,7 @@ class QueryBatch:
         for slot in range(self.count):  # the kernel wrote each used slot's address length
             _pack_uint(header_bytes, slot * _MMSGHDR_SIZE + _NAMELEN_OFFSET, self._namelen)
         self.count = 0
-        count = self._receive(self._fileno, self._headers_address, BATCH_SLOTS, _MSG_DONTWAIT, None)
+        count = self._receive(self._fileno, self._headers_address, BATCH_SLOTS, MSG_DONTWAIT, None)
         if count < 0:
             error = ctypes.get_errno()
             raise OSError(error, os.strerror(error))  # EAGAIN makes it a BlockingIOError
@@ -186,14 +186,14 @@ class ReplyBatch:
         self._send = send
         self._ipv6 = sock.family == socket.AF_INET6
         self.count = 0
-        self._headers = (_Mmsghdr * BATCH_SLOTS)()
-        self._iovecs = (_Iovec * BATCH_SLOTS)()
+        self._headers = (Mmsghdr * BATCH_SLOTS)()
+        self._iovecs = (Iovec * BATCH_SLOTS)()
         self._names = (ctypes.c_char * (_SOCKADDR_SIZE * BATCH_SLOTS))()
         self._data = (ctypes.c_char * (BATCH_SLOT_SIZE * BATCH_SLOTS))()
         self._iovec_bytes = memoryview(self._iovecs).cast("B")
         self._name_bytes = memoryview(self._names).cast("B")
         self._data_bytes = memoryview(self._data).cast("B")
-        self._header_size = ctypes.sizeof(_Mmsghdr)
+        self._header_size = ctypes.sizeof(Mmsghdr)
         self._headers_address = ctypes.addressof(self._headers)
         names_address = ctypes.addressof(self._names)
         data_address = ctypes.addressof(self._data)
@@ -211,9 +211,9 @@ class ReplyBatch:
     @classmethod
     def for_socket(cls, sock: socket.socket) -> ReplyBatch | None:
         """A batch for an AF_INET or AF_INET6 datagram socket; None where sendmmsg is missing."""
-        if _SENDMMSG is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        if SENDMMSG is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
             return None
-        return cls(sock, _SENDMMSG)
+        return cls(sock, SENDMMSG)
 
     def add(self, reply: bytes, addr: tuple[str, int]) -> bool:
         """Queue `reply` for `addr` (sending the batch when full); False: send it some other way."""

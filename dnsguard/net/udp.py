@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
+import os
 import socket
+import struct
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from dnsguard.errors import NetworkError
+from dnsguard.net.mmsg import MSG_DONTWAIT, RECVMMSG, Iovec, Mmsghdr, Msghdr, ReplyBatch
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +20,31 @@ SO_MARK = 36
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
 SOCKET_BUFFER = 7 << 20
+SOL_UDP: Final = 17
+UDP_SEGMENT: Final = 103
+UDP_GRO: Final = 104
+GSO_MAX_SEGMENTS: Final = 64
+"""Datagrams in one UDP_SEGMENT send (the kernel's UDP_MAX_SEGMENTS before 6.9)."""
+GSO_MAX_BYTES: Final = 65000
+"""Payload bytes in one UDP_SEGMENT send: under the 65507 a UDP datagram over IPv4 can hold."""
+OFFLOADS_ENV: Final = "DNSGUARD_OFFLOADS"
+_GRO_CONTROL: Final = socket.CMSG_SPACE(4)
+_segment_size = struct.Struct("=H").pack
+_gro_size = struct.Struct("=i").unpack_from
+ROUTINE_SEND_ERRORS: Final = (
+    errno.ENETUNREACH,
+    errno.EHOSTUNREACH,
+    errno.EPERM,
+    errno.EADDRNOTAVAIL,
+    errno.ENETDOWN,
+    errno.EINVAL,
+)
+"""Unreachable networks and similar are routine during path changes: counted, not logged."""
+Address = tuple[str, int]
+
+
+def offloads_allowed() -> bool:
+    return os.environ.get(OFFLOADS_ENV, "").strip().lower() not in ("off", "0", "no", "false")
 
 
 def _configure(sock: socket.socket, fwmark: int) -> None:
@@ -39,6 +68,212 @@ class DatagramSocket(Protocol):
 
     def recvfrom(self, bufsize: int, /) -> tuple[bytes, Any]: ...
 
+    def receive(self, limit: int) -> list[tuple[bytes, Address]]:
+        """What is waiting, up to about `limit` datagrams, each with its (host, port) sender."""
+        ...
+
+
+class TunnelSocket:
+    """One UDP socket of the tunnel with its receive path: UDP_GRO, else recvmmsg, else recvfrom.
+
+    With UDP_GRO the kernel hands over a train of datagrams from one sender as one buffer and says
+    in a control message how long each is; one call then reads dozens.
+    """
+
+    def __init__(self, sock: socket.socket, *, gro: bool) -> None:
+        self.sock = sock
+        self.family = sock.family
+        self.gro = gro and _enable_gro(sock)
+        self._batch = DatagramBatch(sock, RECVMMSG, gro=self.gro) if RECVMMSG is not None else None
+        self.replies = ReplyBatch.for_socket(sock)
+        """sendmmsg batch for sends without GSO (None where libc lacks sendmmsg)."""
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recvfrom(self, bufsize: int, /) -> tuple[bytes, Any]:
+        return self.sock.recvfrom(bufsize)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def receive(self, limit: int) -> list[tuple[bytes, Address]]:
+        if self._batch is not None:
+            return self._receive_batch(self._batch, limit)
+        if self.gro:
+            return self._receive_gro(limit)
+        batch: list[tuple[bytes, Address]] = []
+        recvfrom = self.sock.recvfrom
+        for _ in range(limit):
+            try:
+                data, address = recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue  # ICMP errors surface here (e.g. port unreachable from a restarting server)
+            batch.append((data, (address[0], address[1])))
+        return batch
+
+    @staticmethod
+    def _receive_batch(batch: DatagramBatch, limit: int) -> list[tuple[bytes, Address]]:
+        received: list[tuple[bytes, Address]] = []
+        for _ in range(4):  # bounded: each call clears one reported error or reads what waits
+            try:
+                more = batch.receive(limit - len(received))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue  # an ICMP error reported on the socket: the next call reads on
+            received += more
+            if not more or len(received) >= limit:
+                break
+        return received
+
+    def _receive_gro(self, limit: int) -> list[tuple[bytes, Address]]:
+        batch: list[tuple[bytes, Address]] = []
+        recvmsg = self.sock.recvmsg
+        for _ in range(limit):
+            try:
+                data, ancillary, _flags, address = recvmsg(65535, _GRO_CONTROL)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            source = (address[0], address[1])
+            size = 0
+            for level, kind, value in ancillary:
+                if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+                    (size,) = _gro_size(value)
+            if 0 < size < len(data):
+                batch.extend((data[start : start + size], source) for start in range(0, len(data), size))
+            else:
+                batch.append((data, source))
+            if len(batch) >= limit:
+                break
+        return batch
+
+
+GRO_SLOTS: Final = 32
+"""Buffers of one recvmmsg with UDP_GRO: each can hold a 64 KB train from one sender."""
+GRO_SLOT_SIZE: Final = 65535
+PLAIN_SLOTS: Final = 64
+PLAIN_SLOT_SIZE: Final = 9216
+"""Without GRO a slot holds one datagram: the largest tunnel MTU (8920) plus WireGuard's 80 bytes fits."""
+_CMSG_HEADER: Final = struct.Struct("@NiI")
+"""struct cmsghdr: cmsg_len (size_t), cmsg_level, cmsg_type, then the data, aligned."""
+_CMSG_DATA: Final = socket.CMSG_LEN(0)
+_MMSGHDR_SIZE: Final = ctypes.sizeof(Mmsghdr)
+_CONTROLLEN_AT: Final = Mmsghdr.msg_hdr.offset + Msghdr.msg_controllen.offset
+_NAMELEN_AT: Final = Mmsghdr.msg_hdr.offset + Msghdr.msg_namelen.offset
+_LEN_AT: Final = Mmsghdr.msg_len.offset
+_pack_size = struct.Struct("@N").pack_into
+_pack_uint = struct.Struct("@I").pack_into
+_unpack_uint = struct.Struct("@I").unpack_from
+_unpack_v4 = struct.Struct(">H4s").unpack_from
+_unpack_v6 = struct.Struct(">HI16s").unpack_from
+
+
+class DatagramBatch:
+    """recvmmsg(2) for the tunnel: many datagrams per call, and with UDP_GRO many trains, each split
+    by the gso_size its control message gives.
+
+    UDP_GRO alone (one recvmsg per train) would cost a call per datagram where the kernel does not
+    aggregate (a peer that sends little, a path without GRO); recvmmsg keeps those batched too.
+    Without GRO the slots are sized for the largest tunnel datagram. The message headers are
+    mmsg.py's ctypes structures, with a control buffer per slot added.
+    """
+
+    def __init__(self, sock: socket.socket, receive: Any, *, gro: bool) -> None:
+        # With GRO 32 slots of 64 KB (2 MB per socket), without 64 of 9 KB; allocated once.
+        slots, slot_size = (GRO_SLOTS, GRO_SLOT_SIZE) if gro else (PLAIN_SLOTS, PLAIN_SLOT_SIZE)
+        self._slots, self._slot_size = slots, slot_size
+        self._fileno = sock.fileno()
+        self._receive = receive
+        self._ipv6 = sock.family == socket.AF_INET6
+        self._namelen = 28 if self._ipv6 else 16
+        self._headers = (Mmsghdr * self._slots)()
+        self._iovecs = (Iovec * self._slots)()
+        self._names = (ctypes.c_char * (28 * self._slots))()
+        self._controls = (ctypes.c_char * (_GRO_CONTROL * self._slots))()
+        self._data = (ctypes.c_char * (self._slot_size * self._slots))()
+        self._header_bytes = memoryview(self._headers).cast("B")
+        self._name_bytes = memoryview(self._names).cast("B")
+        self._control_bytes = memoryview(self._controls).cast("B")
+        self._data_bytes = memoryview(self._data).cast("B")
+        self._address = ctypes.addressof(self._headers)
+        for slot in range(self._slots):
+            self._iovecs[slot].iov_base = ctypes.addressof(self._data) + slot * self._slot_size
+            self._iovecs[slot].iov_len = self._slot_size
+            header = self._headers[slot].msg_hdr
+            header.msg_name = ctypes.addressof(self._names) + slot * 28
+            header.msg_namelen = self._namelen
+            header.msg_iov = ctypes.addressof(self._iovecs[slot])
+            header.msg_iovlen = 1
+            header.msg_control = ctypes.addressof(self._controls) + slot * _GRO_CONTROL
+            header.msg_controllen = _GRO_CONTROL
+        self._used = 0
+
+    def receive(self, limit: int) -> list[tuple[bytes, Address]]:
+        """What is waiting (up to about `limit` datagrams); raises OSError (BlockingIOError) as recvmmsg."""
+        header_bytes = self._header_bytes
+        for slot in range(self._used):  # the kernel rewrote each used slot's lengths
+            _pack_uint(header_bytes, slot * _MMSGHDR_SIZE + _NAMELEN_AT, self._namelen)
+            _pack_size(header_bytes, slot * _MMSGHDR_SIZE + _CONTROLLEN_AT, _GRO_CONTROL)
+        self._used = 0
+        slots = min(self._slots, max(1, limit))
+        count = self._receive(self._fileno, self._address, slots, MSG_DONTWAIT, None)
+        if count < 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
+        self._used = count
+        batch: list[tuple[bytes, Address]] = []
+        for slot in range(count):
+            base = slot * _MMSGHDR_SIZE
+            (length,) = _unpack_uint(header_bytes, base + _LEN_AT)
+            start = slot * self._slot_size
+            data = self._data_bytes[start : start + length].tobytes()
+            name = slot * 28 + 2
+            if self._ipv6:
+                port, _flow, raw = _unpack_v6(self._name_bytes, name)
+                source = (socket.inet_ntop(socket.AF_INET6, raw), port)
+            else:
+                port, raw = _unpack_v4(self._name_bytes, name)
+                source = (socket.inet_ntoa(raw), port)
+            size = self._segment_size(slot, header_bytes, base)
+            if 0 < size < length:
+                batch.extend((data[at : at + size], source) for at in range(0, length, size))
+            else:
+                batch.append((data, source))
+        return batch
+
+    def _segment_size(self, slot: int, header_bytes: memoryview, base: int) -> int:
+        (controllen,) = struct.unpack_from("@N", header_bytes, base + _CONTROLLEN_AT)
+        if controllen < _CMSG_DATA + 4:
+            return 0
+        at = slot * _GRO_CONTROL
+        _length, level, kind = _CMSG_HEADER.unpack_from(self._control_bytes, at)
+        if level != SOL_UDP or kind != UDP_GRO:
+            return 0
+        return int(_gro_size(self._control_bytes, at + _CMSG_DATA)[0])
+
+
+def _enable_gro(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError as exc:
+        log.info("UDP_GRO refused (%s): receiving with recvmmsg", exc)
+        return False
+    return True
+
+
+def _probe_gso(sock: socket.socket) -> bool:
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+    except OSError as exc:
+        log.info("UDP_SEGMENT refused (%s): sending with sendmmsg", exc)
+        return False
+    return True
+
 
 class DatagramEndpoint(Protocol):
     """What the tunnel shell uses of its encrypted side: `UdpEndpoint` here, `FakeUdpEndpoint` in tests."""
@@ -50,15 +285,30 @@ class DatagramEndpoint(Protocol):
 
     def sendto(self, data: bytes, address: tuple[str, int]) -> bool: ...
 
+    def send_batch(self, datagrams: list[tuple[bytes, Address]]) -> tuple[int, int]:
+        """Send datagrams in order; returns (bytes sent, datagrams that failed)."""
+        ...
+
 
 class UdpEndpoint:
-    """The encrypted side: an IPv4 and (when available) an IPv6 socket on the same port."""
+    """The encrypted side: an IPv4 and (when available) an IPv6 socket on the same port.
 
-    def __init__(self, port: int = 0, fwmark: int = 0) -> None:
+    Offloads (unless `offloads` is False or DNSGUARD_OFFLOADS=off): a run of datagrams to one peer
+    leaves in one UDP_SEGMENT (GSO) send, and UDP_GRO receives trains in one call. Each is probed
+    when the sockets open; where refused, sends go through sendmmsg and receives through recvmmsg.
+    """
+
+    def __init__(self, port: int = 0, fwmark: int = 0, *, offloads: bool = True) -> None:
         self.fwmark = fwmark
         self.requested_port = port
-        self.sockets: dict[int, socket.socket] = {}
+        self.offloads = offloads and offloads_allowed()
+        if offloads and not self.offloads:
+            log.info("UDP offloads off (%s=off): sendmmsg and recvmmsg", OFFLOADS_ENV)
+        self.gso = self.offloads
+        self.sockets: dict[int, TunnelSocket] = {}
         self.port = 0
+        self.gso_sends = 0
+        """UDP_SEGMENT sends made (each carries a train of datagrams)."""
         self.open()
 
     def open(self, port: int | None = None) -> None:
@@ -72,13 +322,15 @@ class UdpEndpoint:
             v4.close()
             raise NetworkError(f"cannot bind UDP port {port}: {exc}") from exc
         self.port = v4.getsockname()[1]
-        self.sockets = {socket.AF_INET: v4}
+        if self.gso:
+            self.gso = _probe_gso(v4)
+        self.sockets = {socket.AF_INET: TunnelSocket(v4, gro=self.offloads)}
         try:
             v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
             v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             _configure(v6, self.fwmark)
             v6.bind(("::", self.port))
-            self.sockets[socket.AF_INET6] = v6
+            self.sockets[socket.AF_INET6] = TunnelSocket(v6, gro=self.offloads)
         except OSError as exc:
             log.info("no IPv6 for the tunnel socket: %s", exc)
 
@@ -107,19 +359,98 @@ class UdpEndpoint:
         if sock is None:
             return False
         try:
-            sock.sendto(data, address)
+            sock.sock.sendto(data, address)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
-            # Unreachable networks and similar are routine during path changes: count, move on.
-            if exc.errno not in (
-                errno.ENETUNREACH,
-                errno.EHOSTUNREACH,
-                errno.EPERM,
-                errno.EADDRNOTAVAIL,
-                errno.ENETDOWN,
-                errno.EINVAL,
-            ):
+            if exc.errno not in ROUTINE_SEND_ERRORS:
                 log.warning("tunnel send to %s failed: %s", address, exc)
             return False
         return True
+
+    def send_batch(self, datagrams: list[tuple[bytes, Address]]) -> tuple[int, int]:
+        """Send in order: runs to one address as GSO trains, else through sendmmsg, else sendto.
+
+        A train is a run of equal-sized datagrams to one address (the last may be shorter), as the
+        device seals a segmented super-packet: the kernel cuts it back into datagrams on the wire.
+        Only what is handed over here is sent; nothing waits for more.
+        """
+        sent = failed = 0
+        count = len(datagrams)
+        index = 0
+        while index < count:
+            data, address = datagrams[index]
+            end = index + 1
+            if self.gso:
+                size = len(data)
+                total = size
+                limit = min(count, index + GSO_MAX_SEGMENTS)
+                while end < limit:
+                    following, destination = datagrams[end]
+                    if (
+                        destination != address
+                        or len(following) > size
+                        or total + len(following) > GSO_MAX_BYTES
+                    ):
+                        break
+                    total += len(following)
+                    end += 1
+                    if len(following) < size:
+                        break
+            if end - index > 1:
+                result = self._send_train(datagrams, index, end, address)
+                if result is not None:
+                    sent += result[0]
+                    failed += result[1]
+                    index = end
+                    continue
+                # GSO refused: this train and the rest go the fallback way
+            end = index + 1
+            queued = self._queue(data, address)
+            if queued is None:
+                if self.sendto(data, address):
+                    sent += len(data)
+                else:
+                    failed += 1
+            else:
+                sent += queued
+            index = end
+        for sock in self.sockets.values():
+            if sock.replies is not None and sock.replies.count:
+                sock.replies.flush()
+        return sent, failed
+
+    def _queue(self, data: bytes, address: Address) -> int | None:
+        """Queue for sendmmsg; None when it must go by sendto (no batch, too large, odd address)."""
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = self.sockets.get(family)
+        if sock is None or sock.replies is None:
+            return None
+        target: Any = address if family == socket.AF_INET else (address[0], address[1], 0, 0)
+        return len(data) if sock.replies.add(data, target) else None
+
+    def _send_train(
+        self, datagrams: list[tuple[bytes, Address]], start: int, end: int, address: Address
+    ) -> tuple[int, int] | None:
+        """One UDP_SEGMENT send; None when the kernel refuses GSO (which is then off for good)."""
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = self.sockets.get(family)
+        if sock is None:
+            return 0, end - start
+        size = len(datagrams[start][0])
+        payload = b"".join([data for data, _ in datagrams[start:end]])
+        try:
+            sock.sock.sendmsg([payload], [(SOL_UDP, UDP_SEGMENT, _segment_size(size))], 0, address)
+        except (BlockingIOError, InterruptedError):
+            return 0, end - start
+        except OSError as exc:
+            if exc.errno in (errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT):
+                # EIO: the route's device cannot checksum GSO segments; the kernel says so only here.
+                log.info("UDP_SEGMENT refused on send (%s): sending with sendmmsg", exc)
+                self.gso = False
+                return None
+            if exc.errno not in ROUTINE_SEND_ERRORS:
+                log.warning("tunnel send to %s failed: %s", address, exc)
+            return 0, end - start
+        self.gso_sends += 1
+        return len(payload), 0

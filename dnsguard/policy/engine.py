@@ -8,7 +8,14 @@ Order of evaluation for a client's group:
 4. anti-bypass names: the DoH canary and iCloud Private Relay get NXDOMAIN;
 5. safe search: a search engine's name is answered with a CNAME to its restricted host;
 6. the group's lists (plus the lists of its schedules active right now): block or allow,
-   with the list, source and line that decided.
+   with the list, source and line that decided. Rules with DNS modifiers and hosts lines with
+   addresses (`dnsguard.filter.side`) are weighed here too, by AdGuard's precedence: they may depend
+   on the query type and the client (its address, its configured name, its and its group's tags),
+   answer with records (``$dnsrewrite``, hosts lines) or a response code. A hosts line or rewrite for a
+   special-use name (nas.home.arpa) answers it before step 2 would.
+
+A decision that depended on who asked says so (`Decision.per_client`): the resolver then keeps it for
+nobody else.
 
 Decisions for the common cases are shared objects, so the hot path allocates nothing.
 """
@@ -16,11 +23,14 @@ Decisions for the common cases are shared objects, so the hot path allocates not
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import ipaddress
+from dataclasses import dataclass, field, replace
 
 from dnsguard.config.addresses import is_ip
 from dnsguard.config.model import BlockMode, Config, GroupConfig
-from dnsguard.filter.matcher import Action, Matcher, Selection, Verdict
+from dnsguard.filter.matcher import Action, Matcher, Selection, Verdict, side_verdict
+from dnsguard.filter.modifiers import RCODE_NXDOMAIN, RCODES, type_name
+from dnsguard.filter.side import Request, SideRule, resolve, strength
 from dnsguard.policy.clients import ClientGroups, MacLookup, is_mac
 from dnsguard.policy.safesearch import safe_search_target
 from dnsguard.policy.schedule import Window, local_weekday_minute
@@ -42,6 +52,8 @@ class Kind(enum.Enum):
     """Answer with a CNAME to `target` and its addresses."""
     NXDOMAIN = "nxdomain"
     """Anti-bypass names (DoH canary, Private Relay) and special-use names, with an SOA for `ttl`."""
+    RCODE = "rcode"
+    """Answer with response code `rcode` and no records (``$dnsrewrite=REFUSED``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +67,13 @@ class Decision:
     addresses: tuple[str, ...] = ()
     ttl: int = 0
     block_mode: BlockMode = "null_ip"
+    records: tuple[bytes, ...] | None = None
+    """For REWRITE: the RDATA of the answer's records, all of the asked type (empty: NODATA)."""
+    rcode: int = 0
+    per_client: bool = False
+    """The decision depends on who asked ($client, $ctag rules cover the name): kept for nobody else."""
+    beaten: tuple[Verdict, ...] = ()
+    """Rules that applied but lost to `verdict` (filled where side rules took part)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +143,11 @@ class Policy:
         self.clients = ClientGroups(
             {n: g.clients for n, g in config.groups.items()}, default="default", mac_lookup=mac_lookup
         )
+        # Which configured client an address is, for $client names and $ctag tags.
+        self.client_ids = ClientGroups(
+            {n: c.addresses for n, c in config.clients.items()}, default=None, mac_lookup=mac_lookup
+        )
+        self._requests: dict[tuple[str, str, int], Request] = {}
         self.rewrites: dict[str, Rewrite] = {}
         self.wildcard_rewrites: dict[str, Rewrite] = {}
         for rewrite in config.rewrites:
@@ -176,6 +200,8 @@ class Policy:
         """
         before = self._group_of_client.pop(address, None)
         self.clients.forget(address)
+        self.client_ids.forget(address)
+        self._requests.clear()
         # Not remembered here (never asked, or the memo was cleared): the caller's own memos may still
         # hold the old group, so count it as moved.
         return before is None or self.group_for(address) is not before
@@ -183,9 +209,11 @@ class Policy:
     def decide(self, name: str, client: str, now: float, qtype: int = QTYPE_A) -> Decision:
         """The decision for canonical `name` (lower case, no trailing dot) from `client` at wall time now."""
         group = self.group_for(client)
-        return self.decide_for_group(name, group, now, qtype)
+        return self.decide_for_group(name, group, now, qtype, client)
 
-    def decide_for_group(self, name: str, group: CompiledGroup, now: float, qtype: int = QTYPE_A) -> Decision:
+    def decide_for_group(
+        self, name: str, group: CompiledGroup, now: float, qtype: int = QTYPE_A, client: str = ""
+    ) -> Decision:
         if self.rewrites or self.wildcard_rewrites:
             rewrite = self._rewrite(name)
             if rewrite is not None:
@@ -198,7 +226,7 @@ class Policy:
                     ttl=rewrite.ttl,
                 )
         special = self.special.check(name, qtype)
-        if special is not None:
+        if special is not None and not self._lists_answer(name, group, now):
             return self._special_decision(special, group)
         if not group.config.filtering or now < self.paused_until:
             return group.forward
@@ -219,7 +247,14 @@ class Policy:
         selection = group.selection(self.matcher, weekday, minute)
         if selection is None:
             return group.forward
-        verdict = selection.match_canonical(name)
+        side = selection.side
+        if side is not None:
+            candidates = side.candidates(name)
+            if candidates:
+                return self._side_decision(name, group, selection, candidates, qtype, client)
+        return self._verdict_decision(selection.match_canonical(name), group)
+
+    def _verdict_decision(self, verdict: Verdict, group: CompiledGroup) -> Decision:
         if verdict.action is Action.BLOCK:
             key = id(verdict)
             decision = group._block_decisions.get(key)
@@ -239,6 +274,108 @@ class Policy:
         if verdict.action is Action.ALLOW:
             return Decision(Kind.FORWARD, group.name, verdict.list_name, verdict)
         return group.forward
+
+    def _lists_answer(self, name: str, group: CompiledGroup, now: float) -> bool:
+        """True when the group's lists hold a hosts line or a rewrite for `name` (a special-use one)."""
+        if not group.config.filtering or self.paused(group.name, now):
+            return False
+        weekday, minute = local_weekday_minute(now) if group.windows else (0, 0)
+        selection = group.selection(self.matcher, weekday, minute)
+        if selection is None or selection.side is None:
+            return False
+        return any(rule.records or rule.rewrite for rule in selection.side.candidates(name))
+
+    def request(self, client: str, group: CompiledGroup, qtype: int) -> Request:
+        """What side rules may ask about a query: its type, the client's address, names and tags."""
+        key = (client, group.name, qtype)
+        request = self._requests.get(key)
+        if request is None:
+            client_name = self.client_ids.group_of(client) if client else None
+            tags = list(group.config.tags)
+            names: list[str] = []
+            if client_name is not None:
+                names.append(client_name)
+                tags.extend(self.config.clients[client_name].tags)
+            request = Request.of(qtype, client, names, tags)
+            if len(self._requests) >= 4096:
+                self._requests.clear()
+            self._requests[key] = request
+        return request
+
+    def _side_decision(
+        self,
+        name: str,
+        group: CompiledGroup,
+        selection: Selection,
+        candidates: tuple[SideRule, ...],
+        qtype: int,
+        client: str,
+    ) -> Decision:
+        verdict = selection.match_canonical(name)
+        plain = (
+            strength(verdict.action is Action.ALLOW, verdict.important)
+            if verdict.action is not Action.NONE
+            else 0
+        )
+        found = resolve(name, plain, candidates, self.request(client, group, qtype))
+        beaten = tuple(side_verdict(rule) for rule in found.beaten)
+        if found.plain_beaten:
+            beaten += (verdict,)
+        per_client = found.per_client
+        if found.outcome == "plain":
+            decision = self._verdict_decision(verdict, group)
+            if per_client or beaten:
+                decision = replace(decision, per_client=per_client, beaten=beaten)
+            return decision
+        winner = found.winners[0]
+        shown = side_verdict(winner)
+        reason = winner.list_name
+        if found.outcome == "block":
+            return Decision(
+                Kind.BLOCK,
+                group.name,
+                reason,
+                shown,
+                ttl=self.block_ttl,
+                block_mode=group.block_mode,
+                per_client=per_client,
+                beaten=beaten,
+            )
+        if found.outcome == "allow":
+            return Decision(Kind.FORWARD, group.name, reason, shown, per_client=per_client, beaten=beaten)
+        if found.cname:
+            kind, target, records = Kind.REWRITE, found.cname, None
+        elif found.rcode == RCODE_NXDOMAIN:
+            kind, target, records = Kind.NXDOMAIN, "", None
+        elif found.rcode:
+            kind, target, records = Kind.RCODE, "", None
+        else:
+            kind, target, records = Kind.REWRITE, "", found.rdatas
+        return Decision(
+            kind,
+            group.name,
+            reason,
+            shown,
+            target=target,
+            ttl=self.block_ttl,
+            records=records,
+            rcode=found.rcode,
+            per_client=per_client,
+            beaten=beaten,
+        )
+
+    def _beaten(self, name: str, group: CompiledGroup, now: float, decision: Decision) -> list[Verdict]:
+        """The rules that applied to the name but lost to the deciding one (explain)."""
+        beaten = list(decision.beaten)
+        if decision.verdict is None:
+            return beaten
+        weekday, minute = local_weekday_minute(now) if group.windows else (0, 0)
+        selection = group.selection(self.matcher, weekday, minute)
+        if selection is not None:
+            for verdict in selection.all_matches(name):
+                if verdict != decision.verdict and verdict not in beaten:
+                    beaten.append(verdict)
+        return beaten
 
     def paused(self, group: str, now: float) -> bool:
         """True while blocking is paused for every group or for this one."""
@@ -272,12 +409,14 @@ class Policy:
         """A human-readable account of the decision, with the rule's source line."""
         client = client.strip().lower().replace("-", ":") if is_mac(client) else client
         group = self.group_for(client)
-        decision = self.decide_for_group(name, group, now, qtype)
+        decision = self.decide_for_group(name, group, now, qtype, client)
         lines = [
             f"name:     {name}",
             f"client:   {client or '-'} (group {group.name})",
             f"decision: {decision.kind.value}",
         ]
+        if qtype != QTYPE_A:
+            lines.insert(1, f"type:     {type_name(qtype)}")
         if decision.reason == SPECIAL_USE:
             special = self.special.check(name, qtype)
             if special is not None:
@@ -297,7 +436,26 @@ class Policy:
             lines.append(f"answer:   CNAME {decision.target}")
         if decision.addresses:
             lines.append(f"answer:   {', '.join(decision.addresses)}")
+        if decision.records is not None:
+            lines.append(f"answer:   {_records_text(decision.records, qtype)}")
+        if decision.kind is Kind.RCODE:
+            code = next((name for name, number in RCODES.items() if number == decision.rcode), decision.rcode)
+            lines.append(f"answer:   response code {code}")
+        for verdict in self._beaten(name, group, now, decision):
+            lines.append(
+                f"beat:     {verdict.rule} in list {verdict.list_name!r} ({verdict.source}:{verdict.line})"
+            )
+        if decision.per_client:
+            lines.append("note:     rules for particular clients cover this name")
         if decision.kind is Kind.FORWARD and decision.verdict is None:
             active = ", ".join(group.lists) or "no lists"
             lines.append(f"reason:   not listed in {active}")
         return "\n".join(lines)
+
+
+def _records_text(records: tuple[bytes, ...], qtype: int) -> str:
+    if not records:
+        return f"no {type_name(qtype)} records (NODATA)"
+    if qtype in (1, 28):
+        return ", ".join(str(ipaddress.ip_address(data)) for data in records)
+    return f"{len(records)} {type_name(qtype)} record(s)"

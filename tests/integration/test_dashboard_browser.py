@@ -51,6 +51,7 @@ def test_dashboard_shows_a_fresh_query_and_allowing_it_from_the_log_lets_the_nex
         "api": {"listen": "127.0.0.1:8053", "token": TOKEN},
         "managed-lists": {"directory": str(state)},
         "reload": {"watch": False},
+        "querylog": {"enabled": True, "path": str(tmp_path / "querylog.sqlite")},
     }
     with Lab() as lab:
         daemon = DnsguardDaemon(lab, "client", "resolve", config)
@@ -118,6 +119,30 @@ def test_dashboard_shows_a_fresh_query_and_allowing_it_from_the_log_lets_the_nex
                 assert browser.evaluate(
                     "document.querySelector('#lists-table tr[data-list=\"managed-allow\"]') !== null"
                 )
+                unexpected = browser.problems_except(expected)
+                assert not unexpected, "\n".join(map(str, unexpected))
+
+                # A restart keeps the log: the blocked query comes back from the lasting query log.
+                browser.navigate("about:blank")
+                daemon.stop()
+                daemon.start(wait_for_interface=None)
+                lab.wait_for(
+                    lambda: (
+                        "status: NOERROR" in lab.dig("client", f"www.{ADDRESSES.zone}", "127.0.0.1").stdout
+                    ),
+                    timeout=20,
+                    what="dnsguard resolve to answer again",
+                )
+                browser.navigate(f"{API}/#log")
+                browser.wait_for(
+                    f"document.querySelector({row!r}) !== null", what="the blocked query after the restart"
+                )
+                assert "lasting query log" in browser.evaluate(
+                    "document.getElementById('log-note').textContent"
+                )
+                browser.navigate(f"{API}/#overview")
+                browser.wait_for("document.body.dataset.loaded === 'overview'", what="the overview again")
+                assert int(browser.evaluate("document.getElementById('count-total').textContent")) >= 6
                 unexpected = browser.problems_except(expected)
                 assert not unexpected, "\n".join(map(str, unexpected))
         except Exception:

@@ -318,9 +318,15 @@
 
   async function loadLog() {
     const params = new URLSearchParams({ limit: "200" });
-    const filters = { client: $("filter-client").value.trim(), name: $("filter-name").value.trim(), result: $("filter-result").value };
+    const filters = { client: $("filter-client").value.trim(), name: $("filter-name").value.trim(), result: $("filter-result").value,
+      qtype: $("filter-qtype").value, list: $("filter-list").value.trim() };
     for (const [key, value] of Object.entries(filters)) if (value) params.set(key, value);
+    const since = $("filter-since").value;
+    if (since) params.set("since", String(Date.now() / 1000 - Number(since)));
     const log = await api("/api/queries?" + params.toString());
+    $("log-note").textContent = log.source === "querylog"
+      ? `From the lasting query log${log.next !== null ? " (the newest 200 matches)" : ""}.`
+      : `From the last ${log.capacity} queries in memory (the lasting query log is off).`;
     const rows = (log.queries || []).map((q) => {
       const blocked = q.result === "blocked";
       const action = blocked ? "allow" : "block";
@@ -328,7 +334,7 @@
       return el("tr", { "data-name": q.name, "data-result": q.result },
         el("td", { text: clock(q.time) }),
         el("td", { text: client }),
-        el("td", { class: "name", text: q.name }),
+        el("td", { class: "name", text: q.count > 1 ? `${q.name} ×${q.count}` : q.name }),
         el("td", { text: q.qtype_name || QTYPES[q.qtype] || q.qtype }),
         el("td", { class: "result-" + q.result, text: q.result }),
         el("td", { text: q.group }),

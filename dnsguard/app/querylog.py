@@ -1,0 +1,295 @@
+"""The lasting query log in the daemon: records taken from the resolver in batches, handed to the writer.
+
+The serving path pays one tuple per answered query, appended to the resolver's bounded sink
+(`Resolver.log_sink`; a full sink counts the record as dropped). Every FLUSH_INTERVAL this module takes
+the sink whole and sends the batch to the writer process (dnsguard/app/querylog_writer.py) from a
+worker thread, so that a full pipe never stalls the event loop. While one batch is on its way, the next
+ones wait here, up to `querylog.queue` records. A writer that cannot open or write its database is
+reported (status, log line, the `dropped` counter) and the resolver keeps answering.
+
+The API reads the database through connections of its own, in worker threads (search, stats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
+
+from dnsguard.app.querylog_store import QueryLogError, QueryStore, Search, qtype_name, rcode_name
+from dnsguard.app.querylog_writer import WriterSettings, encode_batch, writer_main
+
+if TYPE_CHECKING:
+    from dnsguard.config import Config
+    from dnsguard.dns.resolver import LogRecord, Resolver
+
+log = logging.getLogger("dnsguard.querylog")
+
+FLUSH_INTERVAL = 0.5
+"""Seconds between hand-offs of the resolver's records to the writer."""
+STOP_TIMEOUT = 5.0
+"""Seconds the writer has to write the last batches at stop before it is killed."""
+
+
+def settings_of(config: Config) -> WriterSettings | None:
+    """The writer's settings under `config`; None when nothing is to be written."""
+    querylog = config.querylog
+    if not querylog.enabled or querylog.privacy == "off":
+        return None
+    retention = querylog.retention
+    return WriterSettings(
+        os.path.join(config.base_dir, querylog.path),
+        querylog.privacy,
+        float(retention.max_age),
+        retention.max_rows,
+        int(retention.max_size),
+    )
+
+
+@dataclass
+class QueryLogCounters:
+    written: int = 0
+    dropped: int = 0
+    """Records lost: the resolver's sink full, the queue here full, the writer down or failing."""
+    answers: Counter[tuple[int, int]] = field(default_factory=Counter)
+    """(qtype, rcode) -> answered queries, counted by the writer from what it receives, or here when there
+    is none (the metrics fold them into bounded families); a record lost on the way is in `dropped` only."""
+
+
+class QueryLog:
+    """Takes the resolver's records and keeps a writer process for them (when the config asks for one)."""
+
+    def __init__(self, resolver: Resolver, config: Config) -> None:
+        self.resolver = resolver
+        self.counters = QueryLogCounters()
+        self.settings = settings_of(config)
+        self.queue_max = config.querylog.queue
+        self.state = "off"
+        """off, starting, ready, or error (see `error`)."""
+        self.error = ""
+        self._held: list[LogRecord] = []
+        self._conn: Connection | None = None
+        self._process: BaseProcess | None = None
+        self._sending: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sink_dropped_seen = 0
+        resolver.log_sink = []
+        resolver.log_sink_max = self.queue_max
+
+    @property
+    def path(self) -> str | None:
+        """The database while the log is on (whether or not its writer runs)."""
+        return self.settings.path if self.settings is not None else None
+
+    def start(self) -> None:
+        self._start_writer()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _start_writer(self) -> None:
+        if self.settings is None:
+            self.state = "off"
+            return
+        # spawn: a fresh interpreter that loads only the writer's modules, not a fork of the daemon's heap.
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe(duplex=True)
+        process = context.Process(
+            target=writer_main, args=(child, self.settings), name="dnsguard-querylog", daemon=True
+        )
+        try:
+            process.start()
+        except OSError as exc:
+            self._fail(f"query log writer did not start: {exc}")
+            return
+        child.close()
+        self._conn, self._process = parent, process
+        self.state, self.error = "starting", ""
+
+    def _fail(self, error: str) -> None:
+        if self.state != "error" or self.error != error:
+            log.error("%s; queries are answered but not logged", error)
+        self.state, self.error = "error", error
+
+    async def reconfigure(self, config: Config) -> None:
+        """Follow a reload: a new path, privacy or retention restarts the writer once it wrote its batches."""
+        self.queue_max = config.querylog.queue
+        self.resolver.log_sink_max = self.queue_max
+        settings = settings_of(config)
+        if settings == self.settings:
+            return
+        await self._flush()
+        await self._stop_writer()
+        self.settings = settings
+        self._start_writer()
+
+    # -- the hand-off loop ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await self._flush(wait=False)
+            except Exception as exc:  # a bug here must not end the hand-offs
+                log.exception("query log hand-off failed: %s", exc)
+
+    def _take(self) -> list[LogRecord]:
+        resolver = self.resolver
+        records = resolver.take_log_records()
+        if records and self._conn is None:
+            # Without a writer they are counted here; a writer counts what it receives, off this core.
+            self.counters.answers.update((record[3], record[8]) for record in records)
+        lost = resolver.log_sink_dropped - self._sink_dropped_seen
+        self._sink_dropped_seen = resolver.log_sink_dropped
+        self.counters.dropped += lost
+        return records
+
+    async def _flush(self, wait: bool = True) -> None:
+        """Take the resolver's records and send what waits when no send is under way (`wait`: finish it)."""
+        records = self._take()
+        self._read_replies()
+        if self.settings is None:
+            return
+        if self._conn is None:
+            self.counters.dropped += len(records) + len(self._held)
+            self._held = []
+            return
+        room = self.queue_max - len(self._held)
+        if len(records) > room:
+            self.counters.dropped += len(records) - max(0, room)
+            records = records[: max(0, room)]
+        self._held.extend(records)
+        if self._sending is not None:
+            if not wait:
+                return
+            await self._sending
+        if self._held:
+            batch, self._held = self._held, []
+            self._sending = asyncio.get_running_loop().create_task(self._send(batch))
+            if wait:
+                await self._sending
+
+    async def _send(self, batch: list[LogRecord]) -> None:
+        conn = self._conn
+        try:
+            if conn is None:
+                raise OSError("no writer")
+            await asyncio.to_thread(conn.send_bytes, encode_batch(batch))
+        except (OSError, ValueError) as exc:
+            self.counters.dropped += len(batch)
+            self._fail(f"query log writer is gone: {exc}")
+        finally:
+            self._sending = None
+
+    def _read_replies(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            while conn.poll(0):
+                self._reply(conn.recv())
+        except (EOFError, OSError) as exc:
+            self._fail(self.error or f"query log writer is gone: {exc or 'exited'}")
+            self._conn = None
+
+    def _reply(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "ready":
+            self.state = "ready"
+            log.info("query log %s: %d queries kept", self.path, message[1])
+        elif kind == "written":
+            self.counters.written += message[1]
+            self.counters.answers.update(message[2])
+            if self.state == "error":
+                log.info("query log %s: writing again", self.path)
+            self.state, self.error = "ready", ""
+        elif kind == "failed":
+            self.counters.dropped += message[1]
+            self.counters.answers.update(message[3])
+            self._fail(message[2])
+        elif kind == "error":
+            self._fail(message[1])
+        elif kind == "retention" and message[1]:
+            log.info("query log %s: %d old queries deleted", self.path, message[1])
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    async def _stop_writer(self) -> None:
+        conn, process = self._conn, self._process
+        self._conn, self._process = None, None
+        if conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send_bytes(b"")
+        if process is not None:
+            await asyncio.to_thread(process.join, STOP_TIMEOUT)
+            if process.is_alive():
+                log.warning("query log writer did not finish in %.0f s: killed", STOP_TIMEOUT)
+                process.kill()
+                await asyncio.to_thread(process.join, 1.0)
+        if conn is not None:
+            with contextlib.suppress(EOFError, OSError):
+                while conn.poll(0):
+                    self._reply(conn.recv())
+            conn.close()
+
+    async def close(self) -> None:
+        """Write what is still waiting, then end the writer."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._sending is not None:
+            with contextlib.suppress(Exception):
+                await self._sending
+        if self._conn is not None:
+            await self._flush()
+        await self._stop_writer()
+        self.resolver.log_sink = None
+
+    # -- reading (API) --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "error": self.error or None,
+            "path": self.path,
+            "privacy": self.settings.privacy if self.settings is not None else "off",
+            "written": self.counters.written,
+            "dropped": self.counters.dropped,
+            "waiting": len(self._held) + len(self.resolver.log_sink or ()),
+        }
+
+    async def search(self, search: Search) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(_read, self._path_or_raise(), lambda store: store.search(search))
+
+    async def stats(self, window: str) -> dict[str, Any]:
+        now = time.time()
+        return await asyncio.to_thread(_read, self._path_or_raise(), lambda store: store.stats(window, now))
+
+    def _path_or_raise(self) -> str:
+        if self.settings is None:
+            raise QueryLogError("the lasting query log is off (querylog.enabled, querylog.privacy)")
+        return self.settings.path
+
+
+def _read(path: str, reader: Any) -> Any:
+    store = QueryStore(path, readonly=True)
+    try:
+        return reader(store)
+    finally:
+        store.close()
+
+
+def answers_by_family(counters: QueryLogCounters) -> dict[tuple[str, str], int]:
+    """Answered queries by (qtype family, rcode family): bounded label sets for the metrics."""
+    families: dict[tuple[str, str], int] = {}
+    for (qtype, rcode), count in counters.answers.items():
+        key = (qtype_name(qtype), rcode_name(rcode))
+        families[key] = families.get(key, 0) + count
+    return families

@@ -1,0 +1,429 @@
+"""TUN offloads as bytes in, bytes out: virtio-net headers, super-packet segmentation, TCP coalescing.
+
+A TUN opened with IFF_VNET_HDR and TUNSETOFFLOAD hands over TCP "super-packets" of up to 64 KB (one
+read instead of forty) with a virtio-net header saying how to cut them, and takes coalesced ones
+back the same way: the system calls per gigabyte drop by the segment count, which is most of what a
+Python tunnel spends. This module is the pure part: no descriptors, no system calls, bytes in and
+bytes out, so every rule here is tested against the kernel's own checksums (tests/integration) and
+by round trips (tests/unit/test_offload.py).
+
+Checksums (RFC 1071) are computed at C speed: the buffer read as one big-endian integer is, modulo
+0xFFFF, the ones' complement sum of its 16-bit words (2**16 is 1 modulo 0xFFFF), so one
+`int.from_bytes` and one `%` replace a Python loop over words.
+
+The header layout is `struct virtio_net_hdr` (include/uapi/linux/virtio_net.h) in host byte order,
+which a TUN uses unless TUNSETVNETBE/LE says otherwise.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Final
+
+from dnsguard.errors import ProtocolError
+
+VNET_HEADER: Final = struct.Struct("=BBHHHH")
+"""flags, gso_type, hdr_len, gso_size, csum_start, csum_offset."""
+VNET_HEADER_SIZE: Final = VNET_HEADER.size
+NEEDS_CSUM: Final = 1
+GSO_NONE: Final = 0
+GSO_TCPV4: Final = 1
+GSO_UDP: Final = 3
+GSO_TCPV6: Final = 4
+GSO_UDP_L4: Final = 5
+GSO_ECN: Final = 0x80
+PLAIN_HEADER: Final = bytes(VNET_HEADER_SIZE)
+"""The header of a packet written whole, its checksums already complete."""
+
+TCP: Final = 6
+UDP: Final = 17
+TCP_FIN: Final = 0x01
+TCP_SYN: Final = 0x02
+TCP_RST: Final = 0x04
+TCP_PSH: Final = 0x08
+TCP_ACK: Final = 0x10
+TCP_URG: Final = 0x20
+TCP_CWR: Final = 0x80
+TCP_CHECKSUM_OFFSET: Final = 16
+UDP_CHECKSUM_OFFSET: Final = 6
+MAX_COALESCED: Final = 65535
+"""Bytes of one coalesced IP packet: the IPv4 total length field's limit (and IPv6's payload length)."""
+
+_u16 = struct.Struct("!H")
+_u32 = struct.Struct("!I")
+
+
+_FOLD_MASKS: Final = {bits: (1 << bits) - 1 for bits in (1 << n for n in range(10, 20))}
+
+
+def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
+    """The ones' complement sum of `data` as 16-bit words, plus `initial`, reduced modulo 0xFFFF.
+
+    Modulo 0xFFFF, 0 and 0xFFFF are the same ones' complement number; callers turn the result into
+    a checksum with `finish`. A long buffer is first folded in halves (high half plus low half,
+    at bit offsets that are multiples of 16, so the sum modulo 0xFFFF is kept): shifts and adds run
+    faster than the division that `%` does per 30-bit digit, which is left for the last 1024 bits.
+    """
+    value = int.from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8  # the odd byte is the high half of a last word padded with zero
+    half = 1 << (value.bit_length().bit_length() - 1) if value else 0
+    while half >= 1024:
+        value = (value >> half) + (value & _FOLD_MASKS[half])
+        half >>= 1
+    return (value + initial) % 0xFFFF
+
+
+def finish(total: int) -> int:
+    """The checksum field for a ones' complement sum: never 0, which in UDP means "no checksum"."""
+    return 0xFFFF - total % 0xFFFF
+
+
+def pseudo_header_sum(packet: bytes | bytearray, protocol: int, length: int) -> int:
+    """The sum of the TCP/UDP pseudo-header (RFC 793, RFC 8200 section 8.1) for `packet`'s addresses."""
+    if packet[0] >> 4 == 4:
+        addresses = int.from_bytes(packet[12:20], "big")
+    else:
+        addresses = int.from_bytes(packet[8:40], "big")
+    return (addresses + protocol + length) % 0xFFFF
+
+
+def l4_checksum_valid(packet: bytes | bytearray, l4_start: int, protocol: int) -> bool:
+    """Whether the TCP or UDP checksum of `packet` (its transport header at `l4_start`) verifies."""
+    length = len(packet) - l4_start
+    return ones_sum(memoryview(packet)[l4_start:], pseudo_header_sum(packet, protocol, length)) == 0
+
+
+def _ipv4_header_checksum(header: bytearray, length: int) -> None:
+    header[10:12] = b"\0\0"
+    header[10:12] = _u16.pack(finish(ones_sum(memoryview(header)[:length])))
+
+
+@dataclass(frozen=True, slots=True)
+class VnetHeader:
+    flags: int
+    gso_type: int
+    header_length: int
+    gso_size: int
+    checksum_start: int
+    checksum_offset: int
+
+    @classmethod
+    def parse(cls, data: bytes | bytearray | memoryview) -> VnetHeader:
+        return cls(*VNET_HEADER.unpack_from(data))
+
+    def pack(self) -> bytes:
+        return VNET_HEADER.pack(
+            self.flags,
+            self.gso_type,
+            self.header_length,
+            self.gso_size,
+            self.checksum_start,
+            self.checksum_offset,
+        )
+
+
+class MalformedSuperPacket(ProtocolError):
+    """A TUN read whose virtio-net header does not describe its packet: dropped and counted."""
+
+
+def split(buffer: bytes) -> list[bytes]:
+    """The IP packets of one TUN read (virtio-net header first), with complete checksums.
+
+    A plain packet comes back as it is; one with NEEDS_CSUM gets its transport checksum finished; a
+    TCP or UDP super-packet is cut into `gso_size` payloads, each with its own headers and checksums.
+    Raises MalformedSuperPacket when the header does not fit the packet.
+    """
+    if len(buffer) < VNET_HEADER_SIZE + 20:
+        raise MalformedSuperPacket("shorter than a virtio-net header and an IP header")
+    header = VnetHeader.parse(buffer)
+    packet = buffer[VNET_HEADER_SIZE:]
+    gso_type = header.gso_type & ~GSO_ECN
+    if gso_type == GSO_NONE:
+        if header.flags & NEEDS_CSUM:
+            return [complete_checksum(packet, header.checksum_start, header.checksum_offset)]
+        return [packet]
+    if not header.flags & NEEDS_CSUM or header.gso_size == 0:
+        raise MalformedSuperPacket("a GSO packet without NEEDS_CSUM or without a segment size")
+    if gso_type in (GSO_TCPV4, GSO_TCPV6):
+        return segment_tcp(packet, header.checksum_start, header.gso_size)
+    if gso_type == GSO_UDP_L4:
+        return segment_udp(packet, header.checksum_start, header.gso_size)
+    raise MalformedSuperPacket(f"GSO type {header.gso_type} was not offered")
+
+
+def complete_checksum(packet: bytes, start: int, offset: int) -> bytes:
+    """Finish a partial checksum: the field holds the pseudo-header sum, the rest is summed from `start`."""
+    where = start + offset
+    if where + 2 > len(packet):
+        raise MalformedSuperPacket("checksum field beyond the packet")
+    total = ones_sum(memoryview(packet)[start:])
+    out = bytearray(packet)
+    out[where : where + 2] = _u16.pack(finish(total))
+    return bytes(out)
+
+
+def _ip_layout(packet: bytes, l4_start: int, protocol: int) -> bool:
+    """Whether `packet` is IPv4 or IPv6 with a transport header of `protocol` at `l4_start`."""
+    version = packet[0] >> 4
+    if version == 4:
+        return (packet[0] & 0x0F) * 4 == l4_start and packet[9] == protocol and l4_start >= 20
+    if version == 6:
+        return l4_start >= 40
+    return False
+
+
+def segment_tcp(packet: bytes, l4_start: int, mss: int) -> list[bytes]:
+    """Cut a TCP super-packet into segments of at most `mss` payload bytes, as the kernel's TSO does.
+
+    Sequence numbers advance by the payload before each segment; FIN and PSH stay on the last
+    segment only and CWR on the first; IPv4 identifiers count up from the super-packet's. The
+    checksums are summed once for the shared headers and updated per segment with the fields that
+    change (RFC 1624), so each segment costs one pass over its own payload.
+    """
+    if not _ip_layout(packet, l4_start, TCP) or len(packet) < l4_start + 20:
+        raise MalformedSuperPacket("not a TCP packet where the header says")
+    tcp_length = (packet[l4_start + 12] >> 4) * 4
+    header_length = l4_start + tcp_length
+    if tcp_length < 20 or header_length > len(packet):
+        raise MalformedSuperPacket("TCP header longer than the packet")
+    ipv4 = packet[0] >> 4 == 4
+    (sequence,) = _u32.unpack_from(packet, l4_start + 4)
+    identifier = _u16.unpack_from(packet, 4)[0] if ipv4 else 0
+    flags = packet[l4_start + 13]
+    template = bytearray(packet[:header_length])
+    # The shared parts of each sum, with every field that changes set to zero.
+    template[l4_start + 4 : l4_start + 8] = b"\0\0\0\0"
+    template[l4_start + 13] = 0
+    template[l4_start + 16 : l4_start + 18] = b"\0\0"
+    if ipv4:
+        template[2:6] = b"\0\0\0\0"
+        template[10:12] = b"\0\0"
+        ip_base = ones_sum(memoryview(template)[:l4_start])
+    tcp_base = ones_sum(memoryview(template)[l4_start:], pseudo_header_sum(template, TCP, 0))
+    payload = memoryview(packet)[header_length:]
+    count = max(1, -(-len(payload) // mss))
+    segments: list[bytes] = []
+    append = segments.append
+    sequence_at, flags_at, checksum_at = l4_start + 4, l4_start + 13, l4_start + TCP_CHECKSUM_OFFSET
+    for index in range(count):
+        chunk = payload[index * mss : (index + 1) * mss]
+        length = header_length + len(chunk)
+        header = template[:]
+        if ipv4:
+            segment_id = (identifier + index) & 0xFFFF
+            header[2:6] = _u32.pack((length << 16) | segment_id)
+            header[10:12] = _u16.pack(finish(ip_base + length + segment_id))
+        else:
+            header[4:6] = _u16.pack(length - 40)
+        segment_sequence = (sequence + index * mss) & 0xFFFFFFFF
+        header[sequence_at : sequence_at + 4] = _u32.pack(segment_sequence)
+        segment_flags = flags
+        if index != count - 1:
+            segment_flags &= ~(TCP_FIN | TCP_PSH)
+        if index:
+            segment_flags &= ~TCP_CWR
+        header[flags_at] = segment_flags
+        total = ones_sum(
+            chunk,
+            tcp_base
+            + (segment_sequence >> 16)
+            + (segment_sequence & 0xFFFF)
+            + segment_flags
+            + length
+            - l4_start,
+        )
+        header[checksum_at : checksum_at + 2] = _u16.pack(finish(total))
+        append(bytes(header) + chunk)
+    return segments
+
+
+def segment_udp(packet: bytes, l4_start: int, size: int) -> list[bytes]:
+    """Cut a UDP super-packet (GSO_UDP_L4) into datagrams of `size` payload bytes, each checksummed."""
+    if not _ip_layout(packet, l4_start, UDP) or len(packet) < l4_start + 8:
+        raise MalformedSuperPacket("not a UDP packet where the header says")
+    ipv4 = packet[0] >> 4 == 4
+    header_length = l4_start + 8
+    identifier = _u16.unpack_from(packet, 4)[0] if ipv4 else 0
+    template = bytearray(packet[:header_length])
+    payload = memoryview(packet)[header_length:]
+    count = max(1, -(-len(payload) // size))
+    datagrams = []
+    for index in range(count):
+        datagram = template + payload[index * size : (index + 1) * size]
+        length = len(datagram)
+        if ipv4:
+            datagram[2:4] = _u16.pack(length)
+            datagram[4:6] = _u16.pack((identifier + index) & 0xFFFF)
+            _ipv4_header_checksum(datagram, l4_start)
+        else:
+            datagram[4:6] = _u16.pack(length - 40)
+        udp_length = length - l4_start
+        datagram[l4_start + 4 : l4_start + 8] = _u16.pack(udp_length) + b"\0\0"
+        total = ones_sum(memoryview(datagram)[l4_start:], pseudo_header_sum(datagram, UDP, udp_length))
+        checksum_at = l4_start + UDP_CHECKSUM_OFFSET
+        datagram[checksum_at : checksum_at + 2] = _u16.pack(finish(total))
+        datagrams.append(bytes(datagram))
+    return datagrams
+
+
+# -- coalescing (the write side) ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Run:
+    """Consecutive TCP segments of one flow, to be written as one super-packet."""
+
+    first: bytes
+    l4_start: int
+    header_length: int
+    gso_size: int
+    next_sequence: int
+    match: bytes
+    packets: list[bytes] = field(default_factory=list)
+    size: int = 0
+    push: bool = False
+    closed: bool = False
+
+
+def _tcp_key(packet: bytes) -> tuple[int, bytes, bytes] | None:
+    """(transport offset, flow key, what must match to coalesce) of a plain TCP segment, else None.
+
+    Only ACK (and PSH) segments with data, without IPv4 options or fragments or IPv6 extension
+    headers, are candidates; anything else is written as it is.
+    """
+    if len(packet) < 40:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        if packet[0] != 0x45 or packet[9] != TCP or packet[6] & 0x3F or packet[7]:
+            return None
+        l4_start = 20
+        if _u16.unpack_from(packet, 2)[0] != len(packet):
+            return None
+        flow = packet[12:20]
+        ip_match = packet[1:2] + bytes([packet[6] & 0x40]) + packet[8:9]
+    elif version == 6:
+        if packet[6] != TCP or len(packet) < 60 or _u16.unpack_from(packet, 4)[0] != len(packet) - 40:
+            return None
+        l4_start = 40
+        flow = packet[8:40]
+        ip_match = packet[0:4] + packet[7:8]
+    else:
+        return None
+    flags = packet[l4_start + 13]
+    if flags & ~TCP_PSH != TCP_ACK:
+        return None
+    header_length = l4_start + (packet[l4_start + 12] >> 4) * 4
+    if header_length >= len(packet) or header_length < l4_start + 20:
+        return None
+    flow += packet[l4_start : l4_start + 4]
+    match = ip_match + packet[l4_start + 8 : l4_start + 13] + packet[l4_start + 14 : l4_start + 16]
+    match += packet[l4_start + 20 : header_length]
+    return l4_start, flow, match
+
+
+def coalesce(packets: list[bytes]) -> list[tuple[bytes, bytes | bytearray]]:
+    """(virtio-net header, packet) pairs to write for `packets`: TCP segments of a flow merged.
+
+    Segments of one flow that follow each other in sequence, carry the same acknowledgement, window,
+    options and IP fields, and have equal payloads (the last may be shorter) become one super-packet
+    with a GSO header, which the kernel takes as one packet and re-segments only if it forwards it.
+    Each flow keeps its order; different flows may be interleaved differently than they came.
+
+    The kernel trusts a super-packet's checksum (NEEDS_CSUM), so the segments' own checksums are
+    verified here first, all of a run in one pass: the sum over the merged bytes plus each
+    segment's pseudo-header and TCP header must be zero, as it is when every segment's is. A run
+    that fails is written segment by segment, and the kernel drops the bad one as it would anyway.
+    """
+    out: list[tuple[bytes, bytes | bytearray] | _Run] = []
+    runs: dict[bytes, _Run] = {}
+    for packet in packets:
+        key = _tcp_key(packet)
+        if key is None:
+            out.append((PLAIN_HEADER, packet))
+            continue
+        l4_start, flow, match = key
+        header_length = l4_start + (packet[l4_start + 12] >> 4) * 4
+        payload_length = len(packet) - header_length
+        (sequence,) = _u32.unpack_from(packet, l4_start + 4)
+        push = bool(packet[l4_start + 13] & TCP_PSH)
+        run = runs.get(flow)
+        if (
+            run is not None
+            and not run.closed
+            and sequence == run.next_sequence
+            and payload_length <= run.gso_size
+            and match == run.match
+            and run.size + payload_length <= MAX_COALESCED
+        ):
+            run.packets.append(packet)
+            run.size += payload_length
+            run.next_sequence = (sequence + payload_length) & 0xFFFFFFFF
+            run.push = push
+            run.closed = push or payload_length < run.gso_size
+            continue
+        run = _Run(
+            first=packet,
+            l4_start=l4_start,
+            header_length=header_length,
+            gso_size=payload_length,
+            next_sequence=(sequence + payload_length) & 0xFFFFFFFF,
+            match=match,
+            size=len(packet),
+            push=push,
+            closed=push,
+        )
+        runs[flow] = run
+        out.append(run)
+    written: list[tuple[bytes, bytes | bytearray]] = []
+    for item in out:
+        if isinstance(item, tuple):
+            written.append(item)
+        elif not item.packets:
+            written.append((PLAIN_HEADER, item.first))
+        else:
+            merged = _render(item)
+            if merged is None:
+                written.append((PLAIN_HEADER, item.first))
+                written.extend((PLAIN_HEADER, packet) for packet in item.packets)
+            else:
+                written.append(merged)
+    return written
+
+
+def _render(run: _Run) -> tuple[bytes, bytearray] | None:
+    """The run as one GSO packet, or None when its checksums do not verify."""
+    l4_start = run.l4_start
+    header_length = run.header_length
+    first = run.first
+    body = bytearray().join([first, *[memoryview(packet)[header_length:] for packet in run.packets]])
+    addresses = pseudo_header_sum(first, TCP, 0)
+    if run.gso_size & 1:
+        # Odd payloads put later segments' words out of step with the merged bytes: one by one.
+        if not all(l4_checksum_valid(packet, l4_start, TCP) for packet in (first, *run.packets)):
+            return None
+    else:
+        total = ones_sum(memoryview(body)[l4_start:], addresses + len(first) - l4_start)
+        for packet in run.packets:
+            total += addresses + len(packet) - l4_start
+            total += ones_sum(memoryview(packet)[l4_start:header_length])
+        if total % 0xFFFF:
+            return None
+    length = run.size
+    if body[0] >> 4 == 4:
+        body[2:4] = _u16.pack(length)
+        body[10:12] = b"\0\0"
+        body[10:12] = _u16.pack(finish(ones_sum(memoryview(body)[:l4_start])))
+        gso_type = GSO_TCPV4
+    else:
+        body[4:6] = _u16.pack(length - 40)
+        gso_type = GSO_TCPV6
+    if run.push:
+        body[l4_start + 13] |= TCP_PSH
+    # NEEDS_CSUM: the field holds the pseudo-header sum, the kernel (or whoever segments) finishes it.
+    checksum_at = l4_start + TCP_CHECKSUM_OFFSET
+    body[checksum_at : checksum_at + 2] = _u16.pack((addresses + length - l4_start) % 0xFFFF or 0xFFFF)
+    vnet = VNET_HEADER.pack(NEEDS_CSUM, gso_type, header_length, run.gso_size, l4_start, TCP_CHECKSUM_OFFSET)
+    return vnet, body

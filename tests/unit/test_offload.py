@@ -1,0 +1,177 @@
+"""TUN offloads (net/offload.py): checksums against RFC 1071's word loop, segmentation and coalescing
+round trips, and what must never be merged."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from packet_builders import (
+    DESTINATION4,
+    SOURCE4,
+    ip_header,
+    ipv4_header_valid,
+    reference_l4_valid,
+    reference_sum,
+    super_packet,
+    tcp_packet,
+)
+
+from dnsguard.net.offload import (
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP_L4,
+    NEEDS_CSUM,
+    PLAIN_HEADER,
+    MalformedSuperPacket,
+    VnetHeader,
+    coalesce,
+    finish,
+    l4_checksum_valid,
+    ones_sum,
+    split,
+)
+
+
+@given(st.binary(max_size=3000), st.integers(0, 0xFFFF))
+def test_the_big_integer_sum_equals_rfc_1071s_word_loop(data: bytes, initial: int) -> None:
+    assert ones_sum(data, initial) == (reference_sum(data) + initial) % 0xFFFF
+    assert finish(ones_sum(data)) != 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    version=st.sampled_from([4, 6]),
+    length=st.integers(1, 20000),
+    mss=st.integers(200, 1460),
+)
+def test_a_tcp_super_packet_is_cut_into_valid_segments_and_coalesces_back(
+    version: int, length: int, mss: int
+) -> None:
+    payload = bytes(range(256)) * (length // 256 + 1)
+    buffer = super_packet(version, payload[:length], mss)
+    segments = split(buffer)
+    l4_start = 20 if version == 4 else 40
+    assert len(segments) == -(-length // mss)
+    assert b"".join(s[l4_start + 20 :] for s in segments) == payload[:length]
+    for index, segment in enumerate(segments):
+        assert reference_l4_valid(segment, l4_start, 6)
+        assert l4_checksum_valid(segment, l4_start, 6)
+        assert struct.unpack_from("!I", segment, l4_start + 4)[0] == 1000 + index * mss
+        last = index == len(segments) - 1
+        assert bool(segment[l4_start + 13] & 0x08) == last  # PSH only on the last
+        if version == 4:
+            assert ipv4_header_valid(segment)
+            assert struct.unpack_from("!H", segment, 4)[0] == 7 + index
+    written = coalesce(segments)
+    if len(segments) == 1:
+        assert written == [(PLAIN_HEADER, segments[0])]
+        return
+    assert len(written) == 1
+    vnet, packet = written[0]
+    header = VnetHeader.parse(vnet)
+    assert (header.gso_type, header.gso_size, header.checksum_start) == (
+        GSO_TCPV4 if version == 4 else GSO_TCPV6,
+        mss,
+        l4_start,
+    )
+    assert split(vnet + packet) == segments
+
+
+@settings(max_examples=40, deadline=None)
+@given(version=st.sampled_from([4, 6]), length=st.integers(1, 9000), size=st.integers(100, 1400))
+def test_a_udp_super_packet_is_cut_into_checksummed_datagrams(version: int, length: int, size: int) -> None:
+    l4_start = 20 if version == 4 else 40
+    payload = bytes(range(251)) * (length // 251 + 1)
+    udp = struct.pack("!HHHH", 5000, 6000, 8 + length, 0) + payload[:length]
+    vnet = VnetHeader(NEEDS_CSUM, GSO_UDP_L4, l4_start + 8, size, l4_start, 6).pack()
+    datagrams = split(vnet + ip_header(version, 17, len(udp)) + udp)
+    assert len(datagrams) == -(-length // size)
+    assert b"".join(d[l4_start + 8 :] for d in datagrams) == payload[:length]
+    for datagram in datagrams:
+        assert reference_l4_valid(datagram, l4_start, 17)
+        assert struct.unpack_from("!H", datagram, l4_start + 4)[0] == len(datagram) - l4_start
+
+
+def test_a_packet_that_needs_its_checksum_finished_gets_a_valid_one() -> None:
+    packet = bytearray(tcp_packet(4, b"hello", checksum=False))
+    pseudo = (int.from_bytes(SOURCE4 + DESTINATION4, "big") + 6 + 25) % 0xFFFF
+    packet[36:38] = struct.pack("!H", pseudo)
+    vnet = VnetHeader(NEEDS_CSUM, 0, 0, 0, 20, 16).pack()
+    (finished,) = split(vnet + bytes(packet))
+    assert reference_l4_valid(finished, 20, 6)
+
+
+@pytest.mark.parametrize(
+    "vnet",
+    [
+        VnetHeader(NEEDS_CSUM, GSO_TCPV4, 40, 0, 20, 16),  # no segment size
+        VnetHeader(0, GSO_TCPV4, 40, 100, 20, 16),  # GSO without NEEDS_CSUM
+        VnetHeader(NEEDS_CSUM, GSO_TCPV4, 40, 100, 24, 16),  # transport offset is not the IPv4 header length
+        VnetHeader(NEEDS_CSUM, 3, 40, 100, 20, 6),  # UFO, never offered
+        VnetHeader(NEEDS_CSUM, 0, 0, 0, 20, 4000),  # checksum field beyond the packet
+    ],
+)
+def test_a_header_that_does_not_describe_its_packet_is_refused(vnet: VnetHeader) -> None:
+    with pytest.raises(MalformedSuperPacket):
+        split(vnet.pack() + tcp_packet(4, b"x" * 300))
+
+
+def test_segments_of_two_flows_interleaved_coalesce_per_flow_in_order() -> None:
+    a = [tcp_packet(4, b"a" * 100, 1000 + 100 * i, identifier=7 + i) for i in range(3)]
+    b = [tcp_packet(6, b"b" * 100, 5000 + 100 * i) for i in range(3)]
+    written = coalesce([a[0], b[0], a[1], b[1], a[2], b[2]])
+    assert len(written) == 2
+    assert split(written[0][0] + written[0][1]) == a
+    assert split(written[1][0] + written[1][1]) == b
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        tcp_packet(4, b"a" * 100, 1200),  # a gap in sequence
+        tcp_packet(4, b"a" * 100, 1100, ack=56),  # another acknowledgement
+        tcp_packet(4, b"a" * 100, 1100, flags=0x11),  # FIN
+        tcp_packet(4, b"a" * 100, 1100, options=b"\x01\x01\x08\x0a" + b"\0" * 8),  # other options
+        tcp_packet(4, b"a" * 200, 1100),  # larger than the first
+        tcp_packet(4, b"", 1100),  # no data
+        tcp_packet(4, b"a" * 100, 1100, checksum=False),  # a checksum that fails
+    ],
+    ids=["gap", "ack", "fin", "options", "larger", "empty", "bad-checksum"],
+)
+def test_segments_that_may_not_merge_are_written_as_they_came(second: bytes) -> None:
+    first = tcp_packet(4, b"a" * 100, 1000)
+    assert coalesce([first, second]) == [(PLAIN_HEADER, first), (PLAIN_HEADER, second)]
+
+
+def test_a_push_or_a_short_segment_ends_a_run() -> None:
+    packets = [
+        tcp_packet(4, b"a" * 100, 1000),
+        tcp_packet(4, b"a" * 50, 1100, identifier=8),
+        tcp_packet(4, b"a" * 50, 1150, identifier=9),
+    ]
+    written = coalesce(packets)
+    assert len(written) == 2
+    assert split(written[0][0] + written[0][1]) == packets[:2]
+    assert written[1] == (PLAIN_HEADER, packets[2])
+
+
+def test_non_tcp_packets_pass_through_untouched() -> None:
+    udp = ip_header(4, 17, 12) + struct.pack("!HHHH", 1, 2, 12, 0) + b"abcd"
+    assert coalesce([udp, b"\x60" + b"\0" * 10]) == [
+        (PLAIN_HEADER, udp),
+        (PLAIN_HEADER, b"\x60" + b"\0" * 10),
+    ]
+
+
+@pytest.mark.parametrize("size", [100, 101], ids=["even", "odd"])
+def test_a_run_with_one_bad_checksum_is_written_segment_by_segment(size: int) -> None:
+    packets = [tcp_packet(4, b"q" * size, 1000 + size * i, identifier=7 + i) for i in range(4)]
+    good = coalesce(packets)
+    assert len(good) == 1 and split(good[0][0] + bytes(good[0][1])) == packets
+    corrupt = bytearray(packets[2])
+    corrupt[-1] ^= 0x01
+    packets[2] = bytes(corrupt)
+    assert coalesce(packets) == [(PLAIN_HEADER, packet) for packet in packets]

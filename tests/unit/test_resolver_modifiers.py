@@ -1,0 +1,114 @@
+"""Rules with DNS modifiers and hosts answers end to end: the resolver core over fake upstreams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dnslib import QTYPE, RCODE
+
+from dnsguard.app.lists import build_sync
+from dnsguard.config import Config, GroupConfig, ListConfig
+from dnsguard.config.model import ClientConfig
+from dnsguard.dns.cache import AnswerCache
+from dnsguard.dns.resolver import Forward, Resolver
+from dnsguard.policy.engine import Policy
+from tests.unit.test_resolver import FakeUpstreams, Harness, parse, query
+
+LAPTOP = "192.0.2.30"
+PHONE = "192.0.2.20"
+OTHER = "192.0.2.99"
+
+RULES = """\
+192.0.2.10 nas.home.arpa
+2001:db8::10 nas.home.arpa
+||ads.example^
+@@||ads.example^$client=192.0.2.30
+||video.example^$ctag=device_phone
+||v6.example^$dnstype=AAAA
+||info.example^$dnsrewrite=NOERROR;TXT;hello world
+||info.example^$dnsrewrite=NOERROR;MX;10 mail.info.example
+||gone.example^$dnsrewrite=REFUSED
+||alias.example^$dnsrewrite=target.example
+"""
+
+
+def make() -> tuple[Any, FakeUpstreams]:
+    config = Config(
+        lists={"custom": ListConfig(sources=[RULES])},
+        groups={"default": GroupConfig(block=["custom"])},
+        clients={"phone": ClientConfig(addresses=[PHONE], tags=["device_phone"])},
+    )
+    for group in config.groups.values():
+        group.validate()
+    policy = Policy(config, build_sync(config).matcher)
+    upstreams = FakeUpstreams()
+    resolver = Resolver(policy, AnswerCache(max_entries=100), clock=lambda: 1000.0)
+    return Harness(resolver, upstreams), upstreams
+
+
+def records(reply: object) -> list[tuple[str, str]]:
+    return [(QTYPE[rr.rtype], str(rr.rdata)) for rr in parse(reply).rr]
+
+
+def test_a_hosts_line_answers_locally_a_and_aaaa_and_nodata_for_other_types() -> None:
+    resolver, upstreams = make()
+    assert records(resolver.answer_now(query("nas.home.arpa"), OTHER)) == [("A", "192.0.2.10")]
+    assert records(resolver.answer_now(query("nas.home.arpa", "AAAA"), OTHER)) == [("AAAA", "2001:db8::10")]
+    nodata = parse(resolver.answer_now(query("nas.home.arpa", "MX"), OTHER))
+    assert nodata.header.rcode == RCODE.NOERROR and not nodata.rr and nodata.auth
+    assert upstreams.asked == []
+
+
+def test_dnsrewrite_answers_txt_and_mx_records() -> None:
+    resolver, upstreams = make()
+    assert records(resolver.answer_now(query("info.example", "TXT"), OTHER)) == [("TXT", '"hello world"')]
+    assert records(resolver.answer_now(query("info.example", "MX"), OTHER)) == [
+        ("MX", "10 mail.info.example.")
+    ]
+    assert upstreams.asked == []
+
+
+def test_dnsrewrite_refused_answers_refused() -> None:
+    resolver, _ = make()
+    assert parse(resolver.answer_now(query("gone.example"), OTHER)).header.rcode == RCODE.REFUSED
+
+
+async def test_a_cname_rewrite_is_followed_upstream() -> None:
+    resolver, upstreams = make()
+    reply = await resolver.answer_later(query("alias.example"), OTHER, False)
+    assert records(reply) == [("CNAME", "target.example."), ("A", "198.51.100.80")]
+    assert upstreams.asked == ["target.example"]
+
+
+def test_dnstype_blocks_one_query_type_of_a_name() -> None:
+    resolver, _ = make()
+    assert records(resolver.answer_now(query("v6.example", "AAAA"), OTHER)) == [("AAAA", "::")]
+    assert isinstance(resolver.answer_now(query("v6.example", "A"), OTHER), Forward)
+
+
+async def test_a_per_client_exception_is_not_replayed_for_other_clients_of_the_group() -> None:
+    resolver, _ = make()
+    message = query("ads.example")
+    for _ in range(2):
+        allowed = await resolver.answer_later(message, LAPTOP, False)
+        assert records(allowed) == [("A", "198.51.100.80")]
+        # The same message from another client of the same group: its own decision, not the laptop's.
+        assert records(resolver.answer_now(message, OTHER)) == [("A", "0.0.0.0")]
+
+
+async def test_a_per_client_block_does_not_reach_other_clients_from_memos_or_cache() -> None:
+    resolver, _ = make()
+    message = query("video.example")
+    for _ in range(2):
+        assert records(await resolver.answer_later(message, OTHER, False)) == [("A", "198.51.100.80")]
+        assert records(resolver.answer_now(message, PHONE)) == [("A", "0.0.0.0")]
+
+
+async def test_a_cname_target_blocked_for_one_client_is_checked_for_each_client() -> None:
+    resolver, upstreams = make()
+    upstreams.cnames["cdn.example"] = "video.example"
+    message = query("cdn.example")
+    for _ in range(2):
+        assert records(await resolver.answer_later(message, PHONE, False)) == [("A", "0.0.0.0")]
+        allowed = records(await resolver.answer_later(message, OTHER, False))
+        assert allowed == [("CNAME", "video.example."), ("A", "198.51.100.80")]

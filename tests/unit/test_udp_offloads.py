@@ -1,0 +1,179 @@
+"""The tunnel's UDP endpoint (net/udp.py) on loopback: GSO trains, GRO receive, and every fallback."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dnsguard.net.udp import UdpEndpoint
+
+TRAIN = [bytes([n]) * 1000 for n in range(10)] + [b"z" * 400]
+
+
+@pytest.fixture
+def receiver() -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(2)
+    yield sock
+    sock.close()
+
+
+def drain(sock: socket.socket, count: int) -> list[bytes]:
+    return [sock.recv(65535) for _ in range(count)]
+
+
+def receive_all(endpoint: UdpEndpoint, count: int) -> list[tuple[bytes, tuple[str, int]]]:
+    received: list[tuple[bytes, tuple[str, int]]] = []
+    deadline = time.monotonic() + 2
+    while len(received) < count and time.monotonic() < deadline:
+        received += endpoint.sockets[socket.AF_INET].receive(128)
+    return received
+
+
+def test_a_train_to_one_address_leaves_in_one_gso_send_and_arrives_as_datagrams(
+    receiver: socket.socket,
+) -> None:
+    endpoint = UdpEndpoint(0)
+    try:
+        assert endpoint.gso
+        address = receiver.getsockname()
+        sent, failed = endpoint.send_batch([(data, address) for data in TRAIN])
+        assert (sent, failed) == (sum(map(len, TRAIN)), 0)
+        assert endpoint.gso_sends == 1
+        assert drain(receiver, len(TRAIN)) == TRAIN
+    finally:
+        endpoint.close()
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recvmsg"])
+def test_gro_receive_splits_a_train_by_its_segment_size(batched: bool) -> None:
+    sender, target = UdpEndpoint(0), UdpEndpoint(0)
+    try:
+        assert target.sockets[socket.AF_INET].gro
+        if not batched:
+            target.sockets[socket.AF_INET]._gro_batch = None  # libc without recvmmsg
+        sender.send_batch([(data, ("127.0.0.1", target.port)) for data in TRAIN])
+        received = receive_all(target, len(TRAIN))
+        assert [data for data, _ in received] == TRAIN
+        assert {source for _, source in received} == {("127.0.0.1", sender.port)}
+    finally:
+        sender.close()
+        target.close()
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_with_offloads_off_sends_and_receives_go_through_sendmmsg_and_recvmmsg(
+    how: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    if how == "environment":
+        monkeypatch.setenv("DNSGUARD_OFFLOADS", "off")
+    caplog.set_level(logging.INFO, logger="dnsguard.net.udp")
+    sender = UdpEndpoint(0, offloads=how != "argument")
+    target = UdpEndpoint(0, offloads=how != "argument")
+    try:
+        assert not sender.gso and not target.sockets[socket.AF_INET].gro
+        assert sender.sockets[socket.AF_INET].replies is not None
+        datagrams = [(data, ("127.0.0.1", target.port)) for data in TRAIN]
+        assert sender.send_batch(datagrams) == (sum(map(len, TRAIN)), 0)
+        assert sender.gso_sends == 0
+        assert [data for data, _ in receive_all(target, len(TRAIN))] == TRAIN
+        if how == "environment":
+            assert "DNSGUARD_OFFLOADS=off" in caplog.text
+    finally:
+        sender.close()
+        target.close()
+
+
+class RefusesGso:
+    """A socket whose kernel refuses UDP_SEGMENT sends with EIO (a device without checksum offload)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.refused = 0
+
+    def sendmsg(self, *args: Any) -> int:
+        self.refused += 1
+        raise OSError(errno.EIO, "Input/output error")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_a_kernel_refusing_gso_on_send_turns_it_off_once_and_the_train_still_arrives(
+    receiver: socket.socket, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dnsguard.net.udp")
+    endpoint = UdpEndpoint(0)
+    try:
+        tunnel_socket = endpoint.sockets[socket.AF_INET]
+        refusing = RefusesGso(tunnel_socket.sock)
+        tunnel_socket.sock = refusing  # type: ignore[assignment]
+        address = receiver.getsockname()
+        for _ in range(2):
+            assert endpoint.send_batch([(data, address) for data in TRAIN]) == (sum(map(len, TRAIN)), 0)
+            assert drain(receiver, len(TRAIN)) == TRAIN
+        assert not endpoint.gso
+        assert refusing.refused == 1
+        assert caplog.text.count("UDP_SEGMENT refused") == 1
+    finally:
+        endpoint.close()
+
+
+def test_datagrams_to_different_addresses_keep_their_order_and_destinations() -> None:
+    first, second = (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+    )
+    endpoint = UdpEndpoint(0)
+    try:
+        for sock in (first, second):
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(2)
+        a, b = first.getsockname(), second.getsockname()
+        batch = [(b"1" * 500, a), (b"2" * 500, a), (b"3" * 500, b), (b"4" * 500, a), (b"5" * 700, a)]
+        assert endpoint.send_batch(batch) == (2700, 0)
+        assert drain(first, 4) == [b"1" * 500, b"2" * 500, b"4" * 500, b"5" * 700]
+        assert drain(second, 1) == [b"3" * 500]
+    finally:
+        endpoint.close()
+        first.close()
+        second.close()
+
+
+def test_gro_receive_batches_plain_datagrams_from_many_senders_with_their_sources() -> None:
+    target = UdpEndpoint(0)
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        expected = []
+        for number, sender in enumerate(senders):
+            sender.bind(("127.0.0.1", 0))
+            for index in range(5):
+                data = bytes([number, index]) * 50
+                sender.sendto(data, ("127.0.0.1", target.port))
+                expected.append((data, sender.getsockname()))
+        received = receive_all(target, len(expected))
+        assert sorted(received) == sorted(expected)
+    finally:
+        target.close()
+        for sender in senders:
+            sender.close()
+
+
+@pytest.mark.parametrize("offloads", [True, False], ids=["gro", "recvmmsg"])
+def test_a_jumbo_tunnel_datagram_arrives_whole(offloads: bool) -> None:
+    """MTU 8920 plus WireGuard's 80 bytes: the receive slots hold it with and without GRO."""
+    sender, target = UdpEndpoint(0, offloads=offloads), UdpEndpoint(0, offloads=offloads)
+    try:
+        jumbo = bytes(range(200)) * 45
+        assert sender.send_batch([(jumbo, ("127.0.0.1", target.port))]) == (9000, 0)
+        assert [data for data, _ in receive_all(target, 1)] == [jumbo]
+    finally:
+        sender.close()
+        target.close()
