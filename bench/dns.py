@@ -2,7 +2,7 @@
 """DNS resolver throughput: dnsguard resolve vs dnsmasq and unbound, same blocklist, same query mix, same run.
 
     sudo .venv/bin/python bench/dns.py [--names 300000] [--seconds 10] [--repeat 3] [--only dnsguard,unbound]
-                                       [--querylog]
+                                       [--querylog] [--firewall]
 
 The servers run in one lab namespace with the same blocklist (the first --names distinct names of
 real public lists, each blocking the name and its subdomains: dnsmasq `address=/name/#`, unbound
@@ -17,6 +17,11 @@ Absolute numbers depend on the machine; the ratios are the result.
 query log on (SQLite in the lab's directory); the two take turns under the same mixes, and the table
 gains its QPS ratio to dnsguard without the log (`log/off`) and the CPU each daemon spent per answered
 query, and its writer process beside it: on a shared machine the CPU per query moves less than the QPS.
+
+--firewall adds `dnsguard+fw` the same way: the same configuration with the firewall fed by DNS on
+(enforce mode on the namespace's uplink, eth0; every upstream answer's addresses go into the kernel's
+sets before the answer leaves). Its table puts the whole namespace under conntrack, so every contender
+pays that alike; the summary gives its QPS and CPU per query over dnsguard's without it.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ DNSGUARD_PORT, DNSMASQ_PORT, UNBOUND_PORT = 5300, 5301, 5302
 PORTS = {"dnsguard": DNSGUARD_PORT, "dnsmasq": DNSMASQ_PORT, "unbound": UNBOUND_PORT}
 ANCHORS = ("dnsmasq", "unbound")
 LOGGED, LOGGED_PORT = "dnsguard+log", 5303
+FIREWALLED, FIREWALLED_PORT = "dnsguard+fw", 5304
 MEASURES = ("qps", "p99_ms", "cpu_us", "writer_us")
 
 
@@ -103,7 +109,9 @@ def unbound_conf(work: Path, names: list[str]) -> str:
     )
 
 
-def start_servers(lab: Lab, names: list[str], only: list[str], querylog: bool = False) -> dict[str, int]:
+def start_servers(
+    lab: Lab, names: list[str], only: list[str], querylog: bool = False, firewall: bool = False
+) -> dict[str, int]:
     work = lab.log_dir
     (work / "blocked.txt").write_text("\n".join(names) + "\n")
     (work / "dnsmasq.conf").write_text("".join(f"address=/{name}/#\n" for name in names))
@@ -138,6 +146,18 @@ def start_servers(lab: Lab, names: list[str], only: list[str], querylog: bool = 
             "client", "dnsguard", "resolve", "-c", str(work / "dnsguard-log.yaml"), log_name="dnsguard-log"
         )
         pids[LOGGED] = guard.pid
+    if firewall:
+        firewalled = {
+            **config,
+            "resolver": {"listen": [f"127.0.0.1:{FIREWALLED_PORT}"]},
+            "api": {"listen": None},
+            "firewall": {"enabled": True, "interface": "eth0"},
+        }
+        (work / "dnsguard-fw.yaml").write_text(yaml.safe_dump(firewalled))
+        guard = lab.python(
+            "client", "dnsguard", "resolve", "-c", str(work / "dnsguard-fw.yaml"), log_name="dnsguard-fw"
+        )
+        pids[FIREWALLED] = guard.pid
     if "unbound" in only:
         unbound = lab.popen("client", ["unbound", "-d", "-c", str(work / "unbound.conf")], log_name="unbound")
         pids["unbound"] = unbound.pid
@@ -253,6 +273,9 @@ def main() -> int:
     parser.add_argument("--json")
     parser.add_argument("--only", default=",".join(PORTS), help="servers to run, of " + ",".join(PORTS))
     parser.add_argument("--querylog", action="store_true", help="also run dnsguard with its query log on")
+    parser.add_argument(
+        "--firewall", action="store_true", help="also run dnsguard with the firewall fed by DNS on"
+    )
     args = parser.parse_args()
     only = [server for server in args.only.split(",") if server]
     unknown = sorted(set(only) - set(PORTS))
@@ -267,7 +290,9 @@ def main() -> int:
         started = time.monotonic()
         if args.querylog:
             PORTS[LOGGED] = LOGGED_PORT
-        pids = start_servers(lab, names, only, args.querylog)
+        if args.firewall:
+            PORTS[FIREWALLED] = FIREWALLED_PORT
+        pids = start_servers(lab, names, only, args.querylog, args.firewall)
         print(
             f"{len(names)} blocked names loaded into {', '.join(pids)} in {time.monotonic() - started:.1f} s"
         )
@@ -315,6 +340,9 @@ def main() -> int:
         summary[mix] = {**median, "ratios": ratios, "ratio_to_best": guard / best if best else None}
         if LOGGED in median:
             summary[mix]["log_to_off"] = median[LOGGED]["qps"] / guard
+        if FIREWALLED in median:
+            summary[mix]["firewall_to_off"] = median[FIREWALLED]["qps"] / guard
+            summary[mix]["firewall_cpu_to_off"] = median[FIREWALLED]["cpu_us"] / median["dnsguard"]["cpu_us"]
         line = f"{mix:10s}" + "".join(f"{median[server]['qps']:14.0f}" for server in pids)
         line += "".join(f"{ratios[server]:11.2f}" for server in anchors)
         line += f"{guard / best:8.2f}" if best else ""
@@ -324,6 +352,14 @@ def main() -> int:
             line += f"{median['dnsguard']['cpu_us']:14.1f}{median[LOGGED]['cpu_us']:6.1f}"
             line += f"{median[LOGGED]['writer_us']:8.1f}"
         print(line)
+    if FIREWALLED in pids:
+        print(
+            "firewall fed by DNS, with / without: "
+            + ", ".join(
+                f"{mix} QPS {values['firewall_to_off']:.3f} CPU/query {values['firewall_cpu_to_off']:.3f}"
+                for mix, values in summary.items()
+            )
+        )
     print(
         "RSS: " + ", ".join(f"{server} {mb:.0f} MB" for server, mb in rss.items()) + f" ({len(names)} names)"
     )

@@ -19,6 +19,12 @@ resolver in the client process and the nftables DNS redirect), for the cost of f
 data path:
 
     sudo .venv/bin/python bench/tunnel.py --only dnsguard,dnsguard+dns,wireguard-go
+
+`dnsguard+fw` adds the firewall fed by DNS to `dnsguard+dns` (the server's tunnel address, which iperf3
+and ping reach, is an allowed prefix: every new connection walks the firewall's chain); `--firewall`
+runs just those two, interleaved, for the firewall's cost:
+
+    sudo .venv/bin/python bench/tunnel.py --firewall
 """
 
 from __future__ import annotations
@@ -81,6 +87,10 @@ DNS_FILTERING: dict[str, object] = {
 
 def setup_dnsguard_dns(lab: Lab) -> None:
     setup_dnsguard(lab, DNS_FILTERING)
+
+
+def setup_dnsguard_firewall(lab: Lab) -> None:
+    setup_dnsguard(lab, {**DNS_FILTERING, "firewall": {"enabled": True, "allow": [f"{SERVER_TUNNEL}/32"]}})
 
 
 def setup_dnsguard_nooffload(lab: Lab) -> None:
@@ -178,6 +188,7 @@ CONTENDERS: dict[str, Callable[[Lab], None]] = {
     "dnsguard": setup_dnsguard,
     "dnsguard-nooffload": setup_dnsguard_nooffload,
     "dnsguard+dns": setup_dnsguard_dns,
+    "dnsguard+fw": setup_dnsguard_firewall,
     "wireguard-go": setup_wireguard_go,
     "openvpn": setup_openvpn,
 }
@@ -187,6 +198,7 @@ RATIOS = [
     ("dnsguard", "wireguard-go"),
     ("dnsguard", "openvpn"),
     ("dnsguard+dns", "dnsguard"),
+    ("dnsguard+fw", "dnsguard+dns"),
     ("dnsguard+dns", "wireguard-go"),
 ]
 
@@ -303,8 +315,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", default=",".join(CONTENDERS))
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--firewall", action="store_true", help="only dnsguard+dns and dnsguard+fw")
     args = parser.parse_args()
-    names = [n for n in args.only.split(",") if n]
+    names = ["dnsguard+dns", "dnsguard+fw"] if args.firewall else [n for n in args.only.split(",") if n]
     runs: dict[str, list[dict[str, float | None]]] = {n: [] for n in names}
     # Interleave contenders so that a noisy moment on the machine hits all of them alike.
     for round_number in range(args.repeat):

@@ -385,8 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
         _check,
     )
     _add_config(check)
-    explain = add("explain", "print the verdict for a name and the rule that decided it", _explain)
-    explain.add_argument("name")
+    explain = add(
+        "explain",
+        "print the verdict for a name and the rule that decided it, or for an address: would the firewall"
+        " fed by DNS refuse a new connection to it, and why",
+        _explain,
+    )
+    explain.add_argument("name", metavar="NAME|ADDRESS")
     explain.add_argument(
         "--client", metavar="IP|MAC", help="evaluate the policy of this client address or MAC address"
     )

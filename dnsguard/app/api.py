@@ -86,6 +86,8 @@ class Api:
             web.get("/api/status", self.status),
             *QueryLogApi(self.daemon).routes(),
             web.get("/api/explain", self.explain),
+            web.get("/api/firewall", self.firewall),
+            web.get("/api/firewall/explain", self.firewall_explain),
             web.post("/api/reload", self.reload),
             web.get("/api/lists", self.lists),
             web.post("/api/lists/refresh", self.refresh_lists),
@@ -231,6 +233,23 @@ class Api:
                 "explanation": policy.explain(name, client, time.time(), qtype),
             }
         )
+
+    async def firewall(self, request: web.Request) -> web.Response:
+        """The firewall fed by DNS: mode, addresses handed out, batches and the kernel's counters."""
+        firewall = self._service().firewall
+        return _json(firewall.snapshot() if firewall is not None else {"enabled": False})
+
+    async def firewall_explain(self, request: web.Request) -> web.Response:
+        """?address=&client=: would a new connection be refused, and why."""
+        firewall = self._service().firewall
+        if firewall is None:
+            raise ApiError(409, "the firewall fed by DNS is off in this daemon")
+        address = request.query.get("address", "")
+        client = request.query.get("client") or None
+        try:
+            return _json(firewall.explain(address, client))
+        except DnsguardError as exc:
+            raise ApiError(400, str(exc)) from None
 
     def _blocking(self, service: ResolverService) -> dict[str, Any]:
         return blocking_state(service, groups=False)

@@ -41,6 +41,7 @@ from dnsguard.lifecycle import (
     boottime,
     monotonic,
 )
+from dnsguard.net.dns_firewall import FIREWALL_TABLE, remove_firewall
 from dnsguard.net.firewall import DNS_TABLE, KILL_SWITCH_TABLE, DnsRedirect, KillSwitch, table_change
 from dnsguard.net.journal import (
     RUN_DIR,
@@ -92,6 +93,7 @@ async def cleanup(tunnel: TunnelConfig) -> None:
     await routing_plan(tunnel).remove()
     KillSwitch.remove()
     DnsRedirect.remove()
+    remove_firewall()
 
 
 @dataclass
@@ -352,6 +354,8 @@ class Client(FilteringTunnelDaemon):
             if wants_filtering(self.config):
                 self.dns = TunnelDns(self.config, server=False)
                 record(table_change(DNS_TABLE))
+                if self.config.firewall.enabled:
+                    record(table_change(FIREWALL_TABLE))
                 await self.dns.start(tun.name)
                 await self._step("dns")
             self.run_lifecycle()

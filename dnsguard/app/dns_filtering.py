@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import ipaddress
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dnsguard.app.common import Prepared, Reloader
+from dnsguard.app.dns_firewall import FirewallService
 from dnsguard.app.observe import ReloadCounter
 from dnsguard.app.resolve import ResolverService
 from dnsguard.app.tunnel import TunnelShell
 from dnsguard.config import Config, GroupConfig, TunnelConfig
 from dnsguard.config.addresses import is_ip
-from dnsguard.errors import ConfigError
+from dnsguard.errors import ConfigError, DnsguardError
 from dnsguard.net.firewall import RESOLVER_MARK_OFFSET, DnsRedirect
 from dnsguard.net.interfaces import connected_networks, host_addresses
 from dnsguard.net.udp import SO_MARK
@@ -91,6 +93,8 @@ class TunnelDns:
 
     config: Config
     server: bool
+    firewall: FirewallService | None = None
+    _firewall_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self, interface: str) -> None:
         tunnel = self.config.tunnel
@@ -115,6 +119,14 @@ class TunnelDns:
             refused_addresses=list(self.config.blocking.doh_endpoints),
         )
         self.redirect.apply()
+        if self.config.firewall.enabled and not self.server:
+            self.firewall = FirewallService(self.config, interface, [tunnel.fwmark, resolver_mark])
+            await self.firewall.start()
+            assert self.service.resolver is not None
+            self.service.resolver.on_addresses = self.firewall.on_addresses
+            self.service.firewall = self.firewall
+            assert self.service.forwarder is not None
+            self.service.forwarder.before_answer = self.firewall.before_answer
         log.info("DNS filtering on %s: every query to port 53 is answered by dnsguard", ", ".join(listen))
 
     async def _local_networks(self) -> list[str]:
@@ -135,10 +147,24 @@ class TunnelDns:
         def commit() -> None:
             prepared.commit()
             self.config = config
+            if self.firewall is not None:
+                # Replacing the table runs in a worker thread; a failure is logged, the old table stays.
+                task = asyncio.get_running_loop().create_task(self._reconfigure_firewall(config))
+                self._firewall_tasks.add(task)
+                task.add_done_callback(self._firewall_tasks.discard)
 
         return Prepared(commit, prepared.discard)
 
+    async def _reconfigure_firewall(self, config: Config) -> None:
+        assert self.firewall is not None
+        try:
+            await self.firewall.reconfigure(config)
+        except DnsguardError as exc:
+            log.warning("firewall: the new configuration was not applied: %s", exc)
+
     async def close(self) -> None:
+        if self.firewall is not None:
+            await self.firewall.close()
         DnsRedirect.remove()
         await self.service.close()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import PROCESS_COLLECTOR
 from prometheus_client.core import (
@@ -182,6 +182,8 @@ class DaemonCollector(Collector):
         )
 
         yield from self._dns_protection(resolver, service.listeners)
+        firewall = service.firewall
+        yield from self._firewall(firewall.snapshot() if firewall is not None else {})
         if service.querylog is not None:
             yield from _querylog(service.querylog)
 
@@ -229,6 +231,27 @@ class DaemonCollector(Collector):
         enabled = GaugeMetricFamily("dnsguard_blocking_enabled", "1 while filtering is on, 0 while paused.")
         enabled.add_metric([], 1.0 if service.blocking_enabled else 0.0)
         yield enabled
+
+    def _firewall(self, state: dict[str, Any]) -> Iterator[Metric]:
+        connections = CounterMetricFamily(
+            "dnsguard_firewall_connections",
+            "New connections the firewall fed by DNS refused, or counted in learn mode.",
+            labels=["verdict"],
+        )
+        for verdict in ("refused", "doh_refused", "learned"):
+            connections.add_metric([verdict], state.get(verdict, 0))
+        yield connections
+        addresses = GaugeMetricFamily(
+            "dnsguard_firewall_addresses", "Addresses handed out by DNS answers and still open."
+        )
+        addresses.add_metric([], state.get("addresses", 0))
+        yield addresses
+        updates = CounterMetricFamily(
+            "dnsguard_firewall_updates", "Batches sent to the kernel's sets, by result.", labels=["result"]
+        )
+        updates.add_metric(["success"], state.get("batches", 0))
+        updates.add_metric(["failure"], state.get("failures", 0))
+        yield updates
 
     def _dns_protection(self, resolver: Resolver, listeners: DnsListeners | None) -> Iterator[Metric]:
         """What hostile or broken clients cost: malformed queries, refusals, TCP slots."""

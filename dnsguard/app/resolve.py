@@ -23,6 +23,7 @@ from dnsguard.app.common import (
     run_loop,
     setup_logging,
 )
+from dnsguard.app.dns_firewall import FirewallService
 from dnsguard.app.observe import DnsObserver, ReloadCounter, TunnelObserver
 from dnsguard.app.querylog import QueryLog
 from dnsguard.config import Config, load_config
@@ -260,6 +261,8 @@ class ResolverService:
     neighbours: NeighbourTable | None = None
     """Address -> MAC, kept current from netlink while a group lists MAC addresses."""
     client_names: ClientDirectory | None = None
+    firewall: FirewallService | None = None
+    """The firewall fed by this resolver's answers, when `firewall.enabled` (see app/dns_firewall.py)."""
     querylog: QueryLog | None = None
     """The lasting query log (its hand-off runs even when it writes nothing: it counts the answers)."""
 
@@ -582,6 +585,15 @@ class ResolveDaemon:
 async def _serve(config_path: str, config: Config) -> None:
     service = ResolverService(config)
     await service.start()
+    if config.firewall.enabled:
+        interface = config.firewall.interface
+        assert interface is not None  # checked by run_resolve
+        service.firewall = FirewallService(config, interface, [])
+        await service.firewall.start()
+        assert service.resolver is not None
+        service.resolver.on_addresses = service.firewall.on_addresses
+        assert service.forwarder is not None
+        service.forwarder.before_answer = service.firewall.before_answer
     daemon = ResolveDaemon(config_path, service)
     operations = Operations(daemon)
     await operations.start()
@@ -592,6 +604,8 @@ async def _serve(config_path: str, config: Config) -> None:
         await stop.wait()
     finally:
         await operations.close()
+        if service.firewall is not None:
+            await service.firewall.close()
         await service.close()
 
 
@@ -600,6 +614,11 @@ def run_resolve(config_path: str) -> int:
     setup_logging(config)
     try:
         _require_upstreams(config)
+        if config.firewall.enabled and config.firewall.interface is None:
+            raise ConfigError(
+                "`dnsguard resolve` filters connections leaving one interface: name it",
+                key="firewall.interface",
+            )
     except ConfigError as exc:
         raise ConfigError(exc.message, file=config_path, key=exc.key) from None
     run_loop(_serve(config_path, config))

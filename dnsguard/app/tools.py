@@ -7,6 +7,7 @@ import time
 
 from dnsguard.app.lists import build_sync, cached_downloads, fetcher_for, urls_of
 from dnsguard.config import load_config
+from dnsguard.config.addresses import is_ip
 from dnsguard.filter.modifiers import TYPE_NUMBERS
 from dnsguard.filter.rules import folded_name
 from dnsguard.policy.engine import Policy
@@ -19,6 +20,11 @@ def run_explain(config_path: str, name: str, client: str | None, qtype: str = "A
         print(f"unknown query type {qtype!r} (A, AAAA, HTTPS, TXT, MX... or TYPE<number>)")
         return 2
     config = load_config(config_path)
+    if is_ip(name):
+        from dnsguard.app.dns_firewall import explain_in_kernel
+
+        print(explain_in_kernel(config, name, client))
+        return 0
     built = build_sync(config, cached_downloads(config))
     policy = Policy(config, built.matcher)
     # A name IDNA rejects is explained as typed (lower-cased): no rule can name it, and the answer says so.

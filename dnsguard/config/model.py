@@ -292,6 +292,48 @@ class BlockingConfig:
             raise ConfigError("custom-ipv6 must be an IPv6 address", key="custom-ipv6")
 
 
+FirewallMode = Literal["enforce", "learn"]
+GRACE_RANGE = Range(0, DAY, "seconds added to an answer's TTL before its addresses are refused again")
+
+
+@dataclass
+class FirewallConfig:
+    """Tunnel daemons (client): new connections only to addresses a DNS answer handed out (see docs)."""
+
+    enabled: bool = False
+    mode: FirewallMode = "enforce"
+    """enforce: refuse the connection; learn: only count what enforce would refuse."""
+    grace: Annotated[Duration, GRACE_RANGE] = Duration(300)
+    """Added to the TTL: how long an address stays open after the answer that handed it out expires."""
+    groups: list[str] = field(default_factory=lambda: ["all"])
+    """The groups whose clients are filtered, or [all]; the gateway's own traffic counts as `default`."""
+    allow: list[str] = field(default_factory=list)
+    """Addresses and prefixes always reachable (besides the local networks, which never pass the tunnel)."""
+    interface: str | None = None
+    """`dnsguard resolve` only: the interface (the uplink) whose new connections are filtered; `up` filters
+    what leaves through its tunnel."""
+    refuse_doh: bool = True
+    """Refuse the known DoH endpoints (blocklists/doh-resolvers.txt and blocking.doh-endpoints) even after
+    a lookup handed them out."""
+
+    def validate(self) -> None:
+        problems = Problems()
+        for i, prefix in enumerate(self.allow):
+            with problems.check():
+                check_prefix(prefix, f"allow[{i}]")
+        problems.raise_any()
+        if not self.groups:
+            raise ConfigError("name the filtered groups, or [all]", key="groups")
+        if self.interface is not None:
+            check_interface_name(self.interface, "interface")
+        if "all" in self.groups and len(self.groups) > 1:
+            raise ConfigError("`all` already names every group", key="groups")
+
+    @property
+    def all_groups(self) -> bool:
+        return "all" in self.groups
+
+
 @dataclass
 class RewriteConfig:
     """A local answer: a name (or *.name) answered with addresses or a CNAME target."""
@@ -753,6 +795,8 @@ class Config:
     dhcp: DhcpConfig | None = None
     """The LAN's DHCP server (gateway mode): see `dnsguard dhcp-config`."""
     blocking: BlockingConfig = field(default_factory=BlockingConfig)
+    firewall: FirewallConfig = field(default_factory=FirewallConfig)
+    """A firewall fed by DNS answers (tunnel client and gateway)."""
     services: ServicesConfig = field(default_factory=ServicesConfig)
     rewrites: list[RewriteConfig] = field(default_factory=list)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -778,6 +822,12 @@ class Config:
             for s, schedule in enumerate(group.schedules):
                 for i, list_name in enumerate(schedule.block):
                     self._check_list(list_name, f"groups.{group_name}.schedules[{s}].block[{i}]")
+        for i, group_name in enumerate(self.firewall.groups):
+            if group_name not in ("all", "default") and group_name not in self.groups:
+                known = ", ".join(sorted(self.groups)) or "none defined"
+                raise ConfigError(
+                    f"no group named {group_name!r} (groups: {known})", key=f"firewall.groups[{i}]"
+                )
         seen: dict[str, str] = {}
         for group_name, group in self.groups.items():
             for client in group.clients:

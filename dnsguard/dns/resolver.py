@@ -173,6 +173,10 @@ class Resolver:
         self.on_query: QueryHook | None = None
         self._ede: dict[str, bytes] = {}
         self.on_prefetch: Callable[[], None] | None = None
+        self.on_addresses: Callable[[tuple[bytes, ...], int], None] | None = None
+        """Called with the A/AAAA RDATA of each upstream answer handed out (or cached to be handed out)
+        and the longest time a client may use them: the firewall fed by DNS. Cache hits need no call:
+        the first answer's timeout covers every copy the cache hands out."""
         """Called when popular cache entries are due for a refresh (take_prefetch gives their plans)."""
 
     @property
@@ -465,6 +469,8 @@ class Resolver:
             if self.serve_stale and cache is not None:
                 stale = cache.get_stale(query, self.clock())
                 if stale is not None:
+                    if self.on_addresses is not None:
+                        self._hand_out(stale, cache.stale_ttl)
                     return stale, "stale", decision
             self._upstream_failed(failure)
             return wire.servfail(query, _EDE_UNREACHABLE), "failed", decision
@@ -487,7 +493,29 @@ class Resolver:
             self.cname_check and meta.targets and self._any_group_blocks(meta.targets)
         ):
             cache.put(query, reply, self.clock(), meta)
+        hook = self.on_addresses
+        if hook is not None and meta.addresses:
+            hook(meta.addresses, self._answer_ttl(meta.ttl))
         return reply, "allowed", decision
+
+    def _answer_ttl(self, ttl: int | None) -> int:
+        """The longest a client may keep the answer's addresses: its TTL as the cache clamps it."""
+        value = ttl or 0
+        cache = self.cache
+        if cache is not None:
+            value = min(max(value, cache.min_ttl), cache.max_ttl)
+        return value
+
+    def _hand_out(self, reply: bytes, ttl: int) -> None:
+        hook = self.on_addresses
+        if hook is None:
+            return
+        try:
+            addresses = wire.parse_response_meta(reply).addresses
+        except FormError:
+            return
+        if addresses:
+            hook(addresses, ttl)
 
     def _target_answer(self, query: Query, decision: Decision, reply: bytes | None) -> bytes:
         """A CNAME answer to decision.target plus the target's addresses of the asked family."""
@@ -496,6 +524,8 @@ class Resolver:
             try:
                 family = 4 if query.qtype == QTYPE_A else 16
                 addresses = tuple(a for a in wire.parse_response_meta(reply).addresses if len(a) == family)
+                if addresses and self.on_addresses is not None:
+                    self.on_addresses(addresses, decision.ttl)
             except FormError as exc:
                 log.debug("could not resolve %s: %s", decision.target, exc)
         return wire.answer_cname(query, decision.target, decision.ttl, addresses)
@@ -550,6 +580,9 @@ class Resolver:
             return  # the next client query goes upstream and gets the CNAME check of its own group
         if cache.put(query, reply, self.clock(), meta):
             self.stats.prefetched += 1
+            hook = self.on_addresses
+            if hook is not None and meta.addresses:
+                hook(meta.addresses, self._answer_ttl(meta.ttl))
 
     def _any_group_blocks(self, names: tuple[str, ...]) -> bool:
         policy = self._policy

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from dnsguard.dns.resolver import Forward, Resolver
@@ -42,6 +43,9 @@ class Forwarder:
         """Zone -> the upstreams for names in it (longest zone wins; "." is every single-label name)."""
         self._prefetcher: asyncio.Task[None] | None = None
         resolver.on_prefetch = self._start_prefetch
+        self.before_answer: Callable[[], Awaitable[None] | None] | None = None
+        """What an upstream answer waits for before it goes out, if anything: the firewall fed by DNS
+        returns its next kernel update while that answer's new addresses are not yet in its sets."""
 
     def upstreams_for(self, name: str) -> UpstreamGroup | None:
         """The conditional upstreams of the longest zone that holds `name`, else the default ones."""
@@ -76,7 +80,13 @@ class Forwarder:
             return resolver.complete(plan, None, str(exc))
         except FormError:
             return resolver.upstream_refused_query(plan)
-        return resolver.complete(plan, reply)
+        answer = resolver.complete(plan, reply)
+        gate = self.before_answer
+        if gate is not None:
+            waiter = gate()
+            if waiter is not None:
+                await waiter
+        return answer
 
     # -- prefetch -----------------------------------------------------------------------------
 
