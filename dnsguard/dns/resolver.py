@@ -319,6 +319,12 @@ class Resolver:
         elif kind is Kind.REWRITE and decision.records is not None:
             result = "rewritten"
             reply = wire.answer_records(query, decision.records, decision.ttl)
+            hook = self.on_addresses
+            if hook is not None and decision.records and query.qtype in (QTYPE_A, QTYPE_AAAA):
+                # A local record's address is handed out like an upstream one (the firewall fed by DNS).
+                # Every answer gives the full TTL again, so every answer renews it: no replay plan.
+                hook(decision.records, decision.ttl)
+                plans = None
         elif kind is Kind.REWRITE and not decision.target:
             result = "rewritten"
             reply = wire.answer_addresses(query, wire.pack_addresses(decision.addresses), decision.ttl)

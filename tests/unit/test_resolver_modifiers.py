@@ -59,6 +59,19 @@ def test_a_hosts_line_answers_locally_a_and_aaaa_and_nodata_for_other_types() ->
     assert upstreams.asked == []
 
 
+def test_local_record_addresses_are_handed_out_on_every_answer() -> None:
+    resolver, _ = make()
+    handed: list[tuple[tuple[bytes, ...], int]] = []
+    resolver.on_addresses = lambda addresses, ttl: handed.append((addresses, ttl))
+    for _ in range(2):
+        resolver.answer_now(query("nas.home.arpa"), OTHER)
+    resolver.answer_now(query("nas.home.arpa", "AAAA"), OTHER)
+    resolver.answer_now(query("nas.home.arpa", "MX"), OTHER)
+    v4, v6 = bytes([192, 0, 2, 10]), bytes.fromhex("20010db8000000000000000000000010")
+    assert [addresses for addresses, _ in handed] == [(v4,), (v4,), (v6,)]
+    assert all(ttl > 0 for _, ttl in handed)
+
+
 def test_dnsrewrite_answers_txt_and_mx_records() -> None:
     resolver, upstreams = make()
     assert records(resolver.answer_now(query("info.example", "TXT"), OTHER)) == [("TXT", '"hello world"')]
