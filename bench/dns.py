@@ -323,9 +323,10 @@ def main() -> int:
         f"p99 at {args.latency_rate} qps"
     )
     anchors = [server for server in pids if server in ANCHORS]
-    header = f"{'mix':10s}" + "".join(f"{server + ' qps':>14s}" for server in pids)
+    width = {server: max(14, len(server) + 6) for server in pids}
+    header = f"{'mix':10s}" + "".join(f"{server + ' qps':>{width[server]}s}" for server in pids)
     header += "".join(f"{'x ' + server:>11s}" for server in anchors) + (f"{'x best':>8s}" if anchors else "")
-    header += "".join(f"{'p99 ' + server[:6]:>13s}" for server in pids)
+    header += "".join(f"{'p99 ' + server:>{width[server]}s}" for server in pids)
     header += f"{'log/off':>9s}{'cpu us/q off':>14s}{'log':>6s}{'writer':>8s}" if LOGGED in pids else ""
     print(header)
     summary: dict[str, dict[str, object]] = {}
@@ -343,10 +344,10 @@ def main() -> int:
         if FIREWALLED in median:
             summary[mix]["firewall_to_off"] = median[FIREWALLED]["qps"] / guard
             summary[mix]["firewall_cpu_to_off"] = median[FIREWALLED]["cpu_us"] / median["dnsguard"]["cpu_us"]
-        line = f"{mix:10s}" + "".join(f"{median[server]['qps']:14.0f}" for server in pids)
+        line = f"{mix:10s}" + "".join(f"{median[server]['qps']:{width[server]}.0f}" for server in pids)
         line += "".join(f"{ratios[server]:11.2f}" for server in anchors)
         line += f"{guard / best:8.2f}" if best else ""
-        line += "".join(f"{median[server]['p99_ms']:13.2f}" for server in pids)
+        line += "".join(f"{median[server]['p99_ms']:{width[server]}.2f}" for server in pids)
         if LOGGED in median:
             line += f"{median[LOGGED]['qps'] / guard:9.3f}"
             line += f"{median['dnsguard']['cpu_us']:14.1f}{median[LOGGED]['cpu_us']:6.1f}"
