@@ -300,8 +300,11 @@ def main() -> int:
         for server in pids:  # warm every cache with the cached mix
             dnsperf(lab, PORTS[server], files["cached"], 3)
         for round_number in range(args.repeat):
+            # Each round starts with the next contender: none always runs first (or right after another).
+            shift = round_number % len(pids)
+            order = [*list(pids)[shift:], *list(pids)[:shift]]
             for mix, path in files.items():
-                for server in pids:
+                for server in order:
                     port = PORTS[server]
                     cpu_before = cpu_seconds(pids[server])
                     result = dnsperf(lab, port, path, args.seconds)
