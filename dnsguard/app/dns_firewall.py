@@ -102,9 +102,7 @@ class DohLists:
                     fetch = (fetched or {}).get(source)
                     if fetch is None:
                         path, _ = fetcher.cached(source)
-                        fetch = FetchResult(
-                            source, path, "cached" if path else "failed", error="not downloaded yet"
-                        )
+                        fetch = FetchResult(source, path, "cached") if path else _NOT_DOWNLOADED
                     status, error = fetch.status, fetch.error
                     if fetch.path is None:
                         raise OSError(error or "not downloaded")
@@ -122,6 +120,9 @@ class DohLists:
             reports.append(DohSource(source, status, len(entries), malformed, error))
         self.reports = reports
         return list(dict.fromkeys([*addresses, *config.blocking.doh_endpoints]))
+
+
+_NOT_DOWNLOADED = FetchResult("", None, "failed", error="not downloaded yet: run 'dnsguard lists update'")
 
 
 def _read_bounded(path: Path, max_size: int) -> str:

@@ -51,7 +51,10 @@ def test_the_default_is_the_shipped_list_and_urls_download_with_the_lists(tmp_pa
     assert doh_urls_of(default) == []
     config = configured(tmp_path, f"    - mine.txt\n    - {URL}\n")
     assert urls_of(config) == [URL] and doh_urls_of(config) == [URL]
-    assert doh_endpoints(config) == ["192.0.2.7/32"]  # the URL has no cached copy yet
+    lists = DohLists()
+    assert lists.read(config) == ["192.0.2.7/32"]  # the URL has no cached copy yet
+    assert [report.status for report in lists.reports] == ["ok", "kept"]
+    assert "not downloaded yet" in str(lists.reports[1].error)
 
 
 def test_lines_that_are_not_addresses_are_counted_and_skipped() -> None:
