@@ -16,9 +16,11 @@ import contextlib
 import ipaddress
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from dnsguard.app.lists import fetcher_for, is_inline, is_url
 from dnsguard.config import Config
 from dnsguard.config.addresses import is_ip
 from dnsguard.config.shipped import shipped_path
@@ -31,12 +33,14 @@ from dnsguard.net.dns_firewall import (
     DnsFirewallRules,
     FakeNftables,
     Nftables,
+    doh_script,
     element_script,
     firewall_present,
     kernel_seconds_left,
     read_counters,
 )
-from dnsguard.policy.firewall import explain_address, read_address_list
+from dnsguard.net.downloads import FetchResult
+from dnsguard.policy.firewall import explain_address, parse_address_list
 
 log = logging.getLogger("dnsguard.firewall")
 
@@ -47,12 +51,91 @@ COUNTER_INTERVAL = 5.0
 DOH_LIST = "blocklists/doh-resolvers.txt"
 
 
-def doh_endpoints(config: Config) -> list[str]:
-    """Known DoH endpoints: the shipped list and `blocking.doh-endpoints` (empty with refuse-doh off)."""
+@dataclass(frozen=True, slots=True)
+class DohSource:
+    """What one source of `firewall.doh-lists` gave at the last read (the API shows these)."""
+
+    source: str
+    status: str
+    """'ok'; for a URL the download's status ('downloaded', 'not-modified', 'cached', 'failed');
+    'kept' when it could not be read and its last good addresses stay."""
+    addresses: int = 0
+    malformed: int = 0
+    """Lines that are neither an address nor a prefix: skipped."""
+    error: str | None = None
+
+
+def doh_sources(config: Config) -> list[str]:
+    """The sources of known DoH endpoints (none with refuse-doh off; the shipped file by default)."""
     if not config.firewall.refuse_doh:
         return []
-    shipped = read_address_list(shipped_path(DOH_LIST).read_text(encoding="utf-8"))
-    return list(dict.fromkeys([*shipped, *config.blocking.doh_endpoints]))
+    if config.firewall.doh_lists is None:
+        return [str(shipped_path(DOH_LIST))]
+    return list(config.firewall.doh_lists)
+
+
+@dataclass
+class DohLists:
+    """The known DoH endpoints of `firewall.doh-lists`, with the last good addresses of every source: a
+    source that cannot be read (a failed download without a cached copy, a missing file) keeps them."""
+
+    last_good: dict[str, list[str]] = field(default_factory=dict)
+    reports: list[DohSource] = field(default_factory=list)
+
+    def read(self, config: Config, fetched: dict[str, FetchResult] | None = None) -> list[str]:
+        """Every source's addresses, then `blocking.doh-endpoints` (empty with refuse-doh off). URL
+        sources are read from `fetched`, else from their cached copies (no network access here)."""
+        if not config.firewall.refuse_doh:
+            self.reports = []
+            return []
+        base = Path(config.base_dir)
+        max_size = int(config.loading.max_size)
+        fetcher = fetcher_for(config)
+        addresses: list[str] = []
+        reports = []
+        for source in doh_sources(config):
+            status, error = "ok", None
+            try:
+                if is_inline(source):
+                    text = source
+                elif is_url(source):
+                    fetch = (fetched or {}).get(source)
+                    if fetch is None:
+                        path, _ = fetcher.cached(source)
+                        fetch = FetchResult(source, path, "cached") if path else _NOT_DOWNLOADED
+                    status, error = fetch.status, fetch.error
+                    if fetch.path is None:
+                        raise OSError(error or "not downloaded")
+                    text = _read_bounded(fetch.path, max_size)
+                else:
+                    text = _read_bounded(base / source, max_size)
+            except OSError as exc:
+                kept = self.last_good.get(source, [])
+                addresses += kept
+                reports.append(DohSource(source, "kept", len(kept), 0, error or str(exc)))
+                continue
+            entries, malformed = parse_address_list(text)
+            self.last_good[source] = entries
+            addresses += entries
+            reports.append(DohSource(source, status, len(entries), malformed, error))
+        self.reports = reports
+        return list(dict.fromkeys([*addresses, *config.blocking.doh_endpoints]))
+
+
+_NOT_DOWNLOADED = FetchResult("", None, "failed", error="not downloaded yet: run 'dnsguard lists update'")
+
+
+def _read_bounded(path: Path, max_size: int) -> str:
+    with path.open("rb") as handle:
+        data = handle.read(max_size + 1)
+    if len(data) > max_size:
+        raise OSError(f"{path}: over the {max_size}-byte limit")
+    return data.decode("utf-8", errors="replace")
+
+
+def doh_endpoints(config: Config) -> list[str]:
+    """Known DoH endpoints: `firewall.doh-lists` (cached copies of URLs) and `blocking.doh-endpoints`."""
+    return DohLists().read(config)
 
 
 def allowed_prefixes(config: Config) -> list[str]:
@@ -93,9 +176,12 @@ def explain_in_kernel(config: Config, address: str, client: str | None) -> str:
     return "\n".join(lines)
 
 
-def firewall_rules(config: Config, tunnel_interface: str, marks: list[int]) -> DnsFirewallRules:
+def firewall_rules(
+    config: Config, tunnel_interface: str, marks: list[int], doh: list[str] | None = None
+) -> DnsFirewallRules:
     """The rules of `up` (marks given: the tunnel's and the resolver's) or of `resolve` (no marks: what is
-    forwarded from any interface to `firewall.interface` is filtered, as the host's own)."""
+    forwarded from any interface to `firewall.interface` is filtered, as the host's own). `doh`: the DoH
+    endpoints as read (None: read them now)."""
     firewall = config.firewall
     lan = list(config.tunnel.lan_interfaces) if config.tunnel is not None else []
     lan_clients: list[str] | None = None
@@ -114,7 +200,7 @@ def firewall_rules(config: Config, tunnel_interface: str, marks: list[int]) -> D
         forward_from_any=not marks,
         lan_clients=lan_clients,
         allow=allowed_prefixes(config),
-        doh=doh_endpoints(config),
+        doh=doh_endpoints(config) if doh is None else doh,
     )
 
 
@@ -135,6 +221,9 @@ class FirewallService:
     batches: int = 0
     elements_sent: int = 0
     failures: int = 0
+    doh_updates: int = 0
+    doh_failures: int = 0
+    """Replacements of the DoH sets sent, and refused by the kernel (the old set stays)."""
     counters: dict[str, int] = field(default_factory=dict)
     nft: Nftables | FakeNftables = field(default_factory=Nftables)
     """The kernel's packet counters at the last read: refused, learned, doh_refused."""
@@ -146,7 +235,12 @@ class FirewallService:
         self._next_update: asyncio.Future[None] | None = None
         self._in_flight: asyncio.Future[None] | None = None
         """Resolved when the kernel update being sent now is done (an answer may hand out its addresses)."""
-        self.rules = firewall_rules(self.config, self.tunnel_interface, self.marks)
+        self.doh_lists = DohLists()
+        self._rules_lock = asyncio.Lock()
+        """Held while the table or its DoH sets are replaced: a reload and a refresh never interleave."""
+        self.rules = firewall_rules(
+            self.config, self.tunnel_interface, self.marks, self.doh_lists.read(self.config)
+        )
 
     async def start(self) -> None:
         await asyncio.to_thread(self.nft.run, self.rules.script())
@@ -211,16 +305,42 @@ class FirewallService:
                 done.set_result(None)
 
     async def reconfigure(self, config: Config) -> None:
-        """A reload: a new rule set replaces the table in one step, then the live elements go back in."""
-        rules = firewall_rules(config, self.tunnel_interface, self.marks)
-        self.config = config
-        self.handed.grace = int(config.firewall.grace)
-        if rules == self.rules:
-            return
-        self.rules = rules
-        await asyncio.to_thread(self.nft.run, rules.script())
-        self.handed.requeue(boottime())
-        self._wake.set()
+        """A reload: a new rule set replaces the table in one step, then the live elements go back in.
+        When only the DoH endpoints changed, their sets alone are replaced (see `refresh_doh`)."""
+        async with self._rules_lock:
+            doh = await asyncio.to_thread(self.doh_lists.read, config)
+            rules = firewall_rules(config, self.tunnel_interface, self.marks, doh)
+            self.config = config
+            self.handed.grace = int(config.firewall.grace)
+            if rules == self.rules:
+                return
+            if replace(rules, doh=self.rules.doh) == self.rules:
+                await self._replace_doh(doh)
+                return
+            await asyncio.to_thread(self.nft.run, rules.script())
+            self.rules = rules
+            self.handed.requeue(boottime())
+            self._wake.set()
+
+    async def refresh_doh(self, fetched: dict[str, FetchResult]) -> None:
+        """A list refresh: read the DoH lists again (URLs from `fetched`); when their addresses changed,
+        the kernel's DoH sets are replaced in one transaction. A refused update is logged and counted,
+        and the next refresh tries again."""
+        async with self._rules_lock:
+            doh = await asyncio.to_thread(self.doh_lists.read, self.config, fetched)
+            if doh == self.rules.doh:
+                return
+            try:
+                await self._replace_doh(doh)
+            except DnsguardError as exc:
+                self.doh_failures += 1
+                log.warning("firewall: the DoH endpoints were not updated: %s", exc)
+
+    async def _replace_doh(self, doh: list[str]) -> None:
+        await asyncio.to_thread(self.nft.run, doh_script(doh))
+        log.info("firewall: %d known DoH endpoints (was %d)", len(doh), len(self.rules.doh))
+        self.rules = replace(self.rules, doh=doh)
+        self.doh_updates += 1
 
     def explain(self, address: str, client: str | None = None) -> dict[str, Any]:
         now = boottime()
@@ -233,7 +353,7 @@ class FirewallService:
             address,
             client,
             None if expiry is None else expiry - now,
-            doh_endpoints(self.config),
+            self.rules.doh,
             allowed_prefixes(self.config),
         )
 
@@ -252,6 +372,10 @@ class FirewallService:
             "refused": counters.get("refused", 0),
             "learned": counters.get("learned", 0),
             "doh_refused": counters.get("doh_refused", 0),
+            "doh_endpoints": len(self.rules.doh),
+            "doh_updates": self.doh_updates,
+            "doh_failures": self.doh_failures,
+            "doh_lists": [asdict(report) for report in self.doh_lists.reports],
         }
 
     async def close(self) -> None:

@@ -268,7 +268,24 @@ async def build_from(
 
 
 def urls_of(config: Config) -> list[str]:
+    """Every URL to download: the lists' sources and the firewall's DoH lists (same cache and limits)."""
+    return list(dict.fromkeys([*list_urls_of(config), *doh_urls_of(config)]))
+
+
+def list_urls_of(config: Config) -> list[str]:
     return list(dict.fromkeys(s for lst in config.lists.values() for s in lst.sources if is_url(s)))
+
+
+DOH_LISTS = "firewall.doh-lists"
+"""The name the DoH lists' downloads are counted under, beside the lists' names."""
+
+
+def doh_urls_of(config: Config) -> list[str]:
+    """URL sources of `firewall.doh-lists` (the default, the shipped file, has none)."""
+    firewall = config.firewall
+    if not (firewall.enabled and firewall.refuse_doh):
+        return []
+    return [s for s in firewall.doh_lists or [] if is_url(s)]
 
 
 def fetcher_for(config: Config, progress: ProgressCallback | None = None) -> ListFetcher:

@@ -31,7 +31,7 @@ from dnsguard.dns.admission import ClientAdmission
 from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import Resolver
 from dnsguard.dns.upstream_spec import parse_upstream
-from dnsguard.errors import ConfigError
+from dnsguard.errors import ConfigError, DnsguardError
 from dnsguard.net.dns_listeners import (
     DnsListeners,
     TcpSettings,
@@ -47,10 +47,13 @@ from dnsguard.policy.clients import MacLookup, is_mac
 if TYPE_CHECKING:
     from dnsguard.net.neighbours import NeighbourTable
 from dnsguard.app.lists import (
+    DOH_LISTS,
     BuildResult,
     build,
     build_from,
+    doh_urls_of,
     fetcher_for,
+    list_urls_of,
     urls_of,
 )
 from dnsguard.net.downloads import FetchResult
@@ -325,11 +328,14 @@ class ResolverService:
             ),
         )
         results = await fetcher.fetch_all(urls_of(config))
-        changed = any(r.status == "downloaded" for r in results.values())
+        list_urls = set(list_urls_of(config))
+        changed = any(r.status == "downloaded" for r in results.values() if r.url in list_urls)
         for result in results.values():
             if result.error:
                 log.warning("list download %s: %s (%s)", result.url, result.error, result.status)
         self._account_refresh(config, results)
+        if self.firewall is not None:
+            await self.firewall.refresh_doh(results)
         if not (changed or force_rebuild):
             return
         async with self.lock:
@@ -340,8 +346,10 @@ class ResolverService:
 
     def _account_refresh(self, config: Config, results: dict[str, FetchResult]) -> None:
         now = time.time()
-        for name, list_config in config.lists.items():
-            statuses = [results[s].status for s in list_config.sources if s in results]
+        named = [(name, list_config.sources) for name, list_config in config.lists.items()]
+        named.append((DOH_LISTS, doh_urls_of(config)))
+        for name, sources in named:
+            statuses = [results[s].status for s in sources if s in results]
             if not statuses:
                 continue
             if all(status in ("downloaded", "not-modified") for status in statuses):
@@ -556,6 +564,7 @@ class ResolveDaemon:
         self.service = service
         self.tunnel_observer = TunnelObserver()
         self.reloader = Reloader(config_path, service.reloads, self._prepare, lock=service.lock)
+        self._firewall_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def config(self) -> Config:
@@ -575,7 +584,25 @@ class ResolveDaemon:
 
     async def _prepare(self, new: Config) -> Prepared:
         _require_upstreams(new)
-        return await self.service.prepare_reload(new)
+        prepared = await self.service.prepare_reload(new)
+        firewall = self.service.firewall
+        if firewall is None:
+            return prepared
+
+        def commit() -> None:
+            prepared.commit()
+            # Replacing the table runs in a worker thread; a failure is logged, the old table stays.
+            task = asyncio.get_running_loop().create_task(self._reconfigure_firewall(firewall, new))
+            self._firewall_tasks.add(task)
+            task.add_done_callback(self._firewall_tasks.discard)
+
+        return Prepared(commit, prepared.discard)
+
+    async def _reconfigure_firewall(self, firewall: FirewallService, config: Config) -> None:
+        try:
+            await firewall.reconfigure(config)
+        except DnsguardError as exc:
+            log.warning("firewall: the new configuration was not applied: %s", exc)
 
     async def reload(self) -> bool:
         """Re-read the configuration; anything wrong with it leaves everything as it was (False)."""

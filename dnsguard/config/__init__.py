@@ -180,37 +180,47 @@ def _merge_wg_quick(config: Config, tunnel: TunnelConfig, text: str, file: str) 
 
 
 def _check_list_sources(config: Config) -> None:
-    """Local list files exist and are regular files; URLs are well formed (not fetched here)."""
+    """Local list files exist and are regular files; URLs are well formed (not fetched here). The same
+    for the firewall's DoH lists, which take the same sources."""
     problems = Problems()
     base = Path(config.base_dir)
-    for name, list_config in config.lists.items():
-        for index, source in enumerate(list_config.sources):
-            key = f"lists.{name}.sources[{index}]"
-            if is_inline_source(source):
-                continue
-            if is_url_source(source):
-                try:
-                    host = urlsplit(source).hostname
-                except ValueError as exc:
-                    host, reason = None, str(exc)
-                else:
-                    reason = "no host"
-                if not host:
-                    problems.errors.append(ConfigError(f"{source!r} is not a URL: {reason}", key=key))
-                continue
-            if "://" in source:
-                problems.errors.append(
-                    ConfigError(f"{source!r}: only http:// and https:// sources are downloaded", key=key)
-                )
-                continue
-            path = base / source
-            if not path.exists():
-                problems.errors.append(ConfigError(f"{source!r}: no such file ({path})", key=key))
-            elif not path.is_file():
-                problems.errors.append(ConfigError(f"{source!r} is not a regular file ({path})", key=key))
-            elif not os.access(path, os.R_OK):
-                problems.errors.append(ConfigError(f"{source!r} cannot be read ({path})", key=key))
+    keyed = [
+        (f"lists.{name}.sources[{index}]", source)
+        for name, list_config in config.lists.items()
+        for index, source in enumerate(list_config.sources)
+    ]
+    keyed += [
+        (f"firewall.doh-lists[{i}]", source) for i, source in enumerate(config.firewall.doh_lists or [])
+    ]
+    for key, source in keyed:
+        error = _source_problem(base, source)
+        if error is not None:
+            problems.errors.append(ConfigError(error, key=key))
     problems.raise_any()
+
+
+def _source_problem(base: Path, source: str) -> str | None:
+    """What is wrong with one list source, or None."""
+    if is_inline_source(source):
+        return None
+    if is_url_source(source):
+        try:
+            host = urlsplit(source).hostname
+        except ValueError as exc:
+            host, reason = None, str(exc)
+        else:
+            reason = "no host"
+        return None if host else f"{source!r} is not a URL: {reason}"
+    if "://" in source:
+        return f"{source!r}: only http:// and https:// sources are downloaded"
+    path = base / source
+    if not path.exists():
+        return f"{source!r}: no such file ({path})"
+    if not path.is_file():
+        return f"{source!r} is not a regular file ({path})"
+    if not os.access(path, os.R_OK):
+        return f"{source!r} cannot be read ({path})"
+    return None
 
 
 def check_startable(config: Config, path: str | Path) -> None:

@@ -313,8 +313,11 @@ class FirewallConfig:
     """`dnsguard resolve` only: the interface (the uplink) whose new connections are filtered; `up` filters
     what leaves through its tunnel."""
     refuse_doh: bool = True
-    """Refuse the known DoH endpoints (blocklists/doh-resolvers.txt and blocking.doh-endpoints) even after
-    a lookup handed them out."""
+    """Refuse the known DoH endpoints (`doh-lists` and blocking.doh-endpoints) even after a lookup handed
+    them out."""
+    doh_lists: list[str] | None = None
+    """Files of DoH endpoint addresses: paths (relative to the config file), http(s) URLs refreshed like
+    the blocklists, or inline text; None: the shipped blocklists/doh-resolvers.txt."""
 
     def validate(self) -> None:
         problems = Problems()

@@ -115,6 +115,18 @@ class DnsFirewallRules:
         return f"add table inet {FIREWALL_TABLE}\ndelete table inet {FIREWALL_TABLE}\n" + self.ruleset()
 
 
+def doh_script(doh: Sequence[str]) -> str:
+    """One transaction replacing the DoH endpoint sets: emptied and filled again, never seen half done."""
+    lines = []
+    for version in (4, 6):
+        name = f"inet {FIREWALL_TABLE} doh{version}"
+        lines.append(f"flush set {name}")
+        elements = _set(doh, version)
+        if elements:
+            lines.append(f"add element {name} {elements}")
+    return "\n".join(lines) + "\n"
+
+
 def element_script(elements: Iterable[Element]) -> str:
     """One transaction adding or refreshing elements.
 

@@ -18,7 +18,13 @@ LINK_LOCAL = ("169.254.0.0/16", "fe80::/10")
 
 def read_address_list(text: str) -> list[str]:
     """Addresses and prefixes of a list file: one a line, `#` starts a comment; bad lines are skipped."""
+    return parse_address_list(text)[0]
+
+
+def parse_address_list(text: str) -> tuple[list[str], int]:
+    """The addresses and prefixes of a list file, and how many lines were neither (skipped)."""
     entries = []
+    malformed = 0
     for line in text.splitlines():
         value = line.split("#", 1)[0].strip()
         if not value:
@@ -26,8 +32,8 @@ def read_address_list(text: str) -> list[str]:
         try:
             entries.append(str(ipaddress.ip_network(value, strict=False)))
         except ValueError:
-            continue
-    return entries
+            malformed += 1
+    return entries, malformed
 
 
 def _within(address: ipaddress.IPv4Address | ipaddress.IPv6Address, prefixes: list[str]) -> str | None:

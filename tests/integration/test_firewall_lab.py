@@ -187,3 +187,31 @@ def test_a_crash_is_undone_by_down_firewall_table_included() -> None:
         down = lab.run("client", [*argv, "down", "--interface", "dg0"], check=False)
         assert down.returncode == 0, down.stderr
         assert "dnsguard" not in lab.sh("client", "nft list tables")
+
+
+def test_a_reload_that_adds_an_address_to_a_doh_list_refuses_it() -> None:
+    """`firewall.doh-lists` with a file: after the file changes, a reload replaces the kernel's DoH sets."""
+    settings = {
+        "resolver": {"listen": ["127.0.0.1:53"]},
+        "upstreams": {"servers": [ADDRESSES.dns4]},
+        "firewall": {"enabled": True, "interface": "eth0", "doh-lists": ["doh.txt"]},
+        "api": {"listen": None},
+    }
+    with Lab() as lab:
+        doh_list = lab.log_dir / "doh.txt"  # beside the daemon's configuration file
+        doh_list.write_text("192.0.2.250\nnot an address\n", encoding="utf-8")
+        daemon = DnsguardDaemon(lab, "client", "resolve", settings).start(wait_for_interface=None)
+        try:
+            assert until(lambda: "dnsguard_fw" in lab.sh("client", "nft list tables"), 20)
+            assert answers(lab.dig("client", "example.org", "127.0.0.1").stdout) == [ADDRESSES.http4]
+            assert until(lambda: curl_in(lab, f"http://{ADDRESSES.http4}/whoami") == 0)
+            doh_list.write_text(f"192.0.2.250\n{ADDRESSES.http4}\n", encoding="utf-8")
+            daemon.reload()
+            doh4 = "nft list set inet dnsguard_fw doh4"
+            assert until(lambda: ADDRESSES.http4 in lab.sh("client", doh4), 10)
+            assert "192.0.2.250" in lab.sh("client", doh4)
+            assert curl_in(lab, f"http://{ADDRESSES.http4}/whoami") == CURL_REFUSED
+            assert daemon.stop() == 0
+        except Exception:
+            print(daemon.log())
+            raise
