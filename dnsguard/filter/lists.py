@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Final
 
 from dnsguard.errors import DnsguardError
+from dnsguard.filter.regex_hints import label_hint, regex_hints
 from dnsguard.filter.rules import (
     EXCERPT_CHARS,
     LineResult,
     Outcome,
-    label_hint,
     parse_line,
-    regex_hints,
 )
 from dnsguard.filter.side import SideRule
 

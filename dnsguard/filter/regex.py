@@ -21,7 +21,7 @@ Measured on the project's 2-core machine (Python 3.11, google-re2 1.1.20251105):
 
 So a regex rule costs about ten times a `re` search on an ordinary name, and at most a few microseconds
 on any name. The matcher still tries a regex only when the name has the rule's suffix, label or literal
-(see `rules.regex_hints`), and at most `matcher.DEFAULT_MAX_REGEX_RULES` rules exist, so the worst query
+(see `regex_hints.regex_hints`), and at most `matcher.DEFAULT_MAX_REGEX_RULES` rules exist, so the worst query
 costs a bounded number of linear passes: 9 ms measured for 1,000 rules that no hint narrows, on
 255-character names (every realistic rule above has a hint). Memory is bounded the same way: at most
 `MEMORY_PER_REGEX` per compiled rule, compiled on first use.
@@ -37,7 +37,7 @@ its file and line):
   lookarounds (``(?=``, ``(?!``, ``(?<=``, ``(?<!``), atomic groups and possessive quantifiers,
   conditionals, and ``\\Z`` (Python's end of text: write ``$``);
 - ``{,n}``, which Python reads as ``{0,n}`` and RE2 as literal text: write ``{0,n}``;
-- ``\\Q...\\E`` quoting, which `rules.regex_hints` does not understand (it would derive wrong hints);
+- ``\\Q...\\E`` quoting, which `regex_hints.regex_hints` does not understand (it would derive wrong hints);
 - repetition counts over 1000 (RE2's limit), and any pattern whose compiled program has more than
   `MAX_PROGRAM_SIZE` instructions, which bounds the per-pattern work of the NFA fallback (Unicode
   classes such as ``\\pL`` are among them: over a thousand instructions each; names are ASCII).

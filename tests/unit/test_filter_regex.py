@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from dnsguard.errors import DnsguardError
 from dnsguard.filter import ListSource, compile_matcher, parse_line, parse_text
 from dnsguard.filter.regex import MAX_PROGRAM_SIZE, compile_regex, regex_problem
-from dnsguard.filter.rules import Outcome, label_hint, regex_hints
+from dnsguard.filter.regex_hints import label_hint, regex_hints
+from dnsguard.filter.rules import Outcome
 
 # 255 characters, the longest a name can be: four 63-character labels. Each is built to make a
 # backtracking engine try every way of splitting it before it fails.

@@ -6,15 +6,14 @@ import re
 
 import pytest
 
+from dnsguard.filter.regex_hints import label_hint, regex_hints
 from dnsguard.filter.rules import (
     LineResult,
     Outcome,
     Scope,
     canonical_name,
     category,
-    label_hint,
     parse_line,
-    regex_hints,
 )
 
 EXACT = category(Scope.EXACT)
