@@ -343,6 +343,13 @@ class Resolver:
             if plans is not None:
                 self._remember(plans, data, _PLAN_FORWARD, b"", query, "", decision, None)
             return self._forward_plan(query, client, tcp, plain, decision)
+        if len(reply) > _MIN_UDP_LIMIT:
+            # A local answer of many records (list rules may give a name dozens): over UDP it must fit the
+            # client's limit or go truncated (RFC 1035 4.2.1, RFC 6891 6.2.3), which depends on the
+            # message, so it is not replayed from a plan.
+            plans = None
+            if not tcp and len(reply) > self._udp_limit(query):
+                reply = wire.truncated(query)
         if plans is not None:
             self._remember(plans, data, _PLAN_REPLY, reply[2:], query, result, decision, blocked_list)
         self._record(query, client, result, decision, reply, now=now)

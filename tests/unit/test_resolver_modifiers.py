@@ -125,3 +125,24 @@ async def test_a_cname_target_blocked_for_one_client_is_checked_for_each_client(
         assert records(await resolver.answer_later(message, PHONE, False)) == [("A", "0.0.0.0")]
         allowed = records(await resolver.answer_later(message, OTHER, False))
         assert allowed == [("CNAME", "video.example."), ("A", "198.51.100.80")]
+
+
+def test_a_local_answer_larger_than_the_udp_limit_goes_truncated_over_udp_and_whole_over_tcp() -> None:
+    rules = "".join(f"||big.example^$dnsrewrite=NOERROR;TXT;{'x' * 200}{i}\n" for i in range(30))
+    config = Config(
+        lists={"custom": ListConfig(sources=[rules])}, groups={"default": GroupConfig(block=["custom"])}
+    )
+    for group in config.groups.values():
+        group.validate()
+    resolver = Resolver(
+        Policy(config, build_sync(config).matcher), AnswerCache(max_entries=100), clock=lambda: 1000.0
+    )
+    message = query("big.example", "TXT")
+    for tcp in (False, True, False):  # the second UDP answer must not come from a replayed plan either
+        reply = resolver.answer_now(message, OTHER, tcp=tcp)
+        assert isinstance(reply, bytes)
+        answer = parse(reply)
+        if tcp:
+            assert not answer.header.tc and len(answer.rr) == 30
+        else:
+            assert answer.header.tc and not answer.rr and len(reply) <= 512
