@@ -9,7 +9,8 @@ Precedence, as AdGuard documents and AdGuard Home applies it (`resolve`):
 1. ``$dnsrewrite`` rules that apply (and that no ``@@...$dnsrewrite`` exception disables) answer the
    query, whatever block or exception rules say: a response code other than NOERROR (NXDOMAIN,
    REFUSED, SERVFAIL) wins outright, then a CNAME, else the records of all NOERROR rewrites together
-   (those of the asked type; none of that type: an empty NOERROR answer);
+   (those of the asked type; none of that type: an empty NOERROR answer); a CNAME to the asked name
+   itself is left out (it would be a loop);
 2. otherwise block and exception rules, with and without modifiers, by strength:
    ``@@...$important`` > ``$important`` > ``@@`` > block;
 3. otherwise hosts lines with real addresses answer with them (the asked family; the other: NODATA).
@@ -148,7 +149,12 @@ def resolve(name: str, plain: int, candidates: Iterable[SideRule], request: Requ
     candidates = tuple(candidates)
     per_client = any(rule.per_client for rule in candidates)
     applicable = [rule for rule in candidates if rule.applies(name, request)]
-    rewrites = [rule for rule in applicable if rule.rewrite is not None and not rule.allow]
+    # A CNAME to the asked name itself would answer with a loop: such a rewrite is left out.
+    rewrites = [
+        rule
+        for rule in applicable
+        if rule.rewrite is not None and not rule.allow and rule.rewrite.cname != name
+    ]
     if rewrites:
         disabling = [rule for rule in applicable if rule.allow and (rule.rewrite_all or rule.rewrite)]
         if any(rule.rewrite_all for rule in disabling):

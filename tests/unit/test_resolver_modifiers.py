@@ -29,6 +29,7 @@ RULES = """\
 ||info.example^$dnsrewrite=NOERROR;MX;10 mail.info.example
 ||gone.example^$dnsrewrite=REFUSED
 ||alias.example^$dnsrewrite=target.example
+||self.example^$dnsrewrite=self.example
 """
 
 
@@ -146,3 +147,10 @@ def test_a_local_answer_larger_than_the_udp_limit_goes_truncated_over_udp_and_wh
             assert not answer.header.tc and len(answer.rr) == 30
         else:
             assert answer.header.tc and not answer.rr and len(reply) <= 512
+
+
+async def test_a_cname_rewrite_to_the_asked_name_itself_is_left_out_and_the_name_resolves_upstream() -> None:
+    resolver, upstreams = make()
+    reply = parse(await resolver.answer_later(query("self.example"), OTHER, False))
+    assert upstreams.asked == ["self.example"]
+    assert [QTYPE[rr.rtype] for rr in reply.rr] == ["A"]
