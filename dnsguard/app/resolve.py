@@ -147,7 +147,12 @@ class ResolverService:
         )
         self.client_names.start()
         self.resolver = make_resolver(
-            self.config, self.built, self.socket_setup, self.observer, self._mac_lookup(self.config)
+            self.config,
+            self.built,
+            self.socket_setup,
+            self.observer,
+            self._mac_lookup(self.config),
+            self.client_names.name_of,
         )
         self.forwarder = make_forwarder(self.config, self.resolver, self.socket_setup, self.observer)
         self.querylog = QueryLog(self.resolver, self.config)
@@ -240,7 +245,12 @@ class ResolverService:
             built = await build_from(new, fetched, reuse=self.built)
         else:
             built = await build(new, download=False, reuse=self.built)
-        policy = Policy(new, built.matcher, mac_lookup=self._mac_lookup(new))
+        policy = Policy(
+            new,
+            built.matcher,
+            mac_lookup=self._mac_lookup(new),
+            learned_names=self.client_names.name_of if self.client_names is not None else None,
+        )
         cache = self.resolver.cache
         if _cache_settings(new) != _cache_settings(self.config):
             cache = make_cache(new)

@@ -98,10 +98,11 @@ def make_resolver(
     socket_setup: SocketSetup | None = None,
     observer: DnsObserver | None = None,
     mac_lookup: MacLookup | None = None,
+    learned_names: Callable[[str], str] | None = None,
 ) -> Resolver:
     """The resolver core for `config`: policy, cache and settings, no upstreams (see make_forwarder)."""
     resolver = Resolver(
-        Policy(config, built.matcher, mac_lookup=mac_lookup),
+        Policy(config, built.matcher, mac_lookup=mac_lookup, learned_names=learned_names),
         make_cache(config),
         query_log_size=config.api.query_log_size,
         extended_errors=config.blocking.extended_errors,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from dnsguard.config.addresses import is_ip
@@ -119,8 +120,18 @@ class CompiledGroup:
 class Policy:
     """Compiled policy for one configuration and one matcher."""
 
-    def __init__(self, config: Config, matcher: Matcher, *, mac_lookup: MacLookup | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        matcher: Matcher,
+        *,
+        mac_lookup: MacLookup | None = None,
+        learned_names: Callable[[str], str] | None = None,
+    ) -> None:
         self.config = config
+        self.learned_names = learned_names
+        """The name of a client address learned at run time (leases, neighbours, reverse lookups; '' for
+        none): `$client` rules may name it as they name configured clients."""
         self.matcher = matcher
         blocking = config.blocking
         self.block_ttl = int(blocking.ttl)
@@ -300,6 +311,12 @@ class Policy:
             if len(self._requests) >= 4096:
                 self._requests.clear()
             self._requests[key] = request
+        learned = self.learned_names
+        if learned is not None and client:
+            # Looked up at each query, not kept with the request: a lease may name the address later.
+            name = learned(client).lower()
+            if name and name not in request.names:
+                request = replace(request, names=request.names | {name})
         return request
 
     def _side_decision(

@@ -154,3 +154,25 @@ async def test_a_cname_rewrite_to_the_asked_name_itself_is_left_out_and_the_name
     reply = parse(await resolver.answer_later(query("self.example"), OTHER, False))
     assert upstreams.asked == ["self.example"]
     assert [QTYPE[rr.rtype] for rr in reply.rr] == ["A"]
+
+
+def test_client_rules_name_clients_learned_at_run_time_as_soon_as_they_are_learned() -> None:
+    config = Config(
+        lists={"custom": ListConfig(sources=["||games.example^$client='Kids Tablet'\n"])},
+        groups={"default": GroupConfig(block=["custom"])},
+    )
+    for group in config.groups.values():
+        group.validate()
+    learned: dict[str, str] = {}  # what leases, neighbours or reverse lookups named so far
+    policy = Policy(
+        config, build_sync(config).matcher, learned_names=lambda address: learned.get(address, "")
+    )
+    resolver = Resolver(policy, AnswerCache(max_entries=100), clock=lambda: 1000.0)
+
+    def answer(client: str) -> object:
+        return resolver.answer_now(query("games.example"), client)
+
+    assert isinstance(answer("192.0.2.77"), Forward)  # not named yet
+    learned["192.0.2.77"] = "Kids Tablet"
+    assert records(answer("192.0.2.77")) == [("A", "0.0.0.0")]
+    assert isinstance(answer(OTHER), Forward)
