@@ -173,11 +173,11 @@ class Resolver:
         self.on_query: QueryHook | None = None
         self._ede: dict[str, bytes] = {}
         self.on_prefetch: Callable[[], None] | None = None
+        """Called when popular cache entries are due for a refresh (take_prefetch gives their plans)."""
         self.on_addresses: Callable[[tuple[bytes, ...], int], None] | None = None
         """Called with the A/AAAA RDATA of each upstream answer handed out (or cached to be handed out)
         and the longest time a client may use them: the firewall fed by DNS. Cache hits need no call:
         the first answer's timeout covers every copy the cache hands out."""
-        """Called when popular cache entries are due for a refresh (take_prefetch gives their plans)."""
 
     @property
     def policy(self) -> Policy:
@@ -506,9 +506,7 @@ class Resolver:
             self.cname_check and meta.targets and self._any_group_blocks(meta.targets)
         ):
             cache.put(query, reply, self.clock(), meta)
-        hook = self.on_addresses
-        if hook is not None and meta.addresses:
-            hook(meta.addresses, self._answer_ttl(meta.ttl))
+        self._hand_out_meta(meta)
         return reply, "allowed", decision
 
     def _answer_ttl(self, ttl: int | None) -> int:
@@ -518,6 +516,12 @@ class Resolver:
         if cache is not None:
             value = min(max(value, cache.min_ttl), cache.max_ttl)
         return value
+
+    def _hand_out_meta(self, meta: wire.ResponseMeta) -> None:
+        """Hand out the addresses of an upstream answer already read (its meta) for its clamped TTL."""
+        hook = self.on_addresses
+        if hook is not None and meta.addresses:
+            hook(meta.addresses, self._answer_ttl(meta.ttl))
 
     def _hand_out(self, reply: bytes, ttl: int) -> None:
         hook = self.on_addresses
@@ -593,9 +597,7 @@ class Resolver:
             return  # the next client query goes upstream and gets the CNAME check of its own group
         if cache.put(query, reply, self.clock(), meta):
             self.stats.prefetched += 1
-            hook = self.on_addresses
-            if hook is not None and meta.addresses:
-                hook(meta.addresses, self._answer_ttl(meta.ttl))
+            self._hand_out_meta(meta)
 
     def _any_group_blocks(self, names: tuple[str, ...]) -> bool:
         policy = self._policy
