@@ -40,6 +40,7 @@ from dnsguard.net.dns_firewall import (
     read_counters,
 )
 from dnsguard.net.downloads import FetchResult
+from dnsguard.policy.clients import is_mac
 from dnsguard.policy.firewall import explain_address, parse_address_list
 
 log = logging.getLogger("dnsguard.firewall")
@@ -139,7 +140,8 @@ def doh_endpoints(config: Config) -> list[str]:
 
 
 def allowed_prefixes(config: Config) -> list[str]:
-    """Always reachable: `firewall.allow`, the tunnel's own prefixes, and the addresses of local records."""
+    """Always reachable: `firewall.allow`, the tunnel's own prefixes, the addresses of `rewrites:` and the
+    resolver's own upstreams."""
     allowed = list(config.firewall.allow)
     if config.tunnel is not None:
         allowed += [str(ipaddress.ip_interface(a).network) for a in config.tunnel.address]
@@ -190,7 +192,7 @@ def firewall_rules(
         for name in firewall.groups:
             group = config.groups.get(name)
             if group is not None:
-                lan_clients += [c for c in group.clients if not _is_mac(c)]
+                lan_clients += [c for c in group.clients if not is_mac(c)]
     return DnsFirewallRules(
         tunnel_interface,
         marks,
@@ -202,14 +204,6 @@ def firewall_rules(
         allow=allowed_prefixes(config),
         doh=doh_endpoints(config) if doh is None else doh,
     )
-
-
-def _is_mac(client: str) -> bool:
-    try:
-        ipaddress.ip_network(client, strict=False)
-    except ValueError:
-        return True
-    return False
 
 
 @dataclass
@@ -225,8 +219,8 @@ class FirewallService:
     doh_failures: int = 0
     """Replacements of the DoH sets sent, and refused by the kernel (the old set stays)."""
     counters: dict[str, int] = field(default_factory=dict)
-    nft: Nftables | FakeNftables = field(default_factory=Nftables)
     """The kernel's packet counters at the last read: refused, learned, doh_refused."""
+    nft: Nftables | FakeNftables = field(default_factory=Nftables)
 
     def __post_init__(self) -> None:
         self.handed = HandedOut(grace=int(self.config.firewall.grace))
