@@ -74,8 +74,9 @@ _pack_port_ipv6 = struct.Struct(">HI16s").pack_into
 _pack_scope = struct.Struct("@I").pack_into
 _inet_aton = socket.inet_aton
 _MMSGHDR_SIZE: Final = ctypes.sizeof(Mmsghdr)
-_NAMELEN_OFFSET: Final = Msghdr.msg_namelen.offset
+_NAMELEN_OFFSET: Final = Mmsghdr.msg_hdr.offset + Msghdr.msg_namelen.offset
 _LEN_OFFSET: Final = Mmsghdr.msg_len.offset
+CONTROLLEN_OFFSET: Final = Mmsghdr.msg_hdr.offset + Msghdr.msg_controllen.offset
 _unpack_uint = struct.Struct("@I").unpack_from
 _pack_uint = struct.Struct("@I").pack_into
 _unpack_port_ipv4 = struct.Struct(">H4s").unpack_from
@@ -101,7 +102,81 @@ class SingleDatagram:
         return self._last
 
 
-class QueryBatch:
+class ReceiveSlots:
+    """The buffers of recvmmsg(2), built once: `slot_count` slots of `slot_size` bytes, each with room for
+    its sender's address and, with `control_size`, a control buffer (UDP_GRO's segment size).
+
+    The kernel rewrites each used slot's address and control lengths; `_read` puts them back before the
+    next call. Subclasses read the slots' contents (`_payload`, and the addresses as they need them).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        receive: Callable[[int, int, int, int, None], int],
+        slot_count: int,
+        slot_size: int,
+        control_size: int = 0,
+    ) -> None:
+        self._fileno = sock.fileno()
+        self._receive = receive
+        self._ipv6 = sock.family == socket.AF_INET6
+        self._namelen = _SOCKADDR_SIZE if self._ipv6 else 16
+        self._slot_count, self._slot_size, self._control_size = slot_count, slot_size, control_size
+        self.count = 0
+        """Slots the last receive filled."""
+        self._headers = (Mmsghdr * slot_count)()
+        self._iovecs = (Iovec * slot_count)()
+        self._names = (ctypes.c_char * (_SOCKADDR_SIZE * slot_count))()
+        self._controls = (ctypes.c_char * max(1, control_size * slot_count))()
+        self._data = (ctypes.c_char * (slot_size * slot_count))()
+        self._header_bytes = memoryview(self._headers).cast("B")
+        self._name_bytes = memoryview(self._names).cast("B")
+        self._control_bytes = memoryview(self._controls).cast("B")
+        self._data_bytes = memoryview(self._data).cast("B")
+        self._headers_address = ctypes.addressof(self._headers)
+        names_address = ctypes.addressof(self._names)
+        controls_address = ctypes.addressof(self._controls)
+        data_address = ctypes.addressof(self._data)
+        for slot in range(slot_count):
+            self._iovecs[slot].iov_base = data_address + slot * slot_size
+            self._iovecs[slot].iov_len = slot_size
+            header = self._headers[slot].msg_hdr
+            header.msg_name = names_address + slot * _SOCKADDR_SIZE
+            header.msg_namelen = self._namelen
+            header.msg_iov = ctypes.addressof(self._iovecs[slot])
+            header.msg_iovlen = 1
+            if control_size:
+                header.msg_control = controls_address + slot * control_size
+                header.msg_controllen = control_size
+
+    def _read(self, slots: int) -> int:
+        """recvmmsg into the first `slots` slots without blocking; returns how many it filled.
+
+        Raises BlockingIOError when nothing is waiting, OSError for other errors (as recvfrom would).
+        """
+        header_bytes = self._header_bytes
+        control_size = self._control_size
+        for slot in range(self.count):  # the kernel wrote each used slot's address (and control) length
+            _pack_uint(header_bytes, slot * _MMSGHDR_SIZE + _NAMELEN_OFFSET, self._namelen)
+        if control_size:
+            for slot in range(self.count):
+                _pack_size(header_bytes, slot * _MMSGHDR_SIZE + CONTROLLEN_OFFSET, control_size)
+        self.count = 0
+        count = self._receive(self._fileno, self._headers_address, slots, MSG_DONTWAIT, None)
+        if count < 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))  # EAGAIN makes it a BlockingIOError
+        self.count = count
+        return count
+
+    def _payload(self, slot: int) -> bytes:
+        (length,) = _unpack_uint(self._header_bytes, slot * _MMSGHDR_SIZE + _LEN_OFFSET)
+        start = slot * self._slot_size
+        return self._data_bytes[start : start + length].tobytes()
+
+
+class QueryBatch(ReceiveSlots):
     """Datagrams read from a socket with one recvmmsg(2) per BATCH_SLOTS, instead of a recvfrom each.
 
     The receive side of ReplyBatch: prebuilt headers point at fixed slots, the kernel fills as many as
@@ -111,29 +186,7 @@ class QueryBatch:
     slots = BATCH_SLOTS
 
     def __init__(self, sock: socket.socket, receive: Callable[[int, int, int, int, None], int]) -> None:
-        self._fileno = sock.fileno()
-        self._receive = receive
-        self._ipv6 = sock.family == socket.AF_INET6
-        self._namelen = _SOCKADDR_SIZE if self._ipv6 else 16
-        self.count = 0
-        self._headers = (Mmsghdr * BATCH_SLOTS)()
-        self._iovecs = (Iovec * BATCH_SLOTS)()
-        self._names = (ctypes.c_char * (_SOCKADDR_SIZE * BATCH_SLOTS))()
-        self._data = (ctypes.c_char * (QUERY_SLOT_SIZE * BATCH_SLOTS))()
-        self._header_bytes = memoryview(self._headers).cast("B")
-        self._name_bytes = memoryview(self._names).cast("B")
-        self._data_bytes = memoryview(self._data).cast("B")
-        self._headers_address = ctypes.addressof(self._headers)
-        names_address = ctypes.addressof(self._names)
-        data_address = ctypes.addressof(self._data)
-        for slot in range(BATCH_SLOTS):
-            self._iovecs[slot].iov_base = data_address + slot * QUERY_SLOT_SIZE
-            self._iovecs[slot].iov_len = QUERY_SLOT_SIZE
-            header = self._headers[slot].msg_hdr
-            header.msg_name = names_address + slot * _SOCKADDR_SIZE
-            header.msg_namelen = self._namelen
-            header.msg_iov = ctypes.addressof(self._iovecs[slot])
-            header.msg_iovlen = 1
+        super().__init__(sock, receive, BATCH_SLOTS, QUERY_SLOT_SIZE)
 
     @classmethod
     def for_socket(cls, sock: socket.socket) -> QueryBatch | None:
@@ -147,22 +200,11 @@ class QueryBatch:
 
         Raises BlockingIOError when nothing is waiting, OSError for other errors (as recvfrom would).
         """
-        header_bytes = self._header_bytes
-        for slot in range(self.count):  # the kernel wrote each used slot's address length
-            _pack_uint(header_bytes, slot * _MMSGHDR_SIZE + _NAMELEN_OFFSET, self._namelen)
-        self.count = 0
-        count = self._receive(self._fileno, self._headers_address, BATCH_SLOTS, MSG_DONTWAIT, None)
-        if count < 0:
-            error = ctypes.get_errno()
-            raise OSError(error, os.strerror(error))  # EAGAIN makes it a BlockingIOError
-        self.count = count
-        return count
+        return self._read(BATCH_SLOTS)
 
     def datagram(self, slot: int) -> tuple[bytes, Any]:
         """The `slot`th datagram of the last receive and its sender, as recvfrom returns them."""
-        (length,) = _unpack_uint(self._header_bytes, slot * _MMSGHDR_SIZE + _LEN_OFFSET)
-        start = slot * QUERY_SLOT_SIZE
-        data = self._data_bytes[start : start + length].tobytes()
+        data = self._payload(slot)
         name = slot * _SOCKADDR_SIZE + 2
         if self._ipv6:
             port, flow, address = _unpack_port_ipv6(self._name_bytes, name)

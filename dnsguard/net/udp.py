@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from dnsguard.errors import NetworkError
-from dnsguard.net.mmsg import MSG_DONTWAIT, RECVMMSG, Iovec, Mmsghdr, Msghdr, ReplyBatch
+from dnsguard.net.mmsg import CONTROLLEN_OFFSET, RECVMMSG, Mmsghdr, ReceiveSlots, ReplyBatch
 
 log = logging.getLogger(__name__)
 
@@ -163,75 +163,33 @@ _CMSG_HEADER: Final = struct.Struct("@NiI")
 """struct cmsghdr: cmsg_len (size_t), cmsg_level, cmsg_type, then the data, aligned."""
 _CMSG_DATA: Final = socket.CMSG_LEN(0)
 _MMSGHDR_SIZE: Final = ctypes.sizeof(Mmsghdr)
-_CONTROLLEN_AT: Final = Mmsghdr.msg_hdr.offset + Msghdr.msg_controllen.offset
-_NAMELEN_AT: Final = Mmsghdr.msg_hdr.offset + Msghdr.msg_namelen.offset
-_LEN_AT: Final = Mmsghdr.msg_len.offset
-_pack_size = struct.Struct("@N").pack_into
-_pack_uint = struct.Struct("@I").pack_into
-_unpack_uint = struct.Struct("@I").unpack_from
 _unpack_v4 = struct.Struct(">H4s").unpack_from
 _unpack_v6 = struct.Struct(">HI16s").unpack_from
 
 
-class DatagramBatch:
+class DatagramBatch(ReceiveSlots):
     """recvmmsg(2) for the tunnel: many datagrams per call, and with UDP_GRO many trains, each split
     by the gso_size its control message gives.
 
     UDP_GRO alone (one recvmsg per train) would cost a call per datagram where the kernel does not
     aggregate (a peer that sends little, a path without GRO); recvmmsg keeps those batched too.
-    Without GRO the slots are sized for the largest tunnel datagram. The message headers are
-    mmsg.py's ctypes structures, with a control buffer per slot added.
+    Without GRO the slots are sized for the largest tunnel datagram. The slots are mmsg.py's, with a
+    control buffer each.
     """
 
     def __init__(self, sock: socket.socket, receive: Any, *, gro: bool) -> None:
         # With GRO 32 slots of 64 KB (2 MB per socket), without 64 of 9 KB; allocated once.
         slots, slot_size = (GRO_SLOTS, GRO_SLOT_SIZE) if gro else (PLAIN_SLOTS, PLAIN_SLOT_SIZE)
-        self._slots, self._slot_size = slots, slot_size
-        self._fileno = sock.fileno()
-        self._receive = receive
-        self._ipv6 = sock.family == socket.AF_INET6
-        self._namelen = 28 if self._ipv6 else 16
-        self._headers = (Mmsghdr * self._slots)()
-        self._iovecs = (Iovec * self._slots)()
-        self._names = (ctypes.c_char * (28 * self._slots))()
-        self._controls = (ctypes.c_char * (_GRO_CONTROL * self._slots))()
-        self._data = (ctypes.c_char * (self._slot_size * self._slots))()
-        self._header_bytes = memoryview(self._headers).cast("B")
-        self._name_bytes = memoryview(self._names).cast("B")
-        self._control_bytes = memoryview(self._controls).cast("B")
-        self._data_bytes = memoryview(self._data).cast("B")
-        self._address = ctypes.addressof(self._headers)
-        for slot in range(self._slots):
-            self._iovecs[slot].iov_base = ctypes.addressof(self._data) + slot * self._slot_size
-            self._iovecs[slot].iov_len = self._slot_size
-            header = self._headers[slot].msg_hdr
-            header.msg_name = ctypes.addressof(self._names) + slot * 28
-            header.msg_namelen = self._namelen
-            header.msg_iov = ctypes.addressof(self._iovecs[slot])
-            header.msg_iovlen = 1
-            header.msg_control = ctypes.addressof(self._controls) + slot * _GRO_CONTROL
-            header.msg_controllen = _GRO_CONTROL
-        self._used = 0
+        super().__init__(sock, receive, slots, slot_size, _GRO_CONTROL)
 
     def receive(self, limit: int) -> list[tuple[bytes, Address]]:
         """What is waiting (up to about `limit` datagrams); raises OSError (BlockingIOError) as recvmmsg."""
+        count = self._read(min(self._slot_count, max(1, limit)))
         header_bytes = self._header_bytes
-        for slot in range(self._used):  # the kernel rewrote each used slot's lengths
-            _pack_uint(header_bytes, slot * _MMSGHDR_SIZE + _NAMELEN_AT, self._namelen)
-            _pack_size(header_bytes, slot * _MMSGHDR_SIZE + _CONTROLLEN_AT, _GRO_CONTROL)
-        self._used = 0
-        slots = min(self._slots, max(1, limit))
-        count = self._receive(self._fileno, self._address, slots, MSG_DONTWAIT, None)
-        if count < 0:
-            error = ctypes.get_errno()
-            raise OSError(error, os.strerror(error))
-        self._used = count
         batch: list[tuple[bytes, Address]] = []
         for slot in range(count):
-            base = slot * _MMSGHDR_SIZE
-            (length,) = _unpack_uint(header_bytes, base + _LEN_AT)
-            start = slot * self._slot_size
-            data = self._data_bytes[start : start + length].tobytes()
+            data = self._payload(slot)
+            length = len(data)
             name = slot * 28 + 2
             if self._ipv6:
                 port, _flow, raw = _unpack_v6(self._name_bytes, name)
@@ -239,7 +197,7 @@ class DatagramBatch:
             else:
                 port, raw = _unpack_v4(self._name_bytes, name)
                 source = (socket.inet_ntoa(raw), port)
-            size = self._segment_size(slot, header_bytes, base)
+            size = self._segment_size(slot, header_bytes, slot * _MMSGHDR_SIZE)
             if 0 < size < length:
                 batch.extend((data[at : at + size], source) for at in range(0, length, size))
             else:
@@ -247,7 +205,7 @@ class DatagramBatch:
         return batch
 
     def _segment_size(self, slot: int, header_bytes: memoryview, base: int) -> int:
-        (controllen,) = struct.unpack_from("@N", header_bytes, base + _CONTROLLEN_AT)
+        (controllen,) = struct.unpack_from("@N", header_bytes, base + CONTROLLEN_OFFSET)
         if controllen < _CMSG_DATA + 4:
             return 0
         at = slot * _GRO_CONTROL
