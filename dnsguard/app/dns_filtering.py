@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import ipaddress
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dnsguard.app.common import Prepared, Reloader
 from dnsguard.app.dns_firewall import FirewallService
@@ -17,7 +16,7 @@ from dnsguard.app.resolve import ResolverService
 from dnsguard.app.tunnel import TunnelShell
 from dnsguard.config import Config, GroupConfig, TunnelConfig
 from dnsguard.config.addresses import is_ip
-from dnsguard.errors import ConfigError, DnsguardError
+from dnsguard.errors import ConfigError
 from dnsguard.net.firewall import RESOLVER_MARK_OFFSET, DnsRedirect
 from dnsguard.net.interfaces import connected_networks, host_addresses
 from dnsguard.net.udp import SO_MARK
@@ -94,7 +93,6 @@ class TunnelDns:
     config: Config
     server: bool
     firewall: FirewallService | None = None
-    _firewall_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self, interface: str) -> None:
         tunnel = self.config.tunnel
@@ -148,19 +146,9 @@ class TunnelDns:
             prepared.commit()
             self.config = config
             if self.firewall is not None:
-                # Replacing the table runs in a worker thread; a failure is logged, the old table stays.
-                task = asyncio.get_running_loop().create_task(self._reconfigure_firewall(config))
-                self._firewall_tasks.add(task)
-                task.add_done_callback(self._firewall_tasks.discard)
+                self.firewall.reconfigure_soon(config)
 
         return Prepared(commit, prepared.discard)
-
-    async def _reconfigure_firewall(self, config: Config) -> None:
-        assert self.firewall is not None
-        try:
-            await self.firewall.reconfigure(config)
-        except DnsguardError as exc:
-            log.warning("firewall: the new configuration was not applied: %s", exc)
 
     async def close(self) -> None:
         if self.firewall is not None:

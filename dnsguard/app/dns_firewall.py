@@ -230,6 +230,7 @@ class FirewallService:
         self._in_flight: asyncio.Future[None] | None = None
         """Resolved when the kernel update being sent now is done (an answer may hand out its addresses)."""
         self.doh_lists = DohLists()
+        self._reconfigurations: set[asyncio.Task[None]] = set()
         self._rules_lock = asyncio.Lock()
         """Held while the table or its DoH sets are replaced: a reload and a refresh never interleave."""
         self.rules = firewall_rules(
@@ -297,6 +298,19 @@ class FirewallService:
             self._in_flight = None
             if not done.done():
                 done.set_result(None)
+
+    def reconfigure_soon(self, config: Config) -> None:
+        """`reconfigure` after a reload's commit, in the background: replacing the table runs in a worker
+        thread; a failure is logged and the old table stays."""
+        task = asyncio.get_running_loop().create_task(self._reconfigure_logged(config))
+        self._reconfigurations.add(task)
+        task.add_done_callback(self._reconfigurations.discard)
+
+    async def _reconfigure_logged(self, config: Config) -> None:
+        try:
+            await self.reconfigure(config)
+        except DnsguardError as exc:
+            log.warning("firewall: the new configuration was not applied: %s", exc)
 
     async def reconfigure(self, config: Config) -> None:
         """A reload: a new rule set replaces the table in one step, then the live elements go back in.

@@ -50,7 +50,7 @@ from dnsguard.config import Config, load_config
 from dnsguard.dns.admission import ClientAdmission
 from dnsguard.dns.cache import AnswerCache
 from dnsguard.dns.resolver import Resolver
-from dnsguard.errors import ConfigError, DnsguardError
+from dnsguard.errors import ConfigError
 from dnsguard.net.dns_listeners import (
     DnsListeners,
     TcpSettings,
@@ -437,7 +437,6 @@ class ResolveDaemon:
         self.service = service
         self.tunnel_observer = TunnelObserver()
         self.reloader = Reloader(config_path, service.reloads, self._prepare, lock=service.lock)
-        self._firewall_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def config(self) -> Config:
@@ -464,18 +463,9 @@ class ResolveDaemon:
 
         def commit() -> None:
             prepared.commit()
-            # Replacing the table runs in a worker thread; a failure is logged, the old table stays.
-            task = asyncio.get_running_loop().create_task(self._reconfigure_firewall(firewall, new))
-            self._firewall_tasks.add(task)
-            task.add_done_callback(self._firewall_tasks.discard)
+            firewall.reconfigure_soon(new)
 
         return Prepared(commit, prepared.discard)
-
-    async def _reconfigure_firewall(self, firewall: FirewallService, config: Config) -> None:
-        try:
-            await firewall.reconfigure(config)
-        except DnsguardError as exc:
-            log.warning("firewall: the new configuration was not applied: %s", exc)
 
     async def reload(self) -> bool:
         """Re-read the configuration; anything wrong with it leaves everything as it was (False)."""
