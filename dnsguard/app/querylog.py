@@ -1,10 +1,11 @@
 """The lasting query log in the daemon: records taken from the resolver in batches, handed to the writer.
 
-The serving path pays one tuple per answered query, appended to the resolver's bounded sink
-(`Resolver.log_sink`; a full sink counts the record as dropped). Every FLUSH_INTERVAL this module takes
-the sink whole and sends the batch to the writer process (dnsguard/app/querylog_writer.py) from a
-worker thread, so that a full pipe never stalls the event loop. While one batch is on its way, the next
-ones wait here, up to `querylog.queue` records. A writer that cannot open or write its database is
+The serving path pays a dict lookup per answered query: the resolver's bounded sink
+(`Resolver.log_sink`) folds a repeated query into its entry's count, and a full sink counts a new one
+as dropped. Every FLUSH_INTERVAL this module takes the sink whole, one row per distinct query with its
+count, and sends the batch to the writer process (dnsguard/app/querylog_writer.py) from a worker
+thread, so that a full pipe never stalls the event loop. While one batch is on its way, the next ones
+wait here, up to `querylog.queue` rows. A writer that cannot open or write its database is
 reported (status, log line, the `dropped` counter) and the resolver keeps answering.
 
 The API reads the database through connections of its own, in worker threads (search, stats).
@@ -29,7 +30,7 @@ from dnsguard.app.querylog_writer import WriterSettings, encode_batch, writer_ma
 
 if TYPE_CHECKING:
     from dnsguard.config import Config
-    from dnsguard.dns.resolver import LogRecord, Resolver
+    from dnsguard.dns.resolver import LogRow, Resolver
 
 log = logging.getLogger("dnsguard.querylog")
 
@@ -75,13 +76,13 @@ class QueryLog:
         self.state = "off"
         """off, starting, ready, or error (see `error`)."""
         self.error = ""
-        self._held: list[LogRecord] = []
+        self._held: list[LogRow] = []
         self._conn: Connection | None = None
         self._process: BaseProcess | None = None
         self._sending: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._sink_dropped_seen = 0
-        resolver.log_sink = []
+        resolver.log_sink = {}
         resolver.log_sink_max = self.queue_max
 
     @property
@@ -139,12 +140,14 @@ class QueryLog:
             except Exception as exc:  # a bug here must not end the hand-offs
                 log.exception("query log hand-off failed: %s", exc)
 
-    def _take(self) -> list[LogRecord]:
+    def _take(self) -> list[LogRow]:
         resolver = self.resolver
-        records = resolver.take_log_records()
+        records = resolver.take_log_rows()
         if records and self._conn is None:
             # Without a writer they are counted here; a writer counts what it receives, off this core.
-            self.counters.answers.update((record[3], record[8]) for record in records)
+            answers = self.counters.answers
+            for row in records:
+                answers[row[3], row[8]] += row[9]
         lost = resolver.log_sink_dropped - self._sink_dropped_seen
         self._sink_dropped_seen = resolver.log_sink_dropped
         self.counters.dropped += lost
@@ -157,13 +160,13 @@ class QueryLog:
         if self.settings is None:
             return
         if self._conn is None:
-            self.counters.dropped += len(records) + len(self._held)
+            self.counters.dropped += sum(row[9] for row in records) + sum(row[9] for row in self._held)
             self._held = []
             return
-        room = self.queue_max - len(self._held)
+        room = max(0, self.queue_max - len(self._held))
         if len(records) > room:
-            self.counters.dropped += len(records) - max(0, room)
-            records = records[: max(0, room)]
+            self.counters.dropped += sum(row[9] for row in records[room:])
+            records = records[:room]
         self._held.extend(records)
         if self._sending is not None:
             if not wait:
@@ -175,14 +178,14 @@ class QueryLog:
             if wait:
                 await self._sending
 
-    async def _send(self, batch: list[LogRecord]) -> None:
+    async def _send(self, batch: list[LogRow]) -> None:
         conn = self._conn
         try:
             if conn is None:
                 raise OSError("no writer")
             await asyncio.to_thread(conn.send_bytes, encode_batch(batch))
         except (OSError, ValueError) as exc:
-            self.counters.dropped += len(batch)
+            self.counters.dropped += sum(row[9] for row in batch)
             self._fail(f"query log writer is gone: {exc}")
         finally:
             self._sending = None
@@ -262,7 +265,8 @@ class QueryLog:
             "privacy": self.settings.privacy if self.settings is not None else "off",
             "written": self.counters.written,
             "dropped": self.counters.dropped,
-            "waiting": len(self._held) + len(self.resolver.log_sink or ()),
+            "waiting": sum(row[9] for row in self._held)
+            + sum(entry[2] for entry in (self.resolver.log_sink or {}).values()),
         }
 
     async def search(self, search: Search) -> list[dict[str, Any]]:

@@ -774,9 +774,9 @@ class QueryLogConfig:
     privacy: QueryLogPrivacy = "full"
     """full; names-only (no client address); anonymised (IPv4 /24, IPv6 /48); off (nothing written)."""
     retention: QueryLogRetention = field(default_factory=QueryLogRetention)
-    queue: Annotated[int, Range(1000, 1_000_000, "queries waiting for the writer; more are dropped")] = (
-        100_000
-    )
+    queue: Annotated[
+        int, Range(1000, 1_000_000, "distinct queries waiting for the writer; more are dropped")
+    ] = 100_000
 
     def validate(self) -> None:
         if not self.path.strip():
