@@ -72,6 +72,11 @@ def _querylog(querylog: QueryLog) -> Iterator[Metric]:
     )
     dropped.add_metric([], querylog.counters.dropped)
     yield dropped
+    restarts = CounterMetricFamily(
+        "dnsguard_querylog_writer_restarts", "Query log writer processes started again after one died."
+    )
+    restarts.add_metric([], querylog.counters.restarts)
+    yield restarts
 
 
 def _histogram(name: str, documentation: str, label: str, histograms: dict[str, DurationHistogram]) -> Metric:

@@ -38,6 +38,9 @@ FLUSH_INTERVAL = 0.5
 """Seconds between hand-offs of the resolver's records to the writer."""
 STOP_TIMEOUT = 5.0
 """Seconds the writer has to write the last batches at stop before it is killed."""
+RESTART_DELAYS = (1.0, 5.0, 30.0, 60.0)
+"""Seconds before a writer that died (killed, out of memory, a database it cannot open) is started
+again: the first delay after a writer that had written, then each next one while it keeps dying."""
 
 
 def settings_of(config: Config) -> WriterSettings | None:
@@ -59,7 +62,9 @@ def settings_of(config: Config) -> WriterSettings | None:
 class QueryLogCounters:
     written: int = 0
     dropped: int = 0
-    """Records lost: the resolver's sink full, the queue here full, the writer down or failing."""
+    """Queries lost: the resolver's sink full, the queue here full, the writer down or failing."""
+    restarts: int = 0
+    """Writers started again after one died."""
     answers: Counter[tuple[int, int]] = field(default_factory=Counter)
     """(qtype, rcode) -> answered queries, counted by the writer from what it receives, or here when there
     is none (the metrics fold them into bounded families); a record lost on the way is in `dropped` only."""
@@ -82,6 +87,11 @@ class QueryLog:
         self._sending: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._sink_dropped_seen = 0
+        self._restart_at: float | None = None
+        self._deaths = 0
+        """Writers that died since one last wrote: picks the next RESTART_DELAYS entry."""
+        self._replacing = False
+        """A reload or stop is replacing the writer: no restart meanwhile."""
         resolver.log_sink = {}
         resolver.log_sink_max = self.queue_max
 
@@ -125,10 +135,15 @@ class QueryLog:
         settings = settings_of(config)
         if settings == self.settings:
             return
-        await self._flush()
-        await self._stop_writer()
-        self.settings = settings
-        self._start_writer()
+        self._replacing = True
+        try:
+            await self._flush()
+            await self._stop_writer()
+            self.settings = settings
+            self._restart_at, self._deaths = None, 0
+            self._start_writer()
+        finally:
+            self._replacing = False
 
     # -- the hand-off loop ----------------------------------------------------------------------
 
@@ -137,8 +152,29 @@ class QueryLog:
             await asyncio.sleep(FLUSH_INTERVAL)
             try:
                 await self._flush(wait=False)
+                self._restart_if_gone(time.monotonic())
             except Exception as exc:  # a bug here must not end the hand-offs
                 log.exception("query log hand-off failed: %s", exc)
+
+    def _restart_if_gone(self, now: float) -> None:
+        """Start the writer again once its delay has passed, if it died; the queries meanwhile are
+        counted as dropped (the resolver never waits for the log)."""
+        if self.settings is None or self._conn is not None or self._replacing or self._sending is not None:
+            self._restart_at = None
+            return
+        if self._restart_at is None:
+            self._restart_at = now + RESTART_DELAYS[min(self._deaths, len(RESTART_DELAYS) - 1)]
+            return
+        if now < self._restart_at:
+            return
+        self._restart_at = None
+        self._deaths += 1
+        gone, self._process = self._process, None
+        if gone is not None:
+            gone.join(0)  # reap it
+            log.info("query log writer ended (exit code %s): starting it again", gone.exitcode)
+        self.counters.restarts += 1
+        self._start_writer()
 
     def _take(self) -> list[LogRow]:
         resolver = self.resolver
@@ -207,6 +243,7 @@ class QueryLog:
             self.state = "ready"
             log.info("query log %s: %d queries kept", self.path, message[1])
         elif kind == "written":
+            self._deaths = 0
             self.counters.written += message[1]
             self.counters.answers.update(message[2])
             if self.state == "error":
@@ -243,6 +280,7 @@ class QueryLog:
 
     async def close(self) -> None:
         """Write what is still waiting, then end the writer."""
+        self._replacing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -265,6 +303,7 @@ class QueryLog:
             "privacy": self.settings.privacy if self.settings is not None else "off",
             "written": self.counters.written,
             "dropped": self.counters.dropped,
+            "restarts": self.counters.restarts,
             "waiting": sum(row[9] for row in self._held)
             + sum(entry[2] for entry in (self.resolver.log_sink or {}).values()),
         }
