@@ -86,7 +86,6 @@ class QueryLog:
         self._process: BaseProcess | None = None
         self._sending: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sink_dropped_seen = 0
         self._restart_at: float | None = None
         self._deaths = 0
         """Writers that died since one last wrote: picks the next RESTART_DELAYS entry."""
@@ -178,30 +177,39 @@ class QueryLog:
 
     def _take(self) -> list[LogRow]:
         resolver = self.resolver
-        records = resolver.take_log_rows()
-        if records and self._conn is None:
-            # Without a writer they are counted here; a writer counts what it receives, off this core.
-            answers = self.counters.answers
-            for row in records:
-                answers[row[3], row[8]] += row[9]
-        lost = resolver.log_sink_dropped - self._sink_dropped_seen
-        self._sink_dropped_seen = resolver.log_sink_dropped
-        self.counters.dropped += lost
-        return records
+        lost = resolver.log_sink_lost
+        if lost:
+            # Answered all the same: counted by type and rcode, and as dropped.
+            resolver.log_sink_lost = {}
+            self.counters.answers.update(lost)
+            self.counters.dropped += sum(lost.values())
+        return resolver.take_log_rows()
+
+    def _count(self, rows: list[LogRow]) -> None:
+        """Count rows by type and rcode here: a writer counts what it receives, off this core."""
+        answers = self.counters.answers
+        for row in rows:
+            answers[row[3], row[8]] += row[9]
+
+    def _lose(self, rows: list[LogRow]) -> None:
+        """Rows the log will not write: answered all the same, and dropped."""
+        self._count(rows)
+        self.counters.dropped += sum(row[9] for row in rows)
 
     async def _flush(self, wait: bool = True) -> None:
         """Take the resolver's records and send what waits when no send is under way (`wait`: finish it)."""
         records = self._take()
         self._read_replies()
         if self.settings is None:
+            self._count(records)  # the lasting log is off: the rows feed the answers metric only
             return
         if self._conn is None:
-            self.counters.dropped += sum(row[9] for row in records) + sum(row[9] for row in self._held)
+            self._lose(records + self._held)
             self._held = []
             return
         room = max(0, self.queue_max - len(self._held))
         if len(records) > room:
-            self.counters.dropped += sum(row[9] for row in records[room:])
+            self._lose(records[room:])
             records = records[:room]
         self._held.extend(records)
         if self._sending is not None:
@@ -221,7 +229,7 @@ class QueryLog:
                 raise OSError("no writer")
             await asyncio.to_thread(conn.send_bytes, encode_batch(batch))
         except (OSError, ValueError) as exc:
-            self.counters.dropped += sum(row[9] for row in batch)
+            self._lose(batch)
             self._fail(f"query log writer is gone: {exc}")
         finally:
             self._sending = None

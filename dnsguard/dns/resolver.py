@@ -173,9 +173,11 @@ class Resolver:
         folded: the same query again (same client, name, type, result, group, reason and rcode) adds
         one to its entry's [first time, longest elapsed_ms, count] until the next take, so a repeat
         costs a dict lookup and the hand-off carries each distinct query once. None: no lasting log.
-        Holds at most log_sink_max entries; a new query beyond that is counted in log_sink_dropped."""
+        Holds at most log_sink_max entries; a new query beyond that is counted in log_sink_lost."""
         self.log_sink_max = 0
-        self.log_sink_dropped = 0
+        self.log_sink_lost: dict[tuple[int, int], int] = {}
+        """(qtype, rcode) -> queries the full sink could not take, until dnsguard/app/querylog.py takes
+        them (it counts them as dropped, and as answered by type and rcode)."""
         self.on_query: QueryHook | None = None
         self._ede: dict[str, bytes] = {}
         self.on_prefetch: Callable[[], None] | None = None
@@ -270,7 +272,8 @@ class Resolver:
                         elif len(sink) < self.log_sink_max:
                             sink[key] = [now, 0.0, 1]
                         else:
-                            self.log_sink_dropped += 1
+                            lost = self.log_sink_lost
+                            lost[qtype, rcode] = lost.get((qtype, rcode), 0) + 1
                     hook = self.on_query
                     if hook is not None:
                         hook(result, group, 0.0)
@@ -661,7 +664,8 @@ class Resolver:
         elif len(sink) < self.log_sink_max:
             sink[key] = [at, elapsed_ms, 1]
         else:
-            self.log_sink_dropped += 1
+            lost = self.log_sink_lost
+            lost[qtype, rcode] = lost.get((qtype, rcode), 0) + 1
 
     def take_log_rows(self) -> list[LogRow]:
         """The queries gathered for the lasting log since the last call, one row per distinct query with

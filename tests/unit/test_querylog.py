@@ -149,7 +149,7 @@ async def test_a_full_sink_counts_drops_and_never_grows(tmp_path: Path) -> None:
         for _ in range(300):
             ask(service, "n7.ads.example")
         assert resolver.log_sink is not None and len(resolver.log_sink) == 1000
-        assert resolver.log_sink_dropped == 500
+        assert resolver.log_sink_lost == {(1, 0): 500}
         assert querylog.status()["waiting"] == 1300
         await until_written(querylog, 1300)
         assert querylog.counters.dropped == 500
@@ -158,8 +158,8 @@ async def test_a_full_sink_counts_drops_and_never_grows(tmp_path: Path) -> None:
         answers = {
             labels: value for (name, labels), value in metrics.items() if name == "dnsguard_dns_answers_total"
         }
-        # The 500 lost at the sink are counted as dropped, not by type.
-        assert sum(answers.values()) == 1300
+        # The 500 lost at the sink are counted as dropped and as answered.
+        assert sum(answers.values()) == 1800
         assert all(dict(labels)["qtype"] == "A" for labels in answers)
     finally:
         await service.close()
@@ -192,6 +192,9 @@ async def test_a_writer_that_dies_is_started_again_and_the_queries_meanwhile_are
         assert querylog.status()["state"] == "ready"
         _, body = await api_get(service, "/api/queries")
         assert [q["name"] for q in body["queries"]] == ["again.ads.example", "ads.example"]
+        _, metrics = await api_get(service, "/metrics")
+        answered = [value for (name, _), value in metrics.items() if name == "dnsguard_dns_answers_total"]
+        assert sum(answered) == 3  # the lost one too
     finally:
         await service.close()
 

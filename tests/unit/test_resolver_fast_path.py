@@ -259,7 +259,7 @@ async def test_the_lasting_log_sink_folds_repeats_and_keeps_distinct_queries_apa
     # The sink is full (3 distinct queries): a new one is lost, a repeat still folds.
     resolver.answer_now(query("y.ads.example"), "198.51.100.7")
     resolver.answer_now(query("x.ads.example", ident=4), "198.51.100.7")
-    assert resolver.log_sink_dropped == 1
+    assert resolver.log_sink_lost == {(1, 0): 1}
     rows = resolver.take_log_rows()
     assert resolver.log_sink == {} and resolver.take_log_rows() == []
     by_client = {(row[1], row[2]): row for row in rows}
