@@ -298,7 +298,8 @@ GRACE_RANGE = Range(0, DAY, "seconds added to an answer's TTL before its address
 
 @dataclass
 class FirewallConfig:
-    """Tunnel daemons (client): new connections only to addresses a DNS answer handed out (see docs)."""
+    """New connections only to addresses a DNS answer handed out (see docs): `up` for the host and its
+    LAN, `server` for its peers, `resolve` for what leaves `interface`."""
 
     enabled: bool = False
     mode: FirewallMode = "enforce"
