@@ -193,12 +193,14 @@ def firewall_rules(
     firewall = config.firewall
     lan = list(config.tunnel.lan_interfaces) if config.tunnel is not None and not server else []
     lan_clients: list[str] | None = None
+    lan_macs: list[str] = []
     if not firewall.all_groups:
         lan_clients = []
         for name in firewall.groups:
             group = config.groups.get(name)
             if group is not None:
                 lan_clients += [c for c in group.clients if not is_mac(c)]
+                lan_macs += [c for c in group.clients if is_mac(c)]  # normalised by the configuration
         if server and "default" in firewall.groups and config.tunnel is not None:
             # A peer without a group is in the default group.
             lan_clients += [p for peer in config.tunnel.peers if not peer.group for p in peer.allowed_ips]
@@ -210,6 +212,7 @@ def firewall_rules(
         lan_interfaces=lan,
         forward_from_any=not marks and not server,
         lan_clients=lan_clients,
+        lan_macs=list(dict.fromkeys(lan_macs)),
         from_peers=server,
         allow=allowed_prefixes(config),
         doh=doh_endpoints(config) if doh is None else doh,

@@ -52,6 +52,9 @@ class DnsFirewallRules:
     `lan_interfaces` only."""
     lan_clients: list[str] | None = None
     """Filter only forwarded connections from these prefixes (None: every LAN client, or every peer)."""
+    lan_macs: list[str] = field(default_factory=list)
+    """With `lan_clients`: also filter forwarded connections from these MAC addresses (group members
+    named by MAC; the forward hook still sees the Ethernet header of what came in from the LAN)."""
     from_peers: bool = False
     """A server: filter the connections forwarded from `tunnel_interface` (its peers), not those leaving
     by it."""
@@ -95,6 +98,9 @@ class DnsFirewallRules:
                     sources = _set(self.lan_clients, version)
                     if sources:
                         lines.append(f"    {forwarded} {keyword} {sources} ct state new jump check")
+                if self.lan_macs and not self.from_peers:
+                    macs = "{ " + ", ".join(self.lan_macs) + " }"
+                    lines.append(f"    {forwarded} ether saddr {macs} ct state new jump check")
             lines.append("  }")
         refuse = "goto refuse" if self.enforce else 'counter name "learned" return'
         doh = 'counter name "doh_refused" goto refuse' if self.enforce else 'counter name "learned" return'

@@ -191,6 +191,15 @@ def test_a_server_filters_what_its_peers_send_in_whatever_they_leave_by(
         assert "ip6 saddr { fd00::3/128 } ct state new jump check" in rules
 
 
+def test_group_members_named_by_mac_are_filtered_by_their_ethernet_source() -> None:
+    config = load(LAB.replace("clients: [192.0.2.10/32]", "clients: [192.0.2.10/32, AA-BB-CC-00-11-22]"))
+    rules = firewall_rules(config, "dg0", [51820, 51821]).ruleset()
+    assert (
+        'iifname { "lan0" } oifname "dg0" ether saddr { aa:bb:cc:00:11:22 } ct state new jump check' in rules
+    )
+    assert "ip saddr { 192.0.2.10/32 } ct state new jump check" in rules
+
+
 def test_learn_mode_only_counts() -> None:
     config = load(LAB.replace("groups: [kids]", "mode: learn"))
     rules = firewall_rules(config, "dg0", [1, 2]).ruleset()
