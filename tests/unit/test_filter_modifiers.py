@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dnslib import HTTPS as HTTPS_RDATA
+from dnslib.dns import DNSBuffer
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -183,6 +185,38 @@ def test_dnsrewrite_records_are_encoded_as_rdata() -> None:
     assert parse_rewrite("NOERROR;TXT;hi").rdata == b"\x02hi"
     https = parse_rewrite("NOERROR;HTTPS;1 . alpn=h2\\,h3 port=443").rdata
     assert https == b"\x00\x01\x00" + b"\x00\x01\x00\x06\x02h2\x02h3" + b"\x00\x03\x00\x02\x01\xbb"
+
+
+def test_dnsrewrite_https_takes_every_rfc_9460_parameter() -> None:
+    value = "NOERROR;HTTPS;1 . mandatory=alpn\\,ech alpn=h3 ech=AEX+DQ== dohpath=/q{?dns} key65000=x"
+    assert parse_rewrite(value).rdata == (
+        b"\x00\x01\x00"
+        + b"\x00\x00\x00\x04\x00\x01\x00\x05"  # mandatory: alpn, ech
+        + b"\x00\x01\x00\x03\x02h3"
+        + b"\x00\x05\x00\x04\x00\x45\xfe\x0d"  # ech: the base64 decoded
+        + b"\x00\x07\x00\x08/q{?dns}"
+        + b"\xfd\xe8\x00\x01x"
+    )
+    # dnslib reads it back the same (it still says echconfig, ech's draft name).
+    rdata = parse_rewrite(value).rdata
+    assert str(HTTPS_RDATA.parse(DNSBuffer(rdata), len(rdata))) == (
+        "1 . mandatory=alpn,echconfig alpn=h3 echconfig=AEX+DQ== key7=/q{?dns} key65000=x"
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1 . ech=not*base64",
+        "1 . mandatory=port",  # names a parameter the record lacks
+        "1 . mandatory=mandatory",
+        "1 . port=1 port=2",
+        "1 . dohpath=/dns-query",
+        "1 . bogus=1",
+    ],
+)
+def test_dnsrewrite_https_refuses_bad_parameters(value: str) -> None:
+    assert parse_line(f"||x.example^$dnsrewrite=NOERROR;HTTPS;{value}").outcome is Outcome.MALFORMED
 
 
 @pytest.mark.parametrize(
