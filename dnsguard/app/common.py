@@ -218,6 +218,34 @@ async def _nothing() -> None:
     return None
 
 
+class Background:
+    """Work a service starts and does not wait for (a reload's follow-ups): each task kept referenced, a
+    failure logged as `what` failing, and all of them finished by `drain` before the service closes the
+    things they use."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: self._done(done, what))
+
+    def _done(self, task: asyncio.Task[None], what: str) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._log.warning("%s: %s", what, one_line(task.exception()))
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self) -> None:
+        """Wait for every task started so far (their failures are logged, not raised)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """A change built aside: `commit` swaps it in (and must not fail), `discard` releases it."""

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dnsguard.app.common import Background
 from dnsguard.app.lists import fetcher_for, is_inline, is_url
 from dnsguard.config import Config
 from dnsguard.config.addresses import is_ip
@@ -245,7 +246,7 @@ class FirewallService:
         self._in_flight: asyncio.Future[None] | None = None
         """Resolved when the kernel update being sent now is done (an answer may hand out its addresses)."""
         self.doh_lists = DohLists()
-        self._reconfigurations: set[asyncio.Task[None]] = set()
+        self._reconfigurations = Background(log)
         self._rules_lock = asyncio.Lock()
         """Held while the table or its DoH sets are replaced: a reload and a refresh never interleave."""
         self.rules = firewall_rules(
@@ -321,15 +322,9 @@ class FirewallService:
     def reconfigure_soon(self, config: Config) -> None:
         """`reconfigure` after a reload's commit, in the background: replacing the table runs in a worker
         thread; a failure is logged and the old table stays."""
-        task = asyncio.get_running_loop().create_task(self._reconfigure_logged(config))
-        self._reconfigurations.add(task)
-        task.add_done_callback(self._reconfigurations.discard)
-
-    async def _reconfigure_logged(self, config: Config) -> None:
-        try:
-            await self.reconfigure(config)
-        except DnsguardError as exc:
-            log.warning("firewall: the new configuration was not applied: %s", exc)
+        self._reconfigurations.spawn(
+            self.reconfigure(config), "firewall: the new configuration was not applied"
+        )
 
     async def reconfigure(self, config: Config) -> None:
         """A reload: a new rule set replaces the table in one step, then the live elements go back in.
@@ -406,6 +401,9 @@ class FirewallService:
         }
 
     async def close(self) -> None:
+        # A reload's table replacement finishes first: it must not put the table back after the delete
+        # below, nor share the nftables context with it.
+        await self._reconfigurations.drain()
         if self._next_update is not None and not self._next_update.done():
             self._next_update.set_result(None)
         if self._task is not None:

@@ -7,13 +7,14 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dnsguard.app.api import Operations
 from dnsguard.app.client_names import ClientDirectory
 from dnsguard.app.common import (
+    Background,
     Prepared,
     Reloader,
     install_signal_handlers,
@@ -133,7 +134,8 @@ class ResolverService:
     """The lasting query log (its hand-off runs even when it writes nothing: it counts the answers)."""
 
     def __post_init__(self) -> None:
-        self._closing: set[asyncio.Task[None]] = set()
+        self._background = Background(log)
+        """A reload's follow-ups: the query log's writer replaced, the previous upstreams closed."""
 
     async def start(self, listen: bool = True) -> None:
         # Start answering from cached list copies at once (a compiled index if the sources did not
@@ -311,7 +313,7 @@ class ResolverService:
         if state.replaces_upstreams and self.client_names is not None:
             self.client_names.reconfigure(new, self._mac_lookup(new))
         if state.replaces_upstreams and self.querylog is not None:
-            self._background(self.querylog.reconfigure(new))
+            self._background.spawn(self.querylog.reconfigure(new), "the query log's new settings")
         if new.resolver.listen != self.config.resolver.listen:
             log.warning("resolver.listen changed: takes effect after a restart")
         self.config = new
@@ -323,17 +325,7 @@ class ResolverService:
             for group in old_groups:
                 if group is not None:
                     # Closed in the background: queries in flight on the old group finish on it.
-                    self._background(group.close())
-
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._closing.add(task)
-        task.add_done_callback(self._closed)
-
-    def _closed(self, task: asyncio.Task[None]) -> None:
-        self._closing.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("closing the previous upstreams: %s", task.exception())
+                    self._background.spawn(group.close(), "closing the previous upstreams")
 
     async def prepare_reload(self, new: Config) -> Prepared:
         """`prepare` for the shared reload path: the swap, and what to release if it does not happen."""
@@ -406,6 +398,8 @@ class ResolverService:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             self._refresher.cancel()
+        # A reload's follow-ups finish first: one of them may be starting the query log's writer.
+        await self._background.drain()
         if self.client_names is not None:
             await self.client_names.close()
         if self.neighbours is not None:
@@ -416,9 +410,6 @@ class ResolverService:
             await self.querylog.close()
         if self.forwarder is not None:
             await self.forwarder.close()
-        for task in list(self._closing):
-            with contextlib.suppress(Exception):
-                await task
 
 
 def _require_upstreams(config: Config) -> None:

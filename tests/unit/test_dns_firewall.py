@@ -290,3 +290,13 @@ def test_a_refused_update_releases_the_answer_and_the_address_is_sent_again() ->
             await service.close()
 
     asyncio.run(scenario())
+
+
+async def test_close_waits_for_a_reloads_table_replacement_and_deletes_last() -> None:
+    nft = FakeNftables()
+    service = FirewallService(load(LAB), "dg0", [51820, 51821], nft=nft)
+    await service.start()
+    service.reconfigure_soon(load(LAB.replace("groups: [kids]", "mode: learn")))  # a new table
+    await service.close()  # at once, while the replacement is on its way
+    assert 'counter name "learned" return' in nft.scripts[-2]
+    assert nft.scripts[-1] == "delete table inet dnsguard_fw\n"
