@@ -115,6 +115,7 @@ def main() -> int:
     parser.add_argument("--mix", default="blocked,cached,pageload")
     parser.add_argument("--rate", type=int, default=10000)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds, each starting with the next contender")
     parser.add_argument("--prime", type=int, default=3, help="seconds of full-speed load before each run")
     parser.add_argument("--slow-ms", type=float, default=0.3, help="an answer this slow or slower is slow")
     parser.add_argument(
@@ -138,24 +139,29 @@ def main() -> int:
         files = dns.query_files(lab.log_dir, names)
         for server in pids:
             dns.dnsperf(lab, dns.PORTS[server], files["cached"], 3)  # warm every cache
-        for mix in args.mix.split(","):
-            for server in pids:
-                # At full speed first, as bench/dns.py's throughput run does before its latency run: every
-                # name of the mix is then cached or remembered, as it is when dns.py measures the tail.
-                dns.dnsperf(lab, dns.PORTS[server], files[mix], args.prime)
-                if probed and server == "dnsguard":
-                    os.kill(probed[0].pid, signal.SIGUSR1)  # the probe counts from here
-                    time.sleep(0.2)
-                values = latencies(lab, dns, dns.PORTS[server], files[mix], args.seconds, args.rate)
-                print(report(server, mix, values, args.rate, args.slow_ms), flush=True)
-                if probed and server == "dnsguard":
-                    os.kill(probed[0].pid, signal.SIGUSR1)
-                    time.sleep(0.2)
-                    print(_last_summary(lab), end="", flush=True)
-                if args.dump:
-                    Path(args.dump).mkdir(parents=True, exist_ok=True)
-                    text = "\n".join(f"{value:.4f}" for value in values)
-                    (Path(args.dump) / f"{server}-{mix}.txt").write_text(text + "\n")
+        for round_number in range(args.repeat):
+            # Each round starts with the next contender, as in bench/dns.py.
+            shift = round_number % len(pids)
+            order = [*list(pids)[shift:], *list(pids)[:shift]]
+            for mix in args.mix.split(","):
+                for server in order:
+                    # At full speed first, as bench/dns.py's throughput run does before its latency run: every
+                    # name of the mix is then cached or remembered, as it is when dns.py measures the tail.
+                    dns.dnsperf(lab, dns.PORTS[server], files[mix], args.prime)
+                    if probed and server == "dnsguard":
+                        os.kill(probed[0].pid, signal.SIGUSR1)  # the probe counts from here
+                        time.sleep(0.2)
+                    values = latencies(lab, dns, dns.PORTS[server], files[mix], args.seconds, args.rate)
+                    print(report(server, mix, values, args.rate, args.slow_ms), flush=True)
+                    if probed and server == "dnsguard":
+                        os.kill(probed[0].pid, signal.SIGUSR1)
+                        time.sleep(0.2)
+                        print(_last_summary(lab), end="", flush=True)
+                    if args.dump:
+                        Path(args.dump).mkdir(parents=True, exist_ok=True)
+                        text = "\n".join(f"{value:.4f}" for value in values)
+                        name = f"{server}-{mix}-{round_number + 1}.txt"
+                        (Path(args.dump) / name).write_text(text + "\n")
     return 0
 
 
