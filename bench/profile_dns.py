@@ -72,6 +72,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples a second")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--qps", type=int, help="load at this fixed rate (where the latency tail shows) instead of full speed"
+    )
+    parser.add_argument("--idle", action="store_true", help="keep the idle loop's samples (py-spy --idle)")
     parser.add_argument("--out", default="bench-profiles", help="directory for the raw profiles")
     args = parser.parse_args()
     spy = py_spy()
@@ -87,10 +91,13 @@ def main() -> int:
             collapsed = out / f"dns-{mix}.txt"
             record = [spy, "record", "--pid", str(pids["dnsguard"]), "--rate", str(args.rate)]
             record += ["--duration", str(args.seconds - 2), "--format", "raw", "--output", str(collapsed)]
+            if args.qps:
+                record += ["--nonblocking"]  # pausing the process for each sample would add stalls of its own
+            record += ["--idle"] if args.idle else []
             load: dict[str, float] = {}
 
             def run_load(mix: str = mix, load: dict[str, float] = load) -> None:
-                load.update(dns.dnsperf(lab, dns.DNSGUARD_PORT, files[mix], args.seconds))
+                load.update(dns.dnsperf(lab, dns.DNSGUARD_PORT, files[mix], args.seconds, args.qps))
 
             thread = threading.Thread(target=run_load)
             thread.start()

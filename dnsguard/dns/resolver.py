@@ -67,24 +67,27 @@ OUTAGE_LOG_INTERVAL: Final = 60.0
 """Seconds between log lines about upstream failures (every failed query is counted)."""
 
 
-class _Plan(NamedTuple):
-    """What answer_now does for one exact query message (all but its ID), worked out once.
+_Plan = tuple[int, bytes, Query | None, tuple[str, str], str | None, str, int, str, str, str]
+"""What answer_now does for one exact query message (all but its ID), worked out once.
 
-    Everything a reply depends on besides the ID is in those bytes (flags, question with its letter
-    case, OPT RR), so for as long as the policy's decision for the name holds, a repeat of the
-    message gets the same reply with its own ID, and the same counters and log line.
-    """
+Everything a reply depends on besides the ID is in those bytes (flags, question with its letter case,
+OPT RR), so for as long as the policy's decision for the name holds, a repeat of the message gets the
+same reply with its own ID, and the same counters and log line. The fields, in order:
 
-    kind: int  # _PLAN_REPLY: send `reply_tail`; _PLAN_CACHE: look up `query` in the cache; _PLAN_FORWARD
-    reply_tail: bytes  # the reply without its ID
-    query: Query | None  # only kept for the cache lookup (a plan per distinct message adds up)
-    count_key: tuple[str, str]  # (result, group) in ResolverStats.queries, shared by all plans
-    blocked_list: str | None  # the list to count in ResolverStats.blocked_by_list
-    qname: str
-    qtype: int
-    result: str
-    group: str
-    reason: str
+- kind: _PLAN_REPLY: send reply_tail; _PLAN_CACHE: look up query in the cache; _PLAN_FORWARD
+- reply_tail: the reply without its ID
+- query: only kept for the cache lookup (a plan per distinct message adds up)
+- count_key: (result, group) in ResolverStats.queries, shared by all plans
+- blocked_list: the list to count in ResolverStats.blocked_by_list
+- qname, qtype, result, group, reason: the query's record
+
+A plain tuple, not a NamedTuple: the cyclic garbage collector stops tracking a tuple of exact type whose
+items are all untracked (strings, bytes, numbers, None, such tuples) at its first collection, but never
+a subclass. The plans of a busy resolver are tens of thousands of objects that live until the policy
+changes; tracked, each full collection walked them all while queries waited (about half of a 20 ms
+collection, measured with bench/stall_probe.py under bench/dns_latency.py). Only cache plans, which hold
+the parsed query, stay tracked.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,7 +396,7 @@ class Resolver:
             plans.clear()
         group = decision.group
         count_key = self._count_keys.setdefault((result, group), (result, group))
-        plans[data[2:]] = _Plan(
+        plans[data[2:]] = (
             kind,
             reply_tail,
             query if kind == _PLAN_CACHE else None,

@@ -7,6 +7,7 @@ reported to the hook exactly as on the first pass, and a changed policy or pause
 from __future__ import annotations
 
 import asyncio
+import gc
 import struct
 
 from dnslib import CLASS, EDNS0, QTYPE, RCODE, RR, A, DNSRecord
@@ -46,6 +47,18 @@ def test_a_repeated_blocked_query_gets_the_same_answer_and_is_counted_each_time(
     ]
     assert calls == [("blocked", "default", 0.0)] * 2
     assert upstreams.asked == []
+
+
+def test_a_remembered_local_answer_leaves_the_garbage_collectors_sight() -> None:
+    # Tens of thousands of plans live until the policy changes: tracked, every full collection would
+    # walk them while queries wait. A plan of a local answer holds only strings, bytes and numbers.
+    resolver, _, _ = make()
+    resolver.answer_now(query("x.ads.example"), "198.51.100.7")
+    resolver.answer_now(query("nas.home.arpa"), "198.51.100.7")
+    gc.collect()
+    plans = list(resolver._plans_by_group["default"].values())
+    assert len(plans) == 2
+    assert not any(gc.is_tracked(plan) for plan in plans)
 
 
 def test_plans_follow_the_client_group() -> None:
