@@ -100,8 +100,9 @@ class TunnelDns:
         v4, v6 = tunnel_addresses(tunnel)
         listen = ([f"{v4}:53"] if v4 else []) + ([f"[{v6}]:53"] if v6 else [])
         resolver_mark = tunnel.fwmark + RESOLVER_MARK_OFFSET
+        resolver_config = filtering_config(self.config, listen, self.server)
         self.service = ResolverService(
-            filtering_config(self.config, listen, self.server),
+            resolver_config,
             socket_setup=None if self.server else marker(resolver_mark),
             local_networks=self._local_networks,
             tunnel_networks=tunnel_networks(tunnel, self.server),
@@ -117,8 +118,12 @@ class TunnelDns:
             refused_addresses=list(self.config.blocking.doh_endpoints),
         )
         self.redirect.apply()
-        if self.config.firewall.enabled and not self.server:
-            self.firewall = FirewallService(self.config, interface, [tunnel.fwmark, resolver_mark])
+        if self.config.firewall.enabled:
+            if self.server:
+                # The peers' groups as the resolver sees them (a peer's allowed IPs in its group).
+                self.firewall = FirewallService(resolver_config, interface, [], server=True)
+            else:
+                self.firewall = FirewallService(self.config, interface, [tunnel.fwmark, resolver_mark])
             await self.firewall.start()
             assert self.service.resolver is not None
             self.service.resolver.on_addresses = self.firewall.on_addresses
@@ -140,13 +145,14 @@ class TunnelDns:
         assert tunnel is not None
         v4, v6 = tunnel_addresses(tunnel)
         listen = ([f"{v4}:53"] if v4 else []) + ([f"[{v6}]:53"] if v6 else [])
-        prepared = await self.service.prepare_reload(filtering_config(config, listen, self.server))
+        resolver_config = filtering_config(config, listen, self.server)
+        prepared = await self.service.prepare_reload(resolver_config)
 
         def commit() -> None:
             prepared.commit()
             self.config = config
             if self.firewall is not None:
-                self.firewall.reconfigure_soon(config)
+                self.firewall.reconfigure_soon(resolver_config if self.server else config)
 
         return Prepared(commit, prepared.discard)
 

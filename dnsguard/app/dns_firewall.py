@@ -179,28 +179,41 @@ def explain_in_kernel(config: Config, address: str, client: str | None) -> str:
 
 
 def firewall_rules(
-    config: Config, tunnel_interface: str, marks: list[int], doh: list[str] | None = None
+    config: Config,
+    tunnel_interface: str,
+    marks: list[int],
+    doh: list[str] | None = None,
+    *,
+    server: bool = False,
 ) -> DnsFirewallRules:
-    """The rules of `up` (marks given: the tunnel's and the resolver's) or of `resolve` (no marks: what is
-    forwarded from any interface to `firewall.interface` is filtered, as the host's own). `doh`: the DoH
-    endpoints as read (None: read them now)."""
+    """The rules of `up` (marks given: the tunnel's and the resolver's), of `resolve` (no marks: what is
+    forwarded from any interface to `firewall.interface` is filtered, as the host's own), or of `server`
+    (what its peers send in through `tunnel_interface`; `config` is the resolver's view, where a peer's
+    group holds its allowed IPs). `doh`: the DoH endpoints as read (None: read them now)."""
     firewall = config.firewall
-    lan = list(config.tunnel.lan_interfaces) if config.tunnel is not None else []
+    lan = list(config.tunnel.lan_interfaces) if config.tunnel is not None and not server else []
     lan_clients: list[str] | None = None
+    lan_macs: list[str] = []
     if not firewall.all_groups:
         lan_clients = []
         for name in firewall.groups:
             group = config.groups.get(name)
             if group is not None:
                 lan_clients += [c for c in group.clients if not is_mac(c)]
+                lan_macs += [c for c in group.clients if is_mac(c)]  # normalised by the configuration
+        if server and "default" in firewall.groups and config.tunnel is not None:
+            # A peer without a group is in the default group.
+            lan_clients += [p for peer in config.tunnel.peers if not peer.group for p in peer.allowed_ips]
     return DnsFirewallRules(
         tunnel_interface,
         marks,
         enforce=firewall.mode == "enforce",
-        host=firewall.all_groups or "default" in firewall.groups,
+        host=not server and (firewall.all_groups or "default" in firewall.groups),
         lan_interfaces=lan,
-        forward_from_any=not marks,
+        forward_from_any=not marks and not server,
         lan_clients=lan_clients,
+        lan_macs=list(dict.fromkeys(lan_macs)),
+        from_peers=server,
         allow=allowed_prefixes(config),
         doh=doh_endpoints(config) if doh is None else doh,
     )
@@ -211,6 +224,8 @@ class FirewallService:
     config: Config
     tunnel_interface: str
     marks: list[int]
+    server: bool = False
+    """`dnsguard server`: its peers' connections are filtered (see firewall_rules)."""
     handed: HandedOut = field(init=False)
     batches: int = 0
     elements_sent: int = 0
@@ -234,7 +249,11 @@ class FirewallService:
         self._rules_lock = asyncio.Lock()
         """Held while the table or its DoH sets are replaced: a reload and a refresh never interleave."""
         self.rules = firewall_rules(
-            self.config, self.tunnel_interface, self.marks, self.doh_lists.read(self.config)
+            self.config,
+            self.tunnel_interface,
+            self.marks,
+            self.doh_lists.read(self.config),
+            server=self.server,
         )
 
     async def start(self) -> None:
@@ -317,7 +336,7 @@ class FirewallService:
         When only the DoH endpoints changed, their sets alone are replaced (see `refresh_doh`)."""
         async with self._rules_lock:
             doh = await asyncio.to_thread(self.doh_lists.read, config)
-            rules = firewall_rules(config, self.tunnel_interface, self.marks, doh)
+            rules = firewall_rules(config, self.tunnel_interface, self.marks, doh, server=self.server)
             self.config = config
             self.handed.grace = int(config.firewall.grace)
             if rules == self.rules:

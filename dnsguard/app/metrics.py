@@ -58,7 +58,7 @@ def _querylog(querylog: QueryLog) -> Iterator[Metric]:
     answers = CounterMetricFamily(
         "dnsguard_dns_answers",
         "Answered queries by query type and response code (uncommon ones as other), counted every 0.5 s;"
-        " those lost at a full queue are in dnsguard_querylog_dropped.",
+        " those the lasting log lost are also in dnsguard_querylog_dropped.",
         labels=["qtype", "rcode"],
     )
     for (qtype, rcode), count in sorted(answers_by_family(querylog.counters).items()):
@@ -72,6 +72,11 @@ def _querylog(querylog: QueryLog) -> Iterator[Metric]:
     )
     dropped.add_metric([], querylog.counters.dropped)
     yield dropped
+    restarts = CounterMetricFamily(
+        "dnsguard_querylog_writer_restarts", "Query log writer processes started again after one died."
+    )
+    restarts.add_metric([], querylog.counters.restarts)
+    yield restarts
 
 
 def _histogram(name: str, documentation: str, label: str, histograms: dict[str, DurationHistogram]) -> Metric:

@@ -1,10 +1,11 @@
 """The lasting query log in the daemon: records taken from the resolver in batches, handed to the writer.
 
-The serving path pays one tuple per answered query, appended to the resolver's bounded sink
-(`Resolver.log_sink`; a full sink counts the record as dropped). Every FLUSH_INTERVAL this module takes
-the sink whole and sends the batch to the writer process (dnsguard/app/querylog_writer.py) from a
-worker thread, so that a full pipe never stalls the event loop. While one batch is on its way, the next
-ones wait here, up to `querylog.queue` records. A writer that cannot open or write its database is
+The serving path pays a dict lookup per answered query: the resolver's bounded sink
+(`Resolver.log_sink`) folds a repeated query into its entry's count, and a full sink counts a new one
+as dropped. Every FLUSH_INTERVAL this module takes the sink whole, one row per distinct query with its
+count, and sends the batch to the writer process (dnsguard/app/querylog_writer.py) from a worker
+thread, so that a full pipe never stalls the event loop. While one batch is on its way, the next ones
+wait here, up to `querylog.queue` rows. A writer that cannot open or write its database is
 reported (status, log line, the `dropped` counter) and the resolver keeps answering.
 
 The API reads the database through connections of its own, in worker threads (search, stats).
@@ -29,7 +30,7 @@ from dnsguard.app.querylog_writer import WriterSettings, encode_batch, writer_ma
 
 if TYPE_CHECKING:
     from dnsguard.config import Config
-    from dnsguard.dns.resolver import LogRecord, Resolver
+    from dnsguard.dns.resolver import LogRow, Resolver
 
 log = logging.getLogger("dnsguard.querylog")
 
@@ -37,6 +38,9 @@ FLUSH_INTERVAL = 0.5
 """Seconds between hand-offs of the resolver's records to the writer."""
 STOP_TIMEOUT = 5.0
 """Seconds the writer has to write the last batches at stop before it is killed."""
+RESTART_DELAYS = (1.0, 5.0, 30.0, 60.0)
+"""Seconds before a writer that died (killed, out of memory, a database it cannot open) is started
+again: the first delay after a writer that had written, then each next one while it keeps dying."""
 
 
 def settings_of(config: Config) -> WriterSettings | None:
@@ -58,7 +62,9 @@ def settings_of(config: Config) -> WriterSettings | None:
 class QueryLogCounters:
     written: int = 0
     dropped: int = 0
-    """Records lost: the resolver's sink full, the queue here full, the writer down or failing."""
+    """Queries lost: the resolver's sink full, the queue here full, the writer down or failing."""
+    restarts: int = 0
+    """Writers started again after one died."""
     answers: Counter[tuple[int, int]] = field(default_factory=Counter)
     """(qtype, rcode) -> answered queries, counted by the writer from what it receives, or here when there
     is none (the metrics fold them into bounded families); a record lost on the way is in `dropped` only."""
@@ -75,13 +81,17 @@ class QueryLog:
         self.state = "off"
         """off, starting, ready, or error (see `error`)."""
         self.error = ""
-        self._held: list[LogRecord] = []
+        self._held: list[LogRow] = []
         self._conn: Connection | None = None
         self._process: BaseProcess | None = None
         self._sending: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sink_dropped_seen = 0
-        resolver.log_sink = []
+        self._restart_at: float | None = None
+        self._deaths = 0
+        """Writers that died since one last wrote: picks the next RESTART_DELAYS entry."""
+        self._replacing = False
+        """A reload or stop is replacing the writer: no restart meanwhile."""
+        resolver.log_sink = {}
         resolver.log_sink_max = self.queue_max
 
     @property
@@ -124,10 +134,15 @@ class QueryLog:
         settings = settings_of(config)
         if settings == self.settings:
             return
-        await self._flush()
-        await self._stop_writer()
-        self.settings = settings
-        self._start_writer()
+        self._replacing = True
+        try:
+            await self._flush()
+            await self._stop_writer()
+            self.settings = settings
+            self._restart_at, self._deaths = None, 0
+            self._start_writer()
+        finally:
+            self._replacing = False
 
     # -- the hand-off loop ----------------------------------------------------------------------
 
@@ -136,34 +151,66 @@ class QueryLog:
             await asyncio.sleep(FLUSH_INTERVAL)
             try:
                 await self._flush(wait=False)
+                self._restart_if_gone(time.monotonic())
             except Exception as exc:  # a bug here must not end the hand-offs
                 log.exception("query log hand-off failed: %s", exc)
 
-    def _take(self) -> list[LogRecord]:
+    def _restart_if_gone(self, now: float) -> None:
+        """Start the writer again once its delay has passed, if it died; the queries meanwhile are
+        counted as dropped (the resolver never waits for the log)."""
+        if self.settings is None or self._conn is not None or self._replacing or self._sending is not None:
+            self._restart_at = None
+            return
+        if self._restart_at is None:
+            self._restart_at = now + RESTART_DELAYS[min(self._deaths, len(RESTART_DELAYS) - 1)]
+            return
+        if now < self._restart_at:
+            return
+        self._restart_at = None
+        self._deaths += 1
+        gone, self._process = self._process, None
+        if gone is not None:
+            gone.join(0)  # reap it
+            log.info("query log writer ended (exit code %s): starting it again", gone.exitcode)
+        self.counters.restarts += 1
+        self._start_writer()
+
+    def _take(self) -> list[LogRow]:
         resolver = self.resolver
-        records = resolver.take_log_records()
-        if records and self._conn is None:
-            # Without a writer they are counted here; a writer counts what it receives, off this core.
-            self.counters.answers.update((record[3], record[8]) for record in records)
-        lost = resolver.log_sink_dropped - self._sink_dropped_seen
-        self._sink_dropped_seen = resolver.log_sink_dropped
-        self.counters.dropped += lost
-        return records
+        lost = resolver.log_sink_lost
+        if lost:
+            # Answered all the same: counted by type and rcode, and as dropped.
+            resolver.log_sink_lost = {}
+            self.counters.answers.update(lost)
+            self.counters.dropped += sum(lost.values())
+        return resolver.take_log_rows()
+
+    def _count(self, rows: list[LogRow]) -> None:
+        """Count rows by type and rcode here: a writer counts what it receives, off this core."""
+        answers = self.counters.answers
+        for row in rows:
+            answers[row[3], row[8]] += row[9]
+
+    def _lose(self, rows: list[LogRow]) -> None:
+        """Rows the log will not write: answered all the same, and dropped."""
+        self._count(rows)
+        self.counters.dropped += sum(row[9] for row in rows)
 
     async def _flush(self, wait: bool = True) -> None:
         """Take the resolver's records and send what waits when no send is under way (`wait`: finish it)."""
         records = self._take()
         self._read_replies()
         if self.settings is None:
+            self._count(records)  # the lasting log is off: the rows feed the answers metric only
             return
         if self._conn is None:
-            self.counters.dropped += len(records) + len(self._held)
+            self._lose(records + self._held)
             self._held = []
             return
-        room = self.queue_max - len(self._held)
+        room = max(0, self.queue_max - len(self._held))
         if len(records) > room:
-            self.counters.dropped += len(records) - max(0, room)
-            records = records[: max(0, room)]
+            self._lose(records[room:])
+            records = records[:room]
         self._held.extend(records)
         if self._sending is not None:
             if not wait:
@@ -175,14 +222,14 @@ class QueryLog:
             if wait:
                 await self._sending
 
-    async def _send(self, batch: list[LogRecord]) -> None:
+    async def _send(self, batch: list[LogRow]) -> None:
         conn = self._conn
         try:
             if conn is None:
                 raise OSError("no writer")
             await asyncio.to_thread(conn.send_bytes, encode_batch(batch))
         except (OSError, ValueError) as exc:
-            self.counters.dropped += len(batch)
+            self._lose(batch)
             self._fail(f"query log writer is gone: {exc}")
         finally:
             self._sending = None
@@ -204,6 +251,7 @@ class QueryLog:
             self.state = "ready"
             log.info("query log %s: %d queries kept", self.path, message[1])
         elif kind == "written":
+            self._deaths = 0
             self.counters.written += message[1]
             self.counters.answers.update(message[2])
             if self.state == "error":
@@ -240,6 +288,7 @@ class QueryLog:
 
     async def close(self) -> None:
         """Write what is still waiting, then end the writer."""
+        self._replacing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -262,7 +311,9 @@ class QueryLog:
             "privacy": self.settings.privacy if self.settings is not None else "off",
             "written": self.counters.written,
             "dropped": self.counters.dropped,
-            "waiting": len(self._held) + len(self.resolver.log_sink or ()),
+            "restarts": self.counters.restarts,
+            "waiting": sum(row[9] for row in self._held)
+            + sum(entry[2] for entry in (self.resolver.log_sink or {}).values()),
         }
 
     async def search(self, search: Search) -> list[dict[str, Any]]:

@@ -151,18 +151,20 @@ class QueryStore:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def append(self, records: Iterable[Sequence[Any]], privacy: str = "full") -> int:
-        """Insert resolver records (dnsguard.dns.resolver.LogRecord) in one transaction; the queries written.
+    def append(self, rows: Iterable[Sequence[Any]], privacy: str = "full") -> int:
+        """Insert resolver rows (dnsguard.dns.resolver.LogRow: a query, its count, its first time and
+        longest answer time) in one transaction; the queries written.
 
-        Queries that are the same in everything but their time within one second (a device asking a
-        name again, a burst of retries) are folded into one row with their count, the first one's time
-        and the longest answer time: at a busy resolver's rate this writes a fraction of the rows, and
-        every count (search, statistics) stays exact.
+        Rows that are the same in everything but their time within one second (a device asking a name
+        again, a burst of retries; the resolver already folds the repeats of each half second) become
+        one row with the sum of their counts, the first one's time and the longest answer time: at a
+        busy resolver's rate this writes a fraction of the rows, and every count (search, statistics)
+        stays exact.
         """
         folded: dict[tuple[Any, ...], list[Any]] = {}
         clients: dict[str, str] = {}
         written = 0
-        for at, client, name, qtype, result, group, reason, elapsed, rcode in records:
+        for at, client, name, qtype, result, group, reason, elapsed, rcode, count in rows:
             if privacy != "full":
                 kept = clients.get(client)
                 if kept is None:
@@ -171,13 +173,15 @@ class QueryStore:
             key = (int(at), client, name, qtype, result, group, reason, rcode)
             row = folded.get(key)
             if row is None:
-                folded[key] = [at, elapsed, 1]
+                folded[key] = [at, elapsed, count]
             else:
-                row[2] += 1
+                row[2] += count
+                if at < row[0]:
+                    row[0] = at
                 if elapsed > row[1]:
                     row[1] = elapsed
-            written += 1
-        rows = [(at, *key[1:7], elapsed, key[7], count) for key, (at, elapsed, count) in folded.items()]
+            written += count
+        inserted = [(at, *key[1:7], elapsed, key[7], count) for key, (at, elapsed, count) in folded.items()]
         try:
             with self.db:
                 self.db.execute("BEGIN")
@@ -185,7 +189,7 @@ class QueryStore:
                     "INSERT INTO queries"
                     " (time, client, name, qtype, result, grp, reason, elapsed_ms, rcode, count)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
+                    inserted,
                 )
         except sqlite3.Error as exc:
             raise QueryLogError(f"query log {self.path}: {_reason(exc)}") from None

@@ -3,10 +3,11 @@
 A process rather than a thread: sqlite3 takes the GIL back for every row it binds, so a writer thread
 inserting 25,000 rows every half second would wait on the resolver's event loop for each of them (and
 slow it with every switch); a process has a GIL of its own and runs on the other core. The daemon's
-only cost per batch is `encode_batch`: marshal, 0.23 us a record (25,000 records: marshal 5.8 ms,
-pickle 6.9 ms, columns of arrays and joined strings 14 ms; best of five here).
+only cost per batch is `encode_batch`: marshal, 0.23 us a row (25,000 rows: marshal 5.8 ms, pickle
+6.9 ms, columns of arrays and joined strings 14 ms; best of five here), paid once per distinct query
+of the half second, since the resolver's sink folds repeats.
 
-Messages, daemon -> writer: an encoded batch of dnsguard.dns.resolver.LogRecord; b"" to finish.
+Messages, daemon -> writer: an encoded batch of dnsguard.dns.resolver.LogRow; b"" to finish.
 Writer -> daemon: ("ready", rows), ("written", n, answers), ("failed", n, error, answers), ("error",
 error), ("retention", deleted); `answers` counts the batch by (qtype, rcode) for the metrics, a count the
 daemon would otherwise pay for on its own core. The writer ignores SIGINT and SIGTERM (systemd signals
@@ -35,15 +36,18 @@ RETENTION_INTERVAL = 60.0
 MARSHAL_VERSION = 4
 
 
-def encode_batch(records: Sequence[Sequence[Any]]) -> bytes:
-    """Records for the pipe: marshal, which the writer (the same interpreter, spawned by the daemon)
+def encode_batch(rows: Sequence[tuple[Any, ...]]) -> bytes:
+    """Rows for the pipe: marshal, which the writer (the same interpreter, spawned by the daemon)
     reads back; only the daemon writes to that pipe."""
-    return marshal.dumps(list(records), MARSHAL_VERSION)
+    return marshal.dumps(list(rows), MARSHAL_VERSION)
 
 
 def decode_batch(data: bytes) -> list[tuple[Any, ...]]:
-    """The records `encode_batch` encoded, as tuples in their order."""
-    return [tuple(record) for record in marshal.loads(data)]
+    """The rows `encode_batch` encoded, in their order (marshal keeps tuples tuples)."""
+    rows = marshal.loads(data)
+    if not isinstance(rows, list):
+        raise ValueError("a query log batch is a list of rows")
+    return rows
 
 
 @dataclass(frozen=True)
@@ -75,12 +79,14 @@ def writer_main(conn: Connection, settings: WriterSettings) -> None:
                     break
                 if not data:
                     break
-                records = decode_batch(data)
-                answers = dict(Counter((record[3], record[8]) for record in records))
+                rows = decode_batch(data)
+                answers: Counter[tuple[int, int]] = Counter()
+                for row in rows:
+                    answers[row[3], row[8]] += row[9]
                 try:
-                    conn.send(("written", store.append(records, settings.privacy), answers))
+                    conn.send(("written", store.append(rows, settings.privacy), dict(answers)))
                 except QueryLogError as exc:
-                    conn.send(("failed", len(records), str(exc), answers))
+                    conn.send(("failed", answers.total(), str(exc), dict(answers)))
             if time.monotonic() >= next_retention:
                 next_retention = time.monotonic() + RETENTION_INTERVAL
                 try:

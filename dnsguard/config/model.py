@@ -298,7 +298,8 @@ GRACE_RANGE = Range(0, DAY, "seconds added to an answer's TTL before its address
 
 @dataclass
 class FirewallConfig:
-    """Tunnel daemons (client): new connections only to addresses a DNS answer handed out (see docs)."""
+    """New connections only to addresses a DNS answer handed out (see docs): `up` for the host and its
+    LAN, `server` for its peers, `resolve` for what leaves `interface`."""
 
     enabled: bool = False
     mode: FirewallMode = "enforce"
@@ -774,9 +775,9 @@ class QueryLogConfig:
     privacy: QueryLogPrivacy = "full"
     """full; names-only (no client address); anonymised (IPv4 /24, IPv6 /48); off (nothing written)."""
     retention: QueryLogRetention = field(default_factory=QueryLogRetention)
-    queue: Annotated[int, Range(1000, 1_000_000, "queries waiting for the writer; more are dropped")] = (
-        100_000
-    )
+    queue: Annotated[
+        int, Range(1000, 1_000_000, "distinct queries waiting for the writer; more are dropped")
+    ] = 100_000
 
     def validate(self) -> None:
         if not self.path.strip():

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from dnsguard.dns import wire
 from dnsguard.dns.cache import AnswerCache
@@ -103,6 +103,10 @@ class LogEntry:
 LogRecord = tuple[float, str, str, int, str, str, str, float, int]
 """(time, client, name, qtype, result, group, reason, elapsed_ms, rcode): one answered query as the
 resolver records it, a plain tuple because it is made for every query."""
+LogKey = tuple[str, str, int, str, str, str, int]
+"""(client, name, qtype, result, group, reason, rcode): what the lasting log's sink folds repeats by."""
+LogRow = tuple[float, str, str, int, str, str, str, float, int, int]
+"""A LogRecord and its count: the first time, the longest elapsed_ms, and how many queries it stands for."""
 
 
 @dataclass
@@ -164,12 +168,16 @@ class Resolver:
         self._outage_failures = 0
         self.stats = ResolverStats()
         self.query_log: deque[LogRecord] = deque(maxlen=query_log_size)
-        self.log_sink: list[LogRecord] | None = None
-        """Records waiting for the lasting query log (dnsguard/app/querylog.py takes them in batches);
-        None: no lasting log. Holds at most log_sink_max; a record beyond that is counted in
-        log_sink_dropped instead."""
+        self.log_sink: dict[LogKey, list[Any]] | None = None
+        """Queries waiting for the lasting query log (dnsguard/app/querylog.py takes them in batches),
+        folded: the same query again (same client, name, type, result, group, reason and rcode) adds
+        one to its entry's [first time, longest elapsed_ms, count] until the next take, so a repeat
+        costs a dict lookup and the hand-off carries each distinct query once. None: no lasting log.
+        Holds at most log_sink_max entries; a new query beyond that is counted in log_sink_lost."""
         self.log_sink_max = 0
-        self.log_sink_dropped = 0
+        self.log_sink_lost: dict[tuple[int, int], int] = {}
+        """(qtype, rcode) -> queries the full sink could not take, until dnsguard/app/querylog.py takes
+        them (it counts them as dropped, and as answered by type and rcode)."""
         self.on_query: QueryHook | None = None
         self._ede: dict[str, bytes] = {}
         self.on_prefetch: Callable[[], None] | None = None
@@ -252,14 +260,20 @@ class Resolver:
                         return self._answer_parsed(data, client, tcp)
                     queries = self.stats.queries
                     queries[count_key] = queries.get(count_key, 0) + 1
-                    record = (now, client, qname, qtype, result, group, reason, 0.0, reply[3] & 15)
-                    self.query_log.append(record)
+                    rcode = reply[3] & 15
+                    self.query_log.append((now, client, qname, qtype, result, group, reason, 0.0, rcode))
                     sink = self.log_sink
                     if sink is not None:
-                        if len(sink) < self.log_sink_max:
-                            sink.append(record)
+                        # _sink_add inlined: this runs for every query that has a plan.
+                        key = (client, qname, qtype, result, group, reason, rcode)
+                        entry = sink.get(key)
+                        if entry is not None:
+                            entry[2] += 1
+                        elif len(sink) < self.log_sink_max:
+                            sink[key] = [now, 0.0, 1]
                         else:
-                            self.log_sink_dropped += 1
+                            lost = self.log_sink_lost
+                            lost[qtype, rcode] = lost.get((qtype, rcode), 0) + 1
                     hook = self.on_query
                     if hook is not None:
                         hook(result, group, 0.0)
@@ -627,35 +641,43 @@ class Resolver:
         key = (result, group)
         queries[key] = queries.get(key, 0) + 1
         elapsed = (self.clock() - started) if started is not None else 0.0
+        at = self.wall_clock() if now is None else now
+        rcode = reply[3] & 15 if len(reply) > 3 else 0
         # A plain tuple: this runs for every query, and the log is read rarely (API, tests).
-        record = (
-            self.wall_clock() if now is None else now,
-            client,
-            query.qname,
-            query.qtype,
-            result,
-            group,
-            decision.reason,
-            elapsed * 1000,
-            reply[3] & 15 if len(reply) > 3 else 0,
-        )
+        record = (at, client, query.qname, query.qtype, result, group, decision.reason, elapsed * 1000, rcode)
         self.query_log.append(record)
         sink = self.log_sink
         if sink is not None:
-            if len(sink) < self.log_sink_max:
-                sink.append(record)
-            else:
-                self.log_sink_dropped += 1
+            self._sink_add(sink, record)
         if self.on_query is not None:
             self.on_query(result, group, elapsed)
 
-    def take_log_records(self) -> list[LogRecord]:
-        """The records gathered for the lasting log since the last call (the sink starts empty again)."""
+    def _sink_add(self, sink: dict[LogKey, list[Any]], record: LogRecord) -> None:
+        """Fold one answered query into the lasting log's sink (see log_sink)."""
+        at, client, qname, qtype, result, group, reason, elapsed_ms, rcode = record
+        key = (client, qname, qtype, result, group, reason, rcode)
+        entry = sink.get(key)
+        if entry is not None:
+            entry[2] += 1
+            if elapsed_ms > entry[1]:
+                entry[1] = elapsed_ms
+        elif len(sink) < self.log_sink_max:
+            sink[key] = [at, elapsed_ms, 1]
+        else:
+            lost = self.log_sink_lost
+            lost[qtype, rcode] = lost.get((qtype, rcode), 0) + 1
+
+    def take_log_rows(self) -> list[LogRow]:
+        """The queries gathered for the lasting log since the last call, one row per distinct query with
+        its count (the sink starts empty again)."""
         sink = self.log_sink
         if not sink:
             return []
-        self.log_sink = []
-        return sink
+        self.log_sink = {}
+        return [
+            (at, client, qname, qtype, result, group, reason, elapsed_ms, rcode, count)
+            for (client, qname, qtype, result, group, reason, rcode), (at, elapsed_ms, count) in sink.items()
+        ]
 
     def recent_queries(self) -> list[LogEntry]:
         """The query log, oldest first."""

@@ -15,11 +15,15 @@ Values follow AdGuard's documented syntax:
 - ``$denyallow=a.example|b.example``: the rule does not apply to these domains and their subdomains;
 - ``$dnsrewrite=192.0.2.1`` (A), ``=2001:db8::1`` (AAAA), ``=name.example`` (CNAME), ``=NXDOMAIN``,
   ``=REFUSED``, ``=NOERROR`` (no records), or the full form ``RCODE;TYPE;VALUE`` for A, AAAA, CNAME,
-  TXT, MX (``10 mail.example``), PTR, HTTPS and SVCB (``1 . alpn=h2\\,h3 port=443 ipv4hint=...``).
+  TXT, MX (``10 mail.example``), PTR, HTTPS and SVCB (``1 . alpn=h2\\,h3 port=443 ipv4hint=...``;
+  every RFC 9460 parameter: mandatory, alpn, no-default-alpn, port, ipv4hint, ech (base64),
+  ipv6hint, dohpath, keyNNNNN).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 import struct
@@ -56,7 +60,17 @@ TYPE_NUMBERS: Final = {
 _TYPE_NAMES: Final = {number: name for name, number in TYPE_NUMBERS.items()}
 _TAG: Final = re.compile(r"[a-z][a-z0-9_]*")
 _GENERIC_TYPE: Final = re.compile(r"TYPE([0-9]{1,5})")
-_SVC_KEYS: Final = {"alpn": 1, "no-default-alpn": 2, "port": 3, "ipv4hint": 4, "ipv6hint": 6}
+_SVC_KEYS: Final = {
+    "mandatory": 0,
+    "alpn": 1,
+    "no-default-alpn": 2,
+    "port": 3,
+    "ipv4hint": 4,
+    "ech": 5,
+    "ipv6hint": 6,
+    "dohpath": 7,
+}
+"""SvcParamKeys of RFC 9460 (dohpath: RFC 9461), and ``keyNNNNN`` for any other."""
 
 
 class ModifierError(DnsguardError):
@@ -273,10 +287,26 @@ def _svcb(text: str) -> bytes:
     params: dict[int, bytes] = {}
     for item in parts[2:]:
         key, _, value = item.partition("=")
-        number = _SVC_KEYS.get(key.lower())
-        if number is None:
-            raise ModifierError(f"unsupported HTTPS parameter {key!r}")
-        if number == 1:
+        number = _svc_key(key)
+        if number in params:
+            raise ModifierError(f"HTTPS parameter {key!r} given twice")
+        if number == 0:
+            keys = sorted({_svc_key(k) for k in value.split(",") if k})
+            if not keys or 0 in keys:
+                raise ModifierError(f"bad mandatory {value!r}")
+            data = b"".join(struct.pack(">H", k) for k in keys)
+        elif number == 5:
+            try:
+                data = base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise ModifierError(f"ech {value!r} is not base64") from None
+            if not data:
+                raise ModifierError("ech without a value")
+        elif number >= 7:
+            data = value.encode()
+            if number == 7 and "{?dns}" not in value:
+                raise ModifierError(f"dohpath {value!r} has no {{?dns}} variable")
+        elif number == 1:
             ids = [v.encode() for v in value.split(",") if v]
             if not ids or any(len(i) > 255 for i in ids):
                 raise ModifierError(f"bad alpn {value!r}")
@@ -290,8 +320,22 @@ def _svcb(text: str) -> bytes:
         else:
             data = b"".join(_address(v, 4 if number == 4 else 6) for v in value.split(","))
         params[number] = data
+    mandatory = params.get(0, b"")
+    for at in range(0, len(mandatory), 2):
+        if int.from_bytes(mandatory[at : at + 2], "big") not in params:
+            raise ModifierError("mandatory names a parameter the record does not have")
     body = b"".join(struct.pack(">HH", key, len(data)) + data for key, data in sorted(params.items()))
     return struct.pack(">H", int(parts[0])) + wire_name(parts[1]) + body
+
+
+def _svc_key(text: str) -> int:
+    key = text.lower()
+    number = _SVC_KEYS.get(key)
+    if number is None and key.startswith("key") and key[3:].isdigit() and int(key[3:]) < 65535:
+        number = int(key[3:])
+    if number is None:
+        raise ModifierError(f"unsupported HTTPS parameter {text!r}")
+    return number
 
 
 def _record(rtype: int, value: str) -> Rewrite:

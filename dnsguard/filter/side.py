@@ -13,7 +13,9 @@ Precedence, as AdGuard documents and AdGuard Home applies it (`resolve`):
    itself is left out (it would be a loop);
 2. otherwise block and exception rules, with and without modifiers, by strength:
    ``@@...$important`` > ``$important`` > ``@@`` > block;
-3. otherwise hosts lines with real addresses answer with them (the asked family; the other: NODATA).
+3. otherwise hosts lines with real addresses answer with them (the asked family; the other: NODATA),
+   and their addresses' reverse names (in-addr.arpa, ip6.arpa) answer PTR with each line's first name,
+   as /etc/hosts answers for dnsmasq.
 
 A rule applies when the query's type passes ``$dnstype``, the client passes ``$client`` and ``$ctag``,
 and the name is not under a ``$denyallow`` domain.
@@ -23,10 +25,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
-from dnsguard.filter.modifiers import RCODE_NOERROR, ClientValue, Rewrite
+from dnsguard.filter.modifiers import RCODE_NOERROR, ClientValue, ModifierError, Rewrite, wire_name
 from dnsguard.filter.regex import CompiledRegex, compile_regex
 
 __all__ = ["Request", "Resolution", "SideIndex", "SideRule", "resolve", "strength"]
@@ -35,6 +37,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _CANDIDATE_CACHE: Final = 4096
 # Scopes as filter.rules.Scope numbers them (an IntEnum; not imported, rules imports this module).
 _EXACT: Final = 0
+_PTR: Final = 12
 _SUBDOMAINS: Final = 2
 _EMPTY: Final[frozenset[int]] = frozenset()
 _NO_TAGS: Final[frozenset[str]] = frozenset()
@@ -224,8 +227,15 @@ class SideIndex:
         self._everywhere: list[SideRule] = []
         self._regexes: list[tuple[SideRule, CompiledRegex]] = []
         self._order: dict[int, int] = {}
+        self._pointers = 0
         for rule in rules:
-            self._order[id(rule)] = len(self._order)
+            self._order[id(rule)] = order = len(self._order)
+            if rule.records:
+                pointer = pointer_rule(rule)
+                if pointer is not None:
+                    self._order[id(pointer)] = order
+                    self._by_name.setdefault(pointer.names[0], []).append(pointer)
+                    self._pointers += 1
             if rule.names:
                 for listed in rule.names:
                     self._by_name.setdefault(listed, []).append(rule)
@@ -240,8 +250,10 @@ class SideIndex:
         self._labels_one = any("." not in listed for listed in self._by_name)
 
     def __len__(self) -> int:
+        """The side rules given (a hosts line's reverse entry is not one more)."""
         return (
             len({id(rule) for rules in self._by_name.values() for rule in rules})
+            - self._pointers
             + len(self._everywhere)
             + len(self._regexes)
         )
@@ -290,6 +302,22 @@ class SideIndex:
                 self._cache.clear()
             self._cache[name] = result
         return result
+
+
+def pointer_rule(rule: SideRule) -> SideRule | None:
+    """A hosts line's reverse entry: its address's reverse name answers PTR with the line's first name
+    (the host's canonical name in /etc/hosts); None for a rule without an address or names."""
+    if not rule.names:
+        return None
+    for rtype, packed in rule.records:
+        if rtype in (1, 28):
+            try:
+                target = wire_name(rule.names[0])
+            except ModifierError:
+                return None
+            reverse = ipaddress.ip_address(packed).reverse_pointer
+            return replace(rule, names=(reverse,), scope=_EXACT, records=((_PTR, target),))
+    return None
 
 
 def _tail(name: str) -> str:

@@ -1,7 +1,8 @@
 """nftables edge of the firewall fed by DNS: one table of sets with timeouts, filled in batches.
 
 New connections leaving through the tunnel (the host's own in the output hook, the LAN's in the forward
-hook) must go to an address a DNS answer handed out (sets `handed4`/`handed6`, per-element timeout =
+hook), or on a server those its peers send in through the tunnel (forward hook, whatever interface they
+leave by), must go to an address a DNS answer handed out (sets `handed4`/`handed6`, per-element timeout =
 TTL + grace), to an allowed prefix, or be DNS; the rest is rejected (TCP reset, else ICMP
 administratively prohibited) or, in learn mode, only counted. Known DoH endpoints are refused even when
 an answer handed them out. Only traffic for the tunnel interface is looked at: the LAN, link-local, the
@@ -50,7 +51,13 @@ class DnsFirewallRules:
     """Filter connections forwarded from any interface (`dnsguard resolve` on a router) rather than from
     `lan_interfaces` only."""
     lan_clients: list[str] | None = None
-    """Filter only forwarded connections from these prefixes (None: every LAN client)."""
+    """Filter only forwarded connections from these prefixes (None: every LAN client, or every peer)."""
+    lan_macs: list[str] = field(default_factory=list)
+    """With `lan_clients`: also filter forwarded connections from these MAC addresses (group members
+    named by MAC; the forward hook still sees the Ethernet header of what came in from the LAN)."""
+    from_peers: bool = False
+    """A server: filter the connections forwarded from `tunnel_interface` (its peers), not those leaving
+    by it."""
     allow: list[str] = field(default_factory=list)
     doh: list[str] = field(default_factory=list)
 
@@ -75,17 +82,25 @@ class DnsFirewallRules:
                 f"    {tunnel} ct state new jump check",
                 "  }",
             ]
-        if self.lan_interfaces or self.forward_from_any:
+        if self.from_peers:
+            forwarded = f'iifname "{self.tunnel_interface}"'
+        elif self.lan_interfaces or self.forward_from_any:
             interfaces = "{ " + ", ".join(f'"{i}"' for i in self.lan_interfaces) + " }"
-            source = "" if self.forward_from_any else f"iifname {interfaces} "
+            forwarded = tunnel if self.forward_from_any else f"iifname {interfaces} {tunnel}"
+        else:
+            forwarded = ""
+        if forwarded:
             lines += ["  chain forward {", "    type filter hook forward priority 5; policy accept;"]
             if self.lan_clients is None:
-                lines.append(f"    {source}{tunnel} ct state new jump check")
+                lines.append(f"    {forwarded} ct state new jump check")
             else:
                 for version, keyword in ((4, "ip saddr"), (6, "ip6 saddr")):
                     sources = _set(self.lan_clients, version)
                     if sources:
-                        lines.append(f"    {source}{tunnel} {keyword} {sources} ct state new jump check")
+                        lines.append(f"    {forwarded} {keyword} {sources} ct state new jump check")
+                if self.lan_macs and not self.from_peers:
+                    macs = "{ " + ", ".join(self.lan_macs) + " }"
+                    lines.append(f"    {forwarded} ether saddr {macs} ct state new jump check")
             lines.append("  }")
         refuse = "goto refuse" if self.enforce else 'counter name "learned" return'
         doh = 'counter name "doh_refused" goto refuse' if self.enforce else 'counter name "learned" return'

@@ -30,12 +30,14 @@ from dataclasses import dataclass, field, replace
 from dnsguard.config.addresses import is_ip
 from dnsguard.config.model import BlockMode, Config, GroupConfig
 from dnsguard.filter.matcher import Action, Matcher, Selection, Verdict, side_verdict
-from dnsguard.filter.modifiers import RCODE_NXDOMAIN, RCODES, type_name
+from dnsguard.filter.modifiers import RCODE_NXDOMAIN, RCODES, type_name, wire_name
 from dnsguard.filter.side import Request, SideRule, resolve, strength
 from dnsguard.policy.clients import ClientGroups, MacLookup, is_mac
 from dnsguard.policy.safesearch import safe_search_target
 from dnsguard.policy.schedule import Window, local_weekday_minute
 from dnsguard.policy.special import LOOPBACK, QTYPE_A, SPECIAL_USE_TTL, Answer, SpecialUse, SpecialUseNames
+
+QTYPE_PTR = 12
 
 DOH_CANARY = "use-application-dns.net"
 PRIVATE_RELAY = ("mask.icloud.com", "mask-h2.icloud.com")
@@ -161,6 +163,9 @@ class Policy:
         self._requests: dict[tuple[str, str, int], Request] = {}
         self.rewrites: dict[str, Rewrite] = {}
         self.wildcard_rewrites: dict[str, Rewrite] = {}
+        self.pointers: dict[str, tuple[tuple[bytes, ...], int]] = {}
+        """Reverse name (in-addr.arpa, ip6.arpa) of each address a rewrite answers with -> the PTR
+        records naming the rewritten names, and the shortest of their TTLs: local names resolve back."""
         for rewrite in config.rewrites:
             answers = tuple(rewrite.answer)
             is_name = not is_ip(answers[0])
@@ -174,6 +179,8 @@ class Policy:
                 self.wildcard_rewrites[name[2:]] = entry
             else:
                 self.rewrites[name] = entry
+                for address in entry.addresses:
+                    self._add_pointer(ipaddress.ip_address(address).reverse_pointer, name, entry.ttl)
         self.canaries: frozenset[str] = frozenset(
             ([DOH_CANARY] if blocking.doh_canary else [])
             + (list(PRIVATE_RELAY) if blocking.block_private_relay else [])
@@ -222,6 +229,12 @@ class Policy:
         group = self.group_for(client)
         return self.decide_for_group(name, group, now, qtype, client)
 
+    def _add_pointer(self, reverse: str, name: str, ttl: int) -> None:
+        records, shortest = self.pointers.get(reverse, ((), ttl))
+        target = wire_name(name)
+        if target not in records:
+            self.pointers[reverse] = ((*records, target), min(shortest, ttl))
+
     def decide_for_group(
         self, name: str, group: CompiledGroup, now: float, qtype: int = QTYPE_A, client: str = ""
     ) -> Decision:
@@ -236,6 +249,10 @@ class Policy:
                     addresses=rewrite.addresses,
                     ttl=rewrite.ttl,
                 )
+            if qtype == QTYPE_PTR:
+                pointer = self.pointers.get(name)
+                if pointer is not None:
+                    return Decision(Kind.REWRITE, group.name, "rewrite", records=pointer[0], ttl=pointer[1])
         special = self.special.check(name, qtype)
         if special is not None and not self._lists_answer(name, group, now):
             return self._special_decision(special, group)
@@ -475,4 +492,16 @@ def _records_text(records: tuple[bytes, ...], qtype: int) -> str:
         return f"no {type_name(qtype)} records (NODATA)"
     if qtype in (1, 28):
         return ", ".join(str(ipaddress.ip_address(data)) for data in records)
+    if qtype == QTYPE_PTR:
+        return ", ".join(f"PTR {_wire_text(data)}" for data in records)
     return f"{len(records)} {type_name(qtype)} record(s)"
+
+
+def _wire_text(data: bytes) -> str:
+    """An uncompressed wire-format name (a PTR record's RDATA) as text."""
+    labels = []
+    at = 0
+    while at < len(data) and data[at]:
+        labels.append(data[at + 1 : at + 1 + data[at]].decode("ascii", "replace"))
+        at += 1 + data[at]
+    return ".".join(labels) + "."

@@ -215,3 +215,22 @@ def test_a_reload_that_adds_an_address_to_a_doh_list_refuses_it() -> None:
         except Exception:
             print(daemon.log())
             raise
+
+
+def test_a_group_named_by_mac_is_filtered_and_the_gateway_is_not() -> None:
+    """`firewall.groups: [kids]`, kids named only by the LAN host's MAC: the LAN host is refused until a
+    lookup; the gateway itself (default group) is not filtered."""
+    with Lab(lan=True) as lab:
+        mac = lab.sh("lanhost", "cat /sys/class/net/eth0/address").strip()
+        extra = {**firewall(groups=["kids"]), "groups": {"kids": {"clients": [mac.upper()]}}}
+        full = start_full_tunnel(lab, client_extra=extra)
+        try:
+            assert f"ether saddr {mac} ct state new" in lab.sh("client", "nft list table inet dnsguard_fw")
+            http = f"http://{ADDRESSES.http4}/whoami"
+            assert curl(full, "client", http) == 0
+            assert curl(full, "lanhost", http) == CURL_REFUSED
+            assert answers(lab.dig("lanhost", "example.org", HARD_CODED_RESOLVER).stdout) == [ADDRESSES.http4]
+            assert curl(full, "lanhost", http) == 0
+        except Exception:
+            print(full.client.log())
+            raise

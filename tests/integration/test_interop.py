@@ -288,3 +288,47 @@ def test_dnsguard_server_filters_dns_of_a_stock_wireguard_client(
     except Exception:
         print(server.log())
         raise
+
+
+def test_dnsguard_server_firewall_lets_a_stock_peer_reach_only_what_dns_handed_out(
+    lab: Lab, keys: dict[str, tuple[str, str]]
+) -> None:
+    """`firewall:` on the server: a wireguard-go peer's new connections need an address the server's
+    resolver handed out; the tunnel's own prefix stays open."""
+    (server_private, server_public), (client_private, client_public) = keys["server"], keys["client"]
+    config = server_tunnel(
+        server_private, [{"public-key": client_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"]}]
+    )
+    config.update(
+        {
+            "upstreams": {"servers": [ADDRESSES.dns4]},
+            "firewall": {"enabled": True, "refuse-doh": False},
+            "loading": {"cache-dir": "/tmp/dnsguard-test-lists"},
+        }
+    )
+    server = DnsguardDaemon(lab, "server", "server", config).start()
+    wireguard_go_client(
+        lab,
+        client_private,
+        server_public,
+        ["100.64.0.0/24", f"{ADDRESSES.http4}/32"],
+        routes=(f"{ADDRESSES.http4}/32",),
+    )
+    url = f"http://{ADDRESSES.http4}/whoami"
+
+    def curl() -> int:
+        return lab.run(
+            "client", ["curl", "-sS", "--max-time", "5", "-o", "/dev/null", url], check=False
+        ).returncode
+
+    try:
+        wait_ping(lab, "client", SERVER_TUNNEL)
+        assert curl() == 7  # refused at once by the server (TCP reset), not a timeout
+        assert dig_answers(lab.dig("client", "example.org", SERVER_TUNNEL).stdout) == [ADDRESSES.http4]
+        assert curl() == 0
+        assert ADDRESSES.http4 in lab.sh("server", "nft list set inet dnsguard_fw handed4")
+    except Exception:
+        print(server.log())
+        raise
+    server.stop()
+    assert "dnsguard_fw" not in lab.sh("server", "nft list tables")

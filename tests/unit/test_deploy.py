@@ -49,6 +49,7 @@ METRICS: dict[str, str] = {
     "dnsguard_dns_answers_total": "counter",
     "dnsguard_querylog_written_total": "counter",
     "dnsguard_querylog_dropped_total": "counter",
+    "dnsguard_querylog_writer_restarts_total": "counter",
     "dnsguard_dns_malformed_total": "counter",
     "dnsguard_dns_refused_total": "counter",
     "dnsguard_dns_tcp_connections": "gauge",

@@ -7,6 +7,7 @@ import ipaddress
 
 import pytest
 
+from dnsguard.app.dns_filtering import filtering_config
 from dnsguard.app.dns_firewall import FirewallService, doh_endpoints, firewall_rules
 from dnsguard.config import Config, load_dataclass
 from dnsguard.dns.handed_out import MAX_PENDING, HandedOut
@@ -146,6 +147,57 @@ def test_rules_filter_the_listed_groups_by_source_and_spare_dns_and_our_marks() 
     assert "203.0.113.0/24" in rules and "100.64.0.2/32" in rules
     assert rules.index("@doh4") < rules.index("@allow4") < rules.index("@handed4")
     assert "meta l4proto tcp reject with tcp reset" in rules
+
+
+SERVER = """
+tunnel:
+  private-key: wOnjbB2bKRKdhMiNylKJUF0uldStVCIRY9KNut+ltF8=
+  address: [100.64.0.1/24]
+  listen-port: 51820
+  peers:
+    - public-key: oGZVcBpQbKPe+ohLAPxFJtPEzuNPBcSJnCutuqMAyGU=
+      allowed-ips: [100.64.0.2/32]
+      group: kids
+    - public-key: 4Q2mCtAjNcCcfZ8C7Jw2qZ0lP+aZcJwQe6nU0oRbhVs=
+      allowed-ips: [100.64.0.3/32, fd00::3/128]
+groups:
+  kids: {}
+firewall:
+  enabled: true
+"""
+
+
+@pytest.mark.parametrize(
+    ("groups", "sources"),
+    [
+        ("[all]", None),
+        ("[kids]", "ip saddr { 100.64.0.2/32 }"),
+        ("[default]", "ip saddr { 100.64.0.3/32 }"),
+    ],
+)
+def test_a_server_filters_what_its_peers_send_in_whatever_they_leave_by(
+    groups: str, sources: str | None
+) -> None:
+    config = filtering_config(load(SERVER + f"  groups: {groups}\n"), ["100.64.0.1:53"], True)
+    rules = firewall_rules(config, "dgs0", [], server=True).ruleset()
+    assert "chain output" not in rules and "meta mark" not in rules
+    if sources is None:
+        assert 'iifname "dgs0" ct state new jump check' in rules
+    else:
+        assert f'iifname "dgs0" {sources} ct state new jump check' in rules
+    assert 'oifname "dgs0"' not in rules
+    assert "100.64.0.0/24" in rules  # the tunnel's own prefix: peers reach the server and each other
+    if groups == "[default]":
+        assert "ip6 saddr { fd00::3/128 } ct state new jump check" in rules
+
+
+def test_group_members_named_by_mac_are_filtered_by_their_ethernet_source() -> None:
+    config = load(LAB.replace("clients: [192.0.2.10/32]", "clients: [192.0.2.10/32, AA-BB-CC-00-11-22]"))
+    rules = firewall_rules(config, "dg0", [51820, 51821]).ruleset()
+    assert (
+        'iifname { "lan0" } oifname "dg0" ether saddr { aa:bb:cc:00:11:22 } ct state new jump check' in rules
+    )
+    assert "ip saddr { 192.0.2.10/32 } ct state new jump check" in rules
 
 
 def test_learn_mode_only_counts() -> None:

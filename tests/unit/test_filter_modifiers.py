@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dnslib import HTTPS as HTTPS_RDATA
+from dnslib.dns import DNSBuffer
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dnsguard.app.lists import build_sync
 from dnsguard.config import Config, GroupConfig, ListConfig
-from dnsguard.config.model import ClientConfig
+from dnsguard.config.model import ClientConfig, Duration, RewriteConfig
 from dnsguard.filter import ListSource, compile_matcher, parse_line, parse_text
 from dnsguard.filter.compiled import index_chunks, load_index, load_source, source_chunks
 from dnsguard.filter.modifiers import parse_rewrite
@@ -24,7 +26,7 @@ from dnsguard.filter.rules import Outcome
 from dnsguard.filter.side import SideIndex, SideRule
 from dnsguard.policy.engine import Decision, Kind, Policy
 
-A, AAAA, MX, TXT, HTTPS = 1, 28, 15, 16, 65
+A, PTR, AAAA, MX, TXT, HTTPS = 1, 12, 28, 15, 16, 65
 PHONE = "192.0.2.20"
 CHILD_TABLET = "192.0.2.40"
 LAPTOP = "192.0.2.30"
@@ -185,6 +187,38 @@ def test_dnsrewrite_records_are_encoded_as_rdata() -> None:
     assert https == b"\x00\x01\x00" + b"\x00\x01\x00\x06\x02h2\x02h3" + b"\x00\x03\x00\x02\x01\xbb"
 
 
+def test_dnsrewrite_https_takes_every_rfc_9460_parameter() -> None:
+    value = "NOERROR;HTTPS;1 . mandatory=alpn\\,ech alpn=h3 ech=AEX+DQ== dohpath=/q{?dns} key65000=x"
+    assert parse_rewrite(value).rdata == (
+        b"\x00\x01\x00"
+        + b"\x00\x00\x00\x04\x00\x01\x00\x05"  # mandatory: alpn, ech
+        + b"\x00\x01\x00\x03\x02h3"
+        + b"\x00\x05\x00\x04\x00\x45\xfe\x0d"  # ech: the base64 decoded
+        + b"\x00\x07\x00\x08/q{?dns}"
+        + b"\xfd\xe8\x00\x01x"
+    )
+    # dnslib reads it back the same (it still says echconfig, ech's draft name).
+    rdata = parse_rewrite(value).rdata
+    assert str(HTTPS_RDATA.parse(DNSBuffer(rdata), len(rdata))) == (
+        "1 . mandatory=alpn,echconfig alpn=h3 echconfig=AEX+DQ== key7=/q{?dns} key65000=x"
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1 . ech=not*base64",
+        "1 . mandatory=port",  # names a parameter the record lacks
+        "1 . mandatory=mandatory",
+        "1 . port=1 port=2",
+        "1 . dohpath=/dns-query",
+        "1 . bogus=1",
+    ],
+)
+def test_dnsrewrite_https_refuses_bad_parameters(value: str) -> None:
+    assert parse_line(f"||x.example^$dnsrewrite=NOERROR;HTTPS;{value}").outcome is Outcome.MALFORMED
+
+
 @pytest.mark.parametrize(
     "line",
     [
@@ -292,6 +326,48 @@ def test_hosts_lines_with_real_addresses_answer_with_them() -> None:
     assert decide(p, "nas", qtype=MX).records == ()  # NODATA
     assert kind(p, "sub.nas.home.arpa") is not Kind.REWRITE  # exact, as /etc/hosts
     assert kind(p, "ads.example") is Kind.BLOCK
+
+
+def test_hosts_lines_answer_reverse_lookups_with_their_first_name() -> None:
+    p = policy(
+        "192.0.2.10 nas.home.arpa nas\n192.0.2.10 printer.home.arpa\n2001:db8::10 nas.home.arpa\n"
+        "0.0.0.0 ads.example\n"
+    )
+    v4 = decide(p, "10.2.0.192.in-addr.arpa", qtype=PTR)
+    assert v4.kind is Kind.REWRITE and v4.records == (
+        b"\x03nas\x04home\x04arpa\x00",
+        b"\x07printer\x04home\x04arpa\x00",
+    )
+    v6 = decide(p, ipaddress.ip_address("2001:db8::10").reverse_pointer, qtype=PTR)
+    assert v6.records == (b"\x03nas\x04home\x04arpa\x00",)
+    assert decide(p, "10.2.0.192.in-addr.arpa", qtype=A).records == ()  # the name exists: NODATA
+    assert decide(p, "11.2.0.192.in-addr.arpa", qtype=PTR).kind is not Kind.REWRITE
+    explained = p.explain("10.2.0.192.in-addr.arpa", OTHER, NOW, PTR)
+    assert (
+        "PTR nas.home.arpa., PTR printer.home.arpa." in explained
+        and "192.0.2.10 nas.home.arpa nas" in explained
+    )
+
+
+def test_configured_rewrites_answer_reverse_lookups_of_their_addresses() -> None:
+    config = Config(
+        rewrites=[
+            RewriteConfig("nas.home.arpa", ["192.0.2.10", "2001:db8::10"], Duration(600)),
+            RewriteConfig("files.home.arpa", ["192.0.2.10"], Duration(60)),
+            RewriteConfig("*.lab.home.arpa", ["192.0.2.99"]),
+            RewriteConfig("alias.home.arpa", ["nas.home.arpa"]),
+        ]
+    )
+    config.validate()
+    p = Policy(config, build_sync(config).matcher)
+    v4 = decide(p, "10.2.0.192.in-addr.arpa", qtype=PTR)
+    assert v4.kind is Kind.REWRITE and v4.ttl == 60
+    assert v4.records == (b"\x03nas\x04home\x04arpa\x00", b"\x05files\x04home\x04arpa\x00")
+    assert decide(p, ipaddress.ip_address("2001:db8::10").reverse_pointer, qtype=PTR).records == (
+        b"\x03nas\x04home\x04arpa\x00",
+    )
+    # A wildcard names no one host: its address does not resolve back.
+    assert decide(p, "99.2.0.192.in-addr.arpa", qtype=PTR).kind is not Kind.REWRITE
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0", "127.0.0.1", "::", "::1"])

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from dnsguard.app import querylog as querylog_module
 from dnsguard.app.api import Operations
 from dnsguard.app.querylog import QueryLog
 from dnsguard.app.resolve import ResolveDaemon, ResolverService
@@ -139,20 +142,59 @@ async def test_a_full_sink_counts_drops_and_never_grows(tmp_path: Path) -> None:
     resolver = service.resolver
     assert querylog is not None and resolver is not None
     try:
-        for i in range(1500):  # no await: the hand-off cannot run in between
-            ask(service, "ads.example" if i % 2 else "tracker.example")
+        # No await: the hand-off cannot run in between. 1500 distinct queries: 1000 fit, 500 are lost;
+        # then 300 repeats of one that is held, which fold into its count and are not lost.
+        for i in range(1500):
+            ask(service, f"n{i}.ads.example")
+        for _ in range(300):
+            ask(service, "n7.ads.example")
         assert resolver.log_sink is not None and len(resolver.log_sink) == 1000
-        assert resolver.log_sink_dropped == 500
-        await until_written(querylog, 1000)
+        assert resolver.log_sink_lost == {(1, 0): 500}
+        assert querylog.status()["waiting"] == 1300
+        await until_written(querylog, 1300)
         assert querylog.counters.dropped == 500
         _, metrics = await api_get(service, "/metrics")
-        assert metrics[("dnsguard_querylog_written_total", ())] == 1000
+        assert metrics[("dnsguard_querylog_written_total", ())] == 1300
         answers = {
             labels: value for (name, labels), value in metrics.items() if name == "dnsguard_dns_answers_total"
         }
-        # The 500 lost at the sink are counted as dropped, not by type.
-        assert sum(answers.values()) == 1000
+        # The 500 lost at the sink are counted as dropped and as answered.
+        assert sum(answers.values()) == 1800
         assert all(dict(labels)["qtype"] == "A" for labels in answers)
+    finally:
+        await service.close()
+
+
+async def test_a_writer_that_dies_is_started_again_and_the_queries_meanwhile_are_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(querylog_module, "RESTART_DELAYS", (0.2, 0.4))
+    service = await started_service(logged_config(tmp_path))
+    querylog = service.querylog
+    assert querylog is not None
+    try:
+        ask(service, "ads.example")
+        await until_written(querylog, 1)
+        process = querylog._process
+        assert process is not None and process.pid is not None
+        os.kill(process.pid, signal.SIGKILL)
+        await asyncio.to_thread(process.join, 5)
+        ask(service, "lost.ads.example")  # taken at the next hand-off, while the writer is gone
+        for _ in range(100):
+            if querylog.counters.restarts:
+                break
+            await asyncio.sleep(0.05)
+        assert querylog.counters.restarts == 1 and querylog.counters.dropped == 1
+        _, metrics = await api_get(service, "/metrics")
+        assert metrics[("dnsguard_querylog_writer_restarts_total", ())] == 1
+        ask(service, "again.ads.example")
+        await until_written(querylog, 2)
+        assert querylog.status()["state"] == "ready"
+        _, body = await api_get(service, "/api/queries")
+        assert [q["name"] for q in body["queries"]] == ["again.ads.example", "ads.example"]
+        _, metrics = await api_get(service, "/metrics")
+        answered = [value for (name, _), value in metrics.items() if name == "dnsguard_dns_answers_total"]
+        assert sum(answered) == 3  # the lost one too
     finally:
         await service.close()
 

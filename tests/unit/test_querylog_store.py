@@ -30,8 +30,9 @@ def record(
     qtype: int = 1,
     reason: str = "",
     rcode: int = 0,
-) -> tuple[float, str, str, int, str, str, str, float, int]:
-    return (at, client, name, qtype, result, "default", reason, 1.5, rcode)
+    count: int = 1,
+) -> tuple[float, str, str, int, str, str, str, float, int, int]:
+    return (at, client, name, qtype, result, "default", reason, 1.5, rcode, count)
 
 
 @pytest.fixture
@@ -209,16 +210,16 @@ def test_a_database_another_program_locks_fails_the_batch_with_a_clear_error(tmp
 def test_the_same_query_within_a_second_is_one_row_with_its_count(store: QueryStore) -> None:
     written = store.append(
         [
-            (T0 + 0.1, "192.0.2.10", "a.example", 1, "cached", "default", "", 0.5, 0),
-            (T0 + 0.7, "192.0.2.10", "a.example", 1, "cached", "default", "", 2.5, 0),
-            (T0 + 0.8, "192.0.2.10", "a.example", 28, "cached", "default", "", 0.1, 0),
-            (T0 + 1.2, "192.0.2.10", "a.example", 1, "cached", "default", "", 0.1, 0),
+            (T0 + 0.7, "192.0.2.10", "a.example", 1, "cached", "default", "", 2.5, 0, 1),
+            (T0 + 0.1, "192.0.2.10", "a.example", 1, "cached", "default", "", 0.5, 0, 3),
+            (T0 + 0.8, "192.0.2.10", "a.example", 28, "cached", "default", "", 0.1, 0, 1),
+            (T0 + 1.2, "192.0.2.10", "a.example", 1, "cached", "default", "", 0.1, 0, 1),
         ]
     )
-    assert written == 4 and store.count() == 3
+    assert written == 6 and store.count() == 3
     oldest = store.search(Search())[-1]
-    assert (oldest["time"], oldest["count"], oldest["elapsed_ms"]) == (T0 + 0.1, 2, 2.5)
-    assert store.stats("1h", T0 + 10)["total"] == 4
+    assert (oldest["time"], oldest["count"], oldest["elapsed_ms"]) == (T0 + 0.1, 4, 2.5)
+    assert store.stats("1h", T0 + 10)["total"] == 6
 
 
 @pytest.mark.parametrize("hostile", [False, True])

@@ -143,6 +143,8 @@ def test_rewrite_and_canary_are_answered_locally() -> None:
         parse(resolver.answer_now(query("use-application-dns.net"), "192.0.2.1")).header.rcode
         == RCODE.NXDOMAIN
     )
+    reverse = parse(resolver.answer_now(query("50.2.0.192.in-addr.arpa", "PTR"), "192.0.2.1"))
+    assert [(QTYPE[r.rtype], str(r.rdata)) for r in reverse.rr] == [("PTR", "nas.home.arpa.")]
     assert upstreams.asked == []
 
 

@@ -246,3 +246,41 @@ def test_two_opt_records_get_formerr() -> None:
     opt = message[len(query("a.example")) :]
     reply = parse(resolver.answer_now(with_header(message, ar=2) + opt, "192.0.2.1"))
     assert reply.header.rcode == RCODE.FORMERR
+
+
+async def test_the_lasting_log_sink_folds_repeats_and_keeps_distinct_queries_apart() -> None:
+    resolver, _, _ = make()
+    resolver.log_sink, resolver.log_sink_max = {}, 3
+    for ident in (1, 2, 3):  # the first pass and two planned repeats
+        resolver.answer_now(query("x.ads.example", ident=ident), "198.51.100.7")
+    resolver.answer_now(query("x.ads.example"), "198.51.100.8")  # another client: its own row
+    assert isinstance(resolver.answer_now(query("www.example.org"), "192.0.2.1"), Forward)
+    await resolver.answer_later(query("www.example.org"), "192.0.2.1", False)
+    # The sink is full (3 distinct queries): a new one is lost, a repeat still folds.
+    resolver.answer_now(query("y.ads.example"), "198.51.100.7")
+    resolver.answer_now(query("x.ads.example", ident=4), "198.51.100.7")
+    assert resolver.log_sink_lost == {(1, 0): 1}
+    rows = resolver.take_log_rows()
+    assert resolver.log_sink == {} and resolver.take_log_rows() == []
+    by_client = {(row[1], row[2]): row for row in rows}
+    assert set(by_client) == {
+        ("198.51.100.7", "x.ads.example"),
+        ("198.51.100.8", "x.ads.example"),
+        ("192.0.2.1", "www.example.org"),
+    }
+    blocked = by_client["198.51.100.7", "x.ads.example"]
+    assert blocked[3:7] == (1, "blocked", "default", "ads") and blocked[9] == 4
+    forwarded = by_client["192.0.2.1", "www.example.org"]
+    assert forwarded[4] == "allowed" and forwarded[9] == 1
+    assert len(resolver.recent_queries()) == 7
+
+
+def test_a_folded_row_keeps_the_first_time_and_the_longest_answer_time() -> None:
+    resolver, _, _ = make()
+    resolver.log_sink, resolver.log_sink_max = {}, 10
+    for at, elapsed_ms in ((5.0, 1.0), (5.2, 7.5), (5.4, 2.0)):
+        record = (at, "192.0.2.1", "www.example.org", 1, "allowed", "default", "", elapsed_ms, 0)
+        resolver._sink_add(resolver.log_sink, record)
+    assert resolver.take_log_rows() == [
+        (5.0, "192.0.2.1", "www.example.org", 1, "allowed", "default", "", 7.5, 0, 3)
+    ]
