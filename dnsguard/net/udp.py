@@ -125,7 +125,9 @@ class TunnelSocket:
             except OSError:
                 continue  # an ICMP error reported on the socket: the next call reads on
             received += more
-            if not more or len(received) >= limit:
+            # Slots left empty: the queue was drained, so another call would only say EAGAIN
+            # (what arrives meanwhile wakes the loop again: its readiness is level-triggered).
+            if not batch.filled or len(received) >= limit:
                 break
         return received
 
@@ -181,10 +183,14 @@ class DatagramBatch(ReceiveSlots):
         # With GRO 32 slots of 64 KB (2 MB per socket), without 64 of 9 KB; allocated once.
         slots, slot_size = (GRO_SLOTS, GRO_SLOT_SIZE) if gro else (PLAIN_SLOTS, PLAIN_SLOT_SIZE)
         super().__init__(sock, receive, slots, slot_size, _GRO_CONTROL)
+        self.filled = False
+        """Whether the last receive filled every slot it offered (more may be waiting)."""
 
     def receive(self, limit: int) -> list[tuple[bytes, Address]]:
         """What is waiting (up to about `limit` datagrams); raises OSError (BlockingIOError) as recvmmsg."""
-        count = self._read(min(self._slot_count, max(1, limit)))
+        slots = min(self._slot_count, max(1, limit))
+        count = self._read(slots)
+        self.filled = count == slots
         header_bytes = self._header_bytes
         batch: list[tuple[bytes, Address]] = []
         for slot in range(count):
@@ -333,8 +339,12 @@ class UdpEndpoint:
         device seals a segmented super-packet: the kernel cuts it back into datagrams on the wire.
         Only what is handed over here is sent; nothing waits for more.
         """
-        sent = failed = 0
         count = len(datagrams)
+        if count == 1:
+            # A lone datagram (an idle tunnel's packet) leaves by one sendto: no batch slots to fill.
+            data, address = datagrams[0]
+            return (len(data), 0) if self.sendto(data, address) else (0, 1)
+        sent = failed = 0
         index = 0
         while index < count:
             data, address = datagrams[index]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from dnsguard.net.udp import UdpEndpoint
+from dnsguard.net.udp import PLAIN_SLOTS, UdpEndpoint
 
 TRAIN = [bytes([n]) * 1000 for n in range(10)] + [b"z" * 400]
 
@@ -58,7 +58,7 @@ def test_gro_receive_splits_a_train_by_its_segment_size(batched: bool) -> None:
     try:
         assert target.sockets[socket.AF_INET].gro
         if not batched:
-            target.sockets[socket.AF_INET]._gro_batch = None  # libc without recvmmsg
+            target.sockets[socket.AF_INET]._batch = None  # libc without recvmmsg
         sender.send_batch([(data, ("127.0.0.1", target.port)) for data in TRAIN])
         received = receive_all(target, len(TRAIN))
         assert [data for data, _ in received] == TRAIN
@@ -177,3 +177,84 @@ def test_a_jumbo_tunnel_datagram_arrives_whole(offloads: bool) -> None:
     finally:
         sender.close()
         target.close()
+
+
+class CountingReceive:
+    """recvmmsg with a count of its calls."""
+
+    def __init__(self, receive: Any) -> None:
+        self._receive = receive
+        self.calls = 0
+
+    def __call__(self, *args: Any) -> int:
+        self.calls += 1
+        return int(self._receive(*args))
+
+
+def counted_receive(endpoint: UdpEndpoint) -> CountingReceive:
+    batch = endpoint.sockets[socket.AF_INET]._batch
+    assert batch is not None
+    counter = CountingReceive(batch._receive)
+    batch._receive = counter
+    return counter
+
+
+def send_plain(count: int, port: int) -> list[bytes]:
+    """`count` datagrams from a plain socket (loopback queues them before sendto returns)."""
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sent = [count.to_bytes(2, "big") + index.to_bytes(2, "big") * 100 for index in range(count)]
+        for data in sent:
+            sender.sendto(data, ("127.0.0.1", port))
+        return sent
+    finally:
+        sender.close()
+
+
+@pytest.mark.parametrize("offloads", [True, False], ids=["gro", "recvmmsg"])
+def test_a_receive_that_leaves_slots_empty_stops_without_a_second_call(offloads: bool) -> None:
+    target = UdpEndpoint(0, offloads=offloads)
+    try:
+        counter = counted_receive(target)
+        sent = send_plain(3, target.port)
+        assert [data for data, _ in target.sockets[socket.AF_INET].receive(128)] == sent
+        assert counter.calls == 1
+        # Nothing waits now: the next receive is one call that finds nothing.
+        assert target.sockets[socket.AF_INET].receive(128) == []
+        assert counter.calls == 2
+    finally:
+        target.close()
+
+
+def test_a_receive_that_fills_every_slot_reads_on_until_the_queue_is_drained() -> None:
+    target = UdpEndpoint(0, offloads=False)
+    try:
+        counter = counted_receive(target)
+        sent = send_plain(PLAIN_SLOTS + 6, target.port)
+        assert [data for data, _ in target.sockets[socket.AF_INET].receive(128)] == sent
+        assert counter.calls == 2
+    finally:
+        target.close()
+
+
+class NoBatch:
+    """A sendmmsg batch that must stay unused."""
+
+    count = 0
+
+    def add(self, *args: Any) -> bool:
+        raise AssertionError("a lone datagram went through the sendmmsg batch")
+
+
+@pytest.mark.parametrize("offloads", [True, False], ids=["gso", "sendmmsg"])
+def test_a_lone_datagram_leaves_by_one_sendto(receiver: socket.socket, offloads: bool) -> None:
+    endpoint = UdpEndpoint(0, offloads=offloads)
+    try:
+        endpoint.sockets[socket.AF_INET].replies = NoBatch()  # type: ignore[assignment]
+        assert endpoint.send_batch([(b"ping" * 20, receiver.getsockname())]) == (80, 0)
+        assert drain(receiver, 1) == [b"ping" * 20]
+        assert endpoint.gso_sends == 0
+        # An address the kernel refuses at once is counted as failed, as in a batch.
+        assert endpoint.send_batch([(b"x", ("127.0.0.1", 0))]) == (0, 1)
+    finally:
+        endpoint.close()
