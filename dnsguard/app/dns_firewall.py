@@ -242,6 +242,7 @@ class FirewallService:
         self.handed = HandedOut(grace=int(self.config.firewall.grace))
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._next_update: asyncio.Future[None] | None = None
         self._in_flight: asyncio.Future[None] | None = None
         """Resolved when the kernel update being sent now is done (an answer may hand out its addresses)."""
@@ -280,6 +281,8 @@ class FirewallService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), BATCH_INTERVAL)
             self._wake.clear()
+            if self._closing:
+                return
             await self.flush()
             if loop.time() - counters_read >= COUNTER_INTERVAL:
                 counters_read = loop.time()
@@ -407,8 +410,11 @@ class FirewallService:
         if self._next_update is not None and not self._next_update.done():
             self._next_update.set_result(None)
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # Stopped, not cancelled: a cancel would leave an update or a counter read running in its
+            # worker thread, beside the delete below.
+            self._closing = True
+            self._wake.set()
+            with contextlib.suppress(Exception):
                 await self._task
         try:
             # Through the same context (the fake in tests); `cleanup` and the journal remove it after a crash.

@@ -292,11 +292,44 @@ def test_a_refused_update_releases_the_answer_and_the_address_is_sent_again() ->
     asyncio.run(scenario())
 
 
-async def test_close_waits_for_a_reloads_table_replacement_and_deletes_last() -> None:
-    nft = FakeNftables()
-    service = FirewallService(load(LAB), "dg0", [51820, 51821], nft=nft)
-    await service.start()
-    service.reconfigure_soon(load(LAB.replace("groups: [kids]", "mode: learn")))  # a new table
-    await service.close()  # at once, while the replacement is on its way
-    assert 'counter name "learned" return' in nft.scripts[-2]
+def test_close_waits_for_a_reloads_table_replacement_and_deletes_last() -> None:
+    async def scenario() -> FakeNftables:
+        nft = FakeNftables()
+        service = FirewallService(load(LAB), "dg0", [51820, 51821], nft=nft)
+        await service.start()
+        service.reconfigure_soon(load(LAB.replace("groups: [kids]", "mode: learn")))  # a new table
+        await service.close()  # at once, while the replacement is on its way
+        return nft
+
+    nft = asyncio.run(scenario())
+    replaced = [i for i, script in enumerate(nft.scripts) if 'counter name "learned" return' in script]
+    assert len(replaced) == 1  # the flush loop may read counters in between; nothing runs after the delete
     assert nft.scripts[-1] == "delete table inet dnsguard_fw\n"
+    assert replaced[0] < len(nft.scripts) - 1
+
+
+def test_close_lets_a_counter_read_in_its_worker_thread_finish_before_the_delete() -> None:
+    import threading
+
+    class SlowCounters(FakeNftables):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reading = threading.Event()
+
+        def run(self, script: str, json_output: bool = False) -> str:
+            if script.startswith("list counters"):
+                self.reading.set()
+                threading.Event().wait(0.3)  # a slow nft, still running when close starts
+            return super().run(script, json_output)
+
+    async def scenario() -> SlowCounters:
+        nft = SlowCounters()
+        service = firewall_service(nft)
+        await service.start()
+        await asyncio.to_thread(nft.reading.wait, 5)
+        await service.close()
+        return nft
+
+    nft = asyncio.run(scenario())
+    assert nft.scripts[-1] == "delete table inet dnsguard_fw\n"
+    assert nft.scripts[-2].startswith("list counters")
