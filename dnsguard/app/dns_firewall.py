@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dnsguard.app.common import Background
+from dnsguard.app.common import Background, one_line
 from dnsguard.app.lists import fetcher_for, is_inline, is_url
 from dnsguard.config import Config
 from dnsguard.config.addresses import is_ip
@@ -414,8 +414,10 @@ class FirewallService:
             # worker thread, beside the delete below.
             self._closing = True
             self._wake.set()
-            with contextlib.suppress(Exception):
+            try:
                 await self._task
+            except Exception as exc:  # the table still goes: a loop that died must not keep it
+                log.warning("firewall: its update loop had stopped: %s", one_line(exc))
         try:
             # Through the same context (the fake in tests); `cleanup` and the journal remove it after a crash.
             self.nft.run(f"delete table inet {FIREWALL_TABLE}\n")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import threading
+import time
 
 import pytest
 
@@ -309,8 +311,6 @@ def test_close_waits_for_a_reloads_table_replacement_and_deletes_last() -> None:
 
 
 def test_close_lets_a_counter_read_in_its_worker_thread_finish_before_the_delete() -> None:
-    import threading
-
     class SlowCounters(FakeNftables):
         def __init__(self) -> None:
             super().__init__()
@@ -319,7 +319,7 @@ def test_close_lets_a_counter_read_in_its_worker_thread_finish_before_the_delete
         def run(self, script: str, json_output: bool = False) -> str:
             if script.startswith("list counters"):
                 self.reading.set()
-                threading.Event().wait(0.3)  # a slow nft, still running when close starts
+                time.sleep(0.3)  # a slow nft, still running when close starts
             return super().run(script, json_output)
 
     async def scenario() -> SlowCounters:
@@ -333,3 +333,26 @@ def test_close_lets_a_counter_read_in_its_worker_thread_finish_before_the_delete
     nft = asyncio.run(scenario())
     assert nft.scripts[-1] == "delete table inet dnsguard_fw\n"
     assert nft.scripts[-2].startswith("list counters")
+
+
+def test_close_deletes_the_table_after_its_update_loop_died_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class BrokenCounters(FakeNftables):
+        def run(self, script: str, json_output: bool = False) -> str:
+            if script.startswith("list counters"):
+                raise RuntimeError("unexpected nft failure")
+            return super().run(script, json_output)
+
+    async def scenario() -> BrokenCounters:
+        nft = BrokenCounters()
+        service = firewall_service(nft)
+        await service.start()
+        while service._task is not None and not service._task.done():
+            await asyncio.sleep(0.01)
+        await service.close()
+        return nft
+
+    nft = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert nft.scripts[-1] == "delete table inet dnsguard_fw\n"
+    assert "its update loop had stopped: unexpected nft failure" in caplog.text
