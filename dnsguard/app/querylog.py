@@ -1,6 +1,6 @@
 """The lasting query log in the daemon: records taken from the resolver in batches, handed to the writer.
 
-The serving path pays a dict lookup per answered query: the resolver's bounded sink
+The serving path pays a dict lookup per answered query: while the log is on, the resolver's bounded sink
 (`Resolver.log_sink`) folds a repeated query into its entry's count, and a full sink counts a new one
 as dropped. Every FLUSH_INTERVAL this module takes the sink whole, one row per distinct query with its
 count, and sends the batch to the writer process (dnsguard/app/querylog_writer.py) from a worker
@@ -91,13 +91,23 @@ class QueryLog:
         """Writers that died since one last wrote: picks the next RESTART_DELAYS entry."""
         self._replacing = False
         """A reload or stop is replacing the writer: no restart meanwhile."""
-        resolver.log_sink = {}
         resolver.log_sink_max = self.queue_max
+        self._attach()
 
     @property
     def path(self) -> str | None:
         """The database while the log is on (whether or not its writer runs)."""
         return self.settings.path if self.settings is not None else None
+
+    def _attach(self) -> None:
+        """Give the resolver a sink while the log is on; without one it only counts answers by type and
+        rcode (Resolver.answer_counts), and a query leaves nothing behind for the garbage collector."""
+        resolver = self.resolver
+        if self.settings is None:
+            self._count(resolver.take_log_rows())
+            resolver.log_sink = None
+        elif resolver.log_sink is None:
+            resolver.log_sink = {}
 
     def start(self) -> None:
         self._start_writer()
@@ -139,6 +149,7 @@ class QueryLog:
             await self._flush()
             await self._stop_writer()
             self.settings = settings
+            self._attach()
             self._restart_at, self._deaths = None, 0
             self._start_writer()
         finally:
@@ -177,6 +188,7 @@ class QueryLog:
 
     def _take(self) -> list[LogRow]:
         resolver = self.resolver
+        self.counters.answers.update(resolver.take_answer_counts())
         lost = resolver.log_sink_lost
         if lost:
             # Answered all the same: counted by type and rcode, and as dropped.
@@ -201,7 +213,7 @@ class QueryLog:
         records = self._take()
         self._read_replies()
         if self.settings is None:
-            self._count(records)  # the lasting log is off: the rows feed the answers metric only
+            self._count(records)  # rows of a sink the log had before a reload turned it off
             return
         if self._conn is None:
             self._lose(records + self._held)

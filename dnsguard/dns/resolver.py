@@ -181,6 +181,10 @@ class Resolver:
         self.log_sink_lost: dict[tuple[int, int], int] = {}
         """(qtype, rcode) -> queries the full sink could not take, until dnsguard/app/querylog.py takes
         them (it counts them as dropped, and as answered by type and rcode)."""
+        self.answer_counts: dict[int, int] = {}
+        """qtype << 4 | rcode -> queries answered while there is no sink (the lasting log is off), until
+        dnsguard/app/querylog.py takes them for the answers metric. An int key and no per-query entry:
+        nothing a query leaves here outlives it for the garbage collector to walk."""
         self.on_query: QueryHook | None = None
         self._ede: dict[str, bytes] = {}
         self.on_prefetch: Callable[[], None] | None = None
@@ -277,6 +281,10 @@ class Resolver:
                         else:
                             lost = self.log_sink_lost
                             lost[qtype, rcode] = lost.get((qtype, rcode), 0) + 1
+                    else:
+                        counts = self.answer_counts
+                        answer_key = qtype << 4 | rcode
+                        counts[answer_key] = counts.get(answer_key, 0) + 1
                     hook = self.on_query
                     if hook is not None:
                         hook(result, group, 0.0)
@@ -652,6 +660,10 @@ class Resolver:
         sink = self.log_sink
         if sink is not None:
             self._sink_add(sink, record)
+        else:
+            counts = self.answer_counts
+            answer_key = query.qtype << 4 | rcode
+            counts[answer_key] = counts.get(answer_key, 0) + 1
         if self.on_query is not None:
             self.on_query(result, group, elapsed)
 
@@ -681,6 +693,11 @@ class Resolver:
             (at, client, qname, qtype, result, group, reason, elapsed_ms, rcode, count)
             for (client, qname, qtype, result, group, reason, rcode), (at, elapsed_ms, count) in sink.items()
         ]
+
+    def take_answer_counts(self) -> dict[tuple[int, int], int]:
+        """(qtype, rcode) -> queries answered without a sink since the last call (the counts start again)."""
+        counts, self.answer_counts = self.answer_counts, {}
+        return {(key >> 4, key & 15): count for key, count in counts.items()}
 
     def recent_queries(self) -> list[LogEntry]:
         """The query log, oldest first."""

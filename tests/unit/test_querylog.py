@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from pathlib import Path
@@ -210,6 +211,75 @@ async def test_without_the_lasting_log_the_memory_log_is_searched_and_stats_say_
         status, stats = await api_get(service, "/api/stats")
         assert status == 404 and "querylog.enabled" in stats["error"]
         assert not (tmp_path / "querylog.sqlite").exists()
+    finally:
+        await service.close()
+
+
+async def test_without_the_lasting_log_a_query_leaves_nothing_for_the_garbage_collector(
+    tmp_path: Path,
+) -> None:
+    # Every object a query leaves alive until the next collection is walked by it, and by the older
+    # generations' collections when it lives on: at ten thousand queries a second those pauses are the
+    # latency tail. With the log off, answering thousands of distinct names allocates nothing that
+    # outlives its answer, and the answers metric still counts every one.
+    service = await started_service(write_config(tmp_path))
+    try:
+        names = [f"n{i}.ads.example" for i in range(2000)]
+        for name in names * 2:
+            ask(service, name)
+        querylog = service.querylog
+        assert querylog is not None
+        gc.collect()
+        gc.disable()
+        try:
+            before = grown = gc.get_count()[0]
+            for _ in range(5):
+                for name in names:
+                    ask(service, name)
+                    grown = max(grown, gc.get_count()[0])
+                querylog._take()  # what the hand-off does every FLUSH_INTERVAL
+            grown -= before
+        finally:
+            gc.enable()
+        assert grown < 100, f"up to {grown} tracked objects outlived their answers"
+        for _ in range(40):  # the answers metric is counted every FLUSH_INTERVAL
+            _, metrics = await api_get(service, "/metrics")
+            answered = [v for (name, _), v in metrics.items() if name == "dnsguard_dns_answers_total"]
+            if sum(answered) == 14000:
+                break
+            await asyncio.sleep(0.1)
+        assert sum(answered) == 14000
+    finally:
+        await service.close()
+
+
+async def test_a_reload_that_turns_the_log_off_and_on_keeps_counting_answers(tmp_path: Path) -> None:
+    path = logged_config(tmp_path)
+    service = await started_service(path)
+    querylog, resolver = service.querylog, service.resolver
+    assert querylog is not None and resolver is not None
+    try:
+        ask(service, "ads.example")
+        daemon = ResolveDaemon(str(write_config(tmp_path)), service)
+        assert await daemon.reload()
+        for _ in range(100):  # the writer is stopped in the background
+            if querylog.settings is None:
+                break
+            await asyncio.sleep(0.05)
+        assert resolver.log_sink is None and querylog.status()["state"] == "off"
+        ask(service, "tracker.example")
+        daemon = ResolveDaemon(str(logged_config(tmp_path)), service)
+        assert await daemon.reload()
+        for _ in range(100):
+            if querylog.settings is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert resolver.log_sink == {}
+        ask(service, "again.ads.example")
+        await until_written(querylog, 2)
+        _, metrics = await api_get(service, "/metrics")
+        answered = [value for (name, _), value in metrics.items() if name == "dnsguard_dns_answers_total"]
+        assert sum(answered) == 3
     finally:
         await service.close()
 

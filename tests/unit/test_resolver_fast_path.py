@@ -297,3 +297,19 @@ def test_a_folded_row_keeps_the_first_time_and_the_longest_answer_time() -> None
     assert resolver.take_log_rows() == [
         (5.0, "192.0.2.1", "www.example.org", 1, "allowed", "default", "", 7.5, 0, 3)
     ]
+
+
+async def test_without_a_sink_answers_are_counted_by_type_and_rcode_on_both_paths() -> None:
+    resolver, _, _ = make()
+    assert resolver.log_sink is None
+    for ident in (1, 2, 3):  # the first pass parses, the repeats take the plan
+        resolver.answer_now(query("x.ads.example", ident=ident), "198.51.100.7")
+    resolver.answer_now(query("x.ads.example", qtype="AAAA"), "198.51.100.7")
+    assert isinstance(resolver.answer_now(query("www.example.org"), "192.0.2.1"), Forward)
+    await resolver.answer_later(query("www.example.org"), "192.0.2.1", False)
+    assert resolver.take_answer_counts() == {(1, 0): 4, (28, 0): 1}
+    assert resolver.take_answer_counts() == {}
+    resolver.log_sink, resolver.log_sink_max = {}, 10
+    resolver.answer_now(query("x.ads.example", ident=4), "198.51.100.7")
+    assert resolver.take_answer_counts() == {}  # with a sink, the lasting log counts them
+    assert len(resolver.take_log_rows()) == 1
