@@ -76,7 +76,7 @@ def main() -> int:
         "--qps", type=int, help="load at this fixed rate (where the latency tail shows) instead of full speed"
     )
     parser.add_argument("--idle", action="store_true", help="keep the idle loop's samples (py-spy --idle)")
-    parser.add_argument("--out", default="bench-profiles", help="directory for the raw profiles")
+    parser.add_argument("--out", default="bench/results/profiles", help="directory for the raw profiles")
     args = parser.parse_args()
     spy = py_spy()
     dns = bench_dns()

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
 from dnsguard.dns import wire
 from dnsguard.dns.cache import AnswerCache
@@ -108,6 +108,8 @@ LogRecord = tuple[float, str, str, int, str, str, str, float, int]
 resolver records it, a plain tuple because it is made for every query."""
 LogKey = tuple[str, str, int, str, str, str, int]
 """(client, name, qtype, result, group, reason, rcode): what the lasting log's sink folds repeats by."""
+SinkEntry = tuple[float, float, int]
+"""(first time, longest elapsed_ms, count) of a query folded in Resolver.log_sink."""
 LogRow = tuple[float, str, str, int, str, str, str, float, int, int]
 """A LogRecord and its count: the first time, the longest elapsed_ms, and how many queries it stands for."""
 
@@ -171,11 +173,13 @@ class Resolver:
         self._outage_failures = 0
         self.stats = ResolverStats()
         self.query_log: deque[LogRecord] = deque(maxlen=query_log_size)
-        self.log_sink: dict[LogKey, list[Any]] | None = None
+        self.log_sink: dict[LogKey, SinkEntry] | None = None
         """Queries waiting for the lasting query log (dnsguard/app/querylog.py takes them in batches),
         folded: the same query again (same client, name, type, result, group, reason and rcode) adds
-        one to its entry's [first time, longest elapsed_ms, count] until the next take, so a repeat
+        one to its entry's (first time, longest elapsed_ms, count) until the next take, so a repeat
         costs a dict lookup and the hand-off carries each distinct query once. None: no lasting log.
+        Keys and entries are tuples of strings and numbers, which the garbage collector stops tracking
+        the first time it sees them: thousands of entries waiting for the take cost it nothing after.
         Holds at most log_sink_max entries; a new query beyond that is counted in log_sink_lost."""
         self.log_sink_max = 0
         self.log_sink_lost: dict[tuple[int, int], int] = {}
@@ -275,9 +279,9 @@ class Resolver:
                         key = (client, qname, qtype, result, group, reason, rcode)
                         entry = sink.get(key)
                         if entry is not None:
-                            entry[2] += 1
+                            sink[key] = (entry[0], entry[1], entry[2] + 1)
                         elif len(sink) < self.log_sink_max:
-                            sink[key] = [now, 0.0, 1]
+                            sink[key] = (now, 0.0, 1)
                         else:
                             lost = self.log_sink_lost
                             lost[qtype, rcode] = lost.get((qtype, rcode), 0) + 1
@@ -667,17 +671,16 @@ class Resolver:
         if self.on_query is not None:
             self.on_query(result, group, elapsed)
 
-    def _sink_add(self, sink: dict[LogKey, list[Any]], record: LogRecord) -> None:
+    def _sink_add(self, sink: dict[LogKey, SinkEntry], record: LogRecord) -> None:
         """Fold one answered query into the lasting log's sink (see log_sink)."""
         at, client, qname, qtype, result, group, reason, elapsed_ms, rcode = record
         key = (client, qname, qtype, result, group, reason, rcode)
         entry = sink.get(key)
         if entry is not None:
-            entry[2] += 1
-            if elapsed_ms > entry[1]:
-                entry[1] = elapsed_ms
+            longest = elapsed_ms if elapsed_ms > entry[1] else entry[1]
+            sink[key] = (entry[0], longest, entry[2] + 1)
         elif len(sink) < self.log_sink_max:
-            sink[key] = [at, elapsed_ms, 1]
+            sink[key] = (at, elapsed_ms, 1)
         else:
             lost = self.log_sink_lost
             lost[qtype, rcode] = lost.get((qtype, rcode), 0) + 1

@@ -313,3 +313,17 @@ async def test_without_a_sink_answers_are_counted_by_type_and_rcode_on_both_path
     resolver.answer_now(query("x.ads.example", ident=4), "198.51.100.7")
     assert resolver.take_answer_counts() == {}  # with a sink, the lasting log counts them
     assert len(resolver.take_log_rows()) == 1
+
+
+def test_the_sink_leaves_the_garbage_collectors_sight_once_it_has_seen_it() -> None:
+    # Between two hand-offs the sink holds an entry per distinct query; tracked, each collection of
+    # the older generations would walk them all while queries wait.
+    resolver, _, _ = make()
+    resolver.log_sink, resolver.log_sink_max = {}, 100
+    for ident in (1, 2):
+        resolver.answer_now(query("x.ads.example", ident=ident), "198.51.100.7")
+    resolver.answer_now(query("y.ads.example"), "198.51.100.7")
+    gc.collect()
+    assert len(resolver.log_sink) == 2
+    assert not any(gc.is_tracked(key) or gc.is_tracked(entry) for key, entry in resolver.log_sink.items())
+    assert sorted(row[9] for row in resolver.take_log_rows()) == [1, 2]
