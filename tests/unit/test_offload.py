@@ -3,7 +3,9 @@ round trips, and what must never be merged."""
 
 from __future__ import annotations
 
+import contextlib
 import struct
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +21,7 @@ from packet_builders import (
     tcp_packet,
 )
 
+from dnsguard.net import offload
 from dnsguard.net.offload import (
     GSO_TCPV4,
     GSO_TCPV6,
@@ -31,14 +34,64 @@ from dnsguard.net.offload import (
     finish,
     l4_checksum_valid,
     ones_sum,
+    piece_sums,
     split,
 )
 
 
+@contextlib.contextmanager
+def without_numpy() -> Iterator[None]:
+    """The module as it runs without the `fast` extra: big-integer sums only."""
+    saved, offload.numpy = offload.numpy, None
+    try:
+        yield
+    finally:
+        offload.numpy = saved
+
+
 @given(st.binary(max_size=3000), st.integers(0, 0xFFFF))
 def test_the_big_integer_sum_equals_rfc_1071s_word_loop(data: bytes, initial: int) -> None:
-    assert ones_sum(data, initial) == (reference_sum(data) + initial) % 0xFFFF
+    with without_numpy():
+        assert ones_sum(data, initial) == (reference_sum(data) + initial) % 0xFFFF
     assert finish(ones_sum(data)) != 0
+
+
+def test_the_fast_extra_installs_numpy_for_the_vector_sums() -> None:
+    # The suite runs with the `fast` extra (deploy/install.sh --test): the numpy paths are the ones
+    # the tests below compare with the word loop, beside the big-integer ones.
+    assert offload.numpy is not None
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 9000), st.integers(0, 0xFFFF), st.integers(1, 3000), st.integers(0, 255))
+def test_vector_and_piece_sums_equal_the_word_loop_with_and_without_numpy(
+    length: int, initial: int, size: int, salt: int
+) -> None:
+    data = bytes((b * 7 + salt) & 0xFF for b in range(length))
+    pieces = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+    expected = [reference_sum(piece) % 0xFFFF for piece in pieces]
+    assert ones_sum(data, initial) == (reference_sum(data) + initial) % 0xFFFF
+    assert piece_sums(data, size) == expected
+    assert piece_sums(memoryview(data), size) == expected
+    with without_numpy():
+        assert ones_sum(data, initial) == (reference_sum(data) + initial) % 0xFFFF
+        assert piece_sums(data, size) == expected
+
+
+@settings(max_examples=30, deadline=None)
+@given(version=st.sampled_from([4, 6]), length=st.integers(1, 64000), mss=st.integers(200, 1460))
+def test_segmentation_and_coalescing_give_the_same_bytes_with_and_without_numpy(
+    version: int, length: int, mss: int
+) -> None:
+    payload = bytes(range(7, 256)) * (length // 249 + 1)
+    buffer = super_packet(version, payload[:length], mss)
+    segments = split(buffer)
+    with without_numpy():
+        assert split(buffer) == segments
+        plain = coalesce(segments)
+    assert coalesce(segments) == plain
+    for segment in segments:
+        assert reference_l4_valid(segment, 20 if version == 4 else 40, 6)
 
 
 @settings(max_examples=60, deadline=None)
