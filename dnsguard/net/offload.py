@@ -28,8 +28,19 @@ from dnsguard.errors import ProtocolError
 
 try:
     import numpy
-except ImportError:  # without the `fast` extra: big-integer sums only
+except Exception as exc:  # not installed (no `fast` extra), or broken: big-integer sums only
     numpy = None  # type: ignore[assignment]
+    _numpy_missing = f"{type(exc).__name__}: {exc}"
+else:
+    _numpy_missing = ""
+
+
+def sums_by() -> str:
+    """How long checksums are summed here, for the log: numpy, or big integers and why."""
+    if numpy is not None:
+        return f"numpy {numpy.__version__}"
+    return f"big integers ({_numpy_missing or 'numpy turned off'})"
+
 
 VNET_HEADER: Final = struct.Struct("=BBHHHH")
 """flags, gso_type, hdr_len, gso_size, csum_start, csum_offset."""

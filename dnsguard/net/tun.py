@@ -9,7 +9,14 @@ import struct
 from typing import Protocol
 
 from dnsguard.errors import NetworkError, PrivilegeError
-from dnsguard.net.offload import PLAIN_HEADER, VNET_HEADER_SIZE, MalformedSuperPacket, coalesce, split
+from dnsguard.net.offload import (
+    PLAIN_HEADER,
+    VNET_HEADER_SIZE,
+    MalformedSuperPacket,
+    coalesce,
+    split,
+    sums_by,
+)
 
 log = logging.getLogger(__name__)
 _lengths = struct.Struct("=HH").unpack_from
@@ -140,7 +147,12 @@ class TunDevice:
                 self.offload_flags = -1
                 log.info("%s: the kernel refused TUN offloads; one packet per read and write", self.name)
             else:
-                log.info("%s: TUN offloads on (%s)", self.name, describe_offloads(self.offload_flags))
+                log.info(
+                    "%s: TUN offloads on (%s), checksums summed by %s",
+                    self.name,
+                    describe_offloads(self.offload_flags),
+                    sums_by(),
+                )
         elif offloads:
             log.info("%s: TUN offloads off (%s=off)", self.name, OFFLOADS_ENV)
 

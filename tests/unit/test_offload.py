@@ -228,3 +228,9 @@ def test_a_run_with_one_bad_checksum_is_written_segment_by_segment(size: int) ->
     corrupt[-1] ^= 0x01
     packets[2] = bytes(corrupt)
     assert coalesce(packets) == [(PLAIN_HEADER, packet) for packet in packets]
+
+
+def test_the_log_says_how_checksums_are_summed() -> None:
+    assert offload.sums_by().startswith("numpy ")
+    with without_numpy():
+        assert offload.sums_by().startswith("big integers (")
