@@ -71,6 +71,9 @@ MAX_COALESCED: Final = 65535
 
 _u16 = struct.Struct("!H")
 _u32 = struct.Struct("!I")
+_u16_pair = struct.Struct("!HH")
+_DONT_FRAGMENT: Final = (b"\0", b"\x40")
+"""The IPv4 DF bit as it sits in its byte, by its value: part of what segments must share to merge."""
 
 
 _FOLD_MASKS: Final = {bits: (1 << bits) - 1 for bits in (1 << n for n in range(10, 20))}
@@ -252,21 +255,24 @@ def segment_tcp(packet: bytes, l4_start: int, mss: int) -> list[bytes]:
     payload_sums = piece_sums(payload, mss)
     segments: list[bytes] = []
     append = segments.append
+    join = b"".join
     sequence_at, flags_at, checksum_at = l4_start + 4, l4_start + 13, l4_start + TCP_CHECKSUM_OFFSET
+    pack_u16, pack_u32, pack_lengths = _u16.pack_into, _u32.pack_into, _u16_pair.pack_into
+    last = count - 1
     for index in range(count):
         chunk = payload[index * mss : (index + 1) * mss]
         length = header_length + len(chunk)
         header = template[:]
         if ipv4:
             segment_id = (identifier + index) & 0xFFFF
-            header[2:6] = _u32.pack((length << 16) | segment_id)
-            header[10:12] = _u16.pack(finish(ip_base + length + segment_id))
+            pack_lengths(header, 2, length, segment_id)
+            pack_u16(header, 10, 0xFFFF - (ip_base + length + segment_id) % 0xFFFF)
         else:
-            header[4:6] = _u16.pack(length - 40)
+            pack_u16(header, 4, length - 40)
         segment_sequence = (sequence + index * mss) & 0xFFFFFFFF
-        header[sequence_at : sequence_at + 4] = _u32.pack(segment_sequence)
+        pack_u32(header, sequence_at, segment_sequence)
         segment_flags = flags
-        if index != count - 1:
+        if index != last:
             segment_flags &= ~(TCP_FIN | TCP_PSH)
         if index:
             segment_flags &= ~TCP_CWR
@@ -280,8 +286,8 @@ def segment_tcp(packet: bytes, l4_start: int, mss: int) -> list[bytes]:
             + length
             - l4_start
         )
-        header[checksum_at : checksum_at + 2] = _u16.pack(finish(total))
-        append(bytes(header) + chunk)
+        pack_u16(header, checksum_at, 0xFFFF - total % 0xFFFF)
+        append(join((header, chunk)))
     return segments
 
 
@@ -348,13 +354,13 @@ def _tcp_key(packet: bytes) -> tuple[int, bytes, bytes] | None:
         l4_start = 20
         if _u16.unpack_from(packet, 2)[0] != len(packet):
             return None
-        flow = packet[12:20]
-        ip_match = packet[1:2] + bytes([packet[6] & 0x40]) + packet[8:9]
+        flow = packet[12:24]  # addresses and ports
+        ip_match = packet[1:2] + _DONT_FRAGMENT[packet[6] >> 6 & 1] + packet[8:9]
     elif version == 6:
         if packet[6] != TCP or len(packet) < 60 or _u16.unpack_from(packet, 4)[0] != len(packet) - 40:
             return None
         l4_start = 40
-        flow = packet[8:40]
+        flow = packet[8:44]  # addresses and ports
         ip_match = packet[0:4] + packet[7:8]
     else:
         return None
@@ -364,7 +370,6 @@ def _tcp_key(packet: bytes) -> tuple[int, bytes, bytes] | None:
     header_length = l4_start + (packet[l4_start + 12] >> 4) * 4
     if header_length >= len(packet) or header_length < l4_start + 20:
         return None
-    flow += packet[l4_start : l4_start + 4]
     match = ip_match + packet[l4_start + 8 : l4_start + 13] + packet[l4_start + 14 : l4_start + 16]
     match += packet[l4_start + 20 : header_length]
     return l4_start, flow, match
@@ -451,10 +456,13 @@ def _render(run: _Run) -> tuple[bytes, bytearray] | None:
         if not all(l4_checksum_valid(packet, l4_start, TCP) for packet in (first, *run.packets)):
             return None
     else:
+        # The merged bytes hold the first segment whole and the others' payloads; their TCP headers
+        # (a multiple of 4 bytes each, so the words stay in step) are summed as one buffer, and their
+        # pseudo-headers' lengths add up to the run's size.
+        others = run.packets
         total = ones_sum(memoryview(body)[l4_start:], addresses + len(first) - l4_start)
-        for packet in run.packets:
-            total += addresses + len(packet) - l4_start
-            total += ones_sum(memoryview(packet)[l4_start:header_length])
+        total += len(others) * (addresses + header_length - l4_start) + run.size - len(first)
+        total += ones_sum(b"".join([memoryview(packet)[l4_start:header_length] for packet in others]))
         if total % 0xFFFF:
             return None
     length = run.size

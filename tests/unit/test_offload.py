@@ -230,6 +230,15 @@ def test_a_run_with_one_bad_checksum_is_written_segment_by_segment(size: int) ->
     assert coalesce(packets) == [(PLAIN_HEADER, packet) for packet in packets]
 
 
+def test_a_bad_checksum_in_a_later_segments_tcp_header_keeps_the_run_apart() -> None:
+    # The urgent pointer is not compared when segments merge: only the checksum can tell.
+    packets = [tcp_packet(4, b"q" * 100, 1000 + 100 * i, identifier=7 + i) for i in range(4)]
+    corrupt = bytearray(packets[2])
+    corrupt[20 + 19] ^= 0x01
+    packets[2] = bytes(corrupt)
+    assert coalesce(packets) == [(PLAIN_HEADER, packet) for packet in packets]
+
+
 def test_the_log_says_how_checksums_are_summed() -> None:
     assert offload.sums_by().startswith("numpy ")
     with without_numpy():
