@@ -88,13 +88,18 @@ def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     a checksum with `finish`. A long buffer is first folded in halves (high half plus low half,
     at bit offsets that are multiples of 16, so the sum modulo 0xFFFF is kept): shifts and adds run
     faster than the division that `%` does per 30-bit digit, which is left for the last 1024 bits.
-    A buffer of VECTOR_MIN_BYTES or more is summed by numpy when it is installed.
+    A buffer of VECTOR_MIN_BYTES or more is summed by numpy when it is installed, as 32-bit
+    little-endian words (2**16 is 1 modulo 0xFFFF, so each counts as its two 16-bit halves), whose sum
+    is the big-endian one with its bytes swapped.
     """
     size = len(data)
     if size >= VECTOR_MIN_BYTES and numpy is not None:
-        total = int(numpy.frombuffer(data, dtype=">u2", count=size >> 1).sum(dtype=numpy.uint64))
-        if size & 1:
-            total += data[-1] << 8
+        whole = size & ~3
+        swapped = int(numpy.frombuffer(data, dtype="<u4", count=whole >> 2).sum(dtype=numpy.uint64))
+        total = _byte_swapped(swapped % 0xFFFF)
+        if whole < size:  # one to three bytes, starting on a word
+            tail = int.from_bytes(data[whole:], "big")
+            total += tail << 8 if (size - whole) & 1 else tail
         return (total + initial) % 0xFFFF
     value = int.from_bytes(data, "big")
     if len(data) & 1:
@@ -106,15 +111,27 @@ def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     return (value + initial) % 0xFFFF
 
 
+def _byte_swapped(total: int) -> int:
+    """The sum of little-endian words turned into the big-endian one (RFC 1071 section 2(B)): the ones'
+    complement sum does not care about byte order except that its two bytes come out swapped."""
+    return ((total & 0xFF) << 8 | total >> 8) % 0xFFFF
+
+
 def piece_sums(data: bytes | bytearray | memoryview, size: int) -> list[int]:
     """The ones_sum of each `size`-byte piece of `data` in order (the last piece may be shorter).
 
-    With numpy and an even `size`, the whole pieces are summed in one call, as rows of 16-bit words.
+    With numpy and an even `size`, the whole pieces are summed in one call, as rows of words: 32-bit
+    little-endian ones when `size` is a multiple of 4 (no byte swap per word, half the additions; the
+    sums are swapped back once), else 16-bit big-endian ones.
     """
     whole = len(data) // size
-    if numpy is not None and whole >= 2 and not size & 1:
+    if numpy is not None and whole >= 2 and not size & 3:
+        rows = numpy.frombuffer(data, dtype="<u4", count=whole * size >> 2).reshape(whole, size >> 2)
+        swapped = rows.sum(axis=1, dtype=numpy.uint64) % 0xFFFF
+        sums: list[int] = (((swapped & 0xFF) << 8 | swapped >> 8) % 0xFFFF).tolist()
+    elif numpy is not None and whole >= 2 and not size & 1:
         rows = numpy.frombuffer(data, dtype=">u2", count=whole * size >> 1).reshape(whole, size >> 1)
-        sums: list[int] = (rows.sum(axis=1, dtype=numpy.uint64) % 0xFFFF).tolist()
+        sums = (rows.sum(axis=1, dtype=numpy.uint64) % 0xFFFF).tolist()
     else:
         view = memoryview(data)
         sums = [ones_sum(view[index * size : (index + 1) * size]) for index in range(whole)]
