@@ -6,6 +6,7 @@ import asyncio
 import gc
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,20 @@ async def until_written(querylog: QueryLog, count: int) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"written {querylog.counters.written} of {count}: {querylog.status()}")
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(100):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"still not {what}")
+
+
+async def answers_counted(service: ResolverService) -> int:
+    """The sum of dnsguard_dns_answers_total over its labels, as /metrics gives it now."""
+    _, metrics = await api_get(service, "/metrics")
+    return sum(value for (name, _), value in metrics.items() if name == "dnsguard_dns_answers_total")
 
 
 async def api_get(service: ResolverService, path: str, **params: str) -> tuple[int, Any]:
@@ -193,9 +208,7 @@ async def test_a_writer_that_dies_is_started_again_and_the_queries_meanwhile_are
         assert querylog.status()["state"] == "ready"
         _, body = await api_get(service, "/api/queries")
         assert [q["name"] for q in body["queries"]] == ["again.ads.example", "ads.example"]
-        _, metrics = await api_get(service, "/metrics")
-        answered = [value for (name, _), value in metrics.items() if name == "dnsguard_dns_answers_total"]
-        assert sum(answered) == 3  # the lost one too
+        assert await answers_counted(service) == 3  # the lost one too
     finally:
         await service.close()
 
@@ -242,13 +255,13 @@ async def test_without_the_lasting_log_a_query_leaves_nothing_for_the_garbage_co
         finally:
             gc.enable()
         assert grown < 100, f"up to {grown} tracked objects outlived their answers"
+        counted = 0
         for _ in range(40):  # the answers metric is counted every FLUSH_INTERVAL
-            _, metrics = await api_get(service, "/metrics")
-            answered = [v for (name, _), v in metrics.items() if name == "dnsguard_dns_answers_total"]
-            if sum(answered) == 14000:
+            counted = await answers_counted(service)
+            if counted == 14000:
                 break
             await asyncio.sleep(0.1)
-        assert sum(answered) == 14000
+        assert counted == 14000
     finally:
         await service.close()
 
@@ -262,24 +275,16 @@ async def test_a_reload_that_turns_the_log_off_and_on_keeps_counting_answers(tmp
         ask(service, "ads.example")
         daemon = ResolveDaemon(str(write_config(tmp_path)), service)
         assert await daemon.reload()
-        for _ in range(100):  # the writer is stopped in the background
-            if querylog.settings is None:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: querylog.settings is None, "off")  # the writer stops in the background
         assert resolver.log_sink is None and querylog.status()["state"] == "off"
         ask(service, "tracker.example")
         daemon = ResolveDaemon(str(logged_config(tmp_path)), service)
         assert await daemon.reload()
-        for _ in range(100):
-            if querylog.settings is not None:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: querylog.settings is not None, "on again")
         assert resolver.log_sink == {}
         ask(service, "again.ads.example")
         await until_written(querylog, 2)
-        _, metrics = await api_get(service, "/metrics")
-        answered = [value for (name, _), value in metrics.items() if name == "dnsguard_dns_answers_total"]
-        assert sum(answered) == 3
+        assert await answers_counted(service) == 3
     finally:
         await service.close()
 
