@@ -10,9 +10,10 @@ by round trips (tests/unit/test_offload.py).
 Checksums (RFC 1071) are computed at C speed: the buffer read as one big-endian integer is, modulo
 0xFFFF, the ones' complement sum of its 16-bit words (2**16 is 1 modulo 0xFFFF), so one
 `int.from_bytes` and one `%` replace a Python loop over words. With numpy (the `fast` extra), long
-buffers and the segments of a super-packet are summed as arrays of 16-bit words instead: one call
-sums every segment of a 64 KB super-packet, about six times faster per segment than a big integer
-each, and the sums are what a sender or a receiver spends most of its time on besides encryption.
+buffers and the segments of a super-packet are summed as arrays of words instead: one call sums
+every segment of a 64 KB super-packet, six times faster or more per segment than a big integer
+each; with big integers, the sums are what a sender or a receiver spends most of its time on
+besides encryption.
 
 The header layout is `struct virtio_net_hdr` (include/uapi/linux/virtio_net.h) in host byte order,
 which a TUN uses unless TUNSETVNETBE/LE says otherwise.
@@ -36,7 +37,7 @@ else:
 
 
 def sums_by() -> str:
-    """How long checksums are summed here, for the log: numpy, or big integers and why."""
+    """What sums long buffers and segments here, for the log: numpy, or big integers and why."""
     if numpy is not None:
         return f"numpy {numpy.__version__}"
     return f"big integers ({_numpy_missing or 'numpy turned off'})"
