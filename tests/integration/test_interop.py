@@ -240,33 +240,44 @@ def test_server_reload_adds_and_removes_peers_without_dropping_others(
             raise
 
 
+def stock_peer_of_a_dnsguard_server(
+    lab: Lab,
+    keys: dict[str, tuple[str, str]],
+    peer: dict[str, object],
+    settings: dict[str, object],
+    routes: tuple[str, ...],
+) -> DnsguardDaemon:
+    """A dnsguard server with DNS filtering (`settings` on top of an upstream and a list cache) and
+    one wireguard-go peer (`peer`: more of its server-side entry) that routes `routes` through it."""
+    (server_private, server_public), (client_private, client_public) = keys["server"], keys["client"]
+    config = server_tunnel(
+        server_private, [{"public-key": client_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"], **peer}]
+    )
+    config.update(
+        {"upstreams": {"servers": [ADDRESSES.dns4]}, "loading": {"cache-dir": "/tmp/dnsguard-test-lists"}}
+    )
+    config.update(settings)
+    server = DnsguardDaemon(lab, "server", "server", config).start()
+    wireguard_go_client(lab, client_private, server_public, ["100.64.0.0/24", *routes], routes=routes)
+    return server
+
+
 def test_dnsguard_server_filters_dns_of_a_stock_wireguard_client(
     lab: Lab, keys: dict[str, tuple[str, str]]
 ) -> None:
     """A peer running plain wireguard-go gets its DNS filtered by the server, by the peer's group."""
-    (server_private, server_public), (client_private, client_public) = keys["server"], keys["client"]
-    config = server_tunnel(
-        server_private,
-        [{"public-key": client_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"], "group": "phones"}],
-    )
-    config.update(
+    server = stock_peer_of_a_dnsguard_server(
+        lab,
+        keys,
+        {"group": "phones"},
         {
-            "upstreams": {"servers": [ADDRESSES.dns4]},
             "lists": {
                 "ads": {"sources": [str(ROOT / "blocklists" / "ads-trackers.txt")]},
                 "adult": {"sources": [str(ROOT / "blocklists" / "adult.txt")]},
             },
             "groups": {"default": {"block": ["ads"]}, "phones": {"block": ["ads", "adult"]}},
             "blocking": {"doh-endpoints": [f"{ADDRESSES.http4}/32"]},
-            "loading": {"cache-dir": "/tmp/dnsguard-test-lists"},
-        }
-    )
-    server = DnsguardDaemon(lab, "server", "server", config).start()
-    wireguard_go_client(
-        lab,
-        client_private,
-        server_public,
-        ["100.64.0.0/24", "203.0.113.0/24", f"{ADDRESSES.http4}/32"],
+        },
         routes=("203.0.113.0/24", f"{ADDRESSES.http4}/32"),
     )
     try:
@@ -295,23 +306,11 @@ def test_dnsguard_server_firewall_lets_a_stock_peer_reach_only_what_dns_handed_o
 ) -> None:
     """`firewall:` on the server: a wireguard-go peer's new connections need an address the server's
     resolver handed out; the tunnel's own prefix stays open."""
-    (server_private, server_public), (client_private, client_public) = keys["server"], keys["client"]
-    config = server_tunnel(
-        server_private, [{"public-key": client_public, "allowed-ips": [f"{CLIENT_TUNNEL}/32"]}]
-    )
-    config.update(
-        {
-            "upstreams": {"servers": [ADDRESSES.dns4]},
-            "firewall": {"enabled": True, "refuse-doh": False},
-            "loading": {"cache-dir": "/tmp/dnsguard-test-lists"},
-        }
-    )
-    server = DnsguardDaemon(lab, "server", "server", config).start()
-    wireguard_go_client(
+    server = stock_peer_of_a_dnsguard_server(
         lab,
-        client_private,
-        server_public,
-        ["100.64.0.0/24", f"{ADDRESSES.http4}/32"],
+        keys,
+        {},
+        {"firewall": {"enabled": True, "refuse-doh": False}},
         routes=(f"{ADDRESSES.http4}/32",),
     )
     url = f"http://{ADDRESSES.http4}/whoami"
