@@ -39,14 +39,15 @@ def py_spy() -> str:
     return found
 
 
-def summarise(collapsed: Path, top: int) -> str:
-    """The heaviest frames of a collapsed-stack profile, by own samples and by samples on the stack."""
+def summarise(collapsed: Path, top: int, thread: str = "run_loop") -> str:
+    """The heaviest frames of a collapsed-stack profile, by own samples and by samples on the stack,
+    counting only the stacks that pass through `thread` (a frame of the thread that matters)."""
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     samples = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit() or "run_loop" not in stack:
+        if not stack or not count_text.isdigit() or thread not in stack:
             continue  # only the event loop's thread: an executor's idle workers would fill the top
         count = int(count_text)
         samples += count

@@ -81,7 +81,7 @@ def seal_packets(keypair: Keypair, packets: list[bytes], mtu: int) -> list[bytes
         if remainder:
             if length <= mtu - PADDING_MULTIPLE:
                 packet = packet + _ZERO_PADDING[remainder:]
-            else:
+            elif length != mtu:  # a packet of exactly the MTU (a full segment) is never padded
                 packet = packet + bytes(padding_for(length, mtu))
         append(pack_header(MESSAGE_TRANSPORT, receiver, counter) + encrypt(pack_nonce(counter), packet, None))
         counter += 1

@@ -275,7 +275,7 @@ def test_status_reports_endpoint_handshake_time_and_traffic() -> None:
 
 
 @pytest.mark.parametrize(
-    ("length", "sealed_length"), [(28, 32), (32, 32), (33, 48), (1400, 1408), (1420, 1420)]
+    ("length", "sealed_length"), [(28, 32), (32, 32), (33, 48), (1400, 1408), (1410, 1420), (1420, 1420)]
 )
 def test_plaintext_is_padded_to_sixteen_bytes_but_never_past_the_mtu(length: int, sealed_length: int) -> None:
     lab = Lab()
