@@ -26,7 +26,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from dnsguard.app.querylog_store import QueryLogError, QueryStore, Search, qtype_name, rcode_name
-from dnsguard.app.querylog_writer import WriterSettings, encode_batch, writer_main
+from dnsguard.app.querylog_writer import WriterSettings, count_answers, encode_batch, writer_main
 
 if TYPE_CHECKING:
     from dnsguard.config import Config
@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dnsguard.querylog")
 
-FLUSH_INTERVAL = 0.5
-"""Seconds between hand-offs of the resolver's records to the writer."""
+FLUSH_INTERVAL = 1.0
+"""Seconds between hand-offs of the resolver's records to the writer: a query asked again and again
+is one row a second (the sink folds its repeats until the hand-off)."""
 STOP_TIMEOUT = 5.0
 """Seconds the writer has to write the last batches at stop before it is killed."""
 RESTART_DELAYS = (1.0, 5.0, 30.0, 60.0)
@@ -199,9 +200,7 @@ class QueryLog:
 
     def _count(self, rows: list[LogRow]) -> None:
         """Count rows by type and rcode here: a writer counts what it receives, off this core."""
-        answers = self.counters.answers
-        for row in rows:
-            answers[row[3], row[8]] += row[9]
+        self.counters.answers.update(count_answers(rows))
 
     def _lose(self, rows: list[LogRow]) -> None:
         """Rows the log will not write: answered all the same, and dropped."""

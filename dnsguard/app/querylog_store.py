@@ -151,37 +151,18 @@ class QueryStore:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def append(self, rows: Iterable[Sequence[Any]], privacy: str = "full") -> int:
+    def append(self, rows: Sequence[Sequence[Any]], privacy: str = "full") -> int:
         """Insert resolver rows (dnsguard.dns.resolver.LogRow: a query, its count, its first time and
         longest answer time) in one transaction; the queries written.
 
-        Rows that are the same in everything but their time within one second (a device asking a name
-        again, a burst of retries; the resolver already folds the repeats of each half second) become
-        one row with the sum of their counts, the first one's time and the longest answer time: at a
-        busy resolver's rate this writes a fraction of the rows, and every count (search, statistics)
-        stays exact.
+        The rows come folded: until each hand-off the resolver's sink adds a repeated query to its row's
+        count, so under `full` privacy they are written as they come (their columns are the table's).
+        Privacy that hides or shortens the client makes the rows of different clients equal: those
+        equal within one second become one row with the sum of their counts, the first one's time and
+        the longest answer time, and every count (search, statistics) stays exact.
         """
-        folded: dict[tuple[Any, ...], list[Any]] = {}
-        clients: dict[str, str] = {}
-        written = 0
-        for at, client, name, qtype, result, group, reason, elapsed, rcode, count in rows:
-            if privacy != "full":
-                kept = clients.get(client)
-                if kept is None:
-                    kept = clients[client] = private_client(client, privacy)
-                client = kept
-            key = (int(at), client, name, qtype, result, group, reason, rcode)
-            row = folded.get(key)
-            if row is None:
-                folded[key] = [at, elapsed, count]
-            else:
-                row[2] += count
-                if at < row[0]:
-                    row[0] = at
-                if elapsed > row[1]:
-                    row[1] = elapsed
-            written += count
-        inserted = [(at, *key[1:7], elapsed, key[7], count) for key, (at, elapsed, count) in folded.items()]
+        inserted = rows if privacy == "full" else _folded(rows, privacy)
+        written: int = sum(row[9] for row in inserted)
         try:
             with self.db:
                 self.db.execute("BEGIN")
@@ -333,6 +314,27 @@ def _conditions(since: float | None, until: float | None) -> tuple[list[str], li
 
 def _where(conditions: list[str]) -> str:
     return "WHERE " + " AND ".join(conditions) if conditions else ""
+
+
+def _folded(rows: Iterable[Sequence[Any]], privacy: str) -> list[tuple[Any, ...]]:
+    """`rows` with each client as `privacy` keeps it, the rows then equal within one second folded."""
+    folded: dict[tuple[Any, ...], list[Any]] = {}
+    clients: dict[str, str] = {}
+    for at, client, name, qtype, result, group, reason, elapsed, rcode, count in rows:
+        kept = clients.get(client)
+        if kept is None:
+            kept = clients[client] = private_client(client, privacy)
+        key = (int(at), kept, name, qtype, result, group, reason, rcode)
+        row = folded.get(key)
+        if row is None:
+            folded[key] = [at, elapsed, count]
+        else:
+            row[2] += count
+            if at < row[0]:
+                row[0] = at
+            if elapsed > row[1]:
+                row[1] = elapsed
+    return [(at, *key[1:7], elapsed, key[7], count) for key, (at, elapsed, count) in folded.items()]
 
 
 def _reason(exc: sqlite3.Error) -> str:

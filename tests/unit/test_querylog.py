@@ -140,9 +140,11 @@ async def test_a_corrupt_database_is_reported_and_the_resolver_keeps_answering(t
         resolver = service.resolver
         assert resolver is not None
         assert isinstance(resolver.answer_now(query("www.example.org"), ADULT), Forward)
-        await asyncio.sleep(0.6)  # one hand-off: the records are counted as lost
+        await until(lambda: querylog.counters.dropped >= 3, "counted as lost at a hand-off")
         status, body = await api_get(service, "/api/queries")
         assert status == 503 and "querylog.sqlite: file is not a database" in body["error"]
+        # The writer is started again after RESTART_DELAYS, and fails again on the same file.
+        await until(lambda: querylog.state == "error", "in error again")
         _, status_body = await api_get(service, "/api/status")
         assert status_body["querylog"]["state"] == "error"
         _, metrics = await api_get(service, "/metrics")

@@ -17,7 +17,7 @@ from dnsguard.app.querylog_store import (
     qtype_number,
     rcode_name,
 )
-from dnsguard.app.querylog_writer import decode_batch, encode_batch
+from dnsguard.app.querylog_writer import count_answers, decode_batch, encode_batch
 
 T0 = 1_800_000_000.0
 
@@ -207,18 +207,32 @@ def test_a_database_another_program_locks_fails_the_batch_with_a_clear_error(tmp
     assert store.append([record(T0)]) == 1
 
 
-def test_the_same_query_within_a_second_is_one_row_with_its_count(store: QueryStore) -> None:
+def test_rows_are_written_as_the_resolver_folded_them_under_full_privacy(store: QueryStore) -> None:
+    rows = [
+        (T0 + 0.7, "192.0.2.10", "a.example", 1, "cached", "default", "", 2.5, 0, 4),
+        (T0 + 0.9, "192.0.2.11", "a.example", 1, "cached", "default", "", 0.5, 0, 1),
+    ]
+    assert store.append(rows) == 5 and store.count() == 2
+    assert sorted(row["count"] for row in store.search(Search())) == [1, 4]
+
+
+@pytest.mark.parametrize("privacy", ["names-only", "anonymised"])
+def test_clients_the_privacy_merges_fold_into_one_row_a_second_with_their_counts(
+    store: QueryStore, privacy: str
+) -> None:
     written = store.append(
         [
             (T0 + 0.7, "192.0.2.10", "a.example", 1, "cached", "default", "", 2.5, 0, 1),
-            (T0 + 0.1, "192.0.2.10", "a.example", 1, "cached", "default", "", 0.5, 0, 3),
+            (T0 + 0.1, "192.0.2.11", "a.example", 1, "cached", "default", "", 0.5, 0, 3),
             (T0 + 0.8, "192.0.2.10", "a.example", 28, "cached", "default", "", 0.1, 0, 1),
-            (T0 + 1.2, "192.0.2.10", "a.example", 1, "cached", "default", "", 0.1, 0, 1),
-        ]
+            (T0 + 1.2, "192.0.2.12", "a.example", 1, "cached", "default", "", 0.1, 0, 1),
+        ],
+        privacy,
     )
     assert written == 6 and store.count() == 3
     oldest = store.search(Search())[-1]
     assert (oldest["time"], oldest["count"], oldest["elapsed_ms"]) == (T0 + 0.1, 4, 2.5)
+    assert oldest["client"] == ("" if privacy == "names-only" else "192.0.2.0")
     assert store.stats("1h", T0 + 10)["total"] == 6
 
 
@@ -228,3 +242,13 @@ def test_batches_cross_the_pipe_whole_and_in_order(hostile: bool) -> None:
     if hostile:
         records[3] = record(T0, "nul\0inside.example")
     assert decode_batch(encode_batch(records)) == records
+
+
+def test_the_writer_counts_answers_by_type_and_rcode_with_each_rows_count() -> None:
+    rows = [
+        record(T0, "a.example", qtype=1, rcode=0, count=3),
+        record(T0, "b.example", qtype=1, rcode=0, count=2),
+        record(T0, "c.example", qtype=65535, rcode=15, count=1),
+        record(T0, "d.example", qtype=28, rcode=3, count=4),
+    ]
+    assert count_answers(rows) == {(1, 0): 5, (65535, 15): 1, (28, 3): 4}
