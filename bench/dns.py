@@ -2,7 +2,7 @@
 """DNS resolver throughput: dnsguard resolve vs dnsmasq and unbound, same blocklist, same query mix, same run.
 
     sudo .venv/bin/python bench/dns.py [--names 300000] [--seconds 10] [--repeat 3] [--only dnsguard,unbound]
-                                       [--querylog] [--firewall]
+                                       [--mix blocked,cached,pageload] [--querylog] [--firewall]
 
 The servers run in one lab namespace with the same blocklist (the first --names distinct names of
 real public lists, each blocking the name and its subdomains: dnsmasq `address=/name/#`, unbound
@@ -15,8 +15,10 @@ Absolute numbers depend on the machine; the ratios are the result.
 
 --querylog adds a second dnsguard contender, `dnsguard+log`, the same configuration with the lasting
 query log on (SQLite in the lab's directory); the two take turns under the same mixes, and the table
-gains its QPS ratio to dnsguard without the log (`log/off`) and the CPU each daemon spent per answered
-query, and its writer process beside it: on a shared machine the CPU per query moves less than the QPS.
+gains its QPS ratio to dnsguard without the log (`log/off`: the ratio of the medians, then the median of
+each round's ratio, the two having run back to back) and the CPU each daemon spent per answered query,
+and its writer process beside it (`cpu log/off` sums the two): on a shared machine the CPU per query
+moves less than the QPS.
 
 --firewall adds `dnsguard+fw` the same way: the same configuration with the firewall fed by DNS on
 (enforce mode on the namespace's uplink, eth0; every upstream answer's addresses go into the kernel's
@@ -40,10 +42,18 @@ from dnsguard.lab import ADDRESSES, Lab
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LIST_FILES = ["hagezi-pro-onlydomains.txt", "blp-phishing-domains.txt", "oisd-big-wildcard.txt"]
 DNSGUARD_PORT, DNSMASQ_PORT, UNBOUND_PORT = 5300, 5301, 5302
-PORTS = {"dnsguard": DNSGUARD_PORT, "dnsmasq": DNSMASQ_PORT, "unbound": UNBOUND_PORT}
+SERVERS = ("dnsguard", "dnsmasq", "unbound")
+"""What --only picks from; --querylog and --firewall add dnsguard's variants."""
 ANCHORS = ("dnsmasq", "unbound")
 LOGGED, LOGGED_PORT = "dnsguard+log", 5303
 FIREWALLED, FIREWALLED_PORT = "dnsguard+fw", 5304
+PORTS = {
+    "dnsguard": DNSGUARD_PORT,
+    "dnsmasq": DNSMASQ_PORT,
+    "unbound": UNBOUND_PORT,
+    LOGGED: LOGGED_PORT,
+    FIREWALLED: FIREWALLED_PORT,
+}
 MEASURES = ("qps", "p99_ms", "cpu_us", "writer_us")
 
 
@@ -271,16 +281,20 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency-rate", type=int, default=10000, help="QPS of the p99 latency runs")
     parser.add_argument("--json")
-    parser.add_argument("--only", default=",".join(PORTS), help="servers to run, of " + ",".join(PORTS))
+    parser.add_argument("--only", default=",".join(SERVERS), help="servers to run, of " + ",".join(SERVERS))
+    parser.add_argument("--mix", default="blocked,cached,pageload", help="query mixes to run, in this order")
     parser.add_argument("--querylog", action="store_true", help="also run dnsguard with its query log on")
     parser.add_argument(
         "--firewall", action="store_true", help="also run dnsguard with the firewall fed by DNS on"
     )
     args = parser.parse_args()
     only = [server for server in args.only.split(",") if server]
-    unknown = sorted(set(only) - set(PORTS))
+    unknown = sorted(set(only) - set(SERVERS))
     if unknown or "dnsguard" not in only:
         raise SystemExit(f"--only takes dnsguard and any of {', '.join(ANCHORS)}")
+    mixes = [mix for mix in args.mix.split(",") if mix]
+    if not mixes or not set(mixes) <= {"blocked", "cached", "pageload"}:
+        raise SystemExit("--mix takes blocked, cached and pageload")
     missing = [tool for tool in ("dnsperf", *only[1:]) if tool != "dnsguard" and shutil.which(tool) is None]
     if missing:
         raise SystemExit(f"needs {', '.join(missing)}: bash deploy/install.sh --test")
@@ -288,10 +302,6 @@ def main() -> int:
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     with Lab() as lab:
         started = time.monotonic()
-        if args.querylog:
-            PORTS[LOGGED] = LOGGED_PORT
-        if args.firewall:
-            PORTS[FIREWALLED] = FIREWALLED_PORT
         pids = start_servers(lab, names, only, args.querylog, args.firewall)
         print(
             f"{len(names)} blocked names loaded into {', '.join(pids)} in {time.monotonic() - started:.1f} s"
@@ -303,7 +313,8 @@ def main() -> int:
             # Each round starts with the next contender: none always runs first (or right after another).
             shift = round_number % len(pids)
             order = [*list(pids)[shift:], *list(pids)[:shift]]
-            for mix, path in files.items():
+            for mix in mixes:
+                path = files[mix]
                 for server in order:
                     port = PORTS[server]
                     cpu_before = cpu_seconds(pids[server])
@@ -330,7 +341,11 @@ def main() -> int:
     header = f"{'mix':10s}" + "".join(f"{server + ' qps':>{width[server]}s}" for server in pids)
     header += "".join(f"{'x ' + server:>11s}" for server in anchors) + (f"{'x best':>8s}" if anchors else "")
     header += "".join(f"{'p99 ' + server:>{width[server]}s}" for server in pids)
-    header += f"{'log/off':>9s}{'cpu us/q off':>14s}{'log':>6s}{'writer':>8s}" if LOGGED in pids else ""
+    header += (
+        f"{'log/off':>9s}{'rounds':>8s}{'cpu us/q off':>14s}{'log':>6s}{'writer':>8s}{'cpu log/off':>13s}"
+        if LOGGED in pids
+        else ""
+    )
     print(header)
     summary: dict[str, dict[str, object]] = {}
     for mix, by_server in results.items():
@@ -344,6 +359,13 @@ def main() -> int:
         summary[mix] = {**median, "ratios": ratios, "ratio_to_best": guard / best if best else None}
         if LOGGED in median:
             summary[mix]["log_to_off"] = median[LOGGED]["qps"] / guard
+            summary[mix]["log_to_off_rounds"] = statistics.median(
+                logged["qps"] / plain["qps"]
+                for logged, plain in zip(by_server[LOGGED], by_server["dnsguard"], strict=True)
+            )
+            summary[mix]["log_cpu_to_off"] = (
+                median[LOGGED]["cpu_us"] + median[LOGGED]["writer_us"]
+            ) / median["dnsguard"]["cpu_us"]
         if FIREWALLED in median:
             summary[mix]["firewall_to_off"] = median[FIREWALLED]["qps"] / guard
             summary[mix]["firewall_cpu_to_off"] = median[FIREWALLED]["cpu_us"] / median["dnsguard"]["cpu_us"]
@@ -352,9 +374,9 @@ def main() -> int:
         line += f"{guard / best:8.2f}" if best else ""
         line += "".join(f"{median[server]['p99_ms']:{width[server]}.2f}" for server in pids)
         if LOGGED in median:
-            line += f"{median[LOGGED]['qps'] / guard:9.3f}"
+            line += f"{summary[mix]['log_to_off']:9.3f}{summary[mix]['log_to_off_rounds']:8.3f}"
             line += f"{median['dnsguard']['cpu_us']:14.1f}{median[LOGGED]['cpu_us']:6.1f}"
-            line += f"{median[LOGGED]['writer_us']:8.1f}"
+            line += f"{median[LOGGED]['writer_us']:8.1f}{summary[mix]['log_cpu_to_off']:13.3f}"
         print(line)
     if FIREWALLED in pids:
         print(

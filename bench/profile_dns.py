@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Where `dnsguard resolve` spends its CPU under load: py-spy samples while dnsperf runs a mix.
 
-    sudo .venv/bin/python bench/profile_dns.py [--mix cached,pageload] [--seconds 15] [--top 25]
+    sudo .venv/bin/python bench/profile_dns.py [--mix cached,pageload] [--seconds 15] [--top 25] [--querylog]
 
 The lab, the blocklist and the query mixes are bench/dns.py's (imported from it, so they stay the same).
 For each mix, dnsperf loads the resolver at full speed while `py-spy record` samples it; the script
 prints the event loop thread's functions with the most samples, by own time (the function itself was
 running) and by total time (it was on the stack), and keeps each raw profile (collapsed stacks, for
 flame graph tools) in --out. uvloop's own time (Runner.run) includes waiting in epoll: the resolver
-was idle, waiting for dnsperf.
+was idle, waiting for dnsperf. --querylog profiles the same resolver with its lasting query log on
+(bench/dns.py's `dnsguard+log`); the writer process is not sampled (the CPU it takes is bench/dns.py's
+`writer` column).
 Needs py-spy (`.venv/bin/pip install py-spy`).
 """
 
@@ -76,6 +78,7 @@ def main() -> int:
     parser.add_argument(
         "--qps", type=int, help="load at this fixed rate (where the latency tail shows) instead of full speed"
     )
+    parser.add_argument("--querylog", action="store_true", help="profile the resolver with its query log on")
     parser.add_argument("--idle", action="store_true", help="keep the idle loop's samples (py-spy --idle)")
     parser.add_argument("--out", default="bench/results/profiles", help="directory for the raw profiles")
     args = parser.parse_args()
@@ -85,12 +88,16 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     names = dns.load_names(args.names)
     with Lab() as lab:
-        pids = dns.start_servers(lab, names, ["dnsguard"])
+        if args.querylog:
+            pid = dns.start_servers(lab, names, [], querylog=True)[dns.LOGGED]
+            port = dns.LOGGED_PORT
+        else:
+            pid, port = dns.start_servers(lab, names, ["dnsguard"])["dnsguard"], dns.DNSGUARD_PORT
         files = dns.query_files(lab.log_dir, names)
-        dns.dnsperf(lab, dns.DNSGUARD_PORT, files["cached"], 3)  # warm the cache
+        dns.dnsperf(lab, port, files["cached"], 3)  # warm the cache
         for mix in args.mix.split(","):
             collapsed = out / f"dns-{mix}.txt"
-            record = [spy, "record", "--pid", str(pids["dnsguard"]), "--rate", str(args.rate)]
+            record = [spy, "record", "--pid", str(pid), "--rate", str(args.rate)]
             record += ["--duration", str(args.seconds - 2), "--format", "raw", "--output", str(collapsed)]
             if args.qps:
                 record += ["--nonblocking"]  # pausing the process for each sample would add stalls of its own
@@ -98,7 +105,7 @@ def main() -> int:
             load: dict[str, float] = {}
 
             def run_load(mix: str = mix, load: dict[str, float] = load) -> None:
-                load.update(dns.dnsperf(lab, dns.DNSGUARD_PORT, files[mix], args.seconds, args.qps))
+                load.update(dns.dnsperf(lab, port, files[mix], args.seconds, args.qps))
 
             thread = threading.Thread(target=run_load)
             thread.start()
