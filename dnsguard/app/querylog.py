@@ -1,12 +1,13 @@
 """The lasting query log in the daemon: records taken from the resolver in batches, handed to the writer.
 
-The serving path pays a dict lookup per answered query: while the log is on, the resolver's bounded sink
-(`Resolver.log_sink`) folds a repeated query into its entry's count, and a full sink counts a new one
-as dropped. Every FLUSH_INTERVAL this module takes the sink whole, one row per distinct query with its
-count, and sends the batch to the writer process (dnsguard/app/querylog_writer.py) from a worker
-thread, so that a full pipe never stalls the event loop. While one batch is on its way, the next ones
-wait here, up to `querylog.queue` rows. A writer that cannot open or write its database is
-reported (status, log line, the `dropped` counter) and the resolver keeps answering.
+The serving path pays a dict update per answered query: while the log is on, the resolver's bounded
+sink (`Resolver.log_sink`, dnsguard/dns/log_sink.py) folds a repeated query into its entry's count,
+and a full sink counts a new one as dropped. Every FLUSH_INTERVAL this module takes the sink whole, a
+row per entry with its count, and sends the batch to the writer process
+(dnsguard/app/querylog_writer.py) from a worker thread, so that a full pipe never stalls the event
+loop. While one batch is on its way, the next ones wait here, up to `querylog.queue` rows. A writer
+that cannot open or write its database is reported (status, log line, the `dropped` counter) and the
+resolver keeps answering.
 
 The API reads the database through connections of its own, in worker threads (search, stats).
 """
@@ -30,7 +31,8 @@ from dnsguard.app.querylog_writer import WriterSettings, count_answers, encode_b
 
 if TYPE_CHECKING:
     from dnsguard.config import Config
-    from dnsguard.dns.resolver import LogRow, Resolver
+    from dnsguard.dns.log_sink import LogRow
+    from dnsguard.dns.resolver import Resolver
 
 log = logging.getLogger("dnsguard.querylog")
 
@@ -92,7 +94,6 @@ class QueryLog:
         """Writers that died since one last wrote: picks the next RESTART_DELAYS entry."""
         self._replacing = False
         """A reload or stop is replacing the writer: no restart meanwhile."""
-        resolver.log_sink_max = self.queue_max
         self._attach()
 
     @property
@@ -105,10 +106,10 @@ class QueryLog:
         rcode (Resolver.answer_counts), and a query leaves nothing behind for the garbage collector."""
         resolver = self.resolver
         if self.settings is None:
-            self._count(resolver.take_log_rows())
+            self._count(self._take())
             resolver.log_sink = None
         elif resolver.log_sink is None:
-            resolver.log_sink = {}
+            resolver.log_sink = resolver.new_log_sink(self.queue_max)
 
     def start(self) -> None:
         self._start_writer()
@@ -141,7 +142,8 @@ class QueryLog:
     async def reconfigure(self, config: Config) -> None:
         """Follow a reload: a new path, privacy or retention restarts the writer once it wrote its batches."""
         self.queue_max = config.querylog.queue
-        self.resolver.log_sink_max = self.queue_max
+        if self.resolver.log_sink is not None:
+            self.resolver.log_sink.max_entries = self.queue_max
         settings = settings_of(config)
         if settings == self.settings:
             return
@@ -190,10 +192,10 @@ class QueryLog:
     def _take(self) -> list[LogRow]:
         resolver = self.resolver
         self.counters.answers.update(resolver.take_answer_counts())
-        lost = resolver.log_sink_lost
-        if lost:
+        sink = resolver.log_sink
+        if sink is not None and sink.lost:
             # Answered all the same: counted by type and rcode, and as dropped.
-            resolver.log_sink_lost = {}
+            lost, sink.lost = sink.lost, {}
             self.counters.answers.update(lost)
             self.counters.dropped += sum(lost.values())
         return resolver.take_log_rows()
@@ -324,7 +326,7 @@ class QueryLog:
             "dropped": self.counters.dropped,
             "restarts": self.counters.restarts,
             "waiting": sum(row[9] for row in self._held)
-            + sum(entry[2] for entry in (self.resolver.log_sink or {}).values()),
+            + (self.resolver.log_sink.waiting() if self.resolver.log_sink is not None else 0),
         }
 
     async def search(self, search: Search) -> list[dict[str, Any]]:

@@ -152,7 +152,7 @@ class QueryStore:
     # -- writing ----------------------------------------------------------------------------------
 
     def append(self, rows: Sequence[Sequence[Any]], privacy: str = "full") -> int:
-        """Insert resolver rows (dnsguard.dns.resolver.LogRow: a query, its count, its first time and
+        """Insert resolver rows (dnsguard.dns.log_sink.LogRow: a query, its count, its first time and
         longest answer time) in one transaction; the queries written.
 
         The rows come folded: until each hand-off the resolver's sink adds a repeated query to its row's

@@ -7,7 +7,7 @@ only cost per batch is `encode_batch`: marshal, 0.23 us a row (25,000 rows: mars
 6.9 ms, columns of arrays and joined strings 14 ms; best of five here), paid once per distinct query
 of the second, since the resolver's sink folds repeats.
 
-Messages, daemon -> writer: an encoded batch of dnsguard.dns.resolver.LogRow; b"" to finish.
+Messages, daemon -> writer: an encoded batch of dnsguard.dns.log_sink.LogRow; b"" to finish.
 Writer -> daemon: ("ready", rows), ("written", n, answers), ("failed", n, error, answers), ("error",
 error), ("retention", deleted); `answers` counts the batch by (qtype, rcode) for the metrics, a count the
 daemon would otherwise pay for on its own core. The writer ignores SIGINT and SIGTERM (systemd signals

@@ -12,6 +12,7 @@ twice. Time comes from the injected clocks.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import struct
 import time
@@ -22,6 +23,7 @@ from typing import Final, NamedTuple
 
 from dnsguard.dns import wire
 from dnsguard.dns.cache import AnswerCache
+from dnsguard.dns.log_sink import LogRecord, LogRow, LogSink
 from dnsguard.dns.wire import Query, QueryError
 from dnsguard.errors import FormError
 from dnsguard.lifecycle.clock import boottime
@@ -103,15 +105,8 @@ class LogEntry:
     rcode: int = 0
 
 
-LogRecord = tuple[float, str, str, int, str, str, str, float, int]
-"""(time, client, name, qtype, result, group, reason, elapsed_ms, rcode): one answered query as the
-resolver records it, a plain tuple because it is made for every query."""
-LogKey = tuple[str, str, int, str, str, str, int]
-"""(client, name, qtype, result, group, reason, rcode): what the lasting log's sink folds repeats by."""
-SinkEntry = tuple[float, float, int]
-"""(first time, longest elapsed_ms, count) of a query folded in Resolver.log_sink."""
-LogRow = tuple[float, str, str, int, str, str, str, float, int, int]
-"""A LogRecord and its count: the first time, the longest elapsed_ms, and how many queries it stands for."""
+_plan_log_fields: Final = operator.itemgetter(5, 6, 7, 8, 9)
+"""A plan's (qname, qtype, result, group, reason), for the lasting log's sink."""
 
 
 @dataclass
@@ -173,18 +168,9 @@ class Resolver:
         self._outage_failures = 0
         self.stats = ResolverStats()
         self.query_log: deque[LogRecord] = deque(maxlen=query_log_size)
-        self.log_sink: dict[LogKey, SinkEntry] | None = None
-        """Queries waiting for the lasting query log (dnsguard/app/querylog.py takes them in batches),
-        folded: the same query again (same client, name, type, result, group, reason and rcode) adds
-        one to its entry's (first time, longest elapsed_ms, count) until the next take, so a repeat
-        costs a dict lookup and the hand-off carries each distinct query once. None: no lasting log.
-        Keys and entries are tuples of strings and numbers, which the garbage collector stops tracking
-        the first time it sees them: thousands of entries waiting for the take cost it nothing after.
-        Holds at most log_sink_max entries; a new query beyond that is counted in log_sink_lost."""
-        self.log_sink_max = 0
-        self.log_sink_lost: dict[tuple[int, int], int] = {}
-        """(qtype, rcode) -> queries the full sink could not take, until dnsguard/app/querylog.py takes
-        them (it counts them as dropped, and as answered by type and rcode)."""
+        self.log_sink: LogSink | None = None
+        """Queries waiting for the lasting query log, folded per distinct query until
+        dnsguard/app/querylog.py takes them (see dnsguard.dns.log_sink). None: no lasting log."""
         self.answer_counts: dict[int, int] = {}
         """qtype << 4 | rcode -> queries answered while there is no sink (the lasting log is off), until
         dnsguard/app/querylog.py takes them for the answers metric. An int key and no per-query entry:
@@ -275,16 +261,14 @@ class Resolver:
                     self.query_log.append((now, client, qname, qtype, result, group, reason, 0.0, rcode))
                     sink = self.log_sink
                     if sink is not None:
-                        # _sink_add inlined: this runs for every query that has a plan.
-                        key = (client, qname, qtype, result, group, reason, rcode)
-                        entry = sink.get(key)
-                        if entry is not None:
-                            sink[key] = (entry[0], entry[1], entry[2] + 1)
-                        elif len(sink) < self.log_sink_max:
-                            sink[key] = (now, 0.0, 1)
+                        # A repeat is counted here, by int key (see dnsguard.dns.log_sink): this runs
+                        # for every query that has a plan, and makes nothing the collector tracks.
+                        sink_key = id(plan) << 4 | rcode
+                        counts = sink.planned.get(client)
+                        if counts is not None and (sunk := counts.get(sink_key)) is not None:
+                            counts[sink_key] = sunk + 1
                         else:
-                            lost = self.log_sink_lost
-                            lost[qtype, rcode] = lost.get((qtype, rcode), 0) + 1
+                            sink.add_planned(client, sink_key, plan, now)
                     else:
                         counts = self.answer_counts
                         answer_key = qtype << 4 | rcode
@@ -663,7 +647,7 @@ class Resolver:
         self.query_log.append(record)
         sink = self.log_sink
         if sink is not None:
-            self._sink_add(sink, record)
+            sink.add(record)
         else:
             counts = self.answer_counts
             answer_key = query.qtype << 4 | rcode
@@ -671,31 +655,15 @@ class Resolver:
         if self.on_query is not None:
             self.on_query(result, group, elapsed)
 
-    def _sink_add(self, sink: dict[LogKey, SinkEntry], record: LogRecord) -> None:
-        """Fold one answered query into the lasting log's sink (see log_sink)."""
-        at, client, qname, qtype, result, group, reason, elapsed_ms, rcode = record
-        key = (client, qname, qtype, result, group, reason, rcode)
-        entry = sink.get(key)
-        if entry is not None:
-            longest = elapsed_ms if elapsed_ms > entry[1] else entry[1]
-            sink[key] = (entry[0], longest, entry[2] + 1)
-        elif len(sink) < self.log_sink_max:
-            sink[key] = (at, elapsed_ms, 1)
-        else:
-            lost = self.log_sink_lost
-            lost[qtype, rcode] = lost.get((qtype, rcode), 0) + 1
+    def new_log_sink(self, max_entries: int) -> LogSink:
+        """An empty sink for the lasting log (set it as log_sink), reading this resolver's plans."""
+        return LogSink(max_entries, _plan_log_fields)
 
     def take_log_rows(self) -> list[LogRow]:
         """The queries gathered for the lasting log since the last call, one row per distinct query with
         its count (the sink starts empty again)."""
         sink = self.log_sink
-        if not sink:
-            return []
-        self.log_sink = {}
-        return [
-            (at, client, qname, qtype, result, group, reason, elapsed_ms, rcode, count)
-            for (client, qname, qtype, result, group, reason, rcode), (at, elapsed_ms, count) in sink.items()
-        ]
+        return sink.take() if sink is not None and sink.size else []
 
     def take_answer_counts(self) -> dict[tuple[int, int], int]:
         """(qtype, rcode) -> queries answered without a sink since the last call (the counts start again)."""

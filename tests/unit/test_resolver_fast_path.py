@@ -263,37 +263,40 @@ def test_two_opt_records_get_formerr() -> None:
 
 async def test_the_lasting_log_sink_folds_repeats_and_keeps_distinct_queries_apart() -> None:
     resolver, _, _ = make()
-    resolver.log_sink, resolver.log_sink_max = {}, 3
+    # Four entries: the first pass of a query is one (decided), its replayed repeats another.
+    resolver.log_sink = sink = resolver.new_log_sink(4)
     for ident in (1, 2, 3):  # the first pass and two planned repeats
         resolver.answer_now(query("x.ads.example", ident=ident), "198.51.100.7")
     resolver.answer_now(query("x.ads.example"), "198.51.100.8")  # another client: its own row
     assert isinstance(resolver.answer_now(query("www.example.org"), "192.0.2.1"), Forward)
     await resolver.answer_later(query("www.example.org"), "192.0.2.1", False)
-    # The sink is full (3 distinct queries): a new one is lost, a repeat still folds.
+    # The sink is full: a new query is lost, a repeat of one that waits still folds.
     resolver.answer_now(query("y.ads.example"), "198.51.100.7")
     resolver.answer_now(query("x.ads.example", ident=4), "198.51.100.7")
-    assert resolver.log_sink_lost == {(1, 0): 1}
+    resolver.answer_now(query("x.ads.example", ident=5), "198.51.100.8")
+    assert sink.lost == {(1, 0): 1}
+    assert sink.waiting() == 7
     rows = resolver.take_log_rows()
-    assert resolver.log_sink == {} and resolver.take_log_rows() == []
-    by_client = {(row[1], row[2]): row for row in rows}
-    assert set(by_client) == {
-        ("198.51.100.7", "x.ads.example"),
-        ("198.51.100.8", "x.ads.example"),
-        ("192.0.2.1", "www.example.org"),
+    assert sink.size == 0 and sink.waiting() == 0 and resolver.take_log_rows() == []
+    counts: dict[tuple[str, str], int] = {}
+    for row in rows:
+        counts[row[1], row[2]] = counts.get((row[1], row[2]), 0) + row[9]
+    assert counts == {
+        ("198.51.100.7", "x.ads.example"): 4,
+        ("198.51.100.8", "x.ads.example"): 2,
+        ("192.0.2.1", "www.example.org"): 1,
     }
-    blocked = by_client["198.51.100.7", "x.ads.example"]
-    assert blocked[3:7] == (1, "blocked", "default", "ads") and blocked[9] == 4
-    forwarded = by_client["192.0.2.1", "www.example.org"]
-    assert forwarded[4] == "allowed" and forwarded[9] == 1
-    assert len(resolver.recent_queries()) == 7
+    assert {row[3:7] for row in rows if row[2] == "x.ads.example"} == {(1, "blocked", "default", "ads")}
+    (forwarded,) = (row for row in rows if row[2] == "www.example.org")
+    assert forwarded[4] == "allowed"
+    assert len(resolver.recent_queries()) == 8
 
 
 def test_a_folded_row_keeps_the_first_time_and_the_longest_answer_time() -> None:
     resolver, _, _ = make()
-    resolver.log_sink, resolver.log_sink_max = {}, 10
+    resolver.log_sink = sink = resolver.new_log_sink(10)
     for at, elapsed_ms in ((5.0, 1.0), (5.2, 7.5), (5.4, 2.0)):
-        record = (at, "192.0.2.1", "www.example.org", 1, "allowed", "default", "", elapsed_ms, 0)
-        resolver._sink_add(resolver.log_sink, record)
+        sink.add((at, "192.0.2.1", "www.example.org", 1, "allowed", "default", "", elapsed_ms, 0))
     assert resolver.take_log_rows() == [
         (5.0, "192.0.2.1", "www.example.org", 1, "allowed", "default", "", 7.5, 0, 3)
     ]
@@ -309,21 +312,36 @@ async def test_without_a_sink_answers_are_counted_by_type_and_rcode_on_both_path
     await resolver.answer_later(query("www.example.org"), "192.0.2.1", False)
     assert resolver.take_answer_counts() == {(1, 0): 4, (28, 0): 1}
     assert resolver.take_answer_counts() == {}
-    resolver.log_sink, resolver.log_sink_max = {}, 10
+    resolver.log_sink = resolver.new_log_sink(10)
     resolver.answer_now(query("x.ads.example", ident=4), "198.51.100.7")
     assert resolver.take_answer_counts() == {}  # with a sink, the lasting log counts them
     assert len(resolver.take_log_rows()) == 1
 
 
-def test_the_sink_leaves_the_garbage_collectors_sight_once_it_has_seen_it() -> None:
-    # Between two hand-offs the sink holds an entry per distinct query; tracked, each collection of
-    # the older generations would walk them all while queries wait.
+def test_a_replayed_query_leaves_nothing_in_the_sink_for_the_garbage_collector() -> None:
+    # Between two hand-offs the sink holds an entry per distinct query. A tracked object made for each
+    # one (a tuple key, an entry) kept young collections running every few hundred queries.
     resolver, _, _ = make()
-    resolver.log_sink, resolver.log_sink_max = {}, 100
-    for ident in (1, 2):
-        resolver.answer_now(query("x.ads.example", ident=ident), "198.51.100.7")
-    resolver.answer_now(query("y.ads.example"), "198.51.100.7")
+    names = [f"n{i}.ads.example" for i in range(500)]
+    for name in names:  # decided once: a plan per name
+        resolver.answer_now(query(name, ident=1), "198.51.100.7")
+    for ident in range(2, 4):  # fill the in-memory log, whose oldest entries then make way
+        for name in names:
+            resolver.answer_now(query(name, ident=ident), "198.51.100.7")
+    resolver.log_sink = sink = resolver.new_log_sink(1000)
+    messages = [query(name, ident=ident) for ident in (4, 5, 6) for name in names]
     gc.collect()
-    assert len(resolver.log_sink) == 2
-    assert not any(gc.is_tracked(key) or gc.is_tracked(entry) for key, entry in resolver.log_sink.items())
-    assert sorted(row[9] for row in resolver.take_log_rows()) == [1, 2]
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        for message in messages:  # replayed: the first one of each name is a new entry, then repeats
+            resolver.answer_now(message, "198.51.100.7")
+        grown = gc.get_count()[0] - before
+    finally:
+        gc.enable()
+    assert grown < 20, f"{grown} objects for the collector from 1500 replayed queries"
+    rows = resolver.take_log_rows()
+    assert len(rows) == 500 and {row[9] for row in rows} == {3}
+    gc.collect()
+    assert not any(gc.is_tracked(row) for row in rows)
+    assert sink.size == 0
