@@ -11,11 +11,11 @@ Two tables, each entry a row at `take`:
   (first time, longest elapsed_ms, count) as the value;
 - `planned`, for the repeats the resolver answered from a plan (a reply worked out once for an exact
   message, see dnsguard.dns.resolver._Plan), which are most queries of a busy resolver. They are keyed
-  by client, then by `id(plan) << 4 | rcode`: an int, so that a repeat (counted inline by the resolver,
-  `counts[key] = count + 1`) and a new entry alike leave nothing for the cyclic garbage collector to
-  track. A tuple key and entry per new query kept young collections running every few hundred queries
-  (bench/stall_probe.py counted them). The sink holds each plan it counts until the take, so the id
-  stays that plan's; `fields(plan)` gives the plan's (qname, qtype, result, group, reason).
+  by client, then by the plan's serial number << 4 | rcode: an int, so that a repeat (counted inline by
+  the resolver, `counts[key] = count + 1`) and a new entry alike leave nothing for the cyclic garbage
+  collector to track. A tuple key and entry per new query kept young collections running every few
+  hundred queries (bench/stall_probe.py counted them). The sink holds each plan it counts until the
+  take, by serial; `fields(plan)` gives the plan's (qname, qtype, result, group, reason).
 
 A query decided and then replayed within one interval (its first pass, then its repeats) is an entry
 in each table, and two rows whose counts add up. At most `max_entries` entries wait; a new query
@@ -51,11 +51,11 @@ class LogSink:
         self.fields = fields
         self.records: dict[LogKey, SinkEntry] = {}
         self.planned: dict[str, dict[int, int]] = {}
-        """client -> id(plan) << 4 | rcode -> count."""
+        """client -> plan serial << 4 | rcode -> count."""
         self.first: dict[str, dict[int, float]] = {}
         """client -> the same key -> the time of the first of those queries."""
         self.plans: dict[int, Any] = {}
-        """id(plan) -> plan, for every plan counted in `planned`: alive, so its id names it alone."""
+        """Plan serial -> plan, for every plan counted in `planned`."""
         self.size = 0
         """Entries in both tables."""
         self.lost: dict[tuple[int, int], int] = {}
@@ -76,8 +76,8 @@ class LogSink:
             self.lost[qtype, rcode] = self.lost.get((qtype, rcode), 0) + 1
 
     def add_planned(self, client: str, key: int, plan: Any, at: float) -> None:
-        """The first query of `client` under `plan` since the take (key: id(plan) << 4 | rcode); the
-        resolver counts the repeats in `planned` itself."""
+        """The first query of `client` under `plan` since the take (key: the plan's serial << 4 |
+        rcode); the resolver counts the repeats in `planned` itself."""
         if self.size >= self.max_entries:
             qname, qtype, result, group, reason = self.fields(plan)
             rcode = key & 15

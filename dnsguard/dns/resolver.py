@@ -11,6 +11,7 @@ twice. Time comes from the injected clocks.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import operator
 import os
@@ -69,7 +70,7 @@ OUTAGE_LOG_INTERVAL: Final = 60.0
 """Seconds between log lines about upstream failures (every failed query is counted)."""
 
 
-_Plan = tuple[int, bytes, Query | None, tuple[str, str], str | None, str, int, str, str, str]
+_Plan = tuple[int, bytes, Query | None, tuple[str, str], str | None, str, int, str, str, str, int]
 """What answer_now does for one exact query message (all but its ID), worked out once.
 
 Everything a reply depends on besides the ID is in those bytes (flags, question with its letter case,
@@ -82,6 +83,9 @@ same reply with its own ID, and the same counters and log line. The fields, in o
 - count_key: (result, group) in ResolverStats.queries, shared by all plans
 - blocked_list: the list to count in ResolverStats.blocked_by_list
 - qname, qtype, result, group, reason: the query's record
+- log_id: the plan's serial number << 4, with the reply's rcode for a _PLAN_REPLY (a cache plan's
+  rcode is the cached reply's): OR'ed with the rcode, the key the lasting log's sink counts the plan's
+  repeats under (dnsguard.dns.log_sink)
 
 A plain tuple, not a NamedTuple: the cyclic garbage collector stops tracking a tuple of exact type whose
 items are all untracked (strings, bytes, numbers, None, such tuples) at its first collection, but never
@@ -153,6 +157,7 @@ class Resolver:
         self._plans_by_client: dict[str, dict[bytes, _Plan]] = {}
         self._plans_by_group: dict[str, dict[bytes, _Plan]] = {}
         self._count_keys: dict[tuple[str, str], tuple[str, str]] = {}
+        self._plan_serials = itertools.count(1)
         self._policy = policy
         self._extended_errors = extended_errors
         self.cache = cache
@@ -235,6 +240,7 @@ class Resolver:
                         result,
                         group,
                         reason,
+                        log_id,
                     ) = plan
                     if kind == _PLAN_REPLY:
                         reply = data[:2] + reply_tail
@@ -263,7 +269,7 @@ class Resolver:
                     if sink is not None:
                         # A repeat is counted here, by int key (see dnsguard.dns.log_sink): this runs
                         # for every query that has a plan, and makes nothing the collector tracks.
-                        sink_key = id(plan) << 4 | rcode
+                        sink_key = log_id | rcode
                         counts = sink.planned.get(client)
                         if counts is not None and (sunk := counts.get(sink_key)) is not None:
                             counts[sink_key] = sunk + 1
@@ -392,6 +398,9 @@ class Resolver:
             plans.clear()
         group = decision.group
         count_key = self._count_keys.setdefault((result, group), (result, group))
+        log_id = next(self._plan_serials) << 4
+        if kind == _PLAN_REPLY:
+            log_id |= reply_tail[1] & 15  # reply_tail is the reply from its third byte: the rcode's
         plans[data[2:]] = (
             kind,
             reply_tail,
@@ -403,6 +412,7 @@ class Resolver:
             result,
             group,
             decision.reason,
+            log_id,
         )
 
     def _block_reply(self, query: Query, decision: Decision) -> bytes:
