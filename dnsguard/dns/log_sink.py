@@ -3,7 +3,7 @@
 The resolver adds every answered query here while the lasting log is on (dnsguard/app/querylog.py takes
 the rows once a second and sends them to its writer). The same query again (same client, name, type,
 result, group, reason and rcode) adds one to its row's count, so a repeat costs a dict update and the
-hand-off carries each distinct query once.
+hand-off carries each distinct query once (twice at most, see below).
 
 Two tables, each entry a row at `take`:
 

@@ -400,7 +400,7 @@ class Resolver:
         count_key = self._count_keys.setdefault((result, group), (result, group))
         log_id = next(self._plan_serials) << 4
         if kind == _PLAN_REPLY:
-            log_id |= reply_tail[1] & 15  # reply_tail is the reply from its third byte: the rcode's
+            log_id |= reply_tail[1] & 15  # reply_tail starts at the reply's third byte: [1] holds the rcode
         plans[data[2:]] = (
             kind,
             reply_tail,
