@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from dnsguard.errors import ProtocolError
 
@@ -97,7 +97,7 @@ def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     if size >= VECTOR_MIN_BYTES and numpy is not None:
         whole = size & ~3
         swapped = int(numpy.frombuffer(data, dtype="<u4", count=whole >> 2).sum(dtype=numpy.uint64))
-        total = _byte_swapped(swapped % 0xFFFF)
+        total: int = _byte_swapped(swapped % 0xFFFF)
         if whole < size:  # one to three bytes, starting on a word
             tail = int.from_bytes(data[whole:], "big")
             total += tail << 8 if (size - whole) & 1 else tail
@@ -112,9 +112,10 @@ def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     return (value + initial) % 0xFFFF
 
 
-def _byte_swapped(total: int) -> int:
+def _byte_swapped(total: Any) -> Any:
     """The sum of little-endian words turned into the big-endian one (RFC 1071 section 2(B)): the ones'
-    complement sum does not care about byte order except that its two bytes come out swapped."""
+    complement sum does not care about byte order except that its two bytes come out swapped. `total`
+    is a sum below 0x10000, or a numpy array of them (swapped element by element)."""
     return ((total & 0xFF) << 8 | total >> 8) % 0xFFFF
 
 
@@ -128,8 +129,7 @@ def piece_sums(data: bytes | bytearray | memoryview, size: int) -> list[int]:
     whole = len(data) // size
     if numpy is not None and whole >= 2 and not size & 3:
         rows = numpy.frombuffer(data, dtype="<u4", count=whole * size >> 2).reshape(whole, size >> 2)
-        swapped = rows.sum(axis=1, dtype=numpy.uint64) % 0xFFFF
-        sums: list[int] = (((swapped & 0xFF) << 8 | swapped >> 8) % 0xFFFF).tolist()
+        sums: list[int] = _byte_swapped(rows.sum(axis=1, dtype=numpy.uint64) % 0xFFFF).tolist()
     elif numpy is not None and whole >= 2 and not size & 1:
         rows = numpy.frombuffer(data, dtype=">u2", count=whole * size >> 1).reshape(whole, size >> 1)
         sums = (rows.sum(axis=1, dtype=numpy.uint64) % 0xFFFF).tolist()
@@ -284,7 +284,7 @@ def segment_tcp(packet: bytes, l4_start: int, mss: int) -> list[bytes]:
         if ipv4:
             segment_id = (identifier + index) & 0xFFFF
             pack_lengths(header, 2, length, segment_id)
-            pack_u16(header, 10, 0xFFFF - (ip_base + length + segment_id) % 0xFFFF)
+            pack_u16(header, 10, 0xFFFF - (ip_base + length + segment_id) % 0xFFFF)  # finish(), inlined
         else:
             pack_u16(header, 4, length - 40)
         segment_sequence = (sequence + index * mss) & 0xFFFFFFFF
@@ -304,7 +304,7 @@ def segment_tcp(packet: bytes, l4_start: int, mss: int) -> list[bytes]:
             + length
             - l4_start
         )
-        pack_u16(header, checksum_at, 0xFFFF - total % 0xFFFF)
+        pack_u16(header, checksum_at, 0xFFFF - total % 0xFFFF)  # finish(), inlined
         append(join((header, chunk)))
     return segments
 
