@@ -7,6 +7,7 @@ the overview's screenshot (docs/dashboard.png is made this way).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from dnsguard.lab import ADDRESSES, Lab
 from dnsguard.lab import dig_answers as answers
 from dnsguard.lab.browser import Browser, Problem
 from dnsguard.lab.peers import DnsguardDaemon
+from tests.integration.test_operations import api
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "dashboard-lab-token-0123456789"
@@ -65,6 +67,13 @@ def test_dashboard_shows_a_fresh_query_and_allowing_it_from_the_log_lets_the_nex
             for name in (f"www.{ADDRESSES.zone}", f"mail.{ADDRESSES.zone}", BLOCKED):
                 lab.dig("client", name, "127.0.0.1")
             assert answers(lab.dig("client", BLOCKED, "127.0.0.1").stdout) == ["0.0.0.0"]
+
+            def written() -> int:
+                code, body = api(lab, "client", f"{API}/api/status", token=TOKEN)
+                return int(json.loads(body)["querylog"]["written"]) if code == 200 else 0
+
+            # The overview counts what the log has written (a hand-off a second): wait for it.
+            lab.wait_for(lambda: written() >= 4, timeout=10, what="the queries to be written")
 
             with Browser(lab, "client") as browser:
                 # The token is asked for, kept in the tab, and the overview loads with it.
