@@ -3,6 +3,7 @@
 
     sudo .venv/bin/python bench/dns.py [--names 300000] [--seconds 10] [--repeat 3] [--only dnsguard,unbound]
                                        [--mix blocked,cached,pageload] [--querylog] [--firewall]
+                                       [--baseline OTHER_CHECKOUT]
 
 The servers run in one lab namespace with the same blocklist (the first --names distinct names of
 real public lists, each blocking the name and its subdomains: dnsmasq `address=/name/#`, unbound
@@ -24,6 +25,10 @@ moves less than the QPS.
 (enforce mode on the namespace's uplink, eth0; every upstream answer's addresses go into the kernel's
 sets before the answer leaves). Its table puts the whole namespace under conntrack, so every contender
 pays that alike; the summary gives its QPS and CPU per query over dnsguard's without it.
+
+--baseline adds `baseline`: dnsguard from another checkout (e.g. `git worktree add --detach DIR main`)
+with this checkout's configuration, so that a change is measured against the code before it under the
+same load; the summary gives this checkout's QPS and CPU per query over the baseline's.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import os
 import random
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -47,12 +53,14 @@ SERVERS = ("dnsguard", "dnsmasq", "unbound")
 ANCHORS = ("dnsmasq", "unbound")
 LOGGED, LOGGED_PORT = "dnsguard+log", 5303
 FIREWALLED, FIREWALLED_PORT = "dnsguard+fw", 5304
+BASELINE, BASELINE_PORT = "baseline", 5305
 PORTS = {
     "dnsguard": DNSGUARD_PORT,
     "dnsmasq": DNSMASQ_PORT,
     "unbound": UNBOUND_PORT,
     LOGGED: LOGGED_PORT,
     FIREWALLED: FIREWALLED_PORT,
+    BASELINE: BASELINE_PORT,
 }
 MEASURES = ("qps", "p99_ms", "cpu_us", "writer_us")
 
@@ -195,6 +203,25 @@ def start_servers(
     return _wait_for_servers(lab, pids)
 
 
+def start_baseline(lab: Lab, checkout: str) -> int:
+    """dnsguard from another checkout, run by this interpreter with start_servers' configuration, on
+    BASELINE_PORT."""
+    import yaml
+
+    source = Path(checkout).resolve()
+    if not (source / "dnsguard" / "cli.py").exists():
+        raise SystemExit(f"--baseline {checkout}: not a dnsguard checkout")
+    config = yaml.safe_load((lab.log_dir / "dnsguard.yaml").read_text())
+    config["resolver"]["listen"] = [f"127.0.0.1:{BASELINE_PORT}"]
+    config["api"] = {"listen": None}  # the first contender holds the default API address
+    (lab.log_dir / "baseline.yaml").write_text(yaml.safe_dump(config))
+    code = f"import sys; sys.path.insert(0, {str(source)!r}); from dnsguard.cli import main; sys.exit(main())"
+    argv = [sys.executable, "-c", code, "resolve", "-c", str(lab.log_dir / "baseline.yaml")]
+    process = lab.popen("client", argv, log_name="baseline", env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    _wait_for_servers(lab, {BASELINE: process.pid})
+    return process.pid
+
+
 def _wait_for_servers(lab: Lab, pids: dict[str, int]) -> dict[str, int]:
     for server in pids:
         port = PORTS[server]
@@ -287,6 +314,11 @@ def main() -> int:
     parser.add_argument(
         "--firewall", action="store_true", help="also run dnsguard with the firewall fed by DNS on"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="also run dnsguard from another checkout (a worktree of main, say) as `baseline`",
+    )
     args = parser.parse_args()
     only = [server for server in args.only.split(",") if server]
     unknown = sorted(set(only) - set(SERVERS))
@@ -303,6 +335,8 @@ def main() -> int:
     with Lab() as lab:
         started = time.monotonic()
         pids = start_servers(lab, names, only, args.querylog, args.firewall)
+        if args.baseline:
+            pids[BASELINE] = start_baseline(lab, args.baseline)
         print(
             f"{len(names)} blocked names loaded into {', '.join(pids)} in {time.monotonic() - started:.1f} s"
         )
@@ -366,6 +400,9 @@ def main() -> int:
             summary[mix]["log_cpu_to_off"] = (
                 median[LOGGED]["cpu_us"] + median[LOGGED]["writer_us"]
             ) / median["dnsguard"]["cpu_us"]
+        if BASELINE in median:
+            summary[mix]["to_baseline"] = guard / median[BASELINE]["qps"]
+            summary[mix]["cpu_to_baseline"] = median["dnsguard"]["cpu_us"] / median[BASELINE]["cpu_us"]
         if FIREWALLED in median:
             summary[mix]["firewall_to_off"] = median[FIREWALLED]["qps"] / guard
             summary[mix]["firewall_cpu_to_off"] = median[FIREWALLED]["cpu_us"] / median["dnsguard"]["cpu_us"]
@@ -383,6 +420,14 @@ def main() -> int:
             "firewall fed by DNS, with / without: "
             + ", ".join(
                 f"{mix} QPS {values['firewall_to_off']:.3f} CPU/query {values['firewall_cpu_to_off']:.3f}"
+                for mix, values in summary.items()
+            )
+        )
+    if BASELINE in pids:
+        print(
+            "this checkout / baseline: "
+            + ", ".join(
+                f"{mix} QPS {values['to_baseline']:.3f} CPU/query {values['cpu_to_baseline']:.3f}"
                 for mix, values in summary.items()
             )
         )

@@ -36,12 +36,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import yaml
 from sibling import load_bench
 
 from dnsguard.lab import Lab
 
-BASELINE, BASELINE_PORT = "baseline", 5305
 STALL_GAP = 50
 """Fast answers that end a stall: slow answers closer together than this belong to one stall."""
 
@@ -135,7 +133,7 @@ def main() -> int:
         probed = _probe(lab) if args.probe else None
         pids = dns.start_servers(lab, names, only)
         if args.baseline:
-            pids[BASELINE] = _start_baseline(lab, dns, args.baseline)
+            pids[dns.BASELINE] = dns.start_baseline(lab, args.baseline)
         files = dns.query_files(lab.log_dir, names)
         for server in pids:
             dns.dnsperf(lab, dns.PORTS[server], files["cached"], 3)  # warm every cache
@@ -163,23 +161,6 @@ def main() -> int:
                         name = f"{server}-{mix}-{round_number + 1}.txt"
                         (Path(args.dump) / name).write_text(text + "\n")
     return 0
-
-
-def _start_baseline(lab: Lab, dns: ModuleType, checkout: str) -> int:
-    """dnsguard from another checkout, run by this interpreter, beside this one on BASELINE_PORT."""
-    config = yaml.safe_load((lab.log_dir / "dnsguard.yaml").read_text())
-    config["resolver"]["listen"] = [f"127.0.0.1:{BASELINE_PORT}"]
-    config["api"] = {"listen": None}  # the first contender holds the default API address
-    (lab.log_dir / "baseline.yaml").write_text(yaml.safe_dump(config))
-    source = Path(checkout).resolve()
-    if not (source / "dnsguard" / "cli.py").exists():
-        raise SystemExit(f"--baseline {checkout}: not a dnsguard checkout")
-    code = f"import sys; sys.path.insert(0, {str(source)!r}); from dnsguard.cli import main; sys.exit(main())"
-    argv = [sys.executable, "-c", code, "resolve", "-c", str(lab.log_dir / "baseline.yaml")]
-    process = lab.popen("client", argv, log_name="baseline", env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    dns.PORTS[BASELINE] = BASELINE_PORT
-    dns._wait_for_servers(lab, {BASELINE: process.pid})
-    return process.pid
 
 
 def _last_summary(lab: Lab) -> str:
