@@ -24,7 +24,7 @@ from dnsguard.dns import wire
 from dnsguard.dns.admission import AdmissionSettings, ClientAdmission
 from dnsguard.dns.resolver import Forward
 from dnsguard.net.bind import bind_socket, listening_socket, open_socket, socket_error
-from dnsguard.net.mmsg import QueryBatch, ReplyBatch, SingleDatagram
+from dnsguard.net.mmsg import QueryBatch, SenderReplies, SingleDatagram
 
 log = logging.getLogger("dnsguard.dns")
 
@@ -122,10 +122,12 @@ class UdpListener:
         self.clock = clock
         self.pending: set[asyncio.Task[None]] = set()
         sock.setblocking(False)
-        self.batch = ReplyBatch.for_socket(sock) if batch else None
         self.queries: QueryBatch | SingleDatagram = (
             QueryBatch.for_socket(sock) if batch else None
         ) or SingleDatagram(sock)
+        self.batch = (
+            SenderReplies.for_queries(sock, self.queries) if isinstance(self.queries, QueryBatch) else None
+        )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -141,14 +143,15 @@ class UdpListener:
         slots = queries.slots
         answer_now = self.answerer.answer_now
         batch = self.batch
-        send = self.sock.sendto if batch is None else batch.add
-        sendto = self.sock.sendto
+        reply_to = self._send_one if batch is None else batch.reply
         admit = self.admission.admit if self.admission is not None else None
         datagram = queries.datagram
         now = self.clock()
         count = 0
         try:
             for _ in range(DRAIN_LIMIT // slots):
+                if batch is not None and batch.count:
+                    batch.flush()  # the replies point at the senders' addresses, which receive() rewrites
                 try:
                     received = queries.receive()
                 except (BlockingIOError, InterruptedError):
@@ -157,33 +160,37 @@ class UdpListener:
                     continue
                 count += received
                 for slot in range(received):
-                    data, addr = datagram(slot)
+                    data, client = datagram(slot)
                     key = ""
                     if admit is not None:
-                        admitted = admit(addr[0], now)
+                        admitted = admit(client, now)
                         if admitted is None:
                             continue
                         key = admitted
                     # A try block costs nothing until it raises; a suppress() context manager costs a call.
                     try:
-                        reply = answer_now(data, addr[0])
+                        reply = answer_now(data, client)
                     except Exception as exc:
                         self.stats.internal_error(exc, now)
                         reply = _error_reply(data)
                     if reply.__class__ is bytes:
                         try:
-                            if send(reply, addr) is False:
-                                sendto(reply, addr)
+                            if reply_to(reply, slot) is False:
+                                self._send_one(reply, slot)
                         except OSError:
                             pass
                     elif reply is not None:
-                        self._go_later(reply, data, addr, key)  # type: ignore[arg-type]
+                        self._go_later(reply, data, queries.sender(slot), key)  # type: ignore[arg-type]
                 if received < slots:
                     break  # the socket is drained
         finally:
             if batch is not None and batch.count:
                 batch.flush()
             self.stats.udp_queries += count
+
+    def _send_one(self, reply: bytes, slot: int) -> None:
+        """Send `reply` to the sender of the `slot`th datagram of the last receive, on its own."""
+        self.sock.sendto(reply, self.queries.sender(slot))
 
     def _go_later(self, plan: Forward, data: bytes, addr: tuple[str, int], key: str) -> None:
         if len(self.pending) >= MAX_PENDING_UDP:

@@ -21,6 +21,8 @@ BATCH_SLOT_SIZE: Final = 2048
 QUERY_SLOT_SIZE: Final = 4096
 """Bytes of one query read by recvmmsg; a longer datagram (no real query is) arrives cut, and the
 resolver answers the cut message FORMERR and counts it as malformed."""
+SENDER_TABLE_SIZE: Final = 4096
+"""Sender addresses whose text a QueryBatch keeps (emptied when full)."""
 
 
 class Iovec(ctypes.Structure):
@@ -92,14 +94,18 @@ class SingleDatagram:
 
     def __init__(self, sock: socket.socket) -> None:
         self._recvfrom = sock.recvfrom
-        self._last: tuple[bytes, Any] = (b"", None)
+        self._last: tuple[bytes, Any] = (b"", ("", 0))
 
     def receive(self) -> int:
         self._last = self._recvfrom(65535)
         return 1
 
-    def datagram(self, slot: int) -> tuple[bytes, Any]:
-        return self._last
+    def datagram(self, slot: int) -> tuple[bytes, str]:
+        data, sender = self._last
+        return data, sender[0]
+
+    def sender(self, slot: int) -> Any:
+        return self._last[1]
 
 
 class ReceiveSlots:
@@ -127,9 +133,10 @@ class ReceiveSlots:
         """Slots the last receive filled."""
         self._headers = (Mmsghdr * slot_count)()
         self._iovecs = (Iovec * slot_count)()
-        self._names = (ctypes.c_char * (_SOCKADDR_SIZE * slot_count))()
+        # c_char arrays (Any: typeshed's Array types a slice as a list, a c_char array's is bytes)
+        self._names: Any = (ctypes.c_char * (_SOCKADDR_SIZE * slot_count))()
         self._controls = (ctypes.c_char * max(1, control_size * slot_count))()
-        self._data = (ctypes.c_char * (slot_size * slot_count))()
+        self._data: Any = (ctypes.c_char * (slot_size * slot_count))()
         self._header_bytes = memoryview(self._headers).cast("B")
         self._name_bytes = memoryview(self._names).cast("B")
         self._control_bytes = memoryview(self._controls).cast("B")
@@ -173,7 +180,8 @@ class ReceiveSlots:
     def _payload(self, slot: int) -> bytes:
         (length,) = _unpack_uint(self._header_bytes, slot * _MMSGHDR_SIZE + _LEN_OFFSET)
         start = slot * self._slot_size
-        return self._data_bytes[start : start + length].tobytes()
+        data: bytes = self._data[start : start + length]  # a slice of a c_char array is bytes: one copy
+        return data
 
 
 class QueryBatch(ReceiveSlots):
@@ -187,6 +195,10 @@ class QueryBatch(ReceiveSlots):
 
     def __init__(self, sock: socket.socket, receive: Callable[[int, int, int, int, None], int]) -> None:
         super().__init__(sock, receive, BATCH_SLOTS, QUERY_SLOT_SIZE)
+        self._names_address = ctypes.addressof(self._names)
+        # Where a sockaddr_in6 (sockaddr_in) holds the address: after family, port and flow info (port).
+        self._address_start, self._address_end = (8, 24) if self._ipv6 else (4, 8)
+        self._hosts: dict[bytes, str] = {}
 
     @classmethod
     def for_socket(cls, sock: socket.socket) -> QueryBatch | None:
@@ -202,16 +214,43 @@ class QueryBatch(ReceiveSlots):
         """
         return self._read(BATCH_SLOTS)
 
-    def datagram(self, slot: int) -> tuple[bytes, Any]:
-        """The `slot`th datagram of the last receive and its sender, as recvfrom returns them."""
-        data = self._payload(slot)
+    def datagram(self, slot: int) -> tuple[bytes, str]:
+        """The `slot`th datagram of the last receive and its sender's address (text, without the port).
+
+        The address text comes from a small table of senders seen before: inet_ntoa costs more than
+        the rest of this method together. The table is emptied when it fills, so senders that change
+        all the time (spoofed) cost only the conversion they would have cost anyway.
+        """
+        (length,) = _unpack_uint(self._header_bytes, slot * _MMSGHDR_SIZE + _LEN_OFFSET)
+        start = slot * QUERY_SLOT_SIZE
+        data = self._data[start : start + length]
+        name = slot * _SOCKADDR_SIZE
+        address = self._names[name + self._address_start : name + self._address_end]
+        host = self._hosts.get(address)
+        if host is None:
+            host = self._host(address)
+        return data, host
+
+    def _host(self, address: bytes) -> str:
+        hosts = self._hosts
+        if len(hosts) >= SENDER_TABLE_SIZE:
+            hosts.clear()
+        host = hosts[address] = socket.inet_ntop(socket.AF_INET6 if self._ipv6 else socket.AF_INET, address)
+        return host
+
+    def sender(self, slot: int) -> Any:
+        """The sender of the `slot`th datagram of the last receive, as recvfrom returns it."""
         name = slot * _SOCKADDR_SIZE + 2
         if self._ipv6:
             port, flow, address = _unpack_port_ipv6(self._name_bytes, name)
             (scope,) = _unpack_uint(self._name_bytes, name + 22)
-            return data, (socket.inet_ntop(socket.AF_INET6, address), port, flow, scope)
+            return (socket.inet_ntop(socket.AF_INET6, address), port, flow, scope)
         port, address = _unpack_port_ipv4(self._name_bytes, name)
-        return data, (_inet_ntoa(address), port)
+        return (_inet_ntoa(address), port)
+
+    def sender_name(self, slot: int) -> int:
+        """The address of the `slot`th sender's sockaddr, as the last receive wrote it (see SenderReplies)."""
+        return self._names_address + slot * _SOCKADDR_SIZE
 
 
 class ReplyBatch:
@@ -291,3 +330,48 @@ class ReplyBatch:
                 self._fileno, self._headers_address + sent * self._header_size, count - sent, 0
             )
             sent += result if result > 0 else 1
+
+
+_NAME_OFFSET: Final = Mmsghdr.msg_hdr.offset + Msghdr.msg_name.offset
+
+
+class SenderReplies(ReplyBatch):
+    """A ReplyBatch whose replies go back to the senders of a QueryBatch's datagrams, named by slot.
+
+    No address is parsed or packed: each reply's header points at its query's sockaddr as recvmmsg
+    wrote it. That sockaddr lives until the QueryBatch receives again, so flush before every receive
+    after the first (the UDP listener does). Replies go out in the order they were added.
+    """
+
+    def __init__(
+        self, sock: socket.socket, send: Callable[[int, int, int, int], int], queries: QueryBatch
+    ) -> None:
+        super().__init__(sock, send)
+        self._queries = queries
+        self._header_bytes = memoryview(self._headers).cast("B")
+
+    @classmethod
+    def for_queries(cls, sock: socket.socket, queries: QueryBatch) -> SenderReplies | None:
+        """Replies to `queries`' senders on `sock` (the socket it reads); None where sendmmsg is missing."""
+        if SENDMMSG is None:
+            return None
+        return cls(sock, SENDMMSG, queries)
+
+    def add(self, reply: bytes, addr: tuple[str, int]) -> bool:
+        raise TypeError("SenderReplies sends to a query's sender: use reply(reply, slot)")
+
+    def reply(self, reply: bytes, slot: int) -> bool:
+        """Queue `reply` to the sender of the QueryBatch's `slot`th datagram (sending the batch when
+        full); False: too big for a slot, send it some other way."""
+        size = len(reply)
+        if size > BATCH_SLOT_SIZE:
+            return False
+        index = self.count
+        _pack_size(self._header_bytes, index * _MMSGHDR_SIZE + _NAME_OFFSET, self._queries.sender_name(slot))
+        _pack_size(self._iovec_bytes, index * _IOVEC_SIZE + _IOVEC_LEN_OFFSET, size)
+        start = index * BATCH_SLOT_SIZE
+        self._data_bytes[start : start + size] = reply
+        self.count = index + 1
+        if index + 1 == BATCH_SLOTS:
+            self.flush()
+        return True

@@ -12,7 +12,15 @@ import pytest
 from dnsguard.dns.admission import AdmissionSettings, ClientAdmission
 from dnsguard.dns.resolver import Forward
 from dnsguard.net.dns_listeners import DnsListeners, ListenerStats, TcpSettings, UdpListener
-from dnsguard.net.mmsg import BATCH_SLOT_SIZE, BATCH_SLOTS, QUERY_SLOT_SIZE, QueryBatch, ReplyBatch
+from dnsguard.net.mmsg import (
+    BATCH_SLOT_SIZE,
+    BATCH_SLOTS,
+    QUERY_SLOT_SIZE,
+    SENDER_TABLE_SIZE,
+    QueryBatch,
+    ReplyBatch,
+    SenderReplies,
+)
 
 
 def udp_pair(family: socket.AddressFamily, host: str) -> tuple[socket.socket, list[socket.socket]]:
@@ -74,14 +82,52 @@ def test_a_query_batch_reads_what_recvfrom_would(family: socket.AddressFamily, h
     received = []
     while len(received) < len(sent):
         count = batch.receive()
-        received += [batch.datagram(slot) for slot in range(count)]
-    assert [data for data, _ in received] == [message for _, message in sent]
-    assert [address for _, address in received] == [client.getsockname() for client, _ in sent]
+        received += [(*batch.datagram(slot), batch.sender(slot)) for slot in range(count)]
+    assert [data for data, _, _ in received] == [message for _, message in sent]
+    assert [sender for _, _, sender in received] == [client.getsockname() for client, _ in sent]
+    assert [host for _, host, _ in received] == [host] * len(sent)
     # recvfrom's own view of a sender, field by field (the IPv6 form has flow info and scope too)
     clients[0].sendto(b"one more", server.getsockname())
     assert batch.receive() == 1
     clients[0].sendto(b"one more", server.getsockname())
-    assert batch.datagram(0) == server.recvfrom(4096)
+    data, sender = server.recvfrom(4096)
+    assert batch.datagram(0) == (data, sender[0]) and batch.sender(0) == sender
+
+
+def test_the_sender_table_is_emptied_when_full_and_still_names_every_sender() -> None:
+    server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
+    server.setblocking(False)
+    batch = QueryBatch.for_socket(server)
+    assert batch is not None
+    batch._hosts.update(
+        (bytes([203, 0, 113, i % 256]) + bytes([i // 256]), "x") for i in range(SENDER_TABLE_SIZE)
+    )
+    clients[0].sendto(b"q", server.getsockname())
+    assert batch.receive() == 1
+    assert batch.datagram(0) == (b"q", "127.0.0.1")
+    assert batch._hosts == {b"\x7f\x00\x00\x01": "127.0.0.1"}  # emptied, then this sender kept
+
+
+@pytest.mark.parametrize(("family", "host"), list(families()))
+def test_replies_to_senders_reach_each_sender_of_their_slot(family: socket.AddressFamily, host: str) -> None:
+    server, clients = udp_pair(family, host)
+    server.setblocking(False)
+    queries = QueryBatch.for_socket(server)
+    assert queries is not None
+    replies = SenderReplies.for_queries(server, queries)
+    assert replies is not None
+    for i in range(5):
+        clients[i % 3].sendto(b"query %d" % i, server.getsockname())
+    assert queries.receive() == 5
+    for slot in (4, 0, 2):  # any slots, in any order: each reply goes to its own query's sender
+        assert replies.reply(b"reply %d" % slot, slot)
+    assert not replies.reply(bytes(BATCH_SLOT_SIZE + 1), 1)  # too big for a slot: the caller sends it
+    replies.flush()
+    assert clients[1].recv(4096) == b"reply 4"
+    assert clients[0].recv(4096) == b"reply 0"
+    assert clients[2].recv(4096) == b"reply 2"
+    with pytest.raises(TypeError):
+        replies.add(b"reply", clients[0].getsockname())
 
 
 def test_a_query_longer_than_a_slot_arrives_cut() -> None:
@@ -93,7 +139,8 @@ def test_a_query_longer_than_a_slot_arrives_cut() -> None:
     clients[1].sendto(b"next", server.getsockname())
     assert batch.receive() == 2
     assert batch.datagram(0)[0] == (bytes(range(256)) * 20)[:QUERY_SLOT_SIZE]
-    assert batch.datagram(1) == (b"next", clients[1].getsockname())
+    assert batch.datagram(1) == (b"next", "127.0.0.1")
+    assert batch.sender(1) == clients[1].getsockname()
 
 
 class Later(NamedTuple):
