@@ -179,6 +179,8 @@ class DaemonCollector(Collector):
         responses = {result: DurationHistogram() for result in RESULTS}
         for result, histogram in observer.response_duration.items():
             responses.setdefault(RESULT_ALIASES.get(result, result), DurationHistogram()).add(histogram)
+        for result, count in resolver.instant_answers.items():
+            responses.setdefault(RESULT_ALIASES.get(result, result), DurationHistogram()).add_instant(count)
         yield _histogram(
             "dnsguard_dns_response_duration_seconds",
             "Time from receiving a query to sending its answer.",

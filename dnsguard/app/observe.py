@@ -51,6 +51,10 @@ class DurationHistogram:
         self.counts[bisect_left(BUCKETS, seconds)] += 1
         self.total += seconds
 
+    def add_instant(self, count: int) -> None:
+        """`count` observations of 0 seconds (answers given at once, counted elsewhere)."""
+        self.counts[0] += count
+
     def add(self, other: DurationHistogram) -> None:
         """Fold another histogram's observations into this one."""
         self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]

@@ -33,6 +33,8 @@ CacheKey = tuple[str, int, int, int]
 _COUNTS = struct.Struct(">HHHHH")  # flags and the four section counts: header bytes 2..12
 _U32_INTO = struct.Struct(">I").pack_into
 _PREFETCH_QUEUE_MAX: Final = 1024
+_REPLIES_PER_ENTRY: Final = 4
+"""Query messages (case, flags, EDNS differ) whose whole reply an entry keeps for get_planned."""
 _NEVER: Final = float("inf")
 # Stale answers tell EDNS clients what they are getting: EDE 3 "Stale Answer" (RFC 8914 section 4.4).
 _STALE_OPT: Final = opt_record(False, ede_option(EDE_STALE_ANSWER))
@@ -65,6 +67,7 @@ class _Entry:
         "hits",
         "inserted",
         "prefetch_at",
+        "replies",
         "stale_tail",
         "stale_until",
         "tail",
@@ -93,12 +96,35 @@ class _Entry:
         self.tail = base_tail
         self.tail_age = 0
         self.stale_tail: bytes | None = None
+        self.replies: dict[bytes, bytes] | None = None
+        """Whole replies but their ID, by the query message but its ID (see AnswerCache.get_planned);
+        emptied whenever `tail` changes."""
 
 
 def _patched_tail(entry: _Entry, age: int) -> bytes:
     buffer = bytearray(entry.base_tail)
     lower_ttls(buffer, entry.ttl_offsets, age)
     return bytes(buffer)
+
+
+def _assemble(entry: _Entry, query: Query, message: bytes) -> bytes:
+    """The reply to `message` (`query`, perhaps with another ID) from a fresh entry."""
+    # The client's own ID and question bytes go in verbatim: that echoes 0x20 letter case for free. The
+    # upstream OPT RR was dropped at `put`; ours is added per client (RFC 6891 section 7, RFC 3225).
+    flags = query.flags
+    if query.edns_payload:
+        return b"".join(
+            (
+                message[:2],
+                entry.headers[2 | (flags & FLAG_RD) >> 8],
+                message[12 : query.question_end],
+                entry.tail,
+                OPT_RECORD_DO if query.dnssec_ok else OPT_RECORD,
+            )
+        )
+    return b"".join(
+        (message[:2], entry.headers[(flags & FLAG_RD) >> 8], message[12 : query.question_end], entry.tail)
+    )
 
 
 def _fixed_ttl_tail(entry: _Entry, ttl: int) -> bytes:
@@ -163,10 +189,8 @@ class AnswerCache:
         `message`: a query that differs from `query.data` only in its ID, to answer with that ID (the
         resolver keeps one parsed query for the repeats of a message).
         """
-        data, _, flags, qname, qtype, qclass, question_end, edns_payload, dnssec_ok = query
-        if message is not None:
-            data = message
-        key = (qname, qtype, qclass, (flags & FLAG_CD) | dnssec_ok)
+        data = query.data if message is None else message
+        key = (query.qname, query.qtype, query.qclass, (query.flags & FLAG_CD) | query.dnssec_ok)
         entries = self._entries
         entry = entries.get(key)
         if entry is None:
@@ -181,27 +205,53 @@ class AnswerCache:
         self.hits += 1
         entry.hits += 1
         if now >= entry.prefetch_at and entry.hits >= self.prefetch_min_hits:
-            entry.prefetch_at = _NEVER  # one hint per stored reply; a refresh `put` re-arms it
-            self.prefetch_hints += 1
-            if len(self.prefetch_queue) < _PREFETCH_QUEUE_MAX:
-                self.prefetch_queue.append(query)
+            self._hint(entry, query)
         age = int(now - entry.inserted)
         if age != entry.tail_age:
             entry.tail = _patched_tail(entry, age if age > 0 else 0)
             entry.tail_age = age
-        # The client's own ID and question bytes go in verbatim: that echoes 0x20 letter case for free. The
-        # upstream OPT RR was dropped at `put`; ours is added per client (RFC 6891 section 7, RFC 3225).
-        if edns_payload:
-            return b"".join(
-                (
-                    data[:2],
-                    entry.headers[2 | (flags & FLAG_RD) >> 8],
-                    data[12:question_end],
-                    entry.tail,
-                    OPT_RECORD_DO if dnssec_ok else OPT_RECORD,
-                )
-            )
-        return b"".join((data[:2], entry.headers[(flags & FLAG_RD) >> 8], data[12:question_end], entry.tail))
+            entry.replies = None
+        return _assemble(entry, query, data)
+
+    def get_planned(
+        self, key: CacheKey, query: Query, message: bytes, after_id: bytes, now: float
+    ) -> bytes | None:
+        """get(query, now, message) for a message seen before, as fast as a remembered reply.
+
+        `key` is cache_key(query) and `after_id` is message[2:], both kept by the caller (the resolver's
+        plan for the message). A hit's reply, but its ID, depends only on the entry, its age in whole
+        seconds and those bytes, so the entry keeps it under `after_id` for the rest of that second.
+        """
+        entry = self._entries.get(key)
+        if entry is None or now >= entry.expires:
+            return self.get(query, now, message)  # counts the miss, forgets an entry past its stale window
+        self._entries.move_to_end(key)
+        self.hits += 1
+        entry.hits += 1
+        if now >= entry.prefetch_at and entry.hits >= self.prefetch_min_hits:
+            self._hint(entry, query)
+        age = int(now - entry.inserted)
+        replies = entry.replies
+        if age != entry.tail_age:
+            entry.tail = _patched_tail(entry, age if age > 0 else 0)
+            entry.tail_age = age
+            replies = entry.replies = None
+        elif replies is not None:
+            reply = replies.get(after_id)
+            if reply is not None:
+                return message[:2] + reply
+        reply = _assemble(entry, query, message)
+        if replies is None:
+            entry.replies = {after_id: reply[2:]}
+        elif len(replies) < _REPLIES_PER_ENTRY:
+            replies[after_id] = reply[2:]
+        return reply
+
+    def _hint(self, entry: _Entry, query: Query) -> None:
+        entry.prefetch_at = _NEVER  # one hint per stored reply; a refresh `put` re-arms it
+        self.prefetch_hints += 1
+        if len(self.prefetch_queue) < _PREFETCH_QUEUE_MAX:
+            self.prefetch_queue.append(query)
 
     def get_stale(self, query: Query, now: float) -> bytes | None:
         """After upstreams failed: a fresh reply, else an expired one within `stale_max_age` (RFC 8767)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from dnsguard.dns import wire
-from dnsguard.dns.cache import AnswerCache
+from dnsguard.dns.cache import AnswerCache, CacheKey, cache_key
 from dnsguard.dns.log_sink import LogRecord, LogRow, LogSink
 from dnsguard.dns.wire import Query, QueryError
 from dnsguard.errors import FormError
@@ -70,7 +70,9 @@ OUTAGE_LOG_INTERVAL: Final = 60.0
 """Seconds between log lines about upstream failures (every failed query is counted)."""
 
 
-_Plan = tuple[int, bytes, Query | None, tuple[str, str], str | None, str, int, str, str, str, int]
+_Plan = tuple[
+    int, bytes, Query | None, tuple[str, str], str | None, str, int, str, str, str, int, CacheKey | None
+]
 """What answer_now does for one exact query message (all but its ID), worked out once.
 
 Everything a reply depends on besides the ID is in those bytes (flags, question with its letter case,
@@ -86,6 +88,7 @@ same reply with its own ID, and the same counters and log line. The fields, in o
 - log_id: the plan's serial number << 4, with the reply's rcode for a _PLAN_REPLY (a cache plan's
   rcode is the cached reply's): OR'ed with the rcode, the key the lasting log's sink counts the plan's
   repeats under (dnsguard.dns.log_sink)
+- cache_key: a _PLAN_CACHE's cache_key(query), for AnswerCache.get_planned
 
 A plain tuple, not a NamedTuple: the cyclic garbage collector stops tracking a tuple of exact type whose
 items are all untracked (strings, bytes, numbers, None, such tuples) at its first collection, but never
@@ -181,6 +184,11 @@ class Resolver:
         dnsguard/app/querylog.py takes them for the answers metric. An int key and no per-query entry:
         nothing a query leaves here outlives it for the garbage collector to walk."""
         self.on_query: QueryHook | None = None
+        """Called with (result, group, seconds) for each answered query but the repeats a plan answers
+        at once, which instant_answers counts instead."""
+        self.instant_answers: dict[str, int] = {}
+        """result -> queries answered from a plan, with no wait: the zero-second observations the response
+        duration histogram adds (a hook call each would cost more than the rest of such an answer)."""
         self._ede: dict[str, bytes] = {}
         self.on_prefetch: Callable[[], None] | None = None
         """Called when popular cache entries are due for a refresh (take_prefetch gives their plans)."""
@@ -224,7 +232,8 @@ class Resolver:
         # walk, no reply building; only the bookkeeping every query gets (counters, log, hook).
         plans = self._plans_by_client.get(client)
         if plans is not None:
-            plan = plans.get(data[2:])
+            after_id = data[2:]
+            plan = plans.get(after_id)
             if plan is not None:
                 now = self.wall_clock()
                 # Pausing blocking (the API sets paused_until) turns every block into a forward.
@@ -241,6 +250,7 @@ class Resolver:
                         group,
                         reason,
                         log_id,
+                        key,
                     ) = plan
                     if kind == _PLAN_REPLY:
                         reply = data[:2] + reply_tail
@@ -249,9 +259,9 @@ class Resolver:
                             by_list[blocked_list] = by_list.get(blocked_list, 0) + 1
                     elif kind == _PLAN_CACHE:
                         cache = self.cache
-                        if cache is None or query is None:
+                        if cache is None or query is None or key is None:
                             return self._answer_parsed(data, client, tcp)
-                        cached = cache.get(query, self.clock(), data)
+                        cached = cache.get_planned(key, query, data, after_id, self.clock())
                         if cached is None:
                             return self._answer_parsed(data, client, tcp)
                         reply = cached
@@ -279,9 +289,9 @@ class Resolver:
                         counts = self.answer_counts
                         answer_key = qtype << 4 | rcode
                         counts[answer_key] = counts.get(answer_key, 0) + 1
-                    hook = self.on_query
-                    if hook is not None:
-                        hook(result, group, 0.0)
+                    # Answered at once: counted here, not through on_query (see instant_answers).
+                    instant = self.instant_answers
+                    instant[result] = instant.get(result, 0) + 1
                     return reply
         return self._answer_parsed(data, client, tcp)
 
@@ -413,6 +423,7 @@ class Resolver:
             group,
             decision.reason,
             log_id,
+            cache_key(query) if kind == _PLAN_CACHE else None,
         )
 
     def _block_reply(self, query: Query, decision: Decision) -> bytes:

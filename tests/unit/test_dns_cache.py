@@ -418,3 +418,62 @@ def test_fresh_answers_count_down_and_never_say_zero(
         if previous is not None:
             assert all(now <= before for now, before in zip(served, previous, strict=True))
         previous = served
+
+
+# --- the planned path: get_planned answers as get does ------------------------------------------------------
+
+VARIANTS = [
+    {"ident": 7},
+    {"ident": 8, "flags": 0},  # RD clear
+    {"ident": 9, "payload": 1232},
+    {"ident": 10, "payload": 4096, "dnssec_ok": True},
+]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["ask", "ask", "ask", "refresh", "evict", "flush"]),
+            st.integers(0, len(VARIANTS) - 1),
+            st.sampled_from(["www.example.com", "WWW.Example.COM", "other.example"]),
+            st.integers(0, 4000).map(lambda ticks: ticks / 8),  # seconds forward, exact in binary
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_a_planned_lookup_answers_exactly_as_get(steps: list[tuple[str, int, str, float]]) -> None:
+    # The planned path keeps whole replies per entry for the rest of a second of its age; whatever
+    # happens to the entry (refreshed, evicted, flushed, expired, aged), its replies must be get's.
+    cache = AnswerCache(max_entries=1)
+    now = T0
+    for action, variant, name, forward in steps:
+        now += forward
+        q = query(name, **VARIANTS[variant])  # type: ignore[arg-type]
+        if action == "refresh":
+            cache.put(q, upstream_reply(q, [(wire.QTYPE_A, 600, bytes([198, 51, 100, variant]))]), now)
+        elif action == "evict":
+            other = query("evicts.example")
+            cache.put(other, upstream_reply(other, [A_1234]), now)
+        elif action == "flush":
+            cache.flush()
+        else:
+            expected = cache.get(q, now)
+            again = query(name, **{**VARIANTS[variant], "ident": 0x4242})  # type: ignore[arg-type]
+            planned = cache.get_planned(cache_key(q), q, again.data, again.data[2:], now)
+            assert planned == (None if expected is None else b"\x42\x42" + expected[2:])
+            # Asked again in the same second, from the memo:
+            assert cache.get_planned(cache_key(q), q, q.data, q.data[2:], now) == expected
+
+
+def test_a_planned_hit_counts_and_asks_for_prefetch_as_get_does() -> None:
+    cache = AnswerCache(prefetch_min_hits=2, prefetch_window=0.5)
+    q = query()
+    cache.put(q, upstream_reply(q, [A_1234]), T0)
+    for _ in range(3):
+        assert cache.get_planned(cache_key(q), q, q.data, q.data[2:], T0 + 200) is not None
+    assert cache.hits == 3 and cache.misses == 0
+    assert cache.take_prefetch() == [q]  # once, however many hits follow
+    assert cache.get_planned(cache_key(q), q, q.data, q.data[2:], T0 + 301) is None
+    assert cache.misses == 1

@@ -1,7 +1,8 @@
 """The resolver's remembered answers (plans), prefetch, oversize cache hits and unusual messages.
 
-A repeat of a message takes the planned path; whatever it takes, a query is counted, logged and
-reported to the hook exactly as on the first pass, and a changed policy or pause is obeyed at once.
+A repeat of a message takes the planned path; whatever it takes, a query is counted and logged exactly
+as on the first pass (and, answered at once, counted in instant_answers instead of reported to the
+hook), and a changed policy or pause is obeyed at once.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ def test_a_repeated_blocked_query_gets_the_same_answer_and_is_counted_each_time(
         ("198.51.100.7", "x.ads.example", "blocked", "ads"),
         ("198.51.100.8", "x.ads.example", "blocked", "ads"),
     ]
-    assert calls == [("blocked", "default", 0.0)] * 2
+    assert calls == [("blocked", "default", 0.0)] * 2  # each client's first ask is decided afresh
+    # A repeat answered at once from the plan is counted by result instead of reported to the hook.
+    assert resolver.answer_now(query("x.ads.example", ident=3), "198.51.100.7") == b"\x00\x03" + first[2:]
+    assert len(calls) == 2 and resolver.instant_answers == {"blocked": 1}
+    assert resolver.stats.queries == {("blocked", "default"): 3}
     assert upstreams.asked == []
 
 
@@ -81,7 +86,8 @@ async def test_a_repeated_cached_query_is_counted_as_cached_each_time() -> None:
         assert reply.header.id == ident and reply.rr[0].ttl == 290
     assert resolver.stats.queries == {("allowed", "default"): 1, ("cached", "default"): 2}
     assert [e.result for e in resolver.recent_queries()] == ["allowed", "cached", "cached"]
-    assert [call[0] for call in calls] == ["allowed", "cached", "cached"]
+    assert [call[0] for call in calls] == ["allowed"]
+    assert resolver.instant_answers == {"cached": 2}
     assert upstreams.asked == ["www.example.org"]
 
 
