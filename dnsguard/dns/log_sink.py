@@ -25,7 +25,7 @@ waits is still folded into its count.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 LogRecord = tuple[float, str, str, int, str, str, str, float, int]
@@ -106,21 +106,27 @@ class LogSink:
     def take(self) -> list[LogRow]:
         """The waiting queries, a row per entry with its count; the sink starts empty again (what it
         lost stays in `lost` for the caller)."""
+        return list(self.take_rows())
+
+    def take_rows(self) -> Iterator[LogRow]:
+        """take(), the rows made as they are read: the sink starts empty again at once, and a caller
+        that reads a slice at a time (the query log's hand-off) can let queries be answered between
+        slices."""
         records, planned, first, plans = self.records, self.planned, self.first, self.plans
         self.records, self.planned, self.first, self.plans, self.size = {}, {}, {}, {}, 0
-        rows = [
-            (at, client, qname, qtype, result, group, reason, elapsed_ms, rcode, count)
-            for (client, qname, qtype, result, group, reason, rcode), (
-                at,
-                elapsed_ms,
-                count,
-            ) in records.items()
-        ]
-        fields = self.fields
-        for client, counts in planned.items():
-            times = first[client]
-            rows += [
-                (times[key], client, *fields(plans[key >> 4]), 0.0, key & 15, count)
-                for key, count in counts.items()
-            ]
-        return rows
+        return _rows(records, planned, first, plans, self.fields)
+
+
+def _rows(
+    records: dict[LogKey, SinkEntry],
+    planned: dict[str, dict[int, int]],
+    first: dict[str, dict[int, float]],
+    plans: dict[int, Any],
+    fields: PlanFields,
+) -> Iterator[LogRow]:
+    for (client, qname, qtype, result, group, reason, rcode), (at, elapsed_ms, count) in records.items():
+        yield (at, client, qname, qtype, result, group, reason, elapsed_ms, rcode, count)
+    for client, counts in planned.items():
+        times = first[client]
+        for key, count in counts.items():
+            yield (times[key], client, *fields(plans[key >> 4]), 0.0, key & 15, count)

@@ -18,7 +18,7 @@ import os
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
@@ -683,8 +683,12 @@ class Resolver:
     def take_log_rows(self) -> list[LogRow]:
         """The queries gathered for the lasting log since the last call, one row per distinct query with
         its count (the sink starts empty again)."""
+        return list(self.take_log_stream())
+
+    def take_log_stream(self) -> Iterator[LogRow]:
+        """take_log_rows(), the rows made as they are read (the sink starts empty again at once)."""
         sink = self.log_sink
-        return sink.take() if sink is not None and sink.size else []
+        return sink.take_rows() if sink is not None and sink.size else iter(())
 
     def take_answer_counts(self) -> dict[tuple[int, int], int]:
         """(qtype, rcode) -> queries answered without a sink since the last call (the counts start again)."""

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from dnsguard.app import querylog as querylog_module
 from dnsguard.app.api import Operations
 from dnsguard.app.querylog import QueryLog
+from dnsguard.app.querylog_writer import encode_batch
 from dnsguard.app.resolve import ResolveDaemon, ResolverService
 from dnsguard.dns.resolver import Forward
 from dnsguard.errors import DnsguardError
@@ -179,6 +180,44 @@ async def test_a_full_sink_counts_drops_and_never_grows(tmp_path: Path) -> None:
         # The 500 lost at the sink are counted as dropped and as answered.
         assert sum(answers.values()) == 1800
         assert all(dict(labels)["qtype"] == "A" for labels in answers)
+    finally:
+        await service.close()
+
+
+async def test_a_large_hand_off_lets_queries_be_answered_between_its_slices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoded: list[int] = []
+
+    def encode(rows: list[Any]) -> bytes:
+        encoded.append(len(rows))
+        return encode_batch(rows)
+
+    monkeypatch.setattr(querylog_module, "encode_batch", encode)
+    service = await started_service(logged_config(tmp_path))
+    querylog = service.querylog
+    assert querylog is not None
+    try:
+        await until(lambda: querylog.state == "ready", "ready")
+        count = querylog_module.HANDOFF_SLICE * 2 + 100
+        for i in range(count):
+            ask(service, f"n{i}.ads.example")
+        # A query comes while the hand-off is under way: it is answered between two slices, with only
+        # part of the rows made yet.
+        seen: list[int] = []
+
+        def query_meanwhile() -> None:
+            ask(service, "meanwhile.ads.example")
+            seen.append(len(querylog._held))
+
+        asyncio.get_running_loop().call_soon(query_meanwhile)
+        await querylog._flush()
+        assert seen == [querylog_module.HANDOFF_SLICE]
+        await until_written(querylog, count)
+        # The writer got the rows in slices, each a message it answers: all written, none dropped.
+        assert querylog.counters.written >= count and querylog.counters.dropped == 0
+        assert encoded[:3] == [querylog_module.HANDOFF_SLICE] * 2 + [100]
+        await until_written(querylog, count + 1)  # the query answered meanwhile, in a later hand-off
     finally:
         await service.close()
 
