@@ -299,6 +299,16 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def print_ratios(what: str, summary: dict[str, dict[str, object]], qps: str, cpu: str) -> None:
+    """One line: per mix, the summary's QPS and CPU per query ratios under the keys `qps` and `cpu`."""
+    print(
+        f"{what}: "
+        + ", ".join(
+            f"{mix} QPS {values[qps]:.3f} CPU/query {values[cpu]:.3f}" for mix, values in summary.items()
+        )
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -416,21 +426,9 @@ def main() -> int:
             line += f"{median[LOGGED]['writer_us']:8.1f}{summary[mix]['log_cpu_to_off']:13.3f}"
         print(line)
     if FIREWALLED in pids:
-        print(
-            "firewall fed by DNS, with / without: "
-            + ", ".join(
-                f"{mix} QPS {values['firewall_to_off']:.3f} CPU/query {values['firewall_cpu_to_off']:.3f}"
-                for mix, values in summary.items()
-            )
-        )
+        print_ratios("firewall fed by DNS, with / without", summary, "firewall_to_off", "firewall_cpu_to_off")
     if BASELINE in pids:
-        print(
-            "this checkout / baseline: "
-            + ", ".join(
-                f"{mix} QPS {values['to_baseline']:.3f} CPU/query {values['cpu_to_baseline']:.3f}"
-                for mix, values in summary.items()
-            )
-        )
+        print_ratios("this checkout / baseline", summary, "to_baseline", "cpu_to_baseline")
     print(
         "RSS: " + ", ".join(f"{server} {mb:.0f} MB" for server, mb in rss.items()) + f" ({len(names)} names)"
     )

@@ -312,13 +312,17 @@ class ReplyBatch:
                 _pack_port_ipv4(self._name_bytes, slot * _SOCKADDR_SIZE + 2, addr[1], _inet_aton(addr[0]))
         except (OSError, ValueError, IndexError, struct.error):
             return False  # e.g. a link-local IPv6 source with a zone: sendto knows how to handle it
+        self._put(slot, reply, size)
+        return True
+
+    def _put(self, slot: int, reply: bytes, size: int) -> None:
+        """Copy `reply` into `slot`, whose address is set, and send the batch if it is now full."""
         _pack_size(self._iovec_bytes, slot * _IOVEC_SIZE + _IOVEC_LEN_OFFSET, size)
         start = slot * BATCH_SLOT_SIZE
         self._data_bytes[start : start + size] = reply
         self.count = slot + 1
         if slot + 1 == BATCH_SLOTS:
             self.flush()
-        return True
 
     def flush(self) -> None:
         """Send the queued replies; one that the kernel refuses is dropped, as a failed sendto would be."""
@@ -368,10 +372,5 @@ class SenderReplies(ReplyBatch):
             return False
         index = self.count
         _pack_size(self._header_bytes, index * _MMSGHDR_SIZE + _NAME_OFFSET, self._queries.sender_name(slot))
-        _pack_size(self._iovec_bytes, index * _IOVEC_SIZE + _IOVEC_LEN_OFFSET, size)
-        start = index * BATCH_SLOT_SIZE
-        self._data_bytes[start : start + size] = reply
-        self.count = index + 1
-        if index + 1 == BATCH_SLOTS:
-            self.flush()
+        self._put(index, reply, size)
         return True

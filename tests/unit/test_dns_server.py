@@ -45,6 +45,17 @@ def families() -> Iterator[tuple[socket.AddressFamily, str]]:
         yield socket.AF_INET6, "::1"
 
 
+def query_batch(
+    family: socket.AddressFamily, host: str
+) -> tuple[socket.socket, list[socket.socket], QueryBatch]:
+    """A non-blocking server socket, its three clients and the server's QueryBatch."""
+    server, clients = udp_pair(family, host)
+    server.setblocking(False)
+    batch = QueryBatch.for_socket(server)
+    assert batch is not None
+    return server, clients, batch
+
+
 @pytest.mark.parametrize(("family", "host"), list(families()))
 def test_a_batch_delivers_every_reply_to_its_client_in_order(family: socket.AddressFamily, host: str) -> None:
     server, clients = udp_pair(family, host)
@@ -70,10 +81,7 @@ def test_a_reply_bigger_than_a_slot_is_left_to_the_caller() -> None:
 
 @pytest.mark.parametrize(("family", "host"), list(families()))
 def test_a_query_batch_reads_what_recvfrom_would(family: socket.AddressFamily, host: str) -> None:
-    server, clients = udp_pair(family, host)
-    server.setblocking(False)
-    batch = QueryBatch.for_socket(server)
-    assert batch is not None
+    server, clients, batch = query_batch(family, host)
     with pytest.raises(BlockingIOError):
         batch.receive()
     sent = [(clients[i % 3], b"query %d " % i + bytes(i)) for i in range(BATCH_SLOTS + 7)]
@@ -95,13 +103,8 @@ def test_a_query_batch_reads_what_recvfrom_would(family: socket.AddressFamily, h
 
 
 def test_the_sender_table_is_emptied_when_full_and_still_names_every_sender() -> None:
-    server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
-    server.setblocking(False)
-    batch = QueryBatch.for_socket(server)
-    assert batch is not None
-    batch._hosts.update(
-        (bytes([203, 0, 113, i % 256]) + bytes([i // 256]), "x") for i in range(SENDER_TABLE_SIZE)
-    )
+    server, clients, batch = query_batch(socket.AF_INET, "127.0.0.1")
+    batch._hosts.update((bytes([198, 18, i >> 8, i & 255]), "198.18.x.x") for i in range(SENDER_TABLE_SIZE))
     clients[0].sendto(b"q", server.getsockname())
     assert batch.receive() == 1
     assert batch.datagram(0) == (b"q", "127.0.0.1")
@@ -110,10 +113,7 @@ def test_the_sender_table_is_emptied_when_full_and_still_names_every_sender() ->
 
 @pytest.mark.parametrize(("family", "host"), list(families()))
 def test_replies_to_senders_reach_each_sender_of_their_slot(family: socket.AddressFamily, host: str) -> None:
-    server, clients = udp_pair(family, host)
-    server.setblocking(False)
-    queries = QueryBatch.for_socket(server)
-    assert queries is not None
+    server, clients, queries = query_batch(family, host)
     replies = SenderReplies.for_queries(server, queries)
     assert replies is not None
     for i in range(5):
@@ -131,10 +131,7 @@ def test_replies_to_senders_reach_each_sender_of_their_slot(family: socket.Addre
 
 
 def test_a_query_longer_than_a_slot_arrives_cut() -> None:
-    server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
-    server.setblocking(False)
-    batch = QueryBatch.for_socket(server)
-    assert batch is not None
+    server, clients, batch = query_batch(socket.AF_INET, "127.0.0.1")
     clients[0].sendto(bytes(range(256)) * 20, server.getsockname())
     clients[1].sendto(b"next", server.getsockname())
     assert batch.receive() == 2
