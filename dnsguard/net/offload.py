@@ -355,6 +355,33 @@ class _Run:
     size: int = 0
     push: bool = False
     closed: bool = False
+    template: int = 0
+    """The first segment's headers as an int, masked by _continuation_mask (see coalesce)."""
+
+
+CONTINUE_RUNS = True
+"""Let a segment join the previous one's run with the masked comparison (coalesce); tests turn it off to
+check that the result is the same as _tcp_key's alone."""
+_continuation_masks: dict[tuple[int, int], int] = {}
+
+
+def _continuation_mask(l4_start: int, header_length: int) -> int:
+    """The header bits that every segment of a run shares with its first, as an int mask over the
+    IP and TCP headers: all but the lengths, the IPv4 ID and checksum, the sequence number, PSH and
+    the TCP checksum. Two segments equal under it have the same flow, IP fields, ACK-only flags,
+    acknowledgement, window, urgent pointer and options: what _tcp_key's match and flow compare, and
+    what its checks on the first segment (IHL, protocol, fragment bits, flags, data offset) require."""
+    key = (l4_start, header_length)
+    mask = _continuation_masks.get(key)
+    if mask is None:
+        bits = bytearray(b"\xff" * header_length)
+        varying = [2, 3, 4, 5, 10, 11] if l4_start == 20 else [4, 5]
+        varying += [l4_start + i for i in (4, 5, 6, 7, 16, 17)]
+        for index in varying:
+            bits[index] = 0
+        bits[l4_start + 13] &= ~TCP_PSH & 0xFF
+        mask = _continuation_masks[key] = int.from_bytes(bits, "big")
+    return mask
 
 
 def _tcp_key(packet: bytes) -> tuple[int, bytes, bytes] | None:
@@ -408,7 +435,40 @@ def coalesce(packets: list[bytes]) -> list[tuple[bytes, bytes | bytearray]]:
     """
     out: list[tuple[bytes, bytes | bytearray] | _Run] = []
     runs: dict[bytes, _Run] = {}
+    last: _Run | None = None  # the run the previous segment went to, while it may take more
     for packet in packets:
+        # A segment that continues the previous one's run (the common case: a train of one flow)
+        # needs one comparison of its headers, masked, instead of _tcp_key's checks and slices.
+        if last is not None:
+            header_length = last.header_length
+            l4_start = last.l4_start
+            ipv4 = l4_start == 20
+            if (
+                len(packet) > header_length
+                and int.from_bytes(packet[:header_length], "big")
+                & _continuation_mask(l4_start, header_length)
+                == last.template
+                # IPv4's total length, IPv6's payload length: as _tcp_key checks them
+                and _u16.unpack_from(packet, 2 if ipv4 else 4)[0]
+                == (len(packet) if ipv4 else len(packet) - 40)
+            ):
+                payload_length = len(packet) - header_length
+                (sequence,) = _u32.unpack_from(packet, l4_start + 4)
+                if (
+                    sequence == last.next_sequence
+                    and payload_length <= last.gso_size
+                    and last.size + payload_length <= MAX_COALESCED
+                ):
+                    push = bool(packet[l4_start + 13] & TCP_PSH)
+                    last.packets.append(packet)
+                    last.size += payload_length
+                    last.next_sequence = (sequence + payload_length) & 0xFFFFFFFF
+                    last.push = push
+                    last.closed = push or payload_length < last.gso_size
+                    if last.closed:
+                        last = None
+                    continue
+            last = None
         key = _tcp_key(packet)
         if key is None:
             out.append((PLAIN_HEADER, packet))
@@ -432,6 +492,7 @@ def coalesce(packets: list[bytes]) -> list[tuple[bytes, bytes | bytearray]]:
             run.next_sequence = (sequence + payload_length) & 0xFFFFFFFF
             run.push = push
             run.closed = push or payload_length < run.gso_size
+            last = run if CONTINUE_RUNS and not run.closed else None
             continue
         run = _Run(
             first=packet,
@@ -443,9 +504,12 @@ def coalesce(packets: list[bytes]) -> list[tuple[bytes, bytes | bytearray]]:
             size=len(packet),
             push=push,
             closed=push,
+            template=int.from_bytes(packet[:header_length], "big")
+            & _continuation_mask(l4_start, header_length),
         )
         runs[flow] = run
         out.append(run)
+        last = run if CONTINUE_RUNS and not push else None
     written: list[tuple[bytes, bytes | bytearray]] = []
     for item in out:
         if isinstance(item, tuple):

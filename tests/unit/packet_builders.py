@@ -62,17 +62,23 @@ def tcp_packet(
     )
     segment = bytearray(header + options + payload)
     packet = bytearray(ip_header(version, 6, len(segment), identifier) + segment)
+    return with_tcp_checksum(packet) if checksum else bytes(packet)
+
+
+def with_tcp_checksum(packet: bytes | bytearray) -> bytes:
+    """The TCP packet with its checksum set right for its bytes (after a change to them, say)."""
+    packet = bytearray(packet)
+    version = packet[0] >> 4
     l4_start = 20 if version == 4 else 40
-    if checksum:
-        pseudo_ok = packet[12:20] if version == 4 else packet[8:40]
-        pseudo = pseudo_ok + (
-            struct.pack("!BBH", 0, 6, len(segment))
-            if version == 4
-            else struct.pack("!IxxxB", len(segment), 6)
-        )
-        packet[l4_start + 16 : l4_start + 18] = struct.pack(
-            "!H", 0xFFFF - reference_sum(bytes(pseudo + segment)) % 0xFFFF
-        )
+    segment = packet[l4_start:]
+    segment[16:18] = b"\0\0"
+    pseudo_ok = packet[12:20] if version == 4 else packet[8:40]
+    pseudo = pseudo_ok + (
+        struct.pack("!BBH", 0, 6, len(segment)) if version == 4 else struct.pack("!IxxxB", len(segment), 6)
+    )
+    packet[l4_start + 16 : l4_start + 18] = struct.pack(
+        "!H", 0xFFFF - reference_sum(bytes(pseudo + segment)) % 0xFFFF
+    )
     return bytes(packet)
 
 

@@ -19,6 +19,7 @@ from packet_builders import (
     reference_sum,
     super_packet,
     tcp_packet,
+    with_tcp_checksum,
 )
 
 from dnsguard.net import offload
@@ -237,6 +238,68 @@ def test_a_bad_checksum_in_a_later_segments_tcp_header_keeps_the_run_apart() -> 
     corrupt[20 + 19] ^= 0x01
     packets[2] = bytes(corrupt)
     assert coalesce(packets) == [(PLAIN_HEADER, packet) for packet in packets]
+
+
+@contextlib.contextmanager
+def without_continuation() -> Iterator[None]:
+    """coalesce with _tcp_key's checks on every segment (no masked comparison with the previous run)."""
+    saved, offload.CONTINUE_RUNS = offload.CONTINUE_RUNS, False
+    try:
+        yield
+    finally:
+        offload.CONTINUE_RUNS = saved
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    version=st.sampled_from([4, 6]),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["next", "next", "next", "short", "push", "gap", "other flow", "byte", "flag"]),
+            st.integers(0, 63),  # which header byte "byte" changes
+            st.integers(1, 255),  # and how (XOR)
+        ),
+        min_size=1,
+        max_size=24,
+    ),
+)
+def test_joining_the_previous_run_by_masked_headers_decides_as_the_full_checks_do(
+    version: int, steps: list[tuple[str, int, int]]
+) -> None:
+    # A train of one flow with its irregularities: short and PSH segments, gaps, another flow in
+    # between, and any header byte changed (lengths, IDs, checksums, sequence, flags, ports,
+    # options...). Whatever joins a run by the masked comparison must be what the checks of every
+    # segment would have joined.
+    packets = []
+    sequence = 1000
+    for number, (step, index, xor) in enumerate(steps):
+        size = 100
+        flags = 0x10
+        if step == "short":
+            size = 60
+        elif step == "push":
+            flags = 0x18
+        elif step == "gap":
+            sequence += 7
+        if step == "other flow":
+            packets.append(tcp_packet(4 if version == 6 else 6, b"o" * size, 9000 + number * size))
+            continue
+        packet = bytearray(
+            tcp_packet(
+                version, b"p" * size, sequence, flags=flags, identifier=number, options=b"\x01\x01\x01\x01"
+            )
+        )
+        if step == "byte":  # a changed field, in a segment that is valid otherwise
+            packet[index % (len(packet) - size)] ^= xor  # a byte of the IP or TCP header
+            packet = bytearray(with_tcp_checksum(packet))
+        elif step == "flag":  # FIN, SYN, RST, URG, ECE or CWR beside ACK
+            packet[(20 if version == 4 else 40) + 13] |= (0x01, 0x02, 0x04, 0x20, 0x40, 0x80)[xor % 6]
+            packet = bytearray(with_tcp_checksum(packet))
+        packets.append(bytes(packet))
+        sequence += size
+    joined = coalesce(packets)
+    with without_continuation():
+        assert coalesce(packets) == joined
 
 
 def test_the_log_says_how_checksums_are_summed() -> None:
