@@ -221,11 +221,12 @@ class AnswerCache:
         `key` is cache_key(query) and `after_id` is message[2:], both kept by the caller (the resolver's
         plan for the message). A hit's reply, but its ID, depends only on the entry, its age in whole
         seconds and those bytes, so the entry keeps it under `after_id` for the rest of that second.
+        Such a hit leaves the LRU order alone: the entry went to its end when the reply was kept, so
+        a busy entry is touched once a second, not once a query.
         """
         entry = self._entries.get(key)
         if entry is None or now >= entry.expires:
             return self.get(query, now, message)  # counts the miss, forgets an entry past its stale window
-        self._entries.move_to_end(key)
         self.hits += 1
         entry.hits += 1
         if now >= entry.prefetch_at and entry.hits >= self.prefetch_min_hits:
@@ -240,6 +241,7 @@ class AnswerCache:
             reply = replies.get(after_id)
             if reply is not None:
                 return message[:2] + reply
+        self._entries.move_to_end(key)
         reply = _assemble(entry, query, message)
         if replies is None:
             entry.replies = {after_id: reply[2:]}

@@ -76,11 +76,9 @@ _pack_port_ipv6 = struct.Struct(">HI16s").pack_into
 _pack_scope = struct.Struct("@I").pack_into
 _inet_aton = socket.inet_aton
 _MMSGHDR_SIZE: Final = ctypes.sizeof(Mmsghdr)
-_NAMELEN_OFFSET: Final = Mmsghdr.msg_hdr.offset + Msghdr.msg_namelen.offset
 _LEN_OFFSET: Final = Mmsghdr.msg_len.offset
 CONTROLLEN_OFFSET: Final = Mmsghdr.msg_hdr.offset + Msghdr.msg_controllen.offset
 _unpack_uint = struct.Struct("@I").unpack_from
-_pack_uint = struct.Struct("@I").pack_into
 _unpack_port_ipv4 = struct.Struct(">H4s").unpack_from
 _unpack_port_ipv6 = struct.Struct(">HI16s").unpack_from
 _inet_ntoa = socket.inet_ntoa
@@ -112,8 +110,9 @@ class ReceiveSlots:
     """The buffers of recvmmsg(2), built once: `slot_count` slots of `slot_size` bytes, each with room for
     its sender's address and, with `control_size`, a control buffer (UDP_GRO's segment size).
 
-    The kernel rewrites each used slot's address and control lengths; `_read` puts them back before the
-    next call. Subclasses read the slots' contents (`_payload`, and the addresses as they need them).
+    The kernel rewrites each used slot's address and control lengths (and flags, and the datagram's
+    length); `_read` copies the used slots' headers back from a copy made at start, in one step, before
+    the next call. Subclasses read the slots' contents (`_payload`, and the addresses as they need them).
     """
 
     def __init__(
@@ -156,19 +155,16 @@ class ReceiveSlots:
             if control_size:
                 header.msg_control = controls_address + slot * control_size
                 header.msg_controllen = control_size
+        self._pristine_headers = bytes(self._header_bytes)
 
     def _read(self, slots: int) -> int:
         """recvmmsg into the first `slots` slots without blocking; returns how many it filled.
 
         Raises BlockingIOError when nothing is waiting, OSError for other errors (as recvfrom would).
         """
-        header_bytes = self._header_bytes
-        control_size = self._control_size
-        for slot in range(self.count):  # the kernel wrote each used slot's address (and control) length
-            _pack_uint(header_bytes, slot * _MMSGHDR_SIZE + _NAMELEN_OFFSET, self._namelen)
-        if control_size:
-            for slot in range(self.count):
-                _pack_size(header_bytes, slot * _MMSGHDR_SIZE + CONTROLLEN_OFFSET, control_size)
+        used = self.count * _MMSGHDR_SIZE
+        if used:  # the kernel wrote each used slot's address and control lengths, flags and length
+            self._header_bytes[:used] = self._pristine_headers[:used]
         self.count = 0
         count = self._receive(self._fileno, self._headers_address, slots, MSG_DONTWAIT, None)
         if count < 0:
@@ -351,7 +347,7 @@ class SenderReplies(ReplyBatch):
         self, sock: socket.socket, send: Callable[[int, int, int, int], int], queries: QueryBatch
     ) -> None:
         super().__init__(sock, send)
-        self._queries = queries
+        self._sender_names = queries.sender_name(0)
         self._header_bytes = memoryview(self._headers).cast("B")
 
     @classmethod
@@ -371,6 +367,7 @@ class SenderReplies(ReplyBatch):
         if size > BATCH_SLOT_SIZE:
             return False
         index = self.count
-        _pack_size(self._header_bytes, index * _MMSGHDR_SIZE + _NAME_OFFSET, self._queries.sender_name(slot))
+        name = self._sender_names + slot * _SOCKADDR_SIZE  # QueryBatch.sender_name(slot), inlined
+        _pack_size(self._header_bytes, index * _MMSGHDR_SIZE + _NAME_OFFSET, name)
         self._put(index, reply, size)
         return True
