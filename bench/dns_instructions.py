@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Instructions per DNS query through the UDP listener, counted by callgrind: steady on a noisy machine.
+
+    sudo .venv/bin/python bench/dns_instructions.py [--baseline OTHER_CHECKOUT] [--rounds 50] [--mix cached]
+
+Timings on a shared machine move by tens of percent from one run to the next; the number of
+instructions a change saves does not. For each checkout (this one, and --baseline's, e.g. a
+`git worktree add --detach DIR main`), a child process builds a resolver with the default policy,
+answers 500 names once through an upstream reply (so that each has a plan and a cache entry), then,
+in rounds, sends 256 of those queries from a client socket and lets `UdpListener._readable` drain and
+answer them (recvmmsg, the resolver's replayed plan, sendmmsg), reading the replies back. It runs
+under `valgrind --tool=callgrind` twice, with 10 and with 10 + --rounds rounds: the difference over
+the queries of the extra rounds is the user-space instructions per query (the client's sends and
+receives included, the kernel's work not). PYTHONHASHSEED is fixed, so a run repeats within about
+half a percent. `--mix blocked` asks names the policy blocks instead (a reply plan, no cache).
+
+Each child runs in a network namespace of its own (`unshare -n`, loopback only), gone when it exits.
+Needs valgrind (Debian's package) and root for the namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+QUERIES_PER_ROUND = 256
+WARM_ROUNDS = 10
+NAMES = 500
+
+
+def child(checkout: str, rounds: int, mix: str) -> None:
+    """The measured process: a listener and a resolver answering QUERIES_PER_ROUND queries a round."""
+    sys.path.insert(0, checkout)
+    from dnslib import EDNS0, QTYPE, RR, A, DNSRecord
+
+    from dnsguard.app.lists import build_sync
+    from dnsguard.config import Config, GroupConfig, ListConfig
+    from dnsguard.dns.cache import AnswerCache
+    from dnsguard.dns.resolver import Forward, Resolver
+    from dnsguard.net.dns_listeners import ListenerStats, UdpListener
+    from dnsguard.policy.engine import Policy
+
+    work = Path(f"/tmp/dns-instructions-{os.getpid()}")
+    work.mkdir(exist_ok=True)
+    names = [f"host{i}.example.com" for i in range(NAMES)]
+    (work / "blocked.txt").write_text("\n".join(names) + "\n")
+    config = Config()
+    if mix == "blocked":
+        config.lists = {"bench": ListConfig(sources=[str(work / "blocked.txt")])}
+        config.groups = {"default": GroupConfig(block=["bench"])}
+    for group in config.groups.values():
+        group.validate()
+    resolver = Resolver(Policy(config, build_sync(config).matcher), AnswerCache(max_entries=10_000))
+    rng = random.Random(3)
+    messages = []
+    for name in names:
+        question = DNSRecord.question(name, "A")
+        question.add_ar(EDNS0(udp_len=1232))
+        question.header.id = rng.randrange(65536)
+        data = bytes(question.pack())
+        plan = resolver.answer_now(data, "127.0.0.1")
+        if isinstance(plan, Forward):
+            reply = question.reply()
+            reply.add_answer(RR(name, QTYPE.A, rdata=A("198.51.100.1"), ttl=3000))
+            resolver.complete(plan, bytes(reply.pack()))
+        messages.append(data)
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 5300))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 5301))
+    for sock in (server, client):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    client.setblocking(False)
+    listener = UdpListener(server, resolver, ListenerStats())
+    twice = messages * 2
+    for round_number in range(rounds):
+        start = round_number * QUERIES_PER_ROUND % NAMES
+        for message in twice[start : start + QUERIES_PER_ROUND]:
+            client.sendto(message, ("127.0.0.1", 5300))
+        listener._readable()
+        answered = 0
+        try:
+            while True:
+                client.recv(4096)
+                answered += 1
+        except BlockingIOError:
+            pass
+        if answered != QUERIES_PER_ROUND:
+            raise SystemExit(f"round {round_number}: {answered} answers of {QUERIES_PER_ROUND}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def instructions(checkout: str, rounds: int, mix: str) -> int:
+    """User-space instructions of a child process of `rounds` rounds, as callgrind counts them."""
+    script = (
+        "ip link set lo up && exec valgrind --tool=callgrind --callgrind-out-file=/dev/null "
+        f"{sys.executable} {Path(__file__).resolve()} --child {checkout} --rounds {rounds} --mix {mix}"
+    )
+    run = subprocess.run(
+        ["unshare", "-n", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        timeout=1800,
+        check=False,
+    )
+    found = re.search(r"Collected : ([\d,]+)", run.stderr)
+    if run.returncode or not found:
+        raise SystemExit(f"{checkout}: the measured process failed:\n{run.stdout}{run.stderr[-3000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def per_query(checkout: str, rounds: int, mix: str) -> float:
+    extra = instructions(checkout, WARM_ROUNDS + rounds, mix) - instructions(checkout, WARM_ROUNDS, mix)
+    return extra / (rounds * QUERIES_PER_ROUND)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--baseline", metavar="CHECKOUT", help="another checkout to count beside this one")
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--mix", choices=("cached", "blocked"), default="cached")
+    parser.add_argument("--child", metavar="CHECKOUT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.rounds, args.mix)
+        return 0
+    if shutil.which("valgrind") is None or shutil.which("unshare") is None:
+        raise SystemExit("needs valgrind and unshare (Debian's valgrind and util-linux)")
+    checkouts = {"this checkout": str(Path(__file__).resolve().parents[1])}
+    if args.baseline:
+        source = Path(args.baseline).resolve()
+        if not (source / "dnsguard" / "cli.py").exists():
+            raise SystemExit(f"--baseline {args.baseline}: not a dnsguard checkout")
+        checkouts["baseline"] = str(source)
+    counts = {label: per_query(checkout, args.rounds, args.mix) for label, checkout in checkouts.items()}
+    for label, count in counts.items():
+        print(f"{label:14s} {count:9.0f} instructions per {args.mix} query ({checkouts[label]})")
+    if "baseline" in counts:
+        print(f"this checkout / baseline: {counts['this checkout'] / counts['baseline']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
