@@ -41,13 +41,20 @@ from dnsguard.net.offload import (
 
 
 @contextlib.contextmanager
-def without_numpy() -> Iterator[None]:
-    """The module as it runs without the `fast` extra: big-integer sums only."""
-    saved, offload.numpy = offload.numpy, None
+def patched(name: str, value: object) -> Iterator[None]:
+    """The offload module with `name` set to `value` for the block (hypothesis tests cannot take
+    pytest's function-scoped monkeypatch)."""
+    saved = getattr(offload, name)
+    setattr(offload, name, value)
     try:
         yield
     finally:
-        offload.numpy = saved
+        setattr(offload, name, saved)
+
+
+def without_numpy() -> contextlib.AbstractContextManager[None]:
+    """The module as it runs without the `fast` extra: big-integer sums only."""
+    return patched("numpy", None)
 
 
 @given(st.binary(max_size=3000), st.integers(0, 0xFFFF))
@@ -240,14 +247,9 @@ def test_a_bad_checksum_in_a_later_segments_tcp_header_keeps_the_run_apart() -> 
     assert coalesce(packets) == [(PLAIN_HEADER, packet) for packet in packets]
 
 
-@contextlib.contextmanager
-def without_continuation() -> Iterator[None]:
+def without_continuation() -> contextlib.AbstractContextManager[None]:
     """coalesce with _tcp_key's checks on every segment (no masked comparison with the previous run)."""
-    saved, offload.CONTINUE_RUNS = offload.CONTINUE_RUNS, False
-    try:
-        yield
-    finally:
-        offload.CONTINUE_RUNS = saved
+    return patched("CONTINUE_RUNS", False)
 
 
 @settings(max_examples=500, deadline=None)
