@@ -227,9 +227,13 @@ class QueryLog:
         The rows are made HANDOFF_SLICE at a time, with a turn of the event loop between slices."""
         stream = self._take_stream()
         self._read_replies()
-        while records := list(itertools.islice(stream, HANDOFF_SLICE)):
-            self._hold(records)
-            await asyncio.sleep(0)  # queries that came meanwhile are answered before the next slice
+        try:
+            while records := list(itertools.islice(stream, HANDOFF_SLICE)):
+                self._hold(records)
+                await asyncio.sleep(0)  # queries that came meanwhile are answered before the next slice
+        except asyncio.CancelledError:
+            self._hold(list(stream))  # stopped between slices: the rest was taken, so keep it now
+            raise
         if self.settings is None or self._conn is None:
             self._hold([])  # without a writer, what was held is lost too
             return

@@ -222,6 +222,27 @@ async def test_a_large_hand_off_lets_queries_be_answered_between_its_slices(
         await service.close()
 
 
+async def test_a_hand_off_cancelled_between_slices_keeps_every_row_it_took(tmp_path: Path) -> None:
+    service = await started_service(logged_config(tmp_path))
+    querylog = service.querylog
+    assert querylog is not None
+    try:
+        await until(lambda: querylog.state == "ready", "ready")
+        count = querylog_module.HANDOFF_SLICE * 3
+        for i in range(count):
+            ask(service, f"n{i}.ads.example")
+        flush = asyncio.get_running_loop().create_task(querylog._flush())
+        await asyncio.sleep(0)  # the first slice is held, the task waits for its next turn
+        assert 0 < len(querylog._held) < count
+        flush.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flush
+        assert sum(row[9] for row in querylog._held) == count  # the rest of the sink, held at once
+    finally:
+        await service.close()
+    assert querylog.counters.written == count  # and written at stop
+
+
 async def test_a_writer_that_dies_is_started_again_and_the_queries_meanwhile_are_counted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
