@@ -408,8 +408,9 @@ class CacheConfig:
     max_entries: Annotated[
         int, Range(0, 10_000_000, "0 turns the cache off; each entry is a whole reply")
     ] = 10_000
-    """Answers kept (Pi-hole's default). An entry costs about 0.9 KB, so a client asking for distinct
-    names fills at most ~9 MB; a household's working set is a few thousand names."""
+    """Answers kept (Pi-hole's default). An entry costs about 0.9 KB, a little more once asked again
+    (its last reply is kept whole: about 0.2 KB for a two-address answer), so a client asking for
+    distinct names fills at most ~9 MB; a household's working set is a few thousand names."""
     min_ttl: Ttl = Duration(0)
     max_ttl: Ttl = Duration(86400)
     max_negative_ttl: Ttl = Duration(1800)

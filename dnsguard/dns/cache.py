@@ -33,8 +33,6 @@ CacheKey = tuple[str, int, int, int]
 _COUNTS = struct.Struct(">HHHHH")  # flags and the four section counts: header bytes 2..12
 _U32_INTO = struct.Struct(">I").pack_into
 _PREFETCH_QUEUE_MAX: Final = 1024
-_REPLIES_PER_ENTRY: Final = 4
-"""Query messages (case, flags, EDNS differ) whose whole reply an entry keeps for get_planned."""
 _NEVER: Final = float("inf")
 # Stale answers tell EDNS clients what they are getting: EDE 3 "Stale Answer" (RFC 8914 section 4.4).
 _STALE_OPT: Final = opt_record(False, ede_option(EDE_STALE_ANSWER))
@@ -66,8 +64,9 @@ class _Entry:
         "headers",
         "hits",
         "inserted",
+        "memo_query",
+        "memo_reply",
         "prefetch_at",
-        "replies",
         "stale_tail",
         "stale_until",
         "tail",
@@ -96,9 +95,11 @@ class _Entry:
         self.tail = base_tail
         self.tail_age = 0
         self.stale_tail: bytes | None = None
-        self.replies: dict[bytes, bytes] | None = None
-        """Whole replies but their ID, by the query message but its ID (see AnswerCache.get_planned);
-        emptied whenever `tail` changes."""
+        self.memo_query: bytes | None = None
+        """The last query message, but its ID, that get_planned answered from this entry (None whenever
+        `tail` changes), and its whole reply but the ID: one message per entry, so an entry costs at
+        most one reply more."""
+        self.memo_reply = b""
 
 
 def _patched_tail(entry: _Entry, age: int) -> bytes:
@@ -210,7 +211,7 @@ class AnswerCache:
         if age != entry.tail_age:
             entry.tail = _patched_tail(entry, age if age > 0 else 0)
             entry.tail_age = age
-            entry.replies = None
+            entry.memo_query = None
         return _assemble(entry, query, data)
 
     def get_planned(
@@ -220,9 +221,10 @@ class AnswerCache:
 
         `key` is cache_key(query) and `after_id` is message[2:], both kept by the caller (the resolver's
         plan for the message). A hit's reply, but its ID, depends only on the entry, its age in whole
-        seconds and those bytes, so the entry keeps it under `after_id` for the rest of that second.
-        Such a hit leaves the LRU order alone: the entry went to its end when the reply was kept, so
-        a busy entry is touched once a second, not once a query.
+        seconds and those bytes, so the entry keeps the last one with its `after_id` for the rest of
+        that second (clients asking the same name with other flags or letter case take turns). Such a
+        hit leaves the LRU order alone: the entry went to its end when the reply was kept, so a busy
+        entry is touched once a second, not once a query.
         """
         entry = self._entries.get(key)
         if entry is None or now >= entry.expires:
@@ -232,21 +234,14 @@ class AnswerCache:
         if now >= entry.prefetch_at and entry.hits >= self.prefetch_min_hits:
             self._hint(entry, query)
         age = int(now - entry.inserted)
-        replies = entry.replies
         if age != entry.tail_age:
             entry.tail = _patched_tail(entry, age if age > 0 else 0)
             entry.tail_age = age
-            replies = entry.replies = None
-        elif replies is not None:
-            reply = replies.get(after_id)
-            if reply is not None:
-                return message[:2] + reply
+        elif entry.memo_query == after_id:
+            return message[:2] + entry.memo_reply
         self._entries.move_to_end(key)
         reply = _assemble(entry, query, message)
-        if replies is None:
-            entry.replies = {after_id: reply[2:]}
-        elif len(replies) < _REPLIES_PER_ENTRY:
-            replies[after_id] = reply[2:]
+        entry.memo_query, entry.memo_reply = after_id, reply[2:]
         return reply
 
     def _hint(self, entry: _Entry, query: Query) -> None:
