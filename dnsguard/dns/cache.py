@@ -203,15 +203,7 @@ class AnswerCache:
                 del entries[key]
             return None
         entries.move_to_end(key)
-        self.hits += 1
-        entry.hits += 1
-        if now >= entry.prefetch_at and entry.hits >= self.prefetch_min_hits:
-            self._hint(entry, query)
-        age = int(now - entry.inserted)
-        if age != entry.tail_age:
-            entry.tail = _patched_tail(entry, age if age > 0 else 0)
-            entry.tail_age = age
-            entry.memo_query = None
+        self._hit(entry, query, now)
         return _assemble(entry, query, data)
 
     def get_planned(
@@ -229,6 +221,17 @@ class AnswerCache:
         entry = self._entries.get(key)
         if entry is None or now >= entry.expires:
             return self.get(query, now, message)  # counts the miss, forgets an entry past its stale window
+        self._hit(entry, query, now)
+        if entry.memo_query == after_id:
+            return message[:2] + entry.memo_reply
+        self._entries.move_to_end(key)
+        reply = _assemble(entry, query, message)
+        entry.memo_query, entry.memo_reply = after_id, reply[2:]
+        return reply
+
+    def _hit(self, entry: _Entry, query: Query, now: float) -> None:
+        """Count a hit on a fresh entry, ask for its refresh when due, and bring its TTLs to its age in
+        whole seconds (forgetting the remembered reply, whose TTLs are then a second old)."""
         self.hits += 1
         entry.hits += 1
         if now >= entry.prefetch_at and entry.hits >= self.prefetch_min_hits:
@@ -237,12 +240,7 @@ class AnswerCache:
         if age != entry.tail_age:
             entry.tail = _patched_tail(entry, age if age > 0 else 0)
             entry.tail_age = age
-        elif entry.memo_query == after_id:
-            return message[:2] + entry.memo_reply
-        self._entries.move_to_end(key)
-        reply = _assemble(entry, query, message)
-        entry.memo_query, entry.memo_reply = after_id, reply[2:]
-        return reply
+            entry.memo_query = None
 
     def _hint(self, entry: _Entry, query: Query) -> None:
         entry.prefetch_at = _NEVER  # one hint per stored reply; a refresh `put` re-arms it
