@@ -103,15 +103,10 @@ class LogSink:
             sum(counts.values()) for counts in self.planned.values()
         )
 
-    def take(self) -> list[LogRow]:
-        """The waiting queries, a row per entry with its count; the sink starts empty again (what it
-        lost stays in `lost` for the caller)."""
-        return list(self.take_rows())
-
     def take_rows(self) -> Iterator[LogRow]:
-        """take(), the rows made as they are read: the sink starts empty again at once, and a caller
-        that reads a slice at a time (the query log's hand-off) can let queries be answered between
-        slices."""
+        """The waiting queries, a row per entry with its count, made as they are read; the sink starts
+        empty again at once (what it lost stays in `lost` for the caller), and a caller that reads a
+        slice at a time (the query log's hand-off) can let queries be answered between slices."""
         records, planned, first, plans = self.records, self.planned, self.first, self.plans
         self.records, self.planned, self.first, self.plans, self.size = {}, {}, {}, {}, 0
         return _rows(records, planned, first, plans, self.fields)

@@ -127,7 +127,7 @@ class ReceiveSlots:
         self._receive = receive
         self._ipv6 = sock.family == socket.AF_INET6
         self._namelen = _SOCKADDR_SIZE if self._ipv6 else 16
-        self._slot_count, self._slot_size, self._control_size = slot_count, slot_size, control_size
+        self._slot_count, self._slot_size = slot_count, slot_size
         self.count = 0
         """Slots the last receive filled."""
         self._headers = (Mmsghdr * slot_count)()
@@ -139,7 +139,6 @@ class ReceiveSlots:
         self._header_bytes = memoryview(self._headers).cast("B")
         self._name_bytes = memoryview(self._names).cast("B")
         self._control_bytes = memoryview(self._controls).cast("B")
-        self._data_bytes = memoryview(self._data).cast("B")
         self._headers_address = ctypes.addressof(self._headers)
         names_address = ctypes.addressof(self._names)
         controls_address = ctypes.addressof(self._controls)
@@ -217,9 +216,7 @@ class QueryBatch(ReceiveSlots):
         the rest of this method together. The table is emptied when it fills, so senders that change
         all the time (spoofed) cost only the conversion they would have cost anyway.
         """
-        (length,) = _unpack_uint(self._header_bytes, slot * _MMSGHDR_SIZE + _LEN_OFFSET)
-        start = slot * QUERY_SLOT_SIZE
-        data = self._data[start : start + length]
+        data = self._payload(slot)
         name = slot * _SOCKADDR_SIZE
         address = self._names[name + self._address_start : name + self._address_end]
         host = self._hosts.get(address)
