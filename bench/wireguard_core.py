@@ -4,7 +4,8 @@
 
 
 Two in-memory devices complete a handshake, then one core seals and opens transport packets; the figures are
-packets per second on one core for the sans-I/O path alone (no sockets, no TUN).
+packets per second on one core for the sans-I/O path alone (no sockets, no TUN). OpenSSL's ChaCha20-Poly1305
+code is chosen as `dnsguard up` and `dnsguard server` choose it (app/aead_tuning.py), and the choice printed.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ import struct
 import time
 from collections.abc import Callable
 
-from dnsguard.wireguard.device import Device
-from dnsguard.wireguard.keys import generate_private_key
+from dnsguard.app.aead_tuning import tune_aead
+
+AEAD_CHOICE = tune_aead()  # before the imports below load libcrypto
+
+from dnsguard.wireguard.device import Device  # noqa: E402
+from dnsguard.wireguard.keys import generate_private_key  # noqa: E402
 
 _CLIENT_ADDRESS = ("198.18.0.1", 51820)
 _SERVER_ADDRESS = ("198.18.0.2", 51820)
@@ -49,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=1400)
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args(argv)
+    print(AEAD_CHOICE.describe())
     size: int = args.size
     batch_size: int = args.batch
     rounds = max(1, int(args.packets) // batch_size)

@@ -48,17 +48,25 @@ def _pubkey(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
+    _require_net_admin("server")
+    aead = _tune_aead()  # before the import below loads libcrypto
     from dnsguard.app.server import run_server
 
-    _require_net_admin("server")
-    return run_server(args.config)
+    return run_server(args.config, startup_notes=[aead])
 
 
 def _up(args: argparse.Namespace) -> int:
+    _require_net_admin("up")
+    aead = _tune_aead()  # before the import below loads libcrypto
     from dnsguard.app.client import run_client
 
-    _require_net_admin("up")
-    return run_client(args.config)
+    return run_client(args.config, startup_notes=[aead])
+
+
+def _tune_aead() -> str:
+    from dnsguard.app.aead_tuning import tune_aead
+
+    return tune_aead().describe()
 
 
 def _down(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -453,9 +453,11 @@ def lifecycle_settings(tunnel: TunnelConfig) -> LifecycleSettings:
     )
 
 
-def run_client(config_path: str) -> int:
+def run_client(config_path: str, startup_notes: Sequence[str] = ()) -> int:
     config = load_config(config_path)
     setup_logging(config)
+    for note in startup_notes:
+        log.info("%s", note)
     tunnel = require_tunnel(config)
     client = Client(config_path, config, lifecycle=Lifecycle(lifecycle_settings(tunnel)))
     asyncio.run(client.run())

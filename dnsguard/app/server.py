@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,8 +141,10 @@ class Server(FilteringTunnelDaemon):
         return commit
 
 
-def run_server(config_path: str) -> int:
+def run_server(config_path: str, startup_notes: Sequence[str] = ()) -> int:
     config = load_config(config_path)
     setup_logging(config)
+    for note in startup_notes:
+        log.info("%s", note)
     asyncio.run(Server(config_path, config).run())
     return 0
