@@ -14,6 +14,9 @@ fails is retried once, then reported as failed.
 `dnsguard-nooffload` is dnsguard with DNSGUARD_OFFLOADS=off in both daemons (no TUN offloads, no
 UDP GSO/GRO: one packet per TUN read and write, sendmmsg/recvmmsg on the UDP side).
 
+`dnsguard-openssl-choice` is dnsguard with OPENSSL_ia32cap=":~0x0" in both daemons: OpenSSL's own
+ChaCha20-Poly1305 code for this CPU, where dnsguard may have masked AVX-512 (app/aead_tuning.py).
+
 `dnsguard+dns` is the same dnsguard client with DNS filtering on (blocklists, an upstream, the
 resolver in the client process and the nftables DNS redirect), for the cost of filtering on the
 data path:
@@ -95,6 +98,10 @@ def setup_dnsguard_firewall(lab: Lab) -> None:
 
 def setup_dnsguard_nooffload(lab: Lab) -> None:
     setup_dnsguard(lab, env={"DNSGUARD_OFFLOADS": "off"})
+
+
+def setup_dnsguard_openssl_choice(lab: Lab) -> None:
+    setup_dnsguard(lab, env={"OPENSSL_ia32cap": ":~0x0"})  # masks nothing: dnsguard keeps a set value
 
 
 def setup_wireguard_go(lab: Lab) -> None:
@@ -187,6 +194,7 @@ def setup_openvpn(lab: Lab) -> None:
 CONTENDERS: dict[str, Callable[[Lab], None]] = {
     "dnsguard": setup_dnsguard,
     "dnsguard-nooffload": setup_dnsguard_nooffload,
+    "dnsguard-openssl-choice": setup_dnsguard_openssl_choice,
     "dnsguard+dns": setup_dnsguard_dns,
     "dnsguard+fw": setup_dnsguard_firewall,
     "wireguard-go": setup_wireguard_go,
@@ -195,6 +203,7 @@ CONTENDERS: dict[str, Callable[[Lab], None]] = {
 
 RATIOS = [
     ("dnsguard", "dnsguard-nooffload"),
+    ("dnsguard", "dnsguard-openssl-choice"),
     ("dnsguard", "wireguard-go"),
     ("dnsguard", "openvpn"),
     ("dnsguard+dns", "dnsguard"),
