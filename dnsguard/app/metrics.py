@@ -24,6 +24,7 @@ from dnsguard.dns.admission import REFUSAL_REASONS
 from dnsguard.dns.resolver import RESULTS as RESOLVER_RESULTS
 from dnsguard.dns.wire import MALFORMED_REASONS
 from dnsguard.lifecycle import Cause, State
+from dnsguard.net.tun import OFFLOAD_NAMES
 
 if TYPE_CHECKING:
     from dnsguard.app.operated import Operated
@@ -324,6 +325,7 @@ class DaemonCollector(Collector):
         dropped.add_metric(["tun_write_error"], shell.tun.write_errors)
         dropped.add_metric(["tun_malformed"], getattr(shell.tun, "malformed", 0))
         yield dropped
+        yield from _offloads(shell)
         handshakes = CounterMetricFamily(
             "dnsguard_tunnel_handshakes", "Handshakes by result.", labels=["result"]
         )
@@ -344,6 +346,39 @@ class DaemonCollector(Collector):
         peers = GaugeMetricFamily("dnsguard_tunnel_peers", "Configured peers.")
         peers.add_metric([], len(statuses))
         yield peers
+
+
+def _offloads(shell: TunnelShell) -> Iterator[Metric]:
+    """Which offloads the TUN and the UDP sockets run with, and how much went through them.
+
+    Read from the edges' own counters (net/tun.py, net/udp.py); an edge without one (a fake in a
+    test) shows 0.
+    """
+    tun, udp = shell.tun, shell.udp
+    flags = getattr(tun, "offload_flags", 0)
+    sockets = list(getattr(udp, "sockets", {}).values())
+    in_use = GaugeMetricFamily(
+        "dnsguard_tunnel_offloads",
+        "Offloads in use (1) or not (0): the TUN's checksum, TSO and USO, UDP GSO and GRO.",
+        labels=["offload"],
+    )
+    for bit, name in OFFLOAD_NAMES.items():
+        in_use.add_metric([f"tun_{name}"], 1.0 if flags > 0 and flags & bit else 0.0)
+    in_use.add_metric(["udp_gso"], 1.0 if getattr(udp, "gso", False) else 0.0)
+    in_use.add_metric(["udp_gro"], 1.0 if any(getattr(sock, "gro", False) for sock in sockets) else 0.0)
+    yield in_use
+    work = CounterMetricFamily(
+        "dnsguard_tunnel_offload_packets",
+        "Packets through the offloads, by kind.",
+        labels=["kind"],
+    )
+    work.add_metric(["tun_super_packets"], getattr(tun, "super_packets", 0))
+    work.add_metric(["tun_segments"], getattr(tun, "segments_read", 0))
+    work.add_metric(["tun_coalesced_writes"], getattr(tun, "coalesced_writes", 0))
+    work.add_metric(["tun_coalesced_segments"], getattr(tun, "segments_coalesced", 0))
+    work.add_metric(["udp_gso_sends"], getattr(udp, "gso_sends", 0))
+    work.add_metric(["udp_gro_trains"], sum(getattr(sock, "gro_trains", 0) for sock in sockets))
+    yield work
 
 
 def registry_for(daemon: Operated) -> CollectorRegistry:

@@ -6,7 +6,7 @@ import fcntl
 import logging
 import os
 import struct
-from typing import Protocol
+from typing import Final, Protocol
 
 from dnsguard.errors import NetworkError, PrivilegeError
 from dnsguard.net.offload import (
@@ -61,15 +61,18 @@ def _set_offloads(fd: int) -> int:
     return 0
 
 
+OFFLOAD_NAMES: Final = {
+    TUN_F_CSUM: "csum",
+    TUN_F_TSO4: "tso4",
+    TUN_F_TSO6: "tso6",
+    TUN_F_USO4: "uso4",
+    TUN_F_USO6: "uso6",
+}
+"""The TUN_F_ flags by the names the log and the metrics give them."""
+
+
 def describe_offloads(flags: int) -> str:
-    names = {
-        TUN_F_CSUM: "csum",
-        TUN_F_TSO4: "tso4",
-        TUN_F_TSO6: "tso6",
-        TUN_F_USO4: "uso4",
-        TUN_F_USO6: "uso6",
-    }
-    return ",".join(name for bit, name in names.items() if flags & bit) or "none"
+    return ",".join(name for bit, name in OFFLOAD_NAMES.items() if flags & bit) or "none"
 
 
 class PacketDevice(Protocol):

@@ -87,6 +87,12 @@ class TunnelSocket:
         self._batch = DatagramBatch(sock, RECVMMSG, gro=self.gro) if RECVMMSG is not None else None
         self.replies = ReplyBatch.for_socket(sock)
         """sendmmsg batch for sends without GSO (None where libc lacks sendmmsg)."""
+        self._gro_trains = 0
+
+    @property
+    def gro_trains(self) -> int:
+        """Receives that held a train of datagrams (UDP_GRO), split into the datagrams sent."""
+        return self._gro_trains + (self._batch.gro_trains if self._batch is not None else 0)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -148,6 +154,7 @@ class TunnelSocket:
                     (size,) = _gro_size(value)
             if 0 < size < len(data):
                 batch.extend((data[start : start + size], source) for start in range(0, len(data), size))
+                self._gro_trains += 1
             else:
                 batch.append((data, source))
             if len(batch) >= limit:
@@ -185,6 +192,8 @@ class DatagramBatch(ReceiveSlots):
         super().__init__(sock, receive, slots, slot_size, _GRO_CONTROL)
         self.filled = False
         """Whether the last receive filled every slot it offered (more may be waiting)."""
+        self.gro_trains = 0
+        """Receives that held a train of datagrams (UDP_GRO), split here."""
 
     def receive(self, limit: int) -> list[tuple[bytes, Address]]:
         """What is waiting (up to about `limit` datagrams); raises OSError (BlockingIOError) as recvmmsg."""
@@ -206,6 +215,7 @@ class DatagramBatch(ReceiveSlots):
             size = self._segment_size(slot, header_bytes, slot * _MMSGHDR_SIZE)
             if 0 < size < length:
                 batch.extend((data[at : at + size], source) for at in range(0, length, size))
+                self.gro_trains += 1
             else:
                 batch.append((data, source))
         return batch

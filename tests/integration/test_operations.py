@@ -79,6 +79,26 @@ def test_metrics_move_when_queries_are_blocked_and_packets_flow() -> None:
             assert code == 200 and json.loads(status)["connection"]["state"] == "connected"
             log_lines = [line for line in full.client.log().splitlines() if line.strip()]
             assert log_lines and all(json.loads(line)["logger"].startswith("dnsguard") for line in log_lines)
+            # The start says which ChaCha20-Poly1305 code OpenSSL runs (app/aead_tuning.py).
+            assert any(json.loads(line)["message"].startswith("ChaCha20-Poly1305: ") for line in log_lines)
+
+            # Offloads: every series is there; the lab's kernel takes TUN TSO and UDP GSO.
+            offloads = {
+                dict(labels)["offload"]: value
+                for (name, labels), value in after.items()
+                if name == "dnsguard_tunnel_offloads"
+            }
+            assert set(offloads) == {
+                "tun_csum",
+                "tun_tso4",
+                "tun_tso6",
+                "tun_uso4",
+                "tun_uso6",
+                "udp_gso",
+                "udp_gro",
+            }
+            assert offloads["tun_tso4"] == offloads["udp_gso"] == 1
+            assert ("dnsguard_tunnel_offload_packets_total", (("kind", "udp_gso_sends"),)) in after
             tunnel = full.client.config["tunnel"]
             assert isinstance(tunnel, dict)
             for secret in (tunnel["private-key"], TOKEN):

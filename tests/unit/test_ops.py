@@ -26,6 +26,7 @@ from dnsguard.app.watch import FileWatcher, watched_files
 from dnsguard.config import load_config
 from dnsguard.dns.resolver import Forward
 from dnsguard.lifecycle import Cause, Lifecycle
+from dnsguard.net.tun import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6
 from dnsguard.wireguard.device import Device
 from dnsguard.wireguard.events import HandshakeCompleted, HandshakeGaveUp, HandshakeInitiationSent
 from dnsguard.wireguard.keys import generate_private_key, public_key
@@ -175,7 +176,24 @@ async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> 
     shell = SimpleNamespace(
         stats=TunnelStats(rx_bytes=148, tx_bytes=96),
         device=device,
-        tun=SimpleNamespace(name="dg0", queue_full=2, write_errors=0),
+        tun=SimpleNamespace(
+            name="dg0",
+            queue_full=2,
+            write_errors=0,
+            offload_flags=TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+            super_packets=3,
+            segments_read=120,
+            coalesced_writes=4,
+            segments_coalesced=90,
+        ),
+        udp=SimpleNamespace(
+            gso=True,
+            gso_sends=7,
+            sockets={
+                2: SimpleNamespace(gro=True, gro_trains=5),
+                10: SimpleNamespace(gro=False, gro_trains=1),
+            },
+        ),
     )
     # The list refresh is accounted when a refresh runs; one with a URL list shows the series.
     service.list_updated_at["ads"] = 1_700_000_000.0
@@ -204,6 +222,33 @@ async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> 
         assert found[("dnsguard_tunnel_last_handshake_timestamp_seconds", (("peer", server_key[:8]),))] == 0
         assert found[("dnsguard_tunnel_peers", ())] == 1
         assert found[("dnsguard_tunnel_bytes_total", (("direction", "rx"),))] == 148
+        offloads = {
+            dict(labels)["offload"]: value
+            for (name, labels), value in found.items()
+            if name == "dnsguard_tunnel_offloads"
+        }
+        assert offloads == {
+            "tun_csum": 1,
+            "tun_tso4": 1,
+            "tun_tso6": 1,
+            "tun_uso4": 0,
+            "tun_uso6": 0,
+            "udp_gso": 1,
+            "udp_gro": 1,
+        }
+        work = {
+            dict(labels)["kind"]: value
+            for (name, labels), value in found.items()
+            if name == "dnsguard_tunnel_offload_packets_total"
+        }
+        assert work == {
+            "tun_super_packets": 3,
+            "tun_segments": 120,
+            "tun_coalesced_writes": 4,
+            "tun_coalesced_segments": 90,
+            "udp_gso_sends": 7,
+            "udp_gro_trains": 6,
+        }
         promtool = shutil.which("promtool")
         if promtool is not None:  # installed by deploy/install.sh --test; its naming lint must pass
             lint = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True)
