@@ -17,6 +17,11 @@ UDP GSO/GRO: one packet per TUN read and write, sendmmsg/recvmmsg on the UDP sid
 `dnsguard-openssl-choice` is dnsguard with OPENSSL_ia32cap=":~0x0" in both daemons: OpenSSL's own
 ChaCha20-Poly1305 code for this CPU, where dnsguard may have masked AVX-512 (app/aead_tuning.py).
 
+--udp runs iperf3 with UDP instead (1300-byte datagrams at an unlimited rate; what arrives counts),
+which is where the receiving side's TUN writes merge datagrams of a flow (USO):
+
+    sudo .venv/bin/python bench/tunnel.py --udp --only dnsguard,dnsguard-nooffload,wireguard-go
+
 `dnsguard+dns` is the same dnsguard client with DNS filtering on (blocklists, an upstream, the
 resolver in the client process and the nftables DNS redirect), for the cost of filtering on the
 data path:
@@ -228,16 +233,21 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
-def iperf_once(lab: Lab, seconds: int, reverse: bool) -> tuple[float, int] | str:
+UDP_ARGS = ["-u", "-b", "0", "-l", "1300"]
+"""iperf3 for --udp: 1300-byte datagrams (1328 bytes of IPv4, inside the tunnel's MTU), unlimited rate."""
+
+
+def iperf_once(lab: Lab, seconds: int, reverse: bool, udp: bool = False) -> tuple[float, int] | str:
     """(Mbit/s, bytes received) of one iperf3 run, or why it failed."""
     argv = ["iperf3", "-c", SERVER_TUNNEL, "-t", str(seconds), "-J", "-O", "1"] + (["-R"] if reverse else [])
+    argv += UDP_ARGS if udp else []
     try:
         result = lab.run("client", argv, timeout=seconds + 30, check=False)
     except subprocess.TimeoutExpired:
         return "iperf3 timed out"
     try:
         report = json.loads(result.stdout)
-        received = report["end"]["sum_received"]
+        received = report["end"]["sum_received"]  # with UDP too, from iperf3 3.10 (Debian 12 has 3.12)
         return float(received["bits_per_second"]) / 1e6, int(received["bytes"])
     except (ValueError, KeyError, TypeError):
         error = ""
@@ -247,11 +257,13 @@ def iperf_once(lab: Lab, seconds: int, reverse: bool) -> tuple[float, int] | str
         return f"iperf3 exited {result.returncode}: {error or result.stderr.strip() or 'no report'}"
 
 
-def iperf(lab: Lab, seconds: int, reverse: bool, pids: list[int]) -> tuple[float, int, float] | None:
+def iperf(
+    lab: Lab, seconds: int, reverse: bool, pids: list[int], udp: bool = False
+) -> tuple[float, int, float] | None:
     """(Mbit/s, bytes, daemons' CPU seconds) of a run, retried once; None (reported) if both fail."""
     for attempt in (1, 2):
         before = cpu_seconds(pids)
-        outcome = iperf_once(lab, seconds, reverse)
+        outcome = iperf_once(lab, seconds, reverse, udp)
         if not isinstance(outcome, str):
             return outcome[0], outcome[1], cpu_seconds(pids) - before
         print(f"  {'download' if reverse else 'upload'} attempt {attempt} failed: {outcome}", flush=True)
@@ -272,7 +284,7 @@ def rtt(lab: Lab, count: int = 50) -> float | None:
     return parse_ping(lab.run("client", ping, timeout=60, check=False).stdout)
 
 
-def measure(name: str, seconds: int) -> dict[str, float | None]:
+def measure(name: str, seconds: int, udp: bool = False) -> dict[str, float | None]:
     with Lab(services=False) as lab:
         CONTENDERS[name](lab)
         wait_ping(lab, "client", SERVER_TUNNEL, timeout=30)
@@ -285,13 +297,13 @@ def measure(name: str, seconds: int) -> dict[str, float | None]:
             ["ping", "-c", str(seconds * 5), "-i", "0.2", "-q", SERVER_TUNNEL],
             log_name="ping-loaded",
         )
-        upload = iperf(lab, seconds, False, daemons)
+        upload = iperf(lab, seconds, False, daemons, udp)
         try:
             pinger.wait(timeout=seconds + 5)
         except subprocess.TimeoutExpired:
             pinger.kill()
         loaded = parse_ping(Path(pinger.log_path).read_text())  # type: ignore[attr-defined]
-        download = iperf(lab, seconds, True, daemons)
+        download = iperf(lab, seconds, True, daemons, udp)
         done = [run for run in (upload, download) if run is not None]
         carried = sum(run[1] for run in done)
         return {
@@ -325,13 +337,16 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(CONTENDERS))
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--firewall", action="store_true", help="only dnsguard+dns and dnsguard+fw")
+    parser.add_argument(
+        "--udp", action="store_true", help="iperf3 UDP (1300-byte datagrams, unlimited rate) instead of TCP"
+    )
     args = parser.parse_args()
     names = ["dnsguard+dns", "dnsguard+fw"] if args.firewall else [n for n in args.only.split(",") if n]
     runs: dict[str, list[dict[str, float | None]]] = {n: [] for n in names}
     # Interleave contenders so that a noisy moment on the machine hits all of them alike.
     for round_number in range(args.repeat):
         for name in names:
-            result = measure(name, args.seconds)
+            result = measure(name, args.seconds, args.udp)
             runs[name].append(result)
             print(
                 f"round {round_number + 1} {name:18s} up {show(result['upload_mbps'], 8)} Mbit/s  "
@@ -342,7 +357,8 @@ def main() -> int:
                 flush=True,
             )
     medians = {n: {key: median([r[key] for r in runs[n]]) for key in FIGURES} for n in names}
-    print(f"\nmedian of {args.repeat} runs, {args.seconds} s each (iperf3 TCP inside the tunnel)")
+    what = "UDP, 1300-byte datagrams at an unlimited rate, as received" if args.udp else "TCP"
+    print(f"\nmedian of {args.repeat} runs, {args.seconds} s each (iperf3 {what} inside the tunnel)")
     print(
         f"{'':19s}{'up Mbit/s':>10s}{'down Mbit/s':>12s}{'CPU s/GB':>10s}"
         f"{'RTT idle ms':>12s}{'RTT load ms':>12s}"
