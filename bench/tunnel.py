@@ -17,8 +17,8 @@ UDP GSO/GRO: one packet per TUN read and write, sendmmsg/recvmmsg on the UDP sid
 `dnsguard-openssl-choice` is dnsguard with OPENSSL_ia32cap=":~0x0" in both daemons: OpenSSL's own
 ChaCha20-Poly1305 code for this CPU, where dnsguard may have masked AVX-512 (app/aead_tuning.py).
 
---udp runs iperf3 with UDP instead (1300-byte datagrams at an unlimited rate; what arrives counts),
-which is where the receiving side's TUN writes merge datagrams of a flow (USO):
+--udp runs iperf3 with UDP instead (1300-byte datagrams at an unlimited rate; what arrives counts):
+every received datagram is one TUN write on the receiving side.
 
     sudo .venv/bin/python bench/tunnel.py --udp --only dnsguard,dnsguard-nooffload,wireguard-go
 

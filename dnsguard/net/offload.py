@@ -58,7 +58,6 @@ PLAIN_HEADER: Final = bytes(VNET_HEADER_SIZE)
 
 TCP: Final = 6
 UDP: Final = 17
-ICMPV6: Final = 58
 TCP_FIN: Final = 0x01
 TCP_SYN: Final = 0x02
 TCP_RST: Final = 0x04
@@ -68,9 +67,6 @@ TCP_URG: Final = 0x20
 TCP_CWR: Final = 0x80
 TCP_CHECKSUM_OFFSET: Final = 16
 UDP_CHECKSUM_OFFSET: Final = 6
-UDP_IPV4: Final = 1 << 4
-UDP_IPV6: Final = 1 << 6
-"""coalesce's `udp` bits: the IP versions whose UDP datagrams may be merged (bit 4 and bit 6)."""
 MAX_COALESCED: Final = 65535
 """Bytes of one coalesced IP packet: the IPv4 total length field's limit (and IPv6's payload length)."""
 
@@ -424,139 +420,7 @@ def _tcp_key(packet: bytes) -> tuple[int, bytes, bytes] | None:
     return l4_start, flow, match
 
 
-@dataclass(slots=True)
-class _UdpRun:
-    """Consecutive datagrams of one UDP flow, to be written as one GSO_UDP_L4 super-packet."""
-
-    first: bytes
-    l4_start: int
-    gso_size: int
-    match: bytes
-    next_identifier: int
-    """The IPv4 ID the next datagram must carry (the kernel numbers the segments it cuts so)."""
-    size: int
-    packets: list[bytes] = field(default_factory=list)
-    closed: bool = False
-
-
-MAX_UDP_SEGMENTS: Final = 64
-"""Datagrams in one UDP super-packet: the kernel's UDP_MAX_SEGMENTS of 6.x kernels (newer allow 128)."""
-
-
-def _udp_key(packet: bytes) -> tuple[int, bytes, bytes] | None:
-    """(transport offset, flow key, what must match to coalesce) of a plain UDP datagram, else None.
-
-    Only datagrams with a checksum and a payload, without IPv4 options or fragments or IPv6
-    extension headers, are candidates. The IP fields that a super-packet's segments all copy from it
-    (TOS, DF and TTL; IPv6's traffic class, flow label and hop limit) must match.
-    """
-    if len(packet) < 29:
-        return None
-    version = packet[0] >> 4
-    if version == 4:
-        if packet[0] != 0x45 or packet[9] != UDP or packet[6] & 0xBF or packet[7]:
-            return None
-        if _u16.unpack_from(packet, 2)[0] != len(packet):
-            return None
-        l4_start = 20
-        flow = packet[12:24]  # addresses and ports
-        ip_match = packet[1:2] + packet[6:7] + packet[8:9]
-    elif version == 6:
-        if packet[6] != UDP or len(packet) < 49 or _u16.unpack_from(packet, 4)[0] != len(packet) - 40:
-            return None
-        l4_start = 40
-        flow = packet[8:44]  # addresses and ports
-        ip_match = packet[0:4] + packet[7:8]
-    else:
-        return None
-    udp_length, checksum = _u16_pair.unpack_from(packet, l4_start + 4)
-    if udp_length != len(packet) - l4_start or checksum == 0:
-        return None
-    return l4_start, flow, ip_match
-
-
-def _add_udp(packet: bytes, versions: int, runs: dict[bytes, _UdpRun], out: list[Any]) -> bool:
-    """Put a UDP datagram into its flow's run (or a new one) if it is a candidate; False if not."""
-    version = packet[0] >> 4
-    if not (versions >> version) & 1:
-        return False
-    key = _udp_key(packet)
-    if key is None:
-        # A datagram that cannot be merged (no checksum, a fragment, options, extension headers)
-        # may belong to an open run's flow: it must not be overtaken by that flow's next datagram.
-        if len(packet) > 9 and (packet[9] == UDP if version == 4 else packet[6] not in (TCP, ICMPV6)):
-            for open_run in runs.values():
-                open_run.closed = True
-        return False
-    l4_start, flow, match = key
-    payload_length = len(packet) - l4_start - 8
-    identifier = _u16.unpack_from(packet, 4)[0] if l4_start == 20 else 0
-    run = runs.get(flow)
-    if (
-        run is not None
-        and not run.closed
-        and payload_length <= run.gso_size
-        and match == run.match
-        and identifier == run.next_identifier
-        and run.size + payload_length <= MAX_COALESCED
-    ):
-        run.packets.append(packet)
-        run.size += payload_length
-        run.next_identifier = (identifier + 1) & 0xFFFF if l4_start == 20 else 0
-        run.closed = payload_length < run.gso_size or len(run.packets) + 1 >= MAX_UDP_SEGMENTS
-        return True
-    run = _UdpRun(
-        first=packet,
-        l4_start=l4_start,
-        gso_size=payload_length,
-        match=match,
-        next_identifier=(identifier + 1) & 0xFFFF if l4_start == 20 else 0,
-        size=len(packet),
-    )
-    runs[flow] = run
-    out.append(run)
-    return True
-
-
-def _render_udp(run: _UdpRun) -> tuple[bytes, bytearray] | None:
-    """The run as one GSO_UDP_L4 packet, or None when its checksums do not verify."""
-    l4_start = run.l4_start
-    header_length = l4_start + 8
-    first = run.first
-    others = run.packets
-    body = bytearray().join([first, *[memoryview(packet)[header_length:] for packet in others]])
-    addresses = pseudo_header_sum(first, UDP, 0)
-    if run.gso_size & 1:
-        # Odd payloads put later datagrams' words out of step with the merged bytes: one by one.
-        if not all(l4_checksum_valid(packet, l4_start, UDP) for packet in (first, *others)):
-            return None
-    else:
-        # As for TCP (_render): the merged bytes, the other datagrams' UDP headers, and every
-        # datagram's pseudo-header (its length is its UDP length, which the UDP header also holds).
-        total = ones_sum(memoryview(body)[l4_start:], addresses + len(first) - l4_start)
-        total += len(others) * addresses + sum(len(packet) - l4_start for packet in others)
-        total += ones_sum(b"".join([memoryview(packet)[l4_start:header_length] for packet in others]))
-        if total % 0xFFFF:
-            return None
-    length = run.size
-    udp_length = length - l4_start
-    if l4_start == 20:
-        body[2:4] = _u16.pack(length)
-        body[10:12] = b"\0\0"
-        body[10:12] = _u16.pack(finish(ones_sum(memoryview(body)[:l4_start])))
-    else:
-        body[4:6] = _u16.pack(udp_length)
-    body[l4_start + 4 : l4_start + 6] = _u16.pack(udp_length)
-    # NEEDS_CSUM: the field holds the pseudo-header sum, the kernel (or whoever segments) finishes it.
-    checksum_at = l4_start + UDP_CHECKSUM_OFFSET
-    body[checksum_at : checksum_at + 2] = _u16.pack((addresses + udp_length) % 0xFFFF or 0xFFFF)
-    vnet = VNET_HEADER.pack(
-        NEEDS_CSUM, GSO_UDP_L4, header_length, run.gso_size, l4_start, UDP_CHECKSUM_OFFSET
-    )
-    return vnet, body
-
-
-def coalesce(packets: list[bytes], udp: int = 0) -> list[tuple[bytes, bytes | bytearray]]:
+def coalesce(packets: list[bytes]) -> list[tuple[bytes, bytes | bytearray]]:
     """(virtio-net header, packet) pairs to write for `packets`: TCP segments of a flow merged.
 
     Segments of one flow that follow each other in sequence, carry the same acknowledgement, window,
@@ -564,18 +428,13 @@ def coalesce(packets: list[bytes], udp: int = 0) -> list[tuple[bytes, bytes | by
     with a GSO header, which the kernel takes as one packet and re-segments only if it forwards it.
     Each flow keeps its order; different flows may be interleaved differently than they came.
 
-    `udp` (UDP_IPV4 | UDP_IPV6, the IP versions whose TUN took USO) merges UDP datagrams of a flow
-    the same way into GSO_UDP_L4 packets: equal payloads (the last may be shorter), consecutive
-    IPv4 IDs as the kernel gives the segments it cuts, at most MAX_UDP_SEGMENTS.
-
     The kernel trusts a super-packet's checksum (NEEDS_CSUM), so the segments' own checksums are
     verified here first, all of a run in one pass: the sum over the merged bytes plus each
     segment's pseudo-header and TCP header must be zero, as it is when every segment's is. A run
     that fails is written segment by segment, and the kernel drops the bad one as it would anyway.
     """
-    out: list[tuple[bytes, bytes | bytearray] | _Run | _UdpRun] = []
+    out: list[tuple[bytes, bytes | bytearray] | _Run] = []
     runs: dict[bytes, _Run] = {}
-    udp_runs: dict[bytes, _UdpRun] = {}
     last: _Run | None = None  # the run the previous segment went to, while it may take more
     for packet in packets:
         # A segment that continues the previous one's run (the common case: a train of one flow)
@@ -612,8 +471,7 @@ def coalesce(packets: list[bytes], udp: int = 0) -> list[tuple[bytes, bytes | by
             last = None
         key = _tcp_key(packet)
         if key is None:
-            if not udp or not _add_udp(packet, udp, udp_runs, out):
-                out.append((PLAIN_HEADER, packet))
+            out.append((PLAIN_HEADER, packet))
             continue
         l4_start, flow, match = key
         header_length = l4_start + (packet[l4_start + 12] >> 4) * 4
@@ -659,7 +517,7 @@ def coalesce(packets: list[bytes], udp: int = 0) -> list[tuple[bytes, bytes | by
         elif not item.packets:
             written.append((PLAIN_HEADER, item.first))
         else:
-            merged = _render(item) if isinstance(item, _Run) else _render_udp(item)
+            merged = _render(item)
             if merged is None:
                 written.append((PLAIN_HEADER, item.first))
                 written.extend((PLAIN_HEADER, packet) for packet in item.packets)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
@@ -11,10 +10,7 @@ from typing import Final, Protocol
 
 from dnsguard.errors import NetworkError, PrivilegeError
 from dnsguard.net.offload import (
-    GSO_UDP_L4,
     PLAIN_HEADER,
-    UDP_IPV4,
-    UDP_IPV6,
     VNET_HEADER_SIZE,
     MalformedSuperPacket,
     coalesce,
@@ -118,8 +114,6 @@ class TunDevice:
     coalesced_writes = 0
     """Writes that carried more than one received TCP segment, `segments_coalesced` in all."""
     segments_coalesced = 0
-    udp_coalescing = 0
-    """coalesce's `udp` bits: the IP versions whose TUN took USO (their UDP datagrams are merged)."""
 
     def __init__(self, name: str, *, offloads: bool = True) -> None:
         if len(name.encode()) > 15:
@@ -156,9 +150,6 @@ class TunDevice:
                 self.offload_flags = -1
                 log.info("%s: the kernel refused TUN offloads; one packet per read and write", self.name)
             else:
-                self.udp_coalescing = (UDP_IPV4 if self.offload_flags & TUN_F_USO4 else 0) | (
-                    UDP_IPV6 if self.offload_flags & TUN_F_USO6 else 0
-                )
                 log.info(
                     "%s: TUN offloads on (%s), checksums summed by %s",
                     self.name,
@@ -230,17 +221,15 @@ class TunDevice:
             self.write_errors += 1
 
     def write_batch(self, packets: list[bytes]) -> None:
-        """Write one receive batch: with offloads, TCP segments of a flow go as one super-packet, and
-        so do UDP datagrams of a flow where the TUN took USO for their IP version."""
+        """Write one receive batch: with TSO offered, TCP segments of a flow go as one super-packet."""
         if self.offload_flags <= 0 or len(packets) < 2:
             for packet in packets:
                 self.write(packet)
             return
         writev = os.writev
         fd = self.fd
-        for header, merged in coalesce(packets, self.udp_coalescing):
-            gso_type = header[1]
-            if gso_type:  # several segments in one write
+        for header, merged in coalesce(packets):
+            if header[1]:  # a GSO type: several segments in one write
                 self.coalesced_writes += 1
                 header_length, gso_size = _lengths(header, 2)
                 self.segments_coalesced += -(-(len(merged) - header_length) // max(gso_size, 1))
@@ -248,19 +237,8 @@ class TunDevice:
                 writev(fd, (header, merged))
             except BlockingIOError:
                 self.queue_full += 1
-            except OSError as exc:
-                if gso_type == GSO_UDP_L4 and exc.errno == errno.EINVAL:
-                    self._udp_coalescing_refused(exc, header, merged)
-                else:
-                    self.write_errors += 1
-
-    def _udp_coalescing_refused(self, exc: OSError, header: bytes, merged: bytes | bytearray) -> None:
-        """The kernel took USO on reads but refuses GSO_UDP_L4 writes: stop merging UDP, and write
-        this one's datagrams one by one (split gives back exactly the datagrams that were merged)."""
-        log.info("%s: UDP super-packet writes refused (%s): one UDP datagram per write", self.name, exc)
-        self.udp_coalescing = 0
-        for datagram in split(header + bytes(merged)):
-            self.write(datagram)
+            except OSError:
+                self.write_errors += 1
 
     def close(self) -> None:
         """Close the descriptor; the kernel deletes the interface with it."""

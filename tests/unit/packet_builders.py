@@ -65,28 +65,6 @@ def tcp_packet(
     return with_tcp_checksum(packet) if checksum else bytes(packet)
 
 
-def udp_packet(
-    version: int,
-    payload: bytes,
-    *,
-    identifier: int = 7,
-    ports: tuple[int, int] = (5000, 6000),
-    checksum: bool = True,
-) -> bytes:
-    """A UDP datagram with its checksum set right (or 0, "none", with checksum=False)."""
-    segment = bytearray(struct.pack("!HHHH", *ports, 8 + len(payload), 0) + payload)
-    packet = ip_header(version, 17, len(segment), identifier)
-    if checksum:
-        pseudo = (
-            (packet[12:20] + struct.pack("!BBH", 0, 17, len(segment)))
-            if version == 4
-            else (packet[8:40] + struct.pack("!IxxxB", len(segment), 17))
-        )
-        value = 0xFFFF - reference_sum(bytes(pseudo + segment)) % 0xFFFF
-        segment[6:8] = struct.pack("!H", value or 0xFFFF)
-    return packet + bytes(segment)
-
-
 def with_tcp_checksum(packet: bytes | bytearray) -> bytes:
     """The TCP packet with its checksum set right for its bytes (after a change to them, say)."""
     packet = bytearray(packet)

@@ -19,7 +19,6 @@ from packet_builders import (
     reference_sum,
     super_packet,
     tcp_packet,
-    udp_packet,
     with_tcp_checksum,
 )
 
@@ -30,8 +29,6 @@ from dnsguard.net.offload import (
     GSO_UDP_L4,
     NEEDS_CSUM,
     PLAIN_HEADER,
-    UDP_IPV4,
-    UDP_IPV6,
     MalformedSuperPacket,
     VnetHeader,
     coalesce,
@@ -311,144 +308,3 @@ def test_the_log_says_how_checksums_are_summed() -> None:
     assert offload.sums_by().startswith("numpy ")
     with without_numpy():
         assert offload.sums_by().startswith("big integers (")
-
-
-# -- UDP coalescing (GSO_UDP_L4 writes) ------------------------------------------------------------
-
-BOTH = UDP_IPV4 | UDP_IPV6
-
-
-def expanded(written: list[tuple[bytes, bytes | bytearray]]) -> list[bytes]:
-    """The packets the kernel would make of each write: a GSO one cut as the kernel cuts it."""
-    packets: list[bytes] = []
-    for header, packet in written:
-        packets += split(header + bytes(packet)) if header[1] else [bytes(packet)]
-    return packets
-
-
-@pytest.mark.parametrize("version", [4, 6])
-@pytest.mark.parametrize("size", [1200, 1201], ids=["even", "odd"])
-def test_datagrams_of_a_udp_flow_become_one_gso_write_that_splits_back(version: int, size: int) -> None:
-    datagrams = [udp_packet(version, bytes([i]) * size, identifier=40 + i) for i in range(5)]
-    datagrams.append(udp_packet(version, b"end", identifier=45))
-    written = coalesce(datagrams, udp=BOTH)
-    assert len(written) == 1
-    vnet = VnetHeader.parse(written[0][0])
-    l4_start = 20 if version == 4 else 40
-    assert (vnet.flags, vnet.gso_type, vnet.gso_size) == (NEEDS_CSUM, GSO_UDP_L4, size)
-    assert (vnet.header_length, vnet.checksum_start, vnet.checksum_offset) == (l4_start + 8, l4_start, 6)
-    assert expanded(written) == datagrams
-    if version == 4:
-        assert ipv4_header_valid(bytes(written[0][1]))
-
-
-def test_udp_is_merged_only_for_the_ip_versions_whose_tun_took_uso() -> None:
-    four = [udp_packet(4, b"a" * 100, identifier=7 + i) for i in range(3)]
-    six = [udp_packet(6, b"b" * 100) for _ in range(3)]
-    assert coalesce(four + six) == [(PLAIN_HEADER, packet) for packet in four + six]
-    written = coalesce(four + six, udp=UDP_IPV6)
-    assert written[:3] == [(PLAIN_HEADER, packet) for packet in four]
-    assert len(written) == 4 and written[3][0][1] == GSO_UDP_L4
-
-
-def with_byte(packet: bytes, at: int, value: int) -> bytes:
-    changed = bytearray(packet)
-    changed[at] = value
-    return bytes(changed)
-
-
-@pytest.mark.parametrize(
-    "second",
-    [
-        udp_packet(4, b"a" * 100, checksum=False, identifier=8),  # no checksum to verify
-        udp_packet(4, b"a" * 100, identifier=9),  # not the next IPv4 ID
-        udp_packet(4, b"a" * 101, identifier=8),  # longer than the first
-        udp_packet(4, b"a" * 100, identifier=8, ports=(5000, 6001)),  # another flow
-        with_byte(udp_packet(4, b"a" * 100, identifier=8), 8, 63),  # another TTL
-    ],
-    ids=["no-checksum", "id-gap", "longer", "other-flow", "other-ttl"],
-)
-def test_udp_datagrams_that_may_not_merge_are_written_as_they_came(second: bytes) -> None:
-    first = udp_packet(4, b"a" * 100, identifier=7)
-    written = coalesce([first, second], udp=BOTH)
-    assert written == [(PLAIN_HEADER, first), (PLAIN_HEADER, second)]
-
-
-def test_a_datagram_that_cannot_merge_is_not_overtaken_by_its_flows_next_one() -> None:
-    first = udp_packet(4, b"a" * 100, identifier=7)
-    unmergeable = udp_packet(4, b"a" * 100, identifier=8, checksum=False)
-    third = udp_packet(4, b"a" * 100, identifier=9)
-    written = coalesce([first, unmergeable, third], udp=BOTH)
-    assert expanded(written) == [first, unmergeable, third]
-
-
-def test_ip_fragments_and_options_are_not_udp_candidates() -> None:
-    fragment = udp_packet(4, b"a" * 100, identifier=7)
-    more_fragments = bytearray(fragment)
-    more_fragments[6] |= 0x20
-    for packet in (bytes(more_fragments), b"\x46" + fragment[1:]):
-        assert offload._udp_key(packet) is None
-
-
-@pytest.mark.parametrize("size", [100, 101], ids=["even", "odd"])
-def test_a_udp_run_with_one_bad_checksum_is_written_datagram_by_datagram(size: int) -> None:
-    datagrams = [udp_packet(6, bytes([i]) * size) for i in range(4)]
-    corrupt = bytearray(datagrams[2])
-    corrupt[-1] ^= 0x01
-    datagrams[2] = bytes(corrupt)
-    assert coalesce(datagrams, udp=BOTH) == [(PLAIN_HEADER, packet) for packet in datagrams]
-
-
-def test_a_udp_run_stops_at_the_kernels_segment_limit() -> None:
-    datagrams = [udp_packet(4, b"z" * 200, identifier=i) for i in range(150)]
-    written = coalesce(datagrams, udp=BOTH)
-    assert [len(split(header + bytes(packet))) for header, packet in written] == [64, 64, 22]
-    assert expanded(written) == datagrams
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from([4, 6]),  # IP version
-            st.sampled_from([0, 1]),  # flow
-            st.sampled_from([64, 64, 64, 63, 65, 300]),  # payload
-            st.sampled_from([1, 1, 1, 0, 2]),  # IPv4 ID step
-            st.sampled_from(["good", "good", "good", "none", "bad"]),  # checksum
-        ),
-        max_size=40,
-    ),
-    st.sampled_from([0, UDP_IPV4, UDP_IPV6, BOTH]),
-)
-def test_udp_coalescing_keeps_every_datagram_and_each_flows_order(
-    plan: list[tuple[int, int, int, int, str]], versions: int
-) -> None:
-    identifiers = {4: 100, 6: 0}
-    datagrams = []
-    for version, flow, length, step, checksum in plan:
-        identifiers[4] = (identifiers[4] + step) & 0xFFFF
-        packet = udp_packet(
-            version,
-            bytes([length % 251]) * length,
-            identifier=identifiers[4],
-            ports=(5000 + flow, 6000),
-            checksum=checksum != "none",
-        )
-        if checksum == "bad":
-            packet = with_byte(packet, len(packet) - 1, packet[-1] ^ 0xFF)
-        datagrams.append(packet)
-    written = coalesce(datagrams, udp=versions)
-    out = expanded(written)
-
-    def per_flow(packets: list[bytes]) -> dict[bytes, list[bytes]]:
-        flows: dict[bytes, list[bytes]] = {}
-        for packet in packets:
-            l4_start = 20 if packet[0] >> 4 == 4 else 40
-            flows.setdefault(packet[:1] + packet[l4_start : l4_start + 4], []).append(packet)
-        return flows
-
-    assert per_flow(out) == per_flow(datagrams)
-    for header, packet in written:
-        if header[1]:
-            assert (versions >> (packet[0] >> 4)) & 1
-            assert len(split(header + bytes(packet))) <= offload.MAX_UDP_SEGMENTS

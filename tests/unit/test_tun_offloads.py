@@ -5,25 +5,14 @@ The pair keeps message boundaries as a TUN does: each write on one end is one re
 
 from __future__ import annotations
 
-import logging
 import socket
 from collections.abc import Iterator
 
 import pytest
-from packet_builders import super_packet, tcp_packet, udp_packet
+from packet_builders import super_packet, tcp_packet
 
-from dnsguard.net import tun as tun_module
-from dnsguard.net.offload import (
-    GSO_TCPV4,
-    GSO_UDP_L4,
-    PLAIN_HEADER,
-    UDP_IPV4,
-    UDP_IPV6,
-    VNET_HEADER_SIZE,
-    VnetHeader,
-    split,
-)
-from dnsguard.net.tun import TUN_F_CSUM, TUN_F_TSO4, TUN_F_USO4, TunDevice
+from dnsguard.net.offload import GSO_TCPV4, PLAIN_HEADER, VNET_HEADER_SIZE, VnetHeader, split
+from dnsguard.net.tun import TUN_F_CSUM, TUN_F_TSO4, TunDevice
 
 
 @pytest.fixture
@@ -93,42 +82,3 @@ def test_without_offloads_packets_go_bare(pair: tuple[TunDevice, socket.socket])
     kernel.send(segments[1])
     assert tun.read_batch() == [segments[1]]
     assert len(PLAIN_HEADER) == VNET_HEADER_SIZE
-
-
-def test_udp_datagrams_of_a_flow_are_one_write_where_the_tun_took_uso(
-    pair: tuple[TunDevice, socket.socket],
-) -> None:
-    tun, kernel = pair
-    tun.offload_flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_USO4
-    datagrams = [udp_packet(4, bytes([i]) * 700, identifier=20 + i) for i in range(5)]
-    tun.write_batch(datagrams)  # udp_coalescing is 0 until the TUN says it took USO
-    assert [kernel.recv(70000) for _ in datagrams] == [PLAIN_HEADER + d for d in datagrams]
-    tun.udp_coalescing = UDP_IPV4
-    tun.write_batch(datagrams)
-    written = kernel.recv(70000)
-    assert VnetHeader.parse(written).gso_type == GSO_UDP_L4
-    assert split(written) == datagrams
-    assert (tun.coalesced_writes, tun.segments_coalesced) == (1, 5)
-
-
-def test_a_refused_udp_super_packet_is_written_datagram_by_datagram_from_then_on(
-    pair: tuple[TunDevice, socket.socket], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    tun, kernel = pair
-    caplog.set_level(logging.INFO, logger="dnsguard.net.tun")
-    tun.offload_flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_USO4
-    tun.udp_coalescing = UDP_IPV4 | UDP_IPV6
-    real_writev = tun_module.os.writev
-
-    def refusing_writev(fd: int, buffers: list[bytes]) -> int:
-        if buffers[0][1] == GSO_UDP_L4:
-            raise OSError(22, "Invalid argument")  # EINVAL: a kernel without GSO_UDP_L4 writes
-        return real_writev(fd, buffers)
-
-    monkeypatch.setattr(tun_module.os, "writev", refusing_writev)
-    datagrams = [udp_packet(4, bytes([i]) * 700, identifier=20 + i) for i in range(5)]
-    for _ in range(2):
-        tun.write_batch(datagrams)
-        assert [kernel.recv(70000) for _ in datagrams] == [PLAIN_HEADER + d for d in datagrams]
-    assert tun.udp_coalescing == 0 and tun.write_errors == 0
-    assert sum("UDP super-packet writes refused" in record.message for record in caplog.records) == 1
