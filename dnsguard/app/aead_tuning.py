@@ -1,19 +1,20 @@
 """Which ChaCha20-Poly1305 code OpenSSL runs in the tunnel daemons, measured on this CPU at start.
 
 OpenSSL picks its ChaCha20 and Poly1305 code once per process, when libcrypto loads, from the CPU's
-features: the AVX-512 code wherever the CPU reports AVX-512. On some CPUs that code is slower than the
-AVX2 code for packet-sized messages. On the 2-core Xeon (a virtual machine) of our benches, with the
-OpenSSL 4.1 inside `cryptography` 51, a 1,420-byte `ChaCha20Poly1305.encrypt` took 2.1 µs with it
-and 1.55 µs without, on either core, and bench/wireguard_core.py's best batches encrypted 356k-367k
-packets a second with it against 492k-530k without. Debian's OpenSSL 3.0 on the same machine
-(`openssl speed -evp chacha20-poly1305 -bytes 1420`) is not faster without it, so the choice is
-measured on the library the daemon loads, not assumed from the CPU.
+features: its 512-bit AVX-512 code wherever the CPU reports AVX512F. On some CPUs that code is slower
+than the 256-bit code for packet-sized messages (many Xeons lower their clock while they run 512-bit
+instructions). On the 2-core Xeon (a virtual machine) of our benches, with the OpenSSL 4.1 inside
+`cryptography` 51, a 1,420-byte `ChaCha20Poly1305.encrypt` took 2.1 µs with it and 1.55 µs without,
+on either core, and bench/wireguard_core.py's best batches encrypted 356k-367k packets a second with
+it against 492k-530k without. Debian's OpenSSL 3.0 on the same machine (`openssl speed -evp
+chacha20-poly1305 -bytes 1420`) is not faster without it, so the choice is measured on the library
+the daemon loads, not assumed from the CPU.
 
 libcrypto reads the choice from $OPENSSL_ia32cap as it loads, so `tune_aead` runs before anything
 imports `cryptography`: it times the seal of a 1,420-byte packet in two child processes, one as
-OpenSSL would choose and one with AVX-512 masked, and masks AVX-512 in this process's environment
-only when that is clearly faster. An $OPENSSL_ia32cap the operator set is kept as it is, and a CPU
-without AVX-512 costs no probe.
+OpenSSL would choose and one with AVX512F masked, and masks it in this process's environment only
+when that is clearly faster. An $OPENSSL_ia32cap the operator set is kept as it is, and a CPU
+without AVX512F costs no probe.
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ OPENSSL_CAPS = "OPENSSL_ia32cap"
 
 WITHOUT_AVX512 = ":~0x10000"
 """$OPENSSL_ia32cap that keeps every detected feature but AVX512F (bit 16 of CPUID leaf 7's EBX, the
-second word): every AVX-512 code path of OpenSSL requires it."""
+second word). OpenSSL's ChaCha20 on 512-bit registers and its IFMA Poly1305 need AVX512F; without it
+OpenSSL runs ChaCha20 on 256-bit registers (its AVX512VL code) and Poly1305 on AVX2 (perf on the
+bench machine: ChaCha20_16x, ChaCha20_avx512 and poly1305_blocks_vpmadd52 with it; ChaCha20_8xvl,
+ChaCha20_avx512vl and poly1305_blocks_avx2 without)."""
 
 CLEARLY_FASTER = 0.9
-"""AVX-512 is masked only when the seal without it takes under this fraction of the time with it.
-Six probes on the machine above gave ratios of 0.71 to 0.85; an even split is kept as OpenSSL chose."""
+"""AVX512F is masked only when the seal without it takes under this fraction of the time with it.
+Six probes on the machine above gave ratios of 0.71 to 0.85; a difference within the noise keeps
+OpenSSL's own choice."""
 
 PROBE_TIMEOUT = 10.0
 
@@ -71,13 +76,13 @@ def tune_aead(
     cpu_flags: Callable[[], set[str]] | None = None,
     probe: Prober | None = None,
 ) -> AeadChoice:
-    """Set $OPENSSL_ia32cap in `environ` (os.environ) where masking AVX-512 seals faster; say why."""
+    """Set $OPENSSL_ia32cap in `environ` (os.environ) where masking AVX512F seals faster; say why."""
     environ = os.environ if environ is None else environ
     if OPENSSL_CAPS in environ:
         caps = environ[OPENSSL_CAPS]
         return AeadChoice(caps, f"${OPENSSL_CAPS}={caps} as set in the environment")
     if "avx512f" not in (cpu_flags or cpu_flags_of_this_machine)():
-        return AeadChoice(None, "OpenSSL's own code choice (the CPU has no AVX-512)")
+        return AeadChoice(None, "OpenSSL's own code choice (the CPU has no AVX512F)")
     probe = probe or probe_seal_time
     with_avx512 = probe(None)
     without_avx512 = probe(WITHOUT_AVX512)
@@ -88,8 +93,8 @@ def tune_aead(
     )
     if without_avx512 < with_avx512 * CLEARLY_FASTER:
         environ[OPENSSL_CAPS] = WITHOUT_AVX512
-        return AeadChoice(WITHOUT_AVX512, f"AVX-512 masked (${OPENSSL_CAPS}={WITHOUT_AVX512}): {timings}")
-    return AeadChoice(None, f"OpenSSL's own code choice, AVX-512 kept: {timings}")
+        return AeadChoice(WITHOUT_AVX512, f"AVX512F masked (${OPENSSL_CAPS}={WITHOUT_AVX512}): {timings}")
+    return AeadChoice(None, f"OpenSSL's own code choice, AVX512F kept: {timings}")
 
 
 def cpu_flags_of_this_machine() -> set[str]:
