@@ -123,14 +123,15 @@ class TunnelShell:
         elif self.device.under_load and now >= self._under_load_until:
             self.device.under_load = False
         on_batch = self.on_batch
-        received_before = self._received_total() if on_batch is not None else 0
-        packets = self.device.receive_datagrams(batch, now)
+        device = self.device
+        received_before = device.authenticated_received
+        packets = device.receive_datagrams(batch, now)
         self.stats.rx_bytes += sum(len(d) for d, _ in batch)
         if packets:
             self.tun.write_batch(packets)
         self.stats.rx_packets += len(packets)
         if on_batch is not None:
-            on_batch(self._received_total() != received_before or bool(packets), now)
+            on_batch(device.authenticated_received != received_before or bool(packets), now)
         self.flush()
 
     def _count_handshakes(self, count: int, now: float) -> None:
@@ -141,10 +142,6 @@ class TunnelShell:
         if self._handshakes_in_window > self.under_load_threshold:
             self._under_load_until = now + 1.0
         self.device.under_load = now < self._under_load_until
-
-    def _received_total(self) -> int:
-        # Only the client asks (one peer); the server's per-batch path never pays for this.
-        return sum(peer.rx_bytes for peer in self.device.peers.values())
 
     def flush(self) -> None:
         """Send what the device produced, deliver its events, and re-arm the timer."""

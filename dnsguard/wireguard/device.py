@@ -144,6 +144,9 @@ class Device:
         # The protocol's 120 s; shorter only to exercise rekeying in tests (it never exceeds the protocol's).
         self.rekey_after_time = min(rekey_after_time, REKEY_AFTER_TIME)
         self.counters = DropCounters()
+        # Authenticated receptions: a handshake message counts once, and so do a batch's transport
+        # packets from one peer. A change tells the shell that a batch carried something from a peer.
+        self.authenticated_received = 0
         self._rng = rng if rng is not None else random.Random()
         self._wall_clock_ns = wall_clock_ns
         self._random_bytes = random_bytes
@@ -558,6 +561,7 @@ class Device:
                 peer.need_another_keepalive = True
 
     def _authenticated_packet_received(self, peer: Peer, now: float) -> None:
+        self.authenticated_received += 1
         self._persistent_keepalive_traversal(peer, now)
         peer.new_handshake_at = None
 

@@ -759,6 +759,36 @@ def test_unauthenticated_datagrams_never_move_the_endpoint() -> None:
     assert server.device.counters.decrypt_failed == 1
 
 
+def test_only_authenticated_datagrams_count_as_received_from_a_peer() -> None:
+    # The client's lifecycle reads this count for dead-peer detection: forgeries must not move it.
+    lab = Lab()
+    client, server = connected(lab)
+    lab.holding = True
+    lab.send(client, "100.64.0.2")
+    (genuine,) = lab.held
+    lab.holding = False
+    before = server.device.authenticated_received
+    tampered = genuine.data[:-1] + bytes([genuine.data[-1] ^ 1])
+    for data in (tampered, b"\x04" + bytes(40), b"\x01\x00\x00\x00" + bytes(144), b"\x02" + bytes(91)):
+        server.device.receive_datagram(data, genuine.source, lab.now)
+    assert server.device.authenticated_received == before
+    lab.inject(genuine)
+    assert server.device.authenticated_received == before + 1
+    # A batch of several packets from one peer counts once; a handshake message counts too.
+    lab.holding = True
+    for _ in range(3):
+        lab.send(client, "100.64.0.2")
+    held, lab.held = lab.held, []
+    lab.holding = False
+    server.device.receive_datagrams([(d.data, d.source) for d in held], lab.now)
+    assert server.device.authenticated_received == before + 2
+    lab.advance(1.0)  # past the responder's 20 ms flood window for initiations
+    client_before = client.device.authenticated_received
+    client.device.force_handshake(lab.now)
+    lab.deliver()
+    assert client.device.authenticated_received > client_before
+
+
 def test_a_handshake_from_a_new_address_moves_the_endpoint() -> None:
     lab = Lab()
     client, server = connected(lab)
