@@ -162,6 +162,13 @@ async def test_resolver_metrics_move_with_queries(tmp_path: Path) -> None:
         await service.close()
 
 
+def by_label(
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, label: str
+) -> dict[str, float]:
+    """The samples of metric `name`, by the value of their one label `label`."""
+    return {dict(labels)[label]: value for (sample, labels), value in found.items() if sample == name}
+
+
 async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> None:
     """Each name in deploy/METRICS.md appears in what a client daemon exposes."""
     path = write_config(tmp_path)
@@ -222,12 +229,7 @@ async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> 
         assert found[("dnsguard_tunnel_last_handshake_timestamp_seconds", (("peer", server_key[:8]),))] == 0
         assert found[("dnsguard_tunnel_peers", ())] == 1
         assert found[("dnsguard_tunnel_bytes_total", (("direction", "rx"),))] == 148
-        offloads = {
-            dict(labels)["offload"]: value
-            for (name, labels), value in found.items()
-            if name == "dnsguard_tunnel_offloads"
-        }
-        assert offloads == {
+        assert by_label(found, "dnsguard_tunnel_offloads", "offload") == {
             "tun_csum": 1,
             "tun_tso4": 1,
             "tun_tso6": 1,
@@ -236,12 +238,7 @@ async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> 
             "udp_gso": 1,
             "udp_gro": 1,
         }
-        work = {
-            dict(labels)["kind"]: value
-            for (name, labels), value in found.items()
-            if name == "dnsguard_tunnel_offload_packets_total"
-        }
-        assert work == {
+        assert by_label(found, "dnsguard_tunnel_offload_packets_total", "kind") == {
             "tun_super_packets": 3,
             "tun_segments": 120,
             "tun_coalesced_writes": 4,

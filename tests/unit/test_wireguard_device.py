@@ -738,13 +738,20 @@ def test_the_endpoint_follows_authenticated_packets() -> None:
     assert client.received == [reply]
 
 
+def held(lab: Lab, host: Host, destination_ip: str, count: int = 1) -> list[Datagram]:
+    """The datagrams of `count` packets that `host` sends, kept off the wire."""
+    lab.holding = True
+    for _ in range(count):
+        lab.send(host, destination_ip)
+    datagrams, lab.held = lab.held, []
+    lab.holding = False
+    return datagrams
+
+
 def test_unauthenticated_datagrams_never_move_the_endpoint() -> None:
     lab = Lab()
     client, server = connected(lab)
-    lab.holding = True
-    lab.send(client, "100.64.0.2")
-    (genuine,) = lab.held
-    lab.holding = False
+    (genuine,) = held(lab, client, "100.64.0.2")
     lab.inject(genuine)
     events_before = len(server.drain_events())
 
@@ -763,10 +770,7 @@ def test_only_authenticated_datagrams_count_as_received_from_a_peer() -> None:
     # The client's lifecycle reads this count for dead-peer detection: forgeries must not move it.
     lab = Lab()
     client, server = connected(lab)
-    lab.holding = True
-    lab.send(client, "100.64.0.2")
-    (genuine,) = lab.held
-    lab.holding = False
+    (genuine,) = held(lab, client, "100.64.0.2")
     before = server.device.authenticated_received
     tampered = genuine.data[:-1] + bytes([genuine.data[-1] ^ 1])
     for data in (tampered, b"\x04" + bytes(40), b"\x01\x00\x00\x00" + bytes(144), b"\x02" + bytes(91)):
@@ -775,12 +779,8 @@ def test_only_authenticated_datagrams_count_as_received_from_a_peer() -> None:
     lab.inject(genuine)
     assert server.device.authenticated_received == before + 1
     # A batch of several packets from one peer counts once; a handshake message counts too.
-    lab.holding = True
-    for _ in range(3):
-        lab.send(client, "100.64.0.2")
-    held, lab.held = lab.held, []
-    lab.holding = False
-    server.device.receive_datagrams([(d.data, d.source) for d in held], lab.now)
+    batch = held(lab, client, "100.64.0.2", count=3)
+    server.device.receive_datagrams([(d.data, d.source) for d in batch], lab.now)
     assert server.device.authenticated_received == before + 2
     lab.advance(1.0)  # past the responder's 20 ms flood window for initiations
     client_before = client.device.authenticated_received
