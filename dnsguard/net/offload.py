@@ -355,8 +355,14 @@ class _Run:
     size: int = 0
     push: bool = False
     closed: bool = False
+    mask: int = 0
+    """_continuation_mask for this run's header lengths."""
     template: int = 0
-    """The first segment's headers as an int, masked by _continuation_mask (see coalesce)."""
+    """The first segment's headers as an int, masked by `mask` (see coalesce)."""
+    length_at: int = 2
+    """Where the IP length field is (IPv4's total length at 2, IPv6's payload length at 4)..."""
+    length_base: int = 0
+    """...and what it leaves out of the packet's length (0, or IPv6's 40-byte header)."""
 
 
 CONTINUE_RUNS = True
@@ -441,18 +447,15 @@ def coalesce(packets: list[bytes]) -> list[tuple[bytes, bytes | bytearray]]:
         # needs one comparison of its headers, masked, instead of _tcp_key's checks and slices.
         if last is not None:
             header_length = last.header_length
-            l4_start = last.l4_start
-            ipv4 = l4_start == 20
+            size = len(packet)
             if (
-                len(packet) > header_length
-                and int.from_bytes(packet[:header_length], "big")
-                & _continuation_mask(l4_start, header_length)
-                == last.template
+                size > header_length
+                and int.from_bytes(packet[:header_length], "big") & last.mask == last.template
                 # IPv4's total length, IPv6's payload length: as _tcp_key checks them
-                and _u16.unpack_from(packet, 2 if ipv4 else 4)[0]
-                == (len(packet) if ipv4 else len(packet) - 40)
+                and _u16.unpack_from(packet, last.length_at)[0] == size - last.length_base
             ):
-                payload_length = len(packet) - header_length
+                payload_length = size - header_length
+                l4_start = last.l4_start
                 (sequence,) = _u32.unpack_from(packet, l4_start + 4)
                 if (
                     sequence == last.next_sequence
@@ -504,8 +507,10 @@ def coalesce(packets: list[bytes]) -> list[tuple[bytes, bytes | bytearray]]:
             size=len(packet),
             push=push,
             closed=push,
-            template=int.from_bytes(packet[:header_length], "big")
-            & _continuation_mask(l4_start, header_length),
+            mask=(mask := _continuation_mask(l4_start, header_length)),
+            template=int.from_bytes(packet[:header_length], "big") & mask,
+            length_at=2 if l4_start == 20 else 4,
+            length_base=0 if l4_start == 20 else 40,
         )
         runs[flow] = run
         out.append(run)
