@@ -341,12 +341,25 @@ class Device:
         lookup_v6 = self._allowed_ips.lookup_v6
         run_peer: Peer | None = None
         run: list[bytes] = []
+        # The last destination looked up, with its peer: a super-packet's segments share theirs.
+        last_destination = b""
+        last_peer: Peer | None = None
         for packet in packets:
             version = packet[0] >> 4 if packet else 0
             if version == 4 and len(packet) >= 20:
-                peer = lookup_v4(int.from_bytes(packet[16:20], "big"))
+                destination = packet[16:20]
+                if destination == last_destination:
+                    peer = last_peer
+                else:
+                    peer = last_peer = lookup_v4(int.from_bytes(destination, "big"))
+                    last_destination = destination
             elif version == 6 and len(packet) >= 40:
-                peer = lookup_v6(int.from_bytes(packet[24:40], "big"))
+                destination = packet[24:40]
+                if destination == last_destination:
+                    peer = last_peer
+                else:
+                    peer = last_peer = lookup_v6(int.from_bytes(destination, "big"))
+                    last_destination = destination
             else:
                 peer = None
             if peer is None:
@@ -474,6 +487,9 @@ class Device:
         # A full-tunnel client's only peer owns every source: no lookup needed to check one.
         owner_of_all_v4 = self._owner_of_all_v4
         owner_of_all_v6 = self._owner_of_all_v6
+        # The last source found to be its peer's (a peer's packets in a batch mostly share one).
+        known_v4, known_v4_peer = -1, None
+        known_v6, known_v6_peer = b"", None
         created_before_is_expired = now - REJECT_AFTER_TIME
         # Per peer, the source of its last valid packet in this batch: roaming and timers run once a batch.
         authenticated: dict[Peer, Address] = {}
@@ -518,18 +534,22 @@ class Device:
                 if length > plaintext_size or length < 20:
                     counters.inner_malformed += 1
                     continue
-                if owner_of_all_v4 is not peer and lookup_v4(source) is not peer:
-                    counters.source_not_allowed += 1
-                    continue
+                if owner_of_all_v4 is not peer and (source != known_v4 or peer is not known_v4_peer):
+                    if lookup_v4(source) is not peer:
+                        counters.source_not_allowed += 1
+                        continue
+                    known_v4, known_v4_peer = source, peer
             elif version == 6 and plaintext_size >= 40:
                 length, source_bytes = unpack_ipv6(plaintext)
                 length += 40
                 if length > plaintext_size:
                     counters.inner_malformed += 1
                     continue
-                if owner_of_all_v6 is not peer and lookup_v6(int.from_bytes(source_bytes, "big")) is not peer:
-                    counters.source_not_allowed += 1
-                    continue
+                if owner_of_all_v6 is not peer and (source_bytes != known_v6 or peer is not known_v6_peer):
+                    if lookup_v6(int.from_bytes(source_bytes, "big")) is not peer:
+                        counters.source_not_allowed += 1
+                        continue
+                    known_v6, known_v6_peer = source_bytes, peer
             else:
                 counters.inner_malformed += 1
                 continue

@@ -856,6 +856,52 @@ def test_a_source_routed_to_a_more_specific_peer_is_refused_from_another() -> No
     assert server.received == [fine]
 
 
+def test_in_one_batch_every_packets_source_is_checked_not_only_the_first() -> None:
+    lab = Lab()
+    client, server = connected(lab)
+    server.device.update_peer(client.public_key, allowed_ips=["100.64.0.0/24", "fd00::1/128"])
+    other = lab.host("other", ("198.18.0.3", 51820), "100.64.0.7")
+    server.device.add_peer(other.public_key, allowed_ips=["100.64.0.7/32", "fd00::7/128"])
+    client.device.update_peer(server.public_key, allowed_ips=["0.0.0.0/0", "::/0"])
+    sources = ["100.64.0.1", "100.64.9.99", "100.64.0.1", "100.64.0.7", "100.64.0.1", "100.64.0.8"]
+    sources += ["fd00::1", "fd00::7", "fd00::1", "fd00::99", "fd00::1"]
+    packets = [
+        ip_packet(source, "fd00::2" if ":" in source else "100.64.0.2", f"p{n}".encode())
+        for n, source in enumerate(sources)
+    ]
+    lab.holding = True
+    client.device.send_packets(packets, lab.now)
+    lab.deliver()
+    batch, lab.held = lab.held, []
+    lab.holding = False
+
+    server.received += server.device.receive_datagrams([(d.data, d.source) for d in batch], lab.now)
+
+    allowed = {"100.64.0.1", "100.64.0.8", "fd00::1"}
+    assert server.received == [p for p, source in zip(packets, sources, strict=True) if source in allowed]
+    assert server.device.counters.source_not_allowed == 4
+
+
+def test_in_one_batch_each_packet_goes_to_its_own_destinations_peer() -> None:
+    lab = Lab()
+    server = lab.host("server", B_ADDRESS, "100.64.0.1")
+    clients = [lab.host(f"c{n}", ("198.18.1.1", 50000 + n), f"100.64.1.{n}") for n in range(1, 3)]
+    for client in clients:
+        client.device.add_peer(server.public_key, allowed_ips=["0.0.0.0/0"], endpoint=B_ADDRESS)
+        server.device.add_peer(client.public_key, allowed_ips=[f"{client.tunnel_ip}/32"])
+        lab.send(client, "100.64.0.1", b"hello")
+    destinations = ["100.64.1.1", "100.64.1.1", "100.64.1.2", "198.18.99.1", "100.64.1.2", "100.64.1.1"]
+    packets = [ip_packet("100.64.0.1", d, f"p{n}".encode()) for n, d in enumerate(destinations)]
+
+    server.device.send_packets(packets, lab.now)
+    lab.deliver()
+
+    for client in clients:
+        expected = [p for p, d in zip(packets, destinations, strict=True) if d == client.tunnel_ip]
+        assert client.received == expected
+    assert server.device.counters.no_route == 1
+
+
 def test_packets_to_addresses_no_peer_owns_are_dropped() -> None:
     lab = Lab()
     client, _server = connected(lab)
