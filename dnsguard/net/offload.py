@@ -277,35 +277,50 @@ def segment_tcp(packet: bytes, l4_start: int, mss: int) -> list[bytes]:
     sequence_at, flags_at, checksum_at = l4_start + 4, l4_start + 13, l4_start + TCP_CHECKSUM_OFFSET
     pack_u16, pack_u32, pack_lengths = _u16.pack_into, _u32.pack_into, _u16_pair.pack_into
     last = count - 1
+    # The segments between the first and the last are all alike but for the IPv4 ID, the sequence
+    # number and the checksums: the template takes their length and flags (the sums above were taken
+    # with those fields zero), and their share of the TCP sum is added up once.
+    full_length = header_length + mss
+    middle_flags = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
+    template[flags_at] = middle_flags
+    if ipv4:
+        pack_u16(template, 2, full_length)
+        ip_full = ip_base + full_length
+    else:
+        pack_u16(template, 4, full_length - 40)
+    tcp_middle = tcp_base + middle_flags + full_length - l4_start
+    segment_sequence = sequence
+    segment_id = identifier
     for index in range(count):
-        chunk = payload[index * mss : (index + 1) * mss]
-        length = header_length + len(chunk)
+        start = index * mss
+        chunk = payload[start : start + mss]
         header = template[:]
-        if ipv4:
-            segment_id = (identifier + index) & 0xFFFF
-            pack_lengths(header, 2, length, segment_id)
-            pack_u16(header, 10, 0xFFFF - (ip_base + length + segment_id) % 0xFFFF)  # finish(), inlined
+        if index == 0 or index == last:
+            # The first keeps CWR, the last FIN and PSH (and may be shorter); a lone segment keeps all.
+            segment_flags = flags
+            if index != last:
+                segment_flags &= ~(TCP_FIN | TCP_PSH)
+            if index:
+                segment_flags &= ~TCP_CWR
+            header[flags_at] = segment_flags
+            length = header_length + len(chunk)
+            tcp_constant = tcp_base + segment_flags + length - l4_start
+            if ipv4:
+                pack_lengths(header, 2, length, segment_id)
+                pack_u16(header, 10, 0xFFFF - (ip_base + length + segment_id) % 0xFFFF)  # finish(), inlined
+            else:
+                pack_u16(header, 4, length - 40)
         else:
-            pack_u16(header, 4, length - 40)
-        segment_sequence = (sequence + index * mss) & 0xFFFFFFFF
+            tcp_constant = tcp_middle
+            if ipv4:
+                pack_u16(header, 4, segment_id)
+                pack_u16(header, 10, 0xFFFF - (ip_full + segment_id) % 0xFFFF)  # finish(), inlined
         pack_u32(header, sequence_at, segment_sequence)
-        segment_flags = flags
-        if index != last:
-            segment_flags &= ~(TCP_FIN | TCP_PSH)
-        if index:
-            segment_flags &= ~TCP_CWR
-        header[flags_at] = segment_flags
-        total = (
-            payload_sums[index]
-            + tcp_base
-            + (segment_sequence >> 16)
-            + (segment_sequence & 0xFFFF)
-            + segment_flags
-            + length
-            - l4_start
-        )
+        total = payload_sums[index] + tcp_constant + (segment_sequence >> 16) + (segment_sequence & 0xFFFF)
         pack_u16(header, checksum_at, 0xFFFF - total % 0xFFFF)  # finish(), inlined
         append(join((header, chunk)))
+        segment_sequence = (segment_sequence + mss) & 0xFFFFFFFF
+        segment_id = (segment_id + 1) & 0xFFFF
     return segments
 
 
