@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Final
 
 from dnsguard.errors import ProtocolError
@@ -552,8 +553,9 @@ def _render(run: _Run) -> tuple[bytes, bytearray] | None:
     header_length = run.header_length
     first = run.first
     # Slices of bytes, not memoryviews: for 1.4 KB the copy costs less than making a view (timeit: 12.5
-    # against 18-21 µs for 44 payloads, 6.3 against 13-19 µs for their TCP headers).
-    body = bytearray().join([first, *[packet[header_length:] for packet in run.packets]])
+    # against 18-21 µs for 44 payloads, 6.3 against 13-19 µs for their TCP headers); taken by map and
+    # itemgetter, so that no bytecode runs per segment.
+    body = bytearray().join([first, *map(itemgetter(slice(header_length, None)), run.packets)])
     addresses = pseudo_header_sum(first, TCP, 0)
     if run.gso_size & 1:
         # Odd payloads put later segments' words out of step with the merged bytes: one by one.
@@ -566,7 +568,7 @@ def _render(run: _Run) -> tuple[bytes, bytearray] | None:
         others = run.packets
         total = ones_sum(memoryview(body)[l4_start:], addresses + len(first) - l4_start)
         total += len(others) * (addresses + header_length - l4_start) + run.size - len(first)
-        total += ones_sum(b"".join([packet[l4_start:header_length] for packet in others]))
+        total += ones_sum(b"".join(map(itemgetter(slice(l4_start, header_length)), others)))
         if total % 0xFFFF:
             return None
     length = run.size
