@@ -348,20 +348,15 @@ class Device:
             version = packet[0] >> 4 if packet else 0
             if version == 4 and len(packet) >= 20:
                 destination = packet[16:20]
-                if destination == last_destination:
-                    peer = last_peer
-                else:
-                    peer = last_peer = lookup_v4(int.from_bytes(destination, "big"))
-                    last_destination = destination
             elif version == 6 and len(packet) >= 40:
                 destination = packet[24:40]
-                if destination == last_destination:
-                    peer = last_peer
-                else:
-                    peer = last_peer = lookup_v6(int.from_bytes(destination, "big"))
-                    last_destination = destination
             else:
-                peer = None
+                self.counters.no_route += 1
+                continue
+            if destination != last_destination:
+                last_destination = destination
+                last_peer = (lookup_v4 if version == 4 else lookup_v6)(int.from_bytes(destination, "big"))
+            peer = last_peer
             if peer is None:
                 self.counters.no_route += 1
                 continue

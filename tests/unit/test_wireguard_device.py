@@ -882,26 +882,6 @@ def test_in_one_batch_every_packets_source_is_checked_not_only_the_first() -> No
     assert server.device.counters.source_not_allowed == 4
 
 
-def test_in_one_batch_each_packet_goes_to_its_own_destinations_peer() -> None:
-    lab = Lab()
-    server = lab.host("server", B_ADDRESS, "100.64.0.1")
-    clients = [lab.host(f"c{n}", ("198.18.1.1", 50000 + n), f"100.64.1.{n}") for n in range(1, 3)]
-    for client in clients:
-        client.device.add_peer(server.public_key, allowed_ips=["0.0.0.0/0"], endpoint=B_ADDRESS)
-        server.device.add_peer(client.public_key, allowed_ips=[f"{client.tunnel_ip}/32"])
-        lab.send(client, "100.64.0.1", b"hello")
-    destinations = ["100.64.1.1", "100.64.1.1", "100.64.1.2", "198.18.99.1", "100.64.1.2", "100.64.1.1"]
-    packets = [ip_packet("100.64.0.1", d, f"p{n}".encode()) for n, d in enumerate(destinations)]
-
-    server.device.send_packets(packets, lab.now)
-    lab.deliver()
-
-    for client in clients:
-        expected = [p for p, d in zip(packets, destinations, strict=True) if d == client.tunnel_ip]
-        assert client.received == expected
-    assert server.device.counters.no_route == 1
-
-
 def test_packets_to_addresses_no_peer_owns_are_dropped() -> None:
     lab = Lab()
     client, _server = connected(lab)
@@ -1060,12 +1040,16 @@ def test_a_mixed_batch_is_routed_to_each_peer_in_order() -> None:
         server.device.add_peer(client.public_key, allowed_ips=[f"{client.tunnel_ip}/32"])
         lab.send(client, "100.64.0.1")
     batch = [ip_packet("100.64.0.1", clients[n % 2].tunnel_ip, bytes([n])) for n in range(10)]
+    # Runs of one destination, and an unroutable packet between two to the same peer.
+    destinations = ["100.64.1.1", "100.64.1.1", "100.64.1.2", "198.18.99.1", "100.64.1.2", "100.64.1.1"]
+    runs = [ip_packet("100.64.0.1", d, f"run {n}".encode()) for n, d in enumerate(destinations)]
 
-    server.device.send_packets(batch, lab.now)
+    server.device.send_packets(batch + runs, lab.now)
     lab.deliver()
 
-    assert clients[0].received == batch[0::2]
-    assert clients[1].received == batch[1::2]
+    assert clients[0].received == [*batch[0::2], runs[0], runs[1], runs[5]]
+    assert clients[1].received == [*batch[1::2], runs[2], runs[4]]
+    assert server.device.counters.no_route == 1
 
 
 def test_batches_are_accepted_in_one_call() -> None:
