@@ -22,15 +22,15 @@ Needs valgrind (Debian's package) and root for the namespace.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
-import re
 import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from counting import CALLGRIND, arguments, checkouts, collected, report, run_measured
 
 QUERIES_PER_ROUND = 256
 WARM_ROUNDS = 10
@@ -114,26 +114,12 @@ def run_child(checkout: str, rounds: int, mix: str, tool: str = "") -> subproces
         f"ip link set lo up && exec {tool} {sys.executable} {Path(__file__).resolve()} "
         f"--child {checkout} --rounds {rounds} --mix {mix}"
     )
-    run = subprocess.run(
-        ["unshare", "-n", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONHASHSEED": "0"},
-        timeout=1800,
-        check=False,
-    )
-    if run.returncode:
-        raise SystemExit(f"{checkout}: the measured process failed:\n{run.stdout}{run.stderr[-3000:]}")
-    return run
+    return run_measured(["unshare", "-n", "sh", "-c", script], checkout)
 
 
 def instructions(checkout: str, rounds: int, mix: str) -> int:
     """User-space instructions of a child process of `rounds` rounds, as callgrind counts them."""
-    run = run_child(checkout, rounds, mix, "valgrind --tool=callgrind --callgrind-out-file=/dev/null")
-    found = re.search(r"Collected : ([\d,]+)", run.stderr)
-    if not found:
-        raise SystemExit(f"{checkout}: callgrind gave no count:\n{run.stderr[-3000:]}")
-    return int(found.group(1).replace(",", ""))
+    return collected(run_child(checkout, rounds, mix, CALLGRIND).stderr, checkout)
 
 
 def per_query(checkout: str, rounds: int, mix: str) -> float:
@@ -145,30 +131,17 @@ def per_query(checkout: str, rounds: int, mix: str) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--baseline", metavar="CHECKOUT", help="another checkout to count beside this one")
-    parser.add_argument("--rounds", type=int, default=50)
+    parser = arguments(__doc__, rounds=50)
     parser.add_argument("--mix", choices=("cached", "blocked"), default="cached")
-    parser.add_argument("--child", metavar="CHECKOUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.rounds, args.mix)
         return 0
     if shutil.which("valgrind") is None or shutil.which("unshare") is None:
         raise SystemExit("needs valgrind and unshare (Debian's valgrind and util-linux)")
-    checkouts = {"this checkout": str(Path(__file__).resolve().parents[1])}
-    if args.baseline:
-        source = Path(args.baseline).resolve()
-        if not (source / "dnsguard" / "cli.py").exists():
-            raise SystemExit(f"--baseline {args.baseline}: not a dnsguard checkout")
-        checkouts["baseline"] = str(source)
-    counts = {label: per_query(checkout, args.rounds, args.mix) for label, checkout in checkouts.items()}
-    for label, count in counts.items():
-        print(f"{label:14s} {count:9.0f} instructions per {args.mix} query ({checkouts[label]})")
-    if "baseline" in counts:
-        print(f"this checkout / baseline: {counts['this checkout'] / counts['baseline']:.3f}")
+    counted = checkouts(__file__, args.baseline)
+    counts = {label: per_query(checkout, args.rounds, args.mix) for label, checkout in counted.items()}
+    report(counts, counted, f"{args.mix} query")
     return 0
 
 

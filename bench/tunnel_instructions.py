@@ -26,13 +26,12 @@ No root or network needed.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
 import struct
-import subprocess
 import sys
 from pathlib import Path
+
+from counting import CALLGRIND, arguments, checkouts, collected, report, run_measured
 
 WARM_ROUNDS = 10
 SEGMENTS = 45
@@ -103,22 +102,12 @@ def run_child(checkout: str, path: str, rounds: int, batches: int, tool: str = "
     argv = [*tool.split(), sys.executable, str(Path(__file__).resolve()), "--child", checkout]
     argv += ["--path", path, "--rounds", str(rounds), "--batches", str(batches)]
     # numpy's OpenBLAS would start a worker thread that spins; under valgrind its count varies run to run.
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1"}
-    run = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800, check=False)
-    if run.returncode:
-        raise SystemExit(f"{checkout}: the measured process failed:\n{run.stdout}{run.stderr[-3000:]}")
-    return run.stderr
+    return run_measured(argv, checkout, {"OPENBLAS_NUM_THREADS": "1"}).stderr
 
 
 def instructions(checkout: str, path: str, rounds: int, batches: int) -> int:
     """User-space instructions of a child process of `rounds` rounds, as callgrind counts them."""
-    stderr = run_child(
-        checkout, path, rounds, batches, "valgrind --tool=callgrind --callgrind-out-file=/dev/null"
-    )
-    found = re.search(r"Collected : ([\d,]+)", stderr)
-    if not found:
-        raise SystemExit(f"{checkout}: callgrind gave no count:\n{stderr[-3000:]}")
-    return int(found.group(1).replace(",", ""))
+    return collected(run_child(checkout, path, rounds, batches, CALLGRIND), checkout)
 
 
 def per_packet(checkout: str, path: str, rounds: int) -> float:
@@ -131,14 +120,9 @@ def per_packet(checkout: str, path: str, rounds: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--baseline", metavar="CHECKOUT", help="another checkout to count beside this one")
-    parser.add_argument("--rounds", type=int, default=40)
+    parser = arguments(__doc__, rounds=40)
     parser.add_argument("--path", default="send,receive", help="send, receive or both (comma-separated)")
     parser.add_argument("--batches", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--child", metavar="CHECKOUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.path, args.rounds, args.batches)
@@ -148,18 +132,10 @@ def main() -> int:
     paths = [path for path in args.path.split(",") if path]
     if not paths or set(paths) - {"send", "receive"}:
         raise SystemExit("--path takes send, receive or both")
-    checkouts = {"this checkout": str(Path(__file__).resolve().parents[1])}
-    if args.baseline:
-        source = Path(args.baseline).resolve()
-        if not (source / "dnsguard" / "cli.py").exists():
-            raise SystemExit(f"--baseline {args.baseline}: not a dnsguard checkout")
-        checkouts["baseline"] = str(source)
+    counted = checkouts(__file__, args.baseline)
     for path in paths:
-        counts = {label: per_packet(checkout, path, args.rounds) for label, checkout in checkouts.items()}
-        for label, count in counts.items():
-            print(f"{path:8s} {label:14s} {count:8.0f} instructions per packet ({checkouts[label]})")
-        if "baseline" in counts:
-            print(f"{path:8s} this checkout / baseline: {counts['this checkout'] / counts['baseline']:.3f}")
+        counts = {label: per_packet(checkout, path, args.rounds) for label, checkout in counted.items()}
+        report(counts, counted, "packet", prefix=f"{path:8s} ")
     return 0
 
 
