@@ -680,13 +680,9 @@ class Resolver:
         """An empty sink for the lasting log (set it as log_sink), reading this resolver's plans."""
         return LogSink(max_entries, _plan_log_fields)
 
-    def take_log_rows(self) -> list[LogRow]:
-        """The queries gathered for the lasting log since the last call, one row per distinct query with
-        its count (the sink starts empty again)."""
-        return list(self.take_log_stream())
-
     def take_log_stream(self) -> Iterator[LogRow]:
-        """take_log_rows(), the rows made as they are read (the sink starts empty again at once)."""
+        """The queries gathered for the lasting log since the last call, one row per distinct query with
+        its count, made as they are read (the sink starts empty again at once)."""
         sink = self.log_sink
         return sink.take_rows() if sink is not None and sink.size else iter(())
 

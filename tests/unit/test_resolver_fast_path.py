@@ -282,8 +282,8 @@ async def test_the_lasting_log_sink_folds_repeats_and_keeps_distinct_queries_apa
     resolver.answer_now(query("x.ads.example", ident=5), "198.51.100.8")
     assert sink.lost == {(1, 0): 1}
     assert sink.waiting() == 7
-    rows = resolver.take_log_rows()
-    assert sink.size == 0 and sink.waiting() == 0 and resolver.take_log_rows() == []
+    rows = list(resolver.take_log_stream())
+    assert sink.size == 0 and sink.waiting() == 0 and list(resolver.take_log_stream()) == []
     counts: dict[tuple[str, str], int] = {}
     for row in rows:
         counts[row[1], row[2]] = counts.get((row[1], row[2]), 0) + row[9]
@@ -303,7 +303,7 @@ def test_a_folded_row_keeps_the_first_time_and_the_longest_answer_time() -> None
     resolver.log_sink = sink = resolver.new_log_sink(10)
     for at, elapsed_ms in ((5.0, 1.0), (5.2, 7.5), (5.4, 2.0)):
         sink.add((at, "192.0.2.1", "www.example.org", 1, "allowed", "default", "", elapsed_ms, 0))
-    assert resolver.take_log_rows() == [
+    assert list(resolver.take_log_stream()) == [
         (5.0, "192.0.2.1", "www.example.org", 1, "allowed", "default", "", 7.5, 0, 3)
     ]
 
@@ -321,7 +321,7 @@ async def test_without_a_sink_answers_are_counted_by_type_and_rcode_on_both_path
     resolver.log_sink = resolver.new_log_sink(10)
     resolver.answer_now(query("x.ads.example", ident=4), "198.51.100.7")
     assert resolver.take_answer_counts() == {}  # with a sink, the lasting log counts them
-    assert len(resolver.take_log_rows()) == 1
+    assert len(list(resolver.take_log_stream())) == 1
 
 
 def test_a_replayed_query_leaves_nothing_in_the_sink_for_the_garbage_collector() -> None:
@@ -346,7 +346,7 @@ def test_a_replayed_query_leaves_nothing_in_the_sink_for_the_garbage_collector()
     finally:
         gc.enable()
     assert grown < 20, f"{grown} objects for the collector from 1500 replayed queries"
-    rows = resolver.take_log_rows()
+    rows = list(resolver.take_log_stream())
     assert len(rows) == 500 and {row[9] for row in rows} == {3}
     gc.collect()
     assert not any(gc.is_tracked(row) for row in rows)
