@@ -455,9 +455,7 @@ def lifecycle_settings(tunnel: TunnelConfig) -> LifecycleSettings:
 
 def run_client(config_path: str, startup_notes: Sequence[str] = ()) -> int:
     config = load_config(config_path)
-    setup_logging(config)
-    for note in startup_notes:
-        log.info("%s", note)
+    setup_logging(config, startup_notes)
     tunnel = require_tunnel(config)
     client = Client(config_path, config, lifecycle=Lifecycle(lifecycle_settings(tunnel)))
     asyncio.run(client.run())

@@ -12,7 +12,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,7 +141,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def setup_logging(config: Config) -> None:
+def setup_logging(config: Config, startup_notes: Sequence[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if config.logging.format == "json":
         handler.setFormatter(JsonFormatter())
@@ -154,6 +154,8 @@ def setup_logging(config: Config) -> None:
     # configuration asks for that dnsguard does not apply (wg-quick hooks, Table, SaveConfig...).
     for warning in config.warnings:
         log.warning("%s", warning)
+    for note in startup_notes:  # what the command learned before logging was set up (app/aead_tuning.py)
+        log.info("%s", note)
 
 
 def run_loop(coroutine: Coroutine[Any, Any, None]) -> None:

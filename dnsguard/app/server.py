@@ -143,8 +143,6 @@ class Server(FilteringTunnelDaemon):
 
 def run_server(config_path: str, startup_notes: Sequence[str] = ()) -> int:
     config = load_config(config_path)
-    setup_logging(config)
-    for note in startup_notes:
-        log.info("%s", note)
+    setup_logging(config, startup_notes)
     asyncio.run(Server(config_path, config).run())
     return 0
