@@ -221,6 +221,15 @@ class AnswerCache:
         entry = self._entries.get(key)
         if entry is None or now >= entry.expires:
             return self.get(query, now, message)  # counts the miss, forgets an entry past its stale window
+        if (
+            entry.memo_query == after_id
+            and now < entry.prefetch_at
+            and int(now - entry.inserted) == entry.tail_age
+        ):
+            # The reply kept for these bytes is of this second and no refresh is due: _hit would only count.
+            self.hits += 1
+            entry.hits += 1
+            return message[:2] + entry.memo_reply
         self._hit(entry, query, now)
         if entry.memo_query == after_id:
             return message[:2] + entry.memo_reply

@@ -145,7 +145,6 @@ class UdpListener:
         batch = self.batch
         reply_to = self._send_one if batch is None else batch.reply
         admit = self.admission.admit if self.admission is not None else None
-        datagram = queries.datagram
         now = self.clock()
         count = 0
         try:
@@ -159,8 +158,7 @@ class UdpListener:
                 except OSError:
                     continue
                 count += received
-                for slot in range(received):
-                    data, client = datagram(slot)
+                for slot, (data, client) in enumerate(queries.datagrams()):
                     key = ""
                     if admit is not None:
                         admitted = admit(client, now)

@@ -98,9 +98,9 @@ class SingleDatagram:
         self._last = self._recvfrom(65535)
         return 1
 
-    def datagram(self, slot: int) -> tuple[bytes, str]:
+    def datagrams(self) -> list[tuple[bytes, str]]:
         data, sender = self._last
-        return data, sender[0]
+        return [(data, sender[0])]
 
     def sender(self, slot: int) -> Any:
         return self._last[1]
@@ -183,7 +183,7 @@ class QueryBatch(ReceiveSlots):
     """Datagrams read from a socket with one recvmmsg(2) per BATCH_SLOTS, instead of a recvfrom each.
 
     The receive side of ReplyBatch: prebuilt headers point at fixed slots, the kernel fills as many as
-    are waiting, and `datagram(i)` copies one out with the sender's address as recvfrom gives it.
+    are waiting, and `datagrams()` copies them out, each with its sender's address as recvfrom gives it.
     """
 
     slots = BATCH_SLOTS
@@ -209,20 +209,35 @@ class QueryBatch(ReceiveSlots):
         """
         return self._read(BATCH_SLOTS)
 
-    def datagram(self, slot: int) -> tuple[bytes, str]:
-        """The `slot`th datagram of the last receive and its sender's address (text, without the port).
+    def datagrams(self) -> list[tuple[bytes, str]]:
+        """The datagrams of the last receive, in slot order, each with its sender's address (text,
+        without the port).
 
+        One call for the whole batch: the listener's per-query work is its answer, not reading slots.
         The address text comes from a small table of senders seen before: inet_ntoa costs more than
-        the rest of this method together. The table is emptied when it fills, so senders that change
-        all the time (spoofed) cost only the conversion they would have cost anyway.
+        the rest of a datagram's reading together. The table is emptied when it fills, so senders that
+        change all the time (spoofed) cost only the conversion they would have cost anyway.
         """
-        data = self._payload(slot)
-        name = slot * _SOCKADDR_SIZE
-        address = self._names[name + self._address_start : name + self._address_end]
-        host = self._hosts.get(address)
-        if host is None:
-            host = self._host(address)
-        return data, host
+        header_bytes, data, names, hosts = self._header_bytes, self._data, self._names, self._hosts
+        slot_size = self._slot_size
+        # Where the slot's length, payload and sender's address lie; each moves on by one slot.
+        length_at, begin = _LEN_OFFSET, 0
+        address_start, address_end = self._address_start, self._address_end
+        received: list[tuple[bytes, str]] = []
+        append = received.append
+        for _ in range(self.count):
+            (length,) = _unpack_uint(header_bytes, length_at)
+            address = names[address_start:address_end]
+            host = hosts.get(address)
+            if host is None:
+                host = self._host(address)
+            # A slice of a c_char array is bytes: one copy.
+            append((data[begin : begin + length], host))
+            length_at += _MMSGHDR_SIZE
+            begin += slot_size
+            address_start += _SOCKADDR_SIZE
+            address_end += _SOCKADDR_SIZE
+        return received
 
     def _host(self, address: bytes) -> str:
         hosts = self._hosts
@@ -344,8 +359,18 @@ class SenderReplies(ReplyBatch):
         self, sock: socket.socket, send: Callable[[int, int, int, int], int], queries: QueryBatch
     ) -> None:
         super().__init__(sock, send)
-        self._sender_names = queries.sender_name(0)
         self._header_bytes = memoryview(self._headers).cast("B")
+        # Per query slot, its sender's sockaddr (QueryBatch.sender_name); per reply slot, where its
+        # header's name pointer and iovec length lie and where its data starts: reply() looks them up.
+        self._sender_names = [queries.sender_name(slot) for slot in range(queries.slots)]
+        self._reply_slots = [
+            (
+                slot * _MMSGHDR_SIZE + _NAME_OFFSET,
+                slot * _IOVEC_SIZE + _IOVEC_LEN_OFFSET,
+                slot * BATCH_SLOT_SIZE,
+            )
+            for slot in range(BATCH_SLOTS)
+        ]
 
     @classmethod
     def for_queries(cls, sock: socket.socket, queries: QueryBatch) -> SenderReplies | None:
@@ -364,7 +389,12 @@ class SenderReplies(ReplyBatch):
         if size > BATCH_SLOT_SIZE:
             return False
         index = self.count
-        name = self._sender_names + slot * _SOCKADDR_SIZE  # QueryBatch.sender_name(slot), inlined
-        _pack_size(self._header_bytes, index * _MMSGHDR_SIZE + _NAME_OFFSET, name)
-        self._put(index, reply, size)
+        name_at, length_at, start = self._reply_slots[index]
+        _pack_size(self._header_bytes, name_at, self._sender_names[slot])
+        # ReplyBatch._put, inlined: this runs once per answered query.
+        _pack_size(self._iovec_bytes, length_at, size)
+        self._data_bytes[start : start + size] = reply
+        self.count = index + 1
+        if index + 1 == BATCH_SLOTS:
+            self.flush()
         return True

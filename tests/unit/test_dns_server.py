@@ -89,8 +89,8 @@ def test_a_query_batch_reads_what_recvfrom_would(family: socket.AddressFamily, h
         client.sendto(message, server.getsockname())
     received = []
     while len(received) < len(sent):
-        count = batch.receive()
-        received += [(*batch.datagram(slot), batch.sender(slot)) for slot in range(count)]
+        batch.receive()
+        received += [(*datagram, batch.sender(slot)) for slot, datagram in enumerate(batch.datagrams())]
     assert [data for data, _, _ in received] == [message for _, message in sent]
     assert [sender for _, _, sender in received] == [client.getsockname() for client, _ in sent]
     assert [host for _, host, _ in received] == [host] * len(sent)
@@ -99,7 +99,7 @@ def test_a_query_batch_reads_what_recvfrom_would(family: socket.AddressFamily, h
     assert batch.receive() == 1
     clients[0].sendto(b"one more", server.getsockname())
     data, sender = server.recvfrom(4096)
-    assert batch.datagram(0) == (data, sender[0]) and batch.sender(0) == sender
+    assert batch.datagrams() == [(data, sender[0])] and batch.sender(0) == sender
 
 
 def test_the_sender_table_is_emptied_when_full_and_still_names_every_sender() -> None:
@@ -107,7 +107,7 @@ def test_the_sender_table_is_emptied_when_full_and_still_names_every_sender() ->
     batch._hosts.update((bytes([198, 18, i >> 8, i & 255]), "198.18.x.x") for i in range(SENDER_TABLE_SIZE))
     clients[0].sendto(b"q", server.getsockname())
     assert batch.receive() == 1
-    assert batch.datagram(0) == (b"q", "127.0.0.1")
+    assert batch.datagrams() == [(b"q", "127.0.0.1")]
     assert batch._hosts == {b"\x7f\x00\x00\x01": "127.0.0.1"}  # emptied, then this sender kept
 
 
@@ -130,13 +130,28 @@ def test_replies_to_senders_reach_each_sender_of_their_slot(family: socket.Addre
         replies.add(b"reply", clients[0].getsockname())
 
 
+def test_replies_to_a_full_batch_of_senders_leave_when_the_last_slot_fills() -> None:
+    server, clients, queries = query_batch(socket.AF_INET, "127.0.0.1")
+    replies = SenderReplies.for_queries(server, queries)
+    assert replies is not None
+    for i in range(BATCH_SLOTS):
+        clients[i % 3].sendto(b"query %d" % i, server.getsockname())
+    assert queries.receive() == BATCH_SLOTS
+    for slot in range(BATCH_SLOTS):
+        assert replies.reply(b"reply %d " % slot + bytes(slot), slot)
+    assert replies.count == 0  # sent with the last one, no flush needed
+    for slot in range(BATCH_SLOTS):
+        assert clients[slot % 3].recv(4096) == b"reply %d " % slot + bytes(slot)
+
+
 def test_a_query_longer_than_a_slot_arrives_cut() -> None:
     server, clients, batch = query_batch(socket.AF_INET, "127.0.0.1")
     clients[0].sendto(bytes(range(256)) * 20, server.getsockname())
     clients[1].sendto(b"next", server.getsockname())
     assert batch.receive() == 2
-    assert batch.datagram(0)[0] == (bytes(range(256)) * 20)[:QUERY_SLOT_SIZE]
-    assert batch.datagram(1) == (b"next", "127.0.0.1")
+    first, second = batch.datagrams()
+    assert first[0] == (bytes(range(256)) * 20)[:QUERY_SLOT_SIZE]
+    assert second == (b"next", "127.0.0.1")
     assert batch.sender(1) == clients[1].getsockname()
 
 
