@@ -102,9 +102,18 @@ class TunnelShell:
     # -- data path ----------------------------------------------------------------------
 
     def _tun_readable(self) -> None:
-        packets = self.tun.read_batch(BATCH)
+        # The first read's packets (one packet, or one super-packet's segments) leave before the TUN is
+        # read again: the read that finds the queue empty comes after an idle tunnel's lone packet is on
+        # its way, not before it. A busy TUN's backlog follows as one batch.
+        packets = self.tun.read_batch(1)
         if not packets:
             return
+        self._send(packets)
+        packets = self.tun.read_batch(BATCH)
+        if packets:
+            self._send(packets)
+
+    def _send(self, packets: list[bytes]) -> None:
         now = self.clock()
         self.device.send_packets(packets, now)
         self.stats.tx_packets += len(packets)

@@ -86,7 +86,9 @@ class PacketDevice(Protocol):
 
     def fileno(self) -> int: ...
 
-    def read_batch(self, limit: int = 128) -> list[bytes]: ...
+    def read_batch(self, limit: int = 128) -> list[bytes]:
+        """The packets waiting, up to about `limit` (one read's packets when `limit` is 1); [] when none."""
+        ...
 
     def write(self, packet: bytes) -> None: ...
 
@@ -173,6 +175,8 @@ class TunDevice:
         With offloads, one read may be a super-packet and yield many packets (the last read may
         take the batch past `limit` by one super-packet's segments): a batch never waits
         for more than is already readable, so an idle tunnel sends a lone packet at once.
+        `read_batch(1)` is a single read (all of a super-packet), not followed by one that finds
+        the queue empty.
         """
         packets: list[bytes] = []
         read = os.read

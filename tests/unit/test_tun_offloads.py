@@ -41,6 +41,29 @@ def test_a_super_packet_read_comes_out_as_its_segments(pair: tuple[TunDevice, so
     assert (tun.super_packets, tun.segments_read) == (1, 11)
 
 
+def test_a_batch_of_one_is_one_read_whole_and_leaves_the_rest_queued(
+    pair: tuple[TunDevice, socket.socket],
+) -> None:
+    tun, kernel = pair
+    tun.offload_flags = TUN_F_CSUM | TUN_F_TSO4
+    big = super_packet(4, bytes(range(256)) * 40, 1000)
+    plain = tcp_packet(4, b"ping")
+    kernel.send(big)
+    kernel.send(PLAIN_HEADER + plain)
+    assert tun.read_batch(1) == split(big)  # every segment of the one read, past the limit
+    assert tun.read_batch(1) == [plain]
+    assert tun.read_batch(1) == []
+
+
+def test_without_offloads_a_batch_of_one_is_one_packet(pair: tuple[TunDevice, socket.socket]) -> None:
+    tun, kernel = pair
+    tun.offload_flags = 0
+    kernel.send(tcp_packet(4, b"one"))
+    kernel.send(tcp_packet(4, b"two"))
+    assert tun.read_batch(1) == [tcp_packet(4, b"one")]
+    assert tun.read_batch() == [tcp_packet(4, b"two")]
+
+
 def test_a_read_whose_header_lies_is_dropped_and_counted(pair: tuple[TunDevice, socket.socket]) -> None:
     tun, kernel = pair
     tun.offload_flags = TUN_F_CSUM | TUN_F_TSO4
