@@ -1,7 +1,8 @@
 """The tunnel's I/O shell: binds the sans-I/O WireGuard device to a TUN and UDP sockets in asyncio.
 
-One wake-up drains a whole batch (TUN until EAGAIN, sockets until EAGAIN), hands it to the
-device in one call, and flushes what the device produced; one re-armed loop timer serves every
+A wake-up of a busy TUN or socket drains a whole batch (until EAGAIN), one of an idle one reads
+one message (IDLE_AFTER); either is handed to the device in one call, and what the device produced
+is flushed; one re-armed loop timer serves every
 protocol timer (aioquic's pattern). Time fed to the device is CLOCK_BOOTTIME, converted to the
 loop's clock only to arm the timer, so timers stay right across suspend.
 """
@@ -23,6 +24,15 @@ from dnsguard.wireguard.events import Event
 log = logging.getLogger(__name__)
 
 BATCH = 128
+IDLE_AFTER = 0.001
+"""Seconds without a wake-up after which the TUN, or the sockets, count as idle if that last wake-up read
+a single packet (datagram). An idle queue's next wake-up reads one message (a packet or super-packet; a
+datagram or GRO train) and hands it on, with no further read that would find the queue empty: on a
+packet's way through an idle tunnel that read costs as much as the rest (15-60 us after a wake-up on a
+VM). Readiness is level-triggered, so more waiting wakes the loop again at once, as a busy queue that is
+then drained in batches; a queue whose last wake-up read more than one packet is drained, as a busy one,
+which keeps a bulk transfer's wake-ups (a super-packet or a train each, often a millisecond apart) to one
+drain each."""
 
 
 @dataclass
@@ -63,6 +73,9 @@ class TunnelShell:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._readers: list[int] = []
+        # When the TUN and the sockets last woke the shell, and how many packets (datagrams) it read.
+        self._tun_woke = self._udp_woke = float("-inf")
+        self._tun_got = self._udp_got = 0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -102,19 +115,13 @@ class TunnelShell:
     # -- data path ----------------------------------------------------------------------
 
     def _tun_readable(self) -> None:
-        # The first read's packets (one packet, or one super-packet's segments) leave before the TUN is
-        # read again: the read that finds the queue empty comes after an idle tunnel's lone packet is on
-        # its way, not before it. A busy TUN's backlog follows as one batch.
-        packets = self.tun.read_batch(1)
+        now = self.clock()
+        idle = self._tun_got < 2 and now - self._tun_woke >= IDLE_AFTER
+        self._tun_woke = now
+        packets = self.tun.read_batch(1 if idle else BATCH)
+        self._tun_got = len(packets)
         if not packets:
             return
-        self._send(packets)
-        packets = self.tun.read_batch(BATCH)
-        if packets:
-            self._send(packets)
-
-    def _send(self, packets: list[bytes]) -> None:
-        now = self.clock()
         self.device.send_packets(packets, now)
         self.stats.tx_packets += len(packets)
         if self.on_batch is not None:
@@ -122,10 +129,13 @@ class TunnelShell:
         self.flush()
 
     def _udp_readable(self, sock: DatagramSocket) -> None:
-        batch = sock.receive(BATCH)
+        now = self.clock()
+        idle = self._udp_got < 2 and now - self._udp_woke >= IDLE_AFTER
+        self._udp_woke = now
+        batch = sock.receive(1 if idle else BATCH)
+        self._udp_got = len(batch)
         if not batch:
             return
-        now = self.clock()
         handshakes = sum(1 for data, _ in batch if data and data[0] in (1, 2))
         if handshakes:
             self._count_handshakes(handshakes, now)

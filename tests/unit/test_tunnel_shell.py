@@ -5,6 +5,9 @@ No root and no network: the edges are net/fake.py's, the loop a VirtualClockLoop
 
 from __future__ import annotations
 
+import itertools
+import socket
+
 from shell_lab import (
     CLIENT_IP,
     CLIENT_NEW_ADDRESS,
@@ -15,7 +18,7 @@ from shell_lab import (
     run_lab,
 )
 
-from dnsguard.app.tunnel import BATCH
+from dnsguard.app.tunnel import BATCH, IDLE_AFTER
 
 
 def test_a_ping_from_the_client_tun_arrives_decrypted_on_the_server_tun_and_its_reply_comes_back() -> None:
@@ -56,15 +59,65 @@ def test_more_packets_than_one_batch_all_arrive_in_order() -> None:
             send_packets(packets, now)
 
         shell.device.send_packets = recording_send_packets  # type: ignore[method-assign]
+        limits: list[int] = []
+        read_batch = lab.client.tun.read_batch
+
+        def recording_read_batch(limit: int = BATCH) -> list[bytes]:
+            limits.append(limit)
+            return read_batch(limit)
+
+        lab.client.tun.read_batch = recording_read_batch  # type: ignore[method-assign]
+        await lab.run_for(IDLE_AFTER * 10)
         pings = [echo_request(CLIENT_IP, SERVER_IP, sequence) for sequence in range(1, 2 * BATCH + 11)]
         lab.client.tun.route(*pings)
         await lab.run_for(0.01)
         assert lab.server.tun.take_written() == pings
         assert shell.stats.tx_packets == 1 + len(pings)
-        # Each wake-up hands the device its first read on its own (sent before the TUN is read again),
-        # then at most BATCH more as one batch.
-        assert sizes == [1, BATCH, 1, BATCH, 1, 7]
-        assert batches == [False] * 6
+        # The TUN was idle (its last wake-up, long ago, read one packet): this wake-up reads one packet and
+        # sends it. The loop wakes again at once for the rest, now a busy queue: at most BATCH packets a
+        # wake-up, each batch handed over in one call.
+        assert limits == [1, BATCH, BATCH, BATCH]
+        assert sizes == [1, BATCH, BATCH, 9]
+        assert batches == [False] * 4
+        # Quiet again: the first lone packet still finds a queue that was busy at its last wake-up and
+        # drains it; the next one, a wake-up that read one packet before it, is a single read.
+        for sequence in (998, 999):
+            await lab.run_for(IDLE_AFTER * 10)
+            lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, sequence))
+            await lab.run_for(0.01)
+        assert limits[4:] == [BATCH, 1] and sizes[4:] == [1, 1]
+
+    run_lab(main)
+
+
+def test_an_idle_socket_wake_up_opens_one_message_and_the_backlog_follows_in_batches() -> None:
+    async def main(lab: ShellLab) -> None:
+        shell = lab.client_shell()
+        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 0))
+        await lab.run_for(0.01)
+        calls: list[tuple[int, int]] = []
+        receive = lab.client.udp.sockets[socket.AF_INET].receive
+        written_before: list[int] = []
+
+        def recording_receive(limit: int) -> list[tuple[bytes, tuple[str, int]]]:
+            written_before.append(len(lab.client.tun.written))
+            batch = receive(limit)
+            calls.append((limit, len(batch)))
+            return batch
+
+        lab.client.udp.sockets[socket.AF_INET].receive = recording_receive  # type: ignore[method-assign]
+        replies = [echo_request(SERVER_IP, CLIENT_IP, sequence) for sequence in range(1, BATCH + 11)]
+        lab.server.tun.route(*replies)
+        await lab.run_for(0.01)
+        assert lab.client.tun.take_written()[-len(replies) :] == replies
+        assert shell.stats.rx_packets >= len(replies)
+        # The idle socket's wake-up: one message, written to the TUN before the socket is read again;
+        # then the backlog, in batches.
+        assert calls[0] == (1, 1) and calls[1][0] == BATCH
+        assert written_before[1] == written_before[0] + 1
+        for (limit, got), (next_limit, _) in itertools.pairwise(calls):
+            if limit == 1 and got:
+                assert next_limit == BATCH
 
     run_lab(main)
 

@@ -226,6 +226,26 @@ def test_a_receive_that_leaves_slots_empty_stops_without_a_second_call(offloads:
         target.close()
 
 
+@pytest.mark.parametrize("offloads", [True, False], ids=["gro", "plain"])
+def test_a_receive_of_one_is_one_message_without_recvmmsg(offloads: bool) -> None:
+    sender, target = UdpEndpoint(0), UdpEndpoint(0, offloads=offloads)
+    try:
+        counter = counted_receive(target)
+        sender.send_batch([(data, ("127.0.0.1", target.port)) for data in TRAIN])  # one GSO train
+        after = send_plain(2, target.port)
+        tunnel_socket = target.sockets[socket.AF_INET]
+        first = [data for data, _ in tunnel_socket.receive(1)]
+        # With GRO the whole train is one message; without, its first datagram.
+        assert first == (TRAIN if offloads else TRAIN[:1])
+        assert counter.calls == 0
+        rest = [data for data, _ in tunnel_socket.receive(128)]
+        assert first + rest == TRAIN + after
+        assert counter.calls == 1
+    finally:
+        sender.close()
+        target.close()
+
+
 def test_a_receive_that_fills_every_slot_reads_on_until_the_queue_is_drained() -> None:
     target = UdpEndpoint(0, offloads=False)
     try:
