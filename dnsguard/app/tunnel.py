@@ -2,9 +2,9 @@
 
 A wake-up of a busy TUN or socket drains a whole batch (until EAGAIN), one of an idle one reads
 one message (IDLE_AFTER); either is handed to the device in one call, and what the device produced
-is flushed; one re-armed loop timer serves every
-protocol timer (aioquic's pattern). Time fed to the device is CLOCK_BOOTTIME, converted to the
-loop's clock only to arm the timer, so timers stay right across suspend.
+is flushed; one re-armed loop timer serves every protocol timer (aioquic's pattern). Time fed to
+the device is CLOCK_BOOTTIME, converted to the loop's clock only to arm the timer, so timers stay
+right across suspend.
 """
 
 from __future__ import annotations

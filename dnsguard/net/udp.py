@@ -105,8 +105,8 @@ class TunnelSocket:
         self.sock.close()
 
     def receive(self, limit: int) -> list[tuple[bytes, Address]]:
-        # One message is one recvmsg (recvfrom) through the socket module: after a wake-up that costs
-        # a third of recvmmsg through ctypes on this path, measured on an idle socket.
+        # One message is one recvmsg (recvfrom) through the socket module: right after a wake-up it
+        # costs a third of what recvmmsg through ctypes does (measured on an idle socket).
         if self._batch is not None and limit > 1:
             return self._receive_batch(self._batch, limit)
         if self.gro:
