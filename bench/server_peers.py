@@ -13,7 +13,8 @@ The server holds --peers peers, each with its own tunnel address (100.64.1.x/32)
   second that makes, and the server's CPU milliseconds per handshake (from /proc, over all rounds).
 - Aggregate throughput: --streams of the same peers run wireguard-go in the client namespace and
   iperf3 each to its own iperf3 server on the server's tunnel address, at once. Reported: the sum of
-  what the servers received, and the server's CPU seconds per GB carried.
+  what the servers received, the server's CPU seconds per GB carried, and what the server namespace
+  dropped meanwhile (UDP receive buffers full, packets dropped on the tunnel device).
 
 Ratios dnsguard/wireguard-go are the result; absolute numbers depend on the machine.
 """
@@ -51,6 +52,22 @@ def peer_source(index: int) -> str:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def drops(lab: Lab) -> dict[str, int]:
+    """The server namespace's loss counters: datagrams its UDP sockets dropped for a full receive buffer,
+    and packets dropped on its interfaces other than eth0 and lo (a tunnel device whose reader fell
+    behind drops on transmit)."""
+    snmp = lab.run("server", ["cat", "/proc/net/snmp"]).stdout.splitlines()
+    udp = [line.split()[1:] for line in snmp if line.startswith("Udp:")]
+    counters = dict(zip(udp[0], udp[1], strict=True)) if len(udp) >= 2 else {}
+    links = json.loads(lab.run("server", ["ip", "-j", "-s", "link", "show"]).stdout)
+    tunnel = sum(
+        link["stats64"]["tx"]["dropped"] + link["stats64"]["rx"]["dropped"]
+        for link in links
+        if link["ifname"] not in ("lo", "eth0") and "stats64" in link
+    )
+    return {"udp_rcvbuf": int(counters.get("RcvbufErrors", 0)), "tunnel_device": tunnel}
 
 
 # -- the storm worker: runs inside the client namespace ----------------------------------------
@@ -224,8 +241,10 @@ def bench(contender: str, args: argparse.Namespace) -> dict[str, float]:
         handshakes = args.peers * args.rounds - int(storms["incomplete"])  # type: ignore[call-overload]
         median = statistics.median(times)
         cpu_before = cpu_seconds(pid)
+        dropped_before = drops(lab)
         mbits, _ = throughput(lab, server_public, privates, args.streams, args.seconds)
         cpu_data = cpu_seconds(pid) - cpu_before
+        dropped = {name: count - dropped_before[name] for name, count in drops(lab).items()}
         gigabytes = mbits * args.seconds / 8 / 1000
         return {
             "storm_s": median,
@@ -234,6 +253,8 @@ def bench(contender: str, args: argparse.Namespace) -> dict[str, float]:
             "cpu_ms_per_handshake": 1000 * cpu_storm / max(1, handshakes),
             "mbits": mbits,
             "cpu_s_per_gb": cpu_data / gigabytes if gigabytes else float("nan"),
+            "udp_rcvbuf_drops": float(dropped["udp_rcvbuf"]),
+            "tunnel_device_drops": float(dropped["tunnel_device"]),
         }
 
 
@@ -260,7 +281,9 @@ def main() -> int:
             f"{contender:13s} storm of {args.peers}: {result['storm_s'] * 1000:7.1f} ms "
             f"({result['handshakes_per_s']:6.0f} handshakes/s, {result['incomplete']:.0f} incomplete), "
             f"{result['cpu_ms_per_handshake']:.2f} CPU ms/handshake; {args.streams} streams "
-            f"{result['mbits']:7.1f} Mbit/s, {result['cpu_s_per_gb']:.2f} CPU s/GB",
+            f"{result['mbits']:7.1f} Mbit/s, {result['cpu_s_per_gb']:.2f} CPU s/GB; server drops: "
+            f"{result['udp_rcvbuf_drops']:.0f} UDP receive buffer, {result['tunnel_device_drops']:.0f} "
+            "tunnel device",
             flush=True,
         )
     if "dnsguard" in results and "wireguard-go" in results:
