@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from dnsguard.errors import NetworkError
-from dnsguard.net.mmsg import CONTROLLEN_OFFSET, RECVMMSG, Mmsghdr, ReceiveSlots, ReplyBatch
+from dnsguard.net.mmsg import (
+    CONTROLLEN_OFFSET,
+    RECVMMSG,
+    SENDER_TABLE_SIZE,
+    Mmsghdr,
+    ReceiveSlots,
+    ReplyBatch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +182,13 @@ _CMSG_HEADER: Final = struct.Struct("@NiI")
 """struct cmsghdr: cmsg_len (size_t), cmsg_level, cmsg_type, then the data, aligned."""
 _CMSG_DATA: Final = socket.CMSG_LEN(0)
 _MMSGHDR_SIZE: Final = ctypes.sizeof(Mmsghdr)
-_unpack_v4 = struct.Struct(">H4s").unpack_from
-_unpack_v6 = struct.Struct(">HI16s").unpack_from
+_LEN_OFFSET: Final = Mmsghdr.msg_len.offset
+_SOCKADDR_SIZE: Final = 28
+"""A slot's room for its sender's address (a sockaddr_in6; a sockaddr_in uses the first 16 bytes)."""
+_unpack_uint = struct.Struct("@I").unpack_from
+_unpack_v4 = struct.Struct(">H4s").unpack
+_unpack_v6 = struct.Struct(">HI16s").unpack
+_unpack_size = struct.Struct("@N").unpack_from
 
 
 class DatagramBatch(ReceiveSlots):
@@ -197,34 +209,66 @@ class DatagramBatch(ReceiveSlots):
         """Whether the last receive filled every slot it offered (more may be waiting)."""
         self.gro_trains = 0
         """Receives that held a train of datagrams (UDP_GRO), split here."""
+        self._sources: dict[bytes, Address] = {}
+        # A slot's sockaddr: family (2 bytes), then port and address (IPv6: port, flow info, address).
+        self._name_end = 24 if self._ipv6 else 8
 
     def receive(self, limit: int) -> list[tuple[bytes, Address]]:
-        """What is waiting (up to about `limit` datagrams); raises OSError (BlockingIOError) as recvmmsg."""
+        """What is waiting (up to about `limit` datagrams); raises OSError (BlockingIOError) as recvmmsg.
+
+        A server's peers mostly send datagrams one by one (no train), so this runs per datagram: the
+        slots' offsets move on by one slot a turn, and each sender's (host, port) comes from a table
+        of senders seen before (inet_ntoa and a tuple cost more than the lookup).
+        """
         slots = min(self._slot_count, max(1, limit))
         count = self._read(slots)
         self.filled = count == slots
-        header_bytes = self._header_bytes
+        header_bytes, data_array, names, sources = self._header_bytes, self._data, self._names, self._sources
+        slot_size = self._slot_size
+        # Where the slot's length, control length, payload and sender's port and address lie.
+        length_at, control_at, start = _LEN_OFFSET, CONTROLLEN_OFFSET, 0
+        name, name_end = 2, self._name_end
         batch: list[tuple[bytes, Address]] = []
+        append = batch.append
         for slot in range(count):
-            data = self._payload(slot)
-            length = len(data)
-            name = slot * 28 + 2
-            if self._ipv6:
-                port, _flow, raw = _unpack_v6(self._name_bytes, name)
-                source = (socket.inet_ntop(socket.AF_INET6, raw), port)
-            else:
-                port, raw = _unpack_v4(self._name_bytes, name)
-                source = (socket.inet_ntoa(raw), port)
-            size = self._segment_size(slot, header_bytes, slot * _MMSGHDR_SIZE)
+            (length,) = _unpack_uint(header_bytes, length_at)
+            data = data_array[start : start + length]  # a slice of a c_char array is bytes: one copy
+            key = names[name:name_end]
+            source = sources.get(key)
+            if source is None:
+                source = self._source(key)
+            (control_length,) = _unpack_size(header_bytes, control_at)
+            size = self._segment_size(slot) if control_length else 0
             if 0 < size < length:
-                batch.extend((data[at : at + size], source) for at in range(0, length, size))
+                batch.extend([(data[at : at + size], source) for at in range(0, length, size)])
                 self.gro_trains += 1
             else:
-                batch.append((data, source))
+                append((data, source))
+            length_at += _MMSGHDR_SIZE
+            control_at += _MMSGHDR_SIZE
+            start += slot_size
+            name += _SOCKADDR_SIZE
+            name_end += _SOCKADDR_SIZE
         return batch
 
-    def _segment_size(self, slot: int, header_bytes: memoryview, base: int) -> int:
-        (controllen,) = struct.unpack_from("@N", header_bytes, base + CONTROLLEN_OFFSET)
+    def _source(self, key: bytes) -> Address:
+        """(host, port) of a sender's port and address bytes, remembered (the table is emptied when full,
+        so senders that change all the time cost only the conversion they would cost anyway)."""
+        sources = self._sources
+        if len(sources) >= SENDER_TABLE_SIZE:
+            sources.clear()
+        if self._ipv6:
+            port, _flow, raw = _unpack_v6(key)
+            source = (socket.inet_ntop(socket.AF_INET6, raw), port)
+        else:
+            port, raw = _unpack_v4(key)
+            source = (socket.inet_ntoa(raw), port)
+        sources[key] = source
+        return source
+
+    def _segment_size(self, slot: int) -> int:
+        """The gso_size of the slot's UDP_GRO control message (0 without one)."""
+        (controllen,) = _unpack_size(self._header_bytes, slot * _MMSGHDR_SIZE + CONTROLLEN_OFFSET)
         if controllen < _CMSG_DATA + 4:
             return 0
         at = slot * _GRO_CONTROL

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from dnsguard.net import udp
 from dnsguard.net.udp import PLAIN_SLOTS, UdpEndpoint
 
 TRAIN = [bytes([n]) * 1000 for n in range(10)] + [b"z" * 400]
@@ -242,6 +243,45 @@ def test_a_receive_of_one_is_one_message_without_recvmmsg(offloads: bool) -> Non
         assert first + rest == TRAIN + after
         assert counter.calls == 1
     finally:
+        sender.close()
+        target.close()
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_each_datagram_of_a_batch_carries_its_own_senders_address(
+    family: socket.AddressFamily, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A table of two senders for three: it is emptied and refilled while the batch is read.
+    monkeypatch.setattr(udp, "SENDER_TABLE_SIZE", 2)
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    target = UdpEndpoint(0)
+    sender = UdpEndpoint(0)
+    plain = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        for sock in plain:
+            sock.bind((host, 0))
+        tunnel_socket = target.sockets[family]
+        expected: list[tuple[bytes, tuple[str, int]]] = []
+        for round_number in range(4):
+            for index, sock in enumerate(plain):
+                data = bytes([round_number, index]) * 50
+                sock.sendto(data, (host, target.port))
+                expected.append((data, sock.getsockname()[:2]))
+        # A GRO train between single datagrams, from a fourth sender.
+        sender.send_batch([(data, (host, target.port)) for data in TRAIN])
+        expected += [(data, (host, sender.port)) for data in TRAIN]
+        plain[0].sendto(b"last", (host, target.port))
+        expected.append((b"last", plain[0].getsockname()[:2]))
+        received: list[tuple[bytes, tuple[str, int]]] = []
+        deadline = time.monotonic() + 2
+        while len(received) < len(expected) and time.monotonic() < deadline:
+            received += tunnel_socket.receive(128)
+        assert received == expected
+        batch = tunnel_socket._batch
+        assert batch is not None and len(batch._sources) <= 2
+    finally:
+        for sock in plain:
+            sock.close()
         sender.close()
         target.close()
 
