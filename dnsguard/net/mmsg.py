@@ -69,14 +69,14 @@ SENDMMSG: Final = _libc_sendmmsg()
 RECVMMSG: Final = _libc_recvmmsg()
 _IOVEC_SIZE: Final = ctypes.sizeof(Iovec)
 _IOVEC_LEN_OFFSET: Final = Iovec.iov_len.offset
-_SOCKADDR_SIZE: Final = 28  # sockaddr_in6; a sockaddr_in uses the first 16 bytes
+SOCKADDR_SIZE: Final = 28  # sockaddr_in6; a sockaddr_in uses the first 16 bytes
 _pack_size = struct.Struct("@N").pack_into
 _pack_port_ipv4 = struct.Struct(">H4s").pack_into
 _pack_port_ipv6 = struct.Struct(">HI16s").pack_into
 _pack_scope = struct.Struct("@I").pack_into
 _inet_aton = socket.inet_aton
 _MMSGHDR_SIZE: Final = ctypes.sizeof(Mmsghdr)
-_LEN_OFFSET: Final = Mmsghdr.msg_len.offset
+LEN_OFFSET: Final = Mmsghdr.msg_len.offset
 CONTROLLEN_OFFSET: Final = Mmsghdr.msg_hdr.offset + Msghdr.msg_controllen.offset
 _unpack_uint = struct.Struct("@I").unpack_from
 _unpack_port_ipv4 = struct.Struct(">H4s").unpack_from
@@ -126,14 +126,14 @@ class ReceiveSlots:
         self._fileno = sock.fileno()
         self._receive = receive
         self._ipv6 = sock.family == socket.AF_INET6
-        self._namelen = _SOCKADDR_SIZE if self._ipv6 else 16
+        self._namelen = SOCKADDR_SIZE if self._ipv6 else 16
         self._slot_count, self._slot_size = slot_count, slot_size
         self.count = 0
         """Slots the last receive filled."""
         self._headers = (Mmsghdr * slot_count)()
         self._iovecs = (Iovec * slot_count)()
         # c_char arrays (Any: typeshed's Array types a slice as a list, a c_char array's is bytes)
-        self._names: Any = (ctypes.c_char * (_SOCKADDR_SIZE * slot_count))()
+        self._names: Any = (ctypes.c_char * (SOCKADDR_SIZE * slot_count))()
         self._controls = (ctypes.c_char * max(1, control_size * slot_count))()
         self._data: Any = (ctypes.c_char * (slot_size * slot_count))()
         self._header_bytes = memoryview(self._headers).cast("B")
@@ -147,7 +147,7 @@ class ReceiveSlots:
             self._iovecs[slot].iov_base = data_address + slot * slot_size
             self._iovecs[slot].iov_len = slot_size
             header = self._headers[slot].msg_hdr
-            header.msg_name = names_address + slot * _SOCKADDR_SIZE
+            header.msg_name = names_address + slot * SOCKADDR_SIZE
             header.msg_namelen = self._namelen
             header.msg_iov = ctypes.addressof(self._iovecs[slot])
             header.msg_iovlen = 1
@@ -173,7 +173,7 @@ class ReceiveSlots:
         return count
 
     def _payload(self, slot: int) -> bytes:
-        (length,) = _unpack_uint(self._header_bytes, slot * _MMSGHDR_SIZE + _LEN_OFFSET)
+        (length,) = _unpack_uint(self._header_bytes, slot * _MMSGHDR_SIZE + LEN_OFFSET)
         start = slot * self._slot_size
         data: bytes = self._data[start : start + length]  # a slice of a c_char array is bytes: one copy
         return data
@@ -221,7 +221,7 @@ class QueryBatch(ReceiveSlots):
         header_bytes, data, names, hosts = self._header_bytes, self._data, self._names, self._hosts
         slot_size = self._slot_size
         # Where the slot's length, payload and sender's address lie; each moves on by one slot.
-        length_at, begin = _LEN_OFFSET, 0
+        length_at, begin = LEN_OFFSET, 0
         address_start, address_end = self._address_start, self._address_end
         received: list[tuple[bytes, str]] = []
         append = received.append
@@ -235,8 +235,8 @@ class QueryBatch(ReceiveSlots):
             append((data[begin : begin + length], host))
             length_at += _MMSGHDR_SIZE
             begin += slot_size
-            address_start += _SOCKADDR_SIZE
-            address_end += _SOCKADDR_SIZE
+            address_start += SOCKADDR_SIZE
+            address_end += SOCKADDR_SIZE
         return received
 
     def _host(self, address: bytes) -> str:
@@ -248,7 +248,7 @@ class QueryBatch(ReceiveSlots):
 
     def sender(self, slot: int) -> Any:
         """The sender of the `slot`th datagram of the last receive, as recvfrom returns it."""
-        name = slot * _SOCKADDR_SIZE + 2
+        name = slot * SOCKADDR_SIZE + 2
         if self._ipv6:
             port, flow, address = _unpack_port_ipv6(self._name_bytes, name)
             (scope,) = _unpack_uint(self._name_bytes, name + 22)
@@ -258,7 +258,7 @@ class QueryBatch(ReceiveSlots):
 
     def sender_name(self, slot: int) -> int:
         """The address of the `slot`th sender's sockaddr, as the last receive wrote it (see SenderReplies)."""
-        return self._names_address + slot * _SOCKADDR_SIZE
+        return self._names_address + slot * SOCKADDR_SIZE
 
 
 class ReplyBatch:
@@ -277,7 +277,7 @@ class ReplyBatch:
         self.count = 0
         self._headers = (Mmsghdr * BATCH_SLOTS)()
         self._iovecs = (Iovec * BATCH_SLOTS)()
-        self._names = (ctypes.c_char * (_SOCKADDR_SIZE * BATCH_SLOTS))()
+        self._names = (ctypes.c_char * (SOCKADDR_SIZE * BATCH_SLOTS))()
         self._data = (ctypes.c_char * (BATCH_SLOT_SIZE * BATCH_SLOTS))()
         self._iovec_bytes = memoryview(self._iovecs).cast("B")
         self._name_bytes = memoryview(self._names).cast("B")
@@ -289,11 +289,11 @@ class ReplyBatch:
         family = struct.pack("@H", sock.family)
         for slot in range(BATCH_SLOTS):
             self._iovecs[slot].iov_base = data_address + slot * BATCH_SLOT_SIZE
-            name = slot * _SOCKADDR_SIZE
+            name = slot * SOCKADDR_SIZE
             self._name_bytes[name : name + 2] = family
             header = self._headers[slot].msg_hdr
             header.msg_name = names_address + name
-            header.msg_namelen = _SOCKADDR_SIZE if self._ipv6 else 16
+            header.msg_namelen = SOCKADDR_SIZE if self._ipv6 else 16
             header.msg_iov = ctypes.addressof(self._iovecs[slot])
             header.msg_iovlen = 1
 
@@ -313,11 +313,11 @@ class ReplyBatch:
         try:
             if self._ipv6:
                 address = socket.inet_pton(socket.AF_INET6, addr[0])
-                name = slot * _SOCKADDR_SIZE
+                name = slot * SOCKADDR_SIZE
                 _pack_port_ipv6(self._name_bytes, name + 2, addr[1], addr[2], address)  # type: ignore[misc]
                 _pack_scope(self._name_bytes, name + 24, addr[3])  # type: ignore[misc]
             else:
-                _pack_port_ipv4(self._name_bytes, slot * _SOCKADDR_SIZE + 2, addr[1], _inet_aton(addr[0]))
+                _pack_port_ipv4(self._name_bytes, slot * SOCKADDR_SIZE + 2, addr[1], _inet_aton(addr[0]))
         except (OSError, ValueError, IndexError, struct.error):
             return False  # e.g. a link-local IPv6 source with a zone: sendto knows how to handle it
         self._put(slot, reply, size)

@@ -14,8 +14,10 @@ from typing import Any, Final, Protocol
 from dnsguard.errors import NetworkError
 from dnsguard.net.mmsg import (
     CONTROLLEN_OFFSET,
+    LEN_OFFSET,
     RECVMMSG,
     SENDER_TABLE_SIZE,
+    SOCKADDR_SIZE,
     Mmsghdr,
     ReceiveSlots,
     ReplyBatch,
@@ -182,9 +184,6 @@ _CMSG_HEADER: Final = struct.Struct("@NiI")
 """struct cmsghdr: cmsg_len (size_t), cmsg_level, cmsg_type, then the data, aligned."""
 _CMSG_DATA: Final = socket.CMSG_LEN(0)
 _MMSGHDR_SIZE: Final = ctypes.sizeof(Mmsghdr)
-_LEN_OFFSET: Final = Mmsghdr.msg_len.offset
-_SOCKADDR_SIZE: Final = 28
-"""A slot's room for its sender's address (a sockaddr_in6; a sockaddr_in uses the first 16 bytes)."""
 _unpack_uint = struct.Struct("@I").unpack_from
 _unpack_v4 = struct.Struct(">H4s").unpack
 _unpack_v6 = struct.Struct(">HI16s").unpack
@@ -226,7 +225,7 @@ class DatagramBatch(ReceiveSlots):
         header_bytes, data_array, names, sources = self._header_bytes, self._data, self._names, self._sources
         slot_size = self._slot_size
         # Where the slot's length, control length, payload and sender's port and address lie.
-        length_at, control_at, start = _LEN_OFFSET, CONTROLLEN_OFFSET, 0
+        length_at, control_at, start = LEN_OFFSET, CONTROLLEN_OFFSET, 0
         name, name_end = 2, self._name_end
         batch: list[tuple[bytes, Address]] = []
         append = batch.append
@@ -238,7 +237,7 @@ class DatagramBatch(ReceiveSlots):
             if source is None:
                 source = self._source(key)
             (control_length,) = _unpack_size(header_bytes, control_at)
-            size = self._segment_size(slot) if control_length else 0
+            size = self._segment_size(slot, control_length) if control_length else 0
             if 0 < size < length:
                 batch.extend([(data[at : at + size], source) for at in range(0, length, size)])
                 self.gro_trains += 1
@@ -247,8 +246,8 @@ class DatagramBatch(ReceiveSlots):
             length_at += _MMSGHDR_SIZE
             control_at += _MMSGHDR_SIZE
             start += slot_size
-            name += _SOCKADDR_SIZE
-            name_end += _SOCKADDR_SIZE
+            name += SOCKADDR_SIZE
+            name_end += SOCKADDR_SIZE
         return batch
 
     def _source(self, key: bytes) -> Address:
@@ -266,9 +265,9 @@ class DatagramBatch(ReceiveSlots):
         sources[key] = source
         return source
 
-    def _segment_size(self, slot: int) -> int:
-        """The gso_size of the slot's UDP_GRO control message (0 without one)."""
-        (controllen,) = _unpack_size(self._header_bytes, slot * _MMSGHDR_SIZE + CONTROLLEN_OFFSET)
+    def _segment_size(self, slot: int, controllen: int) -> int:
+        """The gso_size of the slot's UDP_GRO control message (0 without one); `controllen` is the
+        length of the slot's control data, as the kernel set it."""
         if controllen < _CMSG_DATA + 4:
             return 0
         at = slot * _GRO_CONTROL

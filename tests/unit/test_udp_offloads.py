@@ -251,7 +251,7 @@ def test_a_receive_of_one_is_one_message_without_recvmmsg(offloads: bool) -> Non
 def test_each_datagram_of_a_batch_carries_its_own_senders_address(
     family: socket.AddressFamily, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A table of two senders for three: it is emptied and refilled while the batch is read.
+    # A table of two for four senders: it is emptied and refilled while the batches are read.
     monkeypatch.setattr(udp, "SENDER_TABLE_SIZE", 2)
     host = "127.0.0.1" if family == socket.AF_INET else "::1"
     target = UdpEndpoint(0)
