@@ -2,6 +2,7 @@
 """Where an idle tunnel's round trip goes: a ping's request and reply timed at every interface they cross.
 
     sudo .venv/bin/python bench/rtt_stages.py [--only dnsguard,wireguard-go] [--count 100] [--interval 0.02]
+                                              [--rounds 1] [--baseline OTHER_CHECKOUT]
 
 The lab and the contenders are bench/tunnel.py's. tcpdump runs on both ends' tunnel interface and
 uplink while the client pings the server's tunnel address (`--count` pings, `--interval` seconds apart,
@@ -12,6 +13,11 @@ TUN (server receive), the server's kernel answering, and the way back (server se
 receive). Reported: the median of each stage and of the whole, and each stage's ratio to the last
 contender's (the anchor: wireguard-go by default). A ping whose stamps do not line up (a packet a
 capture missed, a handshake in between) is left out.
+
+--rounds measures every contender that many times, interleaved (a noisy moment on a shared machine
+hits them alike), and reports each stage's median over all the rounds' pings. --baseline adds dnsguard
+from another checkout (bench/tunnel.py's `baseline`), ahead of the anchor, for a change measured
+against the code before it.
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ def stamps(path: Path) -> list[float]:
     return [float(line.split()[0]) for line in path.read_text().splitlines() if re.match(r"^\d+\.\d+ ", line)]
 
 
-def measure(tunnel: object, name: str, count: int, interval: float) -> dict[str, float] | None:
+def measure(tunnel: object, name: str, count: int, interval: float) -> dict[str, list[float]]:
+    """Each stage's microseconds (and the total's) for every ping whose stamps line up."""
     contenders, server_tunnel = tunnel.CONTENDERS, tunnel.SERVER_TUNNEL  # type: ignore[attr-defined]
     with Lab(services=False) as lab:
         contenders[name](lab)
@@ -89,9 +96,11 @@ def measure(tunnel: object, name: str, count: int, interval: float) -> dict[str,
         for stage, start, end in zip(STAGES, points, points[1:], strict=False):
             stages[stage].append((end - start) * 1e6)
         stages["total"].append((points[-1] - points[0]) * 1e6)
-    if not stages["total"]:
-        return None
-    return {stage: statistics.median(values) for stage, values in stages.items()}
+    return stages
+
+
+def median_of(values: list[float] | None) -> str:
+    return f"{statistics.median(values):.0f}" if values else "-"
 
 
 def main() -> int:
@@ -101,15 +110,33 @@ def main() -> int:
     parser.add_argument("--only", default="dnsguard,wireguard-go")
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--interval", type=float, default=0.02)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--baseline", metavar="CHECKOUT", help="also run dnsguard from another checkout")
     args = parser.parse_args()
     tunnel = load_bench("tunnel.py")
     names = args.only.split(",")
     unknown = [name for name in names if name not in tunnel.CONTENDERS]
     if unknown:
         raise SystemExit(f"unknown contenders {unknown}; known: {', '.join(tunnel.CONTENDERS)}")
-    results = {name: measure(tunnel, name, args.count, args.interval) for name in names}
+    if args.baseline:
+        tunnel.CONTENDERS[tunnel.BASELINE] = tunnel.baseline_contender(args.baseline)
+        names.insert(max(len(names) - 1, 0), tunnel.BASELINE)
+    pings: dict[str, dict[str, list[float]]] = {name: {} for name in names}
+    for round_number in range(args.rounds):
+        for name in names:
+            for stage, values in measure(tunnel, name, args.count, args.interval).items():
+                pings[name].setdefault(stage, []).extend(values)
+            total = pings[name].get("total")
+            print(f"round {round_number + 1} {name}: median total so far {median_of(total)} us", flush=True)
+    results = {
+        name: {stage: statistics.median(values) for stage, values in found.items()}
+        if found.get("total")
+        else None
+        for name, found in pings.items()
+    }
     width = max(len(f"{name} / {names[-1]}") for name in names) + 2
-    print(f"\nmedian microseconds per stage, ping every {args.interval} s, {args.count} pings")
+    pinged = f"{args.count} pings" + (f" x {args.rounds} rounds" if args.rounds > 1 else "")
+    print(f"\nmedian microseconds per stage, ping every {args.interval} s, {pinged}")
     print(" " * width + "".join(f"{stage:>16s}" for stage in (*STAGES, "total")))
     for name, result in results.items():
         cells = (

@@ -33,6 +33,12 @@ and ping reach, is an allowed prefix: every new connection walks the firewall's 
 runs just those two, interleaved, for the firewall's cost:
 
     sudo .venv/bin/python bench/tunnel.py --firewall
+
+--baseline CHECKOUT adds `baseline`: dnsguard from another checkout (e.g. `git worktree add --detach DIR
+main`), set up as `dnsguard` is and interleaved with the others, for a change measured against the
+code before it in the same run:
+
+    sudo .venv/bin/python bench/tunnel.py --only dnsguard --baseline /path/to/worktree
 """
 
 from __future__ import annotations
@@ -196,6 +202,21 @@ def setup_openvpn(lab: Lab) -> None:
     )
 
 
+def baseline_contender(checkout: str) -> Callable[[Lab], None]:
+    """dnsguard from another checkout (a worktree of main, say), set up as `dnsguard` is.
+
+    Its daemons import dnsguard from that checkout: PYTHONPATH names it, and PYTHONSAFEPATH keeps the
+    working directory (this checkout, perhaps) off the front of their sys.path.
+    """
+    source = Path(checkout).resolve()
+    if not (source / "dnsguard" / "cli.py").exists():
+        raise SystemExit(f"--baseline {checkout}: not a dnsguard checkout")
+    return lambda lab: setup_dnsguard(lab, env={"PYTHONPATH": str(source), "PYTHONSAFEPATH": "1"})
+
+
+BASELINE = "baseline"
+
+
 CONTENDERS: dict[str, Callable[[Lab], None]] = {
     "dnsguard": setup_dnsguard,
     "dnsguard-nooffload": setup_dnsguard_nooffload,
@@ -207,6 +228,7 @@ CONTENDERS: dict[str, Callable[[Lab], None]] = {
 }
 
 RATIOS = [
+    ("dnsguard", BASELINE),
     ("dnsguard", "dnsguard-nooffload"),
     ("dnsguard", "dnsguard-openssl-choice"),
     ("dnsguard", "wireguard-go"),
@@ -340,8 +362,16 @@ def main() -> int:
     parser.add_argument(
         "--udp", action="store_true", help="iperf3 UDP (1300-byte datagrams, unlimited rate) instead of TCP"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="also run dnsguard from another checkout (a worktree of main, say) as `baseline`",
+    )
     args = parser.parse_args()
     names = ["dnsguard+dns", "dnsguard+fw"] if args.firewall else [n for n in args.only.split(",") if n]
+    if args.baseline:
+        CONTENDERS[BASELINE] = baseline_contender(args.baseline)
+        names.append(BASELINE)
     runs: dict[str, list[dict[str, float | None]]] = {n: [] for n in names}
     # Interleave contenders so that a noisy moment on the machine hits all of them alike.
     for round_number in range(args.repeat):
