@@ -42,6 +42,26 @@ def test_a_ping_from_the_client_tun_arrives_decrypted_on_the_server_tun_and_its_
     run_lab(main)
 
 
+def test_a_packet_from_the_tun_is_sent_before_the_batch_bookkeeping_runs() -> None:
+    """The lifecycle's per-batch call is off a packet's way out: it comes after the send."""
+
+    async def main(lab: ShellLab) -> None:
+        shell = lab.client_shell()
+        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 0))
+        await lab.run_for(0.01)
+        lab.server.tun.take_written()
+        sent_when_called: list[int] = []
+        shell.on_batch = lambda received, now: sent_when_called.append(len(lab.client.udp.sent))
+        sent_before = len(lab.client.udp.sent)
+        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 1))
+        await lab.run_for(0.01)
+        assert len(lab.client.udp.sent) == sent_before + 1
+        # The TUN batch's call saw the datagram already sent (the server's reply, if any, came later).
+        assert sent_when_called[0] == sent_before + 1
+
+    run_lab(main)
+
+
 def test_more_packets_than_one_batch_all_arrive_in_order() -> None:
     async def main(lab: ShellLab) -> None:
         shell = lab.client_shell()
