@@ -66,3 +66,16 @@ def test_ping_summaries_parse_and_a_missing_one_is_none(bench: ModuleType) -> No
     out = "--- x ping statistics ---\n5 packets\nrtt min/avg/max/mdev = 0.1/0.25/0.4/0.05 ms\n"
     assert bench.parse_ping(out) == 0.25
     assert bench.parse_ping("100% packet loss\n") is None
+
+
+def test_the_baseline_contender_runs_dnsguard_from_the_named_checkout(
+    bench: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit, match="not a dnsguard checkout"):
+        bench.baseline_contender(str(tmp_path))
+    checkout = Path(__file__).resolve().parents[2]
+    seen: list[dict[str, str]] = []
+    monkeypatch.setattr(bench, "setup_dnsguard", lambda lab, filtering=None, env=None: seen.append(env))
+    bench.baseline_contender(str(checkout))(object())
+    # PYTHONSAFEPATH: the working directory (perhaps another checkout) must not shadow PYTHONPATH.
+    assert seen == [{"PYTHONPATH": str(checkout), "PYTHONSAFEPATH": "1"}]
