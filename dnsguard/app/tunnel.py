@@ -123,8 +123,8 @@ class TunnelShell:
         if not packets:
             return
         self.device.send_packets(packets, now)
-        # Sent first: after an idle spell the bookkeeping below ran at tens of microseconds, each of
-        # them added to the packet's way out.
+        # Sent before the bookkeeping below, which after an idle spell (a cold wake-up) takes tens of
+        # microseconds that the packet need not wait for.
         self.flush()
         self.stats.tx_packets += len(packets)
         if self.on_batch is not None:
