@@ -130,6 +130,17 @@ class ShellLab:
         shell.start()
         return shell
 
+    async def client_shell_with_session(self, **kwargs: Any) -> TunnelShell:
+        """The client's shell once a first ping has made the session (the ping is taken off the server's TUN).
+
+        Before a session the device keeps only its staged queue's worth of packets.
+        """
+        shell = self.client_shell(**kwargs)
+        self.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 0))
+        await self.run_for(0.01)
+        self.server.tun.take_written()
+        return shell
+
     async def run_for(self, seconds: float) -> None:
         """Let the loop carry every ready packet and fire every timer for `seconds` of virtual time."""
         await asyncio.sleep(seconds)

@@ -46,10 +46,7 @@ def test_a_packet_from_the_tun_is_sent_before_the_batch_bookkeeping_runs() -> No
     """The lifecycle's per-batch call is off a packet's way out: it comes after the send."""
 
     async def main(lab: ShellLab) -> None:
-        shell = lab.client_shell()
-        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 0))
-        await lab.run_for(0.01)
-        lab.server.tun.take_written()
+        shell = await lab.client_shell_with_session()
         sent_when_called: list[int] = []
         shell.on_batch = lambda received, now: sent_when_called.append(len(lab.client.udp.sent))
         sent_before = len(lab.client.udp.sent)
@@ -64,11 +61,7 @@ def test_a_packet_from_the_tun_is_sent_before_the_batch_bookkeeping_runs() -> No
 
 def test_more_packets_than_one_batch_all_arrive_in_order() -> None:
     async def main(lab: ShellLab) -> None:
-        shell = lab.client_shell()
-        # With a session up (before it the device keeps only its staged queue's worth).
-        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 0))
-        await lab.run_for(0.01)
-        lab.server.tun.take_written()
+        shell = await lab.client_shell_with_session()
         batches: list[bool] = []
         shell.on_batch = lambda received, now: batches.append(received)
         sizes: list[int] = []
@@ -112,9 +105,7 @@ def test_more_packets_than_one_batch_all_arrive_in_order() -> None:
 
 def test_an_idle_socket_wake_up_opens_one_message_and_the_backlog_follows_in_batches() -> None:
     async def main(lab: ShellLab) -> None:
-        shell = lab.client_shell()
-        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 0))
-        await lab.run_for(0.01)
+        shell = await lab.client_shell_with_session()
         calls: list[tuple[int, int]] = []
         receive = lab.client.udp.sockets[socket.AF_INET].receive
         written_before: list[int] = []
