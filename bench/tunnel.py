@@ -34,6 +34,12 @@ runs just those two, interleaved, for the firewall's cost:
 
     sudo .venv/bin/python bench/tunnel.py --firewall
 
+--congestion NAME runs iperf3 with that TCP congestion control (`-C`). The loaded RTT depends on it:
+BBR paces and keeps the queues short, a loss-based one (cubic, most systems' default) grows its window
+until something drops, so the ping waits behind whatever queue the path lets build:
+
+    sudo .venv/bin/python bench/tunnel.py --only dnsguard,wireguard-go,openvpn --congestion cubic
+
 --baseline CHECKOUT adds `baseline`: dnsguard from another checkout (e.g. `git worktree add --detach DIR
 main`), set up as `dnsguard` is and interleaved with the others, for a change measured against the
 code before it in the same run:
@@ -259,10 +265,13 @@ UDP_ARGS = ["-u", "-b", "0", "-l", "1300"]
 """iperf3 for --udp: 1300-byte datagrams (1328 bytes of IPv4, inside the tunnel's MTU), unlimited rate."""
 
 
-def iperf_once(lab: Lab, seconds: int, reverse: bool, udp: bool = False) -> tuple[float, int] | str:
+def iperf_once(
+    lab: Lab, seconds: int, reverse: bool, udp: bool = False, congestion: str | None = None
+) -> tuple[float, int] | str:
     """(Mbit/s, bytes received) of one iperf3 run, or why it failed."""
     argv = ["iperf3", "-c", SERVER_TUNNEL, "-t", str(seconds), "-J", "-O", "1"] + (["-R"] if reverse else [])
     argv += UDP_ARGS if udp else []
+    argv += ["-C", congestion] if congestion else []
     try:
         result = lab.run("client", argv, timeout=seconds + 30, check=False)
     except subprocess.TimeoutExpired:
@@ -280,12 +289,12 @@ def iperf_once(lab: Lab, seconds: int, reverse: bool, udp: bool = False) -> tupl
 
 
 def iperf(
-    lab: Lab, seconds: int, reverse: bool, pids: list[int], udp: bool = False
+    lab: Lab, seconds: int, reverse: bool, pids: list[int], udp: bool = False, congestion: str | None = None
 ) -> tuple[float, int, float] | None:
     """(Mbit/s, bytes, daemons' CPU seconds) of a run, retried once; None (reported) if both fail."""
     for attempt in (1, 2):
         before = cpu_seconds(pids)
-        outcome = iperf_once(lab, seconds, reverse, udp)
+        outcome = iperf_once(lab, seconds, reverse, udp, congestion)
         if not isinstance(outcome, str):
             return outcome[0], outcome[1], cpu_seconds(pids) - before
         print(f"  {'download' if reverse else 'upload'} attempt {attempt} failed: {outcome}", flush=True)
@@ -306,7 +315,9 @@ def rtt(lab: Lab, count: int = 50) -> float | None:
     return parse_ping(lab.run("client", ping, timeout=60, check=False).stdout)
 
 
-def measure(name: str, seconds: int, udp: bool = False) -> dict[str, float | None]:
+def measure(
+    name: str, seconds: int, udp: bool = False, congestion: str | None = None
+) -> dict[str, float | None]:
     with Lab(services=False) as lab:
         CONTENDERS[name](lab)
         wait_ping(lab, "client", SERVER_TUNNEL, timeout=30)
@@ -319,13 +330,13 @@ def measure(name: str, seconds: int, udp: bool = False) -> dict[str, float | Non
             ["ping", "-c", str(seconds * 5), "-i", "0.2", "-q", SERVER_TUNNEL],
             log_name="ping-loaded",
         )
-        upload = iperf(lab, seconds, False, daemons, udp)
+        upload = iperf(lab, seconds, False, daemons, udp, congestion)
         try:
             pinger.wait(timeout=seconds + 5)
         except subprocess.TimeoutExpired:
             pinger.kill()
         loaded = parse_ping(Path(pinger.log_path).read_text())  # type: ignore[attr-defined]
-        download = iperf(lab, seconds, True, daemons, udp)
+        download = iperf(lab, seconds, True, daemons, udp, congestion)
         done = [run for run in (upload, download) if run is not None]
         carried = sum(run[1] for run in done)
         return {
@@ -363,6 +374,11 @@ def main() -> int:
         "--udp", action="store_true", help="iperf3 UDP (1300-byte datagrams, unlimited rate) instead of TCP"
     )
     parser.add_argument(
+        "--congestion",
+        metavar="NAME",
+        help="TCP congestion control for iperf3 (-C), e.g. cubic; default: the namespace's (its sysctl)",
+    )
+    parser.add_argument(
         "--baseline",
         metavar="CHECKOUT",
         help="also run dnsguard from another checkout (a worktree of main, say) as `baseline`",
@@ -376,7 +392,7 @@ def main() -> int:
     # Interleave contenders so that a noisy moment on the machine hits all of them alike.
     for round_number in range(args.repeat):
         for name in names:
-            result = measure(name, args.seconds, args.udp)
+            result = measure(name, args.seconds, args.udp, args.congestion)
             runs[name].append(result)
             print(
                 f"round {round_number + 1} {name:18s} up {show(result['upload_mbps'], 8)} Mbit/s  "
@@ -388,6 +404,7 @@ def main() -> int:
             )
     medians = {n: {key: median([r[key] for r in runs[n]]) for key in FIGURES} for n in names}
     what = "UDP, 1300-byte datagrams at an unlimited rate, as received" if args.udp else "TCP"
+    what += f", congestion control {args.congestion}" if args.congestion and not args.udp else ""
     print(f"\nmedian of {args.repeat} runs, {args.seconds} s each (iperf3 {what} inside the tunnel)")
     print(
         f"{'':19s}{'up Mbit/s':>10s}{'down Mbit/s':>12s}{'CPU s/GB':>10s}"

@@ -34,6 +34,7 @@ class ScriptedLab:
 
     def run(self, role: str, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         self.calls += 1
+        self.argv = argv
         code, stdout = self.outcomes.pop(0)
         return subprocess.CompletedProcess(argv, code, stdout, "")
 
@@ -79,3 +80,11 @@ def test_the_baseline_contender_runs_dnsguard_from_the_named_checkout(
     bench.baseline_contender(str(checkout))(object())
     # PYTHONSAFEPATH: the working directory (perhaps another checkout) must not shadow PYTHONPATH.
     assert seen == [{"PYTHONPATH": str(checkout), "PYTHONSAFEPATH": "1"}]
+
+
+def test_a_congestion_control_goes_to_iperf3_only_when_asked_for(bench: ModuleType) -> None:
+    lab = ScriptedLab((0, GOOD), (0, GOOD))
+    bench.iperf_once(lab, 1, False, congestion="cubic")
+    assert lab.argv[-2:] == ["-C", "cubic"]
+    bench.iperf_once(lab, 1, False)
+    assert "-C" not in lab.argv
