@@ -22,7 +22,8 @@ QUERY_SLOT_SIZE: Final = 4096
 """Bytes of one query read by recvmmsg; a longer datagram (no real query is) arrives cut, and the
 resolver answers the cut message FORMERR and counts it as malformed."""
 SENDER_TABLE_SIZE: Final = 4096
-"""Sender addresses whose text a QueryBatch keeps (emptied when full)."""
+"""Senders whose converted address a QueryBatch (host text) or the tunnel's DatagramBatch ((host, port))
+keeps; each table is emptied when full."""
 
 
 class Iovec(ctypes.Structure):
