@@ -204,7 +204,7 @@ class Client(FilteringTunnelDaemon):
                     if action.attempt > 1 or action.cause.value in ("wake", "path_change", "dead_peer"):
                         shell.rebind()
                     # At start a persistent keepalive has already initiated: forcing another would
-                    # void it, and the server drops the second as a flood (a 5 s first connect).
+                    # void it and, held clear of the server's flood limit, connect 40 ms later.
                     shell.device.force_handshake(now, keep_pending=action.cause.value == "start")
                     shell.flush()
             elif isinstance(action, Probe):

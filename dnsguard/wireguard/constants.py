@@ -36,6 +36,9 @@ MAX_TIMER_HANDSHAKES: Final = int(REKEY_ATTEMPT_TIME / REKEY_TIMEOUT)
 KEEPALIVE_TIMEOUT: Final = 10.0
 COOKIE_REFRESH_TIME: Final = 120.0
 HANDSHAKE_INITIATION_RATE: Final = 1.0 / 50
+# A forced initiation keeps this far behind the last one: a responder measures the spacing on arrival
+# and drops an initiation within HANDSHAKE_INITIATION_RATE of the one before (the margin is for jitter).
+FORCED_INITIATION_SPACING: Final = 2 * HANDSHAKE_INITIATION_RATE
 ZERO_KEYS_AFTER_TIME: Final = REJECT_AFTER_TIME * 3
 # An initiator receiving under a session this old sends one handshake before the session dies.
 LAST_MINUTE_REKEY_AGE: Final = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT

@@ -48,6 +48,7 @@ from dnsguard.wireguard.allowedips import AllowedIPs, Network, parse_network
 from dnsguard.wireguard.constants import (
     COOKIE_REPLY_SIZE,
     DEFAULT_MTU,
+    FORCED_INITIATION_SPACING,
     HANDSHAKE_INITIATION_RATE,
     INITIATION_SIZE,
     KEEPALIVE_SIZE,
@@ -289,25 +290,36 @@ class Device:
     ) -> None:
         """Handshake now, ignoring the 5 s spacing (after wake or a path change); every peer if None.
 
+        A new initiation voids the one in flight, and a responder drops an initiation that follows
+        another within 20 ms as a flood, so the pair would cost a whole REKEY_TIMEOUT. Hence a peer
+        whose last initiation went out less than FORCED_INITIATION_SPACING ago gets the forced one
+        that much later, unless a handshake completes first (a fresh session is what was asked for).
         With `keep_pending`, a peer whose initiation went out less than REKEY_TIMEOUT ago and still
-        awaits its response is left alone (same path, nothing to gain): a new initiation would void
-        that one, and a responder drops an initiation that follows another within 20 ms as a flood,
-        so the pair would cost a whole REKEY_TIMEOUT.
+        awaits its response is left alone (same path, nothing to gain).
         """
         peers = [self._peer(public_key)] if public_key is not None else list(self._peers.values())
         for peer in peers:
             if peer.endpoint is None:
                 continue
             handshake = peer.handshake
+            last_sent = handshake.last_sent_at
             if (
                 keep_pending
                 and handshake.state is noise.HandshakeState.INITIATION_CREATED
-                and handshake.last_sent_at is not None
-                and now - handshake.last_sent_at < REKEY_TIMEOUT
+                and last_sent is not None
+                and now - last_sent < REKEY_TIMEOUT
             ):
                 continue
-            handshake.last_sent_at = None
-            self._send_handshake_initiation(peer, now, is_retry=False)
+            if last_sent is not None and 0 <= now - last_sent < FORCED_INITIATION_SPACING:
+                peer.forced_handshake_at = last_sent + FORCED_INITIATION_SPACING
+                self._arm(peer, peer.forced_handshake_at)
+                continue
+            self._send_forced_initiation(peer, now)
+
+    def _send_forced_initiation(self, peer: Peer, now: float) -> None:
+        peer.forced_handshake_at = None
+        peer.handshake.last_sent_at = None
+        self._send_handshake_initiation(peer, now, is_retry=False)
 
     def status(self) -> list[PeerStatus]:
         """A snapshot of every peer, for a `wg show`-like listing."""
@@ -788,6 +800,7 @@ class Device:
 
     def _handshake_complete(self, peer: Peer, now: float, *, is_initiator: bool) -> None:
         peer.retransmit_handshake_at = None
+        peer.forced_handshake_at = None
         peer.handshake_attempts = 0
         peer.sent_last_minute_handshake = False
         peer.last_handshake_at = now
@@ -868,6 +881,8 @@ class Device:
         if peer.new_handshake_at is not None and peer.new_handshake_at <= now:
             peer.new_handshake_at = None
             self._send_handshake_initiation(peer, now, is_retry=False)
+        if peer.forced_handshake_at is not None and peer.forced_handshake_at <= now:
+            self._send_forced_initiation(peer, now)
         if peer.zero_keys_at is not None and peer.zero_keys_at <= now:
             peer.zero_keys_at = None
             self._erase_sessions(peer)

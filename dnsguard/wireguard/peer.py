@@ -41,6 +41,7 @@ class Peer:
         "cookie_generator",
         "current_keypair",
         "endpoint",
+        "forced_handshake_at",
         "handshake",
         "handshake_attempts",
         "last_handshake_at",
@@ -102,6 +103,8 @@ class Peer:
         self.retransmit_handshake_at: float | None = None
         self.send_keepalive_at: float | None = None
         self.new_handshake_at: float | None = None
+        # A forced handshake held back so as not to follow the last initiation within the flood limit.
+        self.forced_handshake_at: float | None = None
         self.zero_keys_at: float | None = None
         self.persistent_keepalive_at: float | None = None
         # Earliest entry the device's timer heap holds for this peer (see Device._arm).
@@ -119,6 +122,7 @@ class Peer:
                 self.retransmit_handshake_at,
                 self.send_keepalive_at,
                 self.new_handshake_at,
+                self.forced_handshake_at,
                 self.zero_keys_at,
                 self.persistent_keepalive_at,
             )

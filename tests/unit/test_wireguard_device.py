@@ -30,6 +30,7 @@ from dnsguard.wireguard import (
     public_key,
 )
 from dnsguard.wireguard.constants import (
+    FORCED_INITIATION_SPACING,
     KEEPALIVE_SIZE,
     MESSAGE_INITIATION,
     REJECT_AFTER_MESSAGES,
@@ -632,6 +633,7 @@ def test_initiations_closer_than_twenty_milliseconds_are_dropped_as_a_flood() ->
     for _ in range(3):
         client.device.force_handshake(lab.now)
         lab.deliver()
+        lab.clock.now += FORCED_INITIATION_SPACING + 0.001  # the sender keeps clear; the wire may not
     first, second, third = lab.held
 
     lab.inject(first)
@@ -713,8 +715,8 @@ def test_under_load_each_source_is_rate_limited() -> None:
     lab.send(client, "100.64.0.2")
     lab.advance(5.4)
     assert completed(server)
-    for _ in range(10):
-        lab.clock.now += 0.021
+    for _ in range(40):  # 24 a second (forced initiations keep 40 ms apart) against 20 and a burst of 5
+        lab.clock.now += FORCED_INITIATION_SPACING + 0.001
         client.device.force_handshake(lab.now)
         lab.deliver()
 
@@ -1170,18 +1172,41 @@ def keepalive_client_initiating_at_start(lab: Lab) -> tuple[Host, Host]:
     return client, server
 
 
-def test_a_second_initiation_within_20_ms_voids_the_first_and_is_dropped_as_a_flood() -> None:
-    """Why the daemon's start must not force a handshake over one already in flight."""
+def test_a_forced_initiation_keeps_clear_of_the_responders_flood_limit() -> None:
+    """After a wake, data may initiate a moment before the wake's forced handshake does.
+
+    Sent at once, the forced initiation would void the first and reach the responder within its
+    20 ms flood limit, be dropped, and leave the peer waiting a whole REKEY_TIMEOUT.
+    """
+    lab = Lab()
+    client, server = keepalive_client_initiating_at_start(lab)
+    lab.holding = True
+    lab.deliver()
+    lab.holding = False
+    lab.inject(lab.held.pop())  # the responder consumes the first initiation...
+    server.device.datagrams_to_send()  # ...and its response is lost
+    lab.clock.now += 0.005
+    client.device.force_handshake(lab.now)
+    lab.deliver()
+    assert len(lab.initiations_by(client)) == 1  # held back
+
+    lab.advance(0.1)
+    first, second = lab.initiations_by(client)
+    assert second.time - first.time >= FORCED_INITIATION_SPACING - 1e-9
+    assert server.device.counters.handshake_flood == 0
+    assert len(completed(client)) == 1
+
+
+def test_a_handshake_completing_first_cancels_a_held_back_forced_one() -> None:
     lab = Lab()
     client, _server = keepalive_client_initiating_at_start(lab)
     lab.clock.now += 0.005
     client.device.force_handshake(lab.now)
-    lab.deliver()
+    lab.deliver()  # the first initiation's response arrives before the forced one is due
+    lab.advance(1)
 
-    assert len(lab.initiations_by(client)) == 2
-    assert completed(client) == []  # the response answers the first, which the second voided
-    lab.advance(6)
-    assert len(completed(client)) == 1  # only the 5 s retransmission connects
+    assert len(lab.initiations_by(client)) == 1
+    assert len(completed(client)) == 1
 
 
 def test_force_handshake_keep_pending_leaves_an_initiation_in_flight_alone() -> None:
