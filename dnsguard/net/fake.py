@@ -95,10 +95,12 @@ class FakeTun:
     def fileno(self) -> int:
         return self._doorbell.fileno()
 
-    def read_batch(self, limit: int = 128) -> list[bytes]:
+    def read_batch(self, limit: int = 128, ends: list[int] | None = None) -> list[bytes]:
         packets = [self.to_read.popleft() for _ in range(min(limit, len(self.to_read)))]
         if not self.to_read:
             self._doorbell.clear()
+        if ends is not None:
+            ends.extend(range(1, len(packets) + 1))  # a packet a read
         return packets
 
     def write(self, packet: bytes) -> None:

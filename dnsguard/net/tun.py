@@ -86,8 +86,12 @@ class PacketDevice(Protocol):
 
     def fileno(self) -> int: ...
 
-    def read_batch(self, limit: int = 128) -> list[bytes]:
-        """The packets waiting, up to about `limit` (one read's packets when `limit` is 1); [] when none."""
+    def read_batch(self, limit: int = 128, ends: list[int] | None = None) -> list[bytes]:
+        """The packets waiting, up to about `limit` (one read's packets when `limit` is 1); [] when none.
+
+        With `ends`, the index after each read's last packet is appended to it: the packets of one
+        read (a super-packet's segments) belong to one flow.
+        """
         ...
 
     def write(self, packet: bytes) -> None: ...
@@ -169,7 +173,7 @@ class TunDevice:
         """Whether reads and writes carry a virtio-net header."""
         return self.offload_flags != 0
 
-    def read_batch(self, limit: int = 128) -> list[bytes]:
+    def read_batch(self, limit: int = 128, ends: list[int] | None = None) -> list[bytes]:
         """Every packet waiting (up to about `limit`): one wake-up drains the queue until EAGAIN.
 
         With offloads, one read may be a super-packet and yield many packets (the last read may
@@ -187,6 +191,8 @@ class TunDevice:
                     packets.append(read(fd, MAX_PACKET))
                 except BlockingIOError:
                     break
+            if ends is not None:
+                ends.extend(range(1, len(packets) + 1))
             return packets
         while len(packets) < limit:
             try:
@@ -195,6 +201,8 @@ class TunDevice:
                 break
             if buffer[1] == 0 and not buffer[0] & 1:  # no GSO, no checksum to finish: strip and go
                 packets.append(buffer[VNET_HEADER_SIZE:])
+                if ends is not None:
+                    ends.append(len(packets))
                 continue
             try:
                 segments = split(buffer)
@@ -206,6 +214,8 @@ class TunDevice:
                 self.super_packets += 1
                 self.segments_read += len(segments)
             packets.extend(segments)
+            if ends is not None:
+                ends.append(len(packets))
         return packets
 
     def write(self, packet: bytes) -> None:

@@ -52,35 +52,48 @@ class LabClock:
         self.slept += seconds
 
 
-def echo_request(source: str, destination: str, sequence: int = 1) -> bytes:
-    """An ICMP echo request (ping) with a valid IPv4 header and ICMP checksum."""
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
 
-    def checksum(data: bytes) -> int:
-        if len(data) % 2:
-            data += b"\0"
-        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-        while total >> 16:
-            total = (total & 0xFFFF) + (total >> 16)
-        return ~total & 0xFFFF
 
-    payload = b"dnsguard-ping" * 4
-    icmp = struct.pack("!BBHHH", 8, 0, 0, 0x1234, sequence) + payload
-    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+def ipv4_packet(source: str, destination: str, protocol: int, body: bytes, identification: int) -> bytes:
     header = struct.pack(
         "!BBHHHBBH4s4s",
         0x45,
         0,
-        20 + len(icmp),
-        sequence,
+        20 + len(body),
+        identification & 0xFFFF,
         0,
         64,
-        1,
+        protocol,
         0,
         ipaddress.ip_address(source).packed,
         ipaddress.ip_address(destination).packed,
     )
     header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
-    return header + icmp
+    return header + body
+
+
+def echo_request(source: str, destination: str, sequence: int = 1) -> bytes:
+    """An ICMP echo request (ping) with a valid IPv4 header and ICMP checksum."""
+    payload = b"dnsguard-ping" * 4
+    icmp = struct.pack("!BBHHH", 8, 0, 0, 0x1234, sequence) + payload
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+    return ipv4_packet(source, destination, 1, icmp, sequence)
+
+
+def udp_packet(source: str, destination: str, sequence: int, port: int = 40000) -> bytes:
+    """A UDP datagram of one flow (port `port` to 5201), its sequence in the payload; no UDP checksum."""
+    payload = sequence.to_bytes(4, "big") + bytes(1000)
+    return ipv4_packet(
+        source, destination, 17, struct.pack("!HHHH", port, 5201, 8 + len(payload), 0) + payload, sequence
+    )
 
 
 @dataclass

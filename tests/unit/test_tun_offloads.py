@@ -41,6 +41,26 @@ def test_a_super_packet_read_comes_out_as_its_segments(pair: tuple[TunDevice, so
     assert (tun.super_packets, tun.segments_read) == (1, 11)
 
 
+def test_a_batch_tells_where_each_reads_packets_end(pair: tuple[TunDevice, socket.socket]) -> None:
+    """The flow queues name a read's flow by its first packet: a super-packet's segments end together."""
+    tun, kernel = pair
+    tun.offload_flags = TUN_F_CSUM | TUN_F_TSO4
+    plain = tcp_packet(4, b"ping")
+    big = super_packet(4, bytes(range(256)) * 40, 1000)
+    for message in (PLAIN_HEADER + plain, big, PLAIN_HEADER + plain):
+        kernel.send(message)
+    ends: list[int] = []
+    assert tun.read_batch(128, ends) == [plain, *split(big), plain]
+    assert ends == [1, 12, 13]
+
+    tun.offload_flags = 0
+    for _ in range(3):
+        kernel.send(plain)
+    ends = []
+    assert tun.read_batch(128, ends) == [plain] * 3
+    assert ends == [1, 2, 3]
+
+
 def test_a_batch_of_one_is_one_read_whole_and_leaves_the_rest_queued(
     pair: tuple[TunDevice, socket.socket],
 ) -> None:

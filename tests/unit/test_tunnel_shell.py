@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+from typing import Any
 
 from shell_lab import (
     CLIENT_IP,
@@ -16,9 +17,11 @@ from shell_lab import (
     ShellLab,
     echo_request,
     run_lab,
+    udp_packet,
 )
 
-from dnsguard.app.tunnel import BATCH, IDLE_AFTER
+from dnsguard.app import tunnel
+from dnsguard.app.tunnel import BATCH, IDLE_AFTER, READ_AHEAD, TunnelShell
 
 
 def test_a_ping_from_the_client_tun_arrives_decrypted_on_the_server_tun_and_its_reply_comes_back() -> None:
@@ -75,9 +78,9 @@ def test_more_packets_than_one_batch_all_arrive_in_order() -> None:
         limits: list[int] = []
         read_batch = lab.client.tun.read_batch
 
-        def recording_read_batch(limit: int = BATCH) -> list[bytes]:
+        def recording_read_batch(limit: int = BATCH, ends: list[int] | None = None) -> list[bytes]:
             limits.append(limit)
-            return read_batch(limit)
+            return read_batch(limit, ends)
 
         lab.client.tun.read_batch = recording_read_batch  # type: ignore[method-assign]
         await lab.run_for(IDLE_AFTER * 10)
@@ -87,9 +90,9 @@ def test_more_packets_than_one_batch_all_arrive_in_order() -> None:
         assert lab.server.tun.take_written() == pings
         assert shell.stats.tx_packets == 1 + len(pings)
         # The TUN was idle (its last wake-up, long ago, read one packet): this wake-up reads one packet and
-        # sends it. The loop wakes again at once for the rest, now a busy queue: at most BATCH packets a
-        # wake-up, each batch handed over in one call.
-        assert limits == [1, BATCH, BATCH, BATCH]
+        # sends it. The loop wakes again at once for the rest, now a busy queue: read ahead into the
+        # shell's queue, and sent at most BATCH packets a turn, each batch handed over in one call.
+        assert limits == [1, READ_AHEAD]
         assert sizes == [1, BATCH, BATCH, 9]
         assert batches == [False] * 4
         # Quiet again: the first lone packet still finds a queue that was busy at its last wake-up and
@@ -98,7 +101,105 @@ def test_more_packets_than_one_batch_all_arrive_in_order() -> None:
             await lab.run_for(IDLE_AFTER * 10)
             lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, sequence))
             await lab.run_for(0.01)
-        assert limits[4:] == [BATCH, 1] and sizes[4:] == [1, 1]
+        assert limits[2:] == [READ_AHEAD, 1] and sizes[4:] == [1, 1]
+
+    run_lab(main)
+
+
+def slow_device(shell: TunnelShell, seconds_per_batch: float) -> None:
+    """The shell's clock moves on by `seconds_per_batch` for each BATCH packets the device encrypts."""
+    worked = [0.0]
+    lab_clock = shell.clock
+    shell.clock = lambda: lab_clock() + worked[0]
+    send_packets = shell.device.send_packets
+
+    def working_send_packets(packets: list[bytes], now: float) -> None:
+        worked[0] += seconds_per_batch * len(packets) / BATCH
+        send_packets(packets, now)
+
+    shell.device.send_packets = working_send_packets  # type: ignore[method-assign]
+
+
+def is_subsequence(part: list[bytes], whole: list[bytes]) -> bool:
+    rest = iter(whole)
+    return all(any(packet == candidate for candidate in rest) for packet in part)
+
+
+def test_a_queue_that_stands_in_front_of_the_encryption_loses_packets_from_its_head() -> None:
+    """The TUN fills four times faster than the device encrypts: the wait grows past CoDel's target."""
+
+    async def main(lab: ShellLab) -> None:
+        shell = await lab.client_shell_with_session()
+        slow_device(shell, 0.001)
+        pings = [echo_request(CLIENT_IP, SERVER_IP, sequence) for sequence in range(1, 40_001)]
+        lab.client.tun.route(*pings)
+        await lab.run_for(1.0)
+        delivered = lab.server.tun.take_written()
+        drops = shell.stats.queue_drops
+        assert drops >= 2
+        assert drops == shell.queues.drops
+        assert len(delivered) == len(pings) - drops
+        assert is_subsequence(delivered, pings)  # in order, none twice
+        assert delivered[:2000] == pings[:2000]  # nothing dropped before the wait stood for an interval
+
+    run_lab(main)
+
+
+def test_a_ping_behind_an_upload_goes_out_ahead_of_the_uploads_backlog() -> None:
+    async def main(lab: ShellLab) -> None:
+        shell = await lab.client_shell_with_session()
+        slow_device(shell, 0.001)
+        upload = [udp_packet(CLIENT_IP, SERVER_IP, sequence) for sequence in range(3000)]
+        ping = echo_request(CLIENT_IP, SERVER_IP, 1)
+        lab.client.tun.route(*upload, ping)
+        await lab.run_for(1.0)
+        delivered = lab.server.tun.take_written()
+        assert ping in delivered
+        # Read once its turn in the TUN came (READ_AHEAD a turn), then sent at the next turn, ahead of
+        # the upload's backlog (about 2,200 packets by then).
+        assert delivered.index(ping) <= (3000 // READ_AHEAD + 2) * BATCH
+        assert delivered.index(ping) < len(upload) // 2
+
+    run_lab(main)
+
+
+def test_a_burst_whose_wait_stays_under_the_target_loses_nothing() -> None:
+    async def main(lab: ShellLab) -> None:
+        shell = await lab.client_shell_with_session()
+        slow_device(shell, 0.00001)
+        pings = [echo_request(CLIENT_IP, SERVER_IP, sequence) for sequence in range(1, 40_001)]
+        lab.client.tun.route(*pings)
+        await lab.run_for(1.0)
+        assert lab.server.tun.take_written() == pings
+        assert shell.stats.queue_drops == 0
+
+    run_lab(main)
+
+
+def test_a_full_shell_queue_stops_reading_the_tun_until_half_of_it_is_sent(monkeypatch: Any) -> None:
+    monkeypatch.setattr(tunnel, "QUEUE_LIMIT", 30_000)
+
+    async def main(lab: ShellLab) -> None:
+        shell = await lab.client_shell_with_session()
+        turns: list[tuple[str, int]] = []
+        for name in ("_pause_tun", "_resume_tun"):
+            original = getattr(shell, name)
+
+            def recording(original: Any = original, name: str = name) -> None:
+                turns.append((name, shell.queues.bytes))
+                original()
+
+            setattr(shell, name, recording)
+        pings = [echo_request(CLIENT_IP, SERVER_IP, sequence) for sequence in range(1, 3001)]
+        lab.client.tun.route(*pings)
+        await lab.run_for(0.1)
+        assert lab.server.tun.take_written() == pings
+        assert len(turns) >= 4
+        for (name, queued), expected in zip(
+            turns, itertools.cycle(["_pause_tun", "_resume_tun"]), strict=False
+        ):
+            assert name == expected
+            assert queued >= 30_000 if name == "_pause_tun" else queued < 15_000
 
     run_lab(main)
 

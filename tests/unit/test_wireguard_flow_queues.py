@@ -1,0 +1,217 @@
+"""The tunnel's send queues: a queue per flow, served in turn, each held short by CoDel (RFC 8290)."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dnsguard.wireguard.codel import INTERVAL, TARGET
+from dnsguard.wireguard.flow_queues import QUANTUM, FlowQueues
+
+
+def ipv4(
+    source: str = "100.64.0.2",
+    destination: str = "100.64.0.1",
+    protocol: int = 6,
+    ports: tuple[int, int] = (40000, 5201),
+    payload: bytes = b"",
+    fragment: int = 0x4000,
+) -> bytes:
+    """An IPv4 packet with a TCP or UDP header's ports (or any protocol's first bytes)."""
+    body = struct.pack("!HH", *ports) + bytes(16) + payload
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(body),
+        0,
+        fragment,
+        64,
+        protocol,
+        0,
+        ipaddress.ip_address(source).packed,
+        ipaddress.ip_address(destination).packed,
+    )
+    return header + body
+
+
+def ipv6(
+    source: str = "fd00::2", destination: str = "fd00::1", next_header: int = 17, port: int = 40000
+) -> bytes:
+    body = struct.pack("!HH", port, 53) + bytes(12)
+    header = struct.pack(
+        "!IHBB16s16s",
+        6 << 28,
+        len(body),
+        next_header,
+        64,
+        ipaddress.ip_address(source).packed,
+        ipaddress.ip_address(destination).packed,
+    )
+    return header + body
+
+
+def echo(sequence: int) -> bytes:
+    """An ICMP echo request: its checksum and sequence change from one to the next."""
+    return ipv4(protocol=1, ports=(0x0800, sequence), payload=sequence.to_bytes(4, "big"))
+
+
+def bulk(count: int, port: int = 40000, size: int = 1400) -> list[bytes]:
+    return [
+        ipv4(ports=(port, 5201), payload=index.to_bytes(4, "big") + bytes(size)) for index in range(count)
+    ]
+
+
+def drain(queues: FlowQueues, now: float, limit: int = 128) -> list[bytes]:
+    out: list[bytes] = []
+    while queues.packets:
+        out.extend(queues.dequeue(now, limit))
+    return out
+
+
+def test_a_sparse_flows_packet_goes_ahead_of_a_bulk_flows_backlog() -> None:
+    queues = FlowQueues()
+    upload = bulk(2000)
+    queues.enqueue(upload, 0.0)
+    first = queues.dequeue(0.0, 128)
+    assert first == upload[:128]
+    ping = echo(1)
+    queues.enqueue([ping], 0.0)
+
+    assert queues.dequeue(0.0, 128)[0] == ping
+
+
+def test_two_bulk_flows_share_the_sends_by_their_bytes() -> None:
+    queues = FlowQueues()
+    one, two = bulk(1000, port=1), bulk(1000, port=2)
+    queues.enqueue(one + two, 0.0)
+    first_half = []
+    while len(first_half) < 1000:
+        first_half.extend(queues.dequeue(0.0, 128))
+    counts = Counter(packet[20:22] for packet in first_half[:1000])
+    share = QUANTUM // len(one[0]) + 1
+    assert abs(counts[one[0][20:22]] - counts[two[0][20:22]]) <= 2 * share
+
+
+def test_a_bulk_flow_whose_queue_stands_loses_packets_and_a_sparse_flow_beside_it_none() -> None:
+    queues = FlowQueues()
+    now, pings, sent = 0.0, [], []
+    for step in range(400):  # 1 ms a step: 40 packets in, 20 out; a ping every 10 ms
+        queues.enqueue(bulk(40, size=1000), now)
+        if step % 10 == 0:
+            pings.append(echo(step))
+            queues.enqueue([pings[-1]], now)
+        sent.extend(queues.dequeue(now, 20))
+        now += 0.001
+
+    assert queues.drops > 0
+    assert [packet for packet in sent if packet in pings] == pings[: len([p for p in sent if p in pings])]
+    assert all(ping in sent for ping in pings[:-1])  # every ping but the last went out, in its turn
+
+
+def test_a_queue_that_waits_under_the_target_loses_nothing() -> None:
+    queues = FlowQueues()
+    upload = bulk(3000)
+    queues.enqueue(upload, 0.0)
+    sent = []
+    while queues.packets:
+        sent.extend(queues.dequeue(TARGET / 2, 128))
+    assert sent == upload
+    assert queues.drops == 0
+
+
+def test_a_wait_above_target_for_less_than_an_interval_loses_nothing() -> None:
+    queues = FlowQueues()
+    queues.enqueue(bulk(3000), 0.0)
+    now = 0.0
+    while queues.packets:
+        queues.dequeue(TARGET * 2 + now, 64)
+        now += INTERVAL / 100
+    assert queues.drops == 0
+
+
+def test_the_packets_of_one_read_go_by_the_first_ones_flow() -> None:
+    """A super-packet's segments: only the first is looked at, and the read stays together, in order."""
+    queues = FlowQueues()
+    segments = [ipv4(ports=(40000, 5201))] + [bytes([0x45]) + bytes(range(1, 60)) for _ in range(5)]
+    queues.enqueue(segments, 0.0, ends=[6])
+    assert queues.dequeue(0.0, 128) == segments
+
+
+def test_echo_requests_of_one_ping_are_one_flow_and_keep_their_order() -> None:
+    queues = FlowQueues()
+    pings = [echo(sequence) for sequence in range(200)]
+    queues.enqueue(pings, 0.0)
+    assert drain(queues, 0.0, limit=7) == pings
+
+
+def test_fragments_go_by_their_addresses_and_keep_their_order() -> None:
+    queues = FlowQueues()
+    fragments = [ipv4(protocol=17, ports=(index, index), fragment=0x2000 | index) for index in range(50)]
+    queues.enqueue(fragments, 0.0)
+    assert drain(queues, 0.0, limit=3) == fragments
+
+
+def test_ipv6_flows_are_told_apart_by_their_ports() -> None:
+    queues = FlowQueues()
+    one = [ipv6(port=1) for _ in range(1000)]
+    queues.enqueue(one, 0.0)
+    queues.dequeue(0.0, 400)  # more than a quantum: the flow is an old one now
+    other = ipv6(port=2)
+    queues.enqueue([other], 0.0)
+    assert queues.dequeue(0.0, 10)[0] == other
+
+
+def test_packets_too_short_to_be_ip_pass_through_for_the_device_to_count() -> None:
+    queues = FlowQueues()
+    junk = [b"", b"\x45", bytes(19), b"\xff" * 30, bytes(7)]
+    queues.enqueue(junk, 0.0)
+    assert sorted(drain(queues, 0.0)) == sorted(junk)
+    assert (queues.packets, queues.bytes) == (0, 0)
+
+
+flows = st.sampled_from(
+    [ipv4(ports=(port, 5201)) for port in range(4)] + [echo(1), ipv6(port=7), ipv6(next_header=58), b"\x45"]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.lists(flows, max_size=40), st.integers(0, 60), st.sampled_from([0.0, 0.001, 0.02, 0.2])),
+        max_size=60,
+    )
+)
+def test_every_packet_leaves_once_or_is_counted_dropped_and_each_flow_keeps_its_order(
+    steps: list[tuple[list[bytes], int, float]],
+) -> None:
+    queues = FlowQueues()
+    now, sequence = 0.0, 0
+    queued: list[bytes] = []
+    sent: list[bytes] = []
+    for templates, limit, elapsed in steps:
+        # Each packet made unique by a sequence number after its headers (keys are unchanged).
+        packets = [
+            template + sequence.to_bytes(4, "big") for sequence, template in enumerate(templates, sequence)
+        ]
+        sequence += len(packets)
+        queues.enqueue(packets, now)
+        queued.extend(packets)
+        now += elapsed
+        out = queues.dequeue(now, limit)
+        assert len(out) <= limit
+        sent.extend(out)
+    sent.extend(drain(queues, now))
+
+    assert len(sent) + queues.drops == len(queued)
+    assert len(set(sent)) == len(sent)
+    assert (queues.packets, queues.bytes) == (0, 0)
+    for template in {packet[:-4] for packet in queued}:
+        of_flow = [packet for packet in queued if packet[:-4] == template]
+        left = [packet for packet in sent if packet[:-4] == template]
+        position = {packet: index for index, packet in enumerate(of_flow)}
+        assert [position[packet] for packet in left] == sorted(position[packet] for packet in left)
