@@ -324,7 +324,14 @@ class DaemonCollector(Collector):
         dropped.add_metric(["tun_queue_full"], shell.tun.queue_full)
         dropped.add_metric(["tun_write_error"], shell.tun.write_errors)
         dropped.add_metric(["tun_malformed"], getattr(shell.tun, "malformed", 0))
+        dropped.add_metric(["queue_codel"], stats.queue_drops)
         yield dropped
+        queued = GaugeMetricFamily(
+            "dnsguard_tunnel_queued_bytes",
+            "Bytes read from the TUN and waiting in the flows' queues to be sent.",
+        )
+        queued.add_metric([], shell.queues.bytes)
+        yield queued
         yield from _offloads(shell)
         handshakes = CounterMetricFamily(
             "dnsguard_tunnel_handshakes", "Handshakes by result.", labels=["result"]

@@ -29,6 +29,7 @@ from dnsguard.lifecycle import Cause, Lifecycle
 from dnsguard.net.tun import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6
 from dnsguard.wireguard.device import Device
 from dnsguard.wireguard.events import HandshakeCompleted, HandshakeGaveUp, HandshakeInitiationSent
+from dnsguard.wireguard.flow_queues import FlowQueues
 from dnsguard.wireguard.keys import generate_private_key, public_key
 from tests.unit.test_deploy import METRICS
 
@@ -180,8 +181,11 @@ async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> 
     lifecycle.start(0.0)
     lifecycle.handshake_completed(0.5)
     config = service.config
+    queues = FlowQueues()
+    queues.enqueue([bytes(60)], 0.0)
     shell = SimpleNamespace(
-        stats=TunnelStats(rx_bytes=148, tx_bytes=96),
+        stats=TunnelStats(rx_bytes=148, tx_bytes=96, queue_drops=1),
+        queues=queues,
         device=device,
         tun=SimpleNamespace(
             name="dg0",
@@ -225,6 +229,8 @@ async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> 
         assert found[("dnsguard_tunnel_state", (("state", "connecting"),))] == 0
         assert found[("dnsguard_tunnel_reconnects_total", (("cause", Cause.START.value),))] == 1
         assert found[("dnsguard_tunnel_packets_dropped_total", (("reason", "tun_queue_full"),))] == 2
+        assert found[("dnsguard_tunnel_packets_dropped_total", (("reason", "queue_codel"),))] == 1
+        assert found[("dnsguard_tunnel_queued_bytes", ())] == 60
         assert ("dnsguard_tunnel_packets_dropped_total", (("reason", "cookie_replies_sent"),)) not in found
         assert found[("dnsguard_tunnel_last_handshake_timestamp_seconds", (("peer", server_key[:8]),))] == 0
         assert found[("dnsguard_tunnel_peers", ())] == 1
