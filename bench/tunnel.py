@@ -5,11 +5,11 @@
 
 Each contender gets a fresh lab (client and server namespaces joined through the 'internet'
 namespace). iperf3 runs inside the tunnel (client -> server tunnel address) for TCP upload and
-download; ping measures RTT at idle and during the upload (under load). Beside throughput, the CPU
-seconds the contender's daemons (client and server, from /proc/PID/stat) spent per GB carried: it is
-steadier than Mbit/s on a shared machine. Results are medians of --repeat runs, and ratios to the
-anchors are printed, because absolute numbers on a shared machine say little. An iperf3 run that
-fails is retried once, then reported as failed.
+download; ping measures RTT at idle and during the upload and the download (under load). Beside
+throughput, the CPU seconds the contender's daemons (client and server, from /proc/PID/stat) spent
+per GB carried: it is steadier than Mbit/s on a shared machine. Results are medians of --repeat
+runs, and ratios to the anchors are printed, because absolute numbers on a shared machine say
+little. An iperf3 run that fails is retried once, then reported as failed.
 
 `dnsguard-nooffload` is dnsguard with DNSGUARD_OFFLOADS=off in both daemons (no TUN offloads, no
 UDP GSO/GRO: one packet per TUN read and write, sendmmsg/recvmmsg on the UDP side).
@@ -245,7 +245,14 @@ RATIOS = [
 ]
 
 
-FIGURES = ("upload_mbps", "download_mbps", "cpu_s_per_gb", "rtt_idle_ms", "rtt_loaded_ms")
+FIGURES = (
+    "upload_mbps",
+    "download_mbps",
+    "cpu_s_per_gb",
+    "rtt_idle_ms",
+    "rtt_loaded_ms",
+    "rtt_loaded_down_ms",
+)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -325,18 +332,12 @@ def measure(
         lab.popen("server", ["iperf3", "-s", "-B", SERVER_TUNNEL], log_name="iperf3")
         time.sleep(0.5)
         idle = rtt(lab)
-        pinger = lab.popen(
-            "client",
-            ["ping", "-c", str(seconds * 5), "-i", "0.2", "-q", SERVER_TUNNEL],
-            log_name="ping-loaded",
-        )
+        pinger = loaded_ping(lab, seconds, "upload")
         upload = iperf(lab, seconds, False, daemons, udp, congestion)
-        try:
-            pinger.wait(timeout=seconds + 5)
-        except subprocess.TimeoutExpired:
-            pinger.kill()
-        loaded = parse_ping(Path(pinger.log_path).read_text())  # type: ignore[attr-defined]
+        loaded = loaded_rtt(pinger, seconds)
+        pinger = loaded_ping(lab, seconds, "download")
         download = iperf(lab, seconds, True, daemons, udp, congestion)
+        loaded_down = loaded_rtt(pinger, seconds)
         done = [run for run in (upload, download) if run is not None]
         carried = sum(run[1] for run in done)
         return {
@@ -345,7 +346,25 @@ def measure(
             "cpu_s_per_gb": sum(run[2] for run in done) / (carried / 1e9) if carried else None,
             "rtt_idle_ms": idle,
             "rtt_loaded_ms": loaded,
+            "rtt_loaded_down_ms": loaded_down,
         }
+
+
+def loaded_ping(lab: Lab, seconds: int, during: str) -> subprocess.Popen[bytes]:
+    """A ping every 0.2 s through the tunnel for as long as an iperf3 run lasts."""
+    return lab.popen(
+        "client",
+        ["ping", "-c", str(seconds * 5), "-i", "0.2", "-q", SERVER_TUNNEL],
+        log_name=f"ping-{during}",
+    )
+
+
+def loaded_rtt(pinger: subprocess.Popen[bytes], seconds: int) -> float | None:
+    try:
+        pinger.wait(timeout=seconds + 5)
+    except subprocess.TimeoutExpired:
+        pinger.kill()
+    return parse_ping(Path(pinger.log_path).read_text())  # type: ignore[attr-defined]
 
 
 def median(values: list[float | None]) -> float | None:
@@ -399,7 +418,8 @@ def main() -> int:
                 f"down {show(result['download_mbps'], 8)} Mbit/s  "
                 f"cpu {show(result['cpu_s_per_gb'], 6, 2)} s/GB  "
                 f"rtt idle {show(result['rtt_idle_ms'], 6, 3)} ms  "
-                f"loaded {show(result['rtt_loaded_ms'], 6, 3)} ms",
+                f"loaded up {show(result['rtt_loaded_ms'], 6, 3)} "
+                f"down {show(result['rtt_loaded_down_ms'], 6, 3)} ms",
                 flush=True,
             )
     medians = {n: {key: median([r[key] for r in runs[n]]) for key in FIGURES} for n in names}
@@ -408,7 +428,7 @@ def main() -> int:
     print(f"\nmedian of {args.repeat} runs, {args.seconds} s each (iperf3 {what} inside the tunnel)")
     print(
         f"{'':19s}{'up Mbit/s':>10s}{'down Mbit/s':>12s}{'CPU s/GB':>10s}"
-        f"{'RTT idle ms':>12s}{'RTT load ms':>12s}"
+        f"{'RTT idle ms':>12s}{'RTT up ms':>12s}{'RTT down ms':>12s}"
     )
     for name in names:
         m = medians[name]
@@ -416,6 +436,7 @@ def main() -> int:
             f"{name:19s}{show(m['upload_mbps'], 10)}{show(m['download_mbps'], 12)}"
             f"{show(m['cpu_s_per_gb'], 10, 2)}"
             f"{show(m['rtt_idle_ms'], 12, 3)}{show(m['rtt_loaded_ms'], 12, 3)}"
+            f"{show(m['rtt_loaded_down_ms'], 12, 3)}"
         )
     ratios: dict[str, dict[str, Any]] = {}
     for subject, anchor in RATIOS:
@@ -427,7 +448,9 @@ def main() -> int:
                 f"{subject} / {anchor}: upload {show(ratio['upload_mbps'], 0, 2)}x, "
                 f"download {show(ratio['download_mbps'], 0, 2)}x, "
                 f"CPU/GB {show(ratio['cpu_s_per_gb'], 0, 2)}x, "
-                f"RTT idle {show(ratio['rtt_idle_ms'], 0, 2)}x, loaded {show(ratio['rtt_loaded_ms'], 0, 2)}x"
+                f"RTT idle {show(ratio['rtt_idle_ms'], 0, 2)}x, "
+                f"loaded up {show(ratio['rtt_loaded_ms'], 0, 2)}x, "
+                f"down {show(ratio['rtt_loaded_down_ms'], 0, 2)}x"
             )
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": runs, "medians": medians, "ratios": ratios}, indent=2))
