@@ -332,6 +332,12 @@ class DaemonCollector(Collector):
         )
         queued.add_metric([], shell.queues.bytes)
         yield queued
+        marked = CounterMetricFamily(
+            "dnsguard_tunnel_ecn_marked",
+            "ECN-capable packets from the TUN that CoDel marked CE where it would have dropped them.",
+        )
+        marked.add_metric([], stats.queue_marks)
+        yield marked
         yield from _offloads(shell)
         handshakes = CounterMetricFamily(
             "dnsguard_tunnel_handshakes", "Handshakes by result.", labels=["result"]

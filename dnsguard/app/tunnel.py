@@ -58,6 +58,8 @@ class TunnelStats:
     send_failures: int = 0
     queue_drops: int = 0
     """Packets from the TUN that CoDel dropped from the head of a flow's queue in the shell."""
+    queue_marks: int = 0
+    """ECN-capable packets from the TUN that CoDel marked CE instead of dropping them."""
 
 
 @dataclass
@@ -174,9 +176,10 @@ class TunnelShell:
             return
         now = self.clock()
         queues = self.queues
-        drops = queues.drops
+        drops, marks = queues.drops, queues.marks
         batch = queues.dequeue(now, BATCH)
         self.stats.queue_drops += queues.drops - drops
+        self.stats.queue_marks += queues.marks - marks
         if self._tun_paused and queues.bytes < QUEUE_LIMIT // 2:
             self._resume_tun()
         if batch:

@@ -63,7 +63,7 @@ class CoDel:
         self.last_count = 0
         self.drop_next = 0.0
         self.drops = 0
-        """Packets dropped in all."""
+        """Packets `dequeued` condemned in all (the caller dropped them, or marked them CE)."""
         self._first_above: float | None = None
         # The RFC's dequeue drops in a loop and then returns the next packet; called packet by packet,
         # the call after a drop continues that loop.
@@ -117,6 +117,15 @@ class CoDel:
         self._after_first_drop = True
         self.drops += 1
         return True
+
+    def marked(self) -> None:
+        """The packet `dequeued` condemned was marked CE instead (RFC 3168): it leaves, and this dequeue
+        ends there, as in Linux's codel (the next drop is scheduled now, and the next packet is
+        judged afresh)."""
+        if self._after_drop:
+            self._after_drop = False
+            self.drop_next = self._control_law(self.drop_next)
+        self._after_first_drop = False
 
     def emptied(self) -> None:
         """A dequeue found the queue empty: whatever stood has drained."""

@@ -12,6 +12,9 @@ super-packet's segments, a burst of ACKs), and a run is classified once (consecu
 compared with the one before), queued once, and taken whole or in part. Only a packet whose run waited
 longer than TARGET, or whose flow is dropping, is decided on by itself.
 
+Where CoDel would drop an ECN-capable packet, it is marked CE instead (RFC 3168; fq_codel's default):
+a sender that negotiated ECN slows down without losing the packet.
+
 Pure: `enqueue(packets, now)` and `dequeue(now, limit)`; times are seconds on any one clock.
 """
 
@@ -65,6 +68,8 @@ class FlowQueues:
         """Packets queued."""
         self.drops = 0
         """Packets CoDel dropped from the heads of the queues."""
+        self.marks = 0
+        """ECN-capable packets CoDel marked CE where it would have dropped them."""
 
     def __len__(self) -> int:
         return self.packets
@@ -173,8 +178,37 @@ class FlowQueues:
         for packet in packets:
             backlog -= len(packet)
             if codel.dequeued(now, sojourn, backlog):
-                self.drops += 1
-            else:
-                out.append(packet)
-                kept += len(packet)
+                marked = congestion_experienced(packet)
+                if marked is None:
+                    self.drops += 1
+                    continue
+                codel.marked()
+                self.marks += 1
+                packet = marked
+            out.append(packet)
+            kept += len(packet)
         return kept
+
+
+def congestion_experienced(packet: bytes) -> bytes | None:
+    """The packet marked CE if it is ECN-capable (RFC 3168), else None (it must be dropped).
+
+    IPv4's header checksum is updated for the changed word (RFC 1624); IPv6 has none. A packet
+    already marked CE comes back as it is.
+    """
+    if len(packet) >= 20 and packet[0] >> 4 == 4:
+        tos = packet[1]
+        if not tos & 3:
+            return None
+        old_word = packet[0] << 8 | tos
+        folded = (~int.from_bytes(packet[10:12], "big") & 0xFFFF) + (~old_word & 0xFFFF) + (old_word | 3)
+        folded = (folded & 0xFFFF) + (folded >> 16)
+        folded = (folded & 0xFFFF) + (folded >> 16)
+        checksum = (~folded & 0xFFFF).to_bytes(2, "big")
+        return packet[:1] + bytes((tos | 3,)) + packet[2:10] + checksum + packet[12:]
+    if len(packet) >= 40 and packet[0] >> 4 == 6:
+        traffic = packet[1]  # the traffic class's low four bits, ECN the lowest two of them
+        if not traffic & 0x30:
+            return None
+        return packet[:1] + bytes((traffic | 0x30,)) + packet[2:]
+    return None

@@ -184,7 +184,7 @@ async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> 
     queues = FlowQueues()
     queues.enqueue([bytes(60)], 0.0)
     shell = SimpleNamespace(
-        stats=TunnelStats(rx_bytes=148, tx_bytes=96, queue_drops=1),
+        stats=TunnelStats(rx_bytes=148, tx_bytes=96, queue_drops=1, queue_marks=3),
         queues=queues,
         device=device,
         tun=SimpleNamespace(
@@ -231,6 +231,7 @@ async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> 
         assert found[("dnsguard_tunnel_packets_dropped_total", (("reason", "tun_queue_full"),))] == 2
         assert found[("dnsguard_tunnel_packets_dropped_total", (("reason", "queue_codel"),))] == 1
         assert found[("dnsguard_tunnel_queued_bytes", ())] == 60
+        assert found[("dnsguard_tunnel_ecn_marked_total", ())] == 3
         assert ("dnsguard_tunnel_packets_dropped_total", (("reason", "cookie_replies_sent"),)) not in found
         assert found[("dnsguard_tunnel_last_handshake_timestamp_seconds", (("peer", server_key[:8]),))] == 0
         assert found[("dnsguard_tunnel_peers", ())] == 1

@@ -198,3 +198,27 @@ def test_an_empty_queue_ends_the_dropping_state() -> None:
 def test_target_must_lie_below_interval() -> None:
     with pytest.raises(ValueError, match="target < interval"):
         CoDel(target=0.2, interval=0.1)
+
+
+def test_marking_instead_of_dropping_keeps_the_same_schedule() -> None:
+    """Each condemned packet is marked CE and leaves: the next comes as ever closer as drops would."""
+    codel, now, marks = CoDel(), 0.0, []
+    while now < 3.0:
+        if codel.dequeued(now, 0.020, 64_000):
+            codel.marked()
+            marks.append(now)
+        now += 0.001
+    assert len(marks) > 10
+    for count, gap in enumerate((later - earlier for earlier, later in itertools.pairwise(marks)), start=1):
+        assert gap == pytest.approx(INTERVAL / math.sqrt(count), abs=0.0011)
+    assert codel.dropping and codel.count == len(marks)
+
+
+def test_a_marked_packet_ends_the_dequeue_so_the_next_one_is_judged_afresh() -> None:
+    """As Linux's codel: after a mark, a packet that waited under TARGET ends the dropping state."""
+    codel, now = CoDel(), 0.0
+    while not codel.dequeued(now, 0.020, 64_000):
+        now += 0.001
+    codel.marked()
+    assert not codel.dequeued(now, TARGET / 2, 64_000)
+    assert not codel.dropping

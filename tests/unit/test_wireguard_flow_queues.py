@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dnsguard.wireguard.codel import INTERVAL, TARGET
-from dnsguard.wireguard.flow_queues import QUANTUM, FlowQueues
+from dnsguard.wireguard.flow_queues import QUANTUM, FlowQueues, congestion_experienced
 
 
 def ipv4(
@@ -215,3 +215,67 @@ def test_every_packet_leaves_once_or_is_counted_dropped_and_each_flow_keeps_its_
         left = [packet for packet in sent if packet[:-4] == template]
         position = {packet: index for index, packet in enumerate(of_flow)}
         assert [position[packet] for packet in left] == sorted(position[packet] for packet in left)
+
+
+# ECN: marked, not dropped
+
+
+def internet_checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def with_checksum(packet: bytes) -> bytes:
+    header = packet[:10] + b"\0\0" + packet[12:20]
+    return header[:10] + internet_checksum(header).to_bytes(2, "big") + packet[12:]
+
+
+def with_tos(packet: bytes, tos: int) -> bytes:
+    return with_checksum(packet[:1] + bytes((tos,)) + packet[2:])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=20, max_size=20), st.integers(0, 63), st.sampled_from([1, 2]))
+def test_marking_an_ipv4_packet_sets_ce_and_keeps_its_header_checksum_right(
+    header: bytes, dscp: int, ect: int
+) -> None:
+    packet = with_tos(bytes((0x45,)) + header[1:] + b"payload", dscp << 2 | ect)
+    marked = congestion_experienced(packet)
+    assert marked is not None
+    assert marked[1] == dscp << 2 | 3
+    assert internet_checksum(marked[:20]) == 0  # the header sums to all ones with its checksum
+    assert marked[:1] + marked[2:10] + marked[12:] == packet[:1] + packet[2:10] + packet[12:]
+
+
+def test_only_ecn_capable_packets_are_marked() -> None:
+    assert congestion_experienced(with_tos(ipv4(), 0)) is None  # Not-ECT: dropped instead
+    already = with_tos(ipv4(), 3)
+    assert congestion_experienced(already) == already
+    v6 = ipv6()
+    ect = v6[:1] + bytes((v6[1] | 0x20,)) + v6[2:]  # ECT(0) in the traffic class
+    assert congestion_experienced(v6) is None
+    marked = congestion_experienced(ect)
+    assert marked is not None and (marked[1] >> 4) & 3 == 3 and marked[2:] == ect[2:]
+    assert congestion_experienced(b"\x45\x01") is None
+    assert congestion_experienced(bytes(60)) is None
+
+
+def test_a_standing_ecn_capable_flow_is_marked_and_loses_nothing_while_a_plain_one_loses_packets() -> None:
+    queues = FlowQueues()
+    now, sent, capable_sent = 0.0, 0, []
+    capable_in: list[bytes] = []
+    for _ in range(600):  # 1 ms a step: each flow puts in 20 packets, 20 of the 40 go out
+        capable = [with_tos(packet, 2) for packet in bulk(20, port=1, size=1000)]
+        capable_in.extend(capable)
+        queues.enqueue(capable + bulk(20, port=2, size=1000), now)
+        out = queues.dequeue(now, 20)
+        capable_sent.extend(packet for packet in out if packet[20:22] == b"\0\x01")
+        sent += len(out)
+        now += 0.001
+    capable_sent.extend(packet for packet in drain(queues, now) if packet[20:22] == b"\0\x01")
+
+    assert queues.marks > 0 and queues.drops > 0
+    assert len(capable_sent) == len(capable_in)  # marked, never dropped
+    assert sum(packet[1] & 3 == 3 for packet in capable_sent) == queues.marks
