@@ -40,6 +40,11 @@ until something drops, so the ping waits behind whatever queue the path lets bui
 
     sudo .venv/bin/python bench/tunnel.py --only dnsguard,wireguard-go,openvpn --congestion cubic
 
+--ecn sets net.ipv4.tcp_ecn=1 in the lab's namespaces, so iperf3's TCP negotiates ECN: where the
+tunnel's queues would drop, dnsguard marks CE instead, and the retransmits each run prints fall:
+
+    sudo .venv/bin/python bench/tunnel.py --only dnsguard --congestion cubic --ecn
+
 --baseline CHECKOUT adds `baseline`: dnsguard from another checkout (e.g. `git worktree add --detach DIR
 main`), set up as `dnsguard` is and interleaved with the others, for a change measured against the
 code before it in the same run:
@@ -252,6 +257,8 @@ FIGURES = (
     "rtt_idle_ms",
     "rtt_loaded_ms",
     "rtt_loaded_down_ms",
+    "retransmits_up",
+    "retransmits_down",
 )
 
 
@@ -274,8 +281,8 @@ UDP_ARGS = ["-u", "-b", "0", "-l", "1300"]
 
 def iperf_once(
     lab: Lab, seconds: int, reverse: bool, udp: bool = False, congestion: str | None = None
-) -> tuple[float, int] | str:
-    """(Mbit/s, bytes received) of one iperf3 run, or why it failed."""
+) -> tuple[float, int, int | None] | str:
+    """(Mbit/s, bytes received, TCP retransmits) of one iperf3 run, or why it failed."""
     argv = ["iperf3", "-c", SERVER_TUNNEL, "-t", str(seconds), "-J", "-O", "1"] + (["-R"] if reverse else [])
     argv += UDP_ARGS if udp else []
     argv += ["-C", congestion] if congestion else []
@@ -286,7 +293,8 @@ def iperf_once(
     try:
         report = json.loads(result.stdout)
         received = report["end"]["sum_received"]  # with UDP too, from iperf3 3.10 (Debian 12 has 3.12)
-        return float(received["bits_per_second"]) / 1e6, int(received["bytes"])
+        retransmits = report["end"].get("sum_sent", {}).get("retransmits")  # TCP only
+        return float(received["bits_per_second"]) / 1e6, int(received["bytes"]), retransmits
     except (ValueError, KeyError, TypeError):
         error = ""
         if result.stdout.lstrip().startswith("{"):
@@ -297,13 +305,14 @@ def iperf_once(
 
 def iperf(
     lab: Lab, seconds: int, reverse: bool, pids: list[int], udp: bool = False, congestion: str | None = None
-) -> tuple[float, int, float] | None:
-    """(Mbit/s, bytes, daemons' CPU seconds) of a run, retried once; None (reported) if both fail."""
+) -> tuple[float, int, float, int | None] | None:
+    """(Mbit/s, bytes, daemons' CPU seconds, TCP retransmits) of a run, retried once; None (reported)
+    if both fail."""
     for attempt in (1, 2):
         before = cpu_seconds(pids)
         outcome = iperf_once(lab, seconds, reverse, udp, congestion)
         if not isinstance(outcome, str):
-            return outcome[0], outcome[1], cpu_seconds(pids) - before
+            return outcome[0], outcome[1], cpu_seconds(pids) - before, outcome[2]
         print(f"  {'download' if reverse else 'upload'} attempt {attempt} failed: {outcome}", flush=True)
         time.sleep(1)
     return None
@@ -323,9 +332,12 @@ def rtt(lab: Lab, count: int = 50) -> float | None:
 
 
 def measure(
-    name: str, seconds: int, udp: bool = False, congestion: str | None = None
+    name: str, seconds: int, udp: bool = False, congestion: str | None = None, ecn: bool = False
 ) -> dict[str, float | None]:
     with Lab(services=False) as lab:
+        if ecn:  # the namespaces' own TCP settings: iperf3's connections ask for ECN
+            for namespace in ("client", "server"):
+                lab.run(namespace, ["sysctl", "-qw", "net.ipv4.tcp_ecn=1"])
         CONTENDERS[name](lab)
         wait_ping(lab, "client", SERVER_TUNNEL, timeout=30)
         daemons = [process.pid for process in lab._processes]
@@ -347,6 +359,8 @@ def measure(
             "rtt_idle_ms": idle,
             "rtt_loaded_ms": loaded,
             "rtt_loaded_down_ms": loaded_down,
+            "retransmits_up": upload[3] if upload else None,
+            "retransmits_down": download[3] if download else None,
         }
 
 
@@ -376,8 +390,8 @@ def ratio_of(subject: float | None, anchor: float | None) -> float | None:
     return subject / anchor if subject is not None and anchor else None
 
 
-def show(value: float | None, width: int, digits: int = 1) -> str:
-    return f"{value:{width}.{digits}f}" if value is not None else f"{'failed':>{width}s}"
+def show(value: float | None, width: int, digits: int = 1, missing: str = "failed") -> str:
+    return f"{value:{width}.{digits}f}" if value is not None else f"{missing:>{width}s}"
 
 
 def main() -> int:
@@ -398,6 +412,11 @@ def main() -> int:
         help="TCP congestion control for iperf3 (-C), e.g. cubic; default: the namespace's (its sysctl)",
     )
     parser.add_argument(
+        "--ecn",
+        action="store_true",
+        help="TCP in the lab's namespaces asks for ECN (net.ipv4.tcp_ecn=1): marks instead of drops",
+    )
+    parser.add_argument(
         "--baseline",
         metavar="CHECKOUT",
         help="also run dnsguard from another checkout (a worktree of main, say) as `baseline`",
@@ -411,7 +430,7 @@ def main() -> int:
     # Interleave contenders so that a noisy moment on the machine hits all of them alike.
     for round_number in range(args.repeat):
         for name in names:
-            result = measure(name, args.seconds, args.udp, args.congestion)
+            result = measure(name, args.seconds, args.udp, args.congestion, args.ecn)
             runs[name].append(result)
             print(
                 f"round {round_number + 1} {name:18s} up {show(result['upload_mbps'], 8)} Mbit/s  "
@@ -419,16 +438,19 @@ def main() -> int:
                 f"cpu {show(result['cpu_s_per_gb'], 6, 2)} s/GB  "
                 f"rtt idle {show(result['rtt_idle_ms'], 6, 3)} ms  "
                 f"loaded up {show(result['rtt_loaded_ms'], 6, 3)} "
-                f"down {show(result['rtt_loaded_down_ms'], 6, 3)} ms",
+                f"down {show(result['rtt_loaded_down_ms'], 6, 3)} ms  "
+                f"retransmits {show(result['retransmits_up'], 0, 0, '-')} up "
+                f"{show(result['retransmits_down'], 0, 0, '-')} down",
                 flush=True,
             )
     medians = {n: {key: median([r[key] for r in runs[n]]) for key in FIGURES} for n in names}
     what = "UDP, 1300-byte datagrams at an unlimited rate, as received" if args.udp else "TCP"
     what += f", congestion control {args.congestion}" if args.congestion and not args.udp else ""
+    what += ", ECN" if args.ecn and not args.udp else ""
     print(f"\nmedian of {args.repeat} runs, {args.seconds} s each (iperf3 {what} inside the tunnel)")
     print(
         f"{'':19s}{'up Mbit/s':>10s}{'down Mbit/s':>12s}{'CPU s/GB':>10s}"
-        f"{'RTT idle ms':>12s}{'RTT up ms':>12s}{'RTT down ms':>12s}"
+        f"{'RTT idle ms':>12s}{'RTT up ms':>12s}{'RTT down ms':>12s}{'retr up':>9s}{'retr down':>10s}"
     )
     for name in names:
         m = medians[name]
@@ -437,6 +459,7 @@ def main() -> int:
             f"{show(m['cpu_s_per_gb'], 10, 2)}"
             f"{show(m['rtt_idle_ms'], 12, 3)}{show(m['rtt_loaded_ms'], 12, 3)}"
             f"{show(m['rtt_loaded_down_ms'], 12, 3)}"
+            f"{show(m['retransmits_up'], 9, 0, '-')}{show(m['retransmits_down'], 10, 0, '-')}"
         )
     ratios: dict[str, dict[str, Any]] = {}
     for subject, anchor in RATIOS:

@@ -39,15 +39,22 @@ class ScriptedLab:
         return subprocess.CompletedProcess(argv, code, stdout, "")
 
 
-GOOD = json.dumps({"end": {"sum_received": {"bits_per_second": 4.2e8, "bytes": 420_000_000}}})
+GOOD = json.dumps(
+    {
+        "end": {
+            "sum_received": {"bits_per_second": 4.2e8, "bytes": 420_000_000},
+            "sum_sent": {"retransmits": 7},
+        }
+    }
+)
 REFUSED = json.dumps({"start": {}, "error": "unable to connect to server"})
 
 
 def test_a_failed_iperf3_run_is_retried_once(bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench.time, "sleep", lambda seconds: None)
     lab = ScriptedLab((1, REFUSED), (0, GOOD))
-    mbps, carried, _cpu = bench.iperf(lab, 1, False, [])
-    assert (round(mbps), carried, lab.calls) == (420, 420_000_000, 2)
+    mbps, carried, _cpu, retransmits = bench.iperf(lab, 1, False, [])
+    assert (round(mbps), carried, retransmits, lab.calls) == (420, 420_000_000, 7, 2)
 
 
 @pytest.mark.parametrize("stdout", [REFUSED, "", "not json", json.dumps({"end": {}})])
