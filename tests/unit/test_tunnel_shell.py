@@ -120,6 +120,17 @@ def slow_device(shell: TunnelShell, seconds_per_batch: float) -> None:
     shell.device.send_packets = working_send_packets  # type: ignore[method-assign]
 
 
+async def through_slow_device(
+    lab: ShellLab, packets: list[bytes], seconds_per_batch: float
+) -> tuple[TunnelShell, list[bytes]]:
+    """Route the packets into the client's TUN at once, its device as slow as given: (shell, delivered)."""
+    shell = await lab.client_shell_with_session()
+    slow_device(shell, seconds_per_batch)
+    lab.client.tun.route(*packets)
+    await lab.run_for(1.0)
+    return shell, lab.server.tun.take_written()
+
+
 def is_subsequence(part: list[bytes], whole: list[bytes]) -> bool:
     rest = iter(whole)
     return all(any(packet == candidate for candidate in rest) for packet in part)
@@ -129,12 +140,8 @@ def test_a_queue_that_stands_in_front_of_the_encryption_loses_packets_from_its_h
     """The TUN fills four times faster than the device encrypts: the wait grows past CoDel's target."""
 
     async def main(lab: ShellLab) -> None:
-        shell = await lab.client_shell_with_session()
-        slow_device(shell, 0.001)
         pings = [echo_request(CLIENT_IP, SERVER_IP, sequence) for sequence in range(1, 40_001)]
-        lab.client.tun.route(*pings)
-        await lab.run_for(1.0)
-        delivered = lab.server.tun.take_written()
+        shell, delivered = await through_slow_device(lab, pings, 0.001)
         drops = shell.stats.queue_drops
         assert drops >= 2
         assert drops == shell.queues.drops
@@ -147,13 +154,9 @@ def test_a_queue_that_stands_in_front_of_the_encryption_loses_packets_from_its_h
 
 def test_a_ping_behind_an_upload_goes_out_ahead_of_the_uploads_backlog() -> None:
     async def main(lab: ShellLab) -> None:
-        shell = await lab.client_shell_with_session()
-        slow_device(shell, 0.001)
         upload = [udp_packet(CLIENT_IP, SERVER_IP, sequence) for sequence in range(3000)]
         ping = echo_request(CLIENT_IP, SERVER_IP, 1)
-        lab.client.tun.route(*upload, ping)
-        await lab.run_for(1.0)
-        delivered = lab.server.tun.take_written()
+        _shell, delivered = await through_slow_device(lab, [*upload, ping], 0.001)
         assert ping in delivered
         # Read once its turn in the TUN came (READ_AHEAD a turn), then sent at the next turn, ahead of
         # the upload's backlog (about 2,200 packets by then).
@@ -165,12 +168,9 @@ def test_a_ping_behind_an_upload_goes_out_ahead_of_the_uploads_backlog() -> None
 
 def test_a_burst_whose_wait_stays_under_the_target_loses_nothing() -> None:
     async def main(lab: ShellLab) -> None:
-        shell = await lab.client_shell_with_session()
-        slow_device(shell, 0.00001)
         pings = [echo_request(CLIENT_IP, SERVER_IP, sequence) for sequence in range(1, 40_001)]
-        lab.client.tun.route(*pings)
-        await lab.run_for(1.0)
-        assert lab.server.tun.take_written() == pings
+        shell, delivered = await through_slow_device(lab, pings, 0.00001)
+        assert delivered == pings
         assert shell.stats.queue_drops == 0
 
     run_lab(main)
