@@ -46,7 +46,8 @@ READ_AHEAD = 4 * BATCH
 a standing queue stands here, where CoDel sees its waits."""
 QUEUE_LIMIT = 8 << 20
 """Bytes the shell's queues may hold. At the limit the TUN is not read until half of it is sent: the
-kernel's ring fills, and TCP's small queues hold the senders back, as without the shell's queues."""
+kernel's ring then fills and drops what no longer fits (txqueuelen), as it would without the shell's
+queues; memory stays bounded whatever the senders do."""
 
 
 @dataclass

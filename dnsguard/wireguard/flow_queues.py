@@ -1,4 +1,4 @@
-"""The tunnel's send queue: a queue per flow, served in turn, each kept short by CoDel (RFC 8290).
+"""The tunnel's send queues: a queue per flow, served in turn, each kept short by CoDel (RFC 8290).
 
 Packets read from the TUN wait here before the device encrypts them. One queue for everything would
 put a ping, a DNS query or a voice packet behind whatever a bulk upload keeps standing (CoDel holds
@@ -7,10 +7,12 @@ per flow, served in deficit round robin and a flow that was idle served first, a
 waits only for the packets already being sent, while the bulk flow's own queue is held down by its
 own CoDel.
 
-Costs are per run, not per packet: the packets of one read arrive in runs of one flow (a TSO
-super-packet's segments, a burst of ACKs), and a run is classified once (consecutive packets are only
-compared with the one before), queued once, and taken whole or in part. Only a packet whose run waited
-longer than TARGET, or whose flow is dropping, is decided on by itself.
+Costs are per run, not per packet: the packets of one TUN read are one flow's (a TSO super-packet's
+segments), so a read is named by its first packet, consecutive reads of one flow (a burst of ACKs)
+make one run, and a run is queued once and taken whole or in part. Only a packet whose run waited
+longer than TARGET, or whose flow is dropping, is decided on by itself. Unlike RFC 8290, which
+removes an emptied old flow at its next turn, a flow that empties leaves the round at once (a new one
+still goes last among the old): one turn of the loop fewer for every flow that is sent out whole.
 
 Where CoDel would drop an ECN-capable packet, it is marked CE instead (RFC 3168; fq_codel's default):
 a sender that negotiated ECN slows down without losing the packet.
