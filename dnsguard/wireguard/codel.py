@@ -59,7 +59,8 @@ class CoDel:
         self.dropping = False
         """The queue has stood above TARGET for an INTERVAL and has not yet fallen below it."""
         self.count = 0
-        """Drops since the dropping state was entered (the control law's count)."""
+        """The control law's count: drops since the dropping state was entered, or, when it is entered
+        again soon after it was left, the drops of the last stay."""
         self.last_count = 0
         self.drop_next = 0.0
         self.drops = 0
@@ -82,9 +83,10 @@ class CoDel:
         return False
 
     def dequeued(self, now: float, sojourn: float, backlog: int) -> bool:
-        """Whether to drop the packet just taken from the head, which waited `sojourn` seconds.
+        """Whether the packet just taken from the head, which waited `sojourn` seconds, is condemned.
 
-        `backlog` is the bytes still queued behind it.
+        `backlog` is the bytes still queued behind it. A condemned packet is dropped, or, if it is
+        ECN-capable, marked CE by the caller, who then says so with `marked`.
         """
         if sojourn < self.target and not (self.dropping or self._after_drop or self._after_first_drop):
             self._first_above = None
