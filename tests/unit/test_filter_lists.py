@@ -36,12 +36,18 @@ def reference(
     counts: Counter[str] = Counter()
     issues: list[tuple[int, str]] = []
     previous: dict[int, tuple[int, int]] = {}
+    # The hosts lines' category: the one the bulk path's shape fills (other rules are never twins).
+    hosts = parse_line("0.0.0.0 twin.example", allow=allow, subdomains=subdomains).category
     for number, line in enumerate(lines, 1):
         result = parse_line(line, allow=allow, subdomains=subdomains)
         counts[result.outcome.value] += 1
         for name in result.names if result.outcome is Outcome.RULE else ():
             # A file mixing hosts addresses stores a name repeated on the next line (its twin) once.
-            twin = twins and previous.get(result.category) == (hash(name), number - 1)
+            twin = (
+                twins
+                and result.category == hosts
+                and previous.get(result.category) == (hash(name), number - 1)
+            )
             previous[result.category] = (hash(name), number)
             if not twin:
                 rules[(result.category, hash(name), number)] += 1
