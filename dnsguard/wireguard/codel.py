@@ -88,8 +88,7 @@ class CoDel:
         `backlog` is the bytes still queued behind it. A condemned packet is dropped, or, if it is
         ECN-capable, marked CE by the caller, who then says so with `marked`.
         """
-        if sojourn < self.target and not (self.dropping or self._after_drop or self._after_first_drop):
-            self._first_above = None
+        if self.passes(sojourn):
             return False
         ok_to_drop = self._ok_to_drop(now, sojourn, backlog)
         if self._after_first_drop:  # the RFC returns the packet after a first drop as it is

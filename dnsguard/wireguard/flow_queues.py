@@ -157,11 +157,12 @@ class FlowQueues:
                 self.bytes -= size
                 self.packets -= len(taken)
                 codel = flow.codel
-                if codel.passes(now - read_at):
+                sojourn = now - read_at
+                if codel.passes(sojourn):
                     out.extend(taken)
                     flow.deficit -= size
                 else:
-                    flow.deficit -= self._decide(codel, taken, now, now - read_at, flow.bytes + size, out)
+                    flow.deficit -= self._decide(codel, taken, now, sojourn, flow.bytes + size, out)
                 if runs:
                     continue
             flows.popleft()
