@@ -11,6 +11,7 @@ sends each mix at full speed for --prime seconds (as dns.py's throughput run com
 run, so that every name is cached), then at `--rate` queries a second, printing every answer's latency
 (-v) in the order the answers came; a slow answer's position over the rate places it in time. Reported
 per server and mix: p50, p90, p99, p99.9 and the maximum; the share of answers slower than --slow-ms;
+the server's CPU seconds (from /proc, with its children) per answer at that rate;
 and the stalls: runs of slow answers with fewer than 50 fast ones between them, with how many there were
 per second, the longest, and the median spacing between stall starts (a periodic task shows as a steady
 spacing; a stall that every answer in a run shares points at the server, not at the query).
@@ -149,8 +150,11 @@ def main() -> int:
                     if probed and server == "dnsguard":
                         os.kill(probed[0].pid, signal.SIGUSR1)  # the probe counts from here
                         time.sleep(0.2)
+                    cpu_before = sum(dns.cpu_seconds(pids[server]))
                     values = latencies(lab, dns, dns.PORTS[server], files[mix], args.seconds, args.rate)
-                    print(report(server, mix, values, args.rate, args.slow_ms), flush=True)
+                    cpu = sum(dns.cpu_seconds(pids[server])) - cpu_before
+                    line = report(server, mix, values, args.rate, args.slow_ms)
+                    print(f"{line}  cpu {cpu * 1e6 / max(1, len(values)):5.1f} us/answer", flush=True)
                     if probed and server == "dnsguard":
                         os.kill(probed[0].pid, signal.SIGUSR1)
                         time.sleep(0.2)
