@@ -3,7 +3,7 @@
 
     sudo .venv/bin/python bench/dns.py [--names 300000] [--seconds 10] [--repeat 3] [--only dnsguard,unbound]
                                        [--mix blocked,cached,pageload] [--querylog] [--firewall]
-                                       [--baseline OTHER_CHECKOUT]
+                                       [--baseline OTHER_CHECKOUT] [--busy-poll 300us]
 
 The servers run in one lab namespace with the same blocklist (the first --names distinct names of
 real public lists, each blocking the name and its subdomains: dnsmasq `address=/name/#`, unbound
@@ -29,6 +29,10 @@ pays that alike; the summary gives its QPS and CPU per query over dnsguard's wit
 --baseline adds `baseline`: dnsguard from another checkout (e.g. `git worktree add --detach DIR main`)
 with this checkout's configuration, so that a change is measured against the code before it under the
 same load; the summary gives this checkout's QPS and CPU per query over the baseline's.
+
+--busy-poll DURATION adds `dnsguard+poll`: the same configuration with performance.busy-poll set to
+it (the loop polls that long between densely coming queries instead of sleeping); the summary gives its
+QPS and CPU per query over dnsguard's without it, and the table its p99 at the fixed rate.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ ANCHORS = ("dnsmasq", "unbound")
 LOGGED, LOGGED_PORT = "dnsguard+log", 5303
 FIREWALLED, FIREWALLED_PORT = "dnsguard+fw", 5304
 BASELINE, BASELINE_PORT = "baseline", 5305
+POLLED, POLLED_PORT = "dnsguard+poll", 5306
 PORTS = {
     "dnsguard": DNSGUARD_PORT,
     "dnsmasq": DNSMASQ_PORT,
@@ -61,6 +66,7 @@ PORTS = {
     LOGGED: LOGGED_PORT,
     FIREWALLED: FIREWALLED_PORT,
     BASELINE: BASELINE_PORT,
+    POLLED: POLLED_PORT,
 }
 MEASURES = ("qps", "p99_ms", "cpu_us", "writer_us")
 
@@ -128,7 +134,12 @@ def unbound_conf(work: Path, names: list[str]) -> str:
 
 
 def start_servers(
-    lab: Lab, names: list[str], only: list[str], querylog: bool = False, firewall: bool = False
+    lab: Lab,
+    names: list[str],
+    only: list[str],
+    querylog: bool = False,
+    firewall: bool = False,
+    busy_poll: str | None = None,
 ) -> dict[str, int]:
     work = lab.log_dir
     (work / "blocked.txt").write_text("\n".join(names) + "\n")
@@ -176,6 +187,18 @@ def start_servers(
             "client", "dnsguard", "resolve", "-c", str(work / "dnsguard-fw.yaml"), log_name="dnsguard-fw"
         )
         pids[FIREWALLED] = guard.pid
+    if busy_poll:
+        polled = {
+            **config,
+            "resolver": {"listen": [f"127.0.0.1:{POLLED_PORT}"]},
+            "api": {"listen": None},
+            "performance": {"busy-poll": busy_poll},
+        }
+        (work / "dnsguard-poll.yaml").write_text(yaml.safe_dump(polled))
+        guard = lab.python(
+            "client", "dnsguard", "resolve", "-c", str(work / "dnsguard-poll.yaml"), log_name="dnsguard-poll"
+        )
+        pids[POLLED] = guard.pid
     if "unbound" in only:
         unbound = lab.popen("client", ["unbound", "-d", "-c", str(work / "unbound.conf")], log_name="unbound")
         pids["unbound"] = unbound.pid
@@ -329,6 +352,9 @@ def main() -> int:
         metavar="CHECKOUT",
         help="also run dnsguard from another checkout (a worktree of main, say) as `baseline`",
     )
+    parser.add_argument(
+        "--busy-poll", metavar="DURATION", help="also run dnsguard with performance.busy-poll (300us, say)"
+    )
     args = parser.parse_args()
     only = [server for server in args.only.split(",") if server]
     unknown = sorted(set(only) - set(SERVERS))
@@ -344,7 +370,7 @@ def main() -> int:
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     with Lab() as lab:
         started = time.monotonic()
-        pids = start_servers(lab, names, only, args.querylog, args.firewall)
+        pids = start_servers(lab, names, only, args.querylog, args.firewall, args.busy_poll)
         if args.baseline:
             pids[BASELINE] = start_baseline(lab, args.baseline)
         print(
@@ -413,6 +439,9 @@ def main() -> int:
         if BASELINE in median:
             summary[mix]["to_baseline"] = guard / median[BASELINE]["qps"]
             summary[mix]["cpu_to_baseline"] = median["dnsguard"]["cpu_us"] / median[BASELINE]["cpu_us"]
+        if POLLED in median:
+            summary[mix]["poll_to_off"] = median[POLLED]["qps"] / guard
+            summary[mix]["poll_cpu_to_off"] = median[POLLED]["cpu_us"] / median["dnsguard"]["cpu_us"]
         if FIREWALLED in median:
             summary[mix]["firewall_to_off"] = median[FIREWALLED]["qps"] / guard
             summary[mix]["firewall_cpu_to_off"] = median[FIREWALLED]["cpu_us"] / median["dnsguard"]["cpu_us"]
@@ -427,6 +456,8 @@ def main() -> int:
         print(line)
     if FIREWALLED in pids:
         print_ratios("firewall fed by DNS, with / without", summary, "firewall_to_off", "firewall_cpu_to_off")
+    if POLLED in pids:
+        print_ratios("busy polling, on / off", summary, "poll_to_off", "poll_cpu_to_off")
     if BASELINE in pids:
         print_ratios("this checkout / baseline", summary, "to_baseline", "cpu_to_baseline")
     print(

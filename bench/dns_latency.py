@@ -4,7 +4,7 @@ slow answers grouped into stalls (runs of slow answers close together).
 
     sudo .venv/bin/python bench/dns_latency.py [--only dnsguard,unbound] [--mix blocked,cached,pageload]
                                                [--rate 10000] [--seconds 5] [--slow-ms 0.3] [--probe]
-                                               [--baseline OTHER_CHECKOUT]
+                                               [--baseline OTHER_CHECKOUT] [--busy-poll 300us]
 
 The lab, the blocklist, the query mixes and the servers are bench/dns.py's (imported from it). dnsperf
 sends each mix at full speed for --prime seconds (as dns.py's throughput run comes before its latency
@@ -20,7 +20,8 @@ On a shared machine the tail moves with the neighbours' load: compare contenders
 --baseline adds dnsguard from another checkout (e.g. `git worktree add --detach DIR main`), so that a
 change is measured against the code before it under the same load, turn by turn. --probe runs this
 checkout's dnsguard under bench/stall_probe.py and prints, after each of its runs, what held its loop
-(collections, drains, lag).
+(collections, drains, lag). --busy-poll adds `dnsguard+poll`, dnsguard with performance.busy-poll set
+(bench/dns.py's contender of that name).
 """
 
 from __future__ import annotations
@@ -85,14 +86,14 @@ def stalls(values: list[float], slow_ms: float) -> list[tuple[int, int, float]]:
 
 def report(server: str, mix: str, values: list[float], rate: int, slow_ms: float) -> str:
     if not values:
-        return f"{mix:9s} {server:9s} no answers"
+        return f"{mix:9s} {server:13s} no answers"
     ordered = sorted(values)
     runs = stalls(values, slow_ms)
     seconds = len(values) / rate
     slow = sum(1 for value in values if value >= slow_ms)
     spacing = [(b[0] - a[0]) / rate * 1000 for a, b in itertools.pairwise(runs)]
     line = (
-        f"{mix:9s} {server:9s} n {len(values):6d}  p50 {percentile(ordered, 0.5):5.3f}  "
+        f"{mix:9s} {server:13s} n {len(values):6d}  p50 {percentile(ordered, 0.5):5.3f}  "
         f"p90 {percentile(ordered, 0.9):5.3f}  p99 {percentile(ordered, 0.99):5.3f}  "
         f"p99.9 {percentile(ordered, 0.999):6.3f}  max {ordered[-1]:6.2f} ms  "
         f">= {slow_ms} ms: {100 * slow / len(values):4.2f}%  stalls {len(runs) / seconds:5.1f}/s"
@@ -122,6 +123,9 @@ def main() -> int:
         metavar="CHECKOUT",
         help="also run dnsguard from another checkout (a worktree of main, say) as `baseline`",
     )
+    parser.add_argument(
+        "--busy-poll", metavar="DURATION", help="also run dnsguard with performance.busy-poll (300us, say)"
+    )
     parser.add_argument("--dump", help="directory to write each run's latencies to, one a line")
     parser.add_argument(
         "--probe", action="store_true", help="run dnsguard under bench/stall_probe.py and print its summary"
@@ -132,7 +136,7 @@ def main() -> int:
     names = dns.load_names(args.names)
     with Lab() as lab:
         probed = _probe(lab) if args.probe else None
-        pids = dns.start_servers(lab, names, only)
+        pids = dns.start_servers(lab, names, only, busy_poll=args.busy_poll)
         if args.baseline:
             pids[dns.BASELINE] = dns.start_baseline(lab, args.baseline)
         files = dns.query_files(lab.log_dir, names)

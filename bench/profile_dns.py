@@ -41,7 +41,7 @@ def py_spy() -> str:
     return found
 
 
-def summarise(collapsed: Path, top: int, thread: str = "run_loop") -> str:
+def summarise(collapsed: Path, top: int, thread: str = "run_daemon") -> str:
     """The heaviest frames of a collapsed-stack profile, by own samples and by samples on the stack,
     counting only the stacks that pass through `thread` (a frame of the thread that matters)."""
     own: collections.Counter[str] = collections.Counter()

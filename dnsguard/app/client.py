@@ -22,6 +22,7 @@ from dnsguard.app.common import (
     notify_systemd,
     prepare_peers,
     require_tunnel,
+    run_daemon,
     setup_logging,
 )
 from dnsguard.app.dns_filtering import FilteringTunnelDaemon, TunnelDns, wants_filtering
@@ -458,7 +459,7 @@ def run_client(config_path: str, startup_notes: Sequence[str] = ()) -> int:
     setup_logging(config, startup_notes)
     tunnel = require_tunnel(config)
     client = Client(config_path, config, lifecycle=Lifecycle(lifecycle_settings(tunnel)))
-    asyncio.run(client.run())
+    run_daemon(client.run(), config.performance.busy_poll)
     return 0
 
 

@@ -23,6 +23,8 @@ from dnsguard.app.observe import ReloadCounter
 from dnsguard.config import Config, PeerConfig, TunnelConfig, load_config
 from dnsguard.config.addresses import parse_hostport
 from dnsguard.errors import ConfigError, DnsguardError
+from dnsguard.net.busy_poll import new_event_loop as busy_poll_loop
+from dnsguard.net.busy_poll import selector_of as busy_poll_selector
 from dnsguard.wireguard.keys import PublicKey
 
 if TYPE_CHECKING:
@@ -158,18 +160,35 @@ def setup_logging(config: Config, startup_notes: Sequence[str] = ()) -> None:
         log.info("%s", note)
 
 
-def run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
-    """Run a coroutine on uvloop when installed (lower wake-up latency), else asyncio.
+def run_daemon(coroutine: Coroutine[Any, Any, None], busy_poll: float, *, uvloop: bool = False) -> None:
+    """Run a daemon's main coroutine to its end.
 
-    Only for code without netlink: pyroute2's asyncio sockets are AF_NETLINK, which uvloop's
-    datagram transport refuses, so the tunnel daemons stay on the asyncio loop.
+    With `uvloop` (code without netlink: pyroute2's asyncio sockets are AF_NETLINK, which uvloop's
+    datagram transport refuses), on uvloop when it is installed and `busy_poll` is 0: its wake-ups
+    cost less than asyncio's. Otherwise on asyncio's loop over net/busy_poll.py's selector, which polls
+    `busy_poll` seconds (performance.busy-poll) after each of densely coming events.
     """
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coroutine)
-        return
-    uvloop.run(coroutine)
+    if uvloop and busy_poll <= 0:
+        try:
+            import uvloop as uv
+        except ImportError:
+            pass
+        else:
+            uv.run(coroutine)
+            return
+    with asyncio.Runner(loop_factory=lambda: busy_poll_loop(busy_poll)) as runner:
+        runner.run(coroutine)
+
+
+def apply_busy_poll(window: float) -> None:
+    """Give the running loop's selector a new performance.busy-poll (a reload)."""
+    selector = busy_poll_selector(asyncio.get_running_loop())
+    if selector is not None:
+        if selector.window != window:
+            log.info("performance.busy-poll: %s", f"{window * 1e6:.0f} us" if window > 0 else "off")
+            selector.window = window
+    elif window > 0:
+        log.warning("performance.busy-poll: takes effect after a restart (the daemon runs on uvloop)")
 
 
 def notify_systemd(state: str) -> None:
@@ -334,6 +353,7 @@ class Reloader:
                     log.debug("reload failure details", exc_info=True)
                 return False
             prepared.commit()
+            apply_busy_poll(new.performance.busy_poll)
             self.counter.succeeded()
             log.info("configuration reloaded")
             return True

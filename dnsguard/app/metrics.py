@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from dnsguard.dns.admission import REFUSAL_REASONS
 from dnsguard.dns.resolver import RESULTS as RESOLVER_RESULTS
 from dnsguard.dns.wire import MALFORMED_REASONS
 from dnsguard.lifecycle import Cause, State
+from dnsguard.net.busy_poll import BusyPollSelector, selector_of
 from dnsguard.net.tun import OFFLOAD_NAMES
 
 if TYPE_CHECKING:
@@ -119,6 +121,16 @@ class DaemonCollector(Collector):
         reloads.add_metric(["success"], daemon.reloads.success)
         reloads.add_metric(["failure"], daemon.reloads.failure)
         yield reloads
+        selector = _busy_poll_selector()
+        if selector is not None:
+            wakeups = CounterMetricFamily(
+                "dnsguard_busy_poll_wakeups",
+                "Event loop wake-ups that found work while busy polling is on, by how.",
+                labels=["how"],
+            )
+            wakeups.add_metric(["polled"], selector.polled)
+            wakeups.add_metric(["slept"], selector.slept)
+            yield wakeups
         info = GaugeMetricFamily("dnsguard_build_info", "dnsguard version (always 1).", labels=["version"])
         info.add_metric([__version__], 1.0)
         yield info
@@ -392,6 +404,14 @@ def _offloads(shell: TunnelShell) -> Iterator[Metric]:
     work.add_metric(["udp_gso_sends"], getattr(udp, "gso_sends", 0))
     work.add_metric(["udp_gro_trains"], sum(getattr(sock, "gro_trains", 0) for sock in sockets))
     yield work
+
+
+def _busy_poll_selector() -> BusyPollSelector | None:
+    """The running loop's busy-poll selector: None off the loop, or on one without it (uvloop)."""
+    try:
+        return selector_of(asyncio.get_running_loop())
+    except RuntimeError:
+        return None
 
 
 def registry_for(daemon: Operated) -> CollectorRegistry:

@@ -19,7 +19,7 @@ from dnsguard.app.common import (
     Reloader,
     install_signal_handlers,
     notify_systemd,
-    run_loop,
+    run_daemon,
     setup_logging,
 )
 from dnsguard.app.dns_firewall import FirewallService
@@ -502,5 +502,5 @@ def run_resolve(config_path: str) -> int:
             )
     except ConfigError as exc:
         raise ConfigError(exc.message, file=config_path, key=exc.key) from None
-    run_loop(_serve(config_path, config))
+    run_daemon(_serve(config_path, config), config.performance.busy_poll, uvloop=True)
     return 0

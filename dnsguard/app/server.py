@@ -19,6 +19,7 @@ from dnsguard.app.common import (
     notify_systemd,
     prepare_peers,
     require_tunnel,
+    run_daemon,
     setup_logging,
 )
 from dnsguard.app.dns_filtering import FilteringTunnelDaemon, TunnelDns, wants_filtering
@@ -144,5 +145,5 @@ class Server(FilteringTunnelDaemon):
 def run_server(config_path: str, startup_notes: Sequence[str] = ()) -> int:
     config = load_config(config_path)
     setup_logging(config, startup_notes)
-    asyncio.run(Server(config_path, config).run())
+    run_daemon(Server(config_path, config).run(), config.performance.busy_poll)
     return 0

@@ -27,8 +27,8 @@ from dnsguard.errors import ConfigError, ConfigErrors, config_error
 
 T = TypeVar("T")
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"us": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 MAX_DURATION = 2**31 - 1
@@ -38,7 +38,7 @@ MAX_ERRORS = 50
 
 
 class Duration(float):
-    """Seconds, written in YAML as a number or with a unit: 500ms, 2s, 5m, 4h, 1d."""
+    """Seconds, written in YAML as a number or with a unit: 200us, 500ms, 2s, 5m, 4h, 1d."""
 
 
 class ByteSize(int):

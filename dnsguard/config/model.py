@@ -737,6 +737,17 @@ class LoggingConfig:
 
 
 @dataclass
+class PerformanceConfig:
+    """How the daemon trades CPU for latency."""
+
+    busy_poll: Annotated[Duration, Range(0, 0.01, "seconds, at most 10ms; 0 is off")] = Duration(0)
+    """While queries or packets come densely (two within this time of each other), the event loop polls
+    this long after each before it sleeps: answers come sooner at a moderate rate, and the time between
+    them is spent polling, on CPU (net/busy_poll.py). The tunnel daemons always run on asyncio's loop;
+    `dnsguard resolve` leaves uvloop for it. 0 is off, as Linux's net.core.busy_poll."""
+
+
+@dataclass
 class ManagedListsConfig:
     """Where the names allowed and blocked through the API (dashboard, `dnsguard allow`) are kept."""
 
@@ -810,6 +821,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     reload: ReloadConfig = field(default_factory=ReloadConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
     managed_lists: ManagedListsConfig = field(default_factory=ManagedListsConfig)
     """The lists that `dnsguard allow` / `block` and the dashboard write (see dnsguard/config/managed.py)."""
     querylog: QueryLogConfig = field(default_factory=QueryLogConfig)

@@ -70,6 +70,7 @@ METRICS: dict[str, str] = {
     "dnsguard_tunnel_last_handshake_timestamp_seconds": "gauge",
     "dnsguard_tunnel_peers": "gauge",
     "dnsguard_config_reload_total": "counter",
+    "dnsguard_busy_poll_wakeups_total": "counter",
     "dnsguard_blocking_enabled": "gauge",
     "dnsguard_build_info": "gauge",
 }

@@ -17,6 +17,7 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from dnsguard.app import metrics as metrics_module
 from dnsguard.app.api import Api, Operations
 from dnsguard.app.metrics import registry_for, render
 from dnsguard.app.observe import BUCKETS, DnsObserver, DurationHistogram, ReloadCounter, TunnelObserver
@@ -26,6 +27,7 @@ from dnsguard.app.watch import FileWatcher, watched_files
 from dnsguard.config import load_config
 from dnsguard.dns.resolver import Forward
 from dnsguard.lifecycle import Cause, Lifecycle
+from dnsguard.net.busy_poll import BusyPollSelector
 from dnsguard.net.tun import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6
 from dnsguard.wireguard.device import Device
 from dnsguard.wireguard.events import HandshakeCompleted, HandshakeGaveUp, HandshakeInitiationSent
@@ -170,9 +172,14 @@ def by_label(
     return {dict(labels)[label]: value for (sample, labels), value in found.items() if sample == name}
 
 
-async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> None:
+async def test_a_client_exports_every_metric_of_the_contract(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each name in deploy/METRICS.md appears in what a client daemon exposes."""
     path = write_config(tmp_path)
+    # A client daemon's loop runs on net/busy_poll.py's selector (app/common.py's run_daemon).
+    selector = BusyPollSelector()
+    monkeypatch.setattr(metrics_module, "_busy_poll_selector", lambda: selector)
     service = await started_service(path)
     device = Device(generate_private_key())
     server_key = public_key(generate_private_key())
@@ -235,6 +242,7 @@ async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> 
         assert ("dnsguard_tunnel_packets_dropped_total", (("reason", "cookie_replies_sent"),)) not in found
         assert found[("dnsguard_tunnel_last_handshake_timestamp_seconds", (("peer", server_key[:8]),))] == 0
         assert found[("dnsguard_tunnel_peers", ())] == 1
+        assert by_label(found, "dnsguard_busy_poll_wakeups_total", "how") == {"polled": 0, "slept": 0}
         assert found[("dnsguard_tunnel_bytes_total", (("direction", "rx"),))] == 148
         assert by_label(found, "dnsguard_tunnel_offloads", "offload") == {
             "tun_csum": 1,
@@ -258,6 +266,7 @@ async def test_a_client_exports_every_metric_of_the_contract(tmp_path: Path) -> 
             lint = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True)
             assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
     finally:
+        selector.close()
         await service.close()
 
 
