@@ -163,12 +163,16 @@ def setup_logging(config: Config, startup_notes: Sequence[str] = ()) -> None:
 def run_daemon(coroutine: Coroutine[Any, Any, None], busy_poll: float, *, uvloop: bool = False) -> None:
     """Run a daemon's main coroutine to its end.
 
-    With `uvloop` (code without netlink: pyroute2's asyncio sockets are AF_NETLINK, which uvloop's
-    datagram transport refuses), on uvloop when it is installed and `busy_poll` is 0: its wake-ups
-    cost less than asyncio's. Otherwise on asyncio's loop over net/busy_poll.py's selector, which polls
-    `busy_poll` seconds (performance.busy-poll) after each of densely coming events.
+    With `busy_poll` (performance.busy-poll), on asyncio's loop over net/busy_poll.py's selector, which
+    polls that many seconds after each of densely coming events. Else with `uvloop` (code without
+    netlink: pyroute2's asyncio sockets are AF_NETLINK, which uvloop's datagram transport refuses) on
+    uvloop when it is installed, whose wake-ups cost less than asyncio's; else on asyncio's own loop.
     """
-    if uvloop and busy_poll <= 0:
+    if busy_poll > 0:
+        with asyncio.Runner(loop_factory=lambda: busy_poll_loop(busy_poll)) as runner:
+            runner.run(coroutine)
+        return
+    if uvloop:
         try:
             import uvloop as uv
         except ImportError:
@@ -176,19 +180,22 @@ def run_daemon(coroutine: Coroutine[Any, Any, None], busy_poll: float, *, uvloop
         else:
             uv.run(coroutine)
             return
-    with asyncio.Runner(loop_factory=lambda: busy_poll_loop(busy_poll)) as runner:
-        runner.run(coroutine)
+    asyncio.run(coroutine)
 
 
 def apply_busy_poll(window: float) -> None:
-    """Give the running loop's selector a new performance.busy-poll (a reload)."""
+    """Give the running loop's selector a new performance.busy-poll (a reload).
+
+    A daemon started with busy polling on takes any new window, 0 (off) included; one started with it
+    off runs on a loop without it (its own, or uvloop) until a restart.
+    """
     selector = busy_poll_selector(asyncio.get_running_loop())
     if selector is not None:
         if selector.window != window:
             log.info("performance.busy-poll: %s", f"{window * 1e6:.0f} us" if window > 0 else "off")
             selector.window = window
     elif window > 0:
-        log.warning("performance.busy-poll: takes effect after a restart (the daemon runs on uvloop)")
+        log.warning("performance.busy-poll: turning it on takes effect after a restart")
 
 
 def notify_systemd(state: str) -> None:

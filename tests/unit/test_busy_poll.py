@@ -176,7 +176,7 @@ def test_a_busy_poll_loop_serves_sockets_and_its_window_can_change() -> None:
         loop.close()
 
 
-def test_run_daemon_leaves_uvloop_only_to_busy_poll() -> None:
+def test_run_daemon_busy_polls_only_when_asked() -> None:
     uvloop = pytest.importorskip("uvloop")
     seen: list[asyncio.AbstractEventLoop] = []
 
@@ -185,9 +185,11 @@ def test_run_daemon_leaves_uvloop_only_to_busy_poll() -> None:
 
     run_daemon(note_loop(), 0.0, uvloop=True)
     run_daemon(note_loop(), WINDOW, uvloop=True)
+    run_daemon(note_loop(), WINDOW)
     run_daemon(note_loop(), 0.0)
     assert isinstance(seen[0], uvloop.Loop)
-    assert [selector_of(loop) is not None for loop in seen] == [False, True, True]
+    assert not isinstance(seen[3], uvloop.Loop)
+    assert [selector_of(loop) is not None for loop in seen] == [False, True, True, False]
 
 
 async def test_apply_on_a_loop_without_busy_polling_says_a_restart_is_needed(
@@ -201,20 +203,25 @@ async def test_apply_on_a_loop_without_busy_polling_says_a_restart_is_needed(
 
 
 def test_a_reload_changes_the_window_and_a_bad_one_keeps_it(tmp_path: Path) -> None:
-    path = write_config(tmp_path)
-    loop = new_event_loop(0.0)
+    path = write_config(tmp_path, performance={"busy-poll": "300us"})
+    loop = new_event_loop(WINDOW)  # as run_daemon starts a daemon with busy polling on
 
     async def reloads() -> None:
         service = await started_service(path)
         daemon = ResolveDaemon(str(path), service)
+        selector = selector_of(asyncio.get_running_loop())
+        assert selector is not None
         try:
-            set_config(path, performance={"busy-poll": "300us"})
+            set_config(path, performance={"busy-poll": "1ms"})
             assert await daemon.reload()
-            assert selector_of(asyncio.get_running_loop()).window == pytest.approx(300e-6)  # type: ignore[union-attr]
+            assert selector.window == pytest.approx(0.001)
             set_config(path, performance={"busy-poll": "50ms"})  # over the 10 ms limit
             assert not await daemon.reload()
             assert "performance.busy-poll" in (service.reloads.last_error or "")
-            assert selector_of(asyncio.get_running_loop()).window == pytest.approx(300e-6)  # type: ignore[union-attr]
+            assert selector.window == pytest.approx(0.001)
+            set_config(path, performance={"busy-poll": 0})
+            assert await daemon.reload()
+            assert selector.window == 0
         finally:
             await service.close()
 

@@ -177,7 +177,7 @@ async def test_a_client_exports_every_metric_of_the_contract(
 ) -> None:
     """Each name in deploy/METRICS.md appears in what a client daemon exposes."""
     path = write_config(tmp_path)
-    # A client daemon's loop runs on net/busy_poll.py's selector (app/common.py's run_daemon).
+    # As a client daemon started with performance.busy-poll on runs: on net/busy_poll.py's selector.
     selector = BusyPollSelector()
     monkeypatch.setattr(metrics_module, "_busy_poll_selector", lambda: selector)
     service = await started_service(path)
