@@ -8,8 +8,9 @@ namespace). iperf3 runs inside the tunnel (client -> server tunnel address) for 
 download; ping measures RTT at idle and during the upload and the download (under load). Beside
 throughput, the CPU seconds the contender's daemons (client and server, from /proc/PID/stat) spent
 per GB carried: it is steadier than Mbit/s on a shared machine. Results are medians of --repeat
-runs, and ratios to the anchors are printed, because absolute numbers on a shared machine say
-little. An iperf3 run that fails is retried once, then reported as failed.
+rounds (the contenders take turns, each round starting with the next one), and ratios to the anchors
+are printed, because absolute numbers on a shared machine say little. An iperf3 run that fails is
+retried once, then reported as failed.
 
 `dnsguard-nooffload` is dnsguard with DNSGUARD_OFFLOADS=off in both daemons (no TUN offloads, no
 UDP GSO/GRO: one packet per TUN read and write, sendmmsg/recvmmsg on the UDP side).
@@ -427,9 +428,11 @@ def main() -> int:
         CONTENDERS[BASELINE] = baseline_contender(args.baseline)
         names.append(BASELINE)
     runs: dict[str, list[dict[str, float | None]]] = {n: [] for n in names}
-    # Interleave contenders so that a noisy moment on the machine hits all of them alike.
+    # Interleave contenders so that a noisy moment on the machine hits all of them alike, each round
+    # starting with the next one: none always runs first (or right after another).
     for round_number in range(args.repeat):
-        for name in names:
+        shift = round_number % len(names)
+        for name in [*names[shift:], *names[:shift]]:
             result = measure(name, args.seconds, args.udp, args.congestion, args.ecn)
             runs[name].append(result)
             print(
