@@ -23,10 +23,10 @@ left at the end of a GSO train, captured whole) costs that ping alone:
 
     sudo .venv/bin/python bench/rtt_stages.py --only dnsguard,wireguard-go --load upload --congestion cubic
 
---rounds measures every contender that many times, interleaved (a noisy moment on a shared machine
-hits them alike), and reports each stage's median over all the rounds' pings. --baseline adds dnsguard
-from another checkout (bench/tunnel.py's `baseline`), ahead of the anchor, for a change measured
-against the code before it.
+--rounds measures every contender that many times, interleaved, each round starting with the next
+one (a noisy moment on a shared machine hits them alike), and reports each stage's median over all
+the rounds' pings. --baseline adds dnsguard from another checkout (bench/tunnel.py's `baseline`),
+ahead of the anchor, for a change measured against the code before it.
 """
 
 from __future__ import annotations
@@ -223,7 +223,8 @@ def main() -> int:
         names.insert(max(len(names) - 1, 0), tunnel.BASELINE)
     pings: dict[str, dict[str, list[float]]] = {name: {} for name in names}
     for round_number in range(args.rounds):
-        for name in names:
+        shift = round_number % len(names)  # each round starts with the next contender
+        for name in [*names[shift:], *names[:shift]]:
             measured = measure(tunnel, name, args.count, args.interval, args.load, args.congestion)
             for stage, values in measured.items():
                 pings[name].setdefault(stage, []).extend(values)
