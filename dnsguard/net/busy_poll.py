@@ -29,7 +29,8 @@ Ready = list[tuple[selectors.SelectorKey, int]]
 
 GAP_CAP = 4
 """A gap between events counts in the average as at most this many windows: an idle spell does not
-keep polling off for long once events come densely again (five close events bring it back)."""
+keep polling off for long once events come densely again (after one, five events in quick succession
+bring it back)."""
 GAP_WEIGHT = 0.25
 """The weight of the newest gap in the moving average."""
 
