@@ -163,42 +163,30 @@ def start_servers(
             "client", "dnsguard", "resolve", "-c", str(work / "dnsguard.yaml"), log_name="dnsguard"
         )
         pids["dnsguard"] = guard.pid
-    if querylog:
-        logged = {
+
+    def variant(name: str, port: int, stem: str, **changes: object) -> None:
+        """dnsguard with the configuration above and `changes`, on `port`, started as `stem`."""
+        variant_config = {
             **config,
-            "resolver": {"listen": [f"127.0.0.1:{LOGGED_PORT}"]},
+            "resolver": {"listen": [f"127.0.0.1:{port}"]},
             "api": {"listen": None},  # the first contender holds the default API address
-            "querylog": {"enabled": True, "path": str(work / "querylog.sqlite")},
+            **changes,
         }
-        (work / "dnsguard-log.yaml").write_text(yaml.safe_dump(logged))
-        guard = lab.python(
-            "client", "dnsguard", "resolve", "-c", str(work / "dnsguard-log.yaml"), log_name="dnsguard-log"
+        path = work / f"{stem}.yaml"
+        path.write_text(yaml.safe_dump(variant_config))
+        pids[name] = lab.python("client", "dnsguard", "resolve", "-c", str(path), log_name=stem).pid
+
+    if querylog:
+        variant(
+            LOGGED,
+            LOGGED_PORT,
+            "dnsguard-log",
+            querylog={"enabled": True, "path": str(work / "querylog.sqlite")},
         )
-        pids[LOGGED] = guard.pid
     if firewall:
-        firewalled = {
-            **config,
-            "resolver": {"listen": [f"127.0.0.1:{FIREWALLED_PORT}"]},
-            "api": {"listen": None},
-            "firewall": {"enabled": True, "interface": "eth0"},
-        }
-        (work / "dnsguard-fw.yaml").write_text(yaml.safe_dump(firewalled))
-        guard = lab.python(
-            "client", "dnsguard", "resolve", "-c", str(work / "dnsguard-fw.yaml"), log_name="dnsguard-fw"
-        )
-        pids[FIREWALLED] = guard.pid
+        variant(FIREWALLED, FIREWALLED_PORT, "dnsguard-fw", firewall={"enabled": True, "interface": "eth0"})
     if busy_poll:
-        polled = {
-            **config,
-            "resolver": {"listen": [f"127.0.0.1:{POLLED_PORT}"]},
-            "api": {"listen": None},
-            "performance": {"busy-poll": busy_poll},
-        }
-        (work / "dnsguard-poll.yaml").write_text(yaml.safe_dump(polled))
-        guard = lab.python(
-            "client", "dnsguard", "resolve", "-c", str(work / "dnsguard-poll.yaml"), log_name="dnsguard-poll"
-        )
-        pids[POLLED] = guard.pid
+        variant(POLLED, POLLED_PORT, "dnsguard-poll", performance={"busy-poll": busy_poll})
     if "unbound" in only:
         unbound = lab.popen("client", ["unbound", "-d", "-c", str(work / "unbound.conf")], log_name="unbound")
         pids["unbound"] = unbound.pid
