@@ -17,6 +17,7 @@ from dnsguard.lab import ADDRESSES, Lab
 from dnsguard.lab import dig_answers as answers
 from dnsguard.lab import dig_status as status
 from dnsguard.lab.peers import DnsguardDaemon, start_resolver
+from tests.integration.test_operations import scrape
 
 ROOT = Path(__file__).resolve().parents[2]
 LAN_DNS = ADDRESSES.lan_gw4
@@ -164,17 +165,10 @@ def test_group_by_mac_address_from_the_neighbour_table() -> None:
         assert answers(lab.dig("client", "www.pornhub.com", "127.0.0.1").stdout) == [ADDRESSES.http4]
 
 
-def _metric(lab: Lab, port: int, series: str) -> float:
-    text = lab.run("client", ["curl", "-s", f"http://127.0.0.1:{port}/metrics"]).stdout
-    found = [line.split()[-1] for line in text.splitlines() if line.startswith(series + " ")]
-    assert found, f"no {series} in the metrics"
-    return float(found[0])
-
-
 def test_busy_polling_answers_at_a_steady_rate_and_a_reload_turns_it_off(tmp_path: Path) -> None:
     """`dnsguard resolve` started with performance.busy-poll: dnsperf at 10,000 queries a second gets
     its answers, the metric counts wake-ups found by polling, and a reload to 0 stops the polling."""
-    polled = 'dnsguard_busy_poll_wakeups_total{how="polled"}'
+    polled = ("dnsguard_busy_poll_wakeups_total", (("how", "polled"),))
     queries = tmp_path / "queries.txt"
     queries.write_text("www.doubleclick.net A\nnas.home.arpa A\n")
     with Lab(lan=True) as lab:
@@ -187,13 +181,13 @@ def test_busy_polling_answers_at_a_steady_rate_and_a_reload_turns_it_off(tmp_pat
             out = lab.run("client", argv, timeout=60).stdout
             completed = next(line for line in out.splitlines() if "Queries completed" in line)
             assert int(completed.split()[2]) >= 9000, out
-            assert _metric(lab, 9153, polled) > 0
+            assert scrape(lab, "client", "127.0.0.1:9153")[polled] > 0
             daemon.config["performance"] = {"busy-poll": 0}
             daemon.reload()
             lab.wait_for(lambda: "performance.busy-poll: off" in daemon.log(), timeout=10, what="the reload")
-            before = _metric(lab, 9153, polled)
+            before = scrape(lab, "client", "127.0.0.1:9153")[polled]
             lab.run("client", argv, timeout=60)
-            assert _metric(lab, 9153, polled) == before
+            assert scrape(lab, "client", "127.0.0.1:9153")[polled] == before
         except Exception:
             print(daemon.log())
             raise
