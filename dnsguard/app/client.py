@@ -459,7 +459,7 @@ def run_client(config_path: str, startup_notes: Sequence[str] = ()) -> int:
     setup_logging(config, startup_notes)
     tunnel = require_tunnel(config)
     client = Client(config_path, config, lifecycle=Lifecycle(lifecycle_settings(tunnel)))
-    run_daemon(client.run(), config.performance.busy_poll)
+    run_daemon(client.run(), config.performance.busy_poll, uvloop=True)
     return 0
 
 

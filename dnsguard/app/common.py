@@ -164,9 +164,9 @@ def run_daemon(coroutine: Coroutine[Any, Any, None], busy_poll: float, *, uvloop
     """Run a daemon's main coroutine to its end.
 
     With `busy_poll` (performance.busy-poll), on asyncio's loop over net/busy_poll.py's selector, which
-    polls that many seconds after each of densely coming events. Else with `uvloop` (code without
-    netlink: pyroute2's asyncio sockets are AF_NETLINK, which uvloop's datagram transport refuses) on
-    uvloop when it is installed, whose wake-ups cost less than asyncio's; else on asyncio's own loop.
+    polls that many seconds after each of densely coming events. Else with `uvloop` on uvloop when it
+    is installed, whose wake-ups cost less than asyncio's (an idle tunnel's packet wakes a daemon each
+    hop; netlink works there through net/netlink.py); else on asyncio's own loop.
     """
     if busy_poll > 0:
         with asyncio.Runner(loop_factory=lambda: busy_poll_loop(busy_poll)) as runner:

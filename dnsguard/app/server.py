@@ -145,5 +145,5 @@ class Server(FilteringTunnelDaemon):
 def run_server(config_path: str, startup_notes: Sequence[str] = ()) -> int:
     config = load_config(config_path)
     setup_logging(config, startup_notes)
-    run_daemon(Server(config_path, config).run(), config.performance.busy_poll)
+    run_daemon(Server(config_path, config).run(), config.performance.busy_poll, uvloop=True)
     return 0

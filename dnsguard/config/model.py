@@ -743,8 +743,8 @@ class PerformanceConfig:
     busy_poll: Annotated[Duration, Range(0, 0.01, "seconds, at most 10ms; 0 is off")] = Duration(0)
     """While queries or packets come densely (on average closer together than this), the event loop polls
     this long after each before it sleeps: answers come sooner at a moderate rate, and the time between
-    them is spent polling, on CPU (net/busy_poll.py; `dnsguard resolve` then runs on asyncio's loop, not
-    uvloop). A reload changes it, or turns it off; turning it on takes a restart. 0 is off, as Linux's
+    them is spent polling, on CPU (net/busy_poll.py; the daemon then runs on asyncio's loop, not uvloop).
+    A reload changes it, or turns it off; turning it on takes a restart. 0 is off, as Linux's
     net.core.busy_poll."""
 
 

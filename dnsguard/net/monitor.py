@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import (
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
@@ -21,6 +20,8 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_IPV6_ROUTE,
     RTMGRP_LINK,
 )
+
+from dnsguard.net.netlink import route_socket
 
 log = logging.getLogger("dnsguard.monitor")
 
@@ -108,7 +109,7 @@ class PathMonitor:
     async def _run(self) -> None:
         while True:
             try:
-                async with AsyncIPRoute() as ipr:
+                async with route_socket() as ipr:
                     await ipr.bind(GROUPS)
                     links = {link.get("index"): link_key(link) async for link in await ipr.link("dump")}
                     async for message in ipr.get():

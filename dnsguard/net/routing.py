@@ -25,6 +25,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from dnsguard.errors import NetworkError
+from dnsguard.net.netlink import route_socket
 
 FIB_RULE_INVERT = 0x2
 RT_TABLE_MAIN = 254
@@ -71,7 +72,7 @@ class RoutingPlan:
         and its addresses are not: the TUN is not persistent and takes them with it when we exit.
         """
         try:
-            async with AsyncIPRoute() as ipr:
+            async with route_socket() as ipr:
                 index = await _link_index(ipr, self.interface)
                 if index is None:
                     raise NetworkError(f"interface {self.interface} does not exist")
@@ -121,7 +122,7 @@ class RoutingPlan:
             raise NetworkError(f"routing removal for {self.interface} failed: {exc}") from exc
 
     async def _remove(self, keep_link: bool) -> None:
-        async with AsyncIPRoute() as ipr:
+        async with route_socket() as ipr:
             for family in (socket.AF_INET, socket.AF_INET6):
                 for priority in (PRIORITY_SUPPRESS_MAIN, PRIORITY_TUNNEL):
                     while True:
@@ -159,7 +160,7 @@ async def configure_interface(name: str, addresses: list[str], mtu: int, routes:
 
 
 async def _configure_interface(name: str, addresses: list[str], mtu: int, routes: list[str]) -> None:
-    async with AsyncIPRoute() as ipr:
+    async with route_socket() as ipr:
         indexes = await ipr.link_lookup(ifname=name)
         if not indexes:
             raise NetworkError(f"interface {name} does not exist")
@@ -250,7 +251,7 @@ async def undo(change: dict[str, Any]) -> None:
         return
     attributes = {k: v for k, v in change.items() if k != "kind"}
     try:
-        async with AsyncIPRoute() as ipr:
+        async with route_socket() as ipr:
             if kind == "rule":
                 await ipr.rule("del", **attributes)
             elif kind == "route":
@@ -291,7 +292,7 @@ async def _local_networks(tunnel_interface: str) -> LocalNetworks:
     uplinks: set[int] = set()
     gateways: set[str] = set()
     connected: list[tuple[int, str]] = []
-    async with AsyncIPRoute() as ipr:
+    async with route_socket() as ipr:
         names = {int(link["index"]): str(link.get("IFLA_IFNAME")) async for link in await ipr.link("dump")}
         for family in (socket.AF_INET, socket.AF_INET6):
             async for route in await ipr.route("dump", table=RT_TABLE_MAIN, family=family):

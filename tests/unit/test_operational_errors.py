@@ -353,7 +353,7 @@ async def test_netlink_that_cannot_be_opened_is_a_network_error(monkeypatch: pyt
     def no_netlink() -> None:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(routing, "AsyncIPRoute", no_netlink)
+    monkeypatch.setattr(routing, "route_socket", no_netlink)
     with pytest.raises(NetworkError, match=r"^cannot read the main routing table: "):
         await routing.local_networks("dg0")
     with pytest.raises(NetworkError, match=r"^routing removal for dg0 failed: "):

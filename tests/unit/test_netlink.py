@@ -1,0 +1,116 @@
+"""net/netlink.py: pyroute2's datagram endpoint on a loop whose own refuses AF_NETLINK (uvloop's)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from dnsguard.net.netlink import ReaderTransport, _ReaderLoop
+
+
+class Protocol(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.events.append("made")
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.events.append(data)
+
+    def error_received(self, exc: Exception) -> None:
+        self.events.append(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append(("lost", exc))
+        self.lost.set_result(None)
+
+
+def loops() -> list[Callable[[], asyncio.AbstractEventLoop]]:
+    factories: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]
+    try:
+        import uvloop
+    except ImportError:
+        return factories
+    return [*factories, uvloop.new_event_loop]
+
+
+@pytest.mark.parametrize("new_loop", loops())
+def test_each_datagram_reaches_the_protocol_in_order_until_close(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    async def exchange() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        view = _ReaderLoop(loop)
+        transport, protocol = await view.create_datagram_endpoint(Protocol, sock=right)
+        assert isinstance(protocol, Protocol) and transport.get_extra_info("socket") is right
+        for index in range(5):  # queued before the loop looks: one wake-up reads them all
+            left.send(b"%d" % index)
+        while len(protocol.events) < 6:
+            await asyncio.sleep(0.001)
+        transport.sendto(b"back")
+        assert left.recv(16) == b"back"
+        transport.close()
+        transport.close()  # a second close (pyroute2 aborts, then closes) is harmless
+        assert transport.is_closing()
+        left.send(b"after close")
+        await protocol.lost
+        await asyncio.sleep(0.01)
+        # The rest of the loop is the running one's: a future made through the view is its.
+        assert view.create_future().get_loop() is loop
+        return protocol.events
+
+    loop = new_loop()
+    try:
+        events = loop.run_until_complete(exchange())
+    finally:
+        loop.close()
+        left.close()
+        right.close()
+    assert events == ["made", b"0", b"1", b"2", b"3", b"4", ("lost", None)]
+
+
+class Refusing:
+    """A socket whose reads fail as a netlink socket's do when the kernel dropped messages."""
+
+    def __init__(self, real: socket.socket) -> None:
+        self.real = real
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def setblocking(self, flag: bool) -> None:
+        self.real.setblocking(flag)
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        self.real.recv(size)
+        raise OSError(errno.ENOBUFS, "No buffer space available")
+
+
+async def test_a_failed_read_is_the_protocols_error_and_the_transport_goes_on_reading() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        protocol = Protocol()
+        transport = ReaderTransport(asyncio.get_running_loop(), Refusing(right), protocol)  # type: ignore[arg-type]
+        left.send(b"x")
+        while len(protocol.events) < 2:
+            await asyncio.sleep(0.001)
+        assert protocol.events[0] == "made"
+        assert isinstance(protocol.events[1], OSError) and protocol.events[1].errno == errno.ENOBUFS
+        left.send(b"y")
+        while len(protocol.events) < 3:
+            await asyncio.sleep(0.001)
+        assert isinstance(protocol.events[2], OSError)
+        transport.abort()
+        await protocol.lost
+    finally:
+        left.close()
+        right.close()
