@@ -26,7 +26,7 @@ from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.tun import PacketDevice
 from dnsguard.net.udp import DatagramEndpoint, DatagramSocket
 from dnsguard.wireguard.device import Device
-from dnsguard.wireguard.events import Event
+from dnsguard.wireguard.events import Address, Event
 from dnsguard.wireguard.flow_queues import FlowQueues
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,10 @@ class TunnelShell:
         if idle:
             packets = self.tun.read_batch(1)
             self._tun_got = len(packets)
-            if packets:
+            if len(packets) == 1 and self.device.send_lone(packets[0], now, self._transmit):
+                self.flush()  # what the send queued (a rekey's initiation), events, the timer
+                self._sent(1, now)
+            elif packets:
                 self._send(packets, now)
             return
         ends: list[int] = []
@@ -166,7 +169,17 @@ class TunnelShell:
         # Sent before the bookkeeping below, which after an idle spell (a cold wake-up) takes tens of
         # microseconds that the packet need not wait for.
         self.flush()
-        self.stats.tx_packets += len(packets)
+        self._sent(len(packets), now)
+
+    def _transmit(self, datagram: bytes, endpoint: Address) -> None:
+        """Send one datagram the device sealed (send_lone) at once."""
+        if self.udp.sendto(datagram, endpoint):
+            self.stats.tx_bytes += len(datagram)
+        else:
+            self.stats.send_failures += 1
+
+    def _sent(self, count: int, now: float) -> None:
+        self.stats.tx_packets += count
         if self.on_batch is not None:
             self.on_batch(False, now)
 
@@ -215,10 +228,8 @@ class TunnelShell:
         on_batch = self.on_batch
         device = self.device
         received_before = device.authenticated_received
-        packets = device.receive_datagrams(batch, now)
+        packets = device.receive_datagrams(batch, now, self.tun.write_batch)
         self.stats.rx_bytes += sum(len(d) for d, _ in batch)
-        if packets:
-            self.tun.write_batch(packets)
         self.stats.rx_packets += len(packets)
         if on_batch is not None:
             on_batch(device.authenticated_received != received_before or bool(packets), now)

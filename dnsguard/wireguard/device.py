@@ -380,6 +380,41 @@ class Device:
         if run_peer is not None:
             self._send_run(run_peer, run, now)
 
+    def send_lone(self, packet: bytes, now: float, transmit: Callable[[bytes, Address], object]) -> bool:
+        """An idle tunnel's lone packet: route and seal it, hand the datagram to transmit(datagram,
+        endpoint) at once, then do what a sent packet takes (timers, a rekey's initiation, which
+        leaves through datagrams_to_send()). The same datagram and state as send_packets((packet,)).
+
+        A packet that wakes an idle process pays for every line run before it leaves, each slow while
+        the caches are cold: here the bookkeeping runs after the datagram is out, and nothing is
+        batched. False, with nothing done, where send_packets must decide: no route, no session
+        that may send, packets staged behind a handshake, or datagrams already waiting to leave.
+        """
+        size = len(packet)
+        version = packet[0] >> 4 if packet else 0
+        if version == 4 and size >= 20:
+            peer = self._owner_of_all_v4 or self._allowed_ips.lookup_v4(int.from_bytes(packet[16:20], "big"))
+        elif version == 6 and size >= 40:
+            peer = self._owner_of_all_v6 or self._allowed_ips.lookup_v6(int.from_bytes(packet[24:40], "big"))
+        else:
+            return False
+        if peer is None or self._outbox:
+            return False
+        keypair = peer.current_keypair
+        endpoint = peer.endpoint
+        if (
+            peer.staged
+            or keypair is None
+            or endpoint is None
+            or now - keypair.created_at >= REJECT_AFTER_TIME
+            or keypair.send_counter >= REJECT_AFTER_MESSAGES
+        ):
+            return False
+        datagrams = seal_packets(keypair, [packet], self.mtu)
+        transmit(datagrams[0], endpoint)
+        self._after_transport_sent(peer, keypair, datagrams, now, data_sent=True)
+        return True
+
     def _send_run(self, peer: Peer, packets: list[bytes], now: float) -> None:
         mark = len(self._outbox)
         datagrams = self.encrypt_packets(peer, packets, now)
@@ -479,8 +514,17 @@ class Device:
         """Process one UDP datagram; return the decrypted IP packets for the TUN."""
         return self.receive_datagrams(((data, address),), now)
 
-    def receive_datagrams(self, datagrams: Iterable[tuple[bytes, Address]], now: float) -> list[bytes]:
-        """Process a batch of (datagram, source address); return the decrypted IP packets for the TUN."""
+    def receive_datagrams(
+        self,
+        datagrams: Iterable[tuple[bytes, Address]],
+        now: float,
+        deliver: Callable[[list[bytes]], object] | None = None,
+    ) -> list[bytes]:
+        """Process a batch of (datagram, source address); return the decrypted IP packets for the TUN.
+
+        With `deliver`, the packets (when there are any) go to it as soon as they are opened, before
+        the batch's bookkeeping (roaming, timers): an idle tunnel's packet reaches the TUN first.
+        """
         packets: list[bytes] = []
         append = packets.append
         counters = self.counters
@@ -561,6 +605,8 @@ class Device:
                 counters.inner_malformed += 1
                 continue
             append(plaintext if length == plaintext_size else plaintext[:length])
+        if packets and deliver is not None:
+            deliver(packets)
         if authenticated:
             self._after_transport_received(authenticated, data_received, now)
         return packets

@@ -67,14 +67,21 @@ def test_more_packets_than_one_batch_all_arrive_in_order() -> None:
         shell = await lab.client_shell_with_session()
         batches: list[bool] = []
         shell.on_batch = lambda received, now: batches.append(received)
-        sizes: list[int] = []
-        send_packets = shell.device.send_packets
+        sizes: list[int | str] = []  # each send: the batch's size, or "lone" (send_lone took it)
+        send_packets, send_lone = shell.device.send_packets, shell.device.send_lone
 
         def recording_send_packets(packets: list[bytes], now: float) -> None:
             sizes.append(len(packets))
             send_packets(packets, now)
 
+        def recording_send_lone(packet: bytes, now: float, transmit: Any) -> bool:
+            taken = send_lone(packet, now, transmit)
+            if taken:
+                sizes.append("lone")
+            return taken
+
         shell.device.send_packets = recording_send_packets  # type: ignore[method-assign]
+        shell.device.send_lone = recording_send_lone  # type: ignore[method-assign]
         limits: list[int] = []
         read_batch = lab.client.tun.read_batch
 
@@ -90,10 +97,10 @@ def test_more_packets_than_one_batch_all_arrive_in_order() -> None:
         assert lab.server.tun.take_written() == pings
         assert shell.stats.tx_packets == 1 + len(pings)
         # The TUN was idle (its last wake-up, long ago, read one packet): this wake-up reads one packet and
-        # sends it. The loop wakes again at once for the rest, now a busy queue: read ahead into the
+        # sends it alone. The loop wakes again at once for the rest, now a busy queue: read ahead into the
         # shell's queue, and sent at most BATCH packets a turn, each batch handed over in one call.
         assert limits == [1, READ_AHEAD]
-        assert sizes == [1, BATCH, BATCH, 9]
+        assert sizes == ["lone", BATCH, BATCH, 9]
         assert batches == [False] * 4
         # Quiet again: the first lone packet still finds a queue that was busy at its last wake-up and
         # drains it; the next one, a wake-up that read one packet before it, is a single read.
@@ -101,7 +108,7 @@ def test_more_packets_than_one_batch_all_arrive_in_order() -> None:
             await lab.run_for(IDLE_AFTER * 10)
             lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, sequence))
             await lab.run_for(0.01)
-        assert limits[2:] == [READ_AHEAD, 1] and sizes[4:] == [1, 1]
+        assert limits[2:] == [READ_AHEAD, 1] and sizes[4:] == [1, "lone"]
 
     run_lab(main)
 
@@ -316,6 +323,8 @@ def test_a_send_the_endpoint_refuses_is_counted_as_a_send_failure_and_the_next_o
         lab.client.tun.route(second)
         await lab.run_for(0.01)
         assert lab.server.tun.take_written() == [second]
+        # Bytes count what left, through the batch path (the first, before a session) and the lone one.
+        assert shell.stats.tx_bytes == sum(len(sent.data) for sent in lab.client.udp.sent)
 
     run_lab(main)
 

@@ -33,6 +33,7 @@ from dnsguard.wireguard.constants import (
     FORCED_INITIATION_SPACING,
     KEEPALIVE_SIZE,
     MESSAGE_INITIATION,
+    MESSAGE_TRANSPORT,
     REJECT_AFTER_MESSAGES,
     REKEY_AFTER_MESSAGES,
 )
@@ -83,7 +84,15 @@ class Datagram:
 
 
 class Lab:
-    """Hosts at UDP addresses, a wire log, and a scheduler that runs every device's timers in order."""
+    """Hosts at UDP addresses, a wire log, and a scheduler that runs every device's timers in order.
+
+    With `lone` (every test runs both ways: the `both_paths` fixture), a packet sent goes through
+    send_lone where the device takes it there, its datagram carried the moment it is sealed, and a
+    datagram received hands its packet over through receive_datagrams' `deliver`: each scenario
+    holds for the idle tunnel's path as for the batch path.
+    """
+
+    lone = False
 
     def __init__(self) -> None:
         self.clock = FakeClock()
@@ -116,22 +125,31 @@ class Lab:
             for host in list(self.hosts.values()):
                 for data, destination in host.device.datagrams_to_send():
                     moved = True
-                    datagram = Datagram(self.now, host.address, destination, data)
-                    self.wire.append(datagram)
-                    if self.holding:
-                        self.held.append(datagram)
-                    elif host.address not in self.blocked and destination not in self.blocked:
-                        self.inject(datagram)
+                    self.carry(host, data, destination)
             if not moved:
                 return
         raise AssertionError("datagrams kept flowing")
+
+    def carry(self, host: Host, data: bytes, destination: Address) -> None:
+        """Put one datagram from `host` on the wire (and deliver it, unless held or blocked)."""
+        datagram = Datagram(self.now, host.address, destination, data)
+        self.wire.append(datagram)
+        if self.holding:
+            self.held.append(datagram)
+        elif host.address not in self.blocked and destination not in self.blocked:
+            self.inject(datagram)
 
     def inject(self, datagram: Datagram, source: Address | None = None) -> list[bytes]:
         """Hand a datagram to whoever lives at its destination (optionally from another source)."""
         target = self.host_at(datagram.destination)
         if target is None:
             return []
-        packets = target.device.receive_datagram(datagram.data, source or datagram.source, self.now)
+        address = source or datagram.source
+        if self.lone:
+            return target.device.receive_datagrams(
+                [(datagram.data, address)], self.now, target.received.extend
+            )
+        packets = target.device.receive_datagram(datagram.data, address, self.now)
         target.received.extend(packets)
         return packets
 
@@ -155,7 +173,10 @@ class Lab:
 
     def send(self, host: Host, destination_ip: str, payload: bytes = b"payload", **kwargs: Any) -> bytes:
         packet = ip_packet(kwargs.get("source_ip", host.tunnel_ip), destination_ip, payload)
-        host.device.send_packet(packet, self.now)
+        if not (
+            self.lone and host.device.send_lone(packet, self.now, lambda data, to: self.carry(host, data, to))
+        ):
+            host.device.send_packet(packet, self.now)
         self.deliver()
         return packet
 
@@ -180,6 +201,11 @@ def ip_packet(source: str, destination: str, payload: bytes) -> bytes:
     return (
         struct.pack("!IHBB16s16s", 6 << 28, len(udp), 17, 64, source_ip.packed, destination_ip.packed) + udp
     )
+
+
+@pytest.fixture(autouse=True, params=["batch path", "lone path"])
+def both_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Lab, "lone", request.param == "lone path")
 
 
 A_ADDRESS: Address = ("198.18.0.1", 51820)
@@ -1233,3 +1259,89 @@ def test_force_handshake_keep_pending_still_replaces_a_lost_initiation() -> None
 
     assert len(lab.initiations_by(client, since=marker)) == 1
     assert len(completed(client)) == 1
+
+
+# The idle tunnel's path: send_lone, and receive_datagrams' deliver
+
+
+def test_a_lone_packet_leaves_before_the_bookkeeping_a_sent_packet_takes() -> None:
+    lab = Lab()
+    client, server = connected(lab)
+    peer = client.device.peers[server.public_key]
+    keypair = peer.current_keypair
+    assert keypair is not None and peer.new_handshake_at is None
+    counter = keypair.send_counter
+    transmitted: list[tuple[bytes, Address, float | None]] = []
+    packet = ip_packet("100.64.0.1", "100.64.0.2", b"lone")
+
+    def transmit(data: bytes, endpoint: Address) -> None:
+        transmitted.append((data, endpoint, peer.new_handshake_at))
+
+    assert client.device.send_lone(packet, lab.now, transmit)
+
+    [(data, endpoint, dead_peer_timer_then)] = transmitted
+    assert endpoint == B_ADDRESS and dead_peer_timer_then is None  # the timer came after the send
+    assert peer.new_handshake_at is not None and client.device.get_timer() is not None
+    assert struct.unpack_from("<I", data, 8)[0] == counter and keypair.send_counter == counter + 1
+    assert client.device.datagrams_to_send() == []
+    assert server.device.receive_datagram(data, A_ADDRESS, lab.now) == [packet]
+
+
+def test_a_lone_packet_that_needs_more_than_a_seal_is_left_to_send_packets() -> None:
+    lab = Lab()
+    client, _server = client_and_server(lab)
+    transmitted: list[bytes] = []
+    packet = ip_packet("100.64.0.1", "100.64.0.2", b"first")
+
+    def refused(device: Device, sent: bytes) -> None:
+        assert not device.send_lone(sent, lab.now, lambda data, endpoint: transmitted.append(data))
+
+    refused(client.device, packet)  # no session yet: send_packets starts the handshake
+    assert client.device.datagrams_to_send() == [] and client.device.counters.no_route == 0
+    client.device.send_packet(packet, lab.now)
+    refused(client.device, packet)  # staged behind the handshake, and an initiation waiting to leave
+    lab.deliver()
+    refused(client.device, ip_packet("100.64.0.1", "198.51.100.9", b"no peer"))
+    refused(client.device, b"")
+    refused(client.device, b"\x45" + bytes(10))  # shorter than an IPv4 header
+    assert client.device.counters.no_route == 0  # counted by send_packets, not twice
+    lab.advance(181)  # past REJECT_AFTER_TIME: a new handshake first
+    refused(client.device, packet)
+    assert transmitted == []
+
+
+def test_a_lone_packet_that_is_due_a_rekey_leaves_first_and_the_initiation_after() -> None:
+    lab = Lab()
+    client, server = connected(lab)
+    keypair = client.device.peers[server.public_key].current_keypair
+    assert keypair is not None
+    keypair.send_counter = REKEY_AFTER_MESSAGES + 1
+    lab.advance(6)  # past the 5 s that must separate initiations
+    transmitted: list[bytes] = []
+
+    assert client.device.send_lone(
+        ip_packet("100.64.0.1", "100.64.0.2", b"x"), lab.now, lambda d, e: transmitted.append(d)
+    )
+
+    assert [data[0] for data in transmitted] == [MESSAGE_TRANSPORT]
+    assert [data[0] for data, _ in client.device.datagrams_to_send()] == [MESSAGE_INITIATION]
+
+
+def test_received_packets_are_delivered_before_the_batch_moves_the_endpoint() -> None:
+    lab = Lab()
+    client, server = connected(lab)
+    peer = server.device.peers[client.public_key]
+    keypair = client.device.peers[server.public_key].current_keypair
+    assert keypair is not None
+    packet = ip_packet("100.64.0.1", "100.64.0.2", b"from a new address")
+    [data] = client.device.encrypt_packets(client.device.peers[server.public_key], [packet], lab.now)
+    [keepalive] = client.device.encrypt_packets(client.device.peers[server.public_key], [b""], lab.now)
+    delivered: list[tuple[list[bytes], Address | None]] = []
+
+    def deliver(packets: list[bytes]) -> None:
+        delivered.append((list(packets), peer.endpoint))
+
+    assert server.device.receive_datagrams([(data, A_ROAMED)], lab.now, deliver) == [packet]
+    assert delivered == [([packet], A_ADDRESS)] and peer.endpoint == A_ROAMED
+    assert server.device.receive_datagrams([(keepalive, A_ROAMED)], lab.now, deliver) == []
+    assert len(delivered) == 1  # nothing to deliver: not called
