@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dnsguard.net.netlink import ReaderTransport, _ReaderLoop
+from dnsguard.net.netlink import ReaderTransport, _ReaderLoop, route_socket
 
 
 class Protocol(asyncio.DatagramProtocol):
@@ -114,3 +114,22 @@ async def test_a_failed_read_is_the_protocols_error_and_the_transport_goes_on_re
     finally:
         left.close()
         right.close()
+
+
+def test_route_socket_reads_through_the_view_only_where_the_loop_is_not_asyncios() -> None:
+    """Made and closed without a request (no socket opens): the loop it ran on is left running."""
+    seen: list[object] = []
+
+    async def make() -> None:
+        route = route_socket()
+        seen.append(route.use_event_loop)
+        route.close()
+        await asyncio.sleep(0)
+        seen.append(asyncio.get_running_loop().is_closed())
+
+    asyncio.run(make())
+    assert seen == [None, False]
+    uvloop = pytest.importorskip("uvloop")
+    seen.clear()
+    uvloop.run(make())
+    assert isinstance(seen[0], _ReaderLoop) and seen[1] is False
