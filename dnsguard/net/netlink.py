@@ -16,6 +16,8 @@ from pyroute2 import AsyncIPRoute
 
 RECEIVE_SIZE = 256 * 1024
 """Bytes read per datagram, as asyncio's own datagram transport reads: a dump's message fits whole."""
+READS_PER_WAKEUP = 16
+"""Datagrams read per wake-up at most: a storm of route changes takes turns with the data path."""
 
 
 def route_socket() -> AsyncIPRoute:
@@ -63,7 +65,9 @@ class ReaderTransport(asyncio.DatagramTransport):
             self._loop.add_reader(self._fd, self._readable)
 
     def _readable(self) -> None:
-        while not self._closing:
+        for _ in range(READS_PER_WAKEUP):
+            if self._closing:
+                return
             try:
                 data, address = self._sock.recvfrom(RECEIVE_SIZE)
             except (BlockingIOError, InterruptedError):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dnsguard.net.netlink import ReaderTransport, _ReaderLoop, route_socket
+from dnsguard.net.netlink import READS_PER_WAKEUP, ReaderTransport, _ReaderLoop, route_socket
 
 
 class Protocol(asyncio.DatagramProtocol):
@@ -52,9 +52,9 @@ def test_each_datagram_reaches_the_protocol_in_order_until_close(
         view = _ReaderLoop(loop)
         transport, protocol = await view.create_datagram_endpoint(Protocol, sock=right)
         assert isinstance(protocol, Protocol) and transport.get_extra_info("socket") is right
-        for index in range(5):  # queued before the loop looks: one wake-up reads them all
+        for index in range(READS_PER_WAKEUP + 4):  # more than one wake-up reads: the rest come next turn
             left.send(b"%d" % index)
-        while len(protocol.events) < 6:
+        while len(protocol.events) < READS_PER_WAKEUP + 5:
             await asyncio.sleep(0.001)
         transport.sendto(b"back")
         assert left.recv(16) == b"back"
@@ -75,7 +75,7 @@ def test_each_datagram_reaches_the_protocol_in_order_until_close(
         loop.close()
         left.close()
         right.close()
-    assert events == ["made", b"0", b"1", b"2", b"3", b"4", ("lost", None)]
+    assert events == ["made", *(b"%d" % index for index in range(READS_PER_WAKEUP + 4)), ("lost", None)]
 
 
 class Refusing:
@@ -133,3 +133,19 @@ def test_route_socket_reads_through_the_view_only_where_the_loop_is_not_asyncios
     seen.clear()
     uvloop.run(make())
     assert isinstance(seen[0], _ReaderLoop) and seen[1] is False
+
+
+async def test_one_wake_up_reads_a_bounded_number_of_datagrams() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        protocol = Protocol()
+        transport = ReaderTransport(asyncio.get_running_loop(), right, protocol)
+        for index in range(READS_PER_WAKEUP + 3):
+            left.send(b"%d" % index)
+        transport._readable()  # one wake-up, the reader's callback called once
+        assert len([event for event in protocol.events if isinstance(event, bytes)]) == READS_PER_WAKEUP
+        transport.close()
+        await protocol.lost
+    finally:
+        left.close()
+        right.close()
