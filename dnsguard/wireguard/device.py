@@ -100,6 +100,16 @@ _IPV6_LENGTH_SOURCE: Final = struct.Struct("!4xH2x16s")
 _MAX_KEEPALIVE_INTERVAL: Final = 65535
 
 
+def _may_seal(peer: Peer, keypair: Keypair, count: int, now: float) -> bool:
+    """Whether `count` packets may be sealed under `keypair` now: nothing staged ahead of them (order),
+    the session younger than REJECT_AFTER_TIME and its counters not past REJECT_AFTER_MESSAGES."""
+    return (
+        not peer.staged
+        and now - keypair.created_at < REJECT_AFTER_TIME
+        and keypair.send_counter + count <= REJECT_AFTER_MESSAGES
+    )
+
+
 def _check_keepalive(interval: int) -> int:
     if not 0 <= interval <= _MAX_KEEPALIVE_INTERVAL:
         raise ConfigError(
@@ -402,13 +412,7 @@ class Device:
             return False
         keypair = peer.current_keypair
         endpoint = peer.endpoint
-        if (
-            peer.staged
-            or keypair is None
-            or endpoint is None
-            or now - keypair.created_at >= REJECT_AFTER_TIME
-            or keypair.send_counter >= REJECT_AFTER_MESSAGES
-        ):
+        if keypair is None or endpoint is None or not _may_seal(peer, keypair, 1, now):
             return False
         datagrams = seal_packets(keypair, [packet], self.mtu)
         transmit(datagrams[0], endpoint)
@@ -430,13 +434,7 @@ class Device:
         through datagrams_to_send(), as does any handshake message.
         """
         keypair = peer.current_keypair
-        if (
-            peer.staged
-            or keypair is None
-            or peer.endpoint is None
-            or now - keypair.created_at >= REJECT_AFTER_TIME
-            or keypair.send_counter + len(packets) > REJECT_AFTER_MESSAGES
-        ):
+        if keypair is None or peer.endpoint is None or not _may_seal(peer, keypair, len(packets), now):
             self._stage(peer, packets)
             self._send_staged(peer, now)
             return []
