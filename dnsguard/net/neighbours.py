@@ -9,7 +9,8 @@ the policy moves that address to its new group at once (a child's tablet taking 
 parent's laptop had must not keep the laptop's unfiltered group).
 
 The netlink socket is read with the event loop's `add_reader` and parsed with pyroute2's rtnetlink
-marshal: pyroute2's own asyncio sockets do not run on uvloop, which `dnsguard resolve` uses.
+marshal, not through pyroute2's socket classes: the monitor sends its own dump requests and, when the
+kernel drops events (ENOBUFS), reads the whole table again.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pyroute2.netlink.rtnl import RTM_GETNEIGH, RTMGRP_NEIGH
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from dnsguard.errors import NetworkError
+from dnsguard.net.netlink import READS_PER_WAKEUP
 
 log = logging.getLogger("dnsguard.neighbours")
 
@@ -38,8 +40,6 @@ _NO_MAC: Final = NUD_INCOMPLETE | NUD_FAILED
 _ZERO_MAC: Final = "00:00:00:00:00:00"
 RECEIVE_BUFFER: Final = 1 << 20
 """A busy LAN's burst of neighbour events fits; an overrun (ENOBUFS) is repaired by a new dump."""
-READS_PER_WAKEUP: Final = 16
-"""Datagrams read before the event loop gets a turn: a burst of events must not delay queries."""
 _DUMP_HEADER: Final = struct.Struct("=LHHLL")
 _NDMSG: Final = struct.Struct("=BxxxiHBB")
 

@@ -17,7 +17,8 @@ from pyroute2 import AsyncIPRoute
 RECEIVE_SIZE = 256 * 1024
 """Bytes read per datagram, as asyncio's own datagram transport reads: a dump's message fits whole."""
 READS_PER_WAKEUP = 16
-"""Datagrams read per wake-up at most: a storm of route changes takes turns with the data path."""
+"""Netlink datagrams read per wake-up at most (here and in net/neighbours.py): a storm of route or
+neighbour events takes turns with the packets and queries on the same loop."""
 
 
 def route_socket() -> AsyncIPRoute:
