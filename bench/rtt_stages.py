@@ -13,7 +13,9 @@ from its TUN to its uplink (client send), the wire to the server, the server's d
 TUN (server receive), the server's kernel answering, and the way back (server send, wire, client
 receive). Reported: the median of each stage and of the whole, and each stage's ratio to the last
 contender's (the anchor: wireguard-go by default). A ping whose stamps do not line up (a packet a
-capture missed, a handshake in between) is left out.
+capture missed, a handshake in between) is left out. The last column, `cpu per ping`, is the CPU time
+of the tunnel's daemons at both ends over the pings (every thread's, from /proc), divided by the pings:
+what a round trip costs them, with whatever they do between pings (timers, keeping warm, spinning).
 
 --load upload|download runs an iperf3 transfer through the tunnel meanwhile (--congestion NAME for
 its TCP): the ping then carries 400 bytes, so that its encrypted datagrams have a length of their own
@@ -52,6 +54,24 @@ STAGES = (
     "wire back",
     "client receive",
 )
+
+
+CPU = "cpu per ping"
+"""Microseconds of CPU the tunnel's daemons (both ends) used over the pings, per ping: what each
+ping's round trip cost them, and whatever they do between pings (timers, keeping warm)."""
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds the processes' threads have run, from /proc/PID/task/TID/schedstat (nanoseconds:
+    /proc/PID/stat counts in ticks of 10 ms, coarser than a few pings' work). Gone ones count 0."""
+    total = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                total += int(task.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total / 1e9
 
 
 def links(lab: Lab, namespace: str) -> tuple[str, str]:
@@ -140,6 +160,7 @@ def measure(
     with Lab(services=False) as lab:
         contenders[name](lab)
         wait_ping(lab, "client", server_tunnel, timeout=30)
+        daemons = [process.pid for process in lab._processes]
         captures = {}
         # Outer datagrams: data only (a keepalive is 32 bytes of payload, a ping's request far more);
         # under load, only those of the ping's own length.
@@ -165,7 +186,9 @@ def measure(
         ping = ["ping", "-c", str(count), "-i", str(interval), "-q", server_tunnel]
         if load:
             ping[1:1] = ["-s", str(LOADED_PING_SIZE)]
+        cpu_before = cpu_seconds(daemons)
         lab.run("client", ping, timeout=count * interval + 30, check=False)
+        cpu = cpu_seconds(daemons) - cpu_before
         if transfer is not None:
             transfer.wait(timeout=60)
         time.sleep(0.5)
@@ -177,6 +200,7 @@ def measure(
         client_outer = stamps(captures["client", "outer"][1])
         server_outer = stamps(captures["server", "outer"][1])
     stages: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "total")}
+    stages[CPU] = [cpu * 1e6 / count]
     lined_up = 0
     for sequence in range(1, count + 1):
         points = ping_points(client_inner, server_inner, client_outer, server_outer, sequence)
@@ -244,19 +268,16 @@ def main() -> int:
         else ""
     )
     print(f"\nmedian microseconds per stage, ping every {args.interval} s, {pinged}{during}")
-    print(" " * width + "".join(f"{stage:>16s}" for stage in (*STAGES, "total")))
+    columns = (*STAGES, "total", CPU)
+    print(" " * width + "".join(f"{stage:>16s}" for stage in columns))
     for name, result in results.items():
-        cells = (
-            "".join(f"{result[stage]:16.0f}" for stage in (*STAGES, "total"))
-            if result
-            else "  no ping lined up"
-        )
+        cells = "".join(f"{result[stage]:16.0f}" for stage in columns) if result else "  no ping lined up"
         print(f"{name:<{width}s}{cells}")
     anchor = results[names[-1]]
     for name, result in results.items():
         if name == names[-1] or result is None or anchor is None:
             continue
-        ratios = "".join(f"{result[stage] / anchor[stage]:15.2f}x" for stage in (*STAGES, "total"))
+        ratios = "".join(f"{result[stage] / anchor[stage]:15.2f}x" for stage in columns)
         print(f"{name + ' / ' + names[-1]:<{width}s}{ratios}")
     return 0
 

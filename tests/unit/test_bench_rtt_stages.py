@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -50,3 +51,32 @@ def test_a_datagram_a_capture_missed_costs_that_ping_alone(stages: ModuleType) -
         [20.0, 20.1, 20.2, 20.3, 20.4, 20.5, 20.6, 20.7]
     )
     assert stages.ping_points(client_inner, server_inner, client_outer, server_outer, 3) is None  # never seen
+
+
+def test_cpu_seconds_sum_every_thread_of_the_processes(stages: ModuleType) -> None:
+    import os
+    import threading
+
+    def spin() -> None:
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:
+            pass
+
+    release = threading.Event()
+    spun = threading.Event()
+
+    def worker() -> None:
+        spin()
+        spun.set()
+        release.wait()
+
+    before = stages.cpu_seconds([os.getpid(), 2**22 + 1])  # a pid that is gone counts 0
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        spin()
+        spun.wait()
+        assert stages.cpu_seconds([os.getpid()]) - before >= 0.1  # the main thread's and the worker's
+    finally:
+        release.set()
+        thread.join()
