@@ -230,6 +230,7 @@ class Client(FilteringTunnelDaemon):
             on_event=self.on_event,
             on_batch=self.on_batch,
             clock=self.clock,
+            keep_warm=float(self.config.performance.keep_warm),
         )
         # The lifecycle starts first so that the very first handshake already counts.
         self.lifecycle.start(self.clock())

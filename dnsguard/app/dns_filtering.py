@@ -208,6 +208,8 @@ class FilteringTunnelDaemon:
             # The tunnel's part reads the new configuration (the lifecycle's endpoint, for one).
             self.config = new
             tunnel()
+            if self.shell is not None:
+                self.shell.keep_warm = float(new.performance.keep_warm)
 
         return Prepared(commit, dns.discard)
 

@@ -350,6 +350,13 @@ class DaemonCollector(Collector):
         )
         marked.add_metric([], stats.queue_marks)
         yield marked
+        warm = CounterMetricFamily(
+            "dnsguard_tunnel_keep_warm_ticks",
+            "Wake-ups that ran the data path's code on throwaway data between packets "
+            "(performance.keep-warm).",
+        )
+        warm.add_metric([], stats.warm_ups)
+        yield warm
         yield from _offloads(shell)
         handshakes = CounterMetricFamily(
             "dnsguard_tunnel_handshakes", "Handshakes by result.", labels=["result"]

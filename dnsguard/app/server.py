@@ -81,7 +81,9 @@ class Server(FilteringTunnelDaemon):
             )
             set_forwarding(True, sysctls.append)
             ServerNat(tun.name, peer_prefixes(tunnel)).apply()
-            self.shell = TunnelShell(device, tun, udp, on_event=self.on_event)
+            self.shell = TunnelShell(
+                device, tun, udp, on_event=self.on_event, keep_warm=float(self.config.performance.keep_warm)
+            )
             self.shell.start()
             # Sessions died with the previous run: initiate towards where the peers were.
             self.endpoints = EndpointMemory(memory_path(tunnel.interface))

@@ -746,6 +746,12 @@ class PerformanceConfig:
     them is spent polling, on CPU (net/busy_poll.py; the daemon then runs on asyncio's loop, not uvloop).
     A reload changes it, or turns it off; turning it on takes a restart. 0 is off, as Linux's
     net.core.busy_poll."""
+    keep_warm: Annotated[Duration, Range(0, 60, "seconds, at most 60s; 0 is off")] = Duration(1)
+    """For this long after a tunnel's last packet, `up` and `server` wake every few milliseconds to run
+    the data path's code on throwaway data, so that the next packet of a tunnel used now and then (a
+    ping, a keystroke, a game's updates) finds it in the CPU's caches: a shorter round trip for an
+    idle tunnel, for a few hundred short wake-ups a second while traffic comes and none once it stops
+    (app/tunnel.py). A reload changes it; 0 is off."""
 
 
 @dataclass

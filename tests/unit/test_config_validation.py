@@ -195,6 +195,9 @@ def test_ipv6_tunnel_needs_an_mtu_of_1280(tmp_path: Path) -> None:
         ("loading", "max-size", "0", "must be 1024.."),
         ("reload", "interval", "0", "must be 0.1..86400"),
         ("api", "query-log-size", "-1", "must be 0..1000000"),
+        ("performance", "keep-warm", "2m", "must be 0..60"),
+        ("performance", "keep-warm", "-1", "cannot be negative"),
+        ("performance", "keep-warm", ".nan", "not a finite duration"),
     ],
 )
 def test_section_ranges(tmp_path: Path, section: str, key: str, value: str, fragment: str) -> None:
@@ -205,6 +208,14 @@ def test_section_ranges(tmp_path: Path, section: str, key: str, value: str, frag
     error = only_error(tmp_path, text)
     assert error.key == f"{section}.{key}"
     assert fragment in error.message, error.message
+
+
+def test_keep_warm_is_on_for_a_second_unless_set(tmp_path: Path) -> None:
+    assert float(load_config(write(tmp_path, BASE)).performance.keep_warm) == 1.0
+    text = BASE + "performance:\n  keep-warm: 250ms\n"
+    assert float(load_config(write(tmp_path, text)).performance.keep_warm) == 0.25
+    text = BASE + "performance:\n  keep-warm: 0\n"
+    assert float(load_config(write(tmp_path, text)).performance.keep_warm) == 0
 
 
 def test_ttl_of_a_rewrite_is_bounded(tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ METRICS: dict[str, str] = {
     "dnsguard_tunnel_packets_dropped_total": "counter",
     "dnsguard_tunnel_queued_bytes": "gauge",
     "dnsguard_tunnel_ecn_marked_total": "counter",
+    "dnsguard_tunnel_keep_warm_ticks_total": "counter",
     "dnsguard_tunnel_offloads": "gauge",
     "dnsguard_tunnel_offload_packets_total": "counter",
     "dnsguard_tunnel_handshakes_total": "counter",

@@ -191,7 +191,7 @@ async def test_a_client_exports_every_metric_of_the_contract(
     queues = FlowQueues()
     queues.enqueue([bytes(60)], 0.0)
     shell = SimpleNamespace(
-        stats=TunnelStats(rx_bytes=148, tx_bytes=96, queue_drops=1, queue_marks=3),
+        stats=TunnelStats(rx_bytes=148, tx_bytes=96, queue_drops=1, queue_marks=3, warm_ups=7),
         queues=queues,
         device=device,
         tun=SimpleNamespace(
@@ -239,6 +239,7 @@ async def test_a_client_exports_every_metric_of_the_contract(
         assert found[("dnsguard_tunnel_packets_dropped_total", (("reason", "queue_codel"),))] == 1
         assert found[("dnsguard_tunnel_queued_bytes", ())] == 60
         assert found[("dnsguard_tunnel_ecn_marked_total", ())] == 3
+        assert found[("dnsguard_tunnel_keep_warm_ticks_total", ())] == 7
         assert ("dnsguard_tunnel_packets_dropped_total", (("reason", "cookie_replies_sent"),)) not in found
         assert found[("dnsguard_tunnel_last_handshake_timestamp_seconds", (("peer", server_key[:8]),))] == 0
         assert found[("dnsguard_tunnel_peers", ())] == 1

@@ -10,6 +10,7 @@ import signal
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -549,6 +550,31 @@ async def test_a_tunnel_reload_whose_peer_is_bad_leaves_dns_and_peers_alone(tmp_
         assert resolver.policy is not policy and forwarder.upstreams is not upstreams
         assert daemon.peer_commits == [1] and daemon.config is not config
         assert daemon.reloads.success == 1
+    finally:
+        await dns.service.close()
+
+
+async def test_a_tunnel_reload_gives_the_shell_its_keep_warm_and_a_bad_one_keeps_it(tmp_path: Path) -> None:
+    path = tunnel_config(tmp_path, public_key(generate_private_key()))
+    config = load_config(str(path))
+    dns = TunnelDns(config, server=False)
+    dns.service = ResolverService(filtering_config(config, ["127.0.0.1:53"], False))
+    await dns.service.start(listen=False)
+    daemon = TunnelDaemonUnderTest(path, dns)
+    shell = SimpleNamespace(keep_warm=float(config.performance.keep_warm))
+    daemon.shell = shell  # type: ignore[assignment]
+    try:
+        assert shell.keep_warm == 1.0
+        set_config(path, performance={"keep-warm": "200ms"})
+        assert await daemon.reload()
+        assert shell.keep_warm == pytest.approx(0.2)
+        set_config(path, performance={"keep-warm": "5m"})  # over the 60 s limit
+        assert not await daemon.reload()
+        assert "performance.keep-warm" in (daemon.reloads.last_error or "")
+        assert shell.keep_warm == pytest.approx(0.2)
+        set_config(path, performance={"keep-warm": 0})
+        assert await daemon.reload()
+        assert shell.keep_warm == 0
     finally:
         await dns.service.close()
 

@@ -367,3 +367,103 @@ def test_a_stopped_shell_reads_nothing_more_and_fires_no_timer() -> None:
         assert len(lab.client.initiations()) == 1
 
     run_lab(main)
+
+
+# -- keeping an idle tunnel's data path warm (performance.keep-warm) --------------------------------
+
+
+def recording_warm_ups(lab: ShellLab, host: Any) -> list[float]:
+    """The boottime of every Device.warm_up call of `host`'s device."""
+    times: list[float] = []
+    warm_up = host.device.warm_up
+
+    def recording() -> None:
+        times.append(lab.clock.boottime())
+        warm_up()
+
+    host.device.warm_up = recording
+    return times
+
+
+def test_a_packet_on_an_idle_tunnel_keeps_the_data_path_warm_for_keep_warm_seconds() -> None:
+    async def main(lab: ShellLab) -> None:
+        shell = await lab.client_shell_with_session(keep_warm=0.1)
+        await lab.run_for(2.0)  # the session's own packets are a second behind: the ticks stopped
+        warm_ups = recording_warm_ups(lab, lab.client)
+        sent, counted = len(lab.client.udp.sent), shell.stats.warm_ups
+        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 1))
+        await lab.run_for(0.0001)
+        ping_at = lab.clock.boottime()
+        assert len(lab.client.udp.sent) == sent + 1 and warm_ups == []  # the packet itself: no tick
+
+        await lab.run_for(0.5)
+        # A tick every 2 to 6 ms (4 on average), the first a wait after the packet, the last within a
+        # wait of keep_warm after it; then none.
+        assert 0.1 / tunnel.KEEP_WARM_EVERY / 1.5 <= len(warm_ups) <= 0.1 / (tunnel.KEEP_WARM_EVERY / 2)
+        gaps = [b - a for a, b in zip([ping_at, *warm_ups], warm_ups, strict=False)]
+        assert all(
+            tunnel.KEEP_WARM_EVERY / 2 - 1e-9 <= gap <= tunnel.KEEP_WARM_EVERY * 1.5 + 1e-9 for gap in gaps
+        )
+        assert len(set(round(gap, 6) for gap in gaps)) > 1, "the waits are drawn, not one period"
+        assert warm_ups[-1] < ping_at + 0.1
+        assert shell.stats.warm_ups == counted + len(warm_ups)
+        # The ticks send nothing and count no packet.
+        assert len(lab.client.udp.sent) == sent + 1 and shell.stats.tx_packets == 2
+        # The next packet on the idle tunnel starts them again, and its datagram carries the next counter.
+        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 2))
+        ticked = len(warm_ups)
+        await lab.run_for(0.05)
+        assert len(warm_ups) > ticked and warm_ups[-1] > ping_at + 0.5
+        counters = [int.from_bytes(s.data[8:16], "little") for s in lab.client.udp.sent if s.data[0] == 4]
+        assert counters[-1] == counters[-2] + 1
+        assert lab.server.tun.take_written()[-2:] == [
+            echo_request(CLIENT_IP, SERVER_IP, 1),
+            echo_request(CLIENT_IP, SERVER_IP, 2),
+        ]
+
+    run_lab(main)
+
+
+def test_the_server_keeps_warm_after_a_datagram_on_an_idle_tunnel() -> None:
+    async def main(lab: ShellLab) -> None:
+        await lab.client_shell_with_session()
+        await lab.run_for(2.0)
+        assert lab.server.shell is not None
+        lab.server.shell.keep_warm = 0.05
+        warm_ups = recording_warm_ups(lab, lab.server)
+        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 1))
+        await lab.run_for(0.0001)
+        received_at = lab.clock.boottime()
+        await lab.run_for(0.2)
+        assert warm_ups and all(received_at < at < received_at + 0.05 for at in warm_ups)
+
+    run_lab(main)
+
+
+def test_keep_warm_off_stopped_or_turned_off_runs_no_tick() -> None:
+    async def main(lab: ShellLab) -> None:
+        shell = await lab.client_shell_with_session()  # keep_warm 0: the shell's default
+        await lab.run_for(2.0)
+        warm_ups = recording_warm_ups(lab, lab.client)
+        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 1))
+        await lab.run_for(0.5)
+        assert warm_ups == []
+
+        shell.keep_warm = 10.0  # a reload turns it on: the next packet on the idle tunnel starts it
+        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 2))
+        await lab.run_for(0.05)
+        assert warm_ups
+        shell.keep_warm = 0.0  # and off: the next tick is the last, it does no work
+        count = len(warm_ups)
+        await lab.run_for(1.0)
+        assert len(warm_ups) == count
+
+        shell.keep_warm = 10.0
+        lab.client.tun.route(echo_request(CLIENT_IP, SERVER_IP, 3))
+        await lab.run_for(0.05)
+        count = len(warm_ups)
+        shell.stop()
+        await lab.run_for(1.0)
+        assert len(warm_ups) == count
+
+    run_lab(main)

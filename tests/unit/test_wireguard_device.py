@@ -559,6 +559,34 @@ def test_a_receiver_with_nothing_to_say_sends_a_keepalive_after_ten_seconds() ->
     assert lab.initiations_by(client, since=start + 1) == []
 
 
+def test_warming_up_the_data_path_changes_nothing_the_tunnel_does() -> None:
+    """The shell's keep-warm ticks (Device.warm_up) between packets: the wire, the events and the timers
+    are those of the same tunnel without them."""
+
+    def run(warm_ups: int) -> tuple[list[tuple[float, Address, bytes]], list[str], list[bytes]]:
+        lab = Lab()
+        client, server = connected(lab)
+        lab.send(client, "100.64.0.2", b"one")
+        timers = (client.device.get_timer(), server.device.get_timer())
+        for _ in range(warm_ups):
+            client.device.warm_up()
+            server.device.warm_up()
+        assert client.device.datagrams_to_send() == [] and server.device.datagrams_to_send() == []
+        assert (client.device.get_timer(), server.device.get_timer()) == timers
+        lab.send(client, "100.64.0.2", b"two")
+        lab.advance(30)
+        wire = [(d.time, d.source, d.data) for d in lab.wire]
+        events = [type(event).__name__ for event in client.drain_events() + server.drain_events()]
+        return wire, events, server.received
+
+    warmed, plain = run(50), run(0)
+    assert warmed[1:] == plain[1:]
+    # Datagrams alike but for the keys (each run's own): times, ends, lengths and transport counters.
+    assert [(t, a, len(d), d[0], d[8:16] if d[0] == 4 else b"") for t, a, d in warmed[0]] == [
+        (t, a, len(d), d[0], d[8:16] if d[0] == 4 else b"") for t, a, d in plain[0]
+    ]
+
+
 def test_any_reply_within_ten_seconds_replaces_the_keepalive() -> None:
     lab = Lab()
     client, server = connected(lab)
