@@ -50,6 +50,8 @@ QUEUE_LIMIT = 8 << 20
 kernel's ring then fills and drops what no longer fits (txqueuelen), as it would without the shell's
 queues; memory stays bounded whatever the senders do."""
 
+HANDSHAKE_TYPES = (1, 2)
+"""First bytes of handshake initiations and responses: what the shell counts for the cookie load."""
 KEEP_WARM_EVERY = 0.004
 """Mean seconds between keep-warm ticks; each wait is drawn from half to one and a half times this, so
 that traffic at a fixed rate (a ping every 20 ms, a game's 60 Hz) does not meet a tick at the same point
@@ -243,7 +245,11 @@ class TunnelShell:
         self._udp_got = len(batch)
         if not batch:
             return
-        handshakes = sum(1 for data, _ in batch if data and data[0] in (1, 2))
+        if len(batch) == 1:  # an idle tunnel's datagram: no generator to build on its way
+            data = batch[0][0]
+            handshakes = 1 if data and data[0] in HANDSHAKE_TYPES else 0
+        else:
+            handshakes = sum(1 for data, _ in batch if data and data[0] in HANDSHAKE_TYPES)
         if handshakes:
             self._count_handshakes(handshakes, now)
         elif self.device.under_load and now >= self._under_load_until:

@@ -241,6 +241,49 @@ def test_an_idle_socket_wake_up_opens_one_message_and_the_backlog_follows_in_bat
     run_lab(main)
 
 
+def test_handshakes_one_by_one_or_in_a_batch_put_the_server_under_load_for_a_second() -> None:
+    """More handshake messages a second than the threshold make the device demand cookies (mac2),
+    counted alike from an idle socket's single datagram and from a busy one's batch."""
+
+    async def main(lab: ShellLab) -> None:
+        server = lab.server.shell
+        assert server is not None
+        server.under_load_threshold = 3
+        source = ("192.0.2.66", 40000)
+        reads: list[int] = []
+        receive = lab.server.udp.sockets[socket.AF_INET].receive
+
+        def recording_receive(limit: int) -> list[tuple[bytes, tuple[str, int]]]:
+            batch = receive(limit)
+            reads.append(len(batch))
+            return batch
+
+        lab.server.udp.sockets[socket.AF_INET].receive = recording_receive  # type: ignore[method-assign]
+        for _ in range(3):  # one by one, each wake-up an idle socket's single datagram
+            lab.server.udp.inject(b"\x01" + bytes(147), source)
+            await lab.run_for(0.01)
+        assert [read for read in reads if read] == [1, 1, 1]
+        assert not lab.server.device.under_load
+        lab.server.udp.inject(b"\x02" + bytes(91), source)  # a response counts too
+        await lab.run_for(0.01)
+        assert lab.server.device.under_load
+
+        await lab.run_for(1.5)
+        lab.server.udp.inject(b"\x04" + bytes(47), source)  # no handshake for a second: load is over
+        await lab.run_for(0.01)
+        assert not lab.server.device.under_load
+
+        await lab.run_for(1.5)
+        reads.clear()
+        for _ in range(5):  # a burst: the first wake-up reads one, the next the rest as a batch
+            lab.server.udp.inject(b"\x01" + bytes(147), source)
+        await lab.run_for(0.01)
+        assert [read for read in reads if read] == [1, 4]
+        assert lab.server.device.under_load
+
+    run_lab(main)
+
+
 def test_the_shell_arms_one_timer_for_the_devices_next_deadline_and_fires_it_exactly_then() -> None:
     async def main(lab: ShellLab) -> None:
         lab.network.blocked.add(SERVER_ADDRESS[0])
