@@ -520,13 +520,18 @@ def tunnel_config(tmp_path: Path, peer_key: str) -> Path:
     )
 
 
-async def test_a_tunnel_reload_whose_peer_is_bad_leaves_dns_and_peers_alone(tmp_path: Path) -> None:
+async def tunnel_daemon(tmp_path: Path) -> tuple[TunnelDaemonUnderTest, Path, Config, TunnelDns]:
+    """A tunnel daemon over a started resolver service (the caller closes `dns.service`)."""
     path = tunnel_config(tmp_path, public_key(generate_private_key()))
     config = load_config(str(path))
     dns = TunnelDns(config, server=False)
     dns.service = ResolverService(filtering_config(config, ["127.0.0.1:53"], False))
     await dns.service.start(listen=False)
-    daemon = TunnelDaemonUnderTest(path, dns)
+    return TunnelDaemonUnderTest(path, dns), path, config, dns
+
+
+async def test_a_tunnel_reload_whose_peer_is_bad_leaves_dns_and_peers_alone(tmp_path: Path) -> None:
+    daemon, path, config, dns = await tunnel_daemon(tmp_path)
     resolver = dns.service.resolver
     forwarder = dns.service.forwarder
     assert resolver is not None
@@ -555,12 +560,7 @@ async def test_a_tunnel_reload_whose_peer_is_bad_leaves_dns_and_peers_alone(tmp_
 
 
 async def test_a_tunnel_reload_gives_the_shell_its_keep_warm_and_a_bad_one_keeps_it(tmp_path: Path) -> None:
-    path = tunnel_config(tmp_path, public_key(generate_private_key()))
-    config = load_config(str(path))
-    dns = TunnelDns(config, server=False)
-    dns.service = ResolverService(filtering_config(config, ["127.0.0.1:53"], False))
-    await dns.service.start(listen=False)
-    daemon = TunnelDaemonUnderTest(path, dns)
+    daemon, path, config, dns = await tunnel_daemon(tmp_path)
     shell = SimpleNamespace(keep_warm=float(config.performance.keep_warm))
     daemon.shell = shell  # type: ignore[assignment]
     try:
