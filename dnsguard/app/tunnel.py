@@ -94,7 +94,7 @@ class TunnelShell:
     """Seconds after the tunnel's last packet during which the shell wakes every few milliseconds
     (KEEP_WARM_EVERY) to run the data path's code on throwaway data (Device.warm_up), so that the next
     packet of a tunnel used now and then (a ping, a keystroke, a game's updates) finds that code in the
-    CPU's caches: on the bench machine an idle ping's round trip lost about a tenth. 0 is off. The
+    CPU's caches: on the bench machine an idle ping's round trip lost a tenth to a fifth. 0 is off. The
     ticks start with a packet on an idle tunnel and stop this long after the last one."""
     rng: random.Random = field(default_factory=random.Random)
     """Draws the waits between keep-warm ticks."""
