@@ -2,19 +2,21 @@
 """Instructions per DNS query through the UDP listener, counted by callgrind: steady on a noisy machine.
 
     sudo .venv/bin/python bench/dns_instructions.py [--baseline OTHER_CHECKOUT] [--rounds 50] [--mix cached]
+                                                    [--batch 256]
 
 Timings on a shared machine move by tens of percent from one run to the next; the number of
 instructions a change saves does not. For each checkout (this one, and --baseline's, e.g. a
 `git worktree add --detach DIR main`), a child process builds a resolver with the default policy,
 answers 500 names once through an upstream reply (so that each has a plan and a cache entry), then,
-in rounds, sends 256 of those queries from a client socket and lets `UdpListener._readable` drain and
-answer them (recvmmsg, the resolver's replayed plan, sendmmsg), reading the replies back. It runs
+in rounds, sends --batch of those queries (256) from a client socket and lets `UdpListener._readable`
+drain and answer them (recvmmsg, the resolver's replayed plan, sendmmsg), reading the replies back. It runs
 under `valgrind --tool=callgrind` twice, with 10 and with 10 + --rounds rounds: the difference over
 the queries of the extra rounds is the user-space instructions per query (the client's sends and
 receives included, the kernel's work not). PYTHONHASHSEED is fixed and the resolver's clock stands
 still (entries age by the second, and a run lasts as long as the machine makes it), so a count
 repeats within about half a percent. `--mix blocked` asks names the policy blocks instead (a reply
-plan, no cache).
+plan, no cache). `--batch 1` counts what a query costs at a low rate, where every query has a wake-up
+of its own (the rounds are then 256 times as many).
 
 Each child runs in a network namespace of its own (`unshare -n`, loopback only), gone when it exits.
 Needs valgrind (Debian's package) and root for the namespace.
@@ -33,12 +35,13 @@ from pathlib import Path
 from counting import CALLGRIND, arguments, checkouts, collected, report, run_measured
 
 QUERIES_PER_ROUND = 256
+"""The queries a round sends by default, that one wake-up of the listener answers."""
 WARM_ROUNDS = 10
 NAMES = 500
 
 
-def child(checkout: str, rounds: int, mix: str) -> None:
-    """The measured process: a listener and a resolver answering QUERIES_PER_ROUND queries a round."""
+def child(checkout: str, rounds: int, mix: str, batch: int) -> None:
+    """The measured process: a listener and a resolver answering `batch` queries a round."""
     sys.path.insert(0, checkout)
     from dnslib import EDNS0, QTYPE, RR, A, DNSRecord
 
@@ -92,8 +95,8 @@ def child(checkout: str, rounds: int, mix: str) -> None:
     listener = UdpListener(server, resolver, ListenerStats())
     twice = messages * 2
     for round_number in range(rounds):
-        start = round_number * QUERIES_PER_ROUND % NAMES
-        for message in twice[start : start + QUERIES_PER_ROUND]:
+        start = round_number * batch % NAMES
+        for message in twice[start : start + batch]:
             client.sendto(message, ("127.0.0.1", 5300))
         listener._readable()
         answered = 0
@@ -103,45 +106,55 @@ def child(checkout: str, rounds: int, mix: str) -> None:
                 answered += 1
         except BlockingIOError:
             pass
-        if answered != QUERIES_PER_ROUND:
-            raise SystemExit(f"round {round_number}: {answered} answers of {QUERIES_PER_ROUND}")
+        if answered != batch:
+            raise SystemExit(f"round {round_number}: {answered} answers of {batch}")
     shutil.rmtree(work, ignore_errors=True)
 
 
-def run_child(checkout: str, rounds: int, mix: str, tool: str = "") -> subprocess.CompletedProcess[str]:
+def run_child(
+    checkout: str, rounds: int, mix: str, batch: int, tool: str = ""
+) -> subprocess.CompletedProcess[str]:
     """The measured process, `rounds` rounds, in a network namespace of its own; `tool` runs it (valgrind)."""
     script = (
         f"ip link set lo up && exec {tool} {sys.executable} {Path(__file__).resolve()} "
-        f"--child {checkout} --rounds {rounds} --mix {mix}"
+        f"--child {checkout} --rounds {rounds} --mix {mix} --batch {batch}"
     )
     return run_measured(["unshare", "-n", "sh", "-c", script], checkout)
 
 
-def instructions(checkout: str, rounds: int, mix: str) -> int:
+def instructions(checkout: str, rounds: int, mix: str, batch: int) -> int:
     """User-space instructions of a child process of `rounds` rounds, as callgrind counts them."""
-    return collected(run_child(checkout, rounds, mix, CALLGRIND).stderr, checkout)
+    return collected(run_child(checkout, rounds, mix, batch, CALLGRIND).stderr, checkout)
 
 
-def per_query(checkout: str, rounds: int, mix: str) -> float:
+def per_query(checkout: str, rounds: int, mix: str, batch: int) -> float:
     # One run outside callgrind first: modules changed since their last import are compiled there, not
     # inside one of the two counted runs (which would put thousands of instructions a query on it).
-    run_child(checkout, 1, mix)
-    extra = instructions(checkout, WARM_ROUNDS + rounds, mix) - instructions(checkout, WARM_ROUNDS, mix)
-    return extra / (rounds * QUERIES_PER_ROUND)
+    # Rounds of fewer queries are more of them, so that every count covers as many queries.
+    scale = max(1, QUERIES_PER_ROUND // batch)
+    warm, rounds = WARM_ROUNDS * scale, rounds * scale
+    run_child(checkout, 1, mix, batch)
+    extra = instructions(checkout, warm + rounds, mix, batch) - instructions(checkout, warm, mix, batch)
+    return extra / (rounds * batch)
 
 
 def main() -> int:
     parser = arguments(__doc__, rounds=50)
     parser.add_argument("--mix", choices=("cached", "blocked"), default="cached")
+    parser.add_argument("--batch", type=int, default=QUERIES_PER_ROUND, help="queries a wake-up answers")
     args = parser.parse_args()
+    if not 1 <= args.batch <= NAMES:
+        parser.error(f"--batch: from 1 to {NAMES} (the names a round takes its queries from)")
     if args.child:
-        child(args.child, args.rounds, args.mix)
+        child(args.child, args.rounds, args.mix, args.batch)
         return 0
     if shutil.which("valgrind") is None or shutil.which("unshare") is None:
         raise SystemExit("needs valgrind and unshare (Debian's valgrind and util-linux)")
     counted = checkouts(__file__, args.baseline)
-    counts = {label: per_query(checkout, args.rounds, args.mix) for label, checkout in counted.items()}
-    report(counts, counted, f"{args.mix} query")
+    counts = {
+        label: per_query(checkout, args.rounds, args.mix, args.batch) for label, checkout in counted.items()
+    }
+    report(counts, counted, f"{args.mix} query, {args.batch} a wake-up")
     return 0
 
 
