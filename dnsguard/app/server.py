@@ -82,7 +82,12 @@ class Server(FilteringTunnelDaemon):
             set_forwarding(True, sysctls.append)
             ServerNat(tun.name, peer_prefixes(tunnel)).apply()
             self.shell = TunnelShell(
-                device, tun, udp, on_event=self.on_event, keep_warm=float(self.config.performance.keep_warm)
+                device,
+                tun,
+                udp,
+                on_event=self.on_event,
+                keep_warm=float(self.config.performance.keep_warm),
+                queue_by_destination=True,  # the peers share the sends equally
             )
             self.shell.start()
             # Sessions died with the previous run: initiate towards where the peers were.

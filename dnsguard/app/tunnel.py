@@ -99,6 +99,11 @@ class TunnelShell:
     rng: random.Random = field(default_factory=random.Random)
     """Draws the waits between keep-warm ticks."""
 
+    queue_by_destination: bool = False
+    """Share the send queues' turns by destination first, then by flow (FlowQueues' by_destination):
+    on a server, each peer with packets waiting gets an equal share of the sends whatever its number
+    of flows, when the daemon is what limits them."""
+
     under_load_threshold: int = 128
     """Handshake messages per second above which the device demands cookies (mac2), as wireguard-go
     does when its handshake queue fills; load is remembered for a second after it drops."""
@@ -114,7 +119,7 @@ class TunnelShell:
         # When the TUN and the sockets last woke the shell, and how many packets (datagrams) it read.
         self._tun_woke = self._udp_woke = float("-inf")
         self._tun_got = self._udp_got = 0
-        self.queues = FlowQueues()
+        self.queues = FlowQueues(by_destination=self.queue_by_destination)
         """Packets read from the TUN and not yet sent."""
         self._tun_paused = False
         self._send_scheduled = False
@@ -142,7 +147,7 @@ class TunnelShell:
             self._warm.cancel()
             self._warm = None
         self._loop = None
-        self.queues = FlowQueues()
+        self.queues = FlowQueues(by_destination=self.queue_by_destination)
         self._send_scheduled = False
 
     def _add_socket_readers(self) -> None:

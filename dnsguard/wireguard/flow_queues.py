@@ -17,6 +17,15 @@ still goes last among the old): one turn of the loop fewer for every flow that i
 Where CoDel would drop an ECN-capable packet, it is marked CE instead (RFC 3168; fq_codel's default):
 a sender that negotiated ECN slows down without losing the packet.
 
+A server's queues hold the packets of all its peers, and a queue per flow alone shares the sends by
+flows: a peer downloading over 50 connections would get 50 turns for another's one. With
+`by_destination` the round robin has two levels, as cake's host isolation does: the destinations (a
+server's peers' tunnel addresses) take turns by bytes, and within each destination its flows do, so
+every peer with packets waiting gets an equal share of the sends whatever its number of flows. A
+destination that had nothing queued is served first, as a new flow is within it, so a quiet peer's
+ping does not wait for the busy peers' turns. Without it (a client: every packet goes to the one
+server) there is one destination, whose turns are not counted.
+
 Pure: `enqueue(packets, now)` and `dequeue(now, limit)`; times are seconds on any one clock.
 """
 
@@ -50,20 +59,44 @@ class _Flow:
         self.codel = CoDel(target, interval)
 
 
+class _Host:
+    """A destination's flows with packets waiting: its new flows served first, then its old ones."""
+
+    __slots__ = ("deficit", "key", "listed", "new", "old")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.new: deque[_Flow] = deque()
+        self.old: deque[_Flow] = deque()
+        self.deficit = 0
+        self.listed = False
+
+
 class FlowQueues:
     """FQ-CoDel's scheduler over runs of packets."""
 
     def __init__(
-        self, flows: int = FLOWS, quantum: int = QUANTUM, target: float = TARGET, interval: float = INTERVAL
+        self,
+        flows: int = FLOWS,
+        quantum: int = QUANTUM,
+        target: float = TARGET,
+        interval: float = INTERVAL,
+        *,
+        by_destination: bool = False,
     ) -> None:
         if flows < 1 or quantum < 1:
             raise ValueError("flow queues need at least one flow and a positive quantum")
         self.quantum = quantum
         self.target = target
         self.interval = interval
+        self.by_destination = by_destination
         self._flows: list[_Flow | None] = [None] * flows
-        self._new: deque[_Flow] = deque()
-        self._old: deque[_Flow] = deque()
+        self._hosts: dict[bytes, _Host] = {}
+        """The destinations with flows listed (by_destination); each leaves when its last flow does."""
+        self._only_host = _Host(b"")
+        """Every flow's destination without by_destination."""
+        self._new: deque[_Host] = deque()
+        self._old: deque[_Host] = deque()
         self.bytes = 0
         """Bytes queued."""
         self.packets = 0
@@ -121,25 +154,61 @@ class FlowQueues:
         if not flow.listed:
             flow.listed = True
             flow.deficit = self.quantum
-            self._new.append(flow)
+            host = self._host_of(run[0]) if self.by_destination else self._only_host
+            host.new.append(flow)
+            if not host.listed:
+                host.listed = True
+                host.deficit = self.quantum
+                self._new.append(host)
+
+    def _host_of(self, packet: bytes) -> _Host:
+        """The destination of a flow's packet: its destination address (none for a packet too short)."""
+        if len(packet) >= 20 and packet[0] >> 4 == 4:
+            key = packet[16:20]
+        elif len(packet) >= 40 and packet[0] >> 4 == 6:
+            key = packet[24:40]
+        else:
+            key = b""
+        host = self._hosts.get(key)
+        if host is None:
+            host = self._hosts[key] = _Host(key)
+        return host
+
+    def _unlist(self, host: _Host) -> None:
+        host.listed = False
+        if host is not self._only_host:
+            del self._hosts[host.key]
 
     def dequeue(self, now: float, limit: int) -> list[bytes]:
-        """Up to `limit` packets to send now, new flows' first; CoDel's drops are counted in `drops`."""
+        """Up to `limit` packets to send now, new destinations' and new flows' first; CoDel's drops are
+        counted in `drops`."""
         out: list[bytes] = []
         new, old = self._new, self._old
         quantum = self.quantum
+        charge_hosts = self.by_destination  # one destination has no one to share with
         while len(out) < limit:
             if new:
-                flows = new
+                hosts = new
             elif old:
-                flows = old
+                hosts = old
             else:
                 break
+            host = hosts[0]
+            if charge_hosts and host.deficit <= 0:
+                host.deficit += quantum
+                hosts.popleft()
+                old.append(host)
+                continue
+            flows = host.new if host.new else host.old
+            if not flows:  # a new destination whose flows all left: it leaves at this, its next turn
+                hosts.popleft()
+                self._unlist(host)
+                continue
             flow = flows[0]
             if flow.deficit <= 0:
                 flow.deficit += quantum
                 flows.popleft()
-                old.append(flow)
+                host.old.append(flow)
                 continue
             runs = flow.runs
             if runs:
@@ -160,17 +229,25 @@ class FlowQueues:
                 sojourn = now - read_at
                 if codel.passes(sojourn):
                     out.extend(taken)
-                    flow.deficit -= size
+                    sent = size
                 else:
-                    flow.deficit -= self._decide(codel, taken, now, sojourn, flow.bytes + size, out)
+                    sent = self._decide(codel, taken, now, sojourn, flow.bytes + size, out)
+                flow.deficit -= sent
+                host.deficit -= sent
                 if runs:
                     continue
             flows.popleft()
-            if flows is new:
-                old.append(flow)  # a new flow that empties goes last among the old (RFC 8290 4.2)
+            if flows is host.new:
+                host.old.append(flow)  # a new flow that empties goes last among the old (RFC 8290 4.2)
             else:
                 flow.listed = False
             flow.codel.emptied()
+            if not host.new and not host.old:
+                hosts.popleft()
+                if hosts is new:
+                    old.append(host)  # as a flow does: a new destination that empties goes last among the old
+                else:
+                    self._unlist(host)
         return out
 
     def _decide(

@@ -22,6 +22,7 @@ from shell_lab import (
 
 from dnsguard.app import tunnel
 from dnsguard.app.tunnel import BATCH, IDLE_AFTER, READ_AHEAD, TunnelShell
+from dnsguard.wireguard.flow_queues import FlowQueues
 
 
 def test_a_ping_from_the_client_tun_arrives_decrypted_on_the_server_tun_and_its_reply_comes_back() -> None:
@@ -171,6 +172,40 @@ def test_a_ping_behind_an_upload_goes_out_ahead_of_the_uploads_backlog() -> None
         assert delivered.index(ping) < len(upload) // 2
 
     run_lab(main)
+
+
+def quiet_share(queue_by_destination: bool) -> float:
+    """The share of the first 800 packets delivered that go to a destination with one flow, beside one
+    with eight, the client's device slower than its TUN fills."""
+    busy, quiet = "198.51.100.7", "198.51.100.8"
+    shares = []
+
+    async def main(lab: ShellLab) -> None:
+        shell = await lab.client_shell_with_session(queue_by_destination=queue_by_destination)
+        assert shell.queues.by_destination == queue_by_destination
+        # As many queues as make a collision of the nine flows unlikely (see test_wireguard_flow_queues).
+        shell.queues = FlowQueues(1 << 20, by_destination=queue_by_destination)
+        slow_device(shell, 0.0001)
+        packets = []
+        for sequence in range(400):
+            packets += [udp_packet(CLIENT_IP, busy, sequence, port=port) for port in range(40000, 40008)]
+            packets.append(udp_packet(CLIENT_IP, quiet, sequence))
+        lab.client.tun.route(*packets)
+        await lab.run_for(1.0)
+        first = lab.server.tun.take_written()[:800]
+        assert len(first) == 800
+        shares.append(sum(packet[16:20] == socket.inet_aton(quiet) for packet in first) / 800)
+        shell.stop()
+        assert shell.queues.by_destination == queue_by_destination  # a restarted shell keeps it
+
+    run_lab(main)
+    return shares[0]
+
+
+def test_queues_by_destination_give_a_destination_with_one_flow_as_many_sends_as_one_with_eight() -> None:
+    # Each TUN read brings 57 of its packets and a turn sends 128: about 0.45 is all it has to send.
+    assert quiet_share(queue_by_destination=True) > 0.35
+    assert quiet_share(queue_by_destination=False) < 0.2  # by flow alone: about one in nine
 
 
 def test_a_burst_whose_wait_stays_under_the_target_loses_nothing() -> None:

@@ -61,9 +61,10 @@ def echo(sequence: int) -> bytes:
     return ipv4(protocol=1, ports=(0x0800, sequence), payload=sequence.to_bytes(4, "big"))
 
 
-def bulk(count: int, port: int = 40000, size: int = 1400) -> list[bytes]:
+def bulk(count: int, port: int = 40000, size: int = 1400, destination: str = "100.64.0.1") -> list[bytes]:
     return [
-        ipv4(ports=(port, 5201), payload=index.to_bytes(4, "big") + bytes(size)) for index in range(count)
+        ipv4(destination=destination, ports=(port, 5201), payload=index.to_bytes(4, "big") + bytes(size))
+        for index in range(count)
     ]
 
 
@@ -175,8 +176,92 @@ def test_packets_too_short_to_be_ip_pass_through_for_the_device_to_count() -> No
     assert (queues.packets, queues.bytes) == (0, 0)
 
 
+# Per-destination fairness (a server's peers)
+
+BUSY, OTHER, QUIET = "100.64.1.10", "100.64.1.11", "100.64.1.12"
+FEW_COLLISIONS = 1 << 20
+"""Queues for the fairness tests: two flows hashed onto one queue share its turns (and the first one's
+destination), which with the default 1,024 would happen to a few of the tests' runs."""
+
+
+def shares(by_destination: bool) -> Counter[bytes]:
+    """Packets per destination among the first 2,000 sent, one destination with 8 bulk flows queued and
+    another with 1, all read at once."""
+    queues = FlowQueues(FEW_COLLISIONS, by_destination=by_destination)
+    many = [packet for port in range(8) for packet in bulk(1000, port=port, destination=BUSY)]
+    queues.enqueue(many + bulk(1000, port=99, destination=OTHER), 0.0)
+    sent: list[bytes] = []
+    while len(sent) < 2000:
+        sent.extend(queues.dequeue(0.0, 128))
+    return Counter(packet[16:20] for packet in sent[:2000])
+
+
+def test_destinations_share_the_sends_equally_whatever_their_number_of_flows() -> None:
+    busy, other = ipaddress.ip_address(BUSY).packed, ipaddress.ip_address(OTHER).packed
+    fair = shares(by_destination=True)
+    # A turn takes up to a dequeue's limit (128) of one flow's run: shares even out turn by turn.
+    assert abs(fair[busy] - fair[other]) <= 128
+    by_flow = shares(by_destination=False)  # flows alone: the one with 8 flows takes 8 of 9 turns
+    assert by_flow[other] <= 2000 // 9 + 128
+
+
+def test_within_a_destination_its_flows_share_its_turns() -> None:
+    queues = FlowQueues(FEW_COLLISIONS, by_destination=True)
+    one, two = bulk(1000, port=1, destination=BUSY), bulk(1000, port=2, destination=BUSY)
+    queues.enqueue(one + two + bulk(1000, port=3, destination=OTHER), 0.0)
+    sent: list[bytes] = []
+    while len(sent) < 1500:
+        sent.extend(queues.dequeue(0.0, 128))
+    counts = Counter(packet[20:22] for packet in sent[:1500])
+    quantum_packets = QUANTUM // 1440 + 1
+    assert abs(counts[one[0][20:22]] - counts[two[0][20:22]]) <= 2 * quantum_packets
+    assert abs(counts[one[0][20:22]] + counts[two[0][20:22]] - 750) <= 2 * quantum_packets
+
+
+def test_a_quiet_destinations_packet_goes_ahead_of_the_busy_destinations_backlogs() -> None:
+    queues = FlowQueues(by_destination=True)
+    queues.enqueue(bulk(2000, port=1, destination=BUSY) + bulk(2000, port=2, destination=OTHER), 0.0)
+    for _ in range(10):  # both busy destinations have had turns: they are old ones now
+        queues.dequeue(0.0, 128)
+    ping = ipv4(destination=QUIET, protocol=1, ports=(0x0800, 1))
+    queues.enqueue([ping], 0.0)
+
+    assert queues.dequeue(0.0, 128)[0] == ping
+
+
+def test_a_destination_that_empties_on_its_first_turn_waits_its_turn_after_it() -> None:
+    """As a new flow that empties goes last among the old (RFC 8290 4.2), so does a new destination:
+    one that refills as soon as it is served does not keep going ahead of a backlogged one."""
+    queues = FlowQueues(by_destination=True)
+    queues.enqueue(bulk(3000, port=1, destination=BUSY), 0.0)
+    # Two packets a turn, fewer than a quantum's bytes: the busy destination spends its quantum over
+    # several turns, and is an old one after it.
+    for _ in range(QUANTUM // 1444 // 2 + 1):
+        queues.dequeue(0.0, 2)
+    firsts = []
+    for sequence in range(10):
+        ping = ipv4(destination=QUIET, protocol=1, ports=(0x0800, sequence))
+        queues.enqueue([ping], 0.0)
+        firsts.append(queues.dequeue(0.0, 2)[0] == ping)
+    assert firsts[0]
+    assert not all(firsts[1:])
+
+
+def test_a_destination_is_held_only_while_it_has_packets_queued() -> None:
+    """Destinations come from the packets' headers: any number of them costs memory only while queued
+    (a destination whose flows all left is forgotten at its next turn, as an emptied new flow is)."""
+    queues = FlowQueues(by_destination=True)
+    for round_number in range(20):
+        queues.enqueue([ipv4(destination=f"198.51.{round_number}.{index}") for index in range(250)], 0.0)
+        assert 0 < len(queues._hosts) <= 250  # flows that share a queue share the first one's turns
+        drain(queues, 0.0, limit=round_number + 1)
+        assert queues.dequeue(0.0, 128) == []
+        assert queues._hosts == {}
+
+
 flows = st.sampled_from(
-    [ipv4(ports=(port, 5201)) for port in range(4)] + [echo(1), ipv6(port=7), ipv6(next_header=58), b"\x45"]
+    [ipv4(ports=(port, 5201), destination=f"100.64.1.{port % 2}") for port in range(4)]
+    + [echo(1), ipv6(port=7), ipv6(next_header=58), ipv6(destination="fd00::9"), b"\x45"]
 )
 
 
@@ -185,12 +270,13 @@ flows = st.sampled_from(
     st.lists(
         st.tuples(st.lists(flows, max_size=40), st.integers(0, 60), st.sampled_from([0.0, 0.001, 0.02, 0.2])),
         max_size=60,
-    )
+    ),
+    st.booleans(),
 )
 def test_every_packet_leaves_once_or_is_counted_dropped_and_each_flow_keeps_its_order(
-    steps: list[tuple[list[bytes], int, float]],
+    steps: list[tuple[list[bytes], int, float]], by_destination: bool
 ) -> None:
-    queues = FlowQueues()
+    queues = FlowQueues(by_destination=by_destination)
     now, sequence = 0.0, 0
     queued: list[bytes] = []
     sent: list[bytes] = []
@@ -211,6 +297,8 @@ def test_every_packet_leaves_once_or_is_counted_dropped_and_each_flow_keeps_its_
     assert len(sent) + queues.drops == len(queued)
     assert len(set(sent)) == len(sent)
     assert (queues.packets, queues.bytes) == (0, 0)
+    assert queues.dequeue(now, 128) == []
+    assert queues._hosts == {}
     for template in {packet[:-4] for packet in queued}:
         of_flow = [packet for packet in queued if packet[:-4] == template]
         left = [packet for packet in sent if packet[:-4] == template]
