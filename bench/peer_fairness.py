@@ -22,6 +22,8 @@ import json
 import statistics
 from pathlib import Path
 
+from sibling import load_bench
+
 from dnsguard.lab import Lab
 from dnsguard.lab.peers import DnsguardDaemon, genkey, wait_ping
 from dnsguard.lab.scenario import client_tunnel, server_tunnel
@@ -80,10 +82,7 @@ def main() -> int:
     args = parser.parse_args()
     checkouts: dict[str, dict[str, str]] = {"dnsguard": {}}
     if args.baseline:
-        source = Path(args.baseline).resolve()
-        if not (source / "dnsguard" / "cli.py").exists():
-            raise SystemExit(f"--baseline {args.baseline}: not a dnsguard checkout")
-        checkouts["baseline"] = {"PYTHONPATH": str(source), "PYTHONSAFEPATH": "1"}
+        checkouts["baseline"] = load_bench("tunnel.py").baseline_env(args.baseline)
     shares: dict[str, list[float]] = {label: [] for label in checkouts}
     sums: dict[str, list[float]] = {label: [] for label in checkouts}
     labels = list(checkouts)

@@ -214,16 +214,20 @@ def setup_openvpn(lab: Lab) -> None:
     )
 
 
-def baseline_contender(checkout: str) -> Callable[[Lab], None]:
-    """dnsguard from another checkout (a worktree of main, say), set up as `dnsguard` is.
-
-    Its daemons import dnsguard from that checkout: PYTHONPATH names it, and PYTHONSAFEPATH keeps the
-    working directory (this checkout, perhaps) off the front of their sys.path.
-    """
+def baseline_env(checkout: str) -> dict[str, str]:
+    """The environment that makes a lab daemon import dnsguard from another checkout (a worktree of
+    main, say): PYTHONPATH names it, and PYTHONSAFEPATH keeps the working directory (this checkout,
+    perhaps) off the front of its sys.path."""
     source = Path(checkout).resolve()
     if not (source / "dnsguard" / "cli.py").exists():
         raise SystemExit(f"--baseline {checkout}: not a dnsguard checkout")
-    return lambda lab: setup_dnsguard(lab, env={"PYTHONPATH": str(source), "PYTHONSAFEPATH": "1"})
+    return {"PYTHONPATH": str(source), "PYTHONSAFEPATH": "1"}
+
+
+def baseline_contender(checkout: str) -> Callable[[Lab], None]:
+    """dnsguard from another checkout, set up as `dnsguard` is (its daemons in baseline_env)."""
+    env = baseline_env(checkout)
+    return lambda lab: setup_dnsguard(lab, env=env)
 
 
 BASELINE = "baseline"
