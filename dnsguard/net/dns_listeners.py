@@ -35,6 +35,13 @@ INTERNAL_ERROR_LOG_INTERVAL: Final = 60.0
 """Seconds between log lines about queries that raised inside the resolver (each is counted)."""
 DRAIN_LIMIT: Final = 256
 """Datagrams read per wake-up before the event loop gets a turn (timers, TCP, upstream replies)."""
+QUIET_GAP: Final = 0.001
+"""Seconds from the end of one wake-up of a UDP listener to the start of the next, at or beyond which,
+if that one read a single datagram, the socket counts as quiet: the wake-up reads one datagram with
+recvfrom, answers it with sendto and returns. Below a few hundred queries a second (a home network's
+DNS) almost every query meets a quiet socket; at 10,000 a second almost none does, and the socket is
+drained in batches (with a gap of 20 us, 58% of the wake-ups there were quiet ones, and the p99 was no
+better than with every wake-up draining, in most rounds a little worse)."""
 
 
 class Answerer(Protocol):
@@ -95,11 +102,15 @@ def _error_reply(data: bytes) -> bytes | None:
 
 
 class UdpListener:
-    """One UDP socket read with add_reader, drained until EAGAIN on every wake-up.
+    """One UDP socket read with add_reader, drained until EAGAIN on a busy socket's wake-ups.
 
     A datagram protocol costs a callback and a transport hop per query; draining the socket in
     one callback answers a burst of blocked or cached queries with one recvmmsg and one sendmmsg per
     64 (net/mmsg.py), or a recvfrom and a sendto each where libc lacks them (`batch=False` too).
+    A quiet socket's wake-up (QUIET_GAP) brings one query: it is read with recvfrom and answered with
+    sendto, which through the socket module cost less than a batch of one through ctypes, and no
+    further read looks for a second (readiness is level-triggered: one that waits wakes the loop
+    again at once, and that wake-up drains).
     Every datagram passes admission first (allowed source, rate, upstream slots of its client), and
     nothing a datagram holds can end the drain loop: a query that raises is counted and answered
     FORMERR.
@@ -128,6 +139,12 @@ class UdpListener:
         self.batch = (
             SenderReplies.for_queries(sock, self.queries) if isinstance(self.queries, QueryBatch) else None
         )
+        self.single = SingleDatagram(sock)
+        """The reader of a quiet socket's wake-up."""
+        self._got = 0
+        """Datagrams the last wake-up read."""
+        self._done = -QUIET_GAP
+        """When the last wake-up ended (the clock's reading)."""
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -139,16 +156,23 @@ class UdpListener:
         self.sock.close()
 
     def _readable(self) -> None:
-        queries = self.queries
+        now = self.clock()
+        if self._got < 2 and now - self._done >= QUIET_GAP:
+            queries: QueryBatch | SingleDatagram = self.single
+            batch = None
+            reply_to: Callable[[bytes, int], bool | None] = self._send_single
+            reads = 1
+        else:
+            queries = self.queries
+            batch = self.batch
+            reply_to = self._send_one if batch is None else batch.reply
+            reads = DRAIN_LIMIT // queries.slots
         slots = queries.slots
         answer_now = self.answerer.answer_now
-        batch = self.batch
-        reply_to = self._send_one if batch is None else batch.reply
         admit = self.admission.admit if self.admission is not None else None
-        now = self.clock()
         count = 0
         try:
-            for _ in range(DRAIN_LIMIT // slots):
+            for _ in range(reads):
                 if batch is not None and batch.count:
                     batch.flush()  # the replies point at the senders' addresses, which receive() rewrites
                 try:
@@ -185,10 +209,16 @@ class UdpListener:
             if batch is not None and batch.count:
                 batch.flush()
             self.stats.udp_queries += count
+            self._got = count
+            self._done = self.clock()
 
     def _send_one(self, reply: bytes, slot: int) -> None:
         """Send `reply` to the sender of the `slot`th datagram of the last receive, on its own."""
         self.sock.sendto(reply, self.queries.sender(slot))
+
+    def _send_single(self, reply: bytes, slot: int) -> None:
+        """Send `reply` to the sender of the datagram a quiet wake-up read."""
+        self.sock.sendto(reply, self.single.sender(slot))
 
     def _go_later(self, plan: Forward, data: bytes, addr: tuple[str, int], key: str) -> None:
         if len(self.pending) >= MAX_PENDING_UDP:

@@ -87,7 +87,8 @@ MSG_DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0x40)
 
 
 class SingleDatagram:
-    """QueryBatch's interface over recvfrom, one datagram per call, where recvmmsg is missing."""
+    """QueryBatch's interface over recvfrom, one datagram per call: where recvmmsg is missing, and for
+    the UDP listener's wake-ups on a quiet socket. A datagram is cut at QUERY_SLOT_SIZE, as in a batch."""
 
     slots = 1
 
@@ -96,7 +97,7 @@ class SingleDatagram:
         self._last: tuple[bytes, Any] = (b"", ("", 0))
 
     def receive(self) -> int:
-        self._last = self._recvfrom(65535)
+        self._last = self._recvfrom(QUERY_SLOT_SIZE)
         return 1
 
     def datagrams(self) -> list[tuple[bytes, str]]:

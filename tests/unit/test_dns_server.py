@@ -11,7 +11,7 @@ import pytest
 
 from dnsguard.dns.admission import AdmissionSettings, ClientAdmission
 from dnsguard.dns.resolver import Forward
-from dnsguard.net.dns_listeners import DnsListeners, ListenerStats, TcpSettings, UdpListener
+from dnsguard.net.dns_listeners import QUIET_GAP, DnsListeners, ListenerStats, TcpSettings, UdpListener
 from dnsguard.net.mmsg import (
     BATCH_SLOT_SIZE,
     BATCH_SLOTS,
@@ -208,6 +208,113 @@ async def test_the_listener_answers_now_later_and_drops(batch: bool) -> None:
         assert set(answerer.clients) == {"127.0.0.1"}
     finally:
         listener.close()
+        for client in clients:
+            client.close()
+
+
+class Clock:
+    """The listener's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def replies_waiting(client: socket.socket) -> list[bytes]:
+    """The replies that reached `client` so far."""
+    got = []
+    client.setblocking(False)
+    try:
+        while True:
+            got.append(client.recv(65535))
+    except BlockingIOError:
+        pass
+    return got
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_a_quiet_sockets_wake_up_answers_one_query_and_a_busy_one_drains(batch: bool) -> None:
+    server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
+    clock = Clock()
+    stats = ListenerStats()
+    listener = UdpListener(server, EchoAnswerer(), stats, batch=batch, clock=clock)
+    client = clients[0]
+    try:
+        for i in range(3):
+            client.sendto(b"now:%d" % i, server.getsockname())
+        listener._readable()  # the socket was quiet (nothing read yet): one query, no look for more
+        assert replies_waiting(client) == [b"answer now:0"]
+        listener._readable()  # at once: the rest is drained
+        assert replies_waiting(client) == [b"answer now:1", b"answer now:2"]
+        assert stats.udp_queries == 3
+
+        for i in range(3, 6):
+            client.sendto(b"now:%d" % i, server.getsockname())
+        clock.now += 2 * QUIET_GAP
+        listener._readable()  # the last wake-up read more than one: drained, however long ago that was
+        assert replies_waiting(client) == [b"answer now:3", b"answer now:4", b"answer now:5"]
+
+        client.sendto(b"now:6", server.getsockname())
+        clock.now += 2 * QUIET_GAP
+        listener._readable()  # drained (the last read three): finds one
+        client.sendto(b"now:7", server.getsockname())
+        client.sendto(b"now:8", server.getsockname())
+        clock.now += QUIET_GAP / 2
+        listener._readable()  # the last read one, but this comes sooner than QUIET_GAP: drained
+        assert replies_waiting(client) == [b"answer now:6", b"answer now:7", b"answer now:8"]
+
+        clock.now += 2 * QUIET_GAP
+        listener._readable()  # drained (the last read two): finds none
+        client.sendto(b"now:9", server.getsockname())
+        client.sendto(b"now:10", server.getsockname())
+        clock.now += 2 * QUIET_GAP
+        listener._readable()  # quiet again: one
+        assert replies_waiting(client) == [b"answer now:9"]
+        assert stats.udp_queries == 10
+    finally:
+        server.close()
+        for each in clients:
+            each.close()
+
+
+async def test_a_quiet_wake_up_cuts_forwards_and_admits_as_a_drain_does() -> None:
+    server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
+    clock = Clock()
+    answerer = EchoAnswerer()
+    admission = ClientAdmission(AdmissionSettings(), local=["127.0.0.0/8"])
+    listener = UdpListener(server, answerer, ListenerStats(), admission=admission, clock=clock)
+    listener.start(asyncio.get_running_loop())
+    address = server.getsockname()
+    loop = asyncio.get_running_loop()
+    try:
+        long_query = b"now:" + bytes(range(256)) * 20
+        clients[0].sendto(long_query, address)
+        listener._readable()
+        assert clients[0].recv(65535) == b"answer " + long_query[:QUERY_SLOT_SIZE]  # as a batch cuts it
+        clock.now += 2 * QUIET_GAP
+        clients[1].sendto(b"later:1", address)
+        listener._readable()
+        clients[1].setblocking(False)
+        assert await asyncio.wait_for(loop.sock_recv(clients[1], 4096), 2) == b"answer later:1"
+        assert answerer.clients == ["127.0.0.1", "127.0.0.1"]
+    finally:
+        listener.close()
+        for client in clients:
+            client.close()
+
+    server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
+    admission = ClientAdmission(AdmissionSettings(), local=["192.0.2.0/24"])
+    listener = UdpListener(server, EchoAnswerer(), ListenerStats(), admission=admission, clock=clock)
+    try:
+        clients[0].sendto(b"now:1", server.getsockname())
+        clock.now += 2 * QUIET_GAP
+        listener._readable()
+        assert replies_waiting(clients[0]) == []
+        assert admission.stats.outside == 1
+    finally:
+        server.close()
         for client in clients:
             client.close()
 
