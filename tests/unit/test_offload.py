@@ -367,3 +367,71 @@ def test_the_log_says_how_checksums_are_summed() -> None:
     assert offload.sums_by().startswith("numpy ")
     with without_numpy():
         assert offload.sums_by().startswith("big integers (")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "a", "a", "b", "b", "again", "cut", "flip", "lie", "junk"]),
+            st.integers(0, 2000),  # where "cut" ends, which byte "flip" changes, how far "lie" is off
+            st.integers(1, 255),  # how "flip" changes it (XOR)
+            st.binary(max_size=90),  # "junk"
+        ),
+        max_size=30,
+    )
+)
+def test_whatever_a_peer_sends_is_written_once_and_each_flow_in_order(
+    steps: list[tuple[str, int, int, bytes]],
+) -> None:
+    # A peer's decrypted packets are not to be trusted: trains of two flows (IPv4, IPv6) mixed with
+    # retransmissions, and copies of a flow's next segment cut short, with a byte its TCP checksum
+    # covers changed, or with an IP length field that lies (every checksum right for its bytes), and
+    # bytes that are no packet at all. coalesce must not raise, and the packets it writes, with each
+    # GSO packet cut as the kernel cuts it, must be the packets that came, each once, as they came,
+    # every flow's in its order.
+    packets: list[bytes] = []
+    flows: dict[str, list[bytes]] = {"a": [], "b": []}
+
+    def segment(kind: str) -> bytes:
+        number = len(flows[kind])
+        version = 4 if kind == "a" else 6
+        return tcp_packet(version, bytes([number % 256]) * 100, 1000 + 100 * number, identifier=number)
+
+    for kind, where, xor, junk in steps:
+        if kind in ("a", "b"):
+            packet = segment(kind)
+            flows[kind].append(packet)
+        elif kind == "again" and packets:
+            packet = packets[-1]
+        elif kind == "cut":
+            whole = segment("a")
+            packet = whole[: where % len(whole)]
+        elif kind == "flip":
+            changed = bytearray(segment("a"))
+            changed[20 + where % (len(changed) - 20)] ^= xor
+            packet = bytes(changed)
+        elif kind == "lie":
+            flow = "a" if xor & 1 else "b"
+            changed = bytearray(segment(flow))
+            at = 2 if flow == "a" else 4
+            claimed = struct.unpack_from("!H", changed, at)[0]
+            struct.pack_into("!H", changed, at, (claimed + 1 + where % 200) & 0xFFFF)
+            if flow == "a":
+                struct.pack_into("!H", changed, 10, 0)
+                struct.pack_into("!H", changed, 10, 0xFFFF - reference_sum(bytes(changed[:20])) % 0xFFFF)
+            packet = with_tcp_checksum(changed)
+        else:
+            packet = junk
+        packets.append(packet)
+    written = coalesce(packets)
+    out: list[bytes] = []
+    for vnet, item in written:
+        if vnet == PLAIN_HEADER:
+            out.append(bytes(item))
+        else:
+            out.extend(split(vnet + bytes(item)))
+    assert sorted(out) == sorted(packets)
+    for train in flows.values():
+        members = set(train)
+        assert [p for p in out if p in members] == [p for p in packets if p in members]
