@@ -11,6 +11,10 @@ The server holds --peers peers, each with its own tunnel address (100.64.1.x/32)
   namespace. A storm is over when every peer completed its handshake; it is repeated --rounds times,
   1.2 s apart (the server's load window). Reported: the median time a storm takes, the handshakes a
   second that makes, and the server's CPU milliseconds per handshake (from /proc, over all rounds).
+  dnsguard's server runs with `performance.keep-warm` off unless --keep-warm says otherwise: its
+  default (1 s) wakes an idle server every few milliseconds for a second after each storm, and those
+  ticks, not the handshakes, would then be most of the storms' CPU (0.7-1.0 ms a handshake against
+  0.47 without them, on the 2-core bench machine).
 - Aggregate throughput: --streams of the same peers run wireguard-go in the client namespace and
   iperf3 each to its own iperf3 server on the server's tunnel address, at once. Reported: the sum of
   what the servers received, the server's CPU seconds per GB carried, and what the server namespace
@@ -132,7 +136,7 @@ def storm_worker(spec_path: str) -> int:
 # -- the bench ---------------------------------------------------------------------------------
 
 
-def start_server(lab: Lab, contender: str, private: str, publics: list[str]) -> int:
+def start_server(lab: Lab, contender: str, private: str, publics: list[str], keep_warm: str = "0") -> int:
     """The server with every peer; returns the pid whose CPU time counts."""
     if contender == "dnsguard":
         peers: list[dict[str, object]] = [
@@ -140,6 +144,7 @@ def start_server(lab: Lab, contender: str, private: str, publics: list[str]) -> 
         ]
         config = server_tunnel(private, peers, addresses=(f"{SERVER_TUNNEL}/16",))
         config["logging"] = {"level": "warning"}
+        config["performance"] = {"keep-warm": keep_warm}
         daemon = DnsguardDaemon(lab, "server", "server", config).start()
         assert daemon.process is not None
         return daemon.process.pid
@@ -233,7 +238,7 @@ def bench(contender: str, args: argparse.Namespace) -> dict[str, float]:
     keys = [genkey() for _ in range(args.peers)]
     privates, publics = [k[0] for k in keys], [k[1] for k in keys]
     with Lab(services=False, ipv6=False) as lab:
-        pid = start_server(lab, contender, server_private, publics)
+        pid = start_server(lab, contender, server_private, publics, args.keep_warm)
         cpu_before = cpu_seconds(pid)
         storms = storm(lab, server_public, privates, args.rounds)
         cpu_storm = cpu_seconds(pid) - cpu_before
@@ -267,6 +272,12 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--only", default=",".join(CONTENDERS))
+    parser.add_argument(
+        "--keep-warm",
+        default="0",
+        metavar="DURATION",
+        help="dnsguard server's performance.keep-warm (its default is 1s; here 0, off)",
+    )
     parser.add_argument("--json")
     parser.add_argument("--storm-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
