@@ -18,9 +18,12 @@ The server holds --peers peers, each with its own tunnel address (100.64.1.x/32)
 - Aggregate throughput: --streams of the same peers run wireguard-go in the client namespace and
   iperf3 each to its own iperf3 server on the server's tunnel address, at once. Reported: the sum of
   what the servers received, the server's CPU seconds per GB carried, and what the server namespace
-  dropped meanwhile (UDP receive buffers full, packets dropped on the tunnel device).
+  dropped meanwhile (UDP receive buffers full, packets dropped on the tunnel device); then the
+  streams' round trip (the median of their senders' mean RTT, as iperf3 measures it: what a queue in
+  front of the server adds), the slowest and the fastest stream, and their retransmissions.
 
-Ratios dnsguard/wireguard-go are the result; absolute numbers depend on the machine.
+Ratios dnsguard/wireguard-go are the result; absolute numbers depend on the machine. --baseline
+CHECKOUT adds dnsguard from another checkout (a worktree of main, say) as `baseline`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from sibling import load_bench
 
 from dnsguard.lab import ADDRESSES, Lab
 from dnsguard.lab.peers import DnsguardDaemon, WgPeer, WireguardGo, genkey
@@ -136,16 +142,24 @@ def storm_worker(spec_path: str) -> int:
 # -- the bench ---------------------------------------------------------------------------------
 
 
-def start_server(lab: Lab, contender: str, private: str, publics: list[str], keep_warm: str = "0") -> int:
-    """The server with every peer; returns the pid whose CPU time counts."""
-    if contender == "dnsguard":
+def start_server(
+    lab: Lab,
+    contender: str,
+    private: str,
+    publics: list[str],
+    keep_warm: str = "0",
+    env: dict[str, str] | None = None,
+) -> int:
+    """The server with every peer; returns the pid whose CPU time counts. `env`: the dnsguard
+    server's extra environment (another checkout's, for the baseline)."""
+    if contender in ("dnsguard", "baseline"):
         peers: list[dict[str, object]] = [
             {"public-key": key, "allowed-ips": [f"{peer_tunnel(i)}/32"]} for i, key in enumerate(publics)
         ]
         config = server_tunnel(private, peers, addresses=(f"{SERVER_TUNNEL}/16",))
         config["logging"] = {"level": "warning"}
         config["performance"] = {"keep-warm": keep_warm}
-        daemon = DnsguardDaemon(lab, "server", "server", config).start()
+        daemon = DnsguardDaemon(lab, "server", "server", config, env=env or {}).start()
         assert daemon.process is not None
         return daemon.process.pid
     server = WireguardGo(
@@ -184,9 +198,8 @@ def storm(lab: Lab, server_public: str, privates: list[str], rounds: int) -> dic
 
 def throughput(
     lab: Lab, server_public: str, privates: list[str], streams: int, seconds: int
-) -> tuple[float, list[WireguardGo]]:
-    """Mbit/s summed over `streams` wireguard-go peers sending at once."""
-    clients = []
+) -> tuple[float, list[dict[str, Any]]]:
+    """Mbit/s summed over `streams` wireguard-go peers sending at once, and each stream's iperf3 report."""
     for index in range(streams):
         address = peer_tunnel(index)
         client = WireguardGo(
@@ -200,7 +213,6 @@ def throughput(
         table = str(1000 + index)
         lab.run("client", ["ip", "rule", "add", "from", address, "lookup", table])
         lab.run("client", ["ip", "route", "replace", SERVER_TUNNEL, "dev", client.interface, "table", table])
-        clients.append(client)
     for index in range(streams):
         iperf = ["iperf3", "-s", "-p", str(5201 + index), "-B", SERVER_TUNNEL]
         lab.popen("server", iperf, log_name="iperf3-s")
@@ -226,11 +238,13 @@ def throughput(
         for index in range(streams)
     ]
     total = 0.0
+    reports = []
     for run in runs:
         out, _ = run.communicate(timeout=seconds + 60)
         report = json.loads(out)
         total += float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
-    return total, clients
+        reports.append(report)
+    return total, reports
 
 
 def bench(contender: str, args: argparse.Namespace) -> dict[str, float]:
@@ -238,7 +252,8 @@ def bench(contender: str, args: argparse.Namespace) -> dict[str, float]:
     keys = [genkey() for _ in range(args.peers)]
     privates, publics = [k[0] for k in keys], [k[1] for k in keys]
     with Lab(services=False, ipv6=False) as lab:
-        pid = start_server(lab, contender, server_private, publics, args.keep_warm)
+        env = load_bench("tunnel.py").baseline_env(args.baseline) if contender == "baseline" else None
+        pid = start_server(lab, contender, server_private, publics, args.keep_warm, env)
         cpu_before = cpu_seconds(pid)
         storms = storm(lab, server_public, privates, args.rounds)
         cpu_storm = cpu_seconds(pid) - cpu_before
@@ -247,7 +262,7 @@ def bench(contender: str, args: argparse.Namespace) -> dict[str, float]:
         median = statistics.median(times)
         cpu_before = cpu_seconds(pid)
         dropped_before = drops(lab)
-        mbits, _ = throughput(lab, server_public, privates, args.streams, args.seconds)
+        mbits, reports = throughput(lab, server_public, privates, args.streams, args.seconds)
         cpu_data = cpu_seconds(pid) - cpu_before
         dropped = {name: count - dropped_before[name] for name, count in drops(lab).items()}
         gigabytes = mbits * args.seconds / 8 / 1000
@@ -260,7 +275,25 @@ def bench(contender: str, args: argparse.Namespace) -> dict[str, float]:
             "cpu_s_per_gb": cpu_data / gigabytes if gigabytes else float("nan"),
             "udp_rcvbuf_drops": float(dropped["udp_rcvbuf"]),
             "tunnel_device_drops": float(dropped["tunnel_device"]),
+            **streams_summary(reports),
         }
+
+
+def streams_summary(reports: list[dict[str, Any]]) -> dict[str, float]:
+    """The streams' median round trip (ms), the slowest and the fastest stream (Mbit/s) and their
+    retransmissions, from iperf3's JSON reports."""
+    each = [float(report["end"]["sum_received"]["bits_per_second"]) / 1e6 for report in reports]
+    rtts = [
+        float(stream["sender"].get("mean_rtt", "nan")) / 1000
+        for report in reports
+        for stream in report["end"]["streams"]
+    ]
+    return {
+        "rtt_ms": statistics.median(rtts) if rtts else float("nan"),
+        "slowest_mbits": min(each, default=float("nan")),
+        "fastest_mbits": max(each, default=float("nan")),
+        "retransmits": float(sum(report["end"]["sum_sent"].get("retransmits", 0) for report in reports)),
+    }
 
 
 def main() -> int:
@@ -278,6 +311,7 @@ def main() -> int:
         metavar="DURATION",
         help="dnsguard server's performance.keep-warm (its default is 1s; here 0, off)",
     )
+    parser.add_argument("--baseline", metavar="CHECKOUT", help="also run dnsguard from another checkout")
     parser.add_argument("--json")
     parser.add_argument("--storm-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -286,7 +320,10 @@ def main() -> int:
     if not 1 <= args.peers <= 200 or not 1 <= args.streams <= min(args.peers, 32):
         raise SystemExit("--peers takes 1..200 and --streams 1..min(peers, 32)")
     results = {}
-    for contender in args.only.split(","):
+    contenders = [contender for contender in args.only.split(",") if contender]
+    if args.baseline:
+        contenders.append("baseline")
+    for contender in contenders:
         results[contender] = result = bench(contender, args)
         print(
             f"{contender:13s} storm of {args.peers}: {result['storm_s'] * 1000:7.1f} ms "
@@ -294,7 +331,8 @@ def main() -> int:
             f"{result['cpu_ms_per_handshake']:.2f} CPU ms/handshake; {args.streams} streams "
             f"{result['mbits']:7.1f} Mbit/s, {result['cpu_s_per_gb']:.2f} CPU s/GB; server drops: "
             f"{result['udp_rcvbuf_drops']:.0f} UDP receive buffer, {result['tunnel_device_drops']:.0f} "
-            "tunnel device",
+            f"tunnel device; streams' RTT {result['rtt_ms']:.1f} ms, each {result['slowest_mbits']:.0f}-"
+            f"{result['fastest_mbits']:.0f} Mbit/s, {result['retransmits']:.0f} retransmits",
             flush=True,
         )
     if "dnsguard" in results and "wireguard-go" in results:
@@ -304,6 +342,13 @@ def main() -> int:
             f"CPU per handshake {g['cpu_ms_per_handshake'] / w['cpu_ms_per_handshake']:.2f}x, "
             f"throughput {g['mbits'] / w['mbits']:.2f}x, "
             f"CPU per GB {g['cpu_s_per_gb'] / w['cpu_s_per_gb']:.2f}x"
+        )
+    if "dnsguard" in results and "baseline" in results:
+        g, b = results["dnsguard"], results["baseline"]
+        print(
+            f"dnsguard / baseline: throughput {g['mbits'] / b['mbits']:.2f}x, "
+            f"streams' RTT {g['rtt_ms'] / b['rtt_ms']:.2f}x, "
+            f"CPU per GB {g['cpu_s_per_gb'] / b['cpu_s_per_gb']:.2f}x"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
