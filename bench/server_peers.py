@@ -335,21 +335,20 @@ def main() -> int:
             f"{result['fastest_mbits']:.0f} Mbit/s, {result['retransmits']:.0f} retransmits",
             flush=True,
         )
-    if "dnsguard" in results and "wireguard-go" in results:
-        g, w = results["dnsguard"], results["wireguard-go"]
-        print(
-            f"dnsguard / wireguard-go: handshakes/s {g['handshakes_per_s'] / w['handshakes_per_s']:.2f}x, "
-            f"CPU per handshake {g['cpu_ms_per_handshake'] / w['cpu_ms_per_handshake']:.2f}x, "
-            f"throughput {g['mbits'] / w['mbits']:.2f}x, "
-            f"CPU per GB {g['cpu_s_per_gb'] / w['cpu_s_per_gb']:.2f}x"
-        )
-    if "dnsguard" in results and "baseline" in results:
-        g, b = results["dnsguard"], results["baseline"]
-        print(
-            f"dnsguard / baseline: throughput {g['mbits'] / b['mbits']:.2f}x, "
-            f"streams' RTT {g['rtt_ms'] / b['rtt_ms']:.2f}x, "
-            f"CPU per GB {g['cpu_s_per_gb'] / b['cpu_s_per_gb']:.2f}x"
-        )
+    ratios = {
+        "wireguard-go": {
+            "handshakes/s": "handshakes_per_s",
+            "CPU per handshake": "cpu_ms_per_handshake",
+            "throughput": "mbits",
+            "CPU per GB": "cpu_s_per_gb",
+        },
+        "baseline": {"throughput": "mbits", "streams' RTT": "rtt_ms", "CPU per GB": "cpu_s_per_gb"},
+    }
+    for other, figures in ratios.items():
+        if "dnsguard" in results and other in results:
+            g, o = results["dnsguard"], results[other]
+            shown = ", ".join(f"{label} {g[key] / o[key]:.2f}x" for label, key in figures.items())
+            print(f"dnsguard / {other}: {shown}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
