@@ -13,8 +13,8 @@ The server holds --peers peers, each with its own tunnel address (100.64.1.x/32)
   second that makes, and the server's CPU milliseconds per handshake (from /proc, over all rounds).
   dnsguard's server runs with `performance.keep-warm` off unless --keep-warm says otherwise: its
   default (1 s) wakes an idle server every few milliseconds for a second after each storm, and those
-  ticks, not the handshakes, would then be most of the storms' CPU (0.7-1.0 ms a handshake against
-  0.47 without them, on the 2-core bench machine).
+  ticks, not the handshakes, would then be most of the storms' CPU (0.7-1.1 ms a handshake against
+  0.40-0.47 without them, on the 2-core bench machine).
 - Aggregate throughput: --streams of the same peers run wireguard-go in the client namespace and
   iperf3 each to its own iperf3 server on the server's tunnel address, at once. Reported: the sum of
   what the servers received, the server's CPU seconds per GB carried, and what the server namespace
