@@ -231,6 +231,7 @@ class Client(FilteringTunnelDaemon):
             on_batch=self.on_batch,
             clock=self.clock,
             keep_warm=float(self.config.performance.keep_warm),
+            receive_codel=self.config.performance.receive_codel,
         )
         # The lifecycle starts first so that the very first handshake already counts.
         self.lifecycle.start(self.clock())

@@ -337,6 +337,7 @@ class DaemonCollector(Collector):
         dropped.add_metric(["tun_write_error"], shell.tun.write_errors)
         dropped.add_metric(["tun_malformed"], getattr(shell.tun, "malformed", 0))
         dropped.add_metric(["queue_codel"], stats.queue_drops)
+        dropped.add_metric(["arrival_codel"], stats.arrival_drops)
         yield dropped
         queued = GaugeMetricFamily(
             "dnsguard_tunnel_queued_bytes",

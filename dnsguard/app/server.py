@@ -87,6 +87,7 @@ class Server(FilteringTunnelDaemon):
                 udp,
                 on_event=self.on_event,
                 keep_warm=float(self.config.performance.keep_warm),
+                receive_codel=self.config.performance.receive_codel,
                 queue_by_destination=True,  # the peers share the sends equally
             )
             self.shell.start()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.tun import PacketDevice
 from dnsguard.net.udp import DatagramEndpoint, DatagramSocket
+from dnsguard.wireguard.codel import ArrivalCoDel
 from dnsguard.wireguard.device import Device
 from dnsguard.wireguard.events import Address, Event
 from dnsguard.wireguard.flow_queues import FlowQueues
@@ -69,6 +70,8 @@ class TunnelStats:
     """Packets from the TUN that CoDel dropped from the head of a flow's queue in the shell."""
     queue_marks: int = 0
     """ECN-capable packets from the TUN that CoDel marked CE instead of dropping them."""
+    arrival_drops: int = 0
+    """Datagrams CoDel dropped as they were read because the socket's queue stood (ArrivalCoDel)."""
     warm_ups: int = 0
     """Keep-warm ticks that ran the data path's code on throwaway data (Device.warm_up)."""
 
@@ -98,6 +101,10 @@ class TunnelShell:
     ticks start with a packet on an idle tunnel and stop this long after the last one."""
     rng: random.Random = field(default_factory=random.Random)
     """Draws the waits between keep-warm ticks."""
+
+    receive_codel: bool = False
+    """Judge each receive by how long its first datagram waited in the socket, and drop transport
+    datagrams as CoDel says (ArrivalCoDel); the configuration's performance.receive-codel."""
 
     queue_by_destination: bool = False
     """Share the send queues' turns by destination first, then by flow (FlowQueues' by_destination):
@@ -153,7 +160,7 @@ class TunnelShell:
     def _add_socket_readers(self) -> None:
         assert self._loop is not None
         for sock in self.udp.sockets.values():
-            self._loop.add_reader(sock.fileno(), self._udp_readable, sock)
+            self._loop.add_reader(sock.fileno(), self._udp_readable, sock, ArrivalCoDel())
             self._readers.append(sock.fileno())
 
     def rebind(self) -> None:
@@ -242,14 +249,18 @@ class TunnelShell:
             self._loop.add_reader(self.tun.fileno(), self._tun_readable)
             self._tun_paused = False
 
-    def _udp_readable(self, sock: DatagramSocket) -> None:
+    def _udp_readable(self, sock: DatagramSocket, arrivals: ArrivalCoDel) -> None:
         now = self.clock()
         idle = self._udp_got < 2 and now - self._udp_woke >= IDLE_AFTER
         self._udp_woke = now
-        batch = sock.receive(1 if idle else BATCH)
+        received = batch = sock.receive(1 if idle else BATCH)
         self._udp_got = len(batch)
         if not batch:
             return
+        if self.receive_codel and not idle:  # an idle socket's one datagram found no queue
+            batch = arrivals.judge(now, sock.waited, received, sock.more_waiting)
+            if len(batch) < len(received):
+                self.stats.arrival_drops += len(received) - len(batch)
         if len(batch) == 1:  # an idle tunnel's datagram: no generator to build on its way
             data = batch[0][0]
             handshakes = 1 if data and data[0] in HANDSHAKE_TYPES else 0
@@ -263,7 +274,7 @@ class TunnelShell:
         device = self.device
         received_before = device.authenticated_received
         packets = device.receive_datagrams(batch, now, self.tun.write_batch)
-        self.stats.rx_bytes += sum(len(d) for d, _ in batch)
+        self.stats.rx_bytes += sum(len(d) for d, _ in received)
         self.stats.rx_packets += len(packets)
         if on_batch is not None:
             on_batch(device.authenticated_received != received_before or bool(packets), now)

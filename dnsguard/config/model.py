@@ -752,6 +752,11 @@ class PerformanceConfig:
     ping, a keystroke, a game's updates) finds it in the CPU's caches: a shorter round trip for an
     idle tunnel, for a few hundred short wake-ups a second while traffic comes and none once it stops
     (app/tunnel.py). A reload changes it; 0 is off."""
+    receive_codel: bool = False
+    """CoDel on what the peers send while it waits in the tunnel's UDP socket (wireguard/codel.py's
+    ArrivalCoDel): when that wait has stood above 5 ms for 100 ms, transport datagrams are dropped as
+    they are read, and the peers that send the most lose the most: on a server, the peers' uploads
+    share it more evenly (README gives the figures). A reload turns it on or off."""
 
 
 @dataclass

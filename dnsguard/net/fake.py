@@ -121,18 +121,27 @@ class FakeTun:
 
 
 class FakeSocket:
-    """One bound socket of a `FakeUdpEndpoint`: datagrams queued for `recvfrom`."""
+    """One bound socket of a `FakeUdpEndpoint`: datagrams queued for `recvfrom`.
 
-    def __init__(self, address: Address) -> None:
+    With a `clock`, each datagram is stamped when it arrives, as the kernel's SO_TIMESTAMPNS does, and
+    a receive of more than one says how long its first waited (`waited`).
+    """
+
+    def __init__(self, address: Address, clock: Callable[[], float] | None = None) -> None:
         self.address = address
         self.inbox: deque[tuple[bytes, Address]] = deque()
         self.closed = False
+        self.clock = clock
+        self.waited: float | None = None
+        self.more_waiting = False
+        self._arrived: deque[float] = deque()
         self._doorbell = _Doorbell()
 
     def deliver(self, data: bytes, source: Address) -> None:
         if self.closed:
             return
         self.inbox.append((data, source))
+        self._arrived.append(self.clock() if self.clock is not None else 0.0)
         self._doorbell.ring()
 
     def fileno(self) -> int:
@@ -143,21 +152,27 @@ class FakeSocket:
             self._doorbell.clear()
             raise BlockingIOError
         data, source = self.inbox.popleft()
+        self._arrived.popleft()
         return data[:bufsize], source
 
     def receive(self, limit: int) -> list[tuple[bytes, Address]]:
         """Up to `limit` queued datagrams, as `TunnelSocket.receive` returns them."""
+        first = self._arrived[0] if self._arrived else None
         batch = []
         for _ in range(limit):
             try:
                 batch.append(self.recvfrom(65535))
             except BlockingIOError:
                 break
+        clock = self.clock
+        self.waited = clock() - first if limit > 1 and clock is not None and first is not None else None
+        self.more_waiting = limit > 1 and len(batch) == limit
         return batch
 
     def close(self) -> None:
         self.closed = True
         self.inbox.clear()
+        self._arrived.clear()
         self._doorbell.close()
 
 
@@ -209,7 +224,7 @@ class FakeUdpEndpoint:
         self.next_address: Address | None = None
         self.rebinds = 0
         self.sent: list[SentDatagram] = []
-        self._socket = FakeSocket(address)
+        self._socket = FakeSocket(address, clock)
         if network is not None:
             network.endpoints[address] = self
 
@@ -228,7 +243,7 @@ class FakeUdpEndpoint:
                 self.network.endpoints.pop(self.address, None)
                 self.network.endpoints[self.next_address] = self
             self.address, self.next_address = self.next_address, None
-        self._socket = FakeSocket(self.address)
+        self._socket = FakeSocket(self.address, self.clock)
         self.rebinds += 1
 
     def sendto(self, data: bytes, address: Address) -> bool:

@@ -8,7 +8,8 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 from dnsguard.errors import NetworkError
@@ -37,7 +38,13 @@ GSO_MAX_SEGMENTS: Final = 64
 GSO_MAX_BYTES: Final = 65000
 """Payload bytes in one UDP_SEGMENT send: under the 65507 a UDP datagram over IPv4 can hold."""
 OFFLOADS_ENV: Final = "DNSGUARD_OFFLOADS"
+SO_TIMESTAMPNS: Final = 35
+"""Linux's SO_TIMESTAMPNS (SO_TIMESTAMPNS_OLD, asm-generic numbering): each datagram carries the
+CLOCK_REALTIME it reached the socket, as a struct timespec in an SCM_TIMESTAMPNS (the same number)
+control message. The socket module has no name for it."""
+_TIMESPEC: Final = struct.Struct("@qq")
 _GRO_CONTROL: Final = socket.CMSG_SPACE(4)
+_STAMP_CONTROL: Final = socket.CMSG_SPACE(_TIMESPEC.size)
 _segment_size = struct.Struct("=H").pack
 _gro_size = struct.Struct("=i").unpack_from
 ROUTINE_SEND_ERRORS: Final = (
@@ -82,6 +89,17 @@ class DatagramSocket(Protocol):
         `limit` 1, one received message (a datagram, or all of a GRO train)."""
         ...
 
+    @property
+    def waited(self) -> float | None:
+        """Seconds the first datagram of the last receive of more than one waited in the socket (its
+        kernel timestamp against the clock when read); None when that is not known."""
+        ...
+
+    @property
+    def more_waiting(self) -> bool:
+        """Whether the last receive stopped at its limit with datagrams maybe still queued."""
+        ...
+
 
 class TunnelSocket:
     """One UDP socket of the tunnel with its receive path: UDP_GRO, else recvmmsg, else recvfrom.
@@ -90,14 +108,23 @@ class TunnelSocket:
     in a control message how long each is; one call then reads dozens.
     """
 
-    def __init__(self, sock: socket.socket, *, gro: bool) -> None:
+    def __init__(self, sock: socket.socket, *, gro: bool, wall: Callable[[], float] = time.time) -> None:
         self.sock = sock
         self.family = sock.family
         self.gro = gro and _enable_gro(sock)
-        self._batch = DatagramBatch(sock, RECVMMSG, gro=self.gro) if RECVMMSG is not None else None
+        # Kernel timestamps tell how long a batch waited in the socket, which is where a server's
+        # peers' uploads queue: only a batch (recvmmsg) reads them.
+        self.stamped = RECVMMSG is not None and _enable_timestamps(sock)
+        self._batch = None
+        if RECVMMSG is not None:
+            self._batch = DatagramBatch(sock, RECVMMSG, gro=self.gro, stamped=self.stamped)
+        self._gro_control = _GRO_CONTROL + (_STAMP_CONTROL if self.stamped else 0)
         self.replies = ReplyBatch.for_socket(sock)
         """sendmmsg batch for sends without GSO (None where libc lacks sendmmsg)."""
         self._gro_trains = 0
+        self._wall = wall
+        self.waited: float | None = None
+        self.more_waiting = False
 
     @property
     def gro_trains(self) -> int:
@@ -118,6 +145,8 @@ class TunnelSocket:
         # costs a third of what recvmmsg through ctypes does (measured on an idle socket).
         if self._batch is not None and limit > 1:
             return self._receive_batch(self._batch, limit)
+        self.waited = None
+        self.more_waiting = False
         if self.gro:
             return self._receive_gro(limit)
         batch: list[tuple[bytes, Address]] = []
@@ -132,9 +161,9 @@ class TunnelSocket:
             batch.append((data, (address[0], address[1])))
         return batch
 
-    @staticmethod
-    def _receive_batch(batch: DatagramBatch, limit: int) -> list[tuple[bytes, Address]]:
+    def _receive_batch(self, batch: DatagramBatch, limit: int) -> list[tuple[bytes, Address]]:
         received: list[tuple[bytes, Address]] = []
+        self.waited = None
         for _ in range(4):  # bounded: each call clears one reported error or reads what waits
             try:
                 more = batch.receive(limit - len(received))
@@ -142,11 +171,16 @@ class TunnelSocket:
                 break
             except OSError:
                 continue  # an ICMP error reported on the socket: the next call reads on
+            if not received and more and self.stamped:
+                stamp = batch.first_stamp()
+                if stamp is not None:
+                    self.waited = self._wall() - stamp
             received += more
             # Slots left empty: the queue was drained, so another call would only say EAGAIN
             # (what arrives meanwhile wakes the loop again: its readiness is level-triggered).
             if not batch.filled or len(received) >= limit:
                 break
+        self.more_waiting = batch.filled
         return received
 
     def _receive_gro(self, limit: int) -> list[tuple[bytes, Address]]:
@@ -154,7 +188,7 @@ class TunnelSocket:
         recvmsg = self.sock.recvmsg
         for _ in range(limit):
             try:
-                data, ancillary, _flags, address = recvmsg(65535, _GRO_CONTROL)
+                data, ancillary, _flags, address = recvmsg(65535, self._gro_control)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -200,10 +234,13 @@ class DatagramBatch(ReceiveSlots):
     control buffer each.
     """
 
-    def __init__(self, sock: socket.socket, receive: Any, *, gro: bool) -> None:
+    def __init__(self, sock: socket.socket, receive: Any, *, gro: bool, stamped: bool = False) -> None:
         # With GRO 32 slots of 64 KB (2 MB per socket), without 64 of 9 KB; allocated once.
         slots, slot_size = (GRO_SLOTS, GRO_SLOT_SIZE) if gro else (PLAIN_SLOTS, PLAIN_SLOT_SIZE)
-        super().__init__(sock, receive, slots, slot_size, _GRO_CONTROL)
+        self._control_size = _GRO_CONTROL + (_STAMP_CONTROL if stamped else 0)
+        # A slot's control data longer than this holds more than its timestamp: maybe a GRO size.
+        self._stamp_only = _STAMP_CONTROL if stamped else 0
+        super().__init__(sock, receive, slots, slot_size, self._control_size)
         self.filled = False
         """Whether the last receive filled every slot it offered (more may be waiting)."""
         self.gro_trains = 0
@@ -227,6 +264,7 @@ class DatagramBatch(ReceiveSlots):
         # Where the slot's length, control length, payload and sender's port and address lie.
         length_at, control_at, start = LEN_OFFSET, CONTROLLEN_OFFSET, 0
         name, name_end = 2, self._name_end
+        stamp_only = self._stamp_only
         batch: list[tuple[bytes, Address]] = []
         append = batch.append
         for slot in range(count):
@@ -237,7 +275,7 @@ class DatagramBatch(ReceiveSlots):
             if source is None:
                 source = self._source(key)
             (control_length,) = _unpack_size(header_bytes, control_at)
-            size = self._segment_size(slot, control_length) if control_length else 0
+            size = self._segment_size(slot, control_length) if control_length > stamp_only else 0
             if 0 < size < length:
                 batch.extend([(data[at : at + size], source) for at in range(0, length, size)])
                 self.gro_trains += 1
@@ -268,13 +306,36 @@ class DatagramBatch(ReceiveSlots):
     def _segment_size(self, slot: int, controllen: int) -> int:
         """The gso_size of the slot's UDP_GRO control message (0 without one); `controllen` is the
         length of the slot's control data, as the kernel set it."""
-        if controllen < _CMSG_DATA + 4:
-            return 0
-        at = slot * _GRO_CONTROL
-        _length, level, kind = _CMSG_HEADER.unpack_from(self._control_bytes, at)
-        if level != SOL_UDP or kind != UDP_GRO:
-            return 0
-        return int(_gro_size(self._control_bytes, at + _CMSG_DATA)[0])
+        at = self._control(slot, controllen, SOL_UDP, UDP_GRO, 4)
+        return 0 if at is None else int(_gro_size(self._control_bytes, at)[0])
+
+    def first_stamp(self) -> float | None:
+        """The CLOCK_REALTIME (seconds) the first datagram of the last receive reached the socket, from
+        its SCM_TIMESTAMPNS control message; None without one."""
+        if not self.count:
+            return None
+        (controllen,) = _unpack_size(self._header_bytes, CONTROLLEN_OFFSET)
+        at = self._control(0, controllen, socket.SOL_SOCKET, SO_TIMESTAMPNS, _TIMESPEC.size)
+        if at is None:
+            return None
+        seconds, nanoseconds = _TIMESPEC.unpack_from(self._control_bytes, at)
+        return float(seconds + nanoseconds * 1e-9)
+
+    def _control(self, slot: int, controllen: int, level: int, kind: int, size: int) -> int | None:
+        """Where the data of the slot's control message of `level` and `kind` begins, if it has one
+        of at least `size` bytes."""
+        at = slot * self._control_size
+        end = at + min(controllen, self._control_size)
+        while at + _CMSG_DATA <= end:
+            length, found_level, found_kind = _CMSG_HEADER.unpack_from(self._control_bytes, at)
+            if length < _CMSG_DATA:
+                return None
+            if found_level == level and found_kind == kind:
+                return (
+                    at + _CMSG_DATA if at + _CMSG_DATA + size <= end and length >= _CMSG_DATA + size else None
+                )
+            at += socket.CMSG_SPACE(length - _CMSG_DATA)
+        return None
 
 
 def _enable_gro(sock: socket.socket) -> bool:
@@ -282,6 +343,15 @@ def _enable_gro(sock: socket.socket) -> bool:
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)
     except OSError as exc:
         log.info("UDP_GRO refused (%s): receiving with recvmmsg", exc)
+        return False
+    return True
+
+
+def _enable_timestamps(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError as exc:
+        log.info("SO_TIMESTAMPNS refused (%s): no CoDel on the tunnel socket's receive queue", exc)
         return False
     return True
 

@@ -1,4 +1,5 @@
-"""Active queue management for the tunnel's send queues: CoDel (RFC 8289), packet by packet.
+"""Active queue management for the tunnel's queues: CoDel (RFC 8289), packet by packet. The send
+queues use it per flow; `ArrivalCoDel` judges what waits in the tunnel socket's receive queue.
 
 Why the tunnel needs it: a bulk TCP upload through the tunnel queues in front of the daemon that
 encrypts it. With a loss-based congestion control (cubic, the default of most systems) that queue
@@ -19,7 +20,9 @@ packets that waited less than TARGET go with one call.
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Any, Final
+
+from dnsguard.wireguard.constants import KEEPALIVE_SIZE, MESSAGE_TRANSPORT
 
 TARGET: Final = 0.005
 """Seconds of waiting a queue may keep standing (RFC 8289 section 4.4: 5 ms)."""
@@ -154,3 +157,51 @@ class CoDel:
 
     def _control_law(self, start: float) -> float:
         return start + self.interval / math.sqrt(self.count)
+
+
+class ArrivalCoDel:
+    """CoDel for the queue the kernel keeps in front of the tunnel's socket: the datagrams that came.
+
+    A server's peers' uploads queue in its UDP socket's receive buffer (7 MiB: it never fills), one
+    FIFO for every peer, before any queue of the daemon's; with nothing dropped there, a loss-based
+    TCP upload keeps that queue standing tens of milliseconds deep, and every peer's traffic waits
+    behind it. The socket reports when each datagram came (a kernel timestamp); a receive's first
+    datagram waited longest, and all of the receive are judged by its wait, as if they had waited
+    that long. Datagrams condemned are transport data: a handshake message, a cookie reply or a
+    keepalive is never dropped (CoDel still counts it, as if it were). Drops are spaced by the
+    control law, so one receive loses at most a datagram or two, and the senders with the most
+    datagrams in the queue lose the most.
+    """
+
+    __slots__ = ("codel", "drops")
+
+    def __init__(self, target: float = TARGET, interval: float = INTERVAL) -> None:
+        self.codel = CoDel(target, interval)
+        self.drops = 0
+        """Datagrams dropped in all."""
+
+    def judge(
+        self, now: float, waited: float | None, datagrams: list[tuple[bytes, Any]], more_waiting: bool
+    ) -> list[tuple[bytes, Any]]:
+        """The datagrams of one receive to open, in their order: all of them unless their wait has
+        stood above the target for an interval. `more_waiting`: the receive stopped at its limit.
+        Otherwise it emptied the socket, and its last datagram has nothing behind it: as any queue
+        of one packet, that is no standing queue, and the wait's interval starts again. A socket
+        that every read empties loses nothing, whatever its datagrams waited (a late wake-up)."""
+        codel = self.codel
+        if waited is None or codel.passes(waited):
+            return datagrams
+        behind = sum(len(data) for data, _ in datagrams) + (codel.max_packet + 1 if more_waiting else 0)
+        kept = []
+        for datagram in datagrams:
+            data = datagram[0]
+            behind -= len(data)
+            if (
+                codel.dequeued(now, waited, behind)
+                and len(data) > KEEPALIVE_SIZE
+                and data[0] == MESSAGE_TRANSPORT
+            ):
+                self.drops += 1
+                continue
+            kept.append(datagram)
+        return kept

@@ -218,6 +218,14 @@ def test_keep_warm_is_on_for_a_second_unless_set(tmp_path: Path) -> None:
     assert float(load_config(write(tmp_path, text)).performance.keep_warm) == 0
 
 
+def test_receive_codel_is_off_unless_set_and_takes_only_a_boolean(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, BASE)).performance.receive_codel is False
+    text = BASE + "performance:\n  receive-codel: true\n"
+    assert load_config(write(tmp_path, text)).performance.receive_codel is True
+    error = only_error(tmp_path, BASE + "performance:\n  receive-codel: sometimes\n")
+    assert error.key == "performance.receive-codel"
+
+
 def test_ttl_of_a_rewrite_is_bounded(tmp_path: Path) -> None:
     text = BASE + "rewrites:\n  - name: nas.example\n    answer: [192.0.2.10]\n    ttl: 9999999999\n"
     error = only_error(tmp_path, text)

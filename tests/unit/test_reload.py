@@ -579,6 +579,26 @@ async def test_a_tunnel_reload_gives_the_shell_its_keep_warm_and_a_bad_one_keeps
         await dns.service.close()
 
 
+async def test_a_tunnel_reload_turns_receive_codel_on_and_off_and_a_bad_one_keeps_it(tmp_path: Path) -> None:
+    daemon, path, config, dns = await tunnel_daemon(tmp_path)
+    shell = SimpleNamespace(keep_warm=1.0, receive_codel=config.performance.receive_codel)
+    daemon.shell = shell  # type: ignore[assignment]
+    try:
+        assert shell.receive_codel is False  # off unless set
+        set_config(path, performance={"receive-codel": True})
+        assert await daemon.reload()
+        assert shell.receive_codel is True
+        set_config(path, performance={"receive-codel": "sometimes"})
+        assert not await daemon.reload()
+        assert "performance.receive-codel" in (daemon.reloads.last_error or "")
+        assert shell.receive_codel is True
+        set_config(path, performance={"receive-codel": False})
+        assert await daemon.reload()
+        assert shell.receive_codel is False
+    finally:
+        await dns.service.close()
+
+
 async def test_a_swap_frees_the_previous_matcher_without_a_garbage_collection(tmp_path: Path) -> None:
     """Reloads collect only new garbage (no full collection stalls queries): the old index must not sit
     in a reference cycle, or its mapping would stay until the next full collection."""

@@ -9,6 +9,7 @@ import itertools
 import socket
 from typing import Any
 
+import pytest
 from shell_lab import (
     CLIENT_IP,
     CLIENT_NEW_ADDRESS,
@@ -156,6 +157,68 @@ def test_a_queue_that_stands_in_front_of_the_encryption_loses_packets_from_its_h
         assert len(delivered) == len(pings) - drops
         assert is_subsequence(delivered, pings)  # in order, none twice
         assert delivered[:2000] == pings[:2000]  # nothing dropped before the wait stood for an interval
+
+    run_lab(main)
+
+
+def slow_receiver(lab: ShellLab, seconds_per_batch: float) -> TunnelShell:
+    """The server's clock (its shell's and its socket's stamps) moves on by `seconds_per_batch` for
+    each BATCH datagrams its device opens."""
+    shell = lab.server.shell
+    assert shell is not None
+    worked = [0.0]
+    lab_clock = shell.clock
+
+    def clock() -> float:
+        return lab_clock() + worked[0]
+
+    shell.clock = clock
+    lab.server.udp._socket.clock = clock
+    receive_datagrams = shell.device.receive_datagrams
+
+    def working_receive(datagrams: Any, now: float, write: Any = None) -> list[bytes]:
+        worked[0] += seconds_per_batch * len(datagrams) / BATCH
+        return receive_datagrams(datagrams, now, write)
+
+    shell.device.receive_datagrams = working_receive  # type: ignore[method-assign,assignment]
+    return shell
+
+
+@pytest.mark.parametrize(
+    ("count", "receive_codel"),
+    [(40_000, True), (8_000, True), (40_000, False)],
+    ids=["standing", "a-burst", "standing-without-receive-codel"],
+)
+def test_a_queue_that_stands_in_the_socket_loses_transport_datagrams_as_they_are_read(
+    count: int, receive_codel: bool
+) -> None:
+    """The peer's datagrams queue in the server's socket while its reader is off; the server then opens
+    BATCH of them a millisecond. With receive_codel, 40,000 keep the wait above CoDel's target for
+    312 ms: datagrams are dropped as they are read; 8,000 drain in 62 ms, under an interval: none is.
+    Without it (the default) none is either way."""
+
+    async def main(lab: ShellLab) -> None:
+        await lab.client_shell_with_session()
+        server = slow_receiver(lab, 0.001)
+        server.receive_codel = receive_codel
+        server.stop()
+        pings = [echo_request(CLIENT_IP, SERVER_IP, sequence) for sequence in range(1, count + 1)]
+        lab.client.tun.route(*pings)
+        await lab.run_for(0.05)
+        assert len(lab.server.udp._socket.inbox) == count
+        server.start()
+        await lab.run_for(1.0)
+        delivered = lab.server.tun.take_written()
+        drops = server.stats.arrival_drops
+        if count == 8_000 or not receive_codel:
+            assert drops == 0
+            assert delivered == pings
+            return
+        assert drops >= 2
+        assert len(delivered) == len(pings) - drops
+        assert is_subsequence(delivered, pings)  # in order, none twice
+        assert delivered[:12_000] == pings[:12_000]  # nothing dropped before the wait stood an interval
+        assert all(peer.current_keypair is not None for peer in server.device.peers.values())
 
     run_lab(main)
 

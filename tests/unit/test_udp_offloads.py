@@ -318,3 +318,59 @@ def test_a_lone_datagram_leaves_by_one_sendto(receiver: socket.socket, offloads:
         assert endpoint.send_batch([(b"x", ("127.0.0.1", 0))]) == (0, 1)
     finally:
         endpoint.close()
+
+
+@pytest.mark.parametrize("offloads", [True, False], ids=["gro", "recvmmsg"])
+def test_a_batch_says_how_long_its_first_datagram_waited_in_the_socket(offloads: bool) -> None:
+    sender, target = UdpEndpoint(0), UdpEndpoint(0, offloads=offloads)
+    try:
+        tunnel_socket = target.sockets[socket.AF_INET]
+        assert tunnel_socket.stamped
+        first = send_plain(1, target.port)
+        time.sleep(0.05)
+        sender.send_batch([(data, ("127.0.0.1", target.port)) for data in TRAIN])  # a GSO train
+        received = [data for data, _ in tunnel_socket.receive(128)]
+        assert received == first + TRAIN  # trains still split by their GRO size beside the timestamps
+        assert tunnel_socket.waited is not None
+        assert 0.05 <= tunnel_socket.waited < 5  # the first datagram's wait, not the train's
+        assert not tunnel_socket.more_waiting
+        # A receive of one is an idle socket's: not judged, so not measured.
+        send_plain(1, target.port)
+        assert len(tunnel_socket.receive(1)) == 1
+        assert tunnel_socket.waited is None
+    finally:
+        sender.close()
+        target.close()
+
+
+@pytest.mark.parametrize("offloads", [True, False], ids=["gro", "recvmmsg"])
+def test_a_receive_stopped_at_its_limit_says_more_may_wait(offloads: bool) -> None:
+    target = UdpEndpoint(0, offloads=offloads)
+    try:
+        tunnel_socket = target.sockets[socket.AF_INET]
+        sent = send_plain(200, target.port)
+        first = tunnel_socket.receive(PLAIN_SLOTS)
+        assert len(first) == PLAIN_SLOTS
+        assert tunnel_socket.more_waiting
+        rest = receive_all(target, 200 - PLAIN_SLOTS)
+        assert [data for data, _ in first + rest] == sent
+        assert not tunnel_socket.more_waiting
+    finally:
+        target.close()
+
+
+def test_a_kernel_refusing_timestamps_leaves_receives_unjudged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(udp, "SO_TIMESTAMPNS", 0x7FFF)  # an option no kernel has: ENOPROTOOPT
+    caplog.set_level(logging.INFO, logger="dnsguard.net.udp")
+    target = UdpEndpoint(0)
+    try:
+        tunnel_socket = target.sockets[socket.AF_INET]
+        assert not tunnel_socket.stamped
+        assert "SO_TIMESTAMPNS refused" in caplog.text
+        sent = send_plain(3, target.port)
+        assert [data for data, _ in tunnel_socket.receive(128)] == sent
+        assert tunnel_socket.waited is None
+    finally:
+        target.close()

@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnsguard.wireguard.codel import INTERVAL, MAX_PACKET, TARGET, CoDel
+from dnsguard.wireguard.codel import INTERVAL, MAX_PACKET, TARGET, ArrivalCoDel, CoDel
+from dnsguard.wireguard.constants import (
+    KEEPALIVE_SIZE,
+    MESSAGE_COOKIE_REPLY,
+    MESSAGE_INITIATION,
+    MESSAGE_RESPONSE,
+    MESSAGE_TRANSPORT,
+)
 
 
 @dataclass
@@ -222,3 +229,95 @@ def test_a_marked_packet_ends_the_dequeue_so_the_next_one_is_judged_afresh() -> 
     codel.marked()
     assert not codel.dequeued(now, TARGET / 2, 64_000)
     assert not codel.dropping
+
+
+# -- ArrivalCoDel: the socket's receive queue, judged by each receive's first datagram ---------------
+
+
+def transport(number: int, size: int = 1452) -> tuple[bytes, tuple[str, int]]:
+    """A transport datagram (type 4) of `size` bytes, its counter `number`, from one peer."""
+    header = bytes([MESSAGE_TRANSPORT, 0, 0, 0]) + b"\x01\0\0\0" + number.to_bytes(8, "little")
+    return header + bytes(size - len(header)), ("192.0.2.2", 51820)
+
+
+def standing(arrivals: ArrivalCoDel, receives: int, waited: float, every: float = 0.001) -> list[list[bytes]]:
+    """`receives` receives of 64 datagrams, `every` seconds apart, each first datagram having waited
+    `waited`, the queue never emptying: what each receive keeps."""
+    kept = []
+    for number in range(receives):
+        batch = [transport(number * 64 + index) for index in range(64)]
+        kept.append([data for data, _ in arrivals.judge(number * every, waited, batch, True)])
+    return kept
+
+
+def test_a_socket_whose_wait_stays_under_the_target_loses_nothing() -> None:
+    arrivals = ArrivalCoDel()
+    kept = standing(arrivals, 1000, TARGET * 0.9)
+    assert all(len(batch) == 64 for batch in kept)
+    assert arrivals.drops == 0
+
+
+def test_a_standing_socket_queue_loses_datagrams_after_an_interval_spaced_by_the_control_law() -> None:
+    arrivals = ArrivalCoDel()
+    kept = standing(arrivals, 1000, 0.02)  # a second of receives, each a millisecond apart
+    lost = [64 - len(batch) for batch in kept]
+    first = next(number for number, count in enumerate(lost) if count)
+    assert INTERVAL / 0.001 - 1 <= first <= INTERVAL / 0.001 + 1  # none before the wait stood an interval
+    assert max(lost) == 1  # at most one a receive: drops are spaced in time
+    # RFC 8289's control law: the first drop an interval after the wait rose, each next one
+    # INTERVAL / sqrt(count) after the one before.
+    times, count = [INTERVAL], 1
+    while times[-1] + INTERVAL / math.sqrt(count) < 1.0:
+        times.append(times[-1] + INTERVAL / math.sqrt(count))
+        count += 1
+    expected = len(times)
+    assert abs(arrivals.drops - expected) <= 2
+    assert arrivals.drops == sum(lost)
+
+
+def test_each_receive_keeps_its_order_and_loses_only_transport_data() -> None:
+    arrivals = ArrivalCoDel()
+    others = [
+        (bytes([MESSAGE_INITIATION, 0, 0, 0]) + bytes(144), ("192.0.2.3", 51820)),
+        (bytes([MESSAGE_RESPONSE, 0, 0, 0]) + bytes(88), ("192.0.2.4", 51820)),
+        (bytes([MESSAGE_COOKIE_REPLY, 0, 0, 0]) + bytes(60), ("192.0.2.5", 51820)),
+        (transport(7, KEEPALIVE_SIZE)[0], ("192.0.2.6", 51820)),
+    ]
+    lost = 0
+    for number in range(2000):
+        # Nothing but what must not be lost: CoDel condemns some of them, none go.
+        batch = [others[(number + index) % 4] for index in range(64)]
+        kept = arrivals.judge(number * 0.001, 0.05, batch, True)
+        assert kept == batch
+    assert arrivals.codel.drops > 0 and arrivals.drops == 0
+    for number in range(2000, 3000):
+        batch = [transport(number * 64 + index) for index in range(60)] + others
+        kept = arrivals.judge(number * 0.001, 0.05, batch, True)
+        assert kept == [datagram for datagram in batch if datagram in kept]  # in order
+        assert all(datagram in kept for datagram in others)
+        lost += len(batch) - len(kept)
+    assert lost == arrivals.drops > 0
+
+
+def test_a_receive_that_empties_the_socket_ends_the_dropping_spell() -> None:
+    arrivals = ArrivalCoDel()
+    standing(arrivals, 300, 0.02)
+    assert arrivals.codel.dropping
+    batch = [transport(number) for number in range(10)]
+    assert arrivals.judge(0.3, 0.02, batch, False) is not None
+    assert not arrivals.codel.dropping
+    # A socket emptied by every read is not a standing queue, whatever its datagrams waited (the
+    # daemon woke late): nothing is lost.
+    before = arrivals.drops
+    for number in range(1000):
+        batch = [transport(number * 8 + index) for index in range(8)]
+        assert arrivals.judge(1 + number * 0.001, 0.02, batch, False) == batch
+    assert arrivals.drops == before
+
+
+def test_a_receive_without_a_timestamp_is_not_judged() -> None:
+    arrivals = ArrivalCoDel()
+    for number in range(1000):
+        batch = [transport(number * 64 + index) for index in range(64)]
+        assert arrivals.judge(number * 0.001, None, batch, True) == batch
+    assert arrivals.drops == 0
