@@ -22,8 +22,12 @@ The server holds --peers peers, each with its own tunnel address (100.64.1.x/32)
   streams' round trip (the median of their senders' mean RTT, as iperf3 measures it: what a queue in
   front of the server adds), the slowest and the fastest stream, and their retransmissions.
 
+--repeat N runs every contender N times, each round starting with the next contender (a noisy
+moment on a shared machine then hits them alike), and reports each figure's median as well.
+
 Ratios dnsguard/wireguard-go are the result; absolute numbers depend on the machine. --baseline
-CHECKOUT adds dnsguard from another checkout (a worktree of main, say) as `baseline`.
+CHECKOUT adds dnsguard from another checkout (a worktree of main, say) as `baseline`; the contender
+`dnsguard+codel` (in --only) is dnsguard's server with `performance.receive-codel` on.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from dnsguard.lab.scenario import PORT, SERVER_ENDPOINT, server_tunnel
 
 SERVER_TUNNEL = "100.64.0.1"
 CONTENDERS = ("dnsguard", "wireguard-go")
+"""--only's default; `dnsguard+codel` may be named too."""
+DNSGUARD = ("dnsguard", "dnsguard+codel", "baseline")
 CLOCK_TICKS = 100  # USER_HZ: the unit of /proc/PID/stat's utime and stime on Linux
 
 
@@ -152,13 +158,16 @@ def start_server(
 ) -> int:
     """The server with every peer; returns the pid whose CPU time counts. `env`: the dnsguard
     server's extra environment (another checkout's, for the baseline)."""
-    if contender in ("dnsguard", "baseline"):
+    if contender in DNSGUARD:
         peers: list[dict[str, object]] = [
             {"public-key": key, "allowed-ips": [f"{peer_tunnel(i)}/32"]} for i, key in enumerate(publics)
         ]
         config = server_tunnel(private, peers, addresses=(f"{SERVER_TUNNEL}/16",))
         config["logging"] = {"level": "warning"}
-        config["performance"] = {"keep-warm": keep_warm}
+        performance: dict[str, object] = {"keep-warm": keep_warm}
+        if contender == "dnsguard+codel":  # named only here: a baseline's checkout may not know it
+            performance["receive-codel"] = True
+        config["performance"] = performance
         daemon = DnsguardDaemon(lab, "server", "server", config, env=env or {}).start()
         assert daemon.process is not None
         return daemon.process.pid
@@ -292,8 +301,22 @@ def streams_summary(reports: list[dict[str, Any]]) -> dict[str, float]:
         "rtt_ms": statistics.median(rtts) if rtts else float("nan"),
         "slowest_mbits": min(each, default=float("nan")),
         "fastest_mbits": max(each, default=float("nan")),
+        "spread": max(each) / min(each) if each and min(each) > 0 else float("nan"),
         "retransmits": float(sum(report["end"]["sum_sent"].get("retransmits", 0) for report in reports)),
     }
+
+
+def summary(contender: str, result: dict[str, float], args: argparse.Namespace) -> str:
+    return (
+        f"{contender:14s} storm of {args.peers}: {result['storm_s'] * 1000:7.1f} ms "
+        f"({result['handshakes_per_s']:6.0f} handshakes/s, {result['incomplete']:.0f} incomplete), "
+        f"{result['cpu_ms_per_handshake']:.2f} CPU ms/handshake; {args.streams} streams "
+        f"{result['mbits']:7.1f} Mbit/s, {result['cpu_s_per_gb']:.2f} CPU s/GB; server drops: "
+        f"{result['udp_rcvbuf_drops']:.0f} UDP receive buffer, {result['tunnel_device_drops']:.0f} "
+        f"tunnel device; streams' RTT {result['rtt_ms']:.1f} ms, each {result['slowest_mbits']:.0f}-"
+        f"{result['fastest_mbits']:.0f} Mbit/s (spread {result['spread']:.1f}x), "
+        f"{result['retransmits']:.0f} retransmits"
+    )
 
 
 def main() -> int:
@@ -312,6 +335,9 @@ def main() -> int:
         help="dnsguard server's performance.keep-warm (its default is 1s; here 0, off)",
     )
     parser.add_argument("--baseline", metavar="CHECKOUT", help="also run dnsguard from another checkout")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of every contender, each starting with the next"
+    )
     parser.add_argument("--json")
     parser.add_argument("--storm-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -319,22 +345,27 @@ def main() -> int:
         return storm_worker(args.storm_worker)
     if not 1 <= args.peers <= 200 or not 1 <= args.streams <= min(args.peers, 32):
         raise SystemExit("--peers takes 1..200 and --streams 1..min(peers, 32)")
-    results = {}
     contenders = [contender for contender in args.only.split(",") if contender]
+    if unknown := set(contenders) - {*CONTENDERS, "dnsguard+codel"}:
+        raise SystemExit(f"--only: unknown {', '.join(sorted(unknown))}")
     if args.baseline:
         contenders.append("baseline")
-    for contender in contenders:
-        results[contender] = result = bench(contender, args)
-        print(
-            f"{contender:13s} storm of {args.peers}: {result['storm_s'] * 1000:7.1f} ms "
-            f"({result['handshakes_per_s']:6.0f} handshakes/s, {result['incomplete']:.0f} incomplete), "
-            f"{result['cpu_ms_per_handshake']:.2f} CPU ms/handshake; {args.streams} streams "
-            f"{result['mbits']:7.1f} Mbit/s, {result['cpu_s_per_gb']:.2f} CPU s/GB; server drops: "
-            f"{result['udp_rcvbuf_drops']:.0f} UDP receive buffer, {result['tunnel_device_drops']:.0f} "
-            f"tunnel device; streams' RTT {result['rtt_ms']:.1f} ms, each {result['slowest_mbits']:.0f}-"
-            f"{result['fastest_mbits']:.0f} Mbit/s, {result['retransmits']:.0f} retransmits",
-            flush=True,
-        )
+    runs: dict[str, list[dict[str, float]]] = {contender: [] for contender in contenders}
+    for number in range(args.repeat):
+        shift = number % len(contenders)  # each round starts with the next contender
+        for contender in [*contenders[shift:], *contenders[:shift]]:
+            result = bench(contender, args)
+            runs[contender].append(result)
+            prefix = f"round {number + 1} " if args.repeat > 1 else ""
+            print(prefix + summary(contender, result, args), flush=True)
+    results = {
+        contender: {key: statistics.median(run[key] for run in done) for key in done[0]}
+        for contender, done in runs.items()
+    }
+    if args.repeat > 1:
+        print(f"\nmedians of {args.repeat} rounds")
+        for contender, result in results.items():
+            print(summary(contender, result, args), flush=True)
     ratios = {
         "wireguard-go": {
             "handshakes/s": "handshakes_per_s",
@@ -342,7 +373,20 @@ def main() -> int:
             "throughput": "mbits",
             "CPU per GB": "cpu_s_per_gb",
         },
-        "baseline": {"throughput": "mbits", "streams' RTT": "rtt_ms", "CPU per GB": "cpu_s_per_gb"},
+        "baseline": {
+            "throughput": "mbits",
+            "streams' RTT": "rtt_ms",
+            "slowest stream": "slowest_mbits",
+            "spread": "spread",
+            "CPU per GB": "cpu_s_per_gb",
+        },
+        "dnsguard+codel": {
+            "throughput": "mbits",
+            "streams' RTT": "rtt_ms",
+            "slowest stream": "slowest_mbits",
+            "spread": "spread",
+            "CPU per GB": "cpu_s_per_gb",
+        },
     }
     for other, figures in ratios.items():
         if "dnsguard" in results and other in results:
@@ -350,7 +394,7 @@ def main() -> int:
             shown = ", ".join(f"{label} {g[key] / o[key]:.2f}x" for label, key in figures.items())
             print(f"dnsguard / {other}: {shown}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({"medians": results, "rounds": runs}, indent=2))
     return 0
 
 
