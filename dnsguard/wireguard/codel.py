@@ -162,15 +162,15 @@ class CoDel:
 class ArrivalCoDel:
     """CoDel for the queue the kernel keeps in front of the tunnel's socket: the datagrams that came.
 
-    A server's peers' uploads queue in its UDP socket's receive buffer (7 MiB: it never fills), one
-    FIFO for every peer, before any queue of the daemon's; with nothing dropped there, a loss-based
-    TCP upload keeps that queue standing tens of milliseconds deep, and every peer's traffic waits
-    behind it. The socket reports when each datagram came (a kernel timestamp); a receive's first
-    datagram waited longest, and all of the receive are judged by its wait, as if they had waited
-    that long. Datagrams condemned are transport data: a handshake message, a cookie reply or a
-    keepalive is never dropped (CoDel still counts it, as if it were). Drops are spaced by the
-    control law, so one receive loses at most a datagram or two, and the senders with the most
-    datagrams in the queue lose the most.
+    A server's peers' uploads queue in its UDP socket's receive buffer (7 MiB, which the bench's
+    uploads never filled), one FIFO for every peer, before any queue of the daemon's; with nothing
+    dropped there, loss-based TCP uploads learn nothing of each other, and the bench's kept 20-40 ms
+    of round trip with the fastest peer many times the slowest. The socket reports when each
+    datagram came (a kernel timestamp); a receive's first datagram waited longest, and all of the
+    receive are judged by its wait, as if they had waited that long. Datagrams condemned are
+    transport data: a handshake message, a cookie reply or a keepalive is never dropped (CoDel still
+    counts it, as if it were). Drops are spaced by the control law, so one receive loses at most a
+    datagram or two, and the senders with the most datagrams in the queue lose the most.
     """
 
     __slots__ = ("codel", "drops")
