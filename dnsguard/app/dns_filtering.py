@@ -210,7 +210,7 @@ class FilteringTunnelDaemon:
             tunnel()
             if self.shell is not None:
                 self.shell.keep_warm = float(new.performance.keep_warm)
-                self.shell.receive_codel = new.performance.receive_codel
+                self.shell.set_receive_codel(new.performance.receive_codel)
 
         return Prepared(commit, dns.discard)
 

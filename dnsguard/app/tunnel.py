@@ -104,7 +104,8 @@ class TunnelShell:
 
     receive_codel: bool = False
     """Judge each receive by how long its first datagram waited in the socket, and drop transport
-    datagrams as CoDel says (ArrivalCoDel); the configuration's performance.receive-codel."""
+    datagrams as CoDel says (ArrivalCoDel); the configuration's performance.receive-codel. Changed
+    on a running shell with set_receive_codel, which has the sockets stamp datagrams, or stop."""
 
     queue_by_destination: bool = False
     """Share the send queues' turns by destination first, then by flow (FlowQueues' by_destination):
@@ -157,9 +158,15 @@ class TunnelShell:
         self.queues = FlowQueues(by_destination=self.queue_by_destination)
         self._send_scheduled = False
 
+    def set_receive_codel(self, on: bool) -> None:
+        self.receive_codel = on
+        for sock in self.udp.sockets.values():
+            sock.measure_waits(on)
+
     def _add_socket_readers(self) -> None:
         assert self._loop is not None
         for sock in self.udp.sockets.values():
+            sock.measure_waits(self.receive_codel)
             self._loop.add_reader(sock.fileno(), self._udp_readable, sock, ArrivalCoDel())
             self._readers.append(sock.fileno())
 

@@ -124,7 +124,7 @@ class FakeSocket:
     """One bound socket of a `FakeUdpEndpoint`: datagrams queued for `recvfrom`.
 
     With a `clock`, each datagram is stamped when it arrives, as the kernel's SO_TIMESTAMPNS does, and
-    a receive of more than one says how long its first waited (`waited`).
+    once `measure_waits` is on a receive of more than one says how long its first waited (`waited`).
     """
 
     def __init__(self, address: Address, clock: Callable[[], float] | None = None) -> None:
@@ -134,6 +134,7 @@ class FakeSocket:
         self.clock = clock
         self.waited: float | None = None
         self.more_waiting = False
+        self.measuring = False
         self._arrived: deque[float] = deque()
         self._doorbell = _Doorbell()
 
@@ -165,9 +166,15 @@ class FakeSocket:
             except BlockingIOError:
                 break
         clock = self.clock
-        self.waited = clock() - first if limit > 1 and clock is not None and first is not None else None
+        self.waited = None
+        if self.measuring and limit > 1 and clock is not None and first is not None:
+            self.waited = clock() - first
         self.more_waiting = limit > 1 and len(batch) == limit
         return batch
+
+    def measure_waits(self, on: bool) -> bool:
+        self.measuring = on and self.clock is not None
+        return self.measuring
 
     def close(self) -> None:
         self.closed = True

@@ -100,6 +100,10 @@ class DatagramSocket(Protocol):
         """Whether the last receive stopped at its limit with datagrams maybe still queued."""
         ...
 
+    def measure_waits(self, on: bool) -> bool:
+        """Start (or stop) stamping datagrams so that `waited` is known; returns whether it is."""
+        ...
+
 
 class TunnelSocket:
     """One UDP socket of the tunnel with its receive path: UDP_GRO, else recvmmsg, else recvfrom.
@@ -112,13 +116,12 @@ class TunnelSocket:
         self.sock = sock
         self.family = sock.family
         self.gro = gro and _enable_gro(sock)
-        # Kernel timestamps tell how long a batch waited in the socket, which is where a server's
-        # peers' uploads queue: only a batch (recvmmsg) reads them.
-        self.stamped = RECVMMSG is not None and _enable_timestamps(sock)
+        self.stamped = False
+        """Whether the kernel stamps each datagram (measure_waits)."""
         self._batch = None
         if RECVMMSG is not None:
-            self._batch = DatagramBatch(sock, RECVMMSG, gro=self.gro, stamped=self.stamped)
-        self._gro_control = _GRO_CONTROL + (_STAMP_CONTROL if self.stamped else 0)
+            self._batch = DatagramBatch(sock, RECVMMSG, gro=self.gro)
+        self._gro_control = _GRO_CONTROL + _STAMP_CONTROL
         self.replies = ReplyBatch.for_socket(sock)
         """sendmmsg batch for sends without GSO (None where libc lacks sendmmsg)."""
         self._gro_trains = 0
@@ -139,6 +142,23 @@ class TunnelSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+    def measure_waits(self, on: bool) -> bool:
+        """Have the kernel stamp each datagram as it comes (SO_TIMESTAMPNS), so that a batch says how
+        long its first datagram waited (`waited`), or stop it; returns whether stamps are on. Off
+        until asked: while any socket on the machine wants them, every packet it receives is stamped.
+        Kernel timestamps tell how long a batch waited in the socket, which is where a server's
+        peers' uploads queue: only a batch (recvmmsg) reads them."""
+        if self._batch is None or on == self.stamped:
+            return self.stamped
+        if on and not _enable_timestamps(self.sock):
+            return False
+        if not on:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 0)
+            self.waited = None
+        self.stamped = on
+        self._batch.stamp(on)
+        return on
 
     def receive(self, limit: int) -> list[tuple[bytes, Address]]:
         # One message is one recvmsg (recvfrom) through the socket module: right after a wake-up it
@@ -234,12 +254,14 @@ class DatagramBatch(ReceiveSlots):
     control buffer each.
     """
 
-    def __init__(self, sock: socket.socket, receive: Any, *, gro: bool, stamped: bool = False) -> None:
-        # With GRO 32 slots of 64 KB (2 MB per socket), without 64 of 9 KB; allocated once.
+    def __init__(self, sock: socket.socket, receive: Any, *, gro: bool) -> None:
+        # With GRO 32 slots of 64 KB (2 MB per socket), without 64 of 9 KB; allocated once. Each
+        # slot's control buffer holds a GRO size and a timestamp.
         slots, slot_size = (GRO_SLOTS, GRO_SLOT_SIZE) if gro else (PLAIN_SLOTS, PLAIN_SLOT_SIZE)
-        self._control_size = _GRO_CONTROL + (_STAMP_CONTROL if stamped else 0)
-        # A slot's control data longer than this holds more than its timestamp: maybe a GRO size.
-        self._stamp_only = _STAMP_CONTROL if stamped else 0
+        self._control_size = _GRO_CONTROL + _STAMP_CONTROL
+        self._stamp_only = 0
+        """While the kernel stamps datagrams, the length of a slot's control data that is its
+        timestamp alone (else 0): only longer control data may hold a GRO size."""
         super().__init__(sock, receive, slots, slot_size, self._control_size)
         self.filled = False
         """Whether the last receive filled every slot it offered (more may be waiting)."""
@@ -275,6 +297,8 @@ class DatagramBatch(ReceiveSlots):
             if source is None:
                 source = self._source(key)
             (control_length,) = _unpack_size(header_bytes, control_at)
+            # Control data no longer than the timestamp holds no GRO size (the kernel stamps every
+            # datagram it hands over while stamps are on, one that came before them when it is read).
             size = self._segment_size(slot, control_length) if control_length > stamp_only else 0
             if 0 < size < length:
                 batch.extend([(data[at : at + size], source) for at in range(0, length, size)])
@@ -308,6 +332,11 @@ class DatagramBatch(ReceiveSlots):
         length of the slot's control data, as the kernel set it."""
         at = self._control(slot, controllen, SOL_UDP, UDP_GRO, 4)
         return 0 if at is None else int(_gro_size(self._control_bytes, at)[0])
+
+    def stamp(self, on: bool) -> None:
+        """The kernel stamps each datagram now (or no longer): every slot's control data starts with
+        the stamp."""
+        self._stamp_only = _STAMP_CONTROL if on else 0
 
     def first_stamp(self) -> float | None:
         """The CLOCK_REALTIME (seconds) the first datagram of the last receive reached the socket, from

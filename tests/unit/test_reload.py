@@ -561,7 +561,7 @@ async def test_a_tunnel_reload_whose_peer_is_bad_leaves_dns_and_peers_alone(tmp_
 
 async def test_a_tunnel_reload_gives_the_shell_its_keep_warm_and_a_bad_one_keeps_it(tmp_path: Path) -> None:
     daemon, path, config, dns = await tunnel_daemon(tmp_path)
-    shell = SimpleNamespace(keep_warm=float(config.performance.keep_warm))
+    shell = SimpleNamespace(keep_warm=float(config.performance.keep_warm), set_receive_codel=lambda on: None)
     daemon.shell = shell  # type: ignore[assignment]
     try:
         assert shell.keep_warm == 1.0
@@ -582,6 +582,7 @@ async def test_a_tunnel_reload_gives_the_shell_its_keep_warm_and_a_bad_one_keeps
 async def test_a_tunnel_reload_turns_receive_codel_on_and_off_and_a_bad_one_keeps_it(tmp_path: Path) -> None:
     daemon, path, config, dns = await tunnel_daemon(tmp_path)
     shell = SimpleNamespace(keep_warm=1.0, receive_codel=config.performance.receive_codel)
+    shell.set_receive_codel = lambda on: setattr(shell, "receive_codel", on)
     daemon.shell = shell  # type: ignore[assignment]
     try:
         assert shell.receive_codel is False  # off unless set

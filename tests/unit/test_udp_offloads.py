@@ -325,7 +325,8 @@ def test_a_batch_says_how_long_its_first_datagram_waited_in_the_socket(offloads:
     sender, target = UdpEndpoint(0), UdpEndpoint(0, offloads=offloads)
     try:
         tunnel_socket = target.sockets[socket.AF_INET]
-        assert tunnel_socket.stamped
+        assert not tunnel_socket.stamped  # off until asked
+        assert tunnel_socket.measure_waits(True)
         first = send_plain(1, target.port)
         time.sleep(0.05)
         sender.send_batch([(data, ("127.0.0.1", target.port)) for data in TRAIN])  # a GSO train
@@ -338,6 +339,27 @@ def test_a_batch_says_how_long_its_first_datagram_waited_in_the_socket(offloads:
         send_plain(1, target.port)
         assert len(tunnel_socket.receive(1)) == 1
         assert tunnel_socket.waited is None
+        # Stopped: the datagrams carry no stamp, and a batch says nothing of its wait.
+        assert not tunnel_socket.measure_waits(False)
+        sender.send_batch([(data, ("127.0.0.1", target.port)) for data in TRAIN])
+        assert [data for data, _ in tunnel_socket.receive(128)] == TRAIN
+        assert tunnel_socket.waited is None
+    finally:
+        sender.close()
+        target.close()
+
+
+@pytest.mark.parametrize("offloads", [True, False], ids=["gro", "recvmmsg"])
+def test_a_train_queued_before_the_stamps_began_is_read_stamped_and_split(offloads: bool) -> None:
+    sender, target = UdpEndpoint(0), UdpEndpoint(0, offloads=offloads)
+    try:
+        tunnel_socket = target.sockets[socket.AF_INET]
+        sender.send_batch([(data, ("127.0.0.1", target.port)) for data in TRAIN])  # queued unstamped
+        assert tunnel_socket.measure_waits(True)
+        after = send_plain(2, target.port)
+        received = tunnel_socket.receive(128)
+        assert [data for data, _ in received] == TRAIN + after
+        assert tunnel_socket.waited is not None  # the kernel stamps it as it is read
     finally:
         sender.close()
         target.close()
@@ -367,6 +389,7 @@ def test_a_kernel_refusing_timestamps_leaves_receives_unjudged(
     target = UdpEndpoint(0)
     try:
         tunnel_socket = target.sockets[socket.AF_INET]
+        assert not tunnel_socket.measure_waits(True)
         assert not tunnel_socket.stamped
         assert "SO_TIMESTAMPNS refused" in caplog.text
         sent = send_plain(3, target.port)
