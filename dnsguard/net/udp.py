@@ -9,7 +9,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from dnsguard.errors import NetworkError
@@ -112,7 +112,7 @@ class TunnelSocket:
     in a control message how long each is; one call then reads dozens.
     """
 
-    def __init__(self, sock: socket.socket, *, gro: bool, wall: Callable[[], float] = time.time) -> None:
+    def __init__(self, sock: socket.socket, *, gro: bool) -> None:
         self.sock = sock
         self.family = sock.family
         self.gro = gro and _enable_gro(sock)
@@ -125,7 +125,6 @@ class TunnelSocket:
         self.replies = ReplyBatch.for_socket(sock)
         """sendmmsg batch for sends without GSO (None where libc lacks sendmmsg)."""
         self._gro_trains = 0
-        self._wall = wall
         self.waited: float | None = None
         self.more_waiting = False
 
@@ -194,7 +193,7 @@ class TunnelSocket:
             if not received and more and self.stamped:
                 stamp = batch.first_stamp()
                 if stamp is not None:
-                    self.waited = self._wall() - stamp
+                    self.waited = time.time() - stamp  # the stamp is CLOCK_REALTIME
             received += more
             # Slots left empty: the queue was drained, so another call would only say EAGAIN
             # (what arrives meanwhile wakes the loop again: its readiness is level-triggered).
