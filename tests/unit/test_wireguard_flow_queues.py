@@ -219,7 +219,7 @@ def test_within_a_destination_its_flows_share_its_turns() -> None:
 
 
 def test_a_quiet_destinations_packet_goes_ahead_of_the_busy_destinations_backlogs() -> None:
-    queues = FlowQueues(by_destination=True)
+    queues = FlowQueues(FEW_COLLISIONS, by_destination=True)
     queues.enqueue(bulk(2000, port=1, destination=BUSY) + bulk(2000, port=2, destination=OTHER), 0.0)
     for _ in range(10):  # both busy destinations have had turns: they are old ones now
         queues.dequeue(0.0, 128)
@@ -232,7 +232,7 @@ def test_a_quiet_destinations_packet_goes_ahead_of_the_busy_destinations_backlog
 def test_a_destination_that_empties_on_its_first_turn_waits_its_turn_after_it() -> None:
     """As a new flow that empties goes last among the old (RFC 8290 4.2), so does a new destination:
     one that refills as soon as it is served does not keep going ahead of a backlogged one."""
-    queues = FlowQueues(by_destination=True)
+    queues = FlowQueues(FEW_COLLISIONS, by_destination=True)
     queues.enqueue(bulk(3000, port=1, destination=BUSY), 0.0)
     # Two packets a turn, fewer than a quantum's bytes: the busy destination spends its quantum over
     # several turns, and is an old one after it.
