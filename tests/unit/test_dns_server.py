@@ -336,6 +336,31 @@ class BrokenAnswerer(EchoAnswerer):
         return await super().answer_later(plan)
 
 
+def test_a_quiet_wake_up_answers_a_query_that_raises_formerr_and_survives_an_empty_read() -> None:
+    server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
+    clock = Clock()
+    stats = ListenerStats()
+    listener = UdpListener(server, BrokenAnswerer(), stats, clock=clock)
+    client = clients[0]
+    try:
+        listener._readable()  # a wake-up with nothing to read (another reader took it): no harm
+        assert stats.udp_queries == 0
+        client.sendto(b"boom" + bytes(20), server.getsockname())
+        clock.now += 2 * QUIET_GAP
+        listener._readable()  # still quiet: the one query, whose handling raises
+        (reply,) = replies_waiting(client)
+        assert reply[3] & 0x0F == 1 and stats.internal_errors == 1  # RCODE FORMERR, counted
+        client.sendto(b"now:1", server.getsockname())
+        clock.now += 2 * QUIET_GAP
+        listener._readable()
+        assert replies_waiting(client) == [b"answer now:1"]
+        assert stats.udp_queries == 2
+    finally:
+        server.close()
+        for each in clients:
+            each.close()
+
+
 async def test_a_query_that_raises_gets_formerr_is_counted_and_the_listener_carries_on() -> None:
     server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
     stats = ListenerStats()
