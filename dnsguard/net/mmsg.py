@@ -87,8 +87,9 @@ MSG_DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0x40)
 
 
 class SingleDatagram:
-    """QueryBatch's interface over recvfrom, one datagram per call: where recvmmsg is missing, and for
-    the UDP listener's wake-ups on a quiet socket. A datagram is cut at QUERY_SLOT_SIZE, as in a batch."""
+    """QueryBatch's interface over recvfrom, one datagram per call: where recvmmsg is missing (the UDP
+    listener's quiet wake-ups call recvfrom themselves). A datagram is cut at QUERY_SLOT_SIZE, as in a
+    batch."""
 
     slots = 1
 
