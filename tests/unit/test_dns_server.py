@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -21,6 +22,17 @@ from dnsguard.net.mmsg import (
     ReplyBatch,
     SenderReplies,
 )
+
+
+@contextlib.contextmanager
+def closed_after(server: socket.socket, clients: list[socket.socket]) -> Iterator[None]:
+    """Close udp_pair's sockets when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        server.close()
+        for client in clients:
+            client.close()
 
 
 def udp_pair(family: socket.AddressFamily, host: str) -> tuple[socket.socket, list[socket.socket]]:
@@ -241,7 +253,7 @@ def test_a_quiet_sockets_wake_up_answers_one_query_and_a_busy_one_drains(batch: 
     stats = ListenerStats()
     listener = UdpListener(server, EchoAnswerer(), stats, batch=batch, clock=clock)
     client = clients[0]
-    try:
+    with closed_after(server, clients):
         for i in range(3):
             client.sendto(b"now:%d" % i, server.getsockname())
         listener._readable()  # the socket was quiet (nothing read yet): one query, no look for more
@@ -273,10 +285,6 @@ def test_a_quiet_sockets_wake_up_answers_one_query_and_a_busy_one_drains(batch: 
         listener._readable()  # quiet again: one
         assert replies_waiting(client) == [b"answer now:9"]
         assert stats.udp_queries == 10
-    finally:
-        server.close()
-        for each in clients:
-            each.close()
 
 
 async def test_a_quiet_wake_up_cuts_forwards_and_admits_as_a_drain_does() -> None:
@@ -307,16 +315,12 @@ async def test_a_quiet_wake_up_cuts_forwards_and_admits_as_a_drain_does() -> Non
     server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
     admission = ClientAdmission(AdmissionSettings(), local=["192.0.2.0/24"])
     listener = UdpListener(server, EchoAnswerer(), ListenerStats(), admission=admission, clock=clock)
-    try:
+    with closed_after(server, clients):
         clients[0].sendto(b"now:1", server.getsockname())
         clock.now += 2 * QUIET_GAP
         listener._readable()
         assert replies_waiting(clients[0]) == []
         assert admission.stats.outside == 1
-    finally:
-        server.close()
-        for client in clients:
-            client.close()
 
 
 # --- hostile clients ------------------------------------------------------------------------------
@@ -342,7 +346,7 @@ def test_a_quiet_wake_up_answers_a_query_that_raises_formerr_and_survives_an_emp
     stats = ListenerStats()
     listener = UdpListener(server, BrokenAnswerer(), stats, clock=clock)
     client = clients[0]
-    try:
+    with closed_after(server, clients):
         listener._readable()  # a wake-up with nothing to read (another reader took it): no harm
         assert stats.udp_queries == 0
         client.sendto(b"boom" + bytes(20), server.getsockname())
@@ -355,10 +359,6 @@ def test_a_quiet_wake_up_answers_a_query_that_raises_formerr_and_survives_an_emp
         listener._readable()
         assert replies_waiting(client) == [b"answer now:1"]
         assert stats.udp_queries == 2
-    finally:
-        server.close()
-        for each in clients:
-            each.close()
 
 
 async def test_a_query_that_raises_gets_formerr_is_counted_and_the_listener_carries_on() -> None:
