@@ -288,60 +288,70 @@ def test_a_quiet_sockets_wake_up_answers_one_query_and_a_busy_one_drains(batch: 
         assert stats.udp_queries == 10
 
 
-def counted_batch(listener: UdpListener) -> tuple[list[bytes], list[int]]:
-    """The replies the listener queues for sendmmsg from now on, in order, and what each recvmmsg it
-    makes returns (skips without them)."""
-    batch = listener.batch
-    queries = listener.queries
-    if batch is None or not isinstance(queries, QueryBatch):
-        pytest.skip("no recvmmsg and sendmmsg in this libc")
-    batched: list[bytes] = []
-    received: list[int] = []
-    reply, receive = batch.reply, queries.receive
+class CountedListener(NamedTuple):
+    """A listener on loopback whose batches are watched: the replies it queues for sendmmsg, in
+    order, and what each of its recvmmsg calls returned."""
 
-    def counted_reply(data: bytes, slot: int) -> bool:
-        batched.append(data)
-        return reply(data, slot)
+    listener: UdpListener
+    stats: ListenerStats
+    client: socket.socket
+    batched: list[bytes]
+    received: list[int]
 
-    def counted_receive() -> int:
-        received.append(receive())
-        return received[-1]
+    def send(self, *messages: bytes) -> None:
+        for message in messages:
+            self.client.sendto(message, self.listener.sock.getsockname())
 
-    batch.reply = counted_reply  # type: ignore[method-assign]
-    queries.receive = counted_receive  # type: ignore[method-assign]
-    return batched, received
+
+@contextlib.contextmanager
+def counted_listener() -> Iterator[CountedListener]:
+    """A CountedListener whose clock stands still (skips where libc lacks recvmmsg and sendmmsg)."""
+    server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
+    with closed_after(server, clients):
+        stats = ListenerStats()
+        listener = UdpListener(server, EchoAnswerer(), stats, clock=Clock())
+        batch, queries = listener.batch, listener.queries
+        if batch is None or not isinstance(queries, QueryBatch):
+            pytest.skip("no recvmmsg and sendmmsg in this libc")
+        batched: list[bytes] = []
+        received: list[int] = []
+        reply, receive = batch.reply, queries.receive
+
+        def counted_reply(data: bytes, slot: int) -> bool:
+            batched.append(data)
+            return reply(data, slot)
+
+        def counted_receive() -> int:
+            received.append(receive())
+            return received[-1]
+
+        batch.reply = counted_reply  # type: ignore[method-assign]
+        queries.receive = counted_receive  # type: ignore[method-assign]
+        yield CountedListener(listener, stats, clients[0], batched, received)
 
 
 def test_a_busy_wake_up_answers_its_first_query_alone_and_batches_only_what_else_waits() -> None:
-    server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
-    clock = Clock()
-    stats = ListenerStats()
-    listener = UdpListener(server, EchoAnswerer(), stats, clock=clock)
-    batched, received = counted_batch(listener)
-    client = clients[0]
-    with closed_after(server, clients):
-        for i in range(2):
-            client.sendto(b"now:%d" % i, server.getsockname())
+    with counted_listener() as counted:
+        listener, client = counted.listener, counted.client
+        counted.send(b"now:0", b"now:1")
         listener._readable()  # quiet: one
         listener._readable()  # at once, not quiet: one, and FIONREAD says nothing else waits
         assert replies_waiting(client) == [b"answer now:0", b"answer now:1"]
-        assert batched == [] and received == []  # no recvmmsg, no sendmmsg
-        for i in range(2, 6):
-            client.sendto(b"now:%d" % i, server.getsockname())
+        assert counted.batched == [] and counted.received == []  # no recvmmsg, no sendmmsg
+        counted.send(*[b"now:%d" % i for i in range(2, 6)])
         listener._readable()  # not quiet: the first alone, the three behind it in a batch
         assert replies_waiting(client) == [b"answer now:%d" % i for i in range(2, 6)]
-        assert batched == [b"answer now:3", b"answer now:4", b"answer now:5"]
-        assert received == [3]
-        assert stats.udp_queries == 6
+        assert counted.batched == [b"answer now:3", b"answer now:4", b"answer now:5"]
+        assert counted.received == [3]
+        assert counted.stats.udp_queries == 6
 
-        client.sendto(b"now:6", server.getsockname())
-        client.sendto(b"", server.getsockname())  # FIONREAD reads an empty datagram as none
+        counted.send(b"now:6", b"")  # FIONREAD reads an empty datagram as none
         listener._readable()
         assert replies_waiting(client) == [b"answer now:6"]
         listener._readable()  # readiness is level-triggered: the loop comes back for it at once
-        assert stats.udp_queries == 8
+        assert counted.stats.udp_queries == 8
         listener._readable()  # nothing left: a wake-up that reads nothing does no harm
-        assert stats.udp_queries == 8 and received == [3]
+        assert counted.stats.udp_queries == 8 and counted.received == [3]
 
 
 def test_a_busy_wake_up_drains_when_fionread_fails(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -349,18 +359,12 @@ def test_a_busy_wake_up_drains_when_fionread_fails(monkeypatch: pytest.MonkeyPat
         raise OSError(25, "Inappropriate ioctl for device")
 
     monkeypatch.setattr(dns_listeners, "ioctl", refused)
-    server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
-    clock = Clock()
-    listener = UdpListener(server, EchoAnswerer(), ListenerStats(), clock=clock)
-    batched, _received = counted_batch(listener)
-    client = clients[0]
-    with closed_after(server, clients):
-        for i in range(4):
-            client.sendto(b"now:%d" % i, server.getsockname())
-        listener._readable()  # quiet: one
-        listener._readable()  # not quiet: one alone, then a drain finds the rest
-        assert replies_waiting(client) == [b"answer now:%d" % i for i in range(4)]
-        assert batched == [b"answer now:2", b"answer now:3"]
+    with counted_listener() as counted:
+        counted.send(*[b"now:%d" % i for i in range(4)])
+        counted.listener._readable()  # quiet: one
+        counted.listener._readable()  # not quiet: one alone, then a drain finds the rest
+        assert replies_waiting(counted.client) == [b"answer now:%d" % i for i in range(4)]
+        assert counted.batched == [b"answer now:2", b"answer now:3"]
 
 
 async def test_a_quiet_wake_up_cuts_forwards_and_admits_as_a_drain_does() -> None:
