@@ -88,8 +88,8 @@ MSG_DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0x40)
 
 class SingleDatagram:
     """QueryBatch's interface over recvfrom, one datagram per call: where recvmmsg is missing (the UDP
-    listener's quiet wake-ups call recvfrom themselves). A datagram is cut at QUERY_SLOT_SIZE, as in a
-    batch."""
+    listener reads each wake-up's first datagram with recvfrom itself). A datagram is cut at
+    QUERY_SLOT_SIZE, as in a batch."""
 
     slots = 1
 

@@ -45,6 +45,8 @@ control message. The socket module has no name for it."""
 _TIMESPEC: Final = struct.Struct("@qq")
 _GRO_CONTROL: Final = socket.CMSG_SPACE(4)
 _STAMP_CONTROL: Final = socket.CMSG_SPACE(_TIMESPEC.size)
+_RECEIVE_CONTROL: Final = _GRO_CONTROL + _STAMP_CONTROL
+"""Control bytes for one received message: a GRO size and a timestamp."""
 _segment_size = struct.Struct("=H").pack
 _gro_size = struct.Struct("=i").unpack_from
 ROUTINE_SEND_ERRORS: Final = (
@@ -121,7 +123,6 @@ class TunnelSocket:
         self._batch = None
         if RECVMMSG is not None:
             self._batch = DatagramBatch(sock, RECVMMSG, gro=self.gro)
-        self._gro_control = _GRO_CONTROL + _STAMP_CONTROL
         self.replies = ReplyBatch.for_socket(sock)
         """sendmmsg batch for sends without GSO (None where libc lacks sendmmsg)."""
         self._gro_trains = 0
@@ -207,7 +208,7 @@ class TunnelSocket:
         recvmsg = self.sock.recvmsg
         for _ in range(limit):
             try:
-                data, ancillary, _flags, address = recvmsg(65535, self._gro_control)
+                data, ancillary, _flags, address = recvmsg(65535, _RECEIVE_CONTROL)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -257,11 +258,10 @@ class DatagramBatch(ReceiveSlots):
         # With GRO 32 slots of 64 KB (2 MB per socket), without 64 of 9 KB; allocated once. Each
         # slot's control buffer holds a GRO size and a timestamp.
         slots, slot_size = (GRO_SLOTS, GRO_SLOT_SIZE) if gro else (PLAIN_SLOTS, PLAIN_SLOT_SIZE)
-        self._control_size = _GRO_CONTROL + _STAMP_CONTROL
         self._stamp_only = 0
         """While the kernel stamps datagrams, the length of a slot's control data that is its
         timestamp alone (else 0): only longer control data may hold a GRO size."""
-        super().__init__(sock, receive, slots, slot_size, self._control_size)
+        super().__init__(sock, receive, slots, slot_size, _RECEIVE_CONTROL)
         self.filled = False
         """Whether the last receive filled every slot it offered (more may be waiting)."""
         self.gro_trains = 0
@@ -352,8 +352,8 @@ class DatagramBatch(ReceiveSlots):
     def _control(self, slot: int, controllen: int, level: int, kind: int, size: int) -> int | None:
         """Where the data of the slot's control message of `level` and `kind` begins, if it has one
         of at least `size` bytes."""
-        at = slot * self._control_size
-        end = at + min(controllen, self._control_size)
+        at = slot * _RECEIVE_CONTROL
+        end = at + min(controllen, _RECEIVE_CONTROL)
         while at + _CMSG_DATA <= end:
             length, found_level, found_kind = _CMSG_HEADER.unpack_from(self._control_bytes, at)
             if length < _CMSG_DATA:
