@@ -94,7 +94,8 @@ def main() -> int:
         else:
             pid, port = dns.start_servers(lab, names, ["dnsguard"])["dnsguard"], dns.DNSGUARD_PORT
         files = dns.query_files(lab.log_dir, names)
-        dns.dnsperf(lab, port, files["cached"], 3)  # warm the cache
+        for mix in dict.fromkeys(["cached", *args.mix.split(",")]):
+            dns.dnsperf(lab, port, files[mix], 3)  # warm the cache with every mix profiled: a steady state
         for mix in args.mix.split(","):
             collapsed = out / f"dns-{mix}.txt"
             record = [spy, "record", "--pid", str(pid), "--rate", str(args.rate)]
