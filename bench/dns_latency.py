@@ -11,7 +11,9 @@ sends each mix at full speed for --prime seconds (as dns.py's throughput run com
 run, so that every name is cached), then at `--rate` queries a second, printing every answer's latency
 (-v) in the order the answers came; a slow answer's position over the rate places it in time. Reported
 per server and mix: p50, p90, p99, p99.9 and the maximum; the share of answers slower than --slow-ms;
-the server's CPU seconds (from /proc, with its children) per answer at that rate;
+the server's CPU seconds (from /proc, with its children) per answer at that rate, and its runs (the
+times the scheduler put one of its threads on a CPU: at a fixed rate mostly wake-ups) per answer with
+the CPU time of each (from schedstat, in nanoseconds): what a wake-up costs the server;
 and the stalls: runs of slow answers with fewer than 50 fast ones between them, with how many there were
 per second, the longest, and the median spacing between stall starts (a periodic task shows as a steady
 spacing; a stall that every answer in a run shares points at the server, not at the query).
@@ -106,6 +108,15 @@ def report(server: str, mix: str, values: list[float], rate: int, slow_ms: float
     return line
 
 
+def runs_line(on_cpu: float, runs: int, answers: int) -> str:
+    """The daemon's runs (times the scheduler put one of its threads on a CPU) per answer and its CPU
+    time per run: at a fixed rate most runs are wake-ups, and a server that wakes as often as another
+    but costs more per wake-up shows it here."""
+    if not runs or not answers:
+        return ""
+    return f"  runs {runs / answers:4.2f}/answer, {on_cpu * 1e6 / runs:5.1f} us each"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -132,6 +143,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     dns = load_bench("dns.py")
+    stages = load_bench("rtt_stages.py")
     only = [server for server in args.only.split(",") if server]
     names = dns.load_names(args.names)
     with Lab() as lab:
@@ -155,10 +167,14 @@ def main() -> int:
                         os.kill(probed[0].pid, signal.SIGUSR1)  # the probe counts from here
                         time.sleep(0.2)
                     cpu_before = sum(dns.cpu_seconds(pids[server]))
+                    on_cpu_before, runs_before = stages.scheduled([pids[server]])
                     values = latencies(lab, dns, dns.PORTS[server], files[mix], args.seconds, args.rate)
                     cpu = sum(dns.cpu_seconds(pids[server])) - cpu_before
+                    on_cpu, runs = stages.scheduled([pids[server]])
                     line = report(server, mix, values, args.rate, args.slow_ms)
-                    print(f"{line}  cpu {cpu * 1e6 / max(1, len(values)):5.1f} us/answer", flush=True)
+                    line += f"  cpu {cpu * 1e6 / max(1, len(values)):5.1f} us/answer"
+                    line += runs_line(on_cpu - on_cpu_before, runs - runs_before, len(values))
+                    print(line, flush=True)
                     if probed and server == "dnsguard":
                         os.kill(probed[0].pid, signal.SIGUSR1)
                         time.sleep(0.2)

@@ -61,17 +61,25 @@ CPU = "cpu per ping"
 ping's round trip cost them, and whatever they do between pings (timers, keeping warm)."""
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """CPU seconds the processes' threads have run, from /proc/PID/task/TID/schedstat (nanoseconds:
-    /proc/PID/stat counts in ticks of 10 ms, coarser than a few pings' work). Gone ones count 0."""
-    total = 0
+def scheduled(pids: list[int]) -> tuple[float, int]:
+    """CPU seconds the processes' threads have run and the times the scheduler put one of them on a CPU
+    (its wake-ups, and its returns after being preempted), from /proc/PID/task/TID/schedstat
+    (nanoseconds: /proc/PID/stat counts in ticks of 10 ms, coarser than a few pings' work). Gone ones
+    count 0."""
+    nanoseconds = runs = 0
     for pid in pids:
         for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
             try:
-                total += int(task.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
+                on_cpu, _waited, slices = task.read_text().split()
+                nanoseconds, runs = nanoseconds + int(on_cpu), runs + int(slices)
+            except (OSError, ValueError):
                 continue
-    return total / 1e9
+    return nanoseconds / 1e9, runs
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds the processes' threads have run (`scheduled`)."""
+    return scheduled(pids)[0]
 
 
 def links(lab: Lab, namespace: str) -> tuple[str, str]:

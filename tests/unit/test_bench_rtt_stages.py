@@ -80,3 +80,14 @@ def test_cpu_seconds_sum_every_thread_of_the_processes(stages: ModuleType) -> No
     finally:
         release.set()
         thread.join()
+
+
+def test_scheduled_counts_each_time_a_thread_is_put_back_on_a_cpu(stages: ModuleType) -> None:
+    import os
+
+    _, runs_before = stages.scheduled([os.getpid(), 2**22 + 1])  # a pid that is gone counts 0
+    for _ in range(5):
+        time.sleep(0.002)  # off the CPU, then on again: a run each
+    on_cpu, runs = stages.scheduled([os.getpid()])
+    assert runs - runs_before >= 5
+    assert on_cpu > 0
