@@ -12,8 +12,9 @@ run, so that every name is cached), then at `--rate` queries a second, printing 
 (-v) in the order the answers came; a slow answer's position over the rate places it in time. Reported
 per server and mix: p50, p90, p99, p99.9 and the maximum; the share of answers slower than --slow-ms;
 the server's CPU seconds (from /proc, with its children) per answer at that rate, and its runs (the
-times the scheduler put one of its threads on a CPU: at a fixed rate mostly wake-ups) per answer with
-the CPU time of each (from schedstat, in nanoseconds): what a wake-up costs the server;
+times the scheduler put one of its threads on a CPU: its wake-ups, and its returns after being
+preempted, by the client its reply woke, say) per answer with the CPU time of each (from schedstat,
+in nanoseconds): servers that run as often but cost more a run pay for their wake-ups, not for more;
 and the stalls: runs of slow answers with fewer than 50 fast ones between them, with how many there were
 per second, the longest, and the median spacing between stall starts (a periodic task shows as a steady
 spacing; a stall that every answer in a run shares points at the server, not at the query).
@@ -109,9 +110,9 @@ def report(server: str, mix: str, values: list[float], rate: int, slow_ms: float
 
 
 def runs_line(on_cpu: float, runs: int, answers: int) -> str:
-    """The daemon's runs (times the scheduler put one of its threads on a CPU) per answer and its CPU
-    time per run: at a fixed rate most runs are wake-ups, and a server that wakes as often as another
-    but costs more per wake-up shows it here."""
+    """The daemon's runs (times the scheduler put one of its threads on a CPU: wake-ups, and returns
+    after a preemption) per answer and its CPU time per run: a server that runs as often as another
+    but costs more a run shows it here."""
     if not runs or not answers:
         return ""
     return f"  runs {runs / answers:4.2f}/answer, {on_cpu * 1e6 / runs:5.1f} us each"
