@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.unit import bench_scripts
 
 
 @pytest.fixture(scope="module")
 def latency() -> ModuleType:
-    sys.path.insert(0, str(BENCH))
-    try:
-        from sibling import load_bench
-
-        return load_bench("dns_latency.py")
-    finally:
-        sys.path.remove(str(BENCH))
+    return bench_scripts.load("dns_latency.py")
 
 
 def test_runs_per_answer_and_cpu_per_run(latency: ModuleType) -> None:

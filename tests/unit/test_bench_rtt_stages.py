@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.unit import bench_scripts
 
 
 @pytest.fixture(scope="module")
 def stages() -> ModuleType:
-    sys.path.insert(0, str(BENCH))
-    try:
-        from sibling import load_bench
-
-        return load_bench("rtt_stages.py")
-    finally:
-        sys.path.remove(str(BENCH))
+    return bench_scripts.load("rtt_stages.py")
 
 
 def echo_line(at: float, kind: str, sequence: int) -> str:
