@@ -13,8 +13,9 @@ run, so that every name is cached), then at `--rate` queries a second, printing 
 per server and mix: p50, p90, p99, p99.9 and the maximum; the share of answers slower than --slow-ms;
 the server's CPU seconds (from /proc, with its children) per answer at that rate, and its runs (the
 times the scheduler put one of its threads on a CPU: its wake-ups, and its returns after being
-preempted, by the client its reply woke, say) per answer with the CPU time of each (from schedstat,
-in nanoseconds): servers that run as often but cost more a run pay for their wake-ups, not for more;
+preempted, by the client its reply woke, say) per answer with the CPU time of each (its own threads'
+schedstat, in nanoseconds): a server that runs as often as another but uses more CPU spends it on
+each wake-up, not on more of them;
 and the stalls: runs of slow answers with fewer than 50 fast ones between them, with how many there were
 per second, the longest, and the median spacing between stall starts (a periodic task shows as a steady
 spacing; a stall that every answer in a run shares points at the server, not at the query).
