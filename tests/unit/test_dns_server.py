@@ -330,7 +330,7 @@ def counted_listener() -> Iterator[CountedListener]:
         yield CountedListener(listener, stats, clients[0], batched, received)
 
 
-def test_a_busy_wake_up_answers_its_first_query_alone_and_batches_only_what_else_waits() -> None:
+def test_a_busy_wake_up_answers_its_first_two_queries_alone_and_batches_only_what_else_waits() -> None:
     with counted_listener() as counted:
         listener, client = counted.listener, counted.client
         counted.send(b"now:0", b"now:1")
@@ -338,20 +338,29 @@ def test_a_busy_wake_up_answers_its_first_query_alone_and_batches_only_what_else
         listener._readable()  # at once, not quiet: one, and FIONREAD says nothing else waits
         assert replies_waiting(client) == [b"answer now:0", b"answer now:1"]
         assert counted.batched == [] and counted.received == []  # no recvmmsg, no sendmmsg
-        counted.send(*[b"now:%d" % i for i in range(2, 6)])
-        listener._readable()  # not quiet: the first alone, the three behind it in a batch
-        assert replies_waiting(client) == [b"answer now:%d" % i for i in range(2, 6)]
-        assert counted.batched == [b"answer now:3", b"answer now:4", b"answer now:5"]
+        counted.send(b"now:2", b"now:3")
+        listener._readable()  # not quiet: one, FIONREAD finds another, that one alone too, then none
+        assert replies_waiting(client) == [b"answer now:2", b"answer now:3"]
+        assert counted.batched == [] and counted.received == []
+        counted.send(*[b"now:%d" % i for i in range(4, 9)])
+        listener._readable()  # not quiet: two alone, the three behind them in a batch
+        assert replies_waiting(client) == [b"answer now:%d" % i for i in range(4, 9)]
+        assert counted.batched == [b"answer now:6", b"answer now:7", b"answer now:8"]
         assert counted.received == [3]
-        assert counted.stats.udp_queries == 6
+        assert counted.stats.udp_queries == 9
 
-        counted.send(b"now:6", b"")  # FIONREAD reads an empty datagram as none
+        counted.send(b"now:9", b"")  # FIONREAD reads an empty datagram as none
         listener._readable()
-        assert replies_waiting(client) == [b"answer now:6"]
+        assert replies_waiting(client) == [b"answer now:9"]
         listener._readable()  # readiness is level-triggered: the loop comes back for it at once
-        assert counted.stats.udp_queries == 8
+        assert counted.stats.udp_queries == 11
+        counted.send(b"now:10", b"now:11", b"")
+        listener._readable()  # two alone, and the second FIONREAD reads the empty one as none too
+        assert replies_waiting(client) == [b"answer now:10", b"answer now:11"]
+        assert counted.stats.udp_queries == 13
+        listener._readable()  # the empty one
         listener._readable()  # nothing left: a wake-up that reads nothing does no harm
-        assert counted.stats.udp_queries == 8 and counted.received == [3]
+        assert counted.stats.udp_queries == 14 and counted.received == [3]
 
 
 def test_a_busy_wake_up_drains_when_fionread_fails(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -360,11 +369,11 @@ def test_a_busy_wake_up_drains_when_fionread_fails(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(dns_listeners, "ioctl", refused)
     with counted_listener() as counted:
-        counted.send(*[b"now:%d" % i for i in range(4)])
+        counted.send(*[b"now:%d" % i for i in range(5)])
         counted.listener._readable()  # quiet: one
-        counted.listener._readable()  # not quiet: one alone, then a drain finds the rest
-        assert replies_waiting(counted.client) == [b"answer now:%d" % i for i in range(4)]
-        assert counted.batched == [b"answer now:2", b"answer now:3"]
+        counted.listener._readable()  # not quiet: two alone, then a drain finds the rest
+        assert replies_waiting(counted.client) == [b"answer now:%d" % i for i in range(5)]
+        assert counted.batched == [b"answer now:3", b"answer now:4"]
 
 
 async def test_a_quiet_wake_up_cuts_forwards_and_admits_as_a_drain_does() -> None:
