@@ -2,7 +2,7 @@
 """Instructions per DNS query through the UDP listener, counted by callgrind: steady on a noisy machine.
 
     sudo .venv/bin/python bench/dns_instructions.py [--baseline OTHER_CHECKOUT] [--rounds 50] [--mix cached]
-                                                    [--batch 256]
+                                                    [--batch 256] [--busy]
 
 Timings on a shared machine move by tens of percent from one run to the next; the number of
 instructions a change saves does not. For each checkout (this one, and --baseline's, e.g. a
@@ -18,7 +18,9 @@ receives included, the kernel's work not). PYTHONHASHSEED is fixed and the resol
 still (entries age by the second, and a run lasts as long as the machine makes it), so a count
 repeats within about half a percent. `--mix blocked` asks names the policy blocks instead (a reply
 plan, no cache). `--batch 1` counts what a query costs at a low rate, where every query meets a quiet
-socket (the rounds are then 256 times as many).
+socket (the rounds are then 256 times as many). `--busy` keeps the listener's clock still, so that no
+wake-up meets a quiet socket: each round is one wake-up of a socket that was busy a moment ago, as at
+10,000 queries a second, where most find one query or two (`--busy --batch 2`).
 
 Each child runs in a network namespace of its own (`unshare -n`, loopback only), gone when it exits.
 Needs valgrind (Debian's package) and root for the namespace.
@@ -42,7 +44,7 @@ WARM_ROUNDS = 10
 NAMES = 500
 
 
-def child(checkout: str, rounds: int, mix: str, batch: int) -> None:
+def child(checkout: str, rounds: int, mix: str, batch: int, busy: bool) -> None:
     """The measured process: a listener and a resolver answering `batch` queries a round."""
     sys.path.insert(0, checkout)
     from dnslib import EDNS0, QTYPE, RR, A, DNSRecord
@@ -94,8 +96,8 @@ def child(checkout: str, rounds: int, mix: str, batch: int) -> None:
     for sock in (server, client):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     client.setblocking(False)
-    # The listener's clock moves on between rounds only: a round's queries meet a socket that was
-    # quiet, and the wake-ups that follow the first come at once, as the event loop makes them.
+    # The listener's clock moves on between rounds only (with `busy`, never): a round's queries meet a
+    # socket that was quiet, and the wake-ups that follow the first come at once, as the loop makes them.
     listener_time = [0.0]
     listener = UdpListener(server, resolver, ListenerStats(), clock=lambda: listener_time[0])
     twice = messages * 2
@@ -103,7 +105,8 @@ def child(checkout: str, rounds: int, mix: str, batch: int) -> None:
         start = round_number * batch % NAMES
         for message in twice[start : start + batch]:
             client.sendto(message, ("127.0.0.1", 5300))
-        listener_time[0] += 1.0
+        if not busy:
+            listener_time[0] += 1.0
         answered = 0
         for _ in range(3):  # readiness is level-triggered: the loop calls again while queries wait
             listener._readable()
@@ -121,29 +124,31 @@ def child(checkout: str, rounds: int, mix: str, batch: int) -> None:
 
 
 def run_child(
-    checkout: str, rounds: int, mix: str, batch: int, tool: str = ""
+    checkout: str, rounds: int, mix: str, batch: int, busy: bool, tool: str = ""
 ) -> subprocess.CompletedProcess[str]:
     """The measured process, `rounds` rounds, in a network namespace of its own; `tool` runs it (valgrind)."""
     script = (
         f"ip link set lo up && exec {tool} {sys.executable} {Path(__file__).resolve()} "
-        f"--child {checkout} --rounds {rounds} --mix {mix} --batch {batch}"
+        f"--child {checkout} --rounds {rounds} --mix {mix} --batch {batch}{' --busy' if busy else ''}"
     )
     return run_measured(["unshare", "-n", "sh", "-c", script], checkout)
 
 
-def instructions(checkout: str, rounds: int, mix: str, batch: int) -> int:
+def instructions(checkout: str, rounds: int, mix: str, batch: int, busy: bool) -> int:
     """User-space instructions of a child process of `rounds` rounds, as callgrind counts them."""
-    return collected(run_child(checkout, rounds, mix, batch, CALLGRIND).stderr, checkout)
+    return collected(run_child(checkout, rounds, mix, batch, busy, CALLGRIND).stderr, checkout)
 
 
-def per_query(checkout: str, rounds: int, mix: str, batch: int) -> float:
+def per_query(checkout: str, rounds: int, mix: str, batch: int, busy: bool) -> float:
     # One run outside callgrind first: modules changed since their last import are compiled there, not
     # inside one of the two counted runs (which would put thousands of instructions a query on it).
     # Rounds of fewer queries are more of them, so that every count covers as many queries.
     scale = max(1, QUERIES_PER_ROUND // batch)
     warm, rounds = WARM_ROUNDS * scale, rounds * scale
-    run_child(checkout, 1, mix, batch)
-    extra = instructions(checkout, warm + rounds, mix, batch) - instructions(checkout, warm, mix, batch)
+    run_child(checkout, 1, mix, batch, busy)
+    extra = instructions(checkout, warm + rounds, mix, batch, busy) - instructions(
+        checkout, warm, mix, batch, busy
+    )
     return extra / (rounds * batch)
 
 
@@ -153,19 +158,21 @@ def main() -> int:
     parser.add_argument(
         "--batch", type=int, default=QUERIES_PER_ROUND, help="queries a round sends at once (1: all quiet)"
     )
+    parser.add_argument("--busy", action="store_true", help="no wake-up meets a quiet socket")
     args = parser.parse_args()
     if not 1 <= args.batch <= NAMES:
         parser.error(f"--batch: from 1 to {NAMES} (the names a round takes its queries from)")
     if args.child:
-        child(args.child, args.rounds, args.mix, args.batch)
+        child(args.child, args.rounds, args.mix, args.batch, args.busy)
         return 0
     if shutil.which("valgrind") is None or shutil.which("unshare") is None:
         raise SystemExit("needs valgrind and unshare (Debian's valgrind and util-linux)")
     counted = checkouts(__file__, args.baseline)
     counts = {
-        label: per_query(checkout, args.rounds, args.mix, args.batch) for label, checkout in counted.items()
+        label: per_query(checkout, args.rounds, args.mix, args.batch, args.busy)
+        for label, checkout in counted.items()
     }
-    report(counts, counted, f"{args.mix} query, {args.batch} a round")
+    report(counts, counted, f"{args.mix} query, {args.batch} a round{', busy' if args.busy else ''}")
     return 0
 
 
