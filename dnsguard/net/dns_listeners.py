@@ -150,7 +150,7 @@ class UdpListener:
             SenderReplies.for_queries(sock, self.queries) if isinstance(self.queries, QueryBatch) else None
         )
         self._recvfrom = sock.recvfrom
-        """The reader of a wake-up's first datagram (_one)."""
+        """The reader of a wake-up's first datagram, and of a busy one's second (_one)."""
         self._fileno = sock.fileno()
         self._waiting = bytearray(4)
         """FIONREAD's answer: the length of the next datagram waiting, 0 for none."""
@@ -249,9 +249,10 @@ class UdpListener:
         self.sock.sendto(reply, self.queries.sender(slot))
 
     def _one(self, now: float) -> int:
-        """A wake-up's first datagram, read with recvfrom and answered with sendto, on the drain's terms
-        (the same cut, admission, FORMERR for a query that raises, forwarding), in the fewest steps: at
-        a low rate every query costs this. Returns the datagrams read (0 or 1)."""
+        """One datagram (a wake-up's first, a busy one's second), read with recvfrom and answered with
+        sendto on the drain's terms (the same cut, admission, FORMERR for a query that raises,
+        forwarding), in the fewest steps: at a low rate every query costs this. Returns the datagrams
+        read (0 or 1)."""
         try:
             data, sender = self._recvfrom(QUERY_SLOT_SIZE)
         except OSError:  # nothing waiting (BlockingIOError), a signal, or an ICMP error reported
