@@ -190,7 +190,7 @@ class ClientAdmission:
             self._buckets[key] = [self.settings.burst - 1.0, now]
             return key
         tokens = bucket[0] + (now - bucket[1]) * rate
-        burst = self.settings.burst
+        burst = float(self.settings.burst)
         if tokens > burst:
             tokens = burst
         bucket[1] = now

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
 from dnsguard.dns import wire
 from dnsguard.dns.cache import AnswerCache, CacheKey, cache_key
@@ -70,9 +70,7 @@ OUTAGE_LOG_INTERVAL: Final = 60.0
 """Seconds between log lines about upstream failures (every failed query is counted)."""
 
 
-_Plan = tuple[
-    int, bytes, Query | None, tuple[str, str], str | None, str, int, str, str, str, int, CacheKey | None
-]
+_Plan = tuple[int, bytes, Query | None, Any, str | None, str, int, str, str, str, int, CacheKey | None]
 """What answer_now does for one exact query message (all but its ID), worked out once.
 
 Everything a reply depends on besides the ID is in those bytes (flags, question with its letter case,
@@ -82,7 +80,8 @@ same reply with its own ID, and the same counters and log line. The fields, in o
 - kind: _PLAN_REPLY: send reply_tail; _PLAN_CACHE: look up query in the cache; _PLAN_FORWARD
 - reply_tail: the reply without its ID
 - query: only kept for the cache lookup (a plan per distinct message adds up)
-- count_key: (result, group) in ResolverStats.queries, shared by all plans
+- count_key: (result, group) in ResolverStats.queries, shared by all plans (typed Any, so that the
+  compiled resolver, dnsguard/native.py, uses the shared tuple as it is rather than a copy)
 - blocked_list: the list to count in ResolverStats.blocked_by_list
 - qname, qtype, result, group, reason: the query's record
 - log_id: the plan's serial number << 4, with the reply's rcode for a _PLAN_REPLY (a cache plan's
@@ -233,8 +232,11 @@ class Resolver:
         plans = self._plans_by_client.get(client)
         if plans is not None:
             after_id = data[2:]
-            plan = plans.get(after_id)
-            if plan is not None:
+            # `found`, not `plan`, goes to the log sink: compiled, `plan` is unpacked into a C struct
+            # and handing it on would build a new tuple for the collector each time.
+            found: object = plans.get(after_id)
+            if found is not None:
+                plan = cast(_Plan, found)
                 now = self.wall_clock()
                 # Pausing blocking (the API sets paused_until) turns every block into a forward.
                 if now >= self._policy.paused_until:
@@ -284,7 +286,7 @@ class Resolver:
                         if counts is not None and (sunk := counts.get(sink_key)) is not None:
                             counts[sink_key] = sunk + 1
                         else:
-                            sink.add_planned(client, sink_key, plan, now)
+                            sink.add_planned(client, sink_key, found, now)
                     else:
                         counts = self.answer_counts
                         answer_key = qtype << 4 | rcode
