@@ -1,3 +1,7 @@
 """dnsguard: a DNS-filtering tunnel that speaks WireGuard."""
 
+from dnsguard import native
+
 __version__ = "0.1.0"
+
+native.activate()  # the compiled DNS data path, where its build matches the sources (dnsguard/native.py)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from dnsguard import native
 from dnsguard.app.observe import ReloadCounter
 from dnsguard.config import Config, PeerConfig, TunnelConfig, load_config
 from dnsguard.config.addresses import parse_hostport
@@ -158,6 +159,7 @@ def setup_logging(config: Config, startup_notes: Sequence[str] = ()) -> None:
         log.warning("%s", warning)
     for note in startup_notes:  # what the command learned before logging was set up (app/aead_tuning.py)
         log.info("%s", note)
+    log.info("DNS data path: %s", native.state)
 
 
 def run_daemon(coroutine: Coroutine[Any, Any, None], busy_poll: float, *, uvloop: bool = False) -> None:

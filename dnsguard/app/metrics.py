@@ -17,7 +17,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from dnsguard import __version__
+from dnsguard import __version__, native
 from dnsguard.app.observe import DurationHistogram
 from dnsguard.app.querylog import answers_by_family
 from dnsguard.app.services import fold_services
@@ -131,8 +131,12 @@ class DaemonCollector(Collector):
             wakeups.add_metric(["polled"], selector.polled)
             wakeups.add_metric(["slept"], selector.slept)
             yield wakeups
-        info = GaugeMetricFamily("dnsguard_build_info", "dnsguard version (always 1).", labels=["version"])
-        info.add_metric([__version__], 1.0)
+        info = GaugeMetricFamily(
+            "dnsguard_build_info",
+            "dnsguard version and whether its DNS data path runs compiled (always 1).",
+            labels=["version", "dns_path"],
+        )
+        info.add_metric([__version__, native.state.partition(":")[0]], 1.0)
         yield info
 
     # -- DNS ------------------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""The DNS data path compiled to C with mypyc, used only while it matches the sources it was built from.
+
+    .venv/bin/python -m dnsguard.native_build            (deploy/install.sh runs it)
+    .venv/bin/python -m dnsguard.native_build --status
+
+The build (dnsguard/native_build.py) compiles MODULES (the UDP listener, the resolver's answer path,
+its cache and its admission) with mypyc into dnsguard/_native/, beside a manifest of the SHA-256 of
+each source it compiled. The same code then runs with fewer interpreter steps per query
+(bench/dns_instructions.py counts them). It needs mypy (the `fast` extra), gcc and the Python headers;
+where any is missing or the compiler fails, it says why and dnsguard runs from source as before.
+
+dnsguard's __init__ calls `activate()` on every start: when the manifest names the running
+interpreter's extension suffix and every module's source still has the digest it was compiled from, a
+finder at the head of sys.meta_path loads those modules, and mypyc's shared library, from
+dnsguard/_native/. Otherwise none is loaded from there: an edited resolver.py is never shadowed by a
+build of its old text. All or none, because the compiled modules call one another directly. The
+folder is never in a wheel (it has no __init__.py), so an installed wheel runs from source.
+
+mypyc checks argument and return types at run time where plain Python does not; every path from a
+datagram into these modules passes through the listeners' per-query `except Exception`, so a type
+error there is counted and answered FORMERR like any other fault (bench/fuzz_dns.py covers both).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+from types import ModuleType
+from typing import Final
+
+MODULES: Final = (
+    "dnsguard.dns.admission",
+    "dnsguard.dns.cache",
+    "dnsguard.dns.resolver",
+    "dnsguard.net.dns_listeners",
+)
+GROUP: Final = "dnsguard._native"
+"""mypyc's group name: its shared library, which every compiled module imports, is GROUP + '__mypyc'."""
+SHARED_LIBRARY: Final = GROUP + "__mypyc"
+PACKAGE: Final = Path(__file__).resolve().parent
+FOLDER_NAME: Final = "_native"
+MANIFEST_NAME: Final = "manifest.json"
+
+state = "interpreted: not built (python -m dnsguard.native_build)"
+"""What activate() found: 'compiled' or 'interpreted: <why>'."""
+
+
+def source_path(package: Path, module: str) -> Path:
+    """The .py file of `module` (a dotted name under dnsguard) in the package folder `package`."""
+    parts = module.split(".")[1:]
+    return package.joinpath(*parts[:-1], parts[-1] + ".py")
+
+
+def digests(package: Path) -> dict[str, str]:
+    """SHA-256 of each of MODULES' sources in `package` (a module whose file is missing is left out)."""
+    found: dict[str, str] = {}
+    for module in MODULES:
+        try:
+            found[module] = hashlib.sha256(source_path(package, module).read_bytes()).hexdigest()
+        except OSError:
+            continue
+    return found
+
+
+def extension_suffix() -> str:
+    return importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+class CompiledFinder(importlib.abc.MetaPathFinder):
+    """Finds each compiled module (and the shared library) at its file in the native folder."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self.files = files
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        file = self.files.get(fullname)
+        if file is None:
+            return None
+        return importlib.util.spec_from_file_location(fullname, file)
+
+
+def compiled_files(package: Path) -> tuple[dict[str, Path] | None, str]:
+    """The compiled module files of `package`'s native build, if they may be used, and why not if not."""
+    folder = package / FOLDER_NAME
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    except FileNotFoundError:
+        return None, "not built (python -m dnsguard.native_build)"
+    except (OSError, ValueError) as exc:
+        return None, f"the native build's manifest is unreadable ({exc})"
+    if not isinstance(manifest, dict) or manifest.get("suffix") != extension_suffix():
+        return None, "the native build is for another Python (rebuild: python -m dnsguard.native_build)"
+    if manifest.get("sources") != digests(package):
+        return None, "sources changed since the native build (rebuild: python -m dnsguard.native_build)"
+    files = {name: folder / (name + extension_suffix()) for name in (*MODULES, SHARED_LIBRARY)}
+    missing = [name for name, file in files.items() if not file.is_file()]
+    if missing:
+        return None, f"the native build lacks {', '.join(missing)}"
+    return files, ""
+
+
+def activate(package: Path = PACKAGE) -> None:
+    """Load MODULES compiled from now on if the native build matches their sources (see the module
+    docstring); else leave them to run from source. dnsguard/__init__.py calls it, before any of them
+    can be imported."""
+    global state
+    if os.environ.get("DNSGUARD_NATIVE", "") == "0":
+        state = "interpreted: DNSGUARD_NATIVE=0"
+        return
+    files, why = compiled_files(package)
+    if files is None:
+        state = f"interpreted: {why}"
+        return
+    sys.meta_path.insert(0, CompiledFinder(files))
+    state = "compiled"

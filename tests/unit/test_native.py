@@ -1,0 +1,146 @@
+"""The compiled DNS data path is loaded only while its build matches the sources (dnsguard/native.py).
+
+The real build (mypyc and gcc, about half a minute) is tests/slow/test_native_build.py; these tests check
+the decision on made-up builds: every reason to run from source, the finder, and the build's refusals.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from dnsguard import native, native_build
+from dnsguard.native import MODULES, SHARED_LIBRARY, extension_suffix
+
+PACKAGE = Path(native.__file__).resolve().parent
+
+
+@pytest.fixture
+def package(tmp_path: Path) -> Path:
+    """A copy of the sources of MODULES, laid out as in the package, with no native build."""
+    root = tmp_path / "dnsguard"
+    for module in MODULES:
+        source = native.source_path(PACKAGE, module)
+        target = native.source_path(root, module)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    return root
+
+
+def fake_build(package: Path, *, suffix: str | None = None, leave_out: str = "") -> Path:
+    """A native folder as native_build writes it, with empty files where the libraries go."""
+    folder = package / native.FOLDER_NAME
+    folder.mkdir()
+    for name in (*MODULES, SHARED_LIBRARY):
+        if name != leave_out:
+            (folder / (name + extension_suffix())).write_bytes(b"")
+    manifest = {"suffix": suffix or extension_suffix(), "sources": native.digests(package)}
+    (folder / native.MANIFEST_NAME).write_text(json.dumps(manifest))
+    return folder
+
+
+def test_a_build_that_matches_its_sources_names_every_compiled_file(package: Path) -> None:
+    folder = fake_build(package)
+    files, why = native.compiled_files(package)
+    assert why == ""
+    assert files == {name: folder / (name + extension_suffix()) for name in (*MODULES, SHARED_LIBRARY)}
+
+
+def test_without_a_build_the_modules_run_from_source(package: Path) -> None:
+    assert native.compiled_files(package) == (None, "not built (python -m dnsguard.native_build)")
+
+
+def test_an_edited_source_turns_the_whole_build_off(package: Path) -> None:
+    fake_build(package)
+    cache = native.source_path(package, "dnsguard.dns.cache")
+    cache.write_text(cache.read_text() + "\n# an edit\n")
+    files, why = native.compiled_files(package)
+    assert files is None and why.startswith("sources changed since the native build")
+
+
+def test_a_deleted_source_turns_the_build_off(package: Path) -> None:
+    fake_build(package)
+    native.source_path(package, "dnsguard.dns.admission").unlink()
+    assert native.compiled_files(package)[0] is None
+
+
+def test_a_build_for_another_python_is_not_loaded(package: Path) -> None:
+    fake_build(package, suffix=".cpython-312-x86_64-linux-gnu.so")
+    files, why = native.compiled_files(package)
+    assert files is None and "another Python" in why
+
+
+def test_a_build_missing_a_library_is_not_loaded(package: Path) -> None:
+    fake_build(package, leave_out=SHARED_LIBRARY)
+    files, why = native.compiled_files(package)
+    assert files is None and why == f"the native build lacks {SHARED_LIBRARY}"
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"suffix": 1}'])
+def test_a_broken_manifest_is_not_loaded(package: Path, text: str) -> None:
+    folder = fake_build(package)
+    (folder / native.MANIFEST_NAME).write_text(text)
+    assert native.compiled_files(package)[0] is None
+
+
+def test_activate_puts_a_finder_for_the_compiled_files_first(
+    package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = fake_build(package)
+    monkeypatch.delenv("DNSGUARD_NATIVE", raising=False)
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    monkeypatch.setattr(native, "state", native.state)
+    native.activate(package)
+    assert native.state == "compiled"
+    finder = sys.meta_path[0]
+    assert isinstance(finder, native.CompiledFinder)
+    spec = finder.find_spec("dnsguard.dns.resolver", None)
+    assert spec is not None and spec.origin == str(folder / ("dnsguard.dns.resolver" + extension_suffix()))
+    assert finder.find_spec("dnsguard.dns.wire", None) is None  # not compiled: found as usual
+
+
+def test_activate_leaves_the_import_system_alone_when_it_may_not_load(
+    package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_build(package)
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    monkeypatch.setattr(native, "state", native.state)
+    before = list(sys.meta_path)
+    monkeypatch.setenv("DNSGUARD_NATIVE", "0")
+    native.activate(package)
+    assert native.state == "interpreted: DNSGUARD_NATIVE=0" and sys.meta_path == before
+    monkeypatch.delenv("DNSGUARD_NATIVE")
+    native.source_path(package, "dnsguard.dns.resolver").write_text("# edited\n")
+    native.activate(package)
+    assert native.state.startswith("interpreted: sources changed") and sys.meta_path == before
+
+
+def test_the_build_without_mypyc_says_so_and_keeps_the_earlier_build(
+    package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = fake_build(package)
+    manifest = (folder / native.MANIFEST_NAME).read_text()
+    monkeypatch.setitem(sys.modules, "mypyc", None)  # import mypyc raises ImportError
+    with pytest.raises(native_build.BuildError, match="mypyc is not installed"):
+        native_build.build(package)
+    assert (folder / native.MANIFEST_NAME).read_text() == manifest
+
+
+def test_the_build_command_reports_a_failure_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refuse(package: Path = PACKAGE) -> Path:
+        raise native_build.BuildError("gcc: not found")
+
+    monkeypatch.setattr(native_build, "build", refuse)
+    assert native_build.main([]) == 1
+    assert capsys.readouterr().err == (
+        "dnsguard.native_build: not built, the DNS data path runs from source: gcc: not found\n"
+    )
+    assert native_build.main(["--bogus"]) == 2
+    assert native_build.main(["--status"]) == 0
+    assert capsys.readouterr().out.startswith("DNS data path: ")
