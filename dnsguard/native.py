@@ -16,9 +16,11 @@ dnsguard/_native/. Otherwise none is loaded from there: an edited resolver.py is
 build of its old text. All or none, because the compiled modules call one another directly. The
 folder is never in a wheel (it has no __init__.py), so an installed wheel runs from source.
 
-mypyc checks argument and return types at run time where plain Python does not; every path from a
-datagram into these modules passes through the listeners' per-query `except Exception`, so a type
-error there is counted and answered FORMERR like any other fault (bench/fuzz_dns.py covers both).
+mypyc checks argument and return types at run time where plain Python does not: an annotation
+narrower than what arrives (a sender typed (host, port) that is an IPv6 4-tuple) raises TypeError
+compiled and passes unnoticed from source. The UDP listener counts such a fault as an internal error,
+per query and per wake-up, and reads on; the tests run compiled in CI (deploy/install.sh builds first),
+with both address families, and bench/fuzz_dns.py throws malformed input at a compiled daemon.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import termios
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from dnsguard.config.addresses import parse_hostport
 from dnsguard.config.model import CLIENT_NETWORK_KEYWORDS, ResolverConfig
@@ -33,6 +33,8 @@ log = logging.getLogger("dnsguard.dns")
 ioctl = fcntl.ioctl
 FIONREAD: Final = termios.FIONREAD
 _NOTHING_WAITING: Final = bytes(4)
+SocketAddress = tuple[Any, ...]
+"""A UDP sender as recvfrom names it: (host, port) for IPv4, (host, port, flowinfo, scope_id) for IPv6."""
 
 MAX_TCP_PIPELINE = 32
 """Queries of one TCP connection waiting for an upstream at once (RFC 7766 6.2.1.1 pipelining)."""
@@ -181,6 +183,8 @@ class UdpListener:
                 if not self._more_waiting():
                     return
             count += self._drain(now)
+        except Exception as exc:  # a fault outside a query's own handling: counted, the socket stays read
+            self.stats.internal_error(exc, now)
         finally:
             self.stats.udp_queries += count
             self._got = count
@@ -236,7 +240,10 @@ class UdpListener:
                         except OSError:
                             pass
                     elif reply is not None:
-                        self._go_later(reply, data, queries.sender(slot), key)  # type: ignore[arg-type]
+                        try:
+                            self._go_later(reply, data, queries.sender(slot), key)  # type: ignore[arg-type]
+                        except Exception as exc:
+                            self.stats.internal_error(exc, now)
                 if received < slots:
                     break  # the socket is drained
         finally:
@@ -276,10 +283,13 @@ class UdpListener:
             except OSError:
                 pass
         elif reply is not None:
-            self._go_later(reply, data, sender, key)  # type: ignore[arg-type]
+            try:
+                self._go_later(reply, data, sender, key)  # type: ignore[arg-type]
+            except Exception as exc:
+                self.stats.internal_error(exc, now)
         return 1
 
-    def _go_later(self, plan: Forward, data: bytes, addr: tuple[str, int], key: str) -> None:
+    def _go_later(self, plan: Forward, data: bytes, addr: SocketAddress, key: str) -> None:
         if len(self.pending) >= MAX_PENDING_UDP:
             self.stats.dropped_busy += 1
             return
@@ -290,7 +300,7 @@ class UdpListener:
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
-    async def _later(self, plan: Forward, data: bytes, addr: tuple[str, int], key: str) -> None:
+    async def _later(self, plan: Forward, data: bytes, addr: SocketAddress, key: str) -> None:
         try:
             reply = await self.answerer.answer_later(plan)
         except Exception as exc:

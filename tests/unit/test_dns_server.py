@@ -194,8 +194,12 @@ class EchoAnswerer:
 
 
 @pytest.mark.parametrize("batch", [True, False])
-async def test_the_listener_answers_now_later_and_drops(batch: bool) -> None:
-    server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
+@pytest.mark.parametrize(("family", "host"), list(families()))
+async def test_the_listener_answers_now_later_and_drops(
+    batch: bool, family: socket.AddressFamily, host: str
+) -> None:
+    # IPv6 too: a sender's address is then (host, port, flowinfo, scope_id), which the forward carries.
+    server, clients = udp_pair(family, host)
     answerer = EchoAnswerer()
     stats = ListenerStats()
     listener = UdpListener(server, answerer, stats, batch=batch)
@@ -218,7 +222,8 @@ async def test_the_listener_answers_now_later_and_drops(batch: bool) -> None:
                 got = await asyncio.wait_for(loop.sock_recv(client, 4096), 2)
                 assert got == want
         assert stats.udp_queries == len(messages)
-        assert set(answerer.clients) == {"127.0.0.1"}
+        assert stats.internal_errors == 0
+        assert set(answerer.clients) == {host}
     finally:
         listener.close()
         for client in clients:
