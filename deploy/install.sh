@@ -45,8 +45,8 @@ python=${PYTHON:-python3}
 if [ ! -x "$here/.venv/bin/python" ]; then
     "$python" -m venv "$here/.venv"
 fi
-extras="fast"
-[ "$mode" = "--test" ] && extras="fast,test"
+extras="fast,native"
+[ "$mode" = "--test" ] && extras="fast,native,test"
 "$here/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$here[$extras]"
 # The DNS data path compiled with mypyc (dnsguard/native.py); where it cannot be, dnsguard runs from
 # source and this says why.

@@ -6,8 +6,9 @@
 The build (dnsguard/native_build.py) compiles MODULES (the UDP listener, the resolver's answer path,
 its cache and its admission) with mypyc into dnsguard/_native/, beside a manifest of the SHA-256 of
 each source it compiled. The same code then runs with fewer interpreter steps per query
-(bench/dns_instructions.py counts them). It needs mypy (the `fast` extra), gcc and the Python headers;
-where any is missing or the compiler fails, it says why and dnsguard runs from source as before.
+(bench/dns_instructions.py counts them). It needs mypy (the `native` extra), gcc and the Python
+headers; where any is missing or the compiler fails, it says why and dnsguard runs from source as
+before.
 
 dnsguard's __init__ calls `activate()` on every start: when the manifest names the running
 interpreter's extension suffix and every module's source still has the digest it was compiled from, a

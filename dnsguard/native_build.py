@@ -58,7 +58,7 @@ def build(package: Path = PACKAGE, *, log: bool = True) -> Path:
         import mypyc  # noqa: F401
     except ImportError:
         raise BuildError(
-            "mypyc is not installed (it comes with mypy: pip install 'dnsguard[fast]')"
+            "mypyc is not installed (it comes with mypy: pip install 'dnsguard[native]')"
         ) from None
     folder = package / FOLDER_NAME
     with tempfile.TemporaryDirectory(prefix="dnsguard-native-") as scratch:
