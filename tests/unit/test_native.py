@@ -7,7 +7,9 @@ the decision on made-up builds: every reason to run from source, the finder, and
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -144,3 +146,43 @@ def test_the_build_command_reports_a_failure_and_exits_1(
     assert native_build.main(["--bogus"]) == 2
     assert native_build.main(["--status"]) == 0
     assert capsys.readouterr().out.startswith("DNS data path: ")
+
+
+SOURCE_RUN_TESTS = (
+    "test_dns_admission.py",
+    "test_dns_cache.py",
+    "test_dns_server.py",
+    "test_resolver.py",
+    "test_resolver_fast_path.py",
+    "test_resolver_modifiers.py",
+)
+"""The tests of the compiled modules (MODULES), run again from source by the test below."""
+
+
+def test_the_compiled_modules_tests_pass_from_source_too() -> None:
+    # CI runs the suite on the compiled build (deploy/install.sh builds before pytest), while a wheel, a
+    # checkout without gcc and DNSGUARD_NATIVE=0 run these modules from source: both must hold.
+    root = PACKAGE.parent
+    env = {**os.environ, "DNSGUARD_NATIVE": "0"}
+    state = subprocess.run(
+        [sys.executable, "-c", "import dnsguard; print(dnsguard.native.state)"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert state.stdout.strip() == "interpreted: DNSGUARD_NATIVE=0"
+    tests = [str(root / "tests" / "unit" / name) for name in SOURCE_RUN_TESTS]
+    assert all(Path(test).is_file() for test in tests)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
