@@ -159,30 +159,25 @@ SOURCE_RUN_TESTS = (
 """The tests of the compiled modules (MODULES), run again from source by the test below."""
 
 
-def test_the_compiled_modules_tests_pass_from_source_too() -> None:
-    # CI runs the suite on the compiled build (deploy/install.sh builds before pytest), while a wheel, a
-    # checkout without gcc and DNSGUARD_NATIVE=0 run these modules from source: both must hold.
-    root = PACKAGE.parent
-    env = {**os.environ, "DNSGUARD_NATIVE": "0"}
-    state = subprocess.run(
-        [sys.executable, "-c", "import dnsguard; print(dnsguard.native.state)"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert state.stdout.strip() == "interpreted: DNSGUARD_NATIVE=0"
-    tests = [str(root / "tests" / "unit" / name) for name in SOURCE_RUN_TESTS]
-    assert all(Path(test).is_file() for test in tests)
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-        cwd=root,
-        env=env,
+def from_source(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`python argv...` in the checkout with DNSGUARD_NATIVE=0."""
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=PACKAGE.parent,
+        env={**os.environ, "DNSGUARD_NATIVE": "0"},
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
+
+
+def test_the_compiled_modules_tests_pass_from_source_too() -> None:
+    # CI runs the suite on the compiled build (deploy/install.sh builds before pytest), while a wheel, a
+    # checkout without gcc and DNSGUARD_NATIVE=0 run these modules from source: both must hold.
+    state = from_source("-c", "import dnsguard; print(dnsguard.native.state)")
+    assert state.stdout.strip() == "interpreted: DNSGUARD_NATIVE=0", state.stderr[-2000:]
+    tests = [PACKAGE.parent / "tests" / "unit" / name for name in SOURCE_RUN_TESTS]
+    assert all(test.is_file() for test in tests)
+    result = from_source("-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, tests))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
