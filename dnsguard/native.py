@@ -101,7 +101,13 @@ def compiled_files(package: Path) -> tuple[dict[str, Path] | None, str]:
         return None, "not built (python -m dnsguard.native_build)"
     except (OSError, ValueError) as exc:
         return None, f"the native build's manifest is unreadable ({exc})"
-    if not isinstance(manifest, dict) or manifest.get("suffix") != extension_suffix():
+    if not (
+        isinstance(manifest, dict)
+        and isinstance(manifest.get("suffix"), str)
+        and isinstance(manifest.get("sources"), dict)
+    ):
+        return None, "the native build's manifest is unreadable (rebuild: python -m dnsguard.native_build)"
+    if manifest["suffix"] != extension_suffix():
         return None, "the native build is for another Python (rebuild: python -m dnsguard.native_build)"
     if manifest.get("sources") != digests(package):
         return None, "sources changed since the native build (rebuild: python -m dnsguard.native_build)"

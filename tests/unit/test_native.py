@@ -82,11 +82,12 @@ def test_a_build_missing_a_library_is_not_loaded(package: Path) -> None:
     assert files is None and why == f"the native build lacks {SHARED_LIBRARY}"
 
 
-@pytest.mark.parametrize("text", ["{", "[]", '{"suffix": 1}'])
+@pytest.mark.parametrize("text", ["{", "[]", "{}", '{"suffix": 1, "sources": {}}', '{"suffix": ".so"}'])
 def test_a_broken_manifest_is_not_loaded(package: Path, text: str) -> None:
     folder = fake_build(package)
     (folder / native.MANIFEST_NAME).write_text(text)
-    assert native.compiled_files(package)[0] is None
+    files, why = native.compiled_files(package)
+    assert files is None and why.startswith("the native build's manifest is unreadable")
 
 
 def test_activate_puts_a_finder_for_the_compiled_files_first(
