@@ -56,10 +56,14 @@ state = "interpreted: not built (python -m dnsguard.native_build)"
 """What activate() found: 'compiled' or 'interpreted: <why>'."""
 
 
-def source_path(package: Path, module: str) -> Path:
-    """The .py file of `module` (a dotted name under dnsguard) in the package folder `package`."""
+REBUILD: Final = "rebuild: python -m dnsguard.native_build"
+
+
+def module_file(package: Path, module: str, suffix: str = ".py") -> Path:
+    """Where `module` (a dotted name under dnsguard) lies in the package folder `package`: its source,
+    or with an extension's `suffix` its compiled file as the compiler lays it out."""
     parts = module.split(".")[1:]
-    return package.joinpath(*parts[:-1], parts[-1] + ".py")
+    return package.joinpath(*parts[:-1], parts[-1] + suffix)
 
 
 def digests(package: Path) -> dict[str, str]:
@@ -67,7 +71,7 @@ def digests(package: Path) -> dict[str, str]:
     found: dict[str, str] = {}
     for module in MODULES:
         try:
-            found[module] = hashlib.sha256(source_path(package, module).read_bytes()).hexdigest()
+            found[module] = hashlib.sha256(module_file(package, module).read_bytes()).hexdigest()
         except OSError:
             continue
     return found
@@ -106,11 +110,11 @@ def compiled_files(package: Path) -> tuple[dict[str, Path] | None, str]:
         and isinstance(manifest.get("suffix"), str)
         and isinstance(manifest.get("sources"), dict)
     ):
-        return None, "the native build's manifest is unreadable (rebuild: python -m dnsguard.native_build)"
+        return None, f"the native build's manifest is unreadable ({REBUILD})"
     if manifest["suffix"] != extension_suffix():
-        return None, "the native build is for another Python (rebuild: python -m dnsguard.native_build)"
-    if manifest.get("sources") != digests(package):
-        return None, "sources changed since the native build (rebuild: python -m dnsguard.native_build)"
+        return None, f"the native build is for another Python ({REBUILD})"
+    if manifest["sources"] != digests(package):
+        return None, f"sources changed since the native build ({REBUILD})"
     files = {name: folder / (name + extension_suffix()) for name in (*MODULES, SHARED_LIBRARY)}
     missing = [name for name, file in files.items() if not file.is_file()]
     if missing:

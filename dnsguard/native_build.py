@@ -29,7 +29,7 @@ from dnsguard.native import (
     SHARED_LIBRARY,
     digests,
     extension_suffix,
-    source_path,
+    module_file,
 )
 
 BUILD_TIMEOUT: Final = 600.0
@@ -51,7 +51,7 @@ setup(
 """
 
 
-def build(package: Path = PACKAGE, *, log: bool = True) -> Path:
+def build(package: Path = PACKAGE) -> Path:
     """Compile MODULES from `package`'s sources into `package`/_native (replacing any earlier build in
     one rename); returns the folder. Raises BuildError, leaving an earlier build as it was."""
     try:
@@ -73,7 +73,7 @@ def build(package: Path = PACKAGE, *, log: bool = True) -> Path:
         # The type stubs of dependencies (types-PyYAML) come with the test extra only; without them a
         # dependency's types are Any to the compiler, as they are at run time anyway.
         paths = ["--ignore-missing-imports"]
-        paths += [str(source_path(Path("dnsguard"), module)) for module in MODULES]
+        paths += [str(module_file(Path("dnsguard"), module)) for module in MODULES]
         (work / "setup.py").write_text(_SETUP.format(paths=paths, group=GROUP))
         try:
             result = subprocess.run(
@@ -94,8 +94,7 @@ def build(package: Path = PACKAGE, *, log: bool = True) -> Path:
         shutil.rmtree(staged, ignore_errors=True)
         staged.mkdir()
         for name in (*MODULES, SHARED_LIBRARY):
-            parts = name.split(".")
-            built = work.joinpath(*parts[:-1], parts[-1] + extension_suffix())
+            built = module_file(work / "dnsguard", name, extension_suffix())
             if not built.is_file():
                 shutil.rmtree(staged, ignore_errors=True)
                 raise BuildError(f"mypyc made no {built.name}")

@@ -85,7 +85,7 @@ def test_a_real_build_loads_answers_and_steps_aside_for_an_edited_source(tmp_pat
     assert answer.split()[0] == "0" and int(answer.split()[1]) > 12  # NOERROR, the blocked name's 0.0.0.0
     assert malformed != "{}"  # a one-byte datagram: counted, no traceback
 
-    resolver_source = native.source_path(package, "dnsguard.dns.resolver")
+    resolver_source = native.module_file(package, "dnsguard.dns.resolver")
     resolver_source.write_text(resolver_source.read_text() + "\n# an edit after the build\n")
     state, origin, answer, _ = probe(tmp_path)
     assert state.startswith("interpreted: sources changed")
@@ -100,7 +100,7 @@ def test_a_failed_compile_keeps_the_earlier_build(tmp_path: Path, monkeypatch: p
     folder.mkdir()
     (folder / native.MANIFEST_NAME).write_text("{}")
     # A source that mypyc refuses to compile (a float variable given an int).
-    admission = native.source_path(package, "dnsguard.dns.admission")
+    admission = native.module_file(package, "dnsguard.dns.admission")
     admission.write_text(admission.read_text() + "\n\ndef _broken() -> None:\n    x = 1.5\n    x = 'text'\n")
     with pytest.raises(native_build.BuildError, match="mypyc failed"):
         native_build.build(package)

@@ -26,8 +26,8 @@ def package(tmp_path: Path) -> Path:
     """A copy of the sources of MODULES, laid out as in the package, with no native build."""
     root = tmp_path / "dnsguard"
     for module in MODULES:
-        source = native.source_path(PACKAGE, module)
-        target = native.source_path(root, module)
+        source = native.module_file(PACKAGE, module)
+        target = native.module_file(root, module)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
     return root
@@ -58,7 +58,7 @@ def test_without_a_build_the_modules_run_from_source(package: Path) -> None:
 
 def test_an_edited_source_turns_the_whole_build_off(package: Path) -> None:
     fake_build(package)
-    cache = native.source_path(package, "dnsguard.dns.cache")
+    cache = native.module_file(package, "dnsguard.dns.cache")
     cache.write_text(cache.read_text() + "\n# an edit\n")
     files, why = native.compiled_files(package)
     assert files is None and why.startswith("sources changed since the native build")
@@ -66,7 +66,7 @@ def test_an_edited_source_turns_the_whole_build_off(package: Path) -> None:
 
 def test_a_deleted_source_turns_the_build_off(package: Path) -> None:
     fake_build(package)
-    native.source_path(package, "dnsguard.dns.admission").unlink()
+    native.module_file(package, "dnsguard.dns.admission").unlink()
     assert native.compiled_files(package)[0] is None
 
 
@@ -117,7 +117,7 @@ def test_activate_leaves_the_import_system_alone_when_it_may_not_load(
     native.activate(package)
     assert native.state == "interpreted: DNSGUARD_NATIVE=0" and sys.meta_path == before
     monkeypatch.delenv("DNSGUARD_NATIVE")
-    native.source_path(package, "dnsguard.dns.resolver").write_text("# edited\n")
+    native.module_file(package, "dnsguard.dns.resolver").write_text("# edited\n")
     native.activate(package)
     assert native.state.startswith("interpreted: sources changed") and sys.meta_path == before
 
