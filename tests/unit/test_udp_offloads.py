@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dnsguard.net import udp
-from dnsguard.net.udp import PLAIN_SLOTS, UdpEndpoint
+from dnsguard.net.udp import PLAIN_SLOTS, TunnelSocket, UdpEndpoint
 
 TRAIN = [bytes([n]) * 1000 for n in range(10)] + [b"z" * 400]
 
@@ -320,6 +320,19 @@ def test_a_lone_datagram_leaves_by_one_sendto(receiver: socket.socket, offloads:
         endpoint.close()
 
 
+def until_stamped_on_arrival(tunnel_socket: TunnelSocket, port: int) -> None:
+    """Wait until the kernel stamps datagrams as they arrive. It turns arrival stamps on for the first
+    socket that asks through a work queue (net_enable_timestamp), a moment later: a datagram that
+    comes before is stamped as it is read, and reads as one that did not wait."""
+    for _ in range(200):
+        send_plain(1, port)
+        time.sleep(0.005)
+        tunnel_socket.receive(128)
+        if tunnel_socket.waited is not None and tunnel_socket.waited >= 0.004:
+            return
+    raise AssertionError("the kernel never stamped a datagram on arrival")
+
+
 @pytest.mark.parametrize("offloads", [True, False], ids=["gro", "recvmmsg"])
 def test_a_batch_says_how_long_its_first_datagram_waited_in_the_socket(offloads: bool) -> None:
     sender, target = UdpEndpoint(0), UdpEndpoint(0, offloads=offloads)
@@ -327,6 +340,7 @@ def test_a_batch_says_how_long_its_first_datagram_waited_in_the_socket(offloads:
         tunnel_socket = target.sockets[socket.AF_INET]
         assert not tunnel_socket.stamped  # off until asked
         assert tunnel_socket.measure_waits(True)
+        until_stamped_on_arrival(tunnel_socket, target.port)
         first = send_plain(1, target.port)
         time.sleep(0.05)
         sender.send_batch([(data, ("127.0.0.1", target.port)) for data in TRAIN])  # a GSO train
