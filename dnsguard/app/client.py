@@ -55,7 +55,7 @@ from dnsguard.net.journal import (
 )
 from dnsguard.net.monitor import PathMonitor
 from dnsguard.net.routing import RoutingPlan, local_networks, set_forwarding
-from dnsguard.net.tun import PacketDevice, TunDevice
+from dnsguard.net.tun import PacketDevice, TunDevice, open_tun
 from dnsguard.net.udp import DatagramEndpoint, UdpEndpoint
 from dnsguard.wireguard.device import Device
 from dnsguard.wireguard.events import Event, HandshakeCompleted, HandshakeGaveUp, PeerEndpointChanged
@@ -331,7 +331,7 @@ class Client(FilteringTunnelDaemon):
                 for error in await roll_back(journal):
                     log.error("%s", error)
             await self._step("claimed")
-            tun = TunDevice(tunnel.interface)
+            tun = open_tun(tunnel.interface)
             plan = routing_plan(tunnel)
             # Fail closed: the kill switch goes in before any route points at the tunnel.
             if tunnel.kill_switch:

@@ -31,7 +31,7 @@ from dnsguard.errors import NetworkError
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.firewall import ServerNat
 from dnsguard.net.routing import configure_interface, set_forwarding, undo
-from dnsguard.net.tun import TunDevice
+from dnsguard.net.tun import open_tun
 from dnsguard.net.udp import UdpEndpoint
 from dnsguard.wireguard.events import Event, HandshakeCompleted, PeerEndpointChanged
 
@@ -70,7 +70,7 @@ class Server(FilteringTunnelDaemon):
     async def run(self) -> None:
         tunnel = require_tunnel(self.config)
         device = build_device(tunnel, boottime())
-        tun = TunDevice(tunnel.interface)
+        tun = open_tun(tunnel.interface)
         udp = UdpEndpoint(tunnel.listen_port or DEFAULT_PORT)
         operations: Operations | None = None
         sysctls: list[dict[str, Any]] = []

@@ -101,69 +101,76 @@ class PacketDevice(Protocol):
         ...
 
 
-class TunDevice:
-    """An open TUN interface: raw IP packets in and out, no packet-information header.
+def open_tun(name: str, *, offloads: bool = True) -> TunDevice:
+    """Create (or attach to) the TUN interface `name`: raw IP packets in and out, no
+    packet-information header.
 
     With `offloads` (and unless DNSGUARD_OFFLOADS=off) the TUN is opened with virtio-net headers and
-    TUNSETOFFLOAD: reads may return 64 KB super-packets, cut here into MTU-sized packets
-    (net/offload.py), and `write_batch` merges TCP segments of one flow into one write. Where the
-    kernel refuses, the device says so once in the log and works one packet per call.
+    TUNSETOFFLOAD: reads may return 64 KB super-packets, cut into MTU-sized packets (net/offload.py),
+    and `write_batch` merges TCP segments of one flow into one write. Where the kernel refuses, the
+    device says so once in the log and works one packet per call.
     """
-
+    if len(name.encode()) > 15:
+        raise NetworkError(f"interface name {name!r} is longer than 15 bytes")
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except PermissionError:
+        raise PrivilegeError("opening /dev/net/tun needs CAP_NET_ADMIN") from None
+    except OSError as exc:
+        raise NetworkError(f"cannot open /dev/net/tun: {exc}") from exc
+    want_vnet = offloads and offloads_allowed()
+    flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if want_vnet else 0)
+    try:
+        result = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno == 1:
+            raise PrivilegeError("creating a TUN device needs CAP_NET_ADMIN") from None
+        raise NetworkError(f"cannot create TUN {name!r}: {exc}") from exc
+    name = result[:16].rstrip(b"\0").decode()
     offload_flags = 0
-    """TUN_F_ flags the kernel accepted; 0: no virtio-net header on reads and writes."""
-    malformed = 0
-    """Reads whose virtio-net header did not describe the packet (dropped)."""
-    super_packets = 0
-    """Reads that were GSO super-packets, cut into `segments_read` packets."""
-    segments_read = 0
-    coalesced_writes = 0
-    """Writes that carried more than one received TCP segment, `segments_coalesced` in all."""
-    segments_coalesced = 0
+    if want_vnet:
+        try:
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HEADER_SIZE))
+            offload_flags = _set_offloads(fd)
+        except OSError as exc:
+            log.debug("TUN virtio-net header size refused: %s", exc)
+        if not offload_flags:
+            # The interface exists with IFF_VNET_HDR: every read and write still carries the
+            # (plain) header, which read_batch and write handle; only the segmentation is lost.
+            offload_flags = -1
+            log.info("%s: the kernel refused TUN offloads; one packet per read and write", name)
+        else:
+            log.info(
+                "%s: TUN offloads on (%s), checksums summed by %s",
+                name,
+                describe_offloads(offload_flags),
+                sums_by(),
+            )
+    elif offloads:
+        log.info("%s: TUN offloads off (%s=off)", name, OFFLOADS_ENV)
+    return TunDevice(fd, name, offload_flags)
 
-    def __init__(self, name: str, *, offloads: bool = True) -> None:
-        if len(name.encode()) > 15:
-            raise NetworkError(f"interface name {name!r} is longer than 15 bytes")
-        try:
-            self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        except PermissionError:
-            raise PrivilegeError("opening /dev/net/tun needs CAP_NET_ADMIN") from None
-        except OSError as exc:
-            raise NetworkError(f"cannot open /dev/net/tun: {exc}") from exc
-        want_vnet = offloads and offloads_allowed()
-        flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if want_vnet else 0)
-        try:
-            result = fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
-        except OSError as exc:
-            os.close(self.fd)
-            if exc.errno == 1:
-                raise PrivilegeError("creating a TUN device needs CAP_NET_ADMIN") from None
-            raise NetworkError(f"cannot create TUN {name!r}: {exc}") from exc
-        self.name = result[:16].rstrip(b"\0").decode()
+
+class TunDevice:
+    """An open TUN interface's descriptor (open_tun makes one), read and written in batches."""
+
+    def __init__(self, fd: int, name: str, offload_flags: int = 0) -> None:
+        self.fd = fd
+        self.name = name
+        self.offload_flags = offload_flags
+        """TUN_F_ flags the kernel accepted; 0: no virtio-net header on reads and writes; -1: the
+        header without offloads (the kernel refused them)."""
         self.queue_full = 0
         self.write_errors = 0
         self.malformed = 0
-        self.offload_flags = 0
-        if want_vnet:
-            try:
-                fcntl.ioctl(self.fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HEADER_SIZE))
-                self.offload_flags = _set_offloads(self.fd)
-            except OSError as exc:
-                log.debug("TUN virtio-net header size refused: %s", exc)
-            if not self.offload_flags:
-                # The interface exists with IFF_VNET_HDR: every read and write still carries the
-                # (plain) header, which read_batch and write handle; only the segmentation is lost.
-                self.offload_flags = -1
-                log.info("%s: the kernel refused TUN offloads; one packet per read and write", self.name)
-            else:
-                log.info(
-                    "%s: TUN offloads on (%s), checksums summed by %s",
-                    self.name,
-                    describe_offloads(self.offload_flags),
-                    sums_by(),
-                )
-        elif offloads:
-            log.info("%s: TUN offloads off (%s=off)", self.name, OFFLOADS_ENV)
+        """Reads whose virtio-net header did not describe the packet (dropped)."""
+        self.super_packets = 0
+        """Reads that were GSO super-packets, cut into `segments_read` packets."""
+        self.segments_read = 0
+        self.coalesced_writes = 0
+        """Writes that carried more than one received TCP segment, `segments_coalesced` in all."""
+        self.segments_coalesced = 0
 
     def fileno(self) -> int:
         return self.fd

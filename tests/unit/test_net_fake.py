@@ -70,8 +70,7 @@ def real_tun() -> Iterator[KernelSide]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     ours.setblocking(False)
     theirs.setblocking(False)
-    tun = TunDevice.__new__(TunDevice)  # the descriptor without /dev/net/tun's ioctl
-    tun.fd, tun.name, tun.queue_full, tun.write_errors = ours.detach(), "dg0", 0, 0
+    tun = TunDevice(ours.detach(), "dg0")  # the descriptor without /dev/net/tun's ioctl
     try:
         yield KernelSide(tun, theirs)
     finally:

@@ -23,8 +23,7 @@ def pair() -> Iterator[tuple[TunDevice, socket.socket]]:
     for sock in (ours, kernel):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    tun = TunDevice.__new__(TunDevice)  # the descriptor without /dev/net/tun's ioctl
-    tun.fd, tun.name, tun.queue_full, tun.write_errors = ours.detach(), "dg0", 0, 0
+    tun = TunDevice(ours.detach(), "dg0")  # the descriptor without /dev/net/tun's ioctl
     yield tun, kernel
     tun.close()
     kernel.close()

@@ -9,7 +9,7 @@ import sys
 
 from dnsguard.net.firewall import KillSwitch
 from dnsguard.net.routing import RoutingPlan
-from dnsguard.net.tun import TunDevice
+from dnsguard.net.tun import open_tun
 
 SERVER = "198.18.2.2/32"
 
@@ -21,7 +21,7 @@ def route_get(*args: str) -> str:
 
 async def main() -> None:
     mode, targets = sys.argv[1], sys.argv[2:]
-    tun = TunDevice("dg0")
+    tun = open_tun("dg0")
     plan = RoutingPlan("dg0", ["100.64.0.2/32", "fd00::2/128"], 1420, 51820, 51820, exclude=[SERVER])
     await plan.apply()
     await plan.apply()  # a second run replaces, it does not duplicate
