@@ -48,9 +48,9 @@ fi
 extras="fast,native"
 [ "$mode" = "--test" ] && extras="fast,native,test"
 "$here/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$here[$extras]"
-# The DNS data path compiled with mypyc (dnsguard/native.py); where it cannot be, dnsguard runs from
+# The DNS and tunnel data paths compiled with mypyc (dnsguard/native.py); where they cannot be, dnsguard runs from
 # source and this says why.
-"$here/.venv/bin/python" -m dnsguard.native_build || echo "install.sh: continuing without the compiled DNS data path"
+"$here/.venv/bin/python" -m dnsguard.native_build || echo "install.sh: continuing without the compiled data paths"
 ln -sf "$here/.venv/bin/dnsguard" /usr/local/bin/dnsguard
 # The manual page and bash completion beside the command, where man and bash-completion look.
 install -D -m 0644 "$here/deploy/man/dnsguard.8" /usr/local/share/man/man8/dnsguard.8

@@ -4,4 +4,4 @@ from dnsguard import native
 
 __version__ = "0.1.0"
 
-native.activate()  # the compiled DNS data path, where its build matches the sources (dnsguard/native.py)
+native.activate()  # the compiled data paths, where their build matches the sources (dnsguard/native.py)

@@ -1,14 +1,16 @@
-"""The DNS data path compiled to C with mypyc, used only while it matches the sources it was built from.
+"""The data paths compiled to C with mypyc, used only while they match the sources they were built from.
 
     .venv/bin/python -m dnsguard.native_build            (deploy/install.sh runs it)
     .venv/bin/python -m dnsguard.native_build --status
 
-The build (dnsguard/native_build.py) compiles MODULES (the UDP listener, the resolver's answer path,
-its cache and its admission) with mypyc into dnsguard/_native/, beside a manifest of the SHA-256 of
-each source it compiled. The same code then runs with fewer interpreter steps per query
-(bench/dns_instructions.py counts them). It needs mypy (the `native` extra), gcc and the Python
-headers; where any is missing or the compiler fails, it says why and dnsguard runs from source as
-before.
+The build (dnsguard/native_build.py) compiles MODULES with mypyc into dnsguard/_native/, beside a
+manifest of the SHA-256 of each source it compiled: the DNS path (the UDP listener, the resolver's
+answer path, its cache and its admission) and the tunnel's (the shell, the WireGuard device with its
+peers, sessions, replay windows, allowed IPs and queues, the TUN and the UDP socket with their
+offloads). The same code then runs with fewer interpreter steps per query and per packet
+(bench/dns_instructions.py and bench/tunnel_instructions.py count them). It needs mypy (the `native`
+extra), gcc and the Python headers; where any is missing or the compiler fails, it says why and
+dnsguard runs from source as before.
 
 dnsguard's __init__ calls `activate()` on every start: when the manifest names the running
 interpreter's extension suffix and every module's source still has the digest it was compiled from, a
@@ -22,6 +24,9 @@ narrower than what arrives (a sender typed (host, port) that is an IPv6 4-tuple)
 compiled and passes unnoticed from source. The UDP listener counts such a fault as an internal error,
 per query and per wake-up, and reads on; the tests run compiled in CI (deploy/install.sh builds first),
 with both address families, and bench/fuzz_dns.py throws malformed input at a compiled daemon.
+A compiled class's methods cannot be replaced on an instance, and a Final constant is bound when it is
+built: the few tests that do either are marked source_only, skipped on a compiled build and run from
+source by tests/unit/test_native.py.
 """
 
 from __future__ import annotations
@@ -44,6 +49,17 @@ MODULES: Final = (
     "dnsguard.dns.cache",
     "dnsguard.dns.resolver",
     "dnsguard.net.dns_listeners",
+    "dnsguard.app.tunnel",
+    "dnsguard.wireguard.device",
+    "dnsguard.wireguard.peer",
+    "dnsguard.wireguard.session",
+    "dnsguard.wireguard.replay",
+    "dnsguard.wireguard.allowedips",
+    "dnsguard.wireguard.flow_queues",
+    "dnsguard.wireguard.codel",
+    "dnsguard.net.udp",
+    "dnsguard.net.tun",
+    "dnsguard.net.offload",
 )
 GROUP: Final = "dnsguard._native"
 """mypyc's group name: its shared library, which every compiled module imports, is GROUP + '__mypyc'."""

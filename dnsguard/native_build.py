@@ -1,4 +1,4 @@
-"""Builds the compiled DNS data path that dnsguard/native.py loads (run by deploy/install.sh).
+"""Builds the compiled data paths that dnsguard/native.py loads (run by deploy/install.sh).
 
     .venv/bin/python -m dnsguard.native_build            compile, replacing an earlier build
     .venv/bin/python -m dnsguard.native_build --status   say whether this checkout runs compiled
@@ -113,7 +113,7 @@ def build(package: Path = PACKAGE) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["--status"]:
-        print(f"DNS data path: {native.state}")
+        print(f"data paths (DNS, tunnel): {native.state}")
         return 0
     if args:
         print("usage: python -m dnsguard.native_build [--status]", file=sys.stderr)
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         folder = build()
     except BuildError as exc:
-        print(f"dnsguard.native_build: not built, the DNS data path runs from source: {exc}", file=sys.stderr)
+        print(f"dnsguard.native_build: not built, the data paths run from source: {exc}", file=sys.stderr)
         return 1
     print(f"dnsguard.native_build: {len(MODULES)} modules compiled into {folder}")
     return 0

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import dnsguard
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -33,3 +35,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason="integration tests need root (CAP_NET_ADMIN)"))
         elif "unit" in parts:
             item.add_marker(pytest.mark.unit)
+        if dnsguard.native.state == "compiled" and item.get_closest_marker("source_only"):
+            reason = "compiled build: runs from source in tests/unit/test_native.py"
+            item.add_marker(pytest.mark.skip(reason=reason))

@@ -159,7 +159,7 @@ def setup_logging(config: Config, startup_notes: Sequence[str] = ()) -> None:
         log.warning("%s", warning)
     for note in startup_notes:  # what the command learned before logging was set up (app/aead_tuning.py)
         log.info("%s", note)
-    log.info("DNS data path: %s", native.state)
+    log.info("data paths (DNS, tunnel): %s", native.state)
 
 
 def run_daemon(coroutine: Coroutine[Any, Any, None], busy_poll: float, *, uvloop: bool = False) -> None:

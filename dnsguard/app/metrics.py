@@ -133,8 +133,8 @@ class DaemonCollector(Collector):
             yield wakeups
         info = GaugeMetricFamily(
             "dnsguard_build_info",
-            "dnsguard version and whether its DNS data path runs compiled (always 1).",
-            labels=["version", "dns_path"],
+            "dnsguard version and whether its data paths (DNS, tunnel) run compiled (always 1).",
+            labels=["version", "data_path"],
         )
         info.add_metric([__version__, native.state.partition(":")[0]], 1.0)
         yield info

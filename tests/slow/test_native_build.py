@@ -1,4 +1,4 @@
-"""The compiled DNS data path for real: mypyc and gcc build it from a copy of the package, a new process
+"""The compiled data paths for real: mypyc and gcc build it from a copy of the package, a new process
 loads it and answers with it, and an edit of one source sends that process back to the sources.
 
 Slow (mypyc and gcc take about half a minute), so it sits outside tests/unit. It needs no root.
@@ -20,15 +20,18 @@ pytestmark = pytest.mark.slow
 
 PACKAGE = Path(native.__file__).resolve().parent
 
-# Run in a new process from the copy: which DNS data path it took, where the resolver came from, and a
-# blocked name's answer through the UDP listener's own read and answer (`_one`) on a socket pair.
+# Run in a new process from the copy: which data paths it took, where the resolver came from, a blocked
+# name's answer through the UDP listener's own read and answer (`_one`) on a socket pair, where the
+# WireGuard device came from, and whether a packet crossed two of them after their handshake.
 PROBE = """
 import socket, sys
 import dnsguard
 from dnsguard import native
 from dnsguard.dns import resolver, wire
 from dnsguard.net.dns_listeners import ListenerStats, UdpListener
+from dnsguard.wireguard import device
 from tests.unit.test_resolver import make, query
+from tests.unit.test_wireguard_device import Lab, connected
 
 print(native.state)
 print(resolver.__file__)
@@ -49,6 +52,11 @@ print(reply[3] & 15, len(reply))
 client.sendto(b"\\x00", ours.getsockname())
 assert listener._one(0.0) == 1
 print(core.stats.malformed)
+print(device.__file__)
+lab = Lab()
+sender, receiver = connected(lab)
+packet = lab.send(sender, "100.64.0.2", b"through the compiled device")
+print(receiver.received == [packet])
 """
 
 
@@ -79,15 +87,17 @@ def test_a_real_build_loads_answers_and_steps_aside_for_an_edited_source(tmp_pat
         + [name + native.extension_suffix() for name in (*native.MODULES, native.SHARED_LIBRARY)]
     )
 
-    state, origin, answer, malformed = probe(tmp_path)
+    state, origin, answer, malformed, device_origin, delivered = probe(tmp_path)
     assert state == "compiled"
     assert origin.startswith(str(folder)) and origin.endswith(native.extension_suffix())
+    assert device_origin.startswith(str(folder)) and device_origin.endswith(native.extension_suffix())
+    assert delivered == "True"
     assert answer.split()[0] == "0" and int(answer.split()[1]) > 12  # NOERROR, the blocked name's 0.0.0.0
     assert malformed != "{}"  # a one-byte datagram: counted, no traceback
 
     resolver_source = native.module_file(package, "dnsguard.dns.resolver")
     resolver_source.write_text(resolver_source.read_text() + "\n# an edit after the build\n")
-    state, origin, answer, _ = probe(tmp_path)
+    state, origin, answer, *_ = probe(tmp_path)
     assert state.startswith("interpreted: sources changed")
     assert origin == str(resolver_source)
     assert answer.split()[0] == "0"

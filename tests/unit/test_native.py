@@ -1,4 +1,4 @@
-"""The compiled DNS data path is loaded only while its build matches the sources (dnsguard/native.py).
+"""The compiled data paths are loaded only while their build matches the sources (dnsguard/native.py).
 
 The real build (mypyc and gcc, about half a minute) is tests/slow/test_native_build.py; these tests check
 the decision on made-up builds: every reason to run from source, the finder, and the build's refusals.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -142,11 +143,11 @@ def test_the_build_command_reports_a_failure_and_exits_1(
     monkeypatch.setattr(native_build, "build", refuse)
     assert native_build.main([]) == 1
     assert capsys.readouterr().err == (
-        "dnsguard.native_build: not built, the DNS data path runs from source: gcc: not found\n"
+        "dnsguard.native_build: not built, the data paths run from source: gcc: not found\n"
     )
     assert native_build.main(["--bogus"]) == 2
     assert native_build.main(["--status"]) == 0
-    assert capsys.readouterr().out.startswith("DNS data path: ")
+    assert capsys.readouterr().out.startswith("data paths (DNS, tunnel): ")
 
 
 SOURCE_RUN_TESTS = (
@@ -156,8 +157,27 @@ SOURCE_RUN_TESTS = (
     "test_resolver.py",
     "test_resolver_fast_path.py",
     "test_resolver_modifiers.py",
+    "test_net_fake.py",
+    "test_offload.py",
+    "test_tun_offloads.py",
+    "test_tunnel_shell.py",
+    "test_udp_offloads.py",
+    "test_wireguard_allowedips.py",
+    "test_wireguard_codel.py",
+    "test_wireguard_device.py",
+    "test_wireguard_flow_queues.py",
+    "test_wireguard_replay.py",
 )
 """The tests of the compiled modules (MODULES), run again from source by the test below."""
+
+
+def test_every_test_a_compiled_build_skips_is_run_from_source() -> None:
+    marked = {
+        path.name
+        for path in (PACKAGE.parent / "tests" / "unit").glob("test_*.py")
+        if re.search(r"^@pytest\.mark\.source_only$", path.read_text(), re.MULTILINE)
+    }
+    assert marked and marked <= set(SOURCE_RUN_TESTS)
 
 
 def from_source(*argv: str) -> subprocess.CompletedProcess[str]:

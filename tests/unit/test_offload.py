@@ -363,6 +363,7 @@ def test_joining_the_previous_run_by_masked_headers_decides_as_the_full_checks_d
         assert coalesce(packets) == joined
 
 
+@pytest.mark.source_only
 def test_the_log_says_how_checksums_are_summed() -> None:
     assert offload.sums_by().startswith("numpy ")
     with without_numpy():

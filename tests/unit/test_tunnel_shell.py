@@ -64,6 +64,7 @@ def test_a_packet_from_the_tun_is_sent_before_the_batch_bookkeeping_runs() -> No
     run_lab(main)
 
 
+@pytest.mark.source_only
 def test_more_packets_than_one_batch_all_arrive_in_order() -> None:
     async def main(lab: ShellLab) -> None:
         shell = await lab.client_shell_with_session()
@@ -145,6 +146,7 @@ def is_subsequence(part: list[bytes], whole: list[bytes]) -> bool:
     return all(any(packet == candidate for candidate in rest) for packet in part)
 
 
+@pytest.mark.source_only
 def test_a_queue_that_stands_in_front_of_the_encryption_loses_packets_from_its_head() -> None:
     """The TUN fills four times faster than the device encrypts: the wait grows past CoDel's target."""
 
@@ -184,6 +186,7 @@ def slow_receiver(lab: ShellLab, seconds_per_batch: float) -> TunnelShell:
     return shell
 
 
+@pytest.mark.source_only
 @pytest.mark.parametrize(
     ("count", "receive_codel"),
     [(40_000, True), (8_000, True), (40_000, False)],
@@ -223,6 +226,7 @@ def test_a_queue_that_stands_in_the_socket_loses_transport_datagrams_as_they_are
     run_lab(main)
 
 
+@pytest.mark.source_only
 def test_a_ping_behind_an_upload_goes_out_ahead_of_the_uploads_backlog() -> None:
     async def main(lab: ShellLab) -> None:
         upload = [udp_packet(CLIENT_IP, SERVER_IP, sequence) for sequence in range(3000)]
@@ -265,12 +269,14 @@ def quiet_share(queue_by_destination: bool) -> float:
     return shares[0]
 
 
+@pytest.mark.source_only
 def test_queues_by_destination_give_a_destination_with_one_flow_as_many_sends_as_one_with_eight() -> None:
     # Each TUN read brings 57 of its packets and a turn sends 128: about 0.45 is all it has to send.
     assert quiet_share(queue_by_destination=True) > 0.35
     assert quiet_share(queue_by_destination=False) < 0.2  # by flow alone: about one in nine
 
 
+@pytest.mark.source_only
 def test_a_burst_whose_wait_stays_under_the_target_loses_nothing() -> None:
     async def main(lab: ShellLab) -> None:
         pings = [echo_request(CLIENT_IP, SERVER_IP, sequence) for sequence in range(1, 40_001)]
@@ -281,6 +287,7 @@ def test_a_burst_whose_wait_stays_under_the_target_loses_nothing() -> None:
     run_lab(main)
 
 
+@pytest.mark.source_only
 def test_a_full_shell_queue_stops_reading_the_tun_until_half_of_it_is_sent(monkeypatch: Any) -> None:
     monkeypatch.setattr(tunnel, "QUEUE_LIMIT", 30_000)
 
@@ -382,6 +389,7 @@ def test_handshakes_one_by_one_or_in_a_batch_put_the_server_under_load_for_a_sec
     run_lab(main)
 
 
+@pytest.mark.source_only
 def test_the_shell_arms_one_timer_for_the_devices_next_deadline_and_fires_it_exactly_then() -> None:
     async def main(lab: ShellLab) -> None:
         lab.network.blocked.add(SERVER_ADDRESS[0])
@@ -526,6 +534,7 @@ def recording_warm_ups(lab: ShellLab, host: Any) -> list[float]:
     return times
 
 
+@pytest.mark.source_only
 def test_a_packet_on_an_idle_tunnel_keeps_the_data_path_warm_for_keep_warm_seconds() -> None:
     async def main(lab: ShellLab) -> None:
         shell = await lab.client_shell_with_session(keep_warm=0.1)
@@ -565,6 +574,7 @@ def test_a_packet_on_an_idle_tunnel_keeps_the_data_path_warm_for_keep_warm_secon
     run_lab(main)
 
 
+@pytest.mark.source_only
 def test_the_server_keeps_warm_after_a_datagram_on_an_idle_tunnel() -> None:
     async def main(lab: ShellLab) -> None:
         await lab.client_shell_with_session()
@@ -581,6 +591,7 @@ def test_the_server_keeps_warm_after_a_datagram_on_an_idle_tunnel() -> None:
     run_lab(main)
 
 
+@pytest.mark.source_only
 def test_keep_warm_off_stopped_or_turned_off_runs_no_tick() -> None:
     async def main(lab: ShellLab) -> None:
         shell = await lab.client_shell_with_session()  # keep_warm 0: the shell's default

@@ -247,6 +247,7 @@ def test_a_receive_of_one_is_one_message_without_recvmmsg(offloads: bool) -> Non
         target.close()
 
 
+@pytest.mark.source_only
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
 def test_each_datagram_of_a_batch_carries_its_own_senders_address(
     family: socket.AddressFamily, monkeypatch: pytest.MonkeyPatch
@@ -395,6 +396,7 @@ def test_a_receive_stopped_at_its_limit_says_more_may_wait(offloads: bool) -> No
         target.close()
 
 
+@pytest.mark.source_only
 def test_a_kernel_refusing_timestamps_leaves_receives_unjudged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
