@@ -22,6 +22,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from dnsguard.lifecycle.clock import boottime
 from dnsguard.net.tun import PacketDevice
@@ -57,6 +58,14 @@ KEEP_WARM_EVERY = 0.004
 """Mean seconds between keep-warm ticks; each wait is drawn from half to one and a half times this, so
 that traffic at a fixed rate (a ping every 20 ms, a game's 60 Hz) does not meet a tick at the same point
 every time."""
+
+
+def _stop_reading(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """loop.remove_reader(fd), its answer not read: uvloop's is None where asyncio's is a bool, and a
+    compiled build (dnsguard/native.py) checks the answer of a call typed bool, so the reader would be
+    gone and the caller stopped by a TypeError halfway (a paused TUN never marked paused)."""
+    untyped: Any = loop
+    untyped.remove_reader(fd)
 
 
 @dataclass
@@ -144,10 +153,10 @@ class TunnelShell:
         if self._loop is None:
             return
         for fd in self._readers:
-            self._loop.remove_reader(fd)
+            _stop_reading(self._loop, fd)
         self._readers = []
         with contextlib.suppress(Exception):
-            self._loop.remove_reader(self.tun.fileno())
+            _stop_reading(self._loop, self.tun.fileno())
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -174,7 +183,7 @@ class TunnelShell:
         """Replace the sockets (path change, wake) without touching the TUN."""
         if self._loop is not None:
             for fd in self._readers:
-                self._loop.remove_reader(fd)
+                _stop_reading(self._loop, fd)
             self._readers = []
         self.udp.rebind()
         if self._loop is not None:
@@ -248,7 +257,7 @@ class TunnelShell:
 
     def _pause_tun(self) -> None:
         if self._loop is not None and not self._tun_paused:
-            self._loop.remove_reader(self.tun.fileno())
+            _stop_reading(self._loop, self.tun.fileno())
             self._tun_paused = True
 
     def _resume_tun(self) -> None:

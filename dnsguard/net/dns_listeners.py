@@ -166,8 +166,11 @@ class UdpListener:
         loop.add_reader(self.sock.fileno(), self._readable)
 
     def close(self) -> None:
+        # The loop untyped: uvloop's remove_reader answers None where asyncio's answers a bool, which
+        # a compiled build would check (dnsguard/native.py).
+        loop: Any = self.loop
         with contextlib.suppress(Exception):
-            self.loop.remove_reader(self.sock.fileno())
+            loop.remove_reader(self.sock.fileno())
         self.sock.close()
 
     def _readable(self) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from shell_lab import (
+    CLIENT_ADDRESS,
     CLIENT_IP,
     CLIENT_NEW_ADDRESS,
     SERVER_ADDRESS,
@@ -23,6 +24,8 @@ from shell_lab import (
 
 from dnsguard.app import tunnel
 from dnsguard.app.tunnel import BATCH, IDLE_AFTER, READ_AHEAD, TunnelShell
+from dnsguard.net.fake import FakeNetwork, FakeTun, FakeUdpEndpoint
+from dnsguard.wireguard import Device, generate_private_key
 from dnsguard.wireguard.flow_queues import FlowQueues
 
 
@@ -619,3 +622,26 @@ def test_keep_warm_off_stopped_or_turned_off_runs_no_tick() -> None:
         assert len(warm_ups) == count
 
     run_lab(main)
+
+
+def test_a_shell_on_uvloop_pauses_resumes_rebinds_and_stops() -> None:
+    # The daemons run on uvloop, whose remove_reader answers None where asyncio's answers a bool: a
+    # compiled shell that read that answer stopped halfway with a TypeError (a paused TUN never
+    # marked paused, so never resumed).
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        tun = FakeTun()
+        udp = FakeUdpEndpoint(CLIENT_ADDRESS, FakeNetwork())
+        shell = TunnelShell(Device(generate_private_key()), tun, udp)
+        shell.start()
+        shell._pause_tun()
+        assert shell._tun_paused
+        shell._resume_tun()
+        assert not shell._tun_paused
+        shell.rebind()
+        shell.stop()
+        udp.close()
+        tun.close()
+
+    uvloop.run(main())
