@@ -5,7 +5,9 @@ No root and no network: the edges are net/fake.py's, the loop a VirtualClockLoop
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import random
 import socket
 from typing import Any
 
@@ -25,7 +27,8 @@ from shell_lab import (
 from dnsguard.app import tunnel
 from dnsguard.app.tunnel import BATCH, IDLE_AFTER, READ_AHEAD, TunnelShell
 from dnsguard.net.fake import FakeNetwork, FakeTun, FakeUdpEndpoint
-from dnsguard.wireguard import Device, generate_private_key
+from dnsguard.net.udp import UdpEndpoint
+from dnsguard.wireguard import Device, generate_private_key, public_key
 from dnsguard.wireguard.flow_queues import FlowQueues
 
 
@@ -645,3 +648,59 @@ def test_a_shell_on_uvloop_pauses_resumes_rebinds_and_stops() -> None:
         tun.close()
 
     uvloop.run(main())
+
+
+def garbage(rng: random.Random) -> bytes:
+    """A datagram an attacker might send a WireGuard port: random bytes, or a message type's header
+    with a body of any length, or of the length of that type's message."""
+    kind = rng.choice(["random", "typed", "sized"])
+    if kind == "random":
+        return rng.randbytes(rng.randint(0, 300))
+    header = bytes([rng.randint(1, 4), 0, 0, 0])
+    if kind == "typed":
+        return header + rng.randbytes(rng.randint(0, 200))
+    return header + rng.randbytes(rng.choice([144, 88, 60, 28, 40]))
+
+
+@pytest.mark.parametrize("offloads", [True, False], ids=["gro", "recvmmsg"])
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_garbage_through_real_sockets_is_counted_and_dropped_on_uvloop(
+    family: socket.AddressFamily, offloads: bool
+) -> None:
+    # The daemons' whole receive path (a real UDP socket with GRO or recvmmsg, the shell on uvloop, the
+    # device), compiled in CI: no datagram may raise, whatever its sender's address family.
+    uvloop = pytest.importorskip("uvloop")
+    errors: list[dict[str, Any]] = []
+    sent = 600
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+
+    async def main() -> tuple[int, int]:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+        tun = FakeTun()
+        udp = UdpEndpoint(0, offloads=offloads)
+        device = Device(generate_private_key())
+        device.add_peer(public_key(generate_private_key()), allowed_ips=["100.64.0.2/32"])
+        shell = TunnelShell(device, tun, udp)
+        shell.start()
+        sender = socket.socket(family, socket.SOCK_DGRAM)
+        rng = random.Random(family * 2 + offloads)
+        try:
+            for number in range(sent):
+                sender.sendto(garbage(rng), (host, udp.port))
+                if number % 20 == 0:
+                    await asyncio.sleep(0.001)
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                dropped = sum(device.counters.as_dict().values()) - device.counters.cookie_replies_sent
+                if dropped >= sent:
+                    break
+            return dropped, len(tun.take_written())
+        finally:
+            shell.stop()
+            sender.close()
+            udp.close()
+            tun.close()
+
+    dropped, written = uvloop.run(main())
+    assert errors == []
+    assert (dropped, written) == (sent, 0)
