@@ -74,7 +74,7 @@ def test_metrics_move_when_queries_are_blocked_and_packets_flow() -> None:
             count = ("dnsguard_dns_response_duration_seconds_count", (("result", "blocked"),))
             assert after[count] - before[count] == 3
             # Pings 0.2 s apart each find the tunnel idle: the daemon keeps its data path warm in between
-            # (performance.keep-warm, 1 s by default), a tick every 2-6 ms.
+            # (performance.keep-warm, 1 s by default), a tick every 1-3 ms.
             warm = ("dnsguard_tunnel_keep_warm_ticks_total", ())
             assert after[warm] - before[warm] >= 50
 
