@@ -6,8 +6,8 @@
 The build (dnsguard/native_build.py) compiles MODULES with mypyc into dnsguard/_native/, beside a
 manifest of the SHA-256 of each source it compiled: the DNS path (the UDP listener, the resolver's
 answer path, its cache and its admission) and the tunnel's (the shell, the WireGuard device with its
-peers, sessions, replay windows, allowed IPs and queues, the TUN and the UDP socket with their
-offloads). The same code then runs with fewer interpreter steps per query and per packet
+peers, sessions, replay windows, allowed IPs and queues, its handshakes and cookies, the TUN and the
+UDP socket with their offloads). The same code then runs with fewer interpreter steps per query and per packet
 (bench/dns_instructions.py and bench/tunnel_instructions.py count them). It needs mypy (the `native`
 extra), gcc and the Python headers; where any is missing or the compiler fails, it says why and
 dnsguard runs from source as before.
@@ -57,6 +57,9 @@ MODULES: Final = (
     "dnsguard.wireguard.allowedips",
     "dnsguard.wireguard.flow_queues",
     "dnsguard.wireguard.codel",
+    "dnsguard.wireguard.noise",
+    "dnsguard.wireguard.cookie",
+    "dnsguard.wireguard.crypto",
     "dnsguard.net.udp",
     "dnsguard.net.tun",
     "dnsguard.net.offload",

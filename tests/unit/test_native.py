@@ -164,8 +164,10 @@ SOURCE_RUN_TESTS = (
     "test_udp_offloads.py",
     "test_wireguard_allowedips.py",
     "test_wireguard_codel.py",
+    "test_wireguard_crypto.py",
     "test_wireguard_device.py",
     "test_wireguard_flow_queues.py",
+    "test_wireguard_noise.py",
     "test_wireguard_replay.py",
 )
 """The tests of the compiled modules (MODULES), run again from source by the test below."""

@@ -33,11 +33,14 @@ from dnsguard.wireguard.constants import (
     FORCED_INITIATION_SPACING,
     KEEPALIVE_SIZE,
     MESSAGE_INITIATION,
+    MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT,
     REJECT_AFTER_MESSAGES,
     REKEY_AFTER_MESSAGES,
 )
+from dnsguard.wireguard.cookie import CookieGenerator
 from dnsguard.wireguard.events import Event
+from dnsguard.wireguard.keys import decode_key
 
 Address = tuple[Any, ...]
 WALL_CLOCK_AT_BOOT_NS = 1_700_000_000 * 10**9
@@ -1373,3 +1376,30 @@ def test_received_packets_are_delivered_before_the_batch_moves_the_endpoint() ->
     assert delivered == [([packet], A_ADDRESS)] and peer.endpoint == A_ROAMED
     assert server.device.receive_datagrams([(keepalive, A_ROAMED)], lab.now, deliver) == []
     assert len(delivered) == 1  # nothing to deliver: not called
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([(MESSAGE_INITIATION, 148), (MESSAGE_RESPONSE, 92)]),
+    st.binary(min_size=116, max_size=116),
+    st.booleans(),
+)
+def test_a_handshake_message_that_passes_mac1_with_garbage_inside_is_counted_and_dropped(
+    kind_and_size: tuple[int, int], body: bytes, under_load: bool
+) -> None:
+    # Anyone who knows the server's public key can make mac1 right: the handshake's own parsing (noise,
+    # the cookie checks under load) then meets whatever the rest holds. Compiled in CI.
+    kind, size = kind_and_size
+    message = bytearray(struct.pack("<I", kind) + body[: size - 36] + bytes(32))
+    CookieGenerator(decode_key(_FUZZ_SERVER.public_key)).add_macs(message, _FUZZ_LAB.now)
+    server = _FUZZ_SERVER.device
+    server.under_load = under_load
+    counted = sum(server.counters.as_dict().values())
+    mac1_invalid = server.counters.mac1_invalid
+    try:
+        packets = server.receive_datagrams([(bytes(message), ("198.18.66.67", 2))], _FUZZ_LAB.now)
+    finally:
+        server.under_load = False
+    assert packets == []
+    assert sum(server.counters.as_dict().values()) == counted + 1
+    assert server.counters.mac1_invalid == mac1_invalid  # it got past mac1
