@@ -906,10 +906,6 @@ class Device:
             if next_deadline is not None:
                 self._arm(peer, next_deadline)
 
-    def tick(self, now: float) -> None:
-        """handle_timer under the name the lifecycle's tests and tools call."""
-        self.handle_timer(now)
-
     def _arm(self, peer: Peer, deadline: float) -> None:
         # Invariant: every pending deadline of a peer is >= peer.wake_at, and the heap holds an entry at
         # peer.wake_at. Later deadlines need no entry of their own: the peer is re-examined at wake_at.

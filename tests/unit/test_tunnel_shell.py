@@ -553,8 +553,8 @@ def test_a_packet_on_an_idle_tunnel_keeps_the_data_path_warm_for_keep_warm_secon
         assert len(lab.client.udp.sent) == sent + 1 and warm_ups == []  # the packet itself: no tick
 
         await lab.run_for(0.5)
-        # A tick every 2 to 6 ms (4 on average), the first a wait after the packet, the last within a
-        # wait of keep_warm after it; then none.
+        # A tick every 1 to 3 ms (KEEP_WARM_EVERY, 2, on average), the first a wait after the packet, the
+        # last within a wait of keep_warm after it; then none.
         assert 0.1 / tunnel.KEEP_WARM_EVERY / 1.5 <= len(warm_ups) <= 0.1 / (tunnel.KEEP_WARM_EVERY / 2)
         gaps = [b - a for a, b in zip([ping_at, *warm_ups], warm_ups, strict=False)]
         assert all(
