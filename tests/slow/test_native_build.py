@@ -1,7 +1,7 @@
 """The compiled data paths for real: mypyc and gcc build it from a copy of the package, a new process
 loads it and answers with it, and an edit of one source sends that process back to the sources.
 
-Slow (mypyc and gcc take about half a minute), so it sits outside tests/unit. It needs no root.
+Slow (mypyc and gcc take about a minute), so it sits outside tests/unit. It needs no root.
 """
 
 from __future__ import annotations

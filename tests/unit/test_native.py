@@ -1,6 +1,6 @@
 """The compiled data paths are loaded only while their build matches the sources (dnsguard/native.py).
 
-The real build (mypyc and gcc, about half a minute) is tests/slow/test_native_build.py; these tests check
+The real build (mypyc and gcc, about a minute) is tests/slow/test_native_build.py; these tests check
 the decision on made-up builds: every reason to run from source, the finder, and the build's refusals.
 """
 
