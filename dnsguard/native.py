@@ -4,13 +4,14 @@
     .venv/bin/python -m dnsguard.native_build --status
 
 The build (dnsguard/native_build.py) compiles MODULES with mypyc into dnsguard/_native/, beside a
-manifest of the SHA-256 of each source it compiled: the DNS path (the UDP listener, the resolver's
-answer path, its cache and its admission) and the tunnel's (the shell, the WireGuard device with its
-peers, sessions, replay windows, allowed IPs and queues, its handshakes and cookies, the TUN and the
-UDP socket with their offloads). The same code then runs with fewer interpreter steps per query and per packet
-(bench/dns_instructions.py and bench/tunnel_instructions.py count them). It needs mypy (the `native`
-extra), gcc and the Python headers; where any is missing or the compiler fails, it says why and
-dnsguard runs from source as before.
+manifest of the SHA-256 of each source it compiled: the DNS path (the UDP listener with its recvmmsg
+and sendmmsg batches, the resolver's answer path, its cache and its admission) and the tunnel's (the
+shell, the WireGuard device with its peers, sessions, replay windows, allowed IPs and queues, its
+handshakes and cookies, the TUN and the UDP socket with their offloads). The same code then runs with
+fewer interpreter steps per query and per packet (bench/dns_instructions.py and
+bench/tunnel_instructions.py count them). It needs mypy (the `native` extra), gcc and the Python
+headers; where any is missing or the compiler fails, it says why and dnsguard runs from source as
+before.
 
 dnsguard's __init__ calls `activate()` on every start: when the manifest names the running
 interpreter's extension suffix and every module's source still has the digest it was compiled from, a
@@ -49,6 +50,7 @@ MODULES: Final = (
     "dnsguard.dns.cache",
     "dnsguard.dns.resolver",
     "dnsguard.net.dns_listeners",
+    "dnsguard.net.mmsg",
     "dnsguard.app.tunnel",
     "dnsguard.wireguard.device",
     "dnsguard.wireguard.peer",

@@ -15,6 +15,8 @@ import struct
 from collections.abc import Callable
 from typing import Any, Final
 
+from dnsguard.net.mmsg_headers import Iovec, Mmsghdr, Msghdr
+
 BATCH_SLOTS: Final = 64
 BATCH_SLOT_SIZE: Final = 2048
 """Replies larger than this (rare: big cached answers to EDNS clients) are sent on their own."""
@@ -24,26 +26,6 @@ resolver answers the cut message FORMERR and counts it as malformed."""
 SENDER_TABLE_SIZE: Final = 4096
 """Senders whose converted address a QueryBatch (host text) or the tunnel's DatagramBatch ((host, port))
 keeps; each table is emptied when full."""
-
-
-class Iovec(ctypes.Structure):
-    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
-
-
-class Msghdr(ctypes.Structure):
-    _fields_ = (
-        ("msg_name", ctypes.c_void_p),
-        ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.c_void_p),
-        ("msg_iovlen", ctypes.c_size_t),
-        ("msg_control", ctypes.c_void_p),
-        ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    )
-
-
-class Mmsghdr(ctypes.Structure):
-    _fields_ = (("msg_hdr", Msghdr), ("msg_len", ctypes.c_uint))
 
 
 def _libc_sendmmsg() -> Callable[[int, int, int, int], int] | None:
@@ -307,7 +289,7 @@ class ReplyBatch:
             return None
         return cls(sock, SENDMMSG)
 
-    def add(self, reply: bytes, addr: tuple[str, int]) -> bool:
+    def add(self, reply: bytes, addr: tuple[Any, ...]) -> bool:
         """Queue `reply` for `addr` (sending the batch when full); False: send it some other way."""
         size = len(reply)
         if size > BATCH_SLOT_SIZE:
@@ -317,8 +299,8 @@ class ReplyBatch:
             if self._ipv6:
                 address = socket.inet_pton(socket.AF_INET6, addr[0])
                 name = slot * SOCKADDR_SIZE
-                _pack_port_ipv6(self._name_bytes, name + 2, addr[1], addr[2], address)  # type: ignore[misc]
-                _pack_scope(self._name_bytes, name + 24, addr[3])  # type: ignore[misc]
+                _pack_port_ipv6(self._name_bytes, name + 2, addr[1], addr[2], address)
+                _pack_scope(self._name_bytes, name + 24, addr[3])
             else:
                 _pack_port_ipv4(self._name_bytes, slot * SOCKADDR_SIZE + 2, addr[1], _inet_aton(addr[0]))
         except (OSError, ValueError, IndexError, struct.error):
@@ -382,7 +364,7 @@ class SenderReplies(ReplyBatch):
             return None
         return cls(sock, SENDMMSG, queries)
 
-    def add(self, reply: bytes, addr: tuple[str, int]) -> bool:
+    def add(self, reply: bytes, addr: tuple[Any, ...]) -> bool:
         raise TypeError("SenderReplies sends to a query's sender: use reply(reply, slot)")
 
     def reply(self, reply: bytes, slot: int) -> bool:

@@ -19,10 +19,10 @@ from dnsguard.net.mmsg import (
     RECVMMSG,
     SENDER_TABLE_SIZE,
     SOCKADDR_SIZE,
-    Mmsghdr,
     ReceiveSlots,
     ReplyBatch,
 )
+from dnsguard.net.mmsg_headers import Mmsghdr
 
 log = logging.getLogger(__name__)
 

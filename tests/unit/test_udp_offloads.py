@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from dnsguard.net import udp
+from dnsguard.net.mmsg import ReplyBatch
 from dnsguard.net.udp import PLAIN_SLOTS, TunnelSocket, UdpEndpoint
 
 TRAIN = [bytes([n]) * 1000 for n in range(10)] + [b"z" * 400]
@@ -298,21 +299,15 @@ def test_a_receive_that_fills_every_slot_reads_on_until_the_queue_is_drained() -
         target.close()
 
 
-class NoBatch:
-    """A sendmmsg batch that must stay unused."""
-
-    count = 0
-
-    def add(self, *args: Any) -> bool:
-        raise AssertionError("a lone datagram went through the sendmmsg batch")
-
-
 @pytest.mark.parametrize("offloads", [True, False], ids=["gso", "sendmmsg"])
 def test_a_lone_datagram_leaves_by_one_sendto(receiver: socket.socket, offloads: bool) -> None:
     endpoint = UdpEndpoint(0, offloads=offloads)
     try:
-        endpoint.sockets[socket.AF_INET].replies = NoBatch()  # type: ignore[assignment]
+        tunnel_socket = endpoint.sockets[socket.AF_INET]
+        batched: list[tuple[int, ...]] = []  # the sendmmsg calls of a batch that must stay unused
+        tunnel_socket.replies = ReplyBatch(tunnel_socket.sock, lambda *call: batched.append(call) or 1)
         assert endpoint.send_batch([(b"ping" * 20, receiver.getsockname())]) == (80, 0)
+        assert batched == []
         assert drain(receiver, 1) == [b"ping" * 20]
         assert endpoint.gso_sends == 0
         # An address the kernel refuses at once is counted as failed, as in a batch.
