@@ -22,9 +22,9 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from dnsguard.lifecycle.clock import boottime
+from dnsguard.net.readers import stop_reading
 from dnsguard.net.tun import PacketDevice
 from dnsguard.net.udp import DatagramEndpoint, DatagramSocket
 from dnsguard.wireguard.codel import ArrivalCoDel
@@ -61,14 +61,6 @@ every time. On the bench machine a lone packet's trip through the device took 14
 asleep than warm, 51 us more after 2 ms, 76 after 4 and 107 after 20 (bench/cold_packet.py --pause):
 with 2 ms the round trip of an idle tunnel's ping was 0.90x what it was with 4 ms, and 1 ms gave no
 more than 2 ms did for 1.4x its CPU (README, Performance)."""
-
-
-def _stop_reading(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    """loop.remove_reader(fd), its answer not read: uvloop's is None where asyncio's is a bool, and a
-    compiled build (dnsguard/native.py) checks the answer of a call typed bool, so the reader would be
-    gone and the caller stopped by a TypeError halfway (a paused TUN never marked paused)."""
-    untyped: Any = loop
-    untyped.remove_reader(fd)
 
 
 @dataclass
@@ -156,10 +148,10 @@ class TunnelShell:
         if self._loop is None:
             return
         for fd in self._readers:
-            _stop_reading(self._loop, fd)
+            stop_reading(self._loop, fd)
         self._readers = []
         with contextlib.suppress(Exception):
-            _stop_reading(self._loop, self.tun.fileno())
+            stop_reading(self._loop, self.tun.fileno())
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -186,7 +178,7 @@ class TunnelShell:
         """Replace the sockets (path change, wake) without touching the TUN."""
         if self._loop is not None:
             for fd in self._readers:
-                _stop_reading(self._loop, fd)
+                stop_reading(self._loop, fd)
             self._readers = []
         self.udp.rebind()
         if self._loop is not None:
@@ -260,7 +252,7 @@ class TunnelShell:
 
     def _pause_tun(self) -> None:
         if self._loop is not None and not self._tun_paused:
-            _stop_reading(self._loop, self.tun.fileno())
+            stop_reading(self._loop, self.tun.fileno())
             self._tun_paused = True
 
     def _resume_tun(self) -> None:

@@ -27,6 +27,7 @@ from dnsguard.dns.admission import AdmissionSettings, ClientAdmission
 from dnsguard.dns.resolver import Forward
 from dnsguard.net.bind import bind_socket, listening_socket, open_socket, socket_error
 from dnsguard.net.mmsg import QUERY_SLOT_SIZE, QueryBatch, SenderReplies, SingleDatagram
+from dnsguard.net.readers import stop_reading
 
 log = logging.getLogger("dnsguard.dns")
 
@@ -166,11 +167,8 @@ class UdpListener:
         loop.add_reader(self.sock.fileno(), self._readable)
 
     def close(self) -> None:
-        # The loop untyped: uvloop's remove_reader answers None where asyncio's answers a bool, which
-        # a compiled build would check (dnsguard/native.py).
-        loop: Any = self.loop
-        with contextlib.suppress(Exception):
-            loop.remove_reader(self.sock.fileno())
+        with contextlib.suppress(Exception):  # a loop already closed
+            stop_reading(self.loop, self.sock.fileno())
         self.sock.close()
 
     def _readable(self) -> None:

@@ -580,3 +580,27 @@ async def test_tcp_connections_are_capped_per_client_and_outsiders_are_closed_at
             held_writer.close()
     finally:
         await listeners.close()
+
+
+def test_a_listener_on_uvloop_answers_and_closes_cleanly() -> None:
+    # The daemons run on uvloop, whose remove_reader answers None where asyncio's answers a bool (see
+    # dnsguard.net.readers): the compiled listener's close must stop reading and close its socket there.
+    uvloop = pytest.importorskip("uvloop")
+    server, clients = udp_pair(socket.AF_INET, "127.0.0.1")
+    errors: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        listener = UdpListener(server, EchoAnswerer(), ListenerStats())
+        listener.start(loop)
+        clients[0].sendto(b"now:1", server.getsockname())
+        reply = await asyncio.wait_for(loop.run_in_executor(None, clients[0].recv, 512), 2)
+        assert reply == b"answer now:1"
+        listener.close()
+        assert server.fileno() == -1
+        await asyncio.sleep(0.01)  # the loop polls once more with the descriptor gone
+
+    with closed_after(server, clients):
+        uvloop.run(main())
+    assert errors == []
