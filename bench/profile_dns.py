@@ -80,6 +80,11 @@ def main() -> int:
     )
     parser.add_argument("--querylog", action="store_true", help="profile the resolver with its query log on")
     parser.add_argument("--idle", action="store_true", help="keep the idle loop's samples (py-spy --idle)")
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="sample C frames too (py-spy --native): the compiled data path's functions, libc's calls",
+    )
     parser.add_argument("--out", default="bench/results/profiles", help="directory for the raw profiles")
     args = parser.parse_args()
     spy = py_spy()
@@ -103,6 +108,7 @@ def main() -> int:
             if args.qps:
                 record += ["--nonblocking"]  # pausing the process for each sample would add stalls of its own
             record += ["--idle"] if args.idle else []
+            record += ["--native"] if args.native else []
             load: dict[str, float] = {}
 
             def run_load(mix: str = mix, load: dict[str, float] = load) -> None:
