@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from dnsguard.dns.wire import (
     EDE_STALE_ANSWER,
@@ -207,7 +207,7 @@ class AnswerCache:
         return _assemble(entry, query, data)
 
     def get_planned(
-        self, key: CacheKey, query: Query, message: bytes, after_id: bytes, now: float
+        self, key: Any, query: Query, message: bytes, after_id: bytes, now: float
     ) -> bytes | None:
         """get(query, now, message) for a message seen before, as fast as a remembered reply.
 
@@ -217,6 +217,9 @@ class AnswerCache:
         that second (clients asking the same name with other flags or letter case take turns). Such a
         hit leaves the LRU order alone: the entry went to its end when the reply was kept, so a busy
         entry is touched once a second, not once a query.
+
+        `key` is typed Any so that the compiled cache (dnsguard/native.py) looks up the plan's own
+        tuple: typed CacheKey, each call would unpack it into a C struct and build a new tuple from that.
         """
         entry = self._entries.get(key)
         if entry is None or now >= entry.expires:

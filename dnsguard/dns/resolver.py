@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, cast
 
 from dnsguard.dns import wire
-from dnsguard.dns.cache import AnswerCache, CacheKey, cache_key
+from dnsguard.dns.cache import AnswerCache, cache_key
 from dnsguard.dns.log_sink import LogRecord, LogRow, LogSink
 from dnsguard.dns.wire import Query, QueryError
 from dnsguard.errors import FormError
@@ -70,7 +70,7 @@ OUTAGE_LOG_INTERVAL: Final = 60.0
 """Seconds between log lines about upstream failures (every failed query is counted)."""
 
 
-_Plan = tuple[int, bytes, Query | None, Any, str | None, str, int, str, str, str, int, CacheKey | None]
+_Plan = tuple[int, bytes, Query | None, Any, str | None, str, int, str, str, str, int, Any]
 """What answer_now does for one exact query message (all but its ID), worked out once.
 
 Everything a reply depends on besides the ID is in those bytes (flags, question with its letter case,
@@ -87,7 +87,8 @@ same reply with its own ID, and the same counters and log line. The fields, in o
 - log_id: the plan's serial number << 4, with the reply's rcode for a _PLAN_REPLY (a cache plan's
   rcode is the cached reply's): OR'ed with the rcode, the key the lasting log's sink counts the plan's
   repeats under (dnsguard.dns.log_sink)
-- cache_key: a _PLAN_CACHE's cache_key(query), for AnswerCache.get_planned
+- cache_key: a _PLAN_CACHE's cache_key(query), for AnswerCache.get_planned (None for the others; typed
+  Any for the reason count_key is)
 
 A plain tuple, not a NamedTuple: the cyclic garbage collector stops tracking a tuple of exact type whose
 items are all untracked (strings, bytes, numbers, None, such tuples) at its first collection, but never
