@@ -83,7 +83,8 @@ def main() -> int:
     parser.add_argument(
         "--native",
         action="store_true",
-        help="sample C frames too (py-spy --native): the compiled data path's functions, libc's calls",
+        help="sample C frames too (py-spy --native): the compiled data path's functions, libc's calls; "
+        "py-spy pauses the process for each such sample, also with --qps",
     )
     parser.add_argument("--out", default="bench/results/profiles", help="directory for the raw profiles")
     args = parser.parse_args()
@@ -105,7 +106,7 @@ def main() -> int:
             collapsed = out / f"dns-{mix}.txt"
             record = [spy, "record", "--pid", str(pid), "--rate", str(args.rate)]
             record += ["--duration", str(args.seconds - 2), "--format", "raw", "--output", str(collapsed)]
-            if args.qps:
+            if args.qps and not args.native:
                 record += ["--nonblocking"]  # pausing the process for each sample would add stalls of its own
             record += ["--idle"] if args.idle else []
             record += ["--native"] if args.native else []
