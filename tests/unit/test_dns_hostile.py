@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import socket
 import struct
 
 import pytest
@@ -18,7 +20,8 @@ from hypothesis import strategies as st
 from dnsguard.dns import wire
 from dnsguard.dns.resolver import OUTAGE_LOG_INTERVAL, Forward
 from dnsguard.dns.upstream_errors import UpstreamReplyError
-from dnsguard.net.dns_listeners import ListenerStats, TcpSettings, _serve_tcp
+from dnsguard.net.dns_listeners import ListenerStats, TcpSettings, UdpListener, _serve_tcp
+from tests.unit.test_dns_server import closed_after, families, udp_pair
 from tests.unit.test_dns_wire import mutated, pointer_loop_query
 from tests.unit.test_resolver import make, parse, query
 
@@ -235,3 +238,69 @@ async def test_any_tcp_byte_stream_gets_framed_replies_and_a_closed_connection(s
         length = struct.unpack_from("!H", out)[0]
         assert 12 <= length <= len(out) - 2 and out[4] & 0x80
         out = out[2 + length :]
+
+
+def hostile_datagrams(rng: random.Random, count: int) -> list[bytes]:
+    """Random bytes of any length up to 600, and real queries with bytes flipped, cut or added."""
+    datagrams = []
+    for _ in range(count):
+        if rng.random() < 0.3:
+            datagrams.append(rng.randbytes(rng.randrange(601)))
+            continue
+        message = bytearray(rng.choice(REAL_QUERIES))
+        for _ in range(rng.randrange(1, 4)):
+            action, where = rng.randrange(3), rng.randrange(len(message) + 1)
+            if action == 0 and where < len(message):
+                message[where] = rng.randrange(256)
+            elif action == 1:
+                del message[where:]
+            else:
+                message[where:where] = rng.randbytes(rng.randrange(1, 5))
+        datagrams.append(bytes(message))
+    return datagrams
+
+
+@pytest.mark.parametrize(("family", "host"), list(families()), ids=lambda value: str(value))
+async def test_hostile_datagrams_through_the_listeners_batches_are_answered_or_dropped(
+    family: socket.AddressFamily, host: str
+) -> None:
+    # The path a LAN client's datagrams take in the daemon: a UDP listener (its wake-ups' single reads
+    # and its recvmmsg and sendmmsg batches, compiled in CI) in front of the resolver and the forwarder.
+    # Each wave is sent before the loop runs again, so most of it is read in batches.
+    harness, _, _ = make()
+    harness.upstreams = EchoUpstreams()  # any bytes the resolver forwards get a reply
+    server, clients = udp_pair(family, host)
+    stats = ListenerStats()
+    listener = UdpListener(server, harness.forwarder, stats)
+    rng = random.Random(37)
+    sent = 0
+    with closed_after(server, clients):
+        listener.start(asyncio.get_running_loop())
+        try:
+            for wave in range(4):
+                for index, datagram in enumerate(hostile_datagrams(rng, 100)):
+                    clients[index % 2].sendto(datagram, server.getsockname())
+                    sent += 1
+                for _ in range(5000):
+                    if stats.udp_queries == sent and not listener.pending:
+                        break
+                    await asyncio.sleep(0.001)
+                assert stats.udp_queries == sent, f"wave {wave}: {stats.udp_queries} of {sent} read"
+            assert stats.internal_errors == 0
+            for client in clients[:2]:
+                client.setblocking(False)
+                while True:
+                    try:
+                        reply = client.recv(65535)
+                    except BlockingIOError:
+                        break
+                    assert len(reply) >= 12 and reply[2] & 0x80  # a DNS response, whatever it answers
+            clients[2].sendto(query("www.example.org", ident=0x0BAD), server.getsockname())
+            reply = await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(None, clients[2].recv, 512), 2
+            )
+            answer = parse(reply)
+            assert answer.header.id == 0x0BAD and answer.header.rcode == RCODE.NOERROR
+            assert str(answer.q.qname) == "www.example.org."
+        finally:
+            listener.close()
